@@ -1,0 +1,141 @@
+// Package containerd runs rentals directly on containerd through its socket,
+// without dockerd, in a namespace of their own. It implements
+// runtime.Runtime; cmd/ constructs it and server/ calls it through that
+// interface.
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// RuncRuntime is the only OCI runtime tenants' containers run under.
+const RuncRuntime = "io.containerd.runc.v2"
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// Options configure a Runtime.
+type Options struct {
+	// Address is containerd's socket.
+	Address string
+	// Namespace isolates the rentals from everything else on containerd.
+	Namespace string
+	// AgentID is written into every container's labels.
+	AgentID string
+	// LogDir holds one output file per instance, written by the shim.
+	LogDir string
+	// Snapshotter overrides containerd's default snapshotter when set.
+	Snapshotter string
+	// Events receives instance state changes.
+	Events events.Publisher
+	Logger *slog.Logger
+	// PullTimeout bounds one image pull (default 30 minutes).
+	PullTimeout time.Duration
+}
+
+// Runtime is the containerd back end.
+type Runtime struct {
+	opts   Options
+	client *containerd.Client
+	log    *slog.Logger
+	pub    events.Publisher
+
+	locks      keyedMutex
+	terminates singleflight.Group
+	exitMu     sync.Mutex // serialises exit recording, which is rare
+
+	ctx    context.Context // lives until Close; carries the namespace
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New connects to containerd and starts watching the namespace for exits. It
+// does not fail when containerd is down: the watcher keeps reconnecting and
+// Ping reports the outage.
+func New(opts Options) (*Runtime, error) {
+	if opts.Namespace == "" {
+		return nil, fmt.Errorf("containerd namespace is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.PullTimeout == 0 {
+		opts.PullTimeout = 30 * time.Minute
+	}
+	if opts.Events == nil {
+		opts.Events = discard{}
+	}
+	if err := os.MkdirAll(opts.LogDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create log dir: %w", err)
+	}
+	if !filepath.IsAbs(opts.LogDir) {
+		return nil, fmt.Errorf("log dir %q must be absolute: the shim opens it: %w", opts.LogDir, errdefs.ErrInvalidArgument)
+	}
+	c, err := containerd.New(opts.Address,
+		containerd.WithDefaultNamespace(opts.Namespace),
+		containerd.WithDefaultRuntime(RuncRuntime))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", opts.Address, err)
+	}
+	r := &Runtime{
+		opts:   opts,
+		client: c,
+		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
+		pub:    opts.Events,
+	}
+	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.watch(r.ctx)
+	}()
+	return r, nil
+}
+
+// Close stops watching and closes the connection. Containers keep running.
+func (r *Runtime) Close() error {
+	r.cancel()
+	err := r.client.Close()
+	r.wg.Wait()
+	return err
+}
+
+// Ping reports whether containerd answers.
+func (r *Runtime) Ping(ctx context.Context) error {
+	_, err := r.client.Version(ctx)
+	return convertErr(err)
+}
+
+// Info names containerd and its version.
+func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+	v, err := r.client.Version(ctx)
+	if err != nil {
+		return runtime.Info{}, convertErr(err)
+	}
+	return runtime.Info{Name: "containerd", Version: v.Version, Namespace: r.opts.Namespace}, nil
+}
+
+func (r *Runtime) nsCtx(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, r.opts.Namespace)
+}
+
+func (r *Runtime) logPath(id string) string {
+	return filepath.Join(r.opts.LogDir, id+".log")
+}
+
+type discard struct{}
+
+func (discard) Publish(events.Event) {}

@@ -1,0 +1,177 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/testenv"
+)
+
+// The shared daemon and image of this package's integration tests; tests
+// that restart containerd start their own daemon.
+var (
+	daemon     *testenv.Containerd
+	payloadRef string
+	registry   *testenv.Registry
+	setupErr   string
+)
+
+var integrationBinaries = []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr"}
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if reason := testenv.Missing(integrationBinaries...); reason != "" {
+		setupErr = reason
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "host-agent-ctd-")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	daemon, err = testenv.StartContainerd(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start containerd:", err)
+		return 1
+	}
+	defer daemon.Close()
+	registry = testenv.StartRegistry()
+	defer registry.Close()
+	payloadRef, err = registry.PushPayload("payload:latest")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// needDaemon skips or fails the test when the shared daemon is not there.
+func needDaemon(t *testing.T) {
+	t.Helper()
+	testenv.Require(t, integrationBinaries...)
+	if daemon == nil {
+		t.Fatalf("containerd did not start: %s", setupErr)
+	}
+}
+
+// recorder is an events.Publisher that keeps everything for assertions.
+type recorder struct {
+	mu   sync.Mutex
+	evs  []events.Event
+	wake chan struct{}
+}
+
+func newRecorder() *recorder { return &recorder{wake: make(chan struct{}, 1)} }
+
+func (r *recorder) Publish(e events.Event) {
+	r.mu.Lock()
+	e.Seq = uint64(len(r.evs) + 1)
+	r.evs = append(r.evs, e)
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) all() []events.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]events.Event(nil), r.evs...)
+}
+
+// waitFor waits until an event of type typ for instance id has arrived.
+func (r *recorder) waitFor(t *testing.T, id, typ string, timeout time.Duration) events.Event {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		for _, e := range r.all() {
+			if e.InstanceID == id && e.Type == typ {
+				return e
+			}
+		}
+		select {
+		case <-r.wake:
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no %s event for %q within %s; got %s", typ, id, timeout, r.summary())
+		}
+	}
+}
+
+func (r *recorder) count(id, typ string) int {
+	n := 0
+	for _, e := range r.all() {
+		if e.InstanceID == id && e.Type == typ {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *recorder) summary() string {
+	var b strings.Builder
+	for _, e := range r.all() {
+		fmt.Fprintf(&b, "\n  %s %s %s", e.Type, e.InstanceID, e.Error)
+	}
+	return b.String()
+}
+
+// newRuntime opens a Runtime on addr in namespace ns, closed with the test.
+func newRuntime(t *testing.T, addr, ns string, pub events.Publisher) *Runtime {
+	t.Helper()
+	r, err := New(Options{
+		Address:   addr,
+		Namespace: ns,
+		AgentID:   "test-agent",
+		LogDir:    t.TempDir(),
+		Events:    pub,
+		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+// testNamespace gives each test a namespace of its own, so tests run in
+// parallel on one daemon without seeing each other.
+func testNamespace(t *testing.T) string {
+	return "rentals-" + strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+}
+
+// rawClient talks to the daemon directly, as an operator's ctr would.
+func rawClient(t *testing.T, addr, ns string) (*containerd.Client, context.Context) {
+	t.Helper()
+	c, err := containerd.New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, namespaces.WithNamespace(context.Background(), ns)
+}
+
+func payloadSpec(id string, args ...string) runtime.InstanceSpec {
+	return runtime.InstanceSpec{ID: id, Image: payloadRef, Command: args}
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}

@@ -1,0 +1,122 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// cfsPeriod is the CFS period (µs) that CPU quotas are expressed against.
+const cfsPeriod = 100000
+
+// specOpts builds the container's OCI spec from the image and the request.
+// Confinement comes last among the agent's own options so that nothing
+// before it can loosen it.
+func specOpts(img oci.Image, spec runtime.InstanceSpec) []oci.SpecOpts {
+	opts := []oci.SpecOpts{
+		withArgs(img, spec.Entrypoint, spec.Command),
+		oci.WithEnv(envList(spec.Env)),
+		oci.WithHostname(spec.ID),
+		withResources(spec.Resources),
+		withConfinement(),
+	}
+	return opts
+}
+
+// withArgs follows docker run: a command replaces the image's CMD; an
+// entrypoint replaces its ENTRYPOINT and drops its CMD.
+func withArgs(img oci.Image, entrypoint, command []string) oci.SpecOpts {
+	if len(entrypoint) == 0 {
+		return oci.WithImageConfigArgs(img, command)
+	}
+	return oci.Compose(
+		oci.WithImageConfig(img),
+		oci.WithProcessArgs(append(append([]string{}, entrypoint...), command...)...),
+	)
+}
+
+func envList(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// withResources enforces the requested limits through cgroups and sizes the
+// /dev/shm tmpfs.
+func withResources(res runtime.Resources) oci.SpecOpts {
+	var opts []oci.SpecOpts
+	if res.CPUs > 0 {
+		opts = append(opts, oci.WithCPUCFS(int64(res.CPUs*cfsPeriod), cfsPeriod))
+	}
+	if res.MemoryMB > 0 {
+		limit := res.MemoryMB << 20
+		// Swap equal to the limit means no swap on top of it.
+		opts = append(opts, oci.WithMemoryLimit(uint64(limit)), oci.WithMemorySwap(limit))
+	}
+	if res.Pids > 0 {
+		opts = append(opts, oci.WithPidsLimit(res.Pids))
+	}
+	if res.ShmMB > 0 {
+		opts = append(opts, oci.WithDevShmSize(res.ShmMB<<10))
+	}
+	return oci.Compose(opts...)
+}
+
+// withConfinement applies what every tenant container gets whatever it asks
+// for: no new privileges, the default seccomp profile, default capabilities
+// and nothing privileged.
+func withConfinement() oci.SpecOpts {
+	return oci.Compose(
+		oci.WithNoNewPrivileges,
+		seccomp.WithDefaultProfile(),
+	)
+}
+
+// verifyConfined refuses a spec that would give the tenant more than the
+// defaults: it runs after every option, CDI's included, so a bug or a hostile
+// spec file cannot slip a privileged container through.
+func verifyConfined(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	var problems []string
+	if s.Process == nil || !s.Process.NoNewPrivileges {
+		problems = append(problems, "no_new_privileges is off")
+	}
+	if s.Linux == nil || s.Linux.Seccomp == nil {
+		problems = append(problems, "no seccomp profile")
+	}
+	if s.Process != nil && s.Process.Capabilities != nil {
+		for _, c := range s.Process.Capabilities.Bounding {
+			if c == "CAP_SYS_ADMIN" {
+				problems = append(problems, "CAP_SYS_ADMIN granted")
+			}
+		}
+	}
+	for _, m := range s.Mounts {
+		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
+			problems = append(problems, fmt.Sprintf("host mount %s -> %s", m.Source, m.Destination))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("refusing unconfined spec: %s: %w", strings.Join(problems, "; "), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+func hasOption(opts []string, want string) bool {
+	for _, o := range opts {
+		if o == want {
+			return true
+		}
+	}
+	return false
+}

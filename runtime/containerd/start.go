@@ -1,0 +1,190 @@
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// cleanupTimeout bounds the removal of a half-created instance; it runs even
+// when the caller has gone away.
+const cleanupTimeout = 30 * time.Second
+
+// Start implements runtime.Runtime.
+func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	unlock := r.locks.Lock(spec.ID)
+	defer unlock()
+	ctx = r.nsCtx(ctx)
+	hash := spec.Hash()
+
+	c, err := r.client.LoadContainer(ctx, spec.ID)
+	switch {
+	case err == nil:
+		return r.startExisting(ctx, c, hash)
+	case !errdefs.IsNotFound(err):
+		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, convertErr(err))
+	}
+
+	inst, err := r.create(ctx, spec, hash)
+	if err != nil {
+		var se *runtime.StepError
+		step := ""
+		if errors.As(err, &se) {
+			step = se.Step
+		}
+		r.log.Warn("start failed", "instance", spec.ID, "step", step, "error", err)
+		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
+		return runtime.Instance{}, err
+	}
+	r.log.Info("instance running", "instance", spec.ID, "image", spec.Image, "pid", inst.Pid)
+	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning)})
+	return inst, nil
+}
+
+// startExisting answers a repeated start: the same request gets the instance
+// as it is, a different one a Conflict. A container left without a task (the
+// agent died between creating and starting it) gets its task now.
+func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, hash string) (runtime.Instance, error) {
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return runtime.Instance{}, convertErr(err)
+	}
+	if labels[runtime.LabelInstanceID] == "" {
+		return runtime.Instance{}, fmt.Errorf("container %q exists in the namespace but is not a rental: %w", c.ID(), errdefs.ErrConflict)
+	}
+	if labels[runtime.LabelSpecHash] != hash {
+		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", c.ID(), errdefs.ErrConflict)
+	}
+	if _, err := c.Task(ctx, nil); errdefs.IsNotFound(err) {
+		if err := r.startTask(ctx, c); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+		}
+	} else if err != nil {
+		return runtime.Instance{}, convertErr(err)
+	}
+	return r.Get(ctx, c.ID())
+}
+
+// create pulls, creates and starts; on failure it removes whatever it made.
+func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+	img, err := r.ensureImage(ctx, spec)
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
+	}
+
+	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
+	labels := map[string]string{
+		runtime.LabelInstanceID: spec.ID,
+		runtime.LabelAgentID:    r.opts.AgentID,
+		runtime.LabelSpecHash:   hash,
+		runtime.LabelImage:      spec.Image,
+		runtime.LabelCreatedAt:  time.Now().UTC().Format(time.RFC3339Nano),
+		runtime.LabelLogPath:    r.logPath(spec.ID),
+	}
+	for k, v := range spec.Labels {
+		labels[runtime.LabelUserPrefix+k] = v
+	}
+	opts := append(specOpts(img, spec), verifyConfined)
+	c, err := r.client.NewContainer(ctx, spec.ID,
+		containerd.WithImage(img),
+		containerd.WithSnapshotter(r.opts.Snapshotter),
+		containerd.WithNewSnapshot(spec.ID, img),
+		containerd.WithRuntime(RuncRuntime, &options.Options{}),
+		containerd.WithNewSpec(opts...),
+		containerd.WithContainerLabels(labels),
+	)
+	if err != nil {
+		if errdefs.IsAlreadyExists(err) {
+			// A snapshot of that name outlived a container: remove it and
+			// let the caller retry rather than reuse unknown contents.
+			r.removeSnapshot(spec.ID)
+		}
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
+	}
+	if err := r.startTask(ctx, c); err != nil {
+		r.removeContainer(c)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+	}
+	return r.Get(ctx, spec.ID)
+}
+
+// startTask creates the task with its output going to the instance's log
+// file (written by the shim, so it survives agent restarts), waits on it
+// before starting it so that no exit can be missed, and starts it.
+func (r *Runtime) startTask(ctx context.Context, c containerd.Container) error {
+	path := r.logPath(c.ID())
+	task, err := c.NewTask(ctx, cio.LogFile(path))
+	if err != nil {
+		return convertErr(err)
+	}
+	exitC, err := task.Wait(r.ctx)
+	if err != nil {
+		r.deleteTask(task)
+		return convertErr(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		r.deleteTask(task)
+		return convertErr(err)
+	}
+	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelStartedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
+		r.log.Warn("record start time", "instance", c.ID(), "error", err)
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		select {
+		case st := <-exitC:
+			if st.Error() != nil {
+				// The connection broke; the watcher reconciles.
+				return
+			}
+			r.recordExit(r.ctx, c.ID(), int(st.ExitCode()), st.ExitTime())
+		case <-r.ctx.Done():
+		}
+	}()
+	return nil
+}
+
+func (r *Runtime) cleanupCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.nsCtx(context.Background()), cleanupTimeout)
+}
+
+func (r *Runtime) deleteTask(task containerd.Task) {
+	ctx, cancel := r.cleanupCtx()
+	defer cancel()
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		r.log.Error("remove task of failed start", "instance", task.ID(), "error", err)
+	}
+}
+
+func (r *Runtime) removeContainer(c containerd.Container) {
+	ctx, cancel := r.cleanupCtx()
+	defer cancel()
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		r.log.Error("remove container of failed start", "instance", c.ID(), "error", err)
+	}
+	if err := os.Remove(r.logPath(c.ID())); err != nil && !os.IsNotExist(err) {
+		r.log.Warn("remove log", "instance", c.ID(), "error", err)
+	}
+}
+
+func (r *Runtime) removeSnapshot(key string) {
+	ctx, cancel := r.cleanupCtx()
+	defer cancel()
+	if err := r.client.SnapshotService(r.opts.Snapshotter).Remove(ctx, key); err != nil && !errdefs.IsNotFound(err) {
+		r.log.Error("remove stale snapshot", "snapshot", key, "error", err)
+	}
+}
+
+var _ oci.SpecOpts = verifyConfined

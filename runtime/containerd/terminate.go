@@ -1,0 +1,114 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// killWait bounds the wait for a task to die after SIGKILL.
+const killWait = 30 * time.Second
+
+// Terminate implements runtime.Runtime. Concurrent calls for one instance
+// share one termination, which runs to its end even if a caller goes away.
+func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duration) error {
+	ch := r.terminates.DoChan(id, func() (any, error) {
+		return nil, r.terminate(id, timeout)
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (r *Runtime) terminate(id string, timeout time.Duration) error {
+	unlock := r.locks.Lock(id)
+	defer unlock()
+	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), timeout+killWait+cleanupTimeout)
+	defer cancel()
+
+	c, err := r.client.LoadContainer(ctx, id)
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return notFound(id)
+		}
+		return convertErr(err)
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		return convertErr(err)
+	}
+	if labels[runtime.LabelInstanceID] == "" {
+		return notFound(id)
+	}
+	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminating, InstanceID: id, Status: "terminating"})
+	if err := r.stopTask(ctx, c, timeout); err != nil {
+		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
+		return err
+	}
+	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+		err = fmt.Errorf("delete container %q: %w", id, convertErr(err))
+		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
+		return err
+	}
+	if err := os.Remove(r.logPath(id)); err != nil && !os.IsNotExist(err) {
+		r.log.Warn("remove log", "instance", id, "error", err)
+	}
+	r.log.Info("instance terminated", "instance", id)
+	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
+	return nil
+}
+
+// stopTask sends SIGTERM, waits up to timeout for the task to exit, then
+// kills every process of the container, and deletes the task.
+func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout time.Duration) error {
+	task, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return convertErr(err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil && !errdefs.IsNotFound(err) {
+		return convertErr(err)
+	}
+	if err == nil && st.Status != containerd.Stopped {
+		exitC, err := task.Wait(ctx)
+		if err != nil {
+			return convertErr(err)
+		}
+		if timeout > 0 {
+			if err := task.Kill(ctx, syscall.SIGTERM); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("send SIGTERM: %w", convertErr(err))
+			}
+		}
+		select {
+		case <-exitC:
+		case <-time.After(timeout):
+			r.log.Info("instance ignored SIGTERM; killing", "instance", c.ID(), "timeout", timeout)
+			if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
+				return fmt.Errorf("send SIGKILL: %w", convertErr(err))
+			}
+			select {
+			case <-exitC:
+			case <-time.After(killWait):
+				return fmt.Errorf("task did not exit %s after SIGKILL: %w", killWait, errdefs.ErrUnavailable)
+			}
+		}
+	}
+	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("delete task: %w", convertErr(err))
+	}
+	return nil
+}

@@ -1,0 +1,177 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	apievents "github.com/containerd/containerd/api/events"
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types/task"
+	ctrevents "github.com/containerd/containerd/v2/core/events"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// Reconnection backoff for the event subscription.
+const (
+	watchBackoffMin = 200 * time.Millisecond
+	watchBackoffMax = 5 * time.Second
+)
+
+// watch follows task exits in the namespace for as long as ctx lives. Each
+// time the subscription is (re)established it reconciles by listing, so that
+// exits that happened while the agent or containerd was away are reported. A
+// broken connection is never taken for an exit.
+func (r *Runtime) watch(ctx context.Context) {
+	backoff := watchBackoffMin
+	connected := false
+	for ctx.Err() == nil {
+		subCtx, cancel := context.WithCancel(ctx)
+		envC, errC := r.client.Subscribe(subCtx,
+			fmt.Sprintf(`topic=="/tasks/exit",namespace==%q`, r.opts.Namespace))
+		err := r.reconcile(ctx)
+		if err == nil {
+			if !connected {
+				r.log.Info("watching containerd events")
+				r.pub.Publish(events.Event{Type: events.TypeRuntimeConnected, Message: "containerd connection established"})
+			}
+			connected, backoff = true, watchBackoffMin
+			err = r.follow(ctx, envC, errC)
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if connected {
+			r.log.Warn("lost containerd; reconnecting", "error", err)
+			r.pub.Publish(events.Event{Type: events.TypeRuntimeDisconnected, Message: fmt.Sprintf("containerd unavailable: %v", err)})
+			connected = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, watchBackoffMax)
+	}
+}
+
+// follow handles exit events until the subscription fails.
+func (r *Runtime) follow(ctx context.Context, envC <-chan *ctrevents.Envelope, errC <-chan error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errC:
+			if err == nil {
+				err = fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
+			}
+			return convertErr(err)
+		case env := <-envC:
+			if env == nil {
+				continue
+			}
+			ev, err := typeurl.UnmarshalAny(env.Event)
+			if err != nil {
+				r.log.Warn("undecodable containerd event", "topic", env.Topic, "error", err)
+				continue
+			}
+			exit, ok := ev.(*apievents.TaskExit)
+			// Only the init process's exit ends an instance.
+			if !ok || (exit.ID != "" && exit.ID != exit.ContainerID) {
+				continue
+			}
+			var at time.Time
+			if exit.ExitedAt != nil {
+				at = exit.ExitedAt.AsTime()
+			}
+			r.recordExit(ctx, exit.ContainerID, int(exit.ExitStatus), at)
+		}
+	}
+}
+
+// reconcile reports every exit the agent has not recorded yet: stopped
+// tasks, and started instances whose task is gone. containerd removes a task
+// that exited while containerd itself was down when it starts again, and its
+// exit code with it; such an exit is reported with its code unknown rather
+// than not at all.
+func (r *Runtime) reconcile(ctx context.Context) error {
+	infos, err := r.client.ContainerService().List(ctx, rentalFilter)
+	if err != nil {
+		return convertErr(err)
+	}
+	resp, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
+	if err != nil {
+		return convertErr(err)
+	}
+	procs := map[string]*task.Process{}
+	for _, p := range resp.Tasks {
+		procs[taskContainerID(p)] = p
+	}
+	for _, info := range infos {
+		if info.Labels[runtime.LabelExitCode] != "" {
+			continue
+		}
+		p := procs[info.ID]
+		switch {
+		case p != nil && p.Status == task.Status_STOPPED:
+			var at time.Time
+			if p.ExitedAt != nil {
+				at = p.ExitedAt.AsTime()
+			}
+			r.recordExit(ctx, info.ID, int(p.ExitStatus), at)
+		case p == nil && info.Labels[runtime.LabelStartedAt] != "":
+			r.recordExit(ctx, info.ID, exitCodeUnknown, time.Time{})
+		}
+	}
+	return nil
+}
+
+// exitCodeUnknown stands for an exit whose code containerd no longer knows.
+const exitCodeUnknown = -1
+
+// recordExit publishes an instance's exit once and keeps its code in the
+// container's labels. Publishing comes first: after a crash in between, the
+// exit is reported twice rather than never.
+func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.Time) {
+	r.exitMu.Lock()
+	defer r.exitMu.Unlock()
+	info, err := r.client.ContainerService().Get(ctx, id)
+	if err != nil {
+		if !errdefs.IsNotFound(convertErr(err)) {
+			r.log.Warn("read container for exit", "instance", id, "error", err)
+		}
+		return
+	}
+	if info.Labels[runtime.LabelInstanceID] == "" || info.Labels[runtime.LabelExitCode] != "" {
+		return
+	}
+	if at.IsZero() {
+		at = time.Now()
+	}
+	ev := events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited)}
+	label := runtime.ExitCodeUnknown
+	if code == exitCodeUnknown {
+		ev.Message = "exit code unavailable: the task was removed while the agent was not connected to containerd"
+	} else {
+		ev.ExitCode = &code
+		label = strconv.Itoa(code)
+	}
+	r.log.Info("instance exited", "instance", id, "exit_code", label)
+	r.pub.Publish(ev)
+	c, err := r.client.LoadContainer(ctx, id)
+	if err == nil {
+		_, err = c.SetLabels(ctx, map[string]string{
+			runtime.LabelExitCode:   label,
+			runtime.LabelFinishedAt: at.UTC().Format(time.RFC3339Nano),
+		})
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
+		r.log.Warn("record exit in labels", "instance", id, "error", err)
+	}
+}

@@ -1,0 +1,57 @@
+// Package events carries the agent's live events (instance state changes, pull
+// progress, GPU health) from their sources to GET /ws subscribers. Sources
+// depend only on the Publisher interface; the Hub keeps a bounded ring buffer
+// so that a client can resume from a sequence number.
+package events
+
+import "time"
+
+// Event types. Instance events carry the instance's status in Status as well,
+// so that a client may filter on either.
+const (
+	TypeInstancePulling      = "instance.pulling"
+	TypeInstancePullProgress = "instance.pull_progress"
+	TypeInstanceCreating     = "instance.creating"
+	TypeInstanceRunning      = "instance.running"
+	TypeInstanceExited       = "instance.exited"
+	TypeInstanceTerminating  = "instance.terminating"
+	TypeInstanceTerminated   = "instance.terminated"
+	TypeInstanceFailed       = "instance.failed"
+	// TypeRuntimeDisconnected and TypeRuntimeConnected report the agent's
+	// connection to the container runtime; a lost connection is not an exit.
+	TypeRuntimeDisconnected = "runtime.disconnected"
+	TypeRuntimeConnected    = "runtime.connected"
+	// TypeEventsLost is sent to a resuming client whose ?since= lies beyond
+	// what the buffer still holds.
+	TypeEventsLost = "events.lost"
+	// TypeGPUHealth reports a GPU taken out of service (Status "unhealthy",
+	// GPU its UUID); InstanceID is set when an instance holds that GPU.
+	TypeGPUHealth = "gpu.health"
+)
+
+// Event is one thing that happened. Seq and Time are set by the Hub.
+type Event struct {
+	Seq        uint64        `json:"seq"`
+	Time       time.Time     `json:"time"`
+	Type       string        `json:"type"`
+	InstanceID string        `json:"instance_id,omitempty"`
+	Status     string        `json:"status,omitempty"`
+	ExitCode   *int          `json:"exit_code,omitempty"`
+	Step       string        `json:"step,omitempty"`
+	Error      string        `json:"error,omitempty"`
+	Message    string        `json:"message,omitempty"`
+	Progress   *PullProgress `json:"progress,omitempty"`
+	// GPU is the UUID of the GPU a gpu.health event is about.
+	GPU string `json:"gpu,omitempty"`
+}
+
+// PullProgress is how far an image pull has come, in bytes.
+type PullProgress struct {
+	DoneBytes  int64 `json:"done_bytes"`
+	TotalBytes int64 `json:"total_bytes"`
+}
+
+// Publisher accepts events. Publish never blocks on a slow consumer.
+type Publisher interface {
+	Publish(Event)
+}

@@ -1,0 +1,77 @@
+// Package runtime defines what the agent asks of a container runtime: start a
+// rental, terminate it, and read back what runs. The containerd and Docker
+// back ends live in sub-packages and implement Runtime; server/ and cmd/ are
+// its callers. This package stays free of any back end's imports so that
+// callers compile without them.
+package runtime
+
+import (
+	"context"
+	"time"
+)
+
+// Runtime runs rentals as containers. Every method takes the caller's context;
+// errors carry github.com/containerd/errdefs kinds (NotFound, Conflict,
+// InvalidArgument, Unavailable) so that callers can classify them without
+// knowing the back end.
+type Runtime interface {
+	// Start pulls the image if needed, creates the container and starts its
+	// task. It is idempotent: a spec equal to the running one answers the
+	// existing instance; a different spec under the same ID is a Conflict.
+	// On failure nothing of the instance is left behind, and the error is a
+	// *StepError naming the step that failed.
+	Start(ctx context.Context, spec InstanceSpec) (Instance, error)
+	// Terminate stops the instance (SIGTERM, then SIGKILL after timeout) and
+	// deletes its task, container and snapshot. Concurrent calls for one
+	// instance share one termination.
+	Terminate(ctx context.Context, id string, timeout time.Duration) error
+	// Get reads one instance back from the runtime.
+	Get(ctx context.Context, id string) (Instance, error)
+	// List reads every instance of the agent's namespace.
+	List(ctx context.Context) ([]Instance, error)
+	// Logs returns at most the last tail lines of the instance's output.
+	Logs(ctx context.Context, id string, tail int) ([]byte, error)
+	// Ping reports whether the runtime's daemon answers.
+	Ping(ctx context.Context) error
+	// Info names the runtime and its version, for reports.
+	Info(ctx context.Context) (Info, error)
+	// Close releases the agent's connections. Containers keep running.
+	Close() error
+}
+
+// Info describes the container runtime in use.
+type Info struct {
+	Name      string
+	Version   string
+	Namespace string
+}
+
+// Status is the state of an instance as read back from the runtime.
+type Status string
+
+// Instance statuses.
+const (
+	StatusCreated Status = "created"
+	StatusRunning Status = "running"
+	StatusPaused  Status = "paused"
+	StatusExited  Status = "exited"
+	StatusUnknown Status = "unknown"
+)
+
+// Instance is a rental as the runtime reports it.
+type Instance struct {
+	ID          string
+	ContainerID string
+	Image       string
+	Status      Status
+	// ExitCode is set once the instance's main process has exited.
+	ExitCode   *int
+	Pid        uint32
+	CreatedAt  time.Time
+	StartedAt  time.Time
+	FinishedAt time.Time
+	// SpecHash identifies the request that created the instance.
+	SpecHash string
+	// Labels are the caller's labels, without the agent's prefix.
+	Labels map[string]string
+}

@@ -1,0 +1,53 @@
+package runtime
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+)
+
+// InstanceSpec is everything a back end needs to run one rental. The server
+// validates a request before converting it into an InstanceSpec.
+type InstanceSpec struct {
+	ID    string
+	Image string
+	// Entrypoint, when set, replaces the image's ENTRYPOINT and drops its CMD
+	// (as docker run --entrypoint does); Command replaces the image's CMD.
+	Entrypoint []string
+	Command    []string
+	Env        map[string]string
+	Resources  Resources
+	Labels     map[string]string
+	// RegistryAuth is used for the pull only and is not part of Hash.
+	RegistryAuth *RegistryAuth
+}
+
+// Resources are the limits enforced through cgroups and /dev/shm. Zero means
+// the runtime's default (no limit, or 64 MiB for /dev/shm).
+type Resources struct {
+	CPUs     float64
+	MemoryMB int64
+	Pids     int64
+	ShmMB    int64
+}
+
+// RegistryAuth holds credentials for the image's registry.
+type RegistryAuth struct {
+	Username string
+	Password string
+}
+
+// Hash identifies what the spec asks to run. Credentials are left out: the
+// same workload pulled with rotated credentials is the same workload.
+func (s InstanceSpec) Hash() string {
+	c := s
+	c.RegistryAuth = nil
+	// encoding/json sorts map keys, so equal specs encode equally.
+	b, err := json.Marshal(c)
+	if err != nil {
+		// Only strings, numbers and maps of strings: Marshal cannot fail.
+		panic(err)
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,112 @@
+// Command payload is the program inside the test image. Its arguments are a
+// small script run in order, so that one image serves every test:
+//
+//	echo TEXT      print TEXT
+//	env            print the environment, one variable a line
+//	ls DIR         print the names in DIR
+//	cat FILE       print FILE
+//	statfs DIR     print the size in bytes of the file system holding DIR
+//	sleep SECONDS  sleep (inf: forever); SIGTERM ends it with code 143
+//	ignore-term    ignore SIGTERM from now on
+//	exit CODE      exit with CODE
+//
+// Without arguments it sleeps forever.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	args := os.Args[1:]
+	if len(args) == 0 {
+		args = []string{"sleep", "inf"}
+	}
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	ignoreTerm := false
+	for i := 0; i < len(args); i++ {
+		arg := func() string {
+			i++
+			if i >= len(args) {
+				fmt.Fprintf(os.Stderr, "payload: %s needs an argument\n", args[i-1])
+				os.Exit(64)
+			}
+			return args[i]
+		}
+		switch cmd := args[i]; cmd {
+		case "echo":
+			fmt.Println(arg())
+		case "env":
+			env := os.Environ()
+			sort.Strings(env)
+			for _, e := range env {
+				fmt.Println(e)
+			}
+		case "ls":
+			entries, err := os.ReadDir(arg())
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "payload:", err)
+				os.Exit(66)
+			}
+			for _, e := range entries {
+				fmt.Println(e.Name())
+			}
+		case "cat":
+			b, err := os.ReadFile(arg())
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "payload:", err)
+				os.Exit(66)
+			}
+			os.Stdout.Write(b)
+		case "statfs":
+			var st syscall.Statfs_t
+			if err := syscall.Statfs(arg(), &st); err != nil {
+				fmt.Fprintln(os.Stderr, "payload:", err)
+				os.Exit(66)
+			}
+			fmt.Println(st.Blocks * uint64(st.Bsize))
+		case "ignore-term":
+			ignoreTerm = true
+		case "sleep":
+			s := arg()
+			var deadline <-chan time.Time
+			if s != "inf" {
+				secs, err := strconv.ParseFloat(s, 64)
+				if err != nil {
+					fmt.Fprintln(os.Stderr, "payload: bad sleep:", s)
+					os.Exit(64)
+				}
+				deadline = time.After(time.Duration(secs * float64(time.Second)))
+			}
+		wait:
+			for {
+				select {
+				case <-deadline:
+					break wait
+				case <-term:
+					if !ignoreTerm {
+						fmt.Println("payload: SIGTERM")
+						os.Exit(143)
+					}
+					fmt.Println("payload: ignoring SIGTERM")
+				}
+			}
+		case "exit":
+			code, err := strconv.Atoi(arg())
+			if err != nil {
+				os.Exit(64)
+			}
+			os.Exit(code)
+		default:
+			fmt.Fprintf(os.Stderr, "payload: unknown command %q\n", cmd)
+			os.Exit(64)
+		}
+	}
+}
