@@ -4,9 +4,10 @@ import "fmt"
 
 // Steps of Start, named in a StepError.
 const (
-	StepPull   = "pull"
-	StepCreate = "create"
-	StepStart  = "start"
+	StepAllocate = "allocate"
+	StepPull     = "pull"
+	StepCreate   = "create"
+	StepStart    = "start"
 )
 
 // StepError says which step of starting an instance failed. It unwraps to the

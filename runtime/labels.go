@@ -31,6 +31,11 @@ const (
 	// ExitCodeUnknown is LabelExitCode's value for an exit whose code the
 	// runtime lost (containerd reaps a task that exited while it was down).
 	ExitCodeUnknown = "unknown"
+	// LabelGPUs lists the UUIDs of the GPUs the instance holds, comma
+	// separated; the allocation table is rebuilt from it after a restart.
+	LabelGPUs = LabelPrefix + "gpus"
+	// LabelGPUIndexes lists their NVML indexes, in the same order.
+	LabelGPUIndexes = LabelPrefix + "gpu-indexes"
 	// LabelUserPrefix starts the caller's own labels.
 	LabelUserPrefix = LabelPrefix + "user."
 )

@@ -74,4 +74,6 @@ type Instance struct {
 	SpecHash string
 	// Labels are the caller's labels, without the agent's prefix.
 	Labels map[string]string
+	// GPUs are the GPUs the instance holds, from its labels.
+	GPUs []GPU
 }

@@ -18,6 +18,10 @@ type InstanceSpec struct {
 	Env        map[string]string
 	Resources  Resources
 	Labels     map[string]string
+	// GPURequest is what the caller asked for; GPUs is what was reserved for
+	// it (by GPURuntime), which the back end injects and records.
+	GPURequest GPURequest
+	GPUs       []GPU `json:"-"`
 	// RegistryAuth is used for the pull only and is not part of Hash.
 	RegistryAuth *RegistryAuth
 }
@@ -37,8 +41,9 @@ type RegistryAuth struct {
 	Password string
 }
 
-// Hash identifies what the spec asks to run. Credentials are left out: the
-// same workload pulled with rotated credentials is the same workload.
+// Hash identifies what the spec asks to run. Credentials are left out (the
+// same workload pulled with rotated credentials is the same workload), and so
+// are the GPUs reserved for it, which answer the request rather than make it.
 func (s InstanceSpec) Hash() string {
 	c := s
 	c.RegistryAuth = nil

@@ -15,6 +15,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sync/singleflight"
 
@@ -44,6 +45,17 @@ type Options struct {
 	Logger *slog.Logger
 	// PullTimeout bounds one image pull (default 30 minutes).
 	PullTimeout time.Duration
+	// Devices injects an instance's GPUs into its spec (CDI). Without it,
+	// GPU rentals are refused.
+	Devices DeviceInjector
+}
+
+// DeviceInjector turns the UUIDs of the GPUs reserved for an instance into
+// the spec option that gives the container exactly those devices. The
+// option is applied last, after confinement is verified, and checks its own
+// result.
+type DeviceInjector interface {
+	SpecOpts(uuids []string) (oci.SpecOpts, error)
 }
 
 // Runtime is the containerd back end.

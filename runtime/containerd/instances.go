@@ -90,6 +90,7 @@ func toInstance(info containers.Container, proc *task.Process) runtime.Instance 
 		StartedAt:   parseTime(l[runtime.LabelStartedAt]),
 		SpecHash:    l[runtime.LabelSpecHash],
 		Labels:      runtime.UserLabels(l),
+		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
 	}
 	if t := parseTime(l[runtime.LabelCreatedAt]); !t.IsZero() {
 		inst.CreatedAt = t

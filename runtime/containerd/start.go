@@ -95,7 +95,13 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	for k, v := range spec.Labels {
 		labels[runtime.LabelUserPrefix+k] = v
 	}
-	opts := append(specOpts(img, spec), verifyConfined)
+	if len(spec.GPUs) > 0 {
+		labels[runtime.LabelGPUs], labels[runtime.LabelGPUIndexes] = runtime.FormatGPULabels(spec.GPUs)
+	}
+	opts, err := r.specOpts(img, spec)
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
 	c, err := r.client.NewContainer(ctx, spec.ID,
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.opts.Snapshotter),
@@ -187,4 +193,24 @@ func (r *Runtime) removeSnapshot(key string) {
 	}
 }
 
-var _ oci.SpecOpts = verifyConfined
+// specOpts lists the container's spec options: the request's, confinement
+// verified, then the GPUs injected last so that nothing after them can reset
+// their devices, mounts or environment.
+func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec) ([]oci.SpecOpts, error) {
+	opts := append(specOpts(img, spec), verifyConfined)
+	if r.opts.Devices == nil {
+		if len(spec.GPUs) > 0 {
+			return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
+		}
+		return opts, nil
+	}
+	uuids := make([]string, len(spec.GPUs))
+	for i, g := range spec.GPUs {
+		uuids[i] = g.UUID
+	}
+	inject, err := r.opts.Devices.SpecOpts(uuids)
+	if err != nil {
+		return nil, fmt.Errorf("inject GPUs: %w", err)
+	}
+	return append(opts, inject), nil
+}

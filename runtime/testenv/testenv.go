@@ -11,7 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/containerd/log"
 )
+
+func init() {
+	// The containerd client logs every registry miss at info level; tests
+	// assert on those errors themselves.
+	_ = log.SetLevel("warn")
+}
 
 // RequireEnv makes missing integration prerequisites fatal instead of a skip.
 const RequireEnv = "HOST_AGENT_INTEGRATION"
