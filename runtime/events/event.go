@@ -27,6 +27,13 @@ const (
 	// TypeGPUHealth reports a GPU taken out of service (Status "unhealthy",
 	// GPU its UUID); InstanceID is set when an instance holds that GPU.
 	TypeGPUHealth = "gpu.health"
+	// TypeInstanceOrphan reports an instance present on this host that the
+	// central server does not expect; TypeInstanceMissing one the server
+	// expects that is not here. Each is published once when the discrepancy
+	// appears (server/reporter's reconciliation), not on every heartbeat.
+	// Neither is acted upon by the agent on its own.
+	TypeInstanceOrphan  = "instance.orphan"
+	TypeInstanceMissing = "instance.missing"
 )
 
 // Event is one thing that happened. Seq and Time are set by the Hub.

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/joho/godotenv"
+)
+
+// config is the agent's configuration, read from the environment and from a
+// .env file in the working directory (the real environment wins).
+type config struct {
+	AgentID             string
+	Token               string
+	ListenAddr          string
+	Runtime             string
+	ContainerdAddress   string
+	ContainerdNamespace string
+	StateDir            string
+	APIServerURL        string
+	LogLevel            slog.Level
+}
+
+// minTokenLength keeps guessable tokens out: the token is all that stands
+// between the network and root on this host.
+const minTokenLength = 16
+
+// configError names the variable at fault.
+type configError struct {
+	Var string
+	Msg string
+}
+
+func (e *configError) Error() string { return e.Var + ": " + e.Msg }
+
+// loadConfig reads the configuration. lookup is os.LookupEnv outside tests;
+// dotenv is the path of the .env file, which may be absent.
+func loadConfig(lookup func(string) (string, bool), dotenv string) (config, error) {
+	file, err := godotenv.Read(dotenv)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return config{}, fmt.Errorf("read %s: %w", dotenv, err)
+	}
+	get := func(name, def string) string {
+		if v, ok := lookup(name); ok {
+			return strings.TrimSpace(v)
+		}
+		if v, ok := file[name]; ok {
+			return strings.TrimSpace(v)
+		}
+		return def
+	}
+
+	c := config{
+		AgentID:             get("AGENT_ID", ""),
+		ListenAddr:          get("LISTEN_ADDR", ":8080"),
+		Runtime:             get("RUNTIME", "containerd"),
+		ContainerdAddress:   get("CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"),
+		ContainerdNamespace: get("CONTAINERD_NAMESPACE", "rentals"),
+		StateDir:            get("STATE_DIR", "/var/lib/host-agent"),
+		APIServerURL:        get("API_SERVER_URL", ""),
+	}
+	if c.AgentID == "" {
+		return c, &configError{"AGENT_ID", "required: the name this host is known by to the central server"}
+	}
+	if len(c.AgentID) > 128 || strings.ContainsAny(c.AgentID, "/ \t\n") {
+		return c, &configError{"AGENT_ID", "must be at most 128 characters without slashes or spaces"}
+	}
+
+	token, tokenFile := get("AGENT_TOKEN", ""), get("AGENT_TOKEN_FILE", "")
+	switch {
+	case token != "" && tokenFile != "":
+		return c, &configError{"AGENT_TOKEN", "set either AGENT_TOKEN or AGENT_TOKEN_FILE, not both"}
+	case tokenFile != "":
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return c, &configError{"AGENT_TOKEN_FILE", fmt.Sprintf("cannot read: %v", err)}
+		}
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return c, &configError{"AGENT_TOKEN_FILE", "the file is empty"}
+		}
+	case token == "":
+		return c, &configError{"AGENT_TOKEN", "required (or AGENT_TOKEN_FILE): the agent refuses to serve its API without authentication"}
+	}
+	if len(token) < minTokenLength {
+		return c, &configError{"AGENT_TOKEN", fmt.Sprintf("too short: use at least %d characters", minTokenLength)}
+	}
+	c.Token = token
+
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		return c, &configError{"LISTEN_ADDR", fmt.Sprintf("want host:port, got %q", c.ListenAddr)}
+	}
+	switch c.Runtime {
+	case "containerd", "auto":
+		c.Runtime = "containerd"
+	case "docker":
+		return c, &configError{"RUNTIME", "the Docker fallback is not available in this version; use containerd"}
+	default:
+		return c, &configError{"RUNTIME", fmt.Sprintf("want containerd, docker or auto, got %q", c.Runtime)}
+	}
+	if c.ContainerdAddress == "" {
+		return c, &configError{"CONTAINERD_ADDRESS", "must not be empty"}
+	}
+	if err := identifiers.Validate(c.ContainerdNamespace); err != nil {
+		return c, &configError{"CONTAINERD_NAMESPACE", err.Error()}
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		return c, &configError{"STATE_DIR", fmt.Sprintf("must be an absolute path, got %q", c.StateDir)}
+	}
+	if c.APIServerURL != "" {
+		u, err := url.Parse(c.APIServerURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, &configError{"API_SERVER_URL", fmt.Sprintf("want an http(s) URL, got %q", c.APIServerURL)}
+		}
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL", "info"))); err != nil {
+		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
+	}
+	return c, nil
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const goodToken = "0123456789abcdef0123"
+
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
+
+func TestLoadConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(goodToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	emptyFile := filepath.Join(dir, "empty")
+	os.WriteFile(emptyFile, nil, 0o600)
+	base := func(extra map[string]string) map[string]string {
+		m := map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN": goodToken}
+		for k, v := range extra {
+			if v == "<unset>" {
+				delete(m, k)
+			} else {
+				m[k] = v
+			}
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		wantVar string // the variable the error must name; "" for success
+	}{
+		{"defaults", base(nil), ""},
+		{"missing agent id", base(map[string]string{"AGENT_ID": "<unset>"}), "AGENT_ID"},
+		{"agent id with slash", base(map[string]string{"AGENT_ID": "a/b"}), "AGENT_ID"},
+		{"missing token", base(map[string]string{"AGENT_TOKEN": "<unset>"}), "AGENT_TOKEN"},
+		{"short token", base(map[string]string{"AGENT_TOKEN": "short"}), "AGENT_TOKEN"},
+		{"token file", base(map[string]string{"AGENT_TOKEN": "<unset>", "AGENT_TOKEN_FILE": tokenFile}), ""},
+		{"both tokens", base(map[string]string{"AGENT_TOKEN_FILE": tokenFile}), "AGENT_TOKEN"},
+		{"unreadable token file", base(map[string]string{"AGENT_TOKEN": "<unset>", "AGENT_TOKEN_FILE": filepath.Join(dir, "nope")}), "AGENT_TOKEN_FILE"},
+		{"empty token file", base(map[string]string{"AGENT_TOKEN": "<unset>", "AGENT_TOKEN_FILE": emptyFile}), "AGENT_TOKEN_FILE"},
+		{"bad listen", base(map[string]string{"LISTEN_ADDR": "8080"}), "LISTEN_ADDR"},
+		{"bad runtime", base(map[string]string{"RUNTIME": "podman"}), "RUNTIME"},
+		{"docker not yet", base(map[string]string{"RUNTIME": "docker"}), "RUNTIME"},
+		{"auto", base(map[string]string{"RUNTIME": "auto"}), ""},
+		{"bad namespace", base(map[string]string{"CONTAINERD_NAMESPACE": "no spaces"}), "CONTAINERD_NAMESPACE"},
+		{"relative state dir", base(map[string]string{"STATE_DIR": "state"}), "STATE_DIR"},
+		{"bad api url", base(map[string]string{"API_SERVER_URL": "ftp://x"}), "API_SERVER_URL"},
+		{"good api url", base(map[string]string{"API_SERVER_URL": "https://central.example/api"}), ""},
+		{"bad log level", base(map[string]string{"LOG_LEVEL": "loud"}), "LOG_LEVEL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := loadConfig(envOf(tc.env), filepath.Join(dir, "no.env"))
+			if tc.wantVar == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				if c.Token != goodToken || c.Runtime != "containerd" {
+					t.Fatalf("config = %+v", c)
+				}
+				return
+			}
+			var ce *configError
+			if !errors.As(err, &ce) || ce.Var != tc.wantVar || !strings.Contains(err.Error(), tc.wantVar) {
+				t.Fatalf("err = %v, want one naming %s", err, tc.wantVar)
+			}
+		})
+	}
+}
+
+func TestDotEnvRealEnvironmentWins(t *testing.T) {
+	t.Parallel()
+	dotenv := filepath.Join(t.TempDir(), ".env")
+	content := "# agent settings\nAGENT_ID=from-file\nAGENT_TOKEN=\"" + goodToken + "\"\nexport CONTAINERD_NAMESPACE=file-ns\n"
+	if err := os.WriteFile(dotenv, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadConfig(envOf(map[string]string{"AGENT_ID": "from-env"}), dotenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AgentID != "from-env" || c.Token != goodToken || c.ContainerdNamespace != "file-ns" {
+		t.Fatalf("config = %+v", c)
+	}
+}

@@ -1,0 +1,132 @@
+// Command host-agent runs on a GPU provider's machine and rents its GPUs out
+// as isolated containers on the central scheduler's request. main only
+// wires: it reads the configuration, builds every dependency once, hands them
+// to their constructors and handles signals. Stopping the agent never stops a
+// tenant's container.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// eventBuffer is how many events a resuming /ws client can catch up on.
+const eventBuffer = 4096
+
+func main() {
+	if len(os.Args) > 1 && (os.Args[1] == "-version" || os.Args[1] == "--version") {
+		fmt.Println("host-agent", version)
+		return
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	cfg, err := loadConfig(os.LookupEnv, ".env")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	logger = logger.With("agent_id", cfg.AgentID)
+	slog.SetDefault(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg, logger); err != nil {
+		logger.Error("agent stopped", "error", err)
+		return 1
+	}
+	logger.Info("agent stopped; rentals keep running")
+	return 0
+}
+
+func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
+	hub := events.NewHub(eventBuffer, time.Now)
+
+	inv, err := gpu.Open(nvml.New(), logger)
+	if err != nil {
+		return fmt.Errorf("GPU inventory: %w", err)
+	}
+	defer inv.Close()
+	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
+	alloc := gpu.NewAllocator(inv)
+
+	backend, err := newRuntime(cfg, hub, logger)
+	if err != nil {
+		return err
+	}
+	defer backend.Close()
+	rt := runtime.WithGPUs(backend, alloc.ForRuntime(), logger)
+	if err := rt.Restore(ctx); err != nil {
+		// Retried before the first GPU rental; CPU rentals go ahead.
+		logger.Warn("GPU holders not read back yet", "error", err)
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	healthCtx, stopHealth := context.WithCancel(ctx)
+	defer stopHealth()
+	wg.Go(func() {
+		if err := inv.WatchHealth(healthCtx, hub); err != nil {
+			logger.Error("GPU health watch stopped", "error", err)
+		}
+	})
+
+	srv, err := server.New(server.Options{
+		Runtime: rt,
+		Hub:     hub,
+		Token:   cfg.Token,
+		AgentID: cfg.AgentID,
+		Logger:  logger,
+		GPUs:    inv,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
+	}
+	logger.Info("agent serving", "version", version, "listen", ln.Addr().String(),
+		"runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
+	if cfg.APIServerURL == "" {
+		logger.Info("API_SERVER_URL is not set: serving the local API only, reporting to no central server")
+	}
+	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func newRuntime(cfg config, pub events.Publisher, logger *slog.Logger) (*containerd.Runtime, error) {
+	return containerd.New(containerd.Options{
+		Address:   cfg.ContainerdAddress,
+		Namespace: cfg.ContainerdNamespace,
+		AgentID:   cfg.AgentID,
+		LogDir:    filepath.Join(cfg.StateDir, "logs", cfg.ContainerdNamespace),
+		Events:    pub,
+		Logger:    logger,
+	})
+}

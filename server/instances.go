@@ -1,0 +1,103 @@
+package server
+
+import (
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/labstack/echo/v5"
+)
+
+// Bounds of GET /instances/{id}/logs?tail=N.
+const (
+	defaultLogTail = 100
+	maxLogTail     = 10000
+)
+
+// startInstance starts a rental. The runtime makes it idempotent: starting
+// the same spec again answers the running instance, a different spec under
+// the same ID is a conflict.
+func (s *Server) startInstance(c *echo.Context) error {
+	var req StartInstanceRequest
+	if err := decodeBody(c, &req); err != nil {
+		return err
+	}
+	if err := req.validate(); err != nil {
+		return err
+	}
+	inst, err := s.rt.Start(c.Request().Context(), req.toSpec())
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, startResponse(inst))
+}
+
+// terminateInstance stops a rental and removes its container.
+func (s *Server) terminateInstance(c *echo.Context) error {
+	var req TerminateInstanceRequest
+	if err := decodeBody(c, &req); err != nil {
+		return err
+	}
+	if err := req.validate(); err != nil {
+		return err
+	}
+	timeout := s.stopTimeout
+	if req.TimeoutSeconds != nil {
+		timeout = time.Duration(*req.TimeoutSeconds) * time.Second
+	}
+	if err := s.rt.Terminate(c.Request().Context(), req.InstanceID, timeout); err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, TerminateInstanceResponse{Message: msgTerminated, InstanceID: req.InstanceID})
+}
+
+// listInstances answers every instance the runtime holds, sorted by ID.
+func (s *Server) listInstances(c *echo.Context) error {
+	list, err := s.rt.List(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	out := ListInstancesResponse{Instances: make([]InstanceResponse, 0, len(list))}
+	for _, inst := range list {
+		out.Instances = append(out.Instances, instanceResponse(inst))
+	}
+	sort.Slice(out.Instances, func(i, j int) bool {
+		return out.Instances[i].InstanceID < out.Instances[j].InstanceID
+	})
+	return c.JSON(http.StatusOK, out)
+}
+
+func (s *Server) getInstance(c *echo.Context) error {
+	id := c.Param("id")
+	if err := validateInstanceID("id", id); err != nil {
+		return err
+	}
+	inst, err := s.rt.Get(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, instanceResponse(inst))
+}
+
+// instanceLogs answers the last lines of an instance's output as plain
+// text.
+func (s *Server) instanceLogs(c *echo.Context) error {
+	id := c.Param("id")
+	if err := validateInstanceID("id", id); err != nil {
+		return err
+	}
+	tail := defaultLogTail
+	if q := c.QueryParam("tail"); q != "" || c.QueryParams().Has("tail") {
+		n, err := strconv.Atoi(q)
+		if err != nil || n < 1 || n > maxLogTail {
+			return fieldErr("tail", "must be an integer between 1 and %d", maxLogTail)
+		}
+		tail = n
+	}
+	logs, err := s.rt.Logs(c.Request().Context(), id, tail)
+	if err != nil {
+		return err
+	}
+	return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, logs)
+}

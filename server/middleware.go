@@ -1,0 +1,84 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v5"
+)
+
+// logRequests logs one line per request: method, path, route, status and
+// duration. It writes a handler's error itself, through the one error
+// handler, so that the status it logs is the one sent. Neither headers nor
+// bodies are logged: they hold the bearer token and registry passwords.
+func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c *echo.Context) error {
+		start := time.Now()
+		if err := next(c); err != nil {
+			s.handleError(c, err)
+		}
+		status := 0
+		var size int64
+		if resp, err := echo.UnwrapResponse(c.Response()); err == nil {
+			status, size = resp.Status, resp.Size
+		}
+		req := c.Request()
+		s.log.LogAttrs(req.Context(), slog.LevelInfo, "request",
+			slog.String("method", req.Method),
+			slog.String("path", req.URL.Path),
+			slog.String("route", c.Path()),
+			slog.Int("status", status),
+			slog.Int64("bytes", size),
+			slog.Duration("duration", time.Since(start)),
+			slog.String("remote", req.RemoteAddr),
+		)
+		return nil
+	}
+}
+
+// recoverPanics turns a handler's panic into a 500, so that one bad request
+// does not take the agent, and the tenants' event streams, down with it.
+func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c *echo.Context) (err error) {
+		defer func() {
+			r := recover()
+			if r == nil {
+				return
+			}
+			if r == http.ErrAbortHandler {
+				panic(r) // net/http's way of aborting a response on purpose
+			}
+			s.log.Error("panic serving request", "method", c.Request().Method,
+				"path", c.Request().URL.Path, "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("panic: %v", r)
+		}()
+		return next(c)
+	}
+}
+
+// authenticate demands the bearer token on every route but the health
+// checks, which load balancers and supervisors call without one. It runs
+// after routing, so an unknown path without a token is a 401 and with one a
+// 404: a caller without the token learns nothing about which routes exist.
+func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
+	// Comparing digests keeps the comparison constant-time even in the
+	// token's length.
+	want := sha256.Sum256([]byte(s.token))
+	return func(c *echo.Context) error {
+		if ri := c.RouteInfo(); ri.Method == http.MethodGet && (ri.Path == healthPath || ri.Path == readinessPath) {
+			return next(c)
+		}
+		scheme, token, ok := strings.Cut(c.Request().Header.Get(echo.HeaderAuthorization), " ")
+		got := sha256.Sum256([]byte(strings.TrimLeft(token, " ")))
+		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			return errUnauthorized
+		}
+		return next(c)
+	}
+}

@@ -1,0 +1,205 @@
+package server
+
+import (
+	"maps"
+
+	"github.com/distribution/reference"
+	"slices"
+	"time"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// The API's request and response bodies. Their JSON fields are mirrored in
+// openapi.json; TestOpenAPIFieldsMatchStructs fails when the two differ.
+
+// StartInstanceRequest is the body of POST /start_instance, known to the
+// central server as InstanceData.
+type StartInstanceRequest struct {
+	InstanceID   string               `json:"instance_id"`
+	Image        string               `json:"image"`
+	Command      []string             `json:"command,omitempty"`
+	Entrypoint   []string             `json:"entrypoint,omitempty"`
+	Env          map[string]string    `json:"env,omitempty"`
+	Resources    *ResourcesRequest    `json:"resources,omitempty"`
+	RegistryAuth *RegistryAuthRequest `json:"registry_auth,omitempty"`
+	Labels       map[string]string    `json:"labels,omitempty"`
+	// GPUCount asks for that many free, healthy GPUs; GPUs names them (UUIDs
+	// or NVML indexes). At most one of the two.
+	GPUCount int      `json:"gpu_count,omitempty"`
+	GPUs     []string `json:"gpus,omitempty"`
+}
+
+// GPUResponse is a GPU an instance holds.
+type GPUResponse struct {
+	Index int    `json:"index"`
+	UUID  string `json:"uuid"`
+}
+
+// ResourcesRequest are an instance's limits; zero or absent means the
+// runtime's default.
+type ResourcesRequest struct {
+	CPUs     float64 `json:"cpus,omitempty"`
+	MemoryMB int64   `json:"memory_mb,omitempty"`
+	Pids     int64   `json:"pids,omitempty"`
+	ShmMB    int64   `json:"shm_mb,omitempty"`
+}
+
+// RegistryAuthRequest are credentials for pulling the image.
+type RegistryAuthRequest struct {
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+}
+
+// TerminateInstanceRequest is the body of POST /terminate_instance.
+type TerminateInstanceRequest struct {
+	InstanceID string `json:"instance_id"`
+	// TimeoutSeconds is how long to wait after SIGTERM before SIGKILL; nil
+	// means the server's default, 0 kills at once.
+	TimeoutSeconds *int `json:"timeout_seconds,omitempty"`
+}
+
+// StartInstanceResponse answers POST /start_instance. Message and
+// ContainerID are the seed API's; the rest was added alongside.
+type StartInstanceResponse struct {
+	Message     string    `json:"message"`
+	ContainerID string    `json:"container_id"`
+	InstanceID  string    `json:"instance_id"`
+	Status      string    `json:"status"`
+	Image       string    `json:"image"`
+	CreatedAt   time.Time `json:"created_at,omitzero"`
+	// GPUs are the GPUs the instance holds (empty for a CPU rental).
+	GPUs []GPUResponse `json:"gpus"`
+}
+
+// TerminateInstanceResponse answers POST /terminate_instance.
+type TerminateInstanceResponse struct {
+	Message    string `json:"message"`
+	InstanceID string `json:"instance_id"`
+}
+
+// InstanceResponse is one instance as GET /instances and
+// GET /instances/{id} show it.
+type InstanceResponse struct {
+	InstanceID  string `json:"instance_id"`
+	ContainerID string `json:"container_id"`
+	Image       string `json:"image"`
+	Status      string `json:"status"`
+	// ExitCode is null until the instance has exited.
+	ExitCode   *int              `json:"exit_code"`
+	Pid        uint32            `json:"pid"`
+	CreatedAt  time.Time         `json:"created_at,omitzero"`
+	StartedAt  time.Time         `json:"started_at,omitzero"`
+	FinishedAt time.Time         `json:"finished_at,omitzero"`
+	Labels     map[string]string `json:"labels"`
+	GPUs       []GPUResponse     `json:"gpus"`
+}
+
+// ListInstancesResponse answers GET /instances.
+type ListInstancesResponse struct {
+	Instances []InstanceResponse `json:"instances"`
+}
+
+// StatusResponse answers GET /healthz and GET /readyz.
+type StatusResponse struct {
+	Status  string `json:"status"`
+	AgentID string `json:"agent_id,omitempty"`
+}
+
+// Seed API messages, kept word for word.
+const (
+	msgStarted    = "Instance started successfully"
+	msgTerminated = "Instance terminated successfully"
+)
+
+// toSpec converts a validated request. Empty lists and maps become nil so
+// that a request that leaves a field out and one that sends it empty hash
+// alike, and a repeated start is recognised as the same one.
+func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
+	spec := runtime.InstanceSpec{
+		ID:         r.InstanceID,
+		Image:      normalizeImage(r.Image),
+		Entrypoint: nilIfEmpty(r.Entrypoint),
+		Command:    nilIfEmpty(r.Command),
+		Env:        nilIfEmptyMap(r.Env),
+		Labels:     nilIfEmptyMap(r.Labels),
+	}
+	if r.Resources != nil {
+		spec.Resources = runtime.Resources{
+			CPUs:     r.Resources.CPUs,
+			MemoryMB: r.Resources.MemoryMB,
+			Pids:     r.Resources.Pids,
+			ShmMB:    r.Resources.ShmMB,
+		}
+	}
+	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs)}
+	if a := r.RegistryAuth; a != nil && (a.Username != "" || a.Password != "") {
+		spec.RegistryAuth = &runtime.RegistryAuth{Username: a.Username, Password: a.Password}
+	}
+	return spec
+}
+
+func nilIfEmpty(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return slices.Clone(s)
+}
+
+func nilIfEmptyMap(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return maps.Clone(m)
+}
+
+func startResponse(inst runtime.Instance) StartInstanceResponse {
+	return StartInstanceResponse{
+		Message:     msgStarted,
+		ContainerID: inst.ContainerID,
+		InstanceID:  inst.ID,
+		Status:      string(inst.Status),
+		Image:       inst.Image,
+		CreatedAt:   inst.CreatedAt.UTC(),
+		GPUs:        gpuResponses(inst.GPUs),
+	}
+}
+
+func gpuResponses(gpus []runtime.GPU) []GPUResponse {
+	out := make([]GPUResponse, len(gpus))
+	for i, g := range gpus {
+		out[i] = GPUResponse{Index: g.Index, UUID: g.UUID}
+	}
+	return out
+}
+
+// normalizeImage spells a validated reference in full (nginx becomes
+// docker.io/library/nginx:latest), so that two spellings of one image are
+// one spec.
+func normalizeImage(image string) string {
+	named, err := reference.ParseDockerRef(image)
+	if err != nil {
+		return image
+	}
+	return named.String()
+}
+
+func instanceResponse(inst runtime.Instance) InstanceResponse {
+	labels := inst.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return InstanceResponse{
+		InstanceID:  inst.ID,
+		ContainerID: inst.ContainerID,
+		Image:       inst.Image,
+		Status:      string(inst.Status),
+		ExitCode:    inst.ExitCode,
+		Pid:         inst.Pid,
+		CreatedAt:   inst.CreatedAt.UTC(),
+		StartedAt:   inst.StartedAt.UTC(),
+		FinishedAt:  inst.FinishedAt.UTC(),
+		Labels:      labels,
+		GPUs:        gpuResponses(inst.GPUs),
+	}
+}

@@ -1,0 +1,228 @@
+// Package server is the agent's REST and WebSocket API, served with Echo v5:
+// the central server starts and terminates rentals through it, reads them back
+// and follows their events on GET /ws. Handlers bind and validate a request
+// struct, convert it into a runtime spec and call runtime.Runtime; nothing
+// else in the agent imports echo. cmd/ builds a Server and serves its Handler.
+package server
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v5"
+
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// Defaults for Options left zero.
+const (
+	DefaultPingInterval       = 30 * time.Second
+	DefaultStopTimeout        = 10 * time.Second
+	defaultShutdownTimeout    = 10 * time.Second
+	defaultReadHeaderTimeout  = 10 * time.Second
+	defaultIdleTimeout        = 2 * time.Minute
+	readinessTimeout          = 2 * time.Second
+	maxStopTimeoutSeconds     = 3600
+	maxBodyBytes              = 1 << 20
+	healthPath, readinessPath = "/healthz", "/readyz"
+)
+
+// Options are a Server's dependencies and settings.
+type Options struct {
+	// Runtime runs the rentals. Required.
+	Runtime runtime.Runtime
+	// Hub feeds GET /ws. Required.
+	Hub *events.Hub
+	// Token is the bearer token every route but the health checks demands.
+	// Required: the agent never serves its API unauthenticated.
+	Token string
+	// AgentID names this agent in logs and in GET /healthz.
+	AgentID string
+	// Logger receives request logs and the causes of failed requests
+	// (slog.Default() when nil).
+	Logger *slog.Logger
+	// PingInterval is how often a WebSocket client is pinged; one that has
+	// not answered within twice that is disconnected. Default 30s.
+	PingInterval time.Duration
+	// DefaultStopTimeout is how long terminate waits after SIGTERM when the
+	// request names no timeout. Default 10s.
+	DefaultStopTimeout time.Duration
+	// GPUs feeds GET /gpus; nil serves a host without GPUs.
+	GPUs GPUInventory
+}
+
+// GPUInventory is what GET /gpus shows; gpu.Inventory provides it.
+type GPUInventory interface {
+	GPUs() []gpu.GPU
+	DriverVersion() string
+	CUDADriverVersion() string
+}
+
+// Route is one method and path the API serves, with path parameters written
+// Echo's way (/instances/:id).
+type Route struct {
+	Method string
+	Path   string
+}
+
+// Server is the agent's HTTP API.
+type Server struct {
+	rt          runtime.Runtime
+	hub         *events.Hub
+	token       string
+	agentID     string
+	log         *slog.Logger
+	ping        time.Duration
+	stopTimeout time.Duration
+	gpus        GPUInventory
+	echo        *echo.Echo
+
+	// streamsCtx is cancelled by Shutdown; every WebSocket loop watches it
+	// because http.Server.Shutdown does not track hijacked connections.
+	streamsCtx  context.Context
+	stopStreams context.CancelFunc
+	streams     sync.WaitGroup
+	mu          sync.Mutex
+	closing     bool // guarded by mu; no stream is added once set
+}
+
+// New checks opts and builds the API's routes.
+func New(opts Options) (*Server, error) {
+	if opts.Runtime == nil {
+		return nil, errors.New("server: Options.Runtime is required")
+	}
+	if opts.Hub == nil {
+		return nil, errors.New("server: Options.Hub is required")
+	}
+	if opts.Token == "" {
+		return nil, errors.New("server: Options.Token is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = DefaultPingInterval
+	}
+	if opts.DefaultStopTimeout <= 0 {
+		opts.DefaultStopTimeout = DefaultStopTimeout
+	}
+	s := &Server{
+		rt:          opts.Runtime,
+		hub:         opts.Hub,
+		token:       opts.Token,
+		agentID:     opts.AgentID,
+		log:         opts.Logger,
+		ping:        opts.PingInterval,
+		stopTimeout: opts.DefaultStopTimeout,
+		gpus:        opts.GPUs,
+	}
+	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
+
+	e := echo.NewWithConfig(echo.Config{
+		Logger:           opts.Logger,
+		HTTPErrorHandler: s.handleError,
+		// Overwriting a route silently would hide a mistake; the default
+		// router allows it.
+		Router: echo.NewRouter(echo.RouterConfig{}),
+	})
+	// Use middleware runs after routing, for unknown routes too, so that
+	// authenticate can tell the health checks apart by their route rather
+	// than by a raw path.
+	e.Use(s.logRequests, s.recoverPanics, s.authenticate)
+
+	e.GET(healthPath, s.healthz)
+	e.GET(readinessPath, s.readyz)
+	e.GET("/openapi.json", s.openAPI)
+	e.POST("/start_instance", s.startInstance)
+	e.POST("/terminate_instance", s.terminateInstance)
+	e.GET("/instances", s.listInstances)
+	e.GET("/instances/:id", s.getInstance)
+	e.GET("/instances/:id/logs", s.instanceLogs)
+	e.GET("/ws", s.streamEvents)
+	e.GET("/gpus", s.listGPUs)
+	s.echo = e
+	return s, nil
+}
+
+// Handler returns the API as an http.Handler.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Routes lists the registered routes, sorted by path and method, for the test
+// that keeps the OpenAPI document honest.
+func (s *Server) Routes() []Route {
+	var out []Route
+	for _, r := range s.echo.Router().Routes() {
+		out = append(out, Route{Method: r.Method, Path: r.Path})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Path != out[j].Path {
+			return out[i].Path < out[j].Path
+		}
+		return out[i].Method < out[j].Method
+	})
+	return out
+}
+
+// Shutdown closes every WebSocket stream with a going-away close frame and
+// waits, until ctx is done, for their goroutines to end. New streams opened
+// afterwards are closed at once. It does not touch plain HTTP requests:
+// http.Server.Shutdown handles those.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeStreams()
+	done := make(chan struct{})
+	go func() {
+		s.streams.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Serve serves the API on ln until ctx is cancelled, then shuts down
+// gracefully: it stops accepting, lets requests in flight finish and closes
+// WebSocket streams, for at most 10 seconds. Containers are left running.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: defaultReadHeaderTimeout,
+		IdleTimeout:       defaultIdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	// Hijacked WebSocket connections are invisible to srv.Shutdown; this
+	// hook closes them when it starts.
+	srv.RegisterOnShutdown(s.closeStreams)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		s.closeStreams()
+		return err
+	case <-ctx.Done():
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), defaultShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(shutdownCtx)
+	if err != nil {
+		// Requests still running past the deadline are cut off.
+		_ = srv.Close()
+	}
+	if serr := s.Shutdown(shutdownCtx); err == nil {
+		err = serr
+	}
+	<-served // http.ErrServerClosed
+	return err
+}
