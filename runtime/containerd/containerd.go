@@ -45,6 +45,8 @@ type Options struct {
 	Logger *slog.Logger
 	// PullTimeout bounds one image pull (default 30 minutes).
 	PullTimeout time.Duration
+	// ProgressInterval is how often pull progress is published (default 1s).
+	ProgressInterval time.Duration
 	// Devices injects an instance's GPUs into its spec (CDI). Without it,
 	// GPU rentals are refused.
 	Devices DeviceInjector
@@ -86,6 +88,9 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.PullTimeout == 0 {
 		opts.PullTimeout = 30 * time.Minute
+	}
+	if opts.ProgressInterval == 0 {
+		opts.ProgressInterval = time.Second
 	}
 	if opts.Events == nil {
 		opts.Events = discard{}

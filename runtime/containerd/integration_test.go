@@ -373,3 +373,41 @@ func assertNothingLeft(t *testing.T, ns string) {
 		t.Errorf("active snapshots left behind: %v", snaps)
 	}
 }
+
+func TestPullProgressReported(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	const padding = 3 << 20
+	ref, err := registry.PushPayloadWithPadding("slow:latest", padding)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, rec := testNamespace(t), newRecorder()
+	r, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: t.TempDir(), Events: rec, ProgressInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	registry.Throttle(2 << 20)
+	defer registry.Throttle(0)
+	if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "slow", Image: ref}); err != nil {
+		t.Fatal(err)
+	}
+	var progress []events.PullProgress
+	for _, e := range rec.all() {
+		if e.Type == events.TypeInstancePullProgress && e.InstanceID == "slow" {
+			progress = append(progress, *e.Progress)
+		}
+	}
+	if len(progress) < 2 {
+		t.Fatalf("%d progress events for a pull of over a second: %v", len(progress), progress)
+	}
+	for i, p := range progress {
+		if p.TotalBytes < padding || p.DoneBytes > p.TotalBytes || (i > 0 && p.DoneBytes < progress[i-1].DoneBytes) {
+			t.Fatalf("progress %d = %+v (all: %v)", i, p, progress)
+		}
+	}
+	if first := progress[0]; first.DoneBytes == first.TotalBytes {
+		t.Errorf("first progress already complete: %v", progress)
+	}
+}

@@ -19,9 +19,6 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
-// progressInterval is how often pull progress is published.
-const progressInterval = time.Second
-
 // ensureImage returns the image, unpacked, pulling it when containerd does
 // not have it yet.
 func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (containerd.Image, error) {
@@ -119,7 +116,7 @@ func (r *Runtime) reportProgress(ctx context.Context, id string, t *pullTracker)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tick := time.NewTicker(progressInterval)
+		tick := time.NewTicker(r.opts.ProgressInterval)
 		defer tick.Stop()
 		var last events.PullProgress
 		for {

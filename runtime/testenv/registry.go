@@ -3,15 +3,19 @@ package testenv
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
@@ -26,12 +30,51 @@ import (
 type Registry struct {
 	srv  *httptest.Server
 	Host string // 127.0.0.1:PORT
+	// rate limits blob downloads, in bytes per second; 0 is unlimited.
+	rate atomic.Int64
 }
 
 // StartRegistry serves an empty registry on a loopback port.
 func StartRegistry() *Registry {
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	return &Registry{srv: srv, Host: strings.TrimPrefix(srv.URL, "http://")}
+	r := &Registry{}
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if rate := r.rate.Load(); rate > 0 && req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
+			w = &throttledWriter{ResponseWriter: w, rate: rate}
+		}
+		reg.ServeHTTP(w, req)
+	}))
+	r.Host = strings.TrimPrefix(r.srv.URL, "http://")
+	return r
+}
+
+// Throttle limits blob downloads to bytesPerSec (0: unlimited), so that a
+// pull lasts long enough to be watched.
+func (r *Registry) Throttle(bytesPerSec int64) { r.rate.Store(bytesPerSec) }
+
+// throttledWriter writes in small pieces at a fixed rate.
+type throttledWriter struct {
+	http.ResponseWriter
+	rate int64
+}
+
+func (t *throttledWriter) Write(p []byte) (int, error) {
+	const piece = 16 << 10
+	n := 0
+	for len(p) > 0 {
+		k := min(len(p), piece)
+		m, err := t.ResponseWriter.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if f, ok := t.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		time.Sleep(time.Duration(int64(k) * int64(time.Second) / t.rate))
+		p = p[k:]
+	}
+	return n, nil
 }
 
 // Close stops the registry.
@@ -45,6 +88,12 @@ var ImageEnv = []string{"PATH=/", "NVIDIA_VISIBLE_DEVICES=all", "PAYLOAD_IMAGE=1
 // file of an image whose entrypoint it is, pushes it as repo:tag and returns
 // the reference to pull.
 func (r *Registry) PushPayload(repoTag string) (string, error) {
+	return r.PushPayloadWithPadding(repoTag, 0)
+}
+
+// PushPayloadWithPadding pushes the payload image with a second layer of
+// padding random bytes: an image no daemon has seen, of a chosen size.
+func (r *Registry) PushPayloadWithPadding(repoTag string, padding int) (string, error) {
 	bin, err := BuildPayload()
 	if err != nil {
 		return "", err
@@ -52,6 +101,18 @@ func (r *Registry) PushPayload(repoTag string) (string, error) {
 	layer, err := layerWith("payload", bin)
 	if err != nil {
 		return "", err
+	}
+	layers := []v1.Layer{layer}
+	if padding > 0 {
+		junk := make([]byte, padding)
+		if _, err := rand.Read(junk); err != nil {
+			return "", err
+		}
+		pad, err := layerWith("padding", junk)
+		if err != nil {
+			return "", err
+		}
+		layers = append(layers, pad)
 	}
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
 		Architecture: goruntime.GOARCH,
@@ -64,7 +125,7 @@ func (r *Registry) PushPayload(repoTag string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	img, err = mutate.AppendLayers(img, layer)
+	img, err = mutate.AppendLayers(img, layers...)
 	if err != nil {
 		return "", err
 	}
