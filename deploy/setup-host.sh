@@ -63,7 +63,7 @@ fi
 
 have_containerd() {
   command -v containerd >/dev/null && command -v containerd-shim-runc-v2 >/dev/null && command -v ctr >/dev/null &&
-    containerd --version 2>/dev/null | grep -q "${CONTAINERD_VERSION}"
+    containerd --version 2>/dev/null | grep -qF " ${CONTAINERD_VERSION#v}"
 }
 if ! have_containerd; then
   log "building containerd ${CONTAINERD_VERSION} from the Go module proxy into ${BIN_DIR}"
