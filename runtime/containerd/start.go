@@ -66,12 +66,21 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 	if labels[runtime.LabelSpecHash] != hash {
 		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", c.ID(), errdefs.ErrConflict)
 	}
-	if _, err := c.Task(ctx, nil); errdefs.IsNotFound(err) {
-		if err := r.startTask(ctx, c); err != nil {
-			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
-		}
-	} else if err != nil {
+	task, err := c.Task(ctx, nil)
+	switch {
+	case errdefs.IsNotFound(err):
+		err = r.startTask(ctx, c)
+	case err != nil:
 		return runtime.Instance{}, convertErr(err)
+	default:
+		// A task created but never started (the agent died in between)
+		// is started now; any other state is left as it is.
+		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Created {
+			err = r.runTask(ctx, c, task)
+		}
+	}
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
 	}
 	return r.Get(ctx, c.ID())
 }
@@ -134,6 +143,11 @@ func (r *Runtime) startTask(ctx context.Context, c containerd.Container) error {
 	if err != nil {
 		return convertErr(err)
 	}
+	return r.runTask(ctx, c, task)
+}
+
+// runTask waits on a created task, then starts it, and follows its exit.
+func (r *Runtime) runTask(ctx context.Context, c containerd.Container, task containerd.Task) error {
 	exitC, err := task.Wait(r.ctx)
 	if err != nil {
 		r.deleteTask(task)
