@@ -3,22 +3,30 @@ package server
 import (
 	"encoding/json"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"reflect"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/server/reporter"
 )
 
 // openAPIDoc is the part of an OpenAPI document these tests read.
 type openAPIDoc struct {
-	OpenAPI    string                                `json:"openapi"`
-	Paths      map[string]map[string]json.RawMessage `json:"paths"`
+	OpenAPI string                                `json:"openapi"`
+	Paths   map[string]map[string]json.RawMessage `json:"paths"`
+	// Webhooks are the calls the agent makes to the central server; they
+	// are not routes the agent serves.
+	Webhooks   map[string]map[string]*operation `json:"webhooks"`
 	Components struct {
 		Schemas         map[string]*schema         `json:"schemas"`
 		SecuritySchemes map[string]json.RawMessage `json:"securitySchemes"`
@@ -33,6 +41,22 @@ type schema struct {
 	Required             []string           `json:"required"`
 	Items                *schema            `json:"items"`
 	AdditionalProperties any                `json:"additionalProperties"`
+	Enum                 []any              `json:"enum"`
+}
+
+// operation is the part of a webhook's operation these tests read.
+type operation struct {
+	Description string `json:"description"`
+	RequestBody struct {
+		Content map[string]struct {
+			Schema *schema `json:"schema"`
+		} `json:"content"`
+	} `json:"requestBody"`
+	Responses map[string]struct {
+		Content map[string]struct {
+			Schema *schema `json:"schema"`
+		} `json:"content"`
+	} `json:"responses"`
 }
 
 func loadOpenAPI(t *testing.T) *openAPIDoc {
@@ -109,8 +133,24 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"GPUHeld":                   reflect.TypeFor[GPUResponse](),
 		"GPU":                       reflect.TypeFor[gpu.GPU](),
 		"GPUList":                   reflect.TypeFor[GPUListResponse](),
+		"HostReport":                reflect.TypeFor[reporter.HostReport](),
+		"OSInfo":                    reflect.TypeFor[reporter.OSInfo](),
+		"CPUInfo":                   reflect.TypeFor[reporter.CPUInfo](),
+		"MemoryInfo":                reflect.TypeFor[reporter.MemoryInfo](),
+		"DiskInfo":                  reflect.TypeFor[reporter.DiskInfo](),
+		"RuntimeInfo":               reflect.TypeFor[reporter.RuntimeInfo](),
+		"RegisterRequest":           reflect.TypeFor[reporter.RegisterRequest](),
+		"HeartbeatRequest":          reflect.TypeFor[reporter.HeartbeatRequest](),
+		"InstanceState":             reflect.TypeFor[reporter.InstanceState](),
+		"GPURef":                    reflect.TypeFor[reporter.GPURef](),
+		"GPUUsage":                  reflect.TypeFor[gpu.Usage](),
+		"HeartbeatResponse":         reflect.TypeFor[reporter.HeartbeatResponse](),
 	}
-	c := &schemaChecker{t: t, doc: doc, visited: map[string]bool{}}
+	c := &schemaChecker{t: t, doc: doc, visited: map[string]bool{}, decoded: map[reflect.Type]bool{
+		// The central server writes it and the agent reads it: every field
+		// is optional, and what Go decodes from null must allow null.
+		reflect.TypeFor[reporter.HeartbeatResponse](): true,
+	}}
 	for name, typ := range roots {
 		c.checkStruct("#/components/schemas/"+name, typ)
 	}
@@ -125,6 +165,10 @@ type schemaChecker struct {
 	t       *testing.T
 	doc     *openAPIDoc
 	visited map[string]bool
+	// decoded are the types the agent only reads (answers of the central
+	// server), whose schemas describe what the agent accepts rather than
+	// what it sends.
+	decoded map[reflect.Type]bool
 }
 
 // resolve follows a $ref to a component schema.
@@ -157,6 +201,14 @@ func (c *schemaChecker) checkStruct(where string, typ reflect.Type) {
 		fields = append(fields, name)
 		tag := f.Tag.Get("json")
 		always := !strings.Contains(tag, ",omitempty") && !strings.Contains(tag, ",omitzero")
+		if c.decoded[typ] {
+			// Accepted when absent, and as null where Go takes null.
+			always = false
+			if k := f.Type.Kind(); (k == reflect.Slice || k == reflect.Pointer || k == reflect.Map) && s.Properties[name] != nil &&
+				!slices.Contains(schemaTypes(c.resolve(where+"."+name, s.Properties[name])), "null") {
+				c.t.Errorf("%s.%s: the agent accepts null here, but the schema's type does not allow null", where, name)
+			}
+		}
 		if always {
 			required = append(required, name)
 		}
@@ -243,4 +295,170 @@ func schemaTypes(s *schema) []string {
 		return out
 	}
 	return nil
+}
+
+// stringConsts parses the Go file at path and returns the values of its
+// string constants whose names start with prefix, by name.
+func stringConsts(t *testing.T, path, prefix string) map[string]string {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.SkipObjectResolution)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, decl := range f.Decls {
+		gd, ok := decl.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, name := range vs.Names {
+				if !strings.HasPrefix(name.Name, prefix) || i >= len(vs.Values) {
+					continue
+				}
+				lit, ok := vs.Values[i].(*ast.BasicLit)
+				if !ok || lit.Kind != token.STRING {
+					t.Errorf("%s: constant %s is not a string literal", path, name.Name)
+					continue
+				}
+				v, err := strconv.Unquote(lit.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				out[name.Name] = v
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("%s: no %s* constants found", path, prefix)
+	}
+	return out
+}
+
+// checkEnum fails unless the schema's enum holds exactly the constants'
+// values.
+func checkEnum(t *testing.T, where string, s *schema, consts map[string]string) {
+	t.Helper()
+	if s == nil {
+		t.Fatalf("%s: no such schema", where)
+	}
+	var enum []string
+	for _, v := range s.Enum {
+		enum = append(enum, fmt.Sprint(v))
+	}
+	for name, v := range consts {
+		if !slices.Contains(enum, v) {
+			t.Errorf("%s: %s (%q) is missing from the enum", where, name, v)
+		}
+	}
+	for _, v := range enum {
+		found := false
+		for _, c := range consts {
+			found = found || c == v
+		}
+		if !found {
+			t.Errorf("%s: enum value %q is no constant", where, v)
+		}
+	}
+}
+
+// TestOpenAPIEventTypesMatchConstants fails when an event type constant of
+// runtime/events is missing from the Event schema's type enum, or the enum
+// lists a type no constant names.
+func TestOpenAPIEventTypesMatchConstants(t *testing.T) {
+	t.Parallel()
+	doc := loadOpenAPI(t)
+	consts := stringConsts(t, "../runtime/events/event.go", "Type")
+	// Spot-check that parsing found the constants the code uses.
+	for name, v := range map[string]string{"TypeInstanceOrphan": events.TypeInstanceOrphan, "TypeInstanceMissing": events.TypeInstanceMissing} {
+		if consts[name] != v {
+			t.Errorf("parsed %s = %q, want %q", name, consts[name], v)
+		}
+	}
+	event := doc.Components.Schemas["Event"]
+	if event == nil || event.Properties["type"] == nil {
+		t.Fatal("no Event.type schema")
+	}
+	checkEnum(t, "Event.type", event.Properties["type"], consts)
+}
+
+// TestOpenAPIWebhooksMatchReporter fails when the outbound protocol the
+// document describes under webhooks differs from what server/reporter does:
+// its paths, bodies, registration reasons and timings.
+func TestOpenAPIWebhooksMatchReporter(t *testing.T) {
+	t.Parallel()
+	doc := loadOpenAPI(t)
+	ref := func(name string) string { return "#/components/schemas/" + name }
+	for _, w := range []struct {
+		name, path, request, response string
+	}{
+		{"agentRegister", reporter.RegisterPath, "RegisterRequest", ""},
+		{"agentHeartbeat", reporter.HeartbeatPath, "HeartbeatRequest", "HeartbeatResponse"},
+	} {
+		op := doc.Webhooks[w.name]["post"]
+		if op == nil {
+			t.Errorf("webhook %s: no post operation", w.name)
+			continue
+		}
+		url := "POST {API_SERVER_URL}" + fmt.Sprintf(w.path, "{agent_id}")
+		if !strings.Contains(op.Description, url) {
+			t.Errorf("webhook %s: the description does not name %s", w.name, url)
+		}
+		for _, h := range []string{"Authorization: Bearer <agent token>", "Content-Type: application/json", "User-Agent: host-agent/<version>"} {
+			if !strings.Contains(op.Description, h) {
+				t.Errorf("webhook %s: the description does not name the header %s", w.name, h)
+			}
+		}
+		if body := op.RequestBody.Content["application/json"].Schema; body == nil || body.Ref != ref(w.request) {
+			t.Errorf("webhook %s: request body %+v, want $ref %s", w.name, body, ref(w.request))
+		}
+		if w.response != "" {
+			if body := op.Responses["200"].Content["application/json"].Schema; body == nil || body.Ref != ref(w.response) {
+				t.Errorf("webhook %s: 200 body %+v, want $ref %s", w.name, body, ref(w.response))
+			}
+		}
+		for _, status := range []string{"401", "403", "408", "429", "5XX", "default"} {
+			if _, ok := op.Responses[status]; !ok {
+				t.Errorf("webhook %s: no %s response", w.name, status)
+			}
+		}
+	}
+	if _, ok := doc.Webhooks["agentHeartbeat"]["post"].Responses["404"]; !ok {
+		t.Error("webhook agentHeartbeat: no 404 response (the agent registers again)")
+	}
+
+	reasons := stringConsts(t, "reporter/protocol.go", "Reason")
+	if reasons["ReasonStart"] != reporter.ReasonStart {
+		t.Errorf("parsed ReasonStart = %q", reasons["ReasonStart"])
+	}
+	if rr := doc.Components.Schemas["RegisterRequest"]; rr == nil {
+		t.Error("no RegisterRequest schema")
+	} else {
+		checkEnum(t, "RegisterRequest.reason", rr.Properties["reason"], reasons)
+	}
+
+	// The timings the descriptions state, and the defaults they come from.
+	heartbeat := doc.Webhooks["agentHeartbeat"]["post"]
+	if heartbeat == nil {
+		return
+	}
+	for _, d := range []struct {
+		got, want time.Duration
+		text      string
+	}{
+		{reporter.DefaultInterval, 15 * time.Second, "HEARTBEAT_INTERVAL (default 15s)"},
+		{reporter.DefaultBackoffBase, time.Second, "base 1s"},
+		{reporter.DefaultBackoffMax, time.Minute, "capped at 60s"},
+		{reporter.DefaultSlowRetry, 5 * time.Minute, "every 5 minutes"},
+		{reporter.DefaultRequestTimeout, 10 * time.Second, "10-second timeout"},
+		{reporter.DefaultTerminateTimeout, 10 * time.Second, "SIGKILL after 10 seconds"},
+	} {
+		if d.got != d.want {
+			t.Errorf("the reporter's default is %v, the document says %q", d.got, d.text)
+		}
+		if !strings.Contains(heartbeat.Description, d.text) {
+			t.Errorf("webhook agentHeartbeat: the description does not say %q", d.text)
+		}
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/server/reporter"
 )
 
 // Defaults for Options left zero.
@@ -57,6 +58,14 @@ type Options struct {
 	DefaultStopTimeout time.Duration
 	// GPUs feeds GET /gpus; nil serves a host without GPUs.
 	GPUs GPUInventory
+	// Host feeds GET /host; nil answers 503.
+	Host HostReporter
+}
+
+// HostReporter describes the host as the central server is told about it;
+// reporter.Reporter provides it.
+type HostReporter interface {
+	Collect(ctx context.Context) (reporter.HostReport, error)
 }
 
 // GPUInventory is what GET /gpus shows; gpu.Inventory provides it.
@@ -83,6 +92,7 @@ type Server struct {
 	ping        time.Duration
 	stopTimeout time.Duration
 	gpus        GPUInventory
+	host        HostReporter
 	echo        *echo.Echo
 
 	// streamsCtx is cancelled by Shutdown; every WebSocket loop watches it
@@ -123,6 +133,7 @@ func New(opts Options) (*Server, error) {
 		ping:        opts.PingInterval,
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
+		host:        opts.Host,
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 
@@ -148,6 +159,7 @@ func New(opts Options) (*Server, error) {
 	e.GET("/instances/:id/logs", s.instanceLogs)
 	e.GET("/ws", s.streamEvents)
 	e.GET("/gpus", s.listGPUs)
+	e.GET("/host", s.hostReport)
 	s.echo = e
 	return s, nil
 }

@@ -159,11 +159,18 @@ func await(t *testing.T, ch <-chan events.Event, id, typ string) events.Event {
 	}
 }
 
-// TestAgentEndToEnd runs the built agent against a real containerd and a
-// registry on 127.0.0.1, and drives it as the central scheduler would:
-// start, events, exit codes, an agent crash and restart, terminate, and a
-// graceful stop that leaves tenants running.
-func TestAgentEndToEnd(t *testing.T) {
+// world is what an end-to-end test runs the agent in: a private containerd,
+// a registry on 127.0.0.1 with the payload image, and the built agent.
+type world struct {
+	ctd      *testenv.Containerd
+	image    string
+	bin      string
+	env      []string
+	agentLog string
+}
+
+func newWorld(t *testing.T) *world {
+	t.Helper()
 	testenv.Require(t, "containerd", "containerd-shim-runc-v2", "runc")
 	ctd, err := testenv.StartContainerd(t.TempDir())
 	if err != nil {
@@ -176,16 +183,29 @@ func TestAgentEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := buildAgent(t)
-	stateDir := t.TempDir()
-	agentLog := filepath.Join(t.TempDir(), "agent.log")
+	w := &world{
+		ctd:      ctd,
+		image:    image,
+		bin:      buildAgent(t),
+		agentLog: filepath.Join(t.TempDir(), "agent.log"),
+	}
+	w.env = []string{"AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "CONTAINERD_ADDRESS=" + ctd.Address, "STATE_DIR=" + t.TempDir()}
 	t.Cleanup(func() {
 		if t.Failed() {
-			b, _ := os.ReadFile(agentLog)
+			b, _ := os.ReadFile(w.agentLog)
 			t.Logf("agent log:\n%s", b)
 		}
 	})
-	env := []string{"AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "CONTAINERD_ADDRESS=" + ctd.Address, "STATE_DIR=" + stateDir}
+	return w
+}
+
+// TestAgentEndToEnd runs the built agent against a real containerd and a
+// registry on 127.0.0.1, and drives it as the central scheduler would:
+// start, events, exit codes, an agent crash and restart, terminate, and a
+// graceful stop that leaves tenants running.
+func TestAgentEndToEnd(t *testing.T) {
+	w := newWorld(t)
+	ctd, image, bin, env, agentLog := w.ctd, w.image, w.bin, w.env, w.agentLog
 
 	agent := startAgent(t, bin, env, agentLog)
 	// Without the token nothing but health answers.

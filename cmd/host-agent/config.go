@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/joho/godotenv"
@@ -25,6 +26,10 @@ type config struct {
 	ContainerdNamespace string
 	StateDir            string
 	APIServerURL        string
+	PublicURL           string
+	HeartbeatInterval   time.Duration
+	ContainerdRoot      string
+	CDISpecDirs         []string
 	LogLevel            slog.Level
 }
 
@@ -65,6 +70,8 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		ContainerdNamespace: get("CONTAINERD_NAMESPACE", "rentals"),
 		StateDir:            get("STATE_DIR", "/var/lib/host-agent"),
 		APIServerURL:        get("API_SERVER_URL", ""),
+		PublicURL:           get("AGENT_PUBLIC_URL", ""),
+		ContainerdRoot:      get("CONTAINERD_ROOT", "/var/lib/containerd"),
 	}
 	if c.AgentID == "" {
 		return c, &configError{"AGENT_ID", "required: the name this host is known by to the central server"}
@@ -114,10 +121,26 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	if !filepath.IsAbs(c.StateDir) {
 		return c, &configError{"STATE_DIR", fmt.Sprintf("must be an absolute path, got %q", c.StateDir)}
 	}
-	if c.APIServerURL != "" {
-		u, err := url.Parse(c.APIServerURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return c, &configError{"API_SERVER_URL", fmt.Sprintf("want an http(s) URL, got %q", c.APIServerURL)}
+	for _, v := range []struct{ name, value string }{{"API_SERVER_URL", c.APIServerURL}, {"AGENT_PUBLIC_URL", c.PublicURL}} {
+		if v.value == "" {
+			continue
+		}
+		if u, err := url.Parse(v.value); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return c, &configError{v.name, fmt.Sprintf("want an http(s) URL, got %q", v.value)}
+		}
+	}
+	interval, err := time.ParseDuration(get("HEARTBEAT_INTERVAL", "15s"))
+	if err != nil || interval < time.Second || interval > time.Hour {
+		return c, &configError{"HEARTBEAT_INTERVAL", "want a Go duration between 1s and 1h, such as 15s"}
+	}
+	c.HeartbeatInterval = interval
+	if !filepath.IsAbs(c.ContainerdRoot) {
+		return c, &configError{"CONTAINERD_ROOT", fmt.Sprintf("must be an absolute path, got %q", c.ContainerdRoot)}
+	}
+	c.CDISpecDirs = filepath.SplitList(get("CDI_SPEC_DIRS", "/etc/cdi:/var/run/cdi"))
+	for _, d := range c.CDISpecDirs {
+		if !filepath.IsAbs(d) {
+			return c, &configError{"CDI_SPEC_DIRS", fmt.Sprintf("want absolute directories separated by ':', got %q", d)}
 		}
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL", "info"))); err != nil {

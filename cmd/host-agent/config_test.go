@@ -57,6 +57,12 @@ func TestLoadConfig(t *testing.T) {
 		{"bad api url", base(map[string]string{"API_SERVER_URL": "ftp://x"}), "API_SERVER_URL"},
 		{"good api url", base(map[string]string{"API_SERVER_URL": "https://central.example/api"}), ""},
 		{"bad log level", base(map[string]string{"LOG_LEVEL": "loud"}), "LOG_LEVEL"},
+		{"bad public url", base(map[string]string{"AGENT_PUBLIC_URL": "host:8080"}), "AGENT_PUBLIC_URL"},
+		{"bad heartbeat", base(map[string]string{"HEARTBEAT_INTERVAL": "15"}), "HEARTBEAT_INTERVAL"},
+		{"too fast heartbeat", base(map[string]string{"HEARTBEAT_INTERVAL": "10ms"}), "HEARTBEAT_INTERVAL"},
+		{"good heartbeat", base(map[string]string{"HEARTBEAT_INTERVAL": "2m"}), ""},
+		{"relative containerd root", base(map[string]string{"CONTAINERD_ROOT": "x"}), "CONTAINERD_ROOT"},
+		{"relative cdi dir", base(map[string]string{"CDI_SPEC_DIRS": "/etc/cdi:cdi"}), "CDI_SPEC_DIRS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -26,6 +26,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/server"
+	"github.com/host-agent/host-agent/server/reporter"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -86,6 +87,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Background loops stop before the runtime and the inventory close.
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
 	wg.Go(func() {
@@ -94,6 +96,26 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	})
 
+	// Built even without API_SERVER_URL: it also serves GET /host, and in
+	// that case Run says once that nothing is reported.
+	rep, err := reporter.New(reporter.Options{
+		ServerURL: cfg.APIServerURL,
+		AgentID:   cfg.AgentID,
+		Token:     cfg.Token,
+		Version:   version,
+		PublicURL: cfg.PublicURL,
+		Interval:  cfg.HeartbeatInterval,
+		Runtime:   rt,
+		GPUs:      inv,
+		DataDir:   cfg.ContainerdRoot,
+		Events:    hub,
+		Logger:    logger,
+	})
+	if err != nil {
+		return fmt.Errorf("reporter: %w", err)
+	}
+	wg.Go(func() { _ = rep.Run(healthCtx) })
+
 	srv, err := server.New(server.Options{
 		Runtime: rt,
 		Hub:     hub,
@@ -101,6 +123,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		AgentID: cfg.AgentID,
 		Logger:  logger,
 		GPUs:    inv,
+		Host:    rep,
 	})
 	if err != nil {
 		return err
@@ -111,9 +134,6 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	logger.Info("agent serving", "version", version, "listen", ln.Addr().String(),
 		"runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
-	if cfg.APIServerURL == "" {
-		logger.Info("API_SERVER_URL is not set: serving the local API only, reporting to no central server")
-	}
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}

@@ -1,0 +1,159 @@
+package reporter
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// Defaults for Options.
+const (
+	DefaultInterval         = 15 * time.Second
+	DefaultRequestTimeout   = 10 * time.Second
+	DefaultTerminateTimeout = 10 * time.Second
+	DefaultDataDir          = "/var/lib/containerd"
+)
+
+// Runtime is what the reporter asks of the container runtime;
+// runtime.Runtime provides it.
+type Runtime interface {
+	List(ctx context.Context) ([]runtime.Instance, error)
+	Info(ctx context.Context) (runtime.Info, error)
+	Terminate(ctx context.Context, id string, timeout time.Duration) error
+}
+
+var _ Runtime = runtime.Runtime(nil)
+
+// GPUs is what the reporter asks of the GPU inventory; *gpu.Inventory
+// provides it.
+type GPUs interface {
+	GPUs() []gpu.GPU
+	Usages() []gpu.Usage
+	DriverVersion() string
+	CUDADriverVersion() string
+}
+
+var _ GPUs = (*gpu.Inventory)(nil)
+
+// Options configure a Reporter. Only Runtime is always required; ServerURL,
+// AgentID and Token are required together, and without ServerURL the
+// Reporter is standalone.
+type Options struct {
+	// ServerURL is API_SERVER_URL, e.g. "https://api.example.com"; empty
+	// means standalone: nothing is reported.
+	ServerURL string
+	// AgentID is AGENT_ID, the host's name in the server's API paths.
+	AgentID string
+	// Token is the agent's bearer token for the server.
+	Token string
+	// Version is the agent's version, reported and sent as User-Agent;
+	// default "dev".
+	Version string
+	// PublicURL is where the server reaches the agent's API
+	// (AGENT_PUBLIC_URL), reported as is.
+	PublicURL string
+	// Interval between heartbeats; default 15s.
+	Interval time.Duration
+	// RequestTimeout bounds each HTTP call and each runtime query; default
+	// 10s.
+	RequestTimeout time.Duration
+	// TerminateTimeout is the SIGTERM grace period of a termination the
+	// server asked for; default 10s.
+	TerminateTimeout time.Duration
+
+	// Runtime lists the instances, names the runtime and terminates
+	// orphans the server asks to be terminated.
+	Runtime Runtime
+	// GPUs is the NVML inventory; nil (or a nil *gpu.Inventory) is a host
+	// without GPUs.
+	GPUs GPUs
+	// CDI says whether GPUs are injected through CDI; nil reports false.
+	CDI func() bool
+	// DataDir is where the container runtime keeps its data, whose file
+	// system's size is reported; default /var/lib/containerd.
+	DataDir string
+	// Root is where /proc and /etc are read from; default "/". Tests point
+	// it at fixture files.
+	Root string
+
+	// Events receives instance.orphan and instance.missing events; may be
+	// nil.
+	Events events.Publisher
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// HTTPClient defaults to a client of its own; its own Timeout, if any,
+	// applies on top of RequestTimeout.
+	HTTPClient *http.Client
+	// Backoff says how long to wait after failed calls.
+	Backoff Backoff
+	// Sleep waits d or until ctx is done, returning ctx's error then; it
+	// paces heartbeats and retries. Default: a timer. Tests inject it to
+	// record the waits and not spend them.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Now is the clock for timestamps; default time.Now.
+	Now func() time.Time
+}
+
+// withDefaults checks opts and fills in the defaults of its zero fields.
+func (opts Options) withDefaults() (Options, error) {
+	if opts.Runtime == nil {
+		return opts, errdefs.ErrInvalidArgument.WithMessage("reporter: Runtime is required")
+	}
+	if opts.ServerURL != "" {
+		u, err := url.Parse(opts.ServerURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return opts, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("reporter: server URL: want an http(s) URL, got %q", opts.ServerURL))
+		}
+		if opts.AgentID == "" {
+			return opts, errdefs.ErrInvalidArgument.WithMessage("reporter: an agent ID is required to report to a server")
+		}
+		if opts.Token == "" {
+			return opts, errdefs.ErrInvalidArgument.WithMessage("reporter: a token is required to report to a server")
+		}
+	}
+	// A nil *gpu.Inventory in the interface would pass the nil checks and
+	// then panic; it means "no GPUs" just as a nil interface does.
+	if inv, ok := opts.GPUs.(*gpu.Inventory); ok && inv == nil {
+		opts.GPUs = nil
+	}
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = DefaultInterval
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = DefaultRequestTimeout
+	}
+	if opts.TerminateTimeout <= 0 {
+		opts.TerminateTimeout = DefaultTerminateTimeout
+	}
+	if opts.DataDir == "" {
+		opts.DataDir = DefaultDataDir
+	}
+	if opts.Root == "" {
+		opts.Root = "/"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{}
+	}
+	if opts.Sleep == nil {
+		opts.Sleep = sleepContext
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return opts, nil
+}
