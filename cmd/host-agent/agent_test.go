@@ -214,6 +214,18 @@ func TestAgentEndToEnd(t *testing.T) {
 	}
 	evs := agent.eventStream("")
 
+	// This machine has no NVIDIA driver: zero GPUs, and GPU rentals are
+	// refused while CPU rentals run.
+	if code, body := agent.call("GET", "/gpus", nil); code != http.StatusOK || len(body["gpus"].([]any)) != 0 {
+		t.Fatalf("GET /gpus on a host without GPUs: %d %v", code, body)
+	}
+	if code, body := agent.call("GET", "/host", nil); code != http.StatusOK || body["agent_id"] != "e2e-host" {
+		t.Fatalf("GET /host: %d %v", code, body)
+	}
+	if code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "gpu-1", "image": image, "gpu_count": 1}); code != http.StatusConflict || !strings.Contains(fmt.Sprint(body["error"]), "0 free") {
+		t.Fatalf("GPU rental on a host without GPUs: %d %v", code, body)
+	}
+
 	code, body := agent.call("POST", "/start_instance", map[string]any{
 		"instance_id": "e2e-web", "image": image, "command": []string{"echo", "hello", "sleep", "inf"},
 	})

@@ -21,6 +21,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
+	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
@@ -66,7 +67,8 @@ func run() int {
 func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	hub := events.NewHub(eventBuffer, time.Now)
 
-	inv, err := gpu.Open(nvml.New(), logger)
+	lib := nvml.New()
+	inv, err := gpu.Open(lib, logger)
 	if err != nil {
 		return fmt.Errorf("GPU inventory: %w", err)
 	}
@@ -74,7 +76,21 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
 	alloc := gpu.NewAllocator(inv)
 
-	backend, err := newRuntime(cfg, hub, logger)
+	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger})
+	if err != nil {
+		return fmt.Errorf("CDI: %w", err)
+	}
+	if inv.Len() > 0 {
+		// Without a fitting spec every GPU rental is refused with its own
+		// error, so the agent carries on and serves CPU rentals.
+		if generated, err := injector.EnsureNVIDIASpec(ctx, inv, lib, cdi.GenerateOptions{}); err != nil {
+			logger.Error("no usable NVIDIA CDI spec; GPU rentals will be refused", "error", err)
+		} else if generated {
+			logger.Info("generated the NVIDIA CDI spec", "dir", "/var/run/cdi")
+		}
+	}
+
+	backend, err := newRuntime(cfg, hub, injector, logger)
 	if err != nil {
 		return err
 	}
@@ -107,6 +123,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Interval:  cfg.HeartbeatInterval,
 		Runtime:   rt,
 		GPUs:      inv,
+		CDI:       injector.Available,
 		DataDir:   cfg.ContainerdRoot,
 		Events:    hub,
 		Logger:    logger,
@@ -140,7 +157,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	return nil
 }
 
-func newRuntime(cfg config, pub events.Publisher, logger *slog.Logger) (*containerd.Runtime, error) {
+func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjector, logger *slog.Logger) (*containerd.Runtime, error) {
 	return containerd.New(containerd.Options{
 		Address:   cfg.ContainerdAddress,
 		Namespace: cfg.ContainerdNamespace,
@@ -148,5 +165,6 @@ func newRuntime(cfg config, pub events.Publisher, logger *slog.Logger) (*contain
 		LogDir:    filepath.Join(cfg.StateDir, "logs", cfg.ContainerdNamespace),
 		Events:    pub,
 		Logger:    logger,
+		Devices:   devices,
 	})
 }

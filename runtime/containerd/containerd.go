@@ -125,9 +125,10 @@ func New(opts Options) (*Runtime, error) {
 // Close stops watching and closes the connection. Containers keep running.
 func (r *Runtime) Close() error {
 	r.cancel()
-	err := r.client.Close()
+	// Exit recordings in flight finish first: they run detached from the
+	// cancelled context, on the still open connection.
 	r.wg.Wait()
-	return err
+	return r.client.Close()
 }
 
 // Ping reports whether containerd answers.

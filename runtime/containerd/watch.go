@@ -139,6 +139,10 @@ const exitCodeUnknown = -1
 // container's labels. Publishing comes first: after a crash in between, the
 // exit is reported twice rather than never.
 func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.Time) {
+	// Once begun, a recording completes even if the agent is shutting down,
+	// so that the exit is not reported again by the next agent.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
 	r.exitMu.Lock()
 	defer r.exitMu.Unlock()
 	info, err := r.client.ContainerService().Get(ctx, id)

@@ -98,6 +98,12 @@ func (r *Registry) PushPayloadWithPadding(repoTag string, padding int) (string, 
 	if err != nil {
 		return "", err
 	}
+	return r.PushPayloadBinary(repoTag, bin, padding)
+}
+
+// PushPayloadBinary pushes an image of a payload binary built beforehand,
+// for machines without a Go toolchain.
+func (r *Registry) PushPayloadBinary(repoTag string, bin []byte, padding int) (string, error) {
 	layer, err := layerWith("payload", bin)
 	if err != nil {
 		return "", err

@@ -1,0 +1,182 @@
+// Package cdi turns a GPU allocation into devices inside a container through
+// CDI (Container Device Interface) spec files. It loads the specs from the
+// CDI spec directories, generates the NVIDIA spec with nvidia-container-
+// toolkit's nvcdi when the host has none that fits its GPUs and driver, and
+// hands the runtime one oci.SpecOpts that injects exactly the allocated GPUs,
+// by UUID, after refusing unsafe hooks, and then verifies that no other GPU
+// reached the container.
+//
+// It is imported by cmd/ (which builds one Injector and generates the spec at
+// start-up) and runtime/ (which applies Injector.SpecOpts last); it never
+// imports server/.
+//
+// Device nodes reach a container only through CDI: the agent never uses the
+// legacy nvidia-container-runtime hook, never asks for the "all" device and
+// never names a GPU by index, because indexes change across reboots and
+// driver reloads while UUIDs do not.
+package cdi
+
+import (
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/containerd/errdefs"
+	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
+)
+
+// The one device class the agent injects: whole NVIDIA GPUs, named by UUID.
+const (
+	Vendor = "nvidia.com"
+	Class  = "gpu"
+	// Kind is the CDI kind of GPU devices; a device's qualified name is
+	// Kind + "=" + UUID.
+	Kind = Vendor + "/" + Class
+)
+
+// DefaultSpecDirs are the CDI spec directories used when CDI_SPEC_DIRS is
+// unset: static specs from packages, then generated ones, which take
+// precedence when both define a device.
+func DefaultSpecDirs() []string {
+	return []string{cdilib.DefaultStaticDir, cdilib.DefaultDynamicDir}
+}
+
+// DefaultHookPaths are the only programs a CDI spec may run as an OCI hook
+// unless Config.AllowedHookPaths says otherwise: the NVIDIA Container
+// Toolkit's hook binaries where its packages install them.
+func DefaultHookPaths() []string {
+	return []string{
+		"/usr/bin/nvidia-cdi-hook",
+		"/usr/bin/nvidia-ctk",
+		"/usr/local/bin/nvidia-cdi-hook",
+		"/usr/local/bin/nvidia-ctk",
+	}
+}
+
+// Config configures an Injector. The zero value means the CDI defaults.
+type Config struct {
+	// SpecDirs are the CDI spec directories in increasing priority
+	// (CDI_SPEC_DIRS); empty means DefaultSpecDirs.
+	SpecDirs []string
+	// AllowedHookPaths are the absolute paths a spec's hooks may run; empty
+	// means DefaultHookPaths.
+	AllowedHookPaths []string
+	// Logger receives refused specs and generation notes; nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Injector injects allocated GPUs into OCI specs through the CDI specs found
+// in its spec directories, and keeps the NVIDIA spec in step with the host's
+// GPUs (EnsureNVIDIASpec). It is safe for concurrent use.
+type Injector struct {
+	cache  specCache
+	dirs   []string
+	hooks  hookPolicy
+	logger *slog.Logger
+
+	// mu is held while the cache is refreshed and read (see snapshot).
+	mu sync.Mutex
+	// genMu serialises EnsureNVIDIASpec: two concurrent runs could rename
+	// a stale spec over a fresh one.
+	genMu sync.Mutex
+}
+
+// New builds an Injector over cfg.SpecDirs. It reads the directories once;
+// every later injection rereads them, so specs written afterwards (by
+// EnsureNVIDIASpec or by the operator) are picked up without a restart.
+// Directories that do not exist yet are not an error: a CPU-only host has
+// none.
+func New(cfg Config) (*Injector, error) {
+	dirs := cfg.SpecDirs
+	if len(dirs) == 0 {
+		dirs = DefaultSpecDirs()
+	}
+	dirs = cleanPaths(dirs)
+	for _, d := range dirs {
+		if !filepath.IsAbs(d) {
+			return nil, fmt.Errorf("%w: CDI spec directory %q is not absolute", errdefs.ErrInvalidArgument, d)
+		}
+	}
+	hooks, err := newHookPolicy(cfg.AllowedHookPaths)
+	if err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	// Auto-refresh is off: it would start an fsnotify watcher goroutine
+	// that nobody owns, and a spec must not change between the checks
+	// SpecOpts makes and the injection. Every use refreshes explicitly.
+	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(dirs...), cdilib.WithAutoRefresh(false))
+	return newInjector(cache, dirs, hooks, logger), nil
+}
+
+func newInjector(cache specCache, dirs []string, hooks hookPolicy, logger *slog.Logger) *Injector {
+	return &Injector{cache: cache, dirs: dirs, hooks: hooks, logger: logger.With("component", "cdi")}
+}
+
+// SpecDirs are the directories the Injector reads, in increasing priority.
+func (in *Injector) SpecDirs() []string { return slices.Clone(in.dirs) }
+
+// Report describes what CDI offers on this host, for the host report.
+type Report struct {
+	// Available is true when at least one GPU can be injected: a
+	// nvidia.com/gpu device resolves and its spec passes the hook policy.
+	Available bool `json:"available"`
+	// SpecDirs are the directories read, in increasing priority.
+	SpecDirs []string `json:"spec_dirs"`
+	// SpecFiles are the spec files that loaded, sorted.
+	SpecFiles []string `json:"spec_files"`
+	// Vendors are the CDI vendors found, e.g. "nvidia.com".
+	Vendors []string `json:"vendors"`
+	// GPUDevices are the injectable devices, e.g. "nvidia.com/gpu=GPU-…", sorted.
+	GPUDevices []string `json:"gpu_devices"`
+	// Problems are spec files that failed to load, conflicting devices and
+	// hooks refused by the policy.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Report rereads the spec directories and describes what they offer.
+func (in *Injector) Report() Report {
+	var r Report
+	in.snapshot(func() { r = in.report() })
+	return r
+}
+
+func (in *Injector) report() Report {
+	r := Report{SpecDirs: in.SpecDirs(), SpecFiles: []string{}, Vendors: []string{}, GPUDevices: []string{}}
+	for _, vendor := range in.cache.ListVendors() {
+		r.Vendors = append(r.Vendors, vendor)
+		for _, spec := range in.cache.GetVendorSpecs(vendor) {
+			r.SpecFiles = append(r.SpecFiles, spec.GetPath())
+		}
+	}
+	slices.Sort(r.SpecFiles)
+	r.Problems = in.loadProblems()
+	for _, dev := range in.gpuDevices() {
+		if problems := in.hooks.deviceProblems(dev); len(problems) > 0 {
+			r.Problems = append(r.Problems, problems...)
+			continue
+		}
+		r.GPUDevices = append(r.GPUDevices, dev.GetQualifiedName())
+	}
+	slices.Sort(r.GPUDevices)
+	r.Problems = slices.Compact(slices.Sorted(slices.Values(r.Problems)))
+	r.Available = len(r.GPUDevices) > 0
+	return r
+}
+
+// Available reports whether at least one GPU can be injected through CDI.
+func (in *Injector) Available() bool { return in.Report().Available }
+
+func cleanPaths(paths []string) []string {
+	out := make([]string, 0, len(paths))
+	for _, p := range paths {
+		out = append(out, filepath.Clean(p))
+	}
+	return out
+}
