@@ -122,6 +122,10 @@ func classify(err error) (int, errorResponse) {
 		case errdefs.IsInvalidArgument(kind):
 			body.Field = "image"
 			return http.StatusBadRequest, body
+		case errdefs.IsUnauthorized(kind), errdefs.IsPermissionDenied(kind):
+			// Not 401: that would read as the agent's own token being wrong.
+			body.Error, body.Field = publicCause("registry refused access", step.Err), "registry_auth"
+			return http.StatusBadRequest, body
 		}
 		return http.StatusBadGateway, body
 	}

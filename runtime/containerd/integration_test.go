@@ -17,6 +17,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 func TestStartRunsConfinedInNamespace(t *testing.T) {
@@ -409,5 +410,38 @@ func TestPullProgressReported(t *testing.T) {
 	}
 	if first := progress[0]; first.DoneBytes == first.TotalBytes {
 		t.Errorf("first progress already complete: %v", progress)
+	}
+}
+
+func TestPullWithRegistryAuth(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	private := testenv.StartRegistry()
+	t.Cleanup(private.Close)
+	ref, err := private.PushPayloadWithPadding("private/payload:1", 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	private.RequireBasicAuth("tenant", "s3cret-pass")
+	ns := testNamespace(t)
+	r := newRuntime(t, daemon.Address, ns, newRecorder())
+
+	for _, tc := range []struct {
+		id   string
+		auth *runtime.RegistryAuth
+	}{
+		{"no-creds", nil},
+		{"bad-creds", &runtime.RegistryAuth{Username: "tenant", Password: "wrong"}},
+	} {
+		_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: tc.id, Image: ref, RegistryAuth: tc.auth})
+		var se *runtime.StepError
+		if !errors.As(err, &se) || se.Step != runtime.StepPull || !errdefs.IsUnauthorized(err) {
+			t.Fatalf("%s: err = %v, want a pull failure of kind Unauthenticated", tc.id, err)
+		}
+	}
+	inst, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "good-creds", Image: ref, Command: []string{"sleep", "inf"},
+		RegistryAuth: &runtime.RegistryAuth{Username: "tenant", Password: "s3cret-pass"}})
+	if err != nil || inst.Status != runtime.StatusRunning {
+		t.Fatalf("pull with the right credentials: %+v %v", inst, err)
 	}
 }

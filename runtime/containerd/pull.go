@@ -2,7 +2,9 @@ package containerd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -10,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
+	remoteserrors "github.com/containerd/containerd/v2/core/remotes/errors"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
@@ -56,9 +59,25 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 		containerd.WithResolver(newResolver(spec.RegistryAuth)),
 		containerd.WithImageHandler(tracker))
 	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, convertErr(err))
+		return nil, fmt.Errorf("pull %s: %w", ref, classifyPullErr(convertErr(err)))
 	}
 	return img, nil
+}
+
+// classifyPullErr gives a registry's refusal of access a kind of its own:
+// it is about the request's credentials, not about the agent or the
+// registry's health.
+func classifyPullErr(err error) error {
+	var status remoteserrors.ErrUnexpectedStatus
+	if errors.As(err, &status) {
+		switch status.StatusCode {
+		case http.StatusUnauthorized:
+			return fmt.Errorf("registry refused the credentials: %w: %w", errdefs.ErrUnauthenticated, err)
+		case http.StatusForbidden:
+			return fmt.Errorf("registry denied access: %w: %w", errdefs.ErrPermissionDenied, err)
+		}
+	}
+	return err
 }
 
 // newResolver resolves images over HTTPS, except on loopback registries,

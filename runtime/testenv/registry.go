@@ -32,6 +32,8 @@ type Registry struct {
 	Host string // 127.0.0.1:PORT
 	// rate limits blob downloads, in bytes per second; 0 is unlimited.
 	rate atomic.Int64
+	// auth is "user:password" once RequireBasicAuth is called.
+	auth atomic.Pointer[string]
 }
 
 // StartRegistry serves an empty registry on a loopback port.
@@ -39,6 +41,14 @@ func StartRegistry() *Registry {
 	r := &Registry{}
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if want := r.auth.Load(); want != nil {
+			user, pass, ok := req.BasicAuth()
+			if !ok || user+":"+pass != *want {
+				w.Header().Set("WWW-Authenticate", `Basic realm="host-agent-test"`)
+				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+				return
+			}
+		}
 		if rate := r.rate.Load(); rate > 0 && req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			w = &throttledWriter{ResponseWriter: w, rate: rate}
 		}
@@ -46,6 +56,13 @@ func StartRegistry() *Registry {
 	}))
 	r.Host = strings.TrimPrefix(r.srv.URL, "http://")
 	return r
+}
+
+// RequireBasicAuth makes every later request need these credentials, as a
+// private registry does.
+func (r *Registry) RequireBasicAuth(user, password string) {
+	creds := user + ":" + password
+	r.auth.Store(&creds)
 }
 
 // Throttle limits blob downloads to bytesPerSec (0: unlimited), so that a
