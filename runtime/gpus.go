@@ -51,11 +51,16 @@ type GPURuntime struct {
 
 	restoreMu sync.Mutex
 	restored  bool
+
+	// starting counts the starts in flight per instance: a terminate that
+	// finds no container must not free GPUs that a start has just reserved.
+	startMu  sync.Mutex
+	starting map[string]int
 }
 
 // WithGPUs wraps inner with allocation by alloc.
 func WithGPUs(inner Runtime, alloc GPUAllocator, logger *slog.Logger) *GPURuntime {
-	return &GPURuntime{Runtime: inner, alloc: alloc, log: logger}
+	return &GPURuntime{Runtime: inner, alloc: alloc, log: logger, starting: map[string]int{}}
 }
 
 // Restore rebuilds the allocation table from the instances the back end
@@ -102,6 +107,8 @@ func (g *GPURuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, er
 	if err != nil {
 		return Instance{}, fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
+	g.markStarting(spec.ID, 1)
+	defer g.markStarting(spec.ID, -1)
 	// An instance that exists already keeps what it holds: its repeat start
 	// is answered by the back end, which compares the whole request.
 	if inst, err := g.Runtime.Get(ctx, spec.ID); err == nil {
@@ -119,17 +126,35 @@ func (g *GPURuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, er
 	return inst, nil
 }
 
+func (g *GPURuntime) markStarting(id string, delta int) {
+	g.startMu.Lock()
+	defer g.startMu.Unlock()
+	if g.starting[id] += delta; g.starting[id] == 0 {
+		delete(g.starting, id)
+	}
+}
+
 func withGPUs(spec InstanceSpec, gpus []GPU) InstanceSpec {
 	spec.GPUs = gpus
 	return spec
 }
 
 // Terminate implements Runtime: the GPUs are free again once the container
-// is gone.
+// is gone. A terminate that finds no container frees what the instance
+// still holds (its container was removed behind the agent's back), unless
+// a start of it is in flight and has just reserved them.
 func (g *GPURuntime) Terminate(ctx context.Context, id string, timeout time.Duration) error {
 	err := g.Runtime.Terminate(ctx, id, timeout)
-	if err == nil || errdefs.IsNotFound(err) {
+	if err == nil {
 		g.alloc.Release(id)
+		return nil
+	}
+	if errdefs.IsNotFound(err) {
+		g.startMu.Lock()
+		if g.starting[id] == 0 {
+			g.alloc.Release(id)
+		}
+		g.startMu.Unlock()
 	}
 	return err
 }

@@ -24,9 +24,14 @@ type memRuntime struct {
 	mu    sync.Mutex
 	insts map[string]runtime.Instance
 	fail  bool
+	// gate, when set, holds every Start until it is closed.
+	gate chan struct{}
 }
 
 func (m *memRuntime) Start(_ context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	if m.gate != nil {
+		<-m.gate
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.fail {
@@ -192,5 +197,34 @@ func TestGPULabelsRoundTrip(t *testing.T) {
 	}
 	if runtime.ParseGPULabels("", "") != nil {
 		t.Fatal("no label gave GPUs")
+	}
+}
+
+// A terminate racing a start that has reserved GPUs but not yet created the
+// container must not free those GPUs for someone else.
+func TestTerminateDuringStartKeepsReservation(t *testing.T) {
+	t.Parallel()
+	inner := &memRuntime{insts: map[string]runtime.Instance{}, gate: make(chan struct{})}
+	g, alloc := newAgent(t, inner, dgxa100.New())
+	done := make(chan error, 1)
+	go func() {
+		_, err := g.Start(context.Background(), runtime.InstanceSpec{ID: "racer", GPURequest: runtime.GPURequest{Count: 2}})
+		done <- err
+	}()
+	for len(alloc.Held("racer")) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := g.Terminate(context.Background(), "racer", time.Second); !errdefs.IsNotFound(err) {
+		t.Fatalf("terminate before the container exists: %v, want NotFound", err)
+	}
+	if free, _ := alloc.Counts(); free != 6 {
+		t.Fatalf("%d GPUs free while the start is in flight, want 6", free)
+	}
+	close(inner.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := alloc.Held("racer"); len(got) != 2 {
+		t.Fatalf("racer holds %v after its start", got)
 	}
 }
