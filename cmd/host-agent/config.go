@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ type config struct {
 	HeartbeatInterval   time.Duration
 	ContainerdRoot      string
 	CDISpecDirs         []string
+	InstanceLogMaxBytes int64
 	LogLevel            slog.Level
 }
 
@@ -143,6 +145,11 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 			return c, &configError{"CDI_SPEC_DIRS", fmt.Sprintf("want absolute directories separated by ':', got %q", d)}
 		}
 	}
+	logMax, err := strconv.ParseInt(get("INSTANCE_LOG_MAX_MB", "100"), 10, 64)
+	if err != nil || logMax < 1 || logMax > 1<<20 {
+		return c, &configError{"INSTANCE_LOG_MAX_MB", "want a whole number of MiB between 1 and 1048576"}
+	}
+	c.InstanceLogMaxBytes = logMax << 20
 	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL", "info"))); err != nil {
 		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
 	}

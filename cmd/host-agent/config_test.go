@@ -62,6 +62,7 @@ func TestLoadConfig(t *testing.T) {
 		{"too fast heartbeat", base(map[string]string{"HEARTBEAT_INTERVAL": "10ms"}), "HEARTBEAT_INTERVAL"},
 		{"good heartbeat", base(map[string]string{"HEARTBEAT_INTERVAL": "2m"}), ""},
 		{"relative containerd root", base(map[string]string{"CONTAINERD_ROOT": "x"}), "CONTAINERD_ROOT"},
+		{"bad log cap", base(map[string]string{"INSTANCE_LOG_MAX_MB": "0"}), "INSTANCE_LOG_MAX_MB"},
 		{"relative cdi dir", base(map[string]string{"CDI_SPEC_DIRS": "/etc/cdi:cdi"}), "CDI_SPEC_DIRS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

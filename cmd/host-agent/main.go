@@ -166,5 +166,7 @@ func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjec
 		Events:    pub,
 		Logger:    logger,
 		Devices:   devices,
+
+		LogMaxBytes: cfg.InstanceLogMaxBytes,
 	})
 }

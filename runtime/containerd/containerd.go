@@ -47,6 +47,11 @@ type Options struct {
 	PullTimeout time.Duration
 	// ProgressInterval is how often pull progress is published (default 1s).
 	ProgressInterval time.Duration
+	// LogMaxBytes caps each instance's log on disk (default 100 MiB; below
+	// zero: no cap); the oldest output goes first. LogCheckInterval is how
+	// often the logs are checked (default 30s).
+	LogMaxBytes      int64
+	LogCheckInterval time.Duration
 	// Devices injects an instance's GPUs into its spec (CDI). Without it,
 	// GPU rentals are refused.
 	Devices DeviceInjector
@@ -92,6 +97,12 @@ func New(opts Options) (*Runtime, error) {
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = time.Second
 	}
+	if opts.LogMaxBytes == 0 {
+		opts.LogMaxBytes = 100 << 20
+	}
+	if opts.LogCheckInterval == 0 {
+		opts.LogCheckInterval = 30 * time.Second
+	}
 	if opts.Events == nil {
 		opts.Events = discard{}
 	}
@@ -114,11 +125,10 @@ func New(opts Options) (*Runtime, error) {
 		pub:    opts.Events,
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		r.watch(r.ctx)
-	}()
+	r.wg.Go(func() { r.watch(r.ctx) })
+	if opts.LogMaxBytes > 0 {
+		r.wg.Go(func() { r.capLogs(r.ctx) })
+	}
 	return r, nil
 }
 

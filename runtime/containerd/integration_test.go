@@ -445,3 +445,41 @@ func TestPullWithRegistryAuth(t *testing.T) {
 		t.Fatalf("pull with the right credentials: %+v %v", inst, err)
 	}
 }
+
+// A tenant flooding its output keeps a bounded log and its newest lines.
+func TestInstanceLogIsCapped(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	ns := testNamespace(t)
+	logDir := t.TempDir()
+	const max = 512 << 10
+	r, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: logDir, LogMaxBytes: max, LogCheckInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	if _, err := r.Start(ctx(t), payloadSpec("flood", "spam", "16000000", "echo", "flood done", "sleep", "inf")); err != nil {
+		t.Fatal(err)
+	}
+	var tail string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		b, err := r.Logs(ctx(t), "flood", 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tail = string(b); strings.Contains(tail, "flood done") {
+			break
+		}
+	}
+	if !strings.HasSuffix(tail, "flood done\n") || !strings.HasPrefix(tail, "spam ") {
+		t.Fatalf("last lines = %q", tail)
+	}
+	time.Sleep(100 * time.Millisecond)
+	fi, err := os.Stat(filepath.Join(logDir, "flood.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used := fi.Sys().(*syscall.Stat_t).Blocks * 512; used > max+(64<<10) {
+		t.Fatalf("a 16 MB flood left %d bytes on disk, cap %d", used, max)
+	}
+}

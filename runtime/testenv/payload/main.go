@@ -6,6 +6,7 @@
 //	ls DIR         print the names in DIR
 //	cat FILE       print FILE
 //	statfs DIR     print the size in bytes of the file system holding DIR
+//	spam BYTES     print numbered lines until about BYTES bytes are out
 //	sleep SECONDS  sleep (inf: forever); SIGTERM ends it with code 143
 //	ignore-term    ignore SIGTERM from now on
 //	exit CODE      exit with CODE
@@ -14,6 +15,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/signal"
@@ -72,6 +74,17 @@ func main() {
 				os.Exit(66)
 			}
 			fmt.Println(st.Blocks * uint64(st.Bsize))
+		case "spam":
+			n, err := strconv.ParseInt(arg(), 10, 64)
+			if err != nil {
+				os.Exit(64)
+			}
+			w := bufio.NewWriter(os.Stdout)
+			for i, out := 0, int64(0); out < n; i++ {
+				k, _ := fmt.Fprintf(w, "spam %08d ................................................\n", i)
+				out += int64(k)
+			}
+			w.Flush()
 		case "ignore-term":
 			ignoreTerm = true
 		case "sleep":
