@@ -96,7 +96,9 @@ func (g *GPURuntime) restoreLocked(ctx context.Context) error {
 	return nil
 }
 
-// Start implements Runtime.
+// Start implements Runtime. Like the back ends, it does not abandon a start
+// whose caller stops waiting: the reservation is settled (kept, or released
+// if the start fails) when the start ends.
 func (g *GPURuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, error) {
 	if spec.GPURequest.IsZero() {
 		return g.Runtime.Start(ctx, spec)
@@ -107,8 +109,26 @@ func (g *GPURuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, er
 	if err != nil {
 		return Instance{}, fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
+	type result struct {
+		inst Instance
+		err  error
+	}
+	done := make(chan result, 1)
 	g.markStarting(spec.ID, 1)
-	defer g.markStarting(spec.ID, -1)
+	go func() {
+		defer g.markStarting(spec.ID, -1)
+		inst, err := g.reserveAndStart(context.WithoutCancel(ctx), spec)
+		done <- result{inst, err}
+	}()
+	select {
+	case res := <-done:
+		return res.inst, res.err
+	case <-ctx.Done():
+		return Instance{}, fmt.Errorf("stopped waiting for instance %q, whose start goes on: %w", spec.ID, ctx.Err())
+	}
+}
+
+func (g *GPURuntime) reserveAndStart(ctx context.Context, spec InstanceSpec) (Instance, error) {
 	// An instance that exists already keeps what it holds: its repeat start
 	// is answered by the back end, which compares the whole request.
 	if inst, err := g.Runtime.Get(ctx, spec.ID); err == nil {
@@ -120,7 +140,11 @@ func (g *GPURuntime) Start(ctx context.Context, spec InstanceSpec) (Instance, er
 	}
 	inst, err := g.Runtime.Start(ctx, withGPUs(spec, gpus))
 	if err != nil {
-		g.alloc.Release(spec.ID)
+		// A start that lost to a different request for the same ID (a
+		// Conflict) must not free the GPUs of the instance that won.
+		if _, gerr := g.Runtime.Get(ctx, spec.ID); errdefs.IsNotFound(gerr) {
+			g.alloc.Release(spec.ID)
+		}
 		return Instance{}, err
 	}
 	return inst, nil

@@ -38,9 +38,12 @@ func (m *memRuntime) Start(_ context.Context, spec runtime.InstanceSpec) (runtim
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: errdefs.ErrNotFound}
 	}
 	if inst, ok := m.insts[spec.ID]; ok {
+		if inst.SpecHash != spec.Hash() {
+			return runtime.Instance{}, errdefs.ErrConflict
+		}
 		return inst, nil
 	}
-	inst := runtime.Instance{ID: spec.ID, Status: runtime.StatusRunning, GPUs: spec.GPUs}
+	inst := runtime.Instance{ID: spec.ID, Status: runtime.StatusRunning, GPUs: spec.GPUs, SpecHash: spec.Hash()}
 	m.insts[spec.ID] = inst
 	return inst, nil
 }
@@ -226,5 +229,43 @@ func TestTerminateDuringStartKeepsReservation(t *testing.T) {
 	}
 	if got := alloc.Held("racer"); len(got) != 2 {
 		t.Fatalf("racer holds %v after its start", got)
+	}
+}
+
+// A start that loses to a different request for the same instance ID, both
+// having reserved before either created its container, leaves the winner's
+// GPUs reserved.
+func TestConflictingStartKeepsWinnersGPUs(t *testing.T) {
+	t.Parallel()
+	inner := &memRuntime{insts: map[string]runtime.Instance{}, gate: make(chan struct{})}
+	g, alloc := newAgent(t, inner, dgxa100.New())
+	first := runtime.InstanceSpec{ID: "same", Image: "a", GPURequest: runtime.GPURequest{Count: 2}}
+	other := first
+	other.Image = "b"
+	errs := make(chan error, 2)
+	for _, spec := range []runtime.InstanceSpec{first, other} {
+		go func() {
+			_, err := g.Start(context.Background(), spec)
+			errs <- err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // both reserve, then wait at the gate
+	close(inner.gate)
+	var conflicts, ok int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case errdefs.IsConflict(err):
+			conflicts++
+		default:
+			t.Fatal(err)
+		}
+	}
+	if ok != 1 || conflicts != 1 {
+		t.Fatalf("%d starts ok and %d conflicts, want 1 and 1", ok, conflicts)
+	}
+	if got := alloc.Held("same"); len(got) != 2 {
+		t.Fatalf("the running instance holds %v after a conflicting start", got)
 	}
 }

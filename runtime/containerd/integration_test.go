@@ -483,3 +483,37 @@ func TestInstanceLogIsCapped(t *testing.T) {
 		t.Fatalf("a 16 MB flood left %d bytes on disk, cap %d", used, max)
 	}
 }
+
+// A caller that stops waiting does not abort a start: the pull goes on, the
+// instance runs, and a retry of the same request gets it.
+func TestStartOutlivesTheCaller(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	slow := testenv.StartRegistry()
+	t.Cleanup(slow.Close)
+	ref, err := slow.PushPayloadWithPadding("patient:latest", 2<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Throttle(2 << 20)
+	ns, rec := testNamespace(t), newRecorder()
+	r := newRuntime(t, daemon.Address, ns, rec)
+	spec := runtime.InstanceSpec{ID: "patient", Image: ref, Command: []string{"sleep", "inf"}}
+
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	if _, err := r.Start(short, spec); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("start with an impatient caller: %v, want DeadlineExceeded", err)
+	}
+	if waited := time.Since(began); waited > time.Second {
+		t.Fatalf("the caller was kept %s past its deadline", waited)
+	}
+	inst, err := r.Start(ctx(t), spec)
+	if err != nil || inst.Status != runtime.StatusRunning {
+		t.Fatalf("retry: %+v %v", inst, err)
+	}
+	if n := rec.count("patient", events.TypeInstancePulling); n != 1 {
+		t.Errorf("%d pulls for one instance, want 1", n)
+	}
+}

@@ -21,11 +21,31 @@ import (
 // when the caller has gone away.
 const cleanupTimeout = 30 * time.Second
 
-// Start implements runtime.Runtime.
+// Start implements runtime.Runtime. The work is not tied to the caller: a
+// scheduler that gives up waiting on a long pull does not abort it, and its
+// retry of the same request waits for that work and gets its result. Only
+// the agent's shutdown cancels it.
 func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	type result struct {
+		inst runtime.Instance
+		err  error
+	}
+	done := make(chan result, 1)
+	r.wg.Go(func() {
+		inst, err := r.start(r.ctx, spec)
+		done <- result{inst, err}
+	})
+	select {
+	case res := <-done:
+		return res.inst, res.err
+	case <-ctx.Done():
+		return runtime.Instance{}, fmt.Errorf("stopped waiting for instance %q, whose start goes on: %w", spec.ID, ctx.Err())
+	}
+}
+
+func (r *Runtime) start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 	unlock := r.locks.Lock(spec.ID)
 	defer unlock()
-	ctx = r.nsCtx(ctx)
 	hash := spec.Hash()
 
 	c, err := r.client.LoadContainer(ctx, spec.ID)
