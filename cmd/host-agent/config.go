@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,8 @@ type config struct {
 	ContainerdRoot      string
 	CDISpecDirs         []string
 	InstanceLogMaxBytes int64
+	TLSCertFile         string
+	TLSKeyFile          string
 	LogLevel            slog.Level
 }
 
@@ -150,6 +153,15 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		return c, &configError{"INSTANCE_LOG_MAX_MB", "want a whole number of MiB between 1 and 1048576"}
 	}
 	c.InstanceLogMaxBytes = logMax << 20
+	c.TLSCertFile, c.TLSKeyFile = get("TLS_CERT_FILE", ""), get("TLS_KEY_FILE", "")
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return c, &configError{"TLS_CERT_FILE", "set TLS_CERT_FILE and TLS_KEY_FILE together"}
+	}
+	if c.TLSCertFile != "" {
+		if _, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile); err != nil {
+			return c, &configError{"TLS_CERT_FILE", fmt.Sprintf("cannot load the certificate and key: %v", err)}
+		}
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL", "info"))); err != nil {
 		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
 	}

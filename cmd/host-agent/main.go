@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,7 +97,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	defer backend.Close()
 	rt := runtime.WithGPUs(backend, alloc.ForRuntime(), logger)
-	if err := rt.Restore(ctx); err != nil {
+	// Bounded: with containerd down, serving (and answering readyz) comes
+	// first; the restore is retried before the first GPU rental.
+	restoreCtx, cancelRestore := context.WithTimeout(ctx, 3*time.Second)
+	err = rt.Restore(restoreCtx)
+	cancelRestore()
+	if err != nil {
 		// Retried before the first GPU rental; CPU rentals go ahead.
 		logger.Warn("GPU holders not read back yet", "error", err)
 	}
@@ -145,12 +151,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	ln, err := listen(cfg)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
+		return err
 	}
 	logger.Info("agent serving", "version", version, "listen", ln.Addr().String(),
-		"runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
+		"tls", cfg.TLSCertFile != "", "runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
@@ -169,4 +175,54 @@ func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjec
 
 		LogMaxBytes: cfg.InstanceLogMaxBytes,
 	})
+}
+
+// listen opens the API's listener, with TLS when a certificate is
+// configured. The certificate is reread for each new connection when its
+// file changes, so that it can be renewed without a restart.
+func listen(cfg config) (net.Listener, error) {
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.ListenAddr, err)
+	}
+	if cfg.TLSCertFile == "" {
+		return ln, nil
+	}
+	certs := &certReloader{certFile: cfg.TLSCertFile, keyFile: cfg.TLSKeyFile}
+	if _, err := certs.get(nil); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return tls.NewListener(ln, &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}), nil
+}
+
+// certReloader serves the certificate in its files, loading them again
+// when the certificate file's modification time changes.
+type certReloader struct {
+	certFile, keyFile string
+	mu                sync.Mutex
+	cert              *tls.Certificate
+	mtime             time.Time
+}
+
+func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	fi, err := os.Stat(c.certFile)
+	if err == nil && c.cert != nil && fi.ModTime().Equal(c.mtime) {
+		return c.cert, nil
+	}
+	cert, lerr := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if lerr != nil {
+		if c.cert != nil {
+			// A renewal caught half-written keeps the old certificate.
+			return c.cert, nil
+		}
+		return nil, fmt.Errorf("load TLS certificate: %w", lerr)
+	}
+	c.cert = &cert
+	if err == nil {
+		c.mtime = fi.ModTime()
+	}
+	return c.cert, nil
 }
