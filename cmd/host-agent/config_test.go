@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,5 +99,28 @@ func TestDotEnvRealEnvironmentWins(t *testing.T) {
 	}
 	if c.AgentID != "from-env" || c.Token != goodToken || c.ContainerdNamespace != "file-ns" {
 		t.Fatalf("config = %+v", c)
+	}
+}
+
+func TestPublicURL(t *testing.T) {
+	t.Parallel()
+	hostname, _ := os.Hostname()
+	for _, tc := range []struct {
+		cfg  config
+		addr string
+		want string
+	}{
+		{config{PublicURL: "https://gpu-17.example:8443"}, "0.0.0.0:8080", "https://gpu-17.example:8443"},
+		{config{}, "127.0.0.1:8080", "http://127.0.0.1:8080"},
+		{config{}, "[::]:8080", "http://" + net.JoinHostPort(hostname, "8080")},
+		{config{TLSCertFile: "/c.pem"}, "10.1.2.3:8443", "https://10.1.2.3:8443"},
+	} {
+		addr, err := net.ResolveTCPAddr("tcp", tc.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := publicURL(tc.cfg, addr); got != tc.want {
+			t.Errorf("publicURL(%+v, %s) = %q, want %q", tc.cfg, tc.addr, got, tc.want)
+		}
 	}
 }

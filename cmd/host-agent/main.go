@@ -118,6 +118,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	})
 
+	ln, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+
 	// Built even without API_SERVER_URL: it also serves GET /host, and in
 	// that case Run says once that nothing is reported.
 	rep, err := reporter.New(reporter.Options{
@@ -125,7 +131,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		AgentID:   cfg.AgentID,
 		Token:     cfg.Token,
 		Version:   version,
-		PublicURL: cfg.PublicURL,
+		PublicURL: publicURL(cfg, ln.Addr()),
 		Interval:  cfg.HeartbeatInterval,
 		Runtime:   rt,
 		GPUs:      inv,
@@ -148,10 +154,6 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		GPUs:    inv,
 		Host:    rep,
 	})
-	if err != nil {
-		return err
-	}
-	ln, err := listen(cfg)
 	if err != nil {
 		return err
 	}
@@ -225,4 +227,27 @@ func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		c.mtime = fi.ModTime()
 	}
 	return c.cert, nil
+}
+
+// publicURL is where the central server should call this agent:
+// AGENT_PUBLIC_URL, or else the address it listens on, with the host's name
+// when it listens on every interface.
+func publicURL(cfg config, addr net.Addr) string {
+	if cfg.PublicURL != "" {
+		return cfg.PublicURL
+	}
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if name, err := os.Hostname(); err == nil {
+			host = name
+		}
+	}
+	scheme := "http"
+	if cfg.TLSCertFile != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, port)
 }

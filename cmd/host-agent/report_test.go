@@ -113,6 +113,9 @@ func TestAgentReportsToCentralServer(t *testing.T) {
 	if host.AgentID != "e2e-host" || host.Runtime.Name != "containerd" || host.Runtime.Namespace != "rentals" {
 		t.Errorf("host report = %+v", host)
 	}
+	if host.PublicURL != agent.base {
+		t.Errorf("public URL = %q, want the listen address %q", host.PublicURL, agent.base)
+	}
 	if host.CPU.Threads != goruntime.NumCPU() {
 		t.Errorf("threads = %d, want %d", host.CPU.Threads, goruntime.NumCPU())
 	}
