@@ -29,13 +29,15 @@ func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 			status, size = resp.Status, resp.Size
 		}
 		req := c.Request()
+		took := time.Since(start)
+		s.metrics.observe(req.Method, c.Path(), status, took)
 		s.log.LogAttrs(req.Context(), slog.LevelInfo, "request",
 			slog.String("method", req.Method),
 			slog.String("path", req.URL.Path),
 			slog.String("route", c.Path()),
 			slog.Int("status", status),
 			slog.Int64("bytes", size),
-			slog.Duration("duration", time.Since(start)),
+			slog.Duration("duration", took),
 			slog.String("remote", req.RemoteAddr),
 		)
 		return nil

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v5"
@@ -93,7 +94,10 @@ type Server struct {
 	stopTimeout time.Duration
 	gpus        GPUInventory
 	host        HostReporter
+	metrics     *metrics
 	echo        *echo.Echo
+	// openStreams counts the open /ws streams, for the metrics.
+	openStreams atomic.Int64
 
 	// streamsCtx is cancelled by Shutdown; every WebSocket loop watches it
 	// because http.Server.Shutdown does not track hijacked connections.
@@ -136,6 +140,7 @@ func New(opts Options) (*Server, error) {
 		host:        opts.Host,
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
+	s.metrics = newMetrics(s)
 
 	e := echo.NewWithConfig(echo.Config{
 		Logger:           opts.Logger,
@@ -160,6 +165,7 @@ func New(opts Options) (*Server, error) {
 	e.GET("/ws", s.streamEvents)
 	e.GET("/gpus", s.listGPUs)
 	e.GET("/host", s.hostReport)
+	e.GET("/metrics", s.serveMetrics)
 	s.echo = e
 	return s, nil
 }

@@ -81,6 +81,8 @@ func (s *Server) streamEvents(c *echo.Context) error {
 		return nil
 	}
 	defer s.streams.Done()
+	s.openStreams.Add(1)
+	defer s.openStreams.Add(-1)
 	s.stream(conn, sub, backlog, lost)
 	return nil
 }
