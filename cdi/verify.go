@@ -96,19 +96,22 @@ func (s nodeSet) merge(o nodeSet) {
 //     such aliases legitimately repeat the injected GPUs' nodes;
 //   - less the nodes every GPU device adds (say, /dev/nvidiactl repeated in
 //     each device rather than in the spec-level edits), which are nobody's
-//     GPU in particular.
+//     GPU in particular. A GPU node (/dev/nvidiaN, c 195:N) is never one of
+//     them, however many devices add it: it is one GPU's, and a spec whose
+//     devices all add it would otherwise hand that GPU to every tenant.
 func foreignNodes(class []*cdilib.Device, injected map[*cdilib.Device]bool, allocated nodeSet) nodeSet {
 	effective := effectiveDevices(class)
 	injectedNames := map[string]bool{}
 	for d := range injected {
 		injectedNames[d.GetQualifiedName()] = true
 	}
-	foreign, aliases := newNodeSet(), newNodeSet()
+	foreign, aliases, gpuNodes := newNodeSet(), newNodeSet(), newNodeSet()
 	var shared *nodeSet
 	gpus := 0
 	for _, d := range class {
 		own := newNodeSet()
 		own.addEdits(&d.ContainerEdits, d.GetQualifiedName())
+		gpuNodes.addGPUNodes(&d.ContainerEdits)
 		isGPU := effective[d] && isGPUUUID(d.Name)
 		if isGPU {
 			gpus++
@@ -131,9 +134,27 @@ func foreignNodes(class []*cdilib.Device, injected map[*cdilib.Device]bool, allo
 	// With one GPU the intersection is all of its nodes, which would
 	// excuse them all; nothing is shared then.
 	if gpus >= 2 {
+		shared.subtract(gpuNodes)
 		foreign.subtract(*shared)
 	}
 	return foreign
+}
+
+// addGPUNodes adds the per-GPU nodes among e's: those at a /dev/nvidiaN path
+// or numbered c 195:N, each by path and, where it can be told, by identity.
+func (s nodeSet) addGPUNodes(e *cdispec.ContainerEdits) {
+	for _, n := range e.DeviceNodes {
+		if n == nil {
+			continue
+		}
+		id, ok := nodeIDOf(n)
+		if gpuNodePath.MatchString(n.Path) || (ok && isGPUMinor(id)) {
+			s.byPath[n.Path] = ""
+			if ok {
+				s.byID[id] = ""
+			}
+		}
+	}
 }
 
 // subtract removes o's nodes.

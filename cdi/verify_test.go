@@ -226,3 +226,57 @@ func TestVerifySingleGPUHost(t *testing.T) {
 		t.Errorf("option = %v, want the GPU's node refused", err)
 	}
 }
+
+// TestVerifyRefusesGPUNodeEveryDeviceAdds: a GPU node is one GPU's, however
+// many devices add it. When every UUID device adds the same GPU node (a
+// two-GPU spec whose GPU 0 entry points at GPU 1's node, or a spec whose
+// devices all name /dev/nvidia0), it is not a shared node like nvidiactl:
+// injecting one GPU would hand out the other's, and every tenant would share
+// one GPU.
+func TestVerifyRefusesGPUNodeEveryDeviceAdds(t *testing.T) {
+	t.Parallel()
+	uuids := fakeUUIDs()
+	tests := []struct {
+		name   string
+		uuids  []string
+		edit   func(*cdispec.Spec)
+		inject string
+	}{
+		{"two GPUs, GPU 0's entry uses GPU 1's host node", uuids[:2], func(s *cdispec.Spec) {
+			s.Devices[0].ContainerEdits.DeviceNodes[0].HostPath = hostNodes()[1]
+		}, uuids[0]},
+		{"every device adds /dev/nvidia0", uuids, func(s *cdispec.Spec) {
+			for i := range s.Devices {
+				s.Devices[i].ContainerEdits.DeviceNodes[0].Path = "/dev/nvidia0"
+				s.Devices[i].ContainerEdits.DeviceNodes[0].HostPath = hostNodes()[0]
+			}
+		}, uuids[2]},
+		{"every device adds c 195:0", uuids, func(s *cdispec.Spec) {
+			for i := range s.Devices {
+				n := s.Devices[i].ContainerEdits.DeviceNodes[0]
+				n.HostPath, n.Type, n.Major, n.Minor = "/dev/nvidia0-absent", "c", nvidiaMajor, 0
+			}
+		}, uuids[1]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			raw := gpuSpec(tt.uuids)
+			tt.edit(raw)
+			writeSpec(t, dir, "nvidia.json", raw)
+			in, _, _ := newTestInjector(t, []string{dir})
+			s, err := inject(t, in, []string{tt.inject})
+			if !errdefs.IsFailedPrecondition(err) {
+				t.Fatalf("injection = %v with devices %v, want FailedPrecondition: the node is another GPU's", err, devicePathsOrNil(s))
+			}
+		})
+	}
+}
+
+func devicePathsOrNil(s *oci.Spec) []string {
+	if s == nil {
+		return nil
+	}
+	return devicePaths(s)
+}

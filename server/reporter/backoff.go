@@ -59,6 +59,11 @@ func (b Backoff) withDefaults() Backoff {
 func (b Backoff) ceiling(n int) time.Duration {
 	c := b.Base
 	for i := 1; i < n && c < b.Max; i++ {
+		if c > b.Max/2 {
+			// Doubling would pass the cap, or overflow near the
+			// largest Duration.
+			return b.Max
+		}
 		c *= 2
 	}
 	return min(c, b.Max)

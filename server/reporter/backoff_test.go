@@ -1,6 +1,7 @@
 package reporter
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -61,5 +62,34 @@ func TestBackoffDefaultsAndBadRand(t *testing.T) {
 	}
 	if b := (Backoff{Base: time.Minute, Max: time.Second}).withDefaults(); b.Max != time.Minute {
 		t.Errorf("Max below Base = %v, want raised to Base", b.Max)
+	}
+}
+
+// TestBackoffCeilingNeverOverflows: with a cap near the largest Duration the
+// doubling must stop at the cap rather than wrap negative, which would make
+// every retry immediate.
+func TestBackoffCeilingNeverOverflows(t *testing.T) {
+	t.Parallel()
+	for _, b := range []Backoff{
+		{Base: time.Second, Max: math.MaxInt64},
+		{Base: 3 * time.Second, Max: math.MaxInt64 - 1},
+		{Base: time.Duration(1) << 62, Max: math.MaxInt64},
+	} {
+		b = b.withDefaults()
+		prev := time.Duration(0)
+		for n := 1; n <= 200; n++ {
+			c := b.ceiling(n)
+			if c < prev || c <= 0 || c > b.Max {
+				t.Fatalf("%+v: ceiling(%d) = %v after %v, want growing within (0, %v]", b, n, c, prev, b.Max)
+			}
+			prev = c
+		}
+		if got := b.ceiling(200); got != b.Max {
+			t.Errorf("%+v: ceiling(200) = %v, want the cap", b, got)
+		}
+		b.Rand = func() float64 { return 0.5 }
+		if d := b.delay(200); d <= 0 {
+			t.Errorf("%+v: delay(200) = %v, want positive", b, d)
+		}
 	}
 }
