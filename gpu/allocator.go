@@ -98,6 +98,10 @@ func (a *Allocator) Reserve(instanceID string, req Request) ([]Device, error) {
 				return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
 					"GPU %d (%s) is unhealthy: %s", g.info.Index, g.info.UUID, reason))
 			}
+			if g.info.MIGMode == MIGEnabled {
+				return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
+					"GPU %d (%s) has MIG enabled and cannot be rented whole", g.info.Index, g.info.UUID))
+			}
 		}
 	}
 
@@ -144,11 +148,13 @@ func sameRequest(have []*gpuState, req Request, wanted []*gpuState) bool {
 	return req.Count == len(have)
 }
 
-// freeLocked lists the healthy GPUs nobody holds, by index.
+// freeLocked lists the healthy GPUs nobody holds, by index. A GPU with MIG
+// enabled is left out: it is rented as MIG devices or not at all, and CDI
+// has no whole-GPU device for it.
 func (a *Allocator) freeLocked() []*gpuState {
 	var free []*gpuState
 	for _, g := range a.inv.gpus {
-		if a.holder[g.info.UUID] == "" && a.inv.unhealthyReason(g) == "" {
+		if a.holder[g.info.UUID] == "" && a.inv.unhealthyReason(g) == "" && g.info.MIGMode != MIGEnabled {
 			free = append(free, g)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/containerd/errdefs"
 )
 
@@ -264,5 +265,30 @@ func TestRestore(t *testing.T) {
 	}
 	if got := after.Held("d"); len(got) != 1 || got[0].UUID != labels["b"][0] {
 		t.Errorf("Held(d) = %v", got)
+	}
+}
+
+// A GPU with MIG enabled has no whole-GPU CDI device: count requests pass
+// it over, and asking for it by name says why.
+func TestReserveSkipsMIGEnabledGPUs(t *testing.T) {
+	t.Parallel()
+	h := newFakeHost(t)
+	h.device(0).GetMigModeFunc = func() (int, int, nvml.Return) {
+		return nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE, nvml.SUCCESS
+	}
+	inv, alloc := open(t, h)
+	if inv.GPUs()[0].MIGMode != MIGEnabled {
+		t.Fatalf("GPU 0 MIG mode = %q", inv.GPUs()[0].MIGMode)
+	}
+	got, err := alloc.Reserve("a", Request{Count: 1})
+	if err != nil || len(got) != 1 || got[0].Index != 1 {
+		t.Fatalf("count request got %+v, %v; want GPU 1", got, err)
+	}
+	if free, total := alloc.Counts(); free != 6 || total != 8 {
+		t.Fatalf("counts = %d free of %d, want 6 of 8", free, total)
+	}
+	_, err = alloc.Reserve("b", Request{IDs: []string{"0"}})
+	if !errdefs.IsConflict(err) || !strings.Contains(err.Error(), "MIG") {
+		t.Fatalf("explicit MIG-enabled GPU: %v, want a Conflict naming MIG", err)
 	}
 }
