@@ -74,6 +74,7 @@ type Runtime struct {
 
 	locks      keyedMutex
 	terminates singleflight.Group
+	starts     inflight
 	exitMu     sync.Mutex // serialises exit recording, which is rare
 
 	ctx    context.Context // lives until Close; carries the namespace

@@ -517,3 +517,37 @@ func TestStartOutlivesTheCaller(t *testing.T) {
 		t.Errorf("%d pulls for one instance, want 1", n)
 	}
 }
+
+// A terminate during a long pull calls the start off instead of waiting for
+// it: nothing is left behind and the terminate succeeds.
+func TestTerminateCallsOffAStartInProgress(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	slow := testenv.StartRegistry()
+	t.Cleanup(slow.Close)
+	ref, err := slow.PushPayloadWithPadding("endless:latest", 4<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Throttle(256 << 10) // a pull of over 15 s
+	ns, rec := testNamespace(t), newRecorder()
+	r := newRuntime(t, daemon.Address, ns, rec)
+	started := make(chan error, 1)
+	go func() {
+		_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "doomed", Image: ref})
+		started <- err
+	}()
+	rec.waitFor(t, "doomed", events.TypeInstancePulling, 10*time.Second)
+	began := time.Now()
+	if err := r.Terminate(ctx(t), "doomed", time.Second); err != nil {
+		t.Fatalf("terminate during the pull: %v", err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("terminate waited %s for the pull", took)
+	}
+	if err := <-started; err == nil {
+		t.Fatal("the called-off start reported success")
+	}
+	rec.waitFor(t, "doomed", events.TypeInstanceTerminated, time.Second)
+	assertNothingLeft(t, ns)
+}

@@ -24,7 +24,7 @@ const cleanupTimeout = 30 * time.Second
 // Start implements runtime.Runtime. The work is not tied to the caller: a
 // scheduler that gives up waiting on a long pull does not abort it, and its
 // retry of the same request waits for that work and gets its result. Only
-// the agent's shutdown cancels it.
+// a terminate of the instance or the agent's shutdown cancels it.
 func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 	type result struct {
 		inst runtime.Instance
@@ -44,6 +44,9 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 }
 
 func (r *Runtime) start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer r.starts.add(spec.ID, cancel)()
 	unlock := r.locks.Lock(spec.ID)
 	defer unlock()
 	hash := spec.Hash()

@@ -32,6 +32,10 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 }
 
 func (r *Runtime) terminate(id string, timeout time.Duration) error {
+	// A start still pulling or creating is called off rather than waited
+	// for: it cleans up after itself, and whatever it got to make is
+	// terminated below.
+	calledOff := r.starts.cancel(id)
 	unlock := r.locks.Lock(id)
 	defer unlock()
 	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), timeout+killWait+cleanupTimeout)
@@ -40,6 +44,11 @@ func (r *Runtime) terminate(id string, timeout time.Duration) error {
 	c, err := r.client.LoadContainer(ctx, id)
 	if err != nil {
 		if errdefs.IsNotFound(err) {
+			if calledOff {
+				r.log.Info("start called off by terminate", "instance", id)
+				r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
+				return nil
+			}
 			return notFound(id)
 		}
 		return convertErr(err)
