@@ -92,3 +92,55 @@ func TestCapLogLeavesSmallFilesAlone(t *testing.T) {
 		t.Fatalf("capLog of a missing file = %d, %v", n, err)
 	}
 }
+
+// Reading the tail while the log is cut from the front still succeeds.
+func TestLogsReadableWhileCapped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	r := &Runtime{opts: Options{LogDir: dir}}
+	path := r.logPath("busy")
+	line := strings.Repeat("y", 99) + "\n"
+	if err := os.WriteFile(path, []byte(strings.Repeat(line, 40000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			for range 2000 {
+				w.WriteString(line)
+			}
+			if _, err := capLog(path, 1<<20); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	for range 300 {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := readTail(f, 1000)
+		f.Close()
+		if err != nil {
+			t.Fatalf("tail while capping: %v", err)
+		}
+		if len(b) == 0 {
+			t.Fatal("empty tail")
+		}
+	}
+	close(stop)
+	<-done
+}

@@ -28,7 +28,20 @@ func (r *Runtime) Logs(ctx context.Context, id string, tail int) ([]byte, error)
 		return nil, fmt.Errorf("open log of %q: %w", id, err)
 	}
 	defer f.Close()
-	return tailLines(f, tail)
+	return readTail(f, tail)
+}
+
+// readTail is tailLines on a log that may be cut from the front (capLogs)
+// while it is read, which ends a read early: it reads again from the new
+// end.
+func readTail(f io.ReadSeeker, n int) ([]byte, error) {
+	for attempt := 0; ; attempt++ {
+		b, err := tailLines(f, n)
+		if (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && attempt < 5 {
+			continue
+		}
+		return b, err
+	}
 }
 
 // tailLines returns the last n lines of f, reading backwards in chunks so
