@@ -48,50 +48,65 @@ func BenchmarkStartTerminate(b *testing.B) {
 			}
 		}
 	})
-	b.Run("raw-containerd", func(b *testing.B) {
-		cl, err := containerd.New(daemon.Address, containerd.WithDefaultNamespace("bench-raw"))
+	// raw-containerd is the bare client; raw-containerd-confined adds only
+	// the tenant confinement (no_new_privileges, default seccomp), to tell
+	// its cost from the agent's own bookkeeping.
+	for _, confined := range []bool{false, true} {
+		name := "raw-containerd"
+		if confined {
+			name += "-confined"
+		}
+		b.Run(name, func(b *testing.B) { benchRaw(b, confined) })
+	}
+}
+
+func benchRaw(b *testing.B, confined bool) {
+	cl, err := containerd.New(daemon.Address, containerd.WithDefaultNamespace("bench-raw"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := b.Context()
+	ctx = namespaces.WithNamespace(ctx, "bench-raw")
+	img, err := cl.Pull(ctx, payloadRef, containerd.WithPullUnpack, containerd.WithResolver(newResolver(nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	logDir := b.TempDir()
+	opts := []oci.SpecOpts{oci.WithImageConfigArgs(img, []string{"sleep", "inf"})}
+	if confined {
+		opts = append(opts, withConfinement())
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		id := fmt.Sprintf("raw-%d", i)
+		c, err := cl.NewContainer(ctx, id,
+			containerd.WithNewSnapshot(id, img),
+			containerd.WithRuntime(RuncRuntime, &options.Options{}),
+			containerd.WithNewSpec(opts...))
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer cl.Close()
-		ctx := b.Context()
-		ctx = namespaces.WithNamespace(ctx, "bench-raw")
-		img, err := cl.Pull(ctx, payloadRef, containerd.WithPullUnpack, containerd.WithResolver(newResolver(nil)))
+		task, err := c.NewTask(ctx, cio.LogFile(logDir+"/"+id+".log"))
 		if err != nil {
 			b.Fatal(err)
 		}
-		logDir := b.TempDir()
-		b.ResetTimer()
-		for i := range b.N {
-			id := fmt.Sprintf("raw-%d", i)
-			c, err := cl.NewContainer(ctx, id,
-				containerd.WithNewSnapshot(id, img),
-				containerd.WithRuntime(RuncRuntime, &options.Options{}),
-				containerd.WithNewSpec(oci.WithImageConfigArgs(img, []string{"sleep", "inf"})))
-			if err != nil {
-				b.Fatal(err)
-			}
-			task, err := c.NewTask(ctx, cio.LogFile(logDir+"/"+id+".log"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			exitC, err := task.Wait(ctx)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := task.Start(ctx); err != nil {
-				b.Fatal(err)
-			}
-			if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
-				b.Fatal(err)
-			}
-			<-exitC
-			if _, err := task.Delete(ctx); err != nil {
-				b.Fatal(err)
-			}
-			if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
-				b.Fatal(err)
-			}
+		exitC, err := task.Wait(ctx)
+		if err != nil {
+			b.Fatal(err)
 		}
-	})
+		if err := task.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := task.Kill(ctx, syscall.SIGTERM); err != nil {
+			b.Fatal(err)
+		}
+		<-exitC
+		if _, err := task.Delete(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
