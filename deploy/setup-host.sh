@@ -38,7 +38,7 @@ go_ok() {
   v=${v#go}
   [ "${v%%.*}" -gt 1 ] || [ "$(echo "$v" | cut -d. -f2)" -ge "$GO_MIN_MINOR" ]
 }
-go_ok || need_pkgs+=(golang-go)
+go_ok || need_pkgs+=(golang-go unzip)
 
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
@@ -50,12 +50,12 @@ fi
 if ! go_ok; then
   # The distribution's Go predates toolchain switching: fetch the toolchain
   # go.mod names as a module, through the Go module proxy.
-  want=$(awk '/^toolchain /{print $2} /^go /{g="go"$2} END{if(!t)print g}' "$(dirname "$0")/../go.mod" | head -1)
+  want=$(awk '/^toolchain /{t=$2} /^go /{g="go"$2} END{print (t ? t : g)}' "$(dirname "$0")/../go.mod")
   proxy=$(go env GOPROXY | cut -d, -f1)
   log "system Go is too old; fetching ${want} from the module proxy"
   tmp=$(mktemp -d)
   curl -fsSL -o "$tmp/go.zip" "${proxy}/golang.org/toolchain/@v/v0.0.1-${want}.linux-$(dpkg --print-architecture).zip"
-  (cd "$tmp" && python3 -m zipfile -e go.zip . 2>/dev/null || unzip -q go.zip)
+  (cd "$tmp" && { unzip -q go.zip || python3 -m zipfile -e go.zip .; })
   rm -rf /usr/local/go && mv "$tmp"/golang.org/toolchain@*/ /usr/local/go
   chmod +x /usr/local/go/bin/* /usr/local/go/pkg/tool/*/*
   rm -rf "$tmp"
