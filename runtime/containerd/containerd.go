@@ -107,11 +107,11 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Events == nil {
 		opts.Events = discard{}
 	}
-	if err := os.MkdirAll(opts.LogDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create log dir: %w", err)
-	}
 	if !filepath.IsAbs(opts.LogDir) {
 		return nil, fmt.Errorf("log dir %q must be absolute: the shim opens it: %w", opts.LogDir, errdefs.ErrInvalidArgument)
+	}
+	if err := os.MkdirAll(opts.LogDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create log dir: %w", err)
 	}
 	c, err := containerd.New(opts.Address,
 		containerd.WithDefaultNamespace(opts.Namespace),
