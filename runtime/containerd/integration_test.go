@@ -416,12 +416,7 @@ func TestPullProgressReported(t *testing.T) {
 func TestPullWithRegistryAuth(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	private := testenv.StartRegistry()
-	t.Cleanup(private.Close)
-	ref, err := private.PushPayloadWithPadding("private/payload:1", 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
+	private, ref := ownRegistry(t, "private/payload:1", 1024)
 	private.RequireBasicAuth("tenant", "s3cret-pass")
 	ns := testNamespace(t)
 	r := newRuntime(t, daemon.Address, ns, newRecorder())
@@ -489,12 +484,7 @@ func TestInstanceLogIsCapped(t *testing.T) {
 func TestStartOutlivesTheCaller(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	slow := testenv.StartRegistry()
-	t.Cleanup(slow.Close)
-	ref, err := slow.PushPayloadWithPadding("patient:latest", 2<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	slow, ref := ownRegistry(t, "patient:latest", 2<<20)
 	slow.Throttle(2 << 20)
 	ns, rec := testNamespace(t), newRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
@@ -523,12 +513,7 @@ func TestStartOutlivesTheCaller(t *testing.T) {
 func TestTerminateCallsOffAStartInProgress(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	slow := testenv.StartRegistry()
-	t.Cleanup(slow.Close)
-	ref, err := slow.PushPayloadWithPadding("endless:latest", 4<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	slow, ref := ownRegistry(t, "endless:latest", 4<<20)
 	slow.Throttle(256 << 10) // a pull of over 15 s
 	ns, rec := testNamespace(t), newRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
@@ -550,4 +535,18 @@ func TestTerminateCallsOffAStartInProgress(t *testing.T) {
 	}
 	rec.waitFor(t, "doomed", events.TypeInstanceTerminated, time.Second)
 	assertNothingLeft(t, ns)
+}
+
+// ownRegistry starts a registry of the test's own, holding a payload image
+// with padding bytes no daemon has seen, so that the test may throttle it or
+// require credentials without touching other tests' pulls.
+func ownRegistry(t *testing.T, repoTag string, padding int) (*testenv.Registry, string) {
+	t.Helper()
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	ref, err := reg.PushPayloadWithPadding(repoTag, padding)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, ref
 }
