@@ -272,3 +272,14 @@ func plural(n int, noun string) string {
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
 }
+
+// Holders lists every instance holding GPUs with the GPUs it holds, by index.
+func (a *Allocator) Holders() map[string][]Device {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make(map[string][]Device, len(a.held))
+	for id, gs := range a.held {
+		out[id] = devices(gs)
+	}
+	return out
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/gpualloc"
 )
 
 // memRuntime is a back end that keeps instances in memory, GPUs included, as
@@ -43,7 +44,7 @@ func (m *memRuntime) Start(_ context.Context, spec runtime.InstanceSpec) (runtim
 		}
 		return inst, nil
 	}
-	inst := runtime.Instance{ID: spec.ID, Status: runtime.StatusRunning, GPUs: spec.GPUs, SpecHash: spec.Hash()}
+	inst := runtime.Instance{ID: spec.ID, Status: runtime.StatusRunning, GPUs: spec.GPUs, SpecHash: spec.Hash(), AgentLabels: spec.ReservedLabels}
 	m.insts[spec.ID] = inst
 	return inst, nil
 }
@@ -79,7 +80,7 @@ func (m *memRuntime) Terminate(_ context.Context, id string, _ time.Duration) er
 
 // newAgent is what an agent start builds: a fresh inventory and allocator
 // over the same back end and the same GPUs.
-func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*runtime.GPURuntime, *gpu.Allocator) {
+func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*runtime.Lifecycle, *gpu.Allocator) {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	inv, err := gpu.Open(gpus, logger)
@@ -90,7 +91,10 @@ func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*runti
 		t.Fatalf("fake server has %d GPUs, want 8", inv.Len())
 	}
 	alloc := gpu.NewAllocator(inv)
-	g := runtime.WithGPUs(inner, alloc.ForRuntime(), logger)
+	g := runtime.NewLifecycle(inner, runtime.LifecycleOptions{
+		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}},
+		Logger: logger,
+	})
 	if err := g.Restore(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +208,9 @@ func TestGPULabelsRoundTrip(t *testing.T) {
 }
 
 // A terminate racing a start that has reserved GPUs but not yet created the
-// container must not free those GPUs for someone else.
+// container calls the start off and waits for it: the container the start
+// makes anyway is deleted, and its GPUs are free once the terminate ends,
+// never before.
 func TestTerminateDuringStartKeepsReservation(t *testing.T) {
 	t.Parallel()
 	inner := &memRuntime{insts: map[string]runtime.Instance{}, gate: make(chan struct{})}
@@ -217,18 +223,24 @@ func TestTerminateDuringStartKeepsReservation(t *testing.T) {
 	for len(alloc.Held("racer")) == 0 {
 		time.Sleep(time.Millisecond)
 	}
-	if err := g.Terminate(context.Background(), "racer", time.Second); !errdefs.IsNotFound(err) {
-		t.Fatalf("terminate before the container exists: %v, want NotFound", err)
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := g.Terminate(short, "racer", time.Second); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("terminate while the start holds the instance: %v, want the caller's deadline", err)
 	}
 	if free, _ := alloc.Counts(); free != 6 {
 		t.Fatalf("%d GPUs free while the start is in flight, want 6", free)
 	}
 	close(inner.gate)
-	if err := <-done; err != nil {
+	<-done
+	if err := g.Terminate(context.Background(), "racer", time.Second); err != nil && !errdefs.IsNotFound(err) {
 		t.Fatal(err)
 	}
-	if got := alloc.Held("racer"); len(got) != 2 {
-		t.Fatalf("racer holds %v after its start", got)
+	if got := alloc.Held("racer"); len(got) != 0 {
+		t.Fatalf("racer holds %v after its terminate", got)
+	}
+	if _, err := inner.Get(context.Background(), "racer"); !errdefs.IsNotFound(err) {
+		t.Fatalf("racer's container outlived its terminate: %v", err)
 	}
 }
 

@@ -76,4 +76,7 @@ type Instance struct {
 	Labels map[string]string
 	// GPUs are the GPUs the instance holds, from its labels.
 	GPUs []GPU
+	// AgentLabels are all of the container's labels, the agent's own
+	// included: reservations are restored from them.
+	AgentLabels map[string]string `json:"-"`
 }

@@ -22,6 +22,9 @@ type InstanceSpec struct {
 	// it (by GPURuntime), which the back end injects and records.
 	GPURequest GPURequest
 	GPUs       []GPU `json:"-"`
+	// ReservedLabels record what the Lifecycle reserved for the instance
+	// (GPUs, ports, addresses); the back end writes them on the container.
+	ReservedLabels map[string]string `json:"-"`
 	// RegistryAuth is used for the pull only and is not part of Hash.
 	RegistryAuth *RegistryAuth
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
@@ -114,8 +115,11 @@ func run(bundle, work string) error {
 	if err != nil {
 		return err
 	}
-	defer backend.Close()
-	rt := runtime.WithGPUs(backend, gpu.NewAllocator(inv).ForRuntime(), logger)
+	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
+		Logger: logger,
+	})
+	defer rt.Close()
 	inst, err := rt.Start(ctx, runtime.InstanceSpec{
 		ID: "gpu-check", Image: ref, Command: []string{"ls", "/dev", "env", "sleep", "inf"},
 		Env:        map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"},

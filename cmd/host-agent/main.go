@@ -27,6 +27,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -95,8 +96,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	defer backend.Close()
-	rt := runtime.WithGPUs(backend, alloc.ForRuntime(), logger)
+	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}},
+		Events: hub,
+		Logger: logger,
+	})
+	defer rt.Close()
 	// Bounded: with containerd down, serving (and answering readyz) comes
 	// first; the restore is retried before the first GPU rental.
 	restoreCtx, cancelRestore := context.WithTimeout(ctx, 3*time.Second)

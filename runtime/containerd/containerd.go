@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
@@ -72,14 +71,13 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	locks      keyedMutex
-	terminates singleflight.Group
-	starts     inflight
-	exitMu     sync.Mutex // serialises exit recording, which is rare
+	exitMu sync.Mutex // serialises exit recording, which is rare
 
-	ctx    context.Context // lives until Close; carries the namespace
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx       context.Context // lives until Close; carries the namespace
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New connects to containerd and starts watching the namespace for exits. It
@@ -135,11 +133,14 @@ func New(opts Options) (*Runtime, error) {
 
 // Close stops watching and closes the connection. Containers keep running.
 func (r *Runtime) Close() error {
-	r.cancel()
-	// Exit recordings in flight finish first: they run detached from the
-	// cancelled context, on the still open connection.
-	r.wg.Wait()
-	return r.client.Close()
+	r.closeOnce.Do(func() {
+		r.cancel()
+		// Exit recordings in flight finish first: they run detached from
+		// the cancelled context, on the still open connection.
+		r.wg.Wait()
+		r.closeErr = r.client.Close()
+	})
+	return r.closeErr
 }
 
 // Ping reports whether containerd answers.

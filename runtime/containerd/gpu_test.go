@@ -20,6 +20,7 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/gpualloc"
 )
 
 // fakeNodeMajor is a character-device major number reserved for local use,
@@ -93,15 +94,14 @@ func newGPUHost(t *testing.T, hooks []map[string]any) *gpuHost {
 
 // agent builds what cmd/host-agent builds: the containerd back end with CDI
 // injection, wrapped in GPU allocation.
-func (h *gpuHost) agent(t *testing.T, ns string, rec *recorder) *runtime.GPURuntime {
+func (h *gpuHost) agent(t *testing.T, ns string, rec *recorder) *agent {
 	t.Helper()
 	r, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "gpu-test", LogDir: t.TempDir(), Events: rec, Devices: h.injector,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
-	return runtime.WithGPUs(r, gpu.NewAllocator(h.inv).ForRuntime(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return withLifecycle(t, r, rec, runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.inv))})
 }
 
 // nvidiaNodes lists the /dev/nvidiaN entries a container printed.

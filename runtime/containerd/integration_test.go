@@ -384,11 +384,11 @@ func TestPullProgressReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns, rec := testNamespace(t), newRecorder()
-	r, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: t.TempDir(), Events: rec, ProgressInterval: 50 * time.Millisecond})
+	be, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: t.TempDir(), Events: rec, ProgressInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	r := withLifecycle(t, be, nil)
 	registry.Throttle(2 << 20)
 	defer registry.Throttle(0)
 	if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "slow", Image: ref}); err != nil {
@@ -448,11 +448,11 @@ func TestInstanceLogIsCapped(t *testing.T) {
 	ns := testNamespace(t)
 	logDir := t.TempDir()
 	const max = 512 << 10
-	r, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: logDir, LogMaxBytes: max, LogCheckInterval: 20 * time.Millisecond})
+	be, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: logDir, LogMaxBytes: max, LogCheckInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
+	r := withLifecycle(t, be, nil)
 	if _, err := r.Start(ctx(t), payloadSpec("flood", "spam", "16000000", "echo", "flood done", "sleep", "inf")); err != nil {
 		t.Fatal(err)
 	}

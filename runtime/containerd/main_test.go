@@ -131,8 +131,18 @@ func (r *recorder) summary() string {
 	return b.String()
 }
 
-// newRuntime opens a Runtime on addr in namespace ns, closed with the test.
-func newRuntime(t *testing.T, addr, ns string, pub events.Publisher) *Runtime {
+// agent is what cmd/host-agent builds: the containerd back end under the
+// lifecycle layer. Tests call it as the server does.
+type agent struct {
+	*runtime.Lifecycle
+	be *Runtime
+}
+
+func (a *agent) logPath(id string) string { return a.be.logPath(id) }
+
+// newRuntime opens a Runtime on addr in namespace ns under a Lifecycle,
+// closed with the test.
+func newRuntime(t *testing.T, addr, ns string, pub events.Publisher) *agent {
 	t.Helper()
 	r, err := New(Options{
 		Address:   addr,
@@ -145,8 +155,23 @@ func newRuntime(t *testing.T, addr, ns string, pub events.Publisher) *Runtime {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.Close() })
-	return r
+	return withLifecycle(t, r, pub)
+}
+
+// withLifecycle puts a Lifecycle with the given reservation kinds over be,
+// closed with the test.
+func withLifecycle(t *testing.T, be *Runtime, pub events.Publisher, kinds ...runtime.ReservationKind) *agent {
+	t.Helper()
+	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+		Kinds:  kinds,
+		Events: pub,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	t.Cleanup(func() { l.Close() })
+	if err := l.Restore(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return &agent{Lifecycle: l, be: be}
 }
 
 // testNamespace gives each test a namespace of its own, so tests run in

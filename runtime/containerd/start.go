@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -21,34 +22,14 @@ import (
 // when the caller has gone away.
 const cleanupTimeout = 30 * time.Second
 
-// Start implements runtime.Runtime. The work is not tied to the caller: a
-// scheduler that gives up waiting on a long pull does not abort it, and its
-// retry of the same request waits for that work and gets its result. Only
-// a terminate of the instance or the agent's shutdown cancels it.
+// Start implements runtime.Runtime for runtime.Lifecycle, which calls it
+// for one instance at a time, with the reservations already made and
+// recorded in spec.ReservedLabels, and on a context detached from the
+// scheduler's request: the work runs on ctx and stops when it is cancelled
+// (a terminate calling the start off, or the agent's shutdown), removing
+// whatever it made.
 func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
-	type result struct {
-		inst runtime.Instance
-		err  error
-	}
-	done := make(chan result, 1)
-	r.wg.Go(func() {
-		inst, err := r.start(r.ctx, spec)
-		done <- result{inst, err}
-	})
-	select {
-	case res := <-done:
-		return res.inst, res.err
-	case <-ctx.Done():
-		return runtime.Instance{}, fmt.Errorf("stopped waiting for instance %q, whose start goes on: %w", spec.ID, ctx.Err())
-	}
-}
-
-func (r *Runtime) start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer r.starts.add(spec.ID, cancel)()
-	unlock := r.locks.Lock(spec.ID)
-	defer unlock()
+	ctx = r.nsCtx(ctx)
 	hash := spec.Hash()
 
 	c, err := r.client.LoadContainer(ctx, spec.ID)
@@ -76,8 +57,9 @@ func (r *Runtime) start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 }
 
 // startExisting answers a repeated start: the same request gets the instance
-// as it is, a different one a Conflict. A container left without a task (the
-// agent died between creating and starting it) gets its task now.
+// as it is, a different one a Conflict. A container that never ran (the
+// agent died between creating and starting it) gets its task now; one that
+// ran is never started again, whatever became of its task.
 func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, hash string) (runtime.Instance, error) {
 	labels, err := c.Labels(ctx)
 	if err != nil {
@@ -91,6 +73,11 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 	}
 	task, err := c.Task(ctx, nil)
 	switch {
+	case errdefs.IsNotFound(err) && (labels[runtime.LabelStartedAt] != "" || labels[runtime.LabelExitCode] != ""):
+		// It ran and its task is gone (containerd reaps the tasks of a
+		// restart): a finished instance is finished, and is answered as it
+		// is, with its exit. Running it again would go unreported.
+		err = nil
 	case errdefs.IsNotFound(err):
 		err = r.startTask(ctx, c)
 	case err != nil:
@@ -109,7 +96,26 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 }
 
 // create pulls, creates and starts; on failure it removes whatever it made.
+// Everything it makes is held by a lease of its own until the container
+// refers to it; the lease is deleted at the end, with a fresh context, even
+// when the start was called off, so a cancelled pull leaves nothing behind
+// for the garbage collector to wait on.
 func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+	lease, err := r.client.LeasesService().Create(ctx,
+		leases.WithRandomID(),
+		leases.WithExpiration(r.opts.PullTimeout+cleanupTimeout),
+		leases.WithLabel("host-agent.io/instance-id", spec.ID))
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: fmt.Errorf("create lease: %w", convertErr(err))}
+	}
+	defer func() {
+		ctx, cancel := r.cleanupCtx()
+		defer cancel()
+		if err := r.client.LeasesService().Delete(ctx, lease); err != nil && !errdefs.IsNotFound(err) {
+			r.log.Error("delete lease", "instance", spec.ID, "lease", lease.ID, "error", err)
+		}
+	}()
+	ctx = leases.WithLease(ctx, lease.ID)
 	img, err := r.ensureImage(ctx, spec)
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
@@ -127,8 +133,8 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	for k, v := range spec.Labels {
 		labels[runtime.LabelUserPrefix+k] = v
 	}
-	if len(spec.GPUs) > 0 {
-		labels[runtime.LabelGPUs], labels[runtime.LabelGPUIndexes] = runtime.FormatGPULabels(spec.GPUs)
+	for k, v := range spec.ReservedLabels {
+		labels[k] = v
 	}
 	opts, err := r.specOpts(img, spec)
 	if err != nil {

@@ -17,38 +17,15 @@ import (
 // killWait bounds the wait for a task to die after SIGKILL.
 const killWait = 30 * time.Second
 
-// Terminate implements runtime.Runtime. Concurrent calls for one instance
-// share one termination, which runs to its end even if a caller goes away.
+// Terminate implements runtime.Runtime for runtime.Lifecycle, which calls
+// it for one instance at a time on a context bounding the whole
+// termination: SIGTERM, SIGKILL after timeout, then the task, container,
+// snapshot and log are deleted.
 func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duration) error {
-	ch := r.terminates.DoChan(id, func() (any, error) {
-		return nil, r.terminate(id, timeout)
-	})
-	select {
-	case res := <-ch:
-		return res.Err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (r *Runtime) terminate(id string, timeout time.Duration) error {
-	// A start still pulling or creating is called off rather than waited
-	// for: it cleans up after itself, and whatever it got to make is
-	// terminated below.
-	calledOff := r.starts.cancel(id)
-	unlock := r.locks.Lock(id)
-	defer unlock()
-	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), timeout+killWait+cleanupTimeout)
-	defer cancel()
-
+	ctx = r.nsCtx(ctx)
 	c, err := r.client.LoadContainer(ctx, id)
 	if err != nil {
 		if errdefs.IsNotFound(err) {
-			if calledOff {
-				r.log.Info("start called off by terminate", "instance", id)
-				r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
-				return nil
-			}
 			return notFound(id)
 		}
 		return convertErr(err)
