@@ -139,9 +139,10 @@ func (r *TerminateInstanceRequest) validate() error {
 	return nil
 }
 
-// validateInstanceID accepts what is safe as a containerd container ID, a
-// Docker container name and a file name: 1-63 characters of [a-zA-Z0-9_.-],
-// starting with a letter or digit.
+// validateInstanceID accepts what every back end accepts (containerd's
+// identifier rule, which Docker's container names include): letters and
+// digits, optionally joined by single '.', '_' or '-', 1-63 characters. It
+// is checked before anything is pulled or reserved.
 func validateInstanceID(field, id string) error {
 	if id == "" {
 		return fieldErr(field, "is required")
@@ -152,10 +153,20 @@ func validateInstanceID(field, id string) error {
 	if !isAlnum(id[0]) {
 		return fieldErr(field, "must start with a letter or digit")
 	}
+	if !isAlnum(id[len(id)-1]) {
+		return fieldErr(field, "must end with a letter or digit")
+	}
 	for i := 0; i < len(id); i++ {
-		if c := id[i]; !isAlnum(c) && c != '_' && c != '.' && c != '-' {
+		c := id[i]
+		if !isAlnum(c) && c != '_' && c != '.' && c != '-' {
 			return fieldErr(field, "may contain only letters, digits, '_', '.' and '-'")
 		}
+		if !isAlnum(c) && !isAlnum(id[i-1]) {
+			return fieldErr(field, "must not have two of '_', '.' and '-' in a row")
+		}
+	}
+	if err := runtime.ValidateInstanceID(id); err != nil {
+		return fieldErr(field, "%v", err)
 	}
 	return nil
 }

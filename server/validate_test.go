@@ -87,6 +87,10 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "duplicate env key", body: obj(`"env":{"A":"1","A":"2"}`), field: "env.A"},
 
 		{name: "id missing", body: `{"image":"nginx"}`, field: "instance_id"},
+		// Defect 7: IDs containerd refuses only after a full pull.
+		{name: "id ending in a dash (defect 7)", body: `{"instance_id":"job-1-","image":"nginx"}`, field: "instance_id"},
+		{name: "id with two dots in a row (defect 7)", body: `{"instance_id":"a..b","image":"nginx"}`, field: "instance_id"},
+		{name: "id with dot and dash in a row (defect 7)", body: `{"instance_id":"a.-b","image":"nginx"}`, field: "instance_id"},
 		{name: "id wrong type", body: `{"instance_id":5,"image":"nginx"}`, field: "instance_id"},
 		{name: "id too long", body: `{"instance_id":"` + long(64) + `","image":"nginx"}`, field: "instance_id"},
 		{name: "id leading dash", body: `{"instance_id":"-a","image":"nginx"}`, field: "instance_id"},
