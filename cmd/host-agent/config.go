@@ -36,6 +36,12 @@ type config struct {
 	TLSCertFile         string
 	TLSKeyFile          string
 	LogLevel            slog.Level
+	// OrphanGrace is how long after its creation an instance is never
+	// terminated as an orphan (ORPHAN_GRACE; zero: the reporter's default).
+	OrphanGrace time.Duration
+	// AllowInsecureAPIServer lets API_SERVER_URL use plain http to a host
+	// other than loopback (ALLOW_INSECURE_API_SERVER=true).
+	AllowInsecureAPIServer bool
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -134,6 +140,24 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 			return c, &configError{v.name, fmt.Sprintf("want an http(s) URL, got %q", v.value)}
 		}
 	}
+	switch v := get("ALLOW_INSECURE_API_SERVER", "false"); v {
+	case "true", "false":
+		c.AllowInsecureAPIServer = v == "true"
+	default:
+		return c, &configError{"ALLOW_INSECURE_API_SERVER", fmt.Sprintf("want true or false, got %q", v)}
+	}
+	if c.APIServerURL != "" && !c.AllowInsecureAPIServer {
+		if u, _ := url.Parse(c.APIServerURL); u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+			return c, &configError{"API_SERVER_URL", "plain http to a host other than loopback would send the agent's token in clear; use https, or set ALLOW_INSECURE_API_SERVER=true"}
+		}
+	}
+	if v := get("ORPHAN_GRACE", ""); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > 24*time.Hour {
+			return c, &configError{"ORPHAN_GRACE", "want a Go duration between 1s and 24h, such as 1m"}
+		}
+		c.OrphanGrace = d
+	}
 	interval, err := time.ParseDuration(get("HEARTBEAT_INTERVAL", "15s"))
 	if err != nil || interval < time.Second || interval > time.Hour {
 		return c, &configError{"HEARTBEAT_INTERVAL", "want a Go duration between 1s and 1h, such as 15s"}
@@ -166,4 +190,14 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
 	}
 	return c, nil
+}
+
+// isLoopbackHost reports whether host (a name or an address) is this
+// machine's loopback.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

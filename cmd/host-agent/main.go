@@ -132,18 +132,19 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	// Built even without API_SERVER_URL: it also serves GET /host, and in
 	// that case Run says once that nothing is reported.
 	rep, err := reporter.New(reporter.Options{
-		ServerURL: cfg.APIServerURL,
-		AgentID:   cfg.AgentID,
-		Token:     cfg.Token,
-		Version:   version,
-		PublicURL: publicURL(cfg, ln.Addr()),
-		Interval:  cfg.HeartbeatInterval,
-		Runtime:   rt,
-		GPUs:      inv,
-		CDI:       injector.Available,
-		DataDir:   cfg.ContainerdRoot,
-		Events:    hub,
-		Logger:    logger,
+		ServerURL:   cfg.APIServerURL,
+		AgentID:     cfg.AgentID,
+		Token:       cfg.Token,
+		Version:     version,
+		PublicURL:   publicURL(cfg, ln.Addr()),
+		Interval:    cfg.HeartbeatInterval,
+		OrphanGrace: cfg.OrphanGrace,
+		Runtime:     rt,
+		GPUs:        inv,
+		CDI:         injector.Available,
+		DataDir:     cfg.ContainerdRoot,
+		Events:      hub,
+		Logger:      logger,
 	})
 	if err != nil {
 		return fmt.Errorf("reporter: %w", err)

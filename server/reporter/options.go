@@ -18,6 +18,9 @@ import (
 // Defaults for Options.
 const (
 	DefaultInterval         = 15 * time.Second
+	// DefaultOrphanGraceIntervals is OrphanGrace's default, in heartbeat
+	// intervals.
+	DefaultOrphanGraceIntervals = 4
 	DefaultRequestTimeout   = 10 * time.Second
 	DefaultTerminateTimeout = 10 * time.Second
 	DefaultDataDir          = "/var/lib/containerd"
@@ -63,6 +66,11 @@ type Options struct {
 	PublicURL string
 	// Interval between heartbeats; default 15s.
 	Interval time.Duration
+	// OrphanGrace is how long after its creation an instance is never
+	// terminated as an orphan, however the server answers: the server may
+	// not know yet of an instance it has just asked for. Default
+	// DefaultOrphanGraceIntervals heartbeat intervals.
+	OrphanGrace time.Duration
 	// RequestTimeout bounds each HTTP call and each runtime query; default
 	// 10s.
 	RequestTimeout time.Duration
@@ -130,6 +138,9 @@ func (opts Options) withDefaults() (Options, error) {
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = DefaultInterval
+	}
+	if opts.OrphanGrace <= 0 {
+		opts.OrphanGrace = DefaultOrphanGraceIntervals * opts.Interval
 	}
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = DefaultRequestTimeout

@@ -185,6 +185,12 @@ func (r *Reporter) reconcile(ctx context.Context, snap snapshot, resp HeartbeatR
 		return
 	}
 	d := compare(snap.instances, resp.ExpectedInstances, resp.Terminate)
+	var young []string
+	d.terminate, young = spareYoung(d.terminate, snap.instances, r.opts.Now(), r.opts.OrphanGrace)
+	if len(young) > 0 {
+		r.logger.Info("not terminating orphans created within the grace period; the server may not know of them yet",
+			"instances", young, "grace", r.opts.OrphanGrace)
+	}
 	r.pending = d
 	r.announcer.announce(d, snap.instances)
 	if len(d.refused) > 0 {
@@ -194,4 +200,23 @@ func (r *Reporter) reconcile(ctx context.Context, snap snapshot, resp HeartbeatR
 	for _, id := range d.terminate {
 		r.term.start(ctx, id)
 	}
+}
+
+// spareYoung splits the orphans to terminate into those old enough and those
+// created less than grace ago (or in the future, by a clock step), which are
+// left alone: an instance the server has just asked for may be listed
+// before the server records it, and must not be terminated as an orphan.
+func spareYoung(terminate []string, present []runtime.Instance, now time.Time, grace time.Duration) (old, young []string) {
+	created := map[string]time.Time{}
+	for _, inst := range present {
+		created[inst.ID] = inst.CreatedAt
+	}
+	for _, id := range terminate {
+		if c := created[id]; !c.IsZero() && now.Sub(c) < grace {
+			young = append(young, id)
+			continue
+		}
+		old = append(old, id)
+	}
+	return old, young
 }

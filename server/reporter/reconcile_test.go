@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -197,5 +198,23 @@ func TestUnlistableRuntimeIsReportedAsUnknown(t *testing.T) {
 	}
 	if got := h.rt.terminateCalls(); len(got) != 0 {
 		t.Errorf("terminated %v", got)
+	}
+}
+
+// Defect 9: an instance listed before the heartbeat but not yet known to
+// the server is not terminated as an orphan within the grace period after
+// its creation.
+func TestDefect9OrphanGraceSparesStartingInstances(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	present := []runtime.Instance{
+		{ID: "just-started", Status: runtime.StatusRunning, CreatedAt: now.Add(-5 * time.Second)},
+		{ID: "old-orphan", Status: runtime.StatusRunning, CreatedAt: now.Add(-time.Hour)},
+		{ID: "expected", Status: runtime.StatusRunning, CreatedAt: now.Add(-time.Hour)},
+	}
+	d := compare(present, []string{"expected"}, []string{"just-started", "old-orphan"})
+	old, young := spareYoung(d.terminate, present, now, time.Minute)
+	if !slices.Equal(old, []string{"old-orphan"}) || !slices.Equal(young, []string{"just-started"}) {
+		t.Fatalf("terminate %v, spared %v; want [old-orphan], [just-started]", old, young)
 	}
 }
