@@ -17,13 +17,13 @@ import (
 
 // Defaults for Options.
 const (
-	DefaultInterval         = 15 * time.Second
+	DefaultInterval = 15 * time.Second
 	// DefaultOrphanGraceIntervals is OrphanGrace's default, in heartbeat
 	// intervals.
 	DefaultOrphanGraceIntervals = 4
-	DefaultRequestTimeout   = 10 * time.Second
-	DefaultTerminateTimeout = 10 * time.Second
-	DefaultDataDir          = "/var/lib/containerd"
+	DefaultRequestTimeout       = 10 * time.Second
+	DefaultTerminateTimeout     = 10 * time.Second
+	DefaultDataDir              = "/var/lib/containerd"
 )
 
 // Runtime is what the reporter asks of the container runtime;
