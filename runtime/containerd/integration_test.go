@@ -373,6 +373,13 @@ func assertNothingLeft(t *testing.T, ns string) {
 	if len(snaps) > 0 {
 		t.Errorf("active snapshots left behind: %v", snaps)
 	}
+	ls, err := cl.LeasesService().List(cctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		t.Errorf("lease %s left behind (labels %v)", l.ID, l.Labels)
+	}
 }
 
 func TestPullProgressReported(t *testing.T) {

@@ -1,0 +1,100 @@
+package containerd
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// Defect 4: a re-sent start of an instance that has run and exited, whose
+// task containerd has since removed (as it does for tasks that ended while
+// it was down), answers the instance as it is, with its exit, and never runs
+// the workload again.
+func TestDefect4ResentStartOfExitedInstanceDoesNotRunAgain(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	ns, rec := testNamespace(t), newRecorder()
+	r := newRuntime(t, daemon.Address, ns, rec)
+	spec := payloadSpec("once", "echo", "ran", "exit", "3")
+	if _, err := r.Start(ctx(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitFor(t, "once", events.TypeInstanceExited, 30*time.Second)
+	cl, cctx := rawClient(t, daemon.Address, ns)
+	if _, err := cl.TaskService().Delete(cctx, &tasksapi.DeleteTaskRequest{ContainerID: "once"}); err != nil {
+		t.Fatal(err)
+	}
+
+	inst, err := r.Start(ctx(t), spec)
+	if err != nil {
+		t.Fatalf("re-sent start: %v", err)
+	}
+	if inst.Status != runtime.StatusExited || inst.ExitCode == nil || *inst.ExitCode != 3 || inst.Pid != 0 {
+		t.Fatalf("re-sent start answered %+v, want exited with code 3 and no pid", inst)
+	}
+	if _, err := cl.TaskService().Get(cctx, &tasksapi.GetRequest{ContainerID: "once"}); !errdefs.IsNotFound(convertErr(err)) {
+		t.Fatalf("a task exists again after the re-sent start: %v", err)
+	}
+	if n := rec.count("once", events.TypeInstanceRunning); n != 1 {
+		t.Fatalf("%d running events, want 1", n)
+	}
+	b, err := os.ReadFile(r.logPath("once"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "ran"); n != 1 {
+		t.Fatalf("the workload ran %d times: %q", n, b)
+	}
+	if err := r.Terminate(ctx(t), "once", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, ns)
+}
+
+// Defect 6: a start called off during its pull (by a terminate, or the
+// agent's shutdown) leaves no lease behind, so the layers it fetched are
+// collectable at once rather than after a day.
+func TestDefect6CancelledPullLeavesNoLease(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	slow, ref := ownRegistry(t, "leased:latest", 4<<20)
+	slow.Throttle(256 << 10)
+	ns, rec := testNamespace(t), newRecorder()
+	r := newRuntime(t, daemon.Address, ns, rec)
+
+	// Called off by a terminate.
+	started := make(chan error, 1)
+	go func() {
+		_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "leased", Image: ref})
+		started <- err
+	}()
+	rec.waitFor(t, "leased", events.TypeInstancePulling, 10*time.Second)
+	if err := r.Terminate(ctx(t), "leased", time.Second); err != nil {
+		t.Fatalf("terminate during the pull: %v", err)
+	}
+	if err := <-started; err == nil {
+		t.Fatal("the called-off start reported success")
+	}
+	assertNothingLeft(t, ns)
+
+	// Called off by the agent's shutdown, the caller having gone.
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := r.Start(short, runtime.InstanceSpec{ID: "leased-2", Image: ref}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("start with an impatient caller: %v", err)
+	}
+	rec.waitFor(t, "leased-2", events.TypeInstancePulling, 10*time.Second)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, ns)
+}
