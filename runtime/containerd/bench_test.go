@@ -68,7 +68,7 @@ func benchRaw(b *testing.B, confined bool) {
 	defer cl.Close()
 	ctx := b.Context()
 	ctx = namespaces.WithNamespace(ctx, "bench-raw")
-	img, err := cl.Pull(ctx, payloadRef, containerd.WithPullUnpack, containerd.WithResolver(newResolver(nil)))
+	img, err := cl.Pull(ctx, payloadRef, containerd.WithPullUnpack, containerd.WithResolver(newResolver(nil, "")))
 	if err != nil {
 		b.Fatal(err)
 	}

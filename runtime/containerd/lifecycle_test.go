@@ -98,3 +98,42 @@ func TestDefect6CancelledPullLeavesNoLease(t *testing.T) {
 	}
 	assertNothingLeft(t, ns)
 }
+
+// Defect 5: an image pulled with one tenant's credentials is not reused for
+// a request without them or with wrong ones: the registry is asked first,
+// and nothing is started. The right credentials reuse it; public images are
+// reused without asking (every other test).
+func TestDefect5PrivateImageNotReusedWithoutCredentials(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	private, ref := ownRegistry(t, "private/reuse:1", 1024)
+	private.RequireBasicAuth("tenant-a", "a-secret-pass")
+	ns, rec := testNamespace(t), newRecorder()
+	r := newRuntime(t, daemon.Address, ns, rec)
+	good := &runtime.RegistryAuth{Username: "tenant-a", Password: "a-secret-pass"}
+	if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "owner", Image: ref, Command: []string{"sleep", "inf"}, RegistryAuth: good}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		id   string
+		auth *runtime.RegistryAuth
+	}{
+		{"no-creds", nil},
+		{"wrong-creds", &runtime.RegistryAuth{Username: "tenant-b", Password: "guess"}},
+	} {
+		_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: tc.id, Image: ref, Command: []string{"sleep", "inf"}, RegistryAuth: tc.auth})
+		var se *runtime.StepError
+		if !errors.As(err, &se) || se.Step != runtime.StepPull || !(errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err)) {
+			t.Fatalf("%s: %v, want a pull failure about the credentials", tc.id, err)
+		}
+		if _, err := r.Get(ctx(t), tc.id); !errdefs.IsNotFound(err) {
+			t.Fatalf("%s: an instance was created: %v", tc.id, err)
+		}
+	}
+	if n := rec.count("no-creds", events.TypeInstancePulling) + rec.count("wrong-creds", events.TypeInstancePulling); n != 0 {
+		t.Errorf("the refused starts pulled (%d pull events); the image was there", n)
+	}
+	if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "owner-2", Image: ref, Command: []string{"sleep", "inf"}, RegistryAuth: good}); err != nil {
+		t.Fatalf("reuse with the right credentials: %v", err)
+	}
+}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,8 +32,16 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 		return nil, fmt.Errorf("parse image %q: %w: %w", spec.Image, errdefs.ErrInvalidArgument, err)
 	}
 	ref := named.String()
+	host := reference.Domain(named)
 	img, err := r.client.GetImage(ctx, ref)
 	if err == nil {
+		if img.Labels()[labelPulledWithAuth] != "" {
+			// A private image is reused only by a request that may pull
+			// it: the registry is asked, with the request's credentials.
+			if err := r.checkAccess(ctx, ref, host, spec.RegistryAuth); err != nil {
+				return nil, err
+			}
+		}
 		unpacked, err := img.IsUnpacked(ctx, r.opts.Snapshotter)
 		if err != nil {
 			return nil, convertErr(err)
@@ -53,11 +63,16 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 	tracker := &pullTracker{}
 	stop := r.reportProgress(ctx, spec.ID, tracker)
 	defer stop()
-	img, err = r.client.Pull(ctx, ref,
+	pullOpts := []containerd.RemoteOpt{
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(r.opts.Snapshotter),
-		containerd.WithResolver(newResolver(spec.RegistryAuth)),
-		containerd.WithImageHandler(tracker))
+		containerd.WithResolver(newResolver(spec.RegistryAuth, host)),
+		containerd.WithImageHandler(tracker),
+	}
+	if spec.RegistryAuth != nil {
+		pullOpts = append(pullOpts, containerd.WithPullLabel(labelPulledWithAuth, "true"))
+	}
+	img, err = r.client.Pull(ctx, ref, pullOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, classifyPullErr(convertErr(err)))
 	}
@@ -80,15 +95,50 @@ func classifyPullErr(err error) error {
 	return err
 }
 
+// labelPulledWithAuth marks an image pulled with a request's credentials:
+// before another request reuses it, the registry is asked whether that
+// request's credentials may pull it.
+const labelPulledWithAuth = "host-agent.io/pulled-with-auth"
+
+// checkAccess asks the registry, with auth, for the manifest of ref (a HEAD,
+// as Kubernetes does for images pulled with a secret), so that an image one
+// tenant pulled with its credentials is not handed to another without them.
+func (r *Runtime) checkAccess(ctx context.Context, ref, host string, auth *runtime.RegistryAuth) error {
+	if auth == nil {
+		return fmt.Errorf("image %s was pulled with credentials and this request has none: %w", ref, errdefs.ErrUnauthenticated)
+	}
+	ctx, cancel := context.WithTimeout(ctx, accessCheckTimeout)
+	defer cancel()
+	if _, _, err := newResolver(auth, host).Resolve(ctx, ref); err != nil {
+		err = classifyPullErr(convertErr(err))
+		if errdefs.IsUnauthorized(err) || errdefs.IsPermissionDenied(err) {
+			return fmt.Errorf("check access to %s: %w", ref, err)
+		}
+		return fmt.Errorf("check access to %s (the image was pulled with credentials, and the registry must confirm these): %w", ref, err)
+	}
+	return nil
+}
+
+// accessCheckTimeout bounds checkAccess.
+const accessCheckTimeout = 30 * time.Second
+
 // newResolver resolves images over HTTPS, except on loopback registries,
-// which are spoken to over plain HTTP as Docker does.
-func newResolver(auth *runtime.RegistryAuth) remotes.Resolver {
+// which are spoken to over plain HTTP as Docker does. Credentials go only to
+// the image reference's own registry host, and to a token realm on that
+// same host over HTTPS (plain HTTP on loopback): a registry cannot send them
+// elsewhere with its authentication challenge.
+func newResolver(auth *runtime.RegistryAuth, registryHost string) remotes.Resolver {
 	authOpts := []docker.AuthorizerOpt{}
 	if auth != nil {
 		user, pass := auth.Username, auth.Password
-		authOpts = append(authOpts, docker.WithAuthCreds(func(string) (string, string, error) {
-			return user, pass, nil
-		}))
+		authOpts = append(authOpts,
+			docker.WithAuthCreds(func(host string) (string, string, error) {
+				if !sameRegistry(registryHost, host) {
+					return "", "", nil
+				}
+				return user, pass, nil
+			}),
+			docker.WithAuthClient(&http.Client{Transport: realmGuard{registry: registryHost, next: http.DefaultTransport}}))
 	}
 	return docker.NewResolver(docker.ResolverOptions{
 		Hosts: docker.ConfigureDefaultRegistries(
@@ -96,6 +146,56 @@ func newResolver(auth *runtime.RegistryAuth) remotes.Resolver {
 			docker.WithAuthorizer(docker.NewDockerAuthorizer(authOpts...)),
 		),
 	})
+}
+
+// realmGuard carries the authorizer's token requests, which hold the
+// credentials, and refuses those to a host other than the registry's or
+// over plain HTTP to a host other than loopback.
+type realmGuard struct {
+	registry string
+	next     http.RoundTripper
+}
+
+func (g realmGuard) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !sameRegistry(g.registry, req.URL.Host) {
+		return nil, fmt.Errorf("registry %s names token realm %s on another host; its credentials are not sent there: %w",
+			g.registry, req.URL.Host, errdefs.ErrPermissionDenied)
+	}
+	if req.URL.Scheme != "https" && !isLoopback(req.URL.Hostname()) {
+		return nil, fmt.Errorf("registry %s names token realm %s over plain http; its credentials are not sent there: %w",
+			g.registry, req.URL.Redacted(), errdefs.ErrPermissionDenied)
+	}
+	return g.next.RoundTrip(req)
+}
+
+// dockerHubHosts are the hosts Docker Hub's registry (docker.io) is served
+// from, its token realm included.
+var dockerHubHosts = map[string]bool{"docker.io": true, "registry-1.docker.io": true, "auth.docker.io": true}
+
+// sameRegistry reports whether host (host[:port]) belongs to the registry of
+// an image reference's domain: the same host name (ports may differ, as a
+// token service next to the registry's has), or Docker Hub's own hosts.
+func sameRegistry(registry, host string) bool {
+	rh, hh := hostname(registry), hostname(host)
+	if strings.EqualFold(rh, hh) {
+		return true
+	}
+	return dockerHubHosts[strings.ToLower(rh)] && dockerHubHosts[strings.ToLower(hh)]
+}
+
+func hostname(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return h
+	}
+	return strings.Trim(hostport, "[]")
+}
+
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // pullTracker records the layers a pull fetches so that their progress can be
