@@ -447,7 +447,7 @@ func (l *Lifecycle) Get(ctx context.Context, id string) (Instance, error) { retu
 func (l *Lifecycle) List(ctx context.Context) ([]Instance, error) { return l.be.List(ctx) }
 
 // Logs implements Runtime.
-func (l *Lifecycle) Logs(ctx context.Context, id string, tail int) ([]byte, error) {
+func (l *Lifecycle) Logs(ctx context.Context, id string, tail int) ([]byte, bool, error) {
 	return l.be.Logs(ctx, id, tail)
 }
 

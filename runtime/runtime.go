@@ -29,8 +29,11 @@ type Runtime interface {
 	Get(ctx context.Context, id string) (Instance, error)
 	// List reads every instance of the agent's namespace.
 	List(ctx context.Context) ([]Instance, error)
-	// Logs returns at most the last tail lines of the instance's output.
-	Logs(ctx context.Context, id string, tail int) ([]byte, error)
+	// Logs returns at most the last tail lines of the instance's output,
+	// and at most MaxLogBytes of them: truncated reports that the lines
+	// asked for were cut to that (from the front, at a line boundary when
+	// there is one).
+	Logs(ctx context.Context, id string, tail int) (data []byte, truncated bool, err error)
 	// Ping reports whether the runtime's daemon answers.
 	Ping(ctx context.Context) error
 	// Info names the runtime and its version, for reports.
@@ -38,6 +41,9 @@ type Runtime interface {
 	// Close releases the agent's connections. Containers keep running.
 	Close() error
 }
+
+// MaxLogBytes caps the bytes one Logs call returns.
+const MaxLogBytes = 1 << 20
 
 // Info describes the container runtime in use.
 type Info struct {

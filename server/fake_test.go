@@ -45,8 +45,9 @@ func (f *fakeRuntime) Get(ctx context.Context, id string) (runtime.Instance, err
 
 func (f *fakeRuntime) List(ctx context.Context) ([]runtime.Instance, error) { return f.list(ctx) }
 
-func (f *fakeRuntime) Logs(ctx context.Context, id string, tail int) ([]byte, error) {
-	return f.logs(ctx, id, tail)
+func (f *fakeRuntime) Logs(ctx context.Context, id string, tail int) ([]byte, bool, error) {
+	b, err := f.logs(ctx, id, tail)
+	return b, len(b) > runtime.MaxLogBytes, err
 }
 
 func (f *fakeRuntime) Ping(ctx context.Context) error { return f.ping(ctx) }

@@ -80,6 +80,10 @@ func (s *Server) getInstance(c *echo.Context) error {
 	return c.JSON(http.StatusOK, instanceResponse(inst))
 }
 
+// headerLogTruncated says that the lines asked for were more than
+// runtime.MaxLogBytes and were cut from the front.
+const headerLogTruncated = "X-Log-Truncated"
+
 // instanceLogs answers the last lines of an instance's output as plain
 // text.
 func (s *Server) instanceLogs(c *echo.Context) error {
@@ -95,9 +99,12 @@ func (s *Server) instanceLogs(c *echo.Context) error {
 		}
 		tail = n
 	}
-	logs, err := s.rt.Logs(c.Request().Context(), id, tail)
+	logs, truncated, err := s.rt.Logs(c.Request().Context(), id, tail)
 	if err != nil {
 		return err
+	}
+	if truncated {
+		c.Response().Header().Set(headerLogTruncated, "true")
 	}
 	return c.Blob(http.StatusOK, echo.MIMETextPlainCharsetUTF8, logs)
 }

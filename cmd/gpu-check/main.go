@@ -139,7 +139,7 @@ func run(bundle, work string) error {
 
 	var out string
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		b, err := rt.Logs(ctx, "gpu-check", 1000)
+		b, _, err := rt.Logs(ctx, "gpu-check", 1000)
 		if err != nil {
 			return err
 		}

@@ -146,7 +146,7 @@ func TestGPUsInjectedExactlyThroughCDI(t *testing.T) {
 
 	var logs string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		b, _ := g.Logs(ctx(t), "two-gpus", 1000)
+		b, _, _ := g.Logs(ctx(t), "two-gpus", 1000)
 		if logs = string(b); strings.Contains(logs, "PATH=") {
 			break
 		}
@@ -176,7 +176,7 @@ func TestGPUsInjectedExactlyThroughCDI(t *testing.T) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		b, _ := g.Logs(ctx(t), "cpu-only", 1000)
+		b, _, _ := g.Logs(ctx(t), "cpu-only", 1000)
 		if logs = string(b); strings.Contains(logs, "null") {
 			break
 		}

@@ -90,7 +90,7 @@ func TestStartRunsConfinedInNamespace(t *testing.T) {
 	var logs string
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		b, err := r.Logs(ctx(t), "web-1", 100)
+		b, _, err := r.Logs(ctx(t), "web-1", 100)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func TestStartRunsConfinedInNamespace(t *testing.T) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}
 	}
-	if tail, _ := r.Logs(ctx(t), "web-1", 1); strings.Count(string(tail), "\n") != 1 {
+	if tail, _, _ := r.Logs(ctx(t), "web-1", 1); strings.Count(string(tail), "\n") != 1 {
 		t.Errorf("tail=1 returned %q", tail)
 	}
 
@@ -322,7 +322,7 @@ func TestResourcesEnforced(t *testing.T) {
 	// Inside the container: a 16 MiB /dev/shm.
 	var logs string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		b, _ := r.Logs(ctx(t), "limited", 10)
+		b, _, _ := r.Logs(ctx(t), "limited", 10)
 		if logs = string(b); logs != "" {
 			break
 		}
@@ -465,7 +465,7 @@ func TestInstanceLogIsCapped(t *testing.T) {
 	}
 	var tail string
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		b, err := r.Logs(ctx(t), "flood", 2)
+		b, _, err := r.Logs(ctx(t), "flood", 2)
 		if err != nil {
 			t.Fatal(err)
 		}
