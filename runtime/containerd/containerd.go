@@ -71,7 +71,11 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	exitMu sync.Mutex // serialises exit recording, which is rare
+	exitMu sync.Mutex
+	probe  probe
+	// runcBinary overrides the shim's runc ("" is runc from containerd's
+	// PATH); tests point it at a missing one.
+	runcBinary string // serialises exit recording, which is rare
 
 	ctx       context.Context // lives until Close; carries the namespace
 	cancel    context.CancelFunc
@@ -143,10 +147,13 @@ func (r *Runtime) Close() error {
 	return r.closeErr
 }
 
-// Ping reports whether containerd answers.
+// Ping reports whether containerd answers and can run a container (a
+// cached check: see canRun).
 func (r *Runtime) Ping(ctx context.Context) error {
-	_, err := r.client.Version(ctx)
-	return convertErr(err)
+	if _, err := r.client.Version(ctx); err != nil {
+		return fmt.Errorf("containerd at %s: %w", r.opts.Address, convertErr(err))
+	}
+	return r.canRun(ctx)
 }
 
 // Info names containerd and its version.

@@ -7,7 +7,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -144,7 +143,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.opts.Snapshotter),
 		containerd.WithNewSnapshot(spec.ID, img),
-		containerd.WithRuntime(RuncRuntime, &options.Options{}),
+		containerd.WithRuntime(RuncRuntime, r.runcOptions()),
 		containerd.WithNewSpec(opts...),
 		containerd.WithContainerLabels(labels),
 	)

@@ -21,6 +21,9 @@ import (
 const (
 	watchBackoffMin = 200 * time.Millisecond
 	watchBackoffMax = 5 * time.Second
+	// watchLogMax is the longest interval between two logs of a
+	// containerd that cannot be reached.
+	watchLogMax = 5 * time.Minute
 )
 
 // watch follows task exits in the namespace for as long as ctx lives. Each
@@ -30,6 +33,7 @@ const (
 func (r *Runtime) watch(ctx context.Context) {
 	backoff := watchBackoffMin
 	connected := false
+	failures, nextLog, logEvery := 0, time.Time{}, time.Duration(0)
 	for ctx.Err() == nil {
 		subCtx, cancel := context.WithCancel(ctx)
 		envC, errC := r.client.Subscribe(subCtx,
@@ -51,6 +55,15 @@ func (r *Runtime) watch(ctx context.Context) {
 			r.log.Warn("lost containerd; reconnecting", "error", err)
 			r.pub.Publish(events.Event{Type: events.TypeRuntimeDisconnected, Message: fmt.Sprintf("containerd unavailable: %v", err)})
 			connected = false
+			failures, nextLog, logEvery = 0, time.Time{}, 0
+		}
+		// A containerd never reached (a wrong CONTAINERD_ADDRESS, or
+		// one not started yet) is said, at growing intervals, rather than
+		// retried in silence.
+		if failures++; time.Now().After(nextLog) {
+			r.log.Error("cannot reach containerd; retrying", "address", r.opts.Address, "attempts", failures, "error", err)
+			logEvery = min(max(2*logEvery, watchBackoffMax), watchLogMax)
+			nextLog = time.Now().Add(logEvery)
 		}
 		select {
 		case <-ctx.Done():
