@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -132,7 +131,7 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 	host := newGPUHost(t, nil)
 	logDir := t.TempDir()
 	cl, cctx := rawClient(t, daemon.Address, ns)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
 	open := func() (*runtime.Lifecycle, *Runtime) {
 		be, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "invariant", LogDir: logDir,
@@ -208,7 +207,7 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 			return err
 		}
 		if len(leases) > 0 {
-			return fmt.Errorf("%d leases left, first %s", len(leases), leases[0].ID)
+			return fmt.Errorf("%d leases left, first %s (labels %v, created %s)", len(leases), leases[0].ID, leases[0].Labels, leases[0].CreatedAt)
 		}
 		var orphanSnaps []string
 		err = cl.SnapshotService("").Walk(cctx, func(_ context.Context, i snapshots.Info) error {

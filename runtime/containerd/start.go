@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -100,13 +101,10 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 // when the start was called off, so a cancelled pull leaves nothing behind
 // for the garbage collector to wait on.
 func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
-	lease, err := r.client.LeasesService().Create(ctx,
-		leases.WithRandomID(),
-		leases.WithExpiration(r.opts.PullTimeout+cleanupTimeout),
-		leases.WithLabel("host-agent.io/instance-id", spec.ID))
-	if err != nil {
-		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: fmt.Errorf("create lease: %w", convertErr(err))}
-	}
+	// The lease's name is chosen here and it is created and deleted with
+	// fresh contexts: a start called off while the lease is being created
+	// cannot leave one the agent does not know of.
+	lease := leases.Lease{ID: "host-agent-start-" + rand.Text()[:16]}
 	defer func() {
 		ctx, cancel := r.cleanupCtx()
 		defer cancel()
@@ -114,6 +112,15 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 			r.log.Error("delete lease", "instance", spec.ID, "lease", lease.ID, "error", err)
 		}
 	}()
+	lctx, cancel := r.cleanupCtx()
+	_, err := r.client.LeasesService().Create(lctx,
+		leases.WithID(lease.ID),
+		leases.WithExpiration(r.opts.PullTimeout+cleanupTimeout),
+		leases.WithLabel("host-agent.io/instance-id", spec.ID))
+	cancel()
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: fmt.Errorf("create lease: %w", convertErr(err))}
+	}
 	ctx = leases.WithLease(ctx, lease.ID)
 	img, err := r.ensureImage(ctx, spec)
 	if err != nil {
