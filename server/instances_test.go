@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -451,5 +452,23 @@ func TestNewRequiresDependencies(t *testing.T) {
 	}
 	if _, err := New(ok); err != nil {
 		t.Errorf("New: %v", err)
+	}
+}
+
+// Defect 8: an answer cut to the byte cap says so.
+func TestLogsTruncatedHeader(t *testing.T) {
+	t.Parallel()
+	big := bytes.Repeat([]byte("x"), runtime.MaxLogBytes+1)
+	ts := newTestServer(t, &fakeRuntime{logs: func(_ context.Context, id string, _ int) ([]byte, error) {
+		if id == "big" {
+			return big, nil
+		}
+		return []byte("small\n"), nil
+	}})
+	if rec := ts.do(t, http.MethodGet, "/instances/big/logs", ""); rec.Code != http.StatusOK || rec.Header().Get("X-Log-Truncated") != "true" {
+		t.Errorf("cut logs: %d, X-Log-Truncated %q", rec.Code, rec.Header().Get("X-Log-Truncated"))
+	}
+	if rec := ts.do(t, http.MethodGet, "/instances/small/logs", ""); rec.Code != http.StatusOK || rec.Header().Get("X-Log-Truncated") != "" {
+		t.Errorf("whole logs: %d, X-Log-Truncated %q", rec.Code, rec.Header().Get("X-Log-Truncated"))
 	}
 }
