@@ -223,11 +223,15 @@ func (l *Lifecycle) start(ctx context.Context, spec InstanceSpec) (Instance, err
 	if err := ctx.Err(); err != nil {
 		return Instance{}, fmt.Errorf("start of instance %q called off: %w", spec.ID, err)
 	}
-	_, err := l.be.Get(ctx, spec.ID)
+	existing, err := l.be.Get(ctx, spec.ID)
 	switch {
 	case err == nil:
-		// It exists and keeps what it holds; the back end compares the
-		// request with the one that created it.
+		// It exists and keeps what it holds. The same request is answered
+		// with it as it is (the back end starts a task that never ran);
+		// another request under its ID is a Conflict.
+		if existing.SpecHash != spec.Hash() {
+			return Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", spec.ID, errdefs.ErrConflict)
+		}
 		return l.be.Start(ctx, spec)
 	case !errdefs.IsNotFound(err):
 		return Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
