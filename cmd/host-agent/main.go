@@ -124,12 +124,16 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	defer ln.Close()
 
+	if cfg.APIServerURL != "" && cfg.APIServerTokenShared {
+		logger.Warn("API_SERVER_TOKEN is unset: the agent presents its own API token to the central server; " +
+			"set API_SERVER_TOKEN so that the server never holds the token guarding this agent")
+	}
 	// Built even without API_SERVER_URL: it also serves GET /host, and in
 	// that case Run says once that nothing is reported.
 	rep, err := reporter.New(reporter.Options{
 		ServerURL: cfg.APIServerURL,
 		AgentID:   cfg.AgentID,
-		Token:     cfg.Token,
+		Token:     cfg.APIServerToken,
 		Version:   version,
 		PublicURL: publicURL(cfg, ln.Addr()),
 		Interval:  cfg.HeartbeatInterval,
