@@ -23,8 +23,11 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/containerd/errdefs"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/host-agent/host-agent/gpu"
 )
 
 // The one device class the agent injects: whole NVIDIA GPUs, named by UUID.
@@ -66,6 +69,24 @@ type Config struct {
 	// Logger receives refused specs and generation notes; nil means
 	// slog.Default().
 	Logger *slog.Logger
+
+	// DeviceMajors are the character majors a spec may hand a container;
+	// empty means the NVIDIA driver's (195 and those /proc/devices names
+	// nvidia-uvm, nvidia-caps and the like). Block devices never pass.
+	DeviceMajors []int64
+	// Inventory, when set, is compared with the spec before every
+	// injection: each GPU's node must carry the minor number NVML gives
+	// it, and the spec must be for the driver NVML reports. A host with
+	// GPUs should always set it.
+	Inventory Inventory
+	// DriverVersionFile is where the loaded kernel module's version is
+	// read (default /proc/driver/nvidia/version): a module that no longer
+	// matches Inventory's means the driver changed under the agent.
+	DriverVersionFile string
+	// NVML and Generate, when NVML is set, let an injection that finds the
+	// spec stale regenerate it (EnsureNVIDIASpec) and try once more.
+	NVML     nvml.Interface
+	Generate GenerateOptions
 }
 
 // Injector injects allocated GPUs into OCI specs through the CDI specs found
@@ -76,6 +97,12 @@ type Injector struct {
 	dirs   []string
 	hooks  hookPolicy
 	logger *slog.Logger
+	majors []int64
+
+	inv        Inventory
+	driverFile string
+	genLib     nvml.Interface
+	genOpts    GenerateOptions
 
 	// mu is held while the cache is refreshed and read (see snapshot).
 	mu sync.Mutex
@@ -112,7 +139,21 @@ func New(cfg Config) (*Injector, error) {
 	// that nobody owns, and a spec must not change between the checks
 	// SpecOpts makes and the injection. Every use refreshes explicitly.
 	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(dirs...), cdilib.WithAutoRefresh(false))
-	return newInjector(cache, dirs, hooks, logger), nil
+	in := newInjector(cache, dirs, hooks, logger)
+	in.majors = slices.Clone(cfg.DeviceMajors)
+	if len(in.majors) == 0 {
+		in.majors = nvidiaMajors("/proc/devices")
+	}
+	in.inv = cfg.Inventory
+	if inv, ok := in.inv.(*gpu.Inventory); ok && inv == nil {
+		in.inv = nil
+	}
+	in.driverFile = cfg.DriverVersionFile
+	if in.driverFile == "" {
+		in.driverFile = "/proc/driver/nvidia/version"
+	}
+	in.genLib, in.genOpts = cfg.NVML, cfg.Generate
+	return in, nil
 }
 
 func newInjector(cache specCache, dirs []string, hooks hookPolicy, logger *slog.Logger) *Injector {

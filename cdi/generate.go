@@ -96,7 +96,7 @@ func (in *Injector) EnsureNVIDIASpec(ctx context.Context, inv Inventory, lib nvm
 
 	in.genMu.Lock()
 	defer in.genMu.Unlock()
-	why := in.mismatch(want, driver)
+	why := in.mismatch(want, driver, inv)
 	if why == "" {
 		in.logger.Debug("NVIDIA CDI spec is up to date", "gpus", len(want), "driver", driver)
 		return false, nil
@@ -124,7 +124,7 @@ func (in *Injector) EnsureNVIDIASpec(ctx context.Context, inv Inventory, lib nvm
 		return false, err
 	}
 
-	if why := in.mismatch(want, driver); why != "" {
+	if why := in.mismatch(want, driver, inv); why != "" {
 		return true, fmt.Errorf("%w: wrote %s, but the spec directories still do not fit the GPUs: %s",
 			errdefs.ErrFailedPrecondition, path, why)
 	}
@@ -215,6 +215,11 @@ func generateSpec(lib nvml.Interface, o GenerateOptions, logger *slog.Logger) (r
 		nvcdi.WithDriverRoot(o.DriverRoot),
 		nvcdi.WithDevRoot(o.DevRoot),
 		nvcdi.WithNVIDIACDIHookPath(o.HookPath),
+		// No IPC sockets: persistenced's and fabricmanager's sockets
+		// would be bind-mounted read-write into every GPU container, and
+		// persistenced acts on any PCI address a caller names, so one
+		// tenant could change another's GPU.
+		nvcdi.WithFeatureFlags(nvcdi.FeatureDisableIPCDiscoverer),
 		nvcdi.WithLogger(nvcdiLogger{logger.With("from", "nvcdi")}),
 	}, o.nvcdiOptions...)
 	g, err := nvcdi.New(opts...)
