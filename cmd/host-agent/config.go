@@ -21,27 +21,27 @@ import (
 // config is the agent's configuration, read from the environment and from a
 // .env file in the working directory (the real environment wins).
 type config struct {
-	AgentID             string
-	Token               string
+	AgentID string
+	Token   string
 	// APIServerToken is what the agent presents to the central server
 	// (API_SERVER_TOKEN / API_SERVER_TOKEN_FILE). When neither is set it
 	// is Token, and APIServerTokenShared says so, for a warning at start.
 	APIServerToken       string
 	APIServerTokenShared bool
-	ListenAddr          string
-	Runtime             string
-	ContainerdAddress   string
-	ContainerdNamespace string
-	StateDir            string
-	APIServerURL        string
-	PublicURL           string
-	HeartbeatInterval   time.Duration
-	ContainerdRoot      string
-	CDISpecDirs         []string
-	InstanceLogMaxBytes int64
-	TLSCertFile         string
-	TLSKeyFile          string
-	LogLevel            slog.Level
+	ListenAddr           string
+	Runtime              string
+	ContainerdAddress    string
+	ContainerdNamespace  string
+	StateDir             string
+	APIServerURL         string
+	PublicURL            string
+	HeartbeatInterval    time.Duration
+	ContainerdRoot       string
+	CDISpecDirs          []string
+	InstanceLogMaxBytes  int64
+	TLSCertFile          string
+	TLSKeyFile           string
+	LogLevel             slog.Level
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
