@@ -311,7 +311,7 @@ func (p DevicePlan) hookProblems(h *specs.Hooks) []string {
 				return ph.Stage == stage && ph.Path == oh.Path && slices.Equal(ph.Args, oh.Args) && slices.Equal(ph.Env, oh.Env)
 			})
 			if !ok {
-				out = append(out, fmt.Sprintf("%s hook %s %q is not in the device plan", stage, oh.Path, oh.Args))
+				out = append(out, fmt.Sprintf("%s hook %s (%s) is not in the device plan", stage, oh.Path, strings.Join(oh.Args, " ")))
 			}
 		}
 	}

@@ -77,7 +77,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
 	alloc := gpu.NewAllocator(inv)
 
-	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger})
+	// The injector compares every injection with the inventory (minors,
+	// driver) and regenerates a stale spec through NVML.
+	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, Inventory: inv, NVML: lib})
 	if err != nil {
 		return fmt.Errorf("CDI: %w", err)
 	}
