@@ -172,6 +172,18 @@ func (in *Injector) checkGenerated(raw *cdispec.Spec, path string, want []string
 		return fmt.Errorf("%w: nvcdi generated devices [%s] for GPUs [%s]", errdefs.ErrFailedPrecondition,
 			strings.Join(names, " "), strings.Join(want, " "))
 	}
+	var policy []string
+	policy = append(policy, in.editsPolicyProblems(&raw.ContainerEdits, fmt.Sprintf("CDI spec %s: spec-level edits", path))...)
+	for i := range raw.Devices {
+		d := &raw.Devices[i]
+		policy = append(policy, in.editsPolicyProblems(&d.ContainerEdits, fmt.Sprintf("CDI spec %s: device %s=%s", path, raw.Kind, d.Name))...)
+	}
+	if len(policy) > 0 {
+		for _, pr := range policy {
+			in.logger.Error("refusing generated CDI spec that reaches beyond the GPUs", "problem", pr)
+		}
+		return fmt.Errorf("%w: generated CDI spec reaches beyond the GPUs: %s", errdefs.ErrFailedPrecondition, strings.Join(policy, "; "))
+	}
 	if problems := in.hooks.specProblems(raw, path); len(problems) > 0 {
 		for _, pr := range problems {
 			in.logger.Error("refusing generated CDI spec with an unsafe hook", "problem", pr)
