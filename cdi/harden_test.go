@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
@@ -265,4 +266,29 @@ func TestDriverChangeNoticed(t *testing.T) {
 			t.Fatalf("Plan after the driver files went = %v", err)
 		}
 	})
+}
+
+// TestWatchDriverNoticesAChangedModule: a driver swapped under the running
+// agent is noticed without any injection asking, and said once.
+func TestWatchDriverNoticesAChangedModule(t *testing.T) {
+	t.Parallel()
+	uuids := fakeUUIDs()[:1]
+	version := filepath.Join(t.TempDir(), "version")
+	os.WriteFile(version, []byte("NVRM version: NVIDIA UNIX x86_64 Kernel Module  560.35.03  Tue\n"), 0o644)
+	in, logs := newInjectorWith(t, Config{SpecDirs: []string{t.TempDir()}, Inventory: inventoryOf("550.54.15", uuids, 0),
+		DriverVersionFile: version, NVML: newMockNVML()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { in.WatchDriver(ctx, time.Millisecond); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; !strings.Contains(logs.String(), "the NVIDIA driver changed while the agent runs"); i++ {
+		if i > 1000 {
+			t.Fatalf("driver change not noticed; logs:\n%s", logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+	if n := strings.Count(logs.String(), "the NVIDIA driver changed"); n != 1 {
+		t.Errorf("the change was logged %d times, want once", n)
+	}
 }

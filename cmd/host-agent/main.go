@@ -74,6 +74,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return fmt.Errorf("GPU inventory: %w", err)
 	}
 	defer inv.Close()
+	// Benched GPUs stay benched across restarts; read before anything is
+	// allocated.
+	if err := inv.RememberHealth(filepath.Join(cfg.StateDir, gpu.HealthFileName)); err != nil {
+		return fmt.Errorf("GPU health: %w", err)
+	}
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
 	alloc := gpu.NewAllocator(inv)
 
@@ -114,6 +119,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	// Background loops stop before the runtime and the inventory close.
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
+	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
