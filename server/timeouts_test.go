@@ -36,7 +36,7 @@ func serveOn(t *testing.T, ts *testServer) string {
 func TestSlowBodyIsCutOff(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t, &fakeRuntime{ping: func(context.Context) error { return nil }}, func(o *Options) {
-		o.BodyTimeout = 2 * time.Second
+		o.ReadHeaderTimeout, o.BodyTimeout = time.Second, 2*time.Second
 	})
 	addr := serveOn(t, ts)
 
@@ -107,7 +107,8 @@ func TestBodyTimeoutDoesNotCancelSlowHandlers(t *testing.T) {
 		},
 		get: func(context.Context, string) (runtime.Instance, error) { return runtime.Instance{}, nil },
 	}
-	ts := newTestServer(t, rt, func(o *Options) { o.BodyTimeout = time.Second })
+	// Headers and body must be in within a second; the handler takes three.
+	ts := newTestServer(t, rt, func(o *Options) { o.ReadHeaderTimeout, o.BodyTimeout = 500*time.Millisecond, 500*time.Millisecond })
 	addr := serveOn(t, ts)
 	req, _ := http.NewRequest("POST", "http://"+addr+"/terminate_instance", strings.NewReader(`{"instance_id":"a"}`))
 	req.Header.Set("Authorization", "Bearer "+testToken)
