@@ -2,13 +2,15 @@
 // CDI (Container Device Interface) spec files. It loads the specs from the
 // CDI spec directories, generates the NVIDIA spec with nvidia-container-
 // toolkit's nvcdi when the host has none that fits its GPUs and driver, and
-// hands the runtime one oci.SpecOpts that injects exactly the allocated GPUs,
-// by UUID, after refusing unsafe hooks, and then verifies that no other GPU
-// reached the container.
+// hands the back end a runtime.DevicePlan (Injector.Plan) that injects
+// exactly the allocated GPUs, by UUID: only their NVIDIA device nodes and
+// read-only driver files, with pinned NVIDIA hooks, checked against the
+// host's GPUs and driver. The back end applies the plan last and verifies
+// the final spec against it.
 //
-// It is imported by cmd/ (which builds one Injector and generates the spec at
-// start-up) and runtime/ (which applies Injector.SpecOpts last); it never
-// imports server/.
+// It is imported by cmd/, which builds one Injector, generates the spec at
+// start-up and hands the Injector to the back end; it never imports server/
+// or a back end, and runtime/ does not import it.
 //
 // Device nodes reach a container only through CDI: the agent never uses the
 // legacy nvidia-container-runtime hook, never asks for the "all" device and
@@ -199,7 +201,11 @@ func (in *Injector) report() Report {
 	slices.Sort(r.SpecFiles)
 	r.Problems = in.loadProblems()
 	for _, dev := range in.gpuDevices() {
-		if problems := in.hooks.deviceProblems(dev); len(problems) > 0 {
+		problems := in.hooks.deviceProblems(dev)
+		spec := dev.GetSpec()
+		problems = append(problems, in.editsPolicyProblems(&spec.ContainerEdits, fmt.Sprintf("CDI spec %s: spec-level edits", specLabel(spec)))...)
+		problems = append(problems, in.editsPolicyProblems(&dev.ContainerEdits, fmt.Sprintf("CDI spec %s: device %s", specLabel(spec), dev.GetQualifiedName()))...)
+		if len(problems) > 0 {
 			r.Problems = append(r.Problems, problems...)
 			continue
 		}

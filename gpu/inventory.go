@@ -93,7 +93,8 @@ type gpuState struct {
 	dev  nvml.Device
 
 	// unhealthy is guarded by Inventory.mu. Once set it stays set: the
-	// errors that set it need a GPU reset, which restarts the agent anyway.
+	// errors that set it need a GPU reset or service. With RememberHealth
+	// it outlives the agent too.
 	unhealthy string
 }
 
