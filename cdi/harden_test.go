@@ -2,10 +2,12 @@ package cdi
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -290,5 +292,54 @@ func TestWatchDriverNoticesAChangedModule(t *testing.T) {
 	time.Sleep(20 * time.Millisecond)
 	if n := strings.Count(logs.String(), "the NVIDIA driver changed"); n != 1 {
 		t.Errorf("the change was logged %d times, want once", n)
+	}
+}
+
+// TestStaleStaticSpecIsRegenerated: with NVML at hand, a static spec whose
+// GPU nodes no longer match the GPUs' minors is replaced by a generated one
+// before the injection, and the plan holds the node NVML gives the GPU.
+func TestStaleStaticSpecIsRegenerated(t *testing.T) {
+	t.Parallel()
+	lib := newMockNVML()
+	root := newDriverRoot(t, len(lib.Devices), "550.54.15")
+	if !root.devNodes {
+		t.Skip("needs mknod for the fake driver's device nodes")
+	}
+	inv := openInventory(t, lib)
+	gpus := inv.GPUs()
+	// A static spec from before two GPUs swapped places.
+	raw := gpuSpec(nil)
+	raw.ContainerEdits.Mounts[0].HostPath = filepath.Join(root.dir, "usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15")
+	raw.ContainerEdits.Hooks[0].Path = root.hook
+	for i, g := range gpus {
+		m := g.MinorNumber
+		if i < 2 {
+			m = gpus[1-i].MinorNumber
+		}
+		raw.Devices = append(raw.Devices, cdispec.Device{Name: g.UUID, ContainerEdits: cdispec.ContainerEdits{
+			DeviceNodes: []*cdispec.DeviceNode{{Path: fmt.Sprintf("/dev/nvidia%d", m), Type: "c", Major: nvidiaMajor, Minor: int64(m)}}}})
+	}
+	static, outDir := t.TempDir(), t.TempDir()
+	writeSpec(t, static, "nvidia.yaml", raw)
+	in, logs := newInjectorWith(t, Config{SpecDirs: []string{static, outDir}, AllowedHookPaths: []string{root.hook},
+		DeviceMajors: []int64{nvidiaMajor, 510}, Inventory: inv, NVML: lib, Generate: root.options(outDir)})
+
+	plan, err := in.Plan([]string{gpus[0].UUID})
+	if err != nil {
+		t.Fatalf("Plan: %v\n%s", err, logs)
+	}
+	want := fmt.Sprintf("/dev/nvidia%d", gpus[0].MinorNumber)
+	var nodes []string
+	for _, d := range plan.Devices {
+		nodes = append(nodes, d.Path)
+		if d.Path == fmt.Sprintf("/dev/nvidia%d", gpus[1].MinorNumber) {
+			t.Fatalf("the other GPU's node was injected: %v", plan.Devices)
+		}
+	}
+	if !slices.Contains(nodes, want) {
+		t.Fatalf("plan nodes %v, want %s", nodes, want)
+	}
+	if _, err := os.Stat(filepath.Join(outDir, GeneratedSpecFile)); err != nil {
+		t.Fatalf("no spec was generated: %v", err)
 	}
 }
