@@ -92,6 +92,12 @@ type GPUInventory interface {
 	CUDADriverVersion() string
 }
 
+// connLimits are what Serve bounds each connection by (see Options).
+type connLimits struct {
+	readHeader, body, idle time.Duration
+	maxConns               int
+}
+
 // Route is one method and path the API serves, with path parameters written
 // Echo's way (/instances/:id).
 type Route struct {
@@ -110,7 +116,7 @@ type Server struct {
 	stopTimeout time.Duration
 	gpus        GPUInventory
 	host        HostReporter
-	timeouts    Options // only the timeouts and MaxConnections are used
+	limits      connLimits
 	metrics     *metrics
 	echo        *echo.Echo
 	// openStreams counts the open /ws streams, for the metrics.
@@ -167,7 +173,8 @@ func New(opts Options) (*Server, error) {
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
 		host:        opts.Host,
-		timeouts:    opts,
+		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
+			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
@@ -244,16 +251,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // At most MaxConnections connections are served at once, and a request's
 // headers and body must arrive within ReadHeaderTimeout and BodyTimeout.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	ln = netutil.LimitListener(ln, s.timeouts.MaxConnections)
+	ln = netutil.LimitListener(ln, s.limits.maxConns)
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: s.timeouts.ReadHeaderTimeout,
+		ReadHeaderTimeout: s.limits.readHeader,
 		// Headers and body together. Once the body is read to its end
 		// the server lifts the deadline, so a handler running longer (a
 		// start that pulls) keeps its context; a hijacked WebSocket sets
 		// its own deadlines at once.
-		ReadTimeout: s.timeouts.ReadHeaderTimeout + s.timeouts.BodyTimeout,
-		IdleTimeout: s.timeouts.IdleTimeout,
+		ReadTimeout: s.limits.readHeader + s.limits.body,
+		IdleTimeout: s.limits.idle,
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	// Hijacked WebSocket connections are invisible to srv.Shutdown; this
