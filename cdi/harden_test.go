@@ -245,6 +245,9 @@ func TestDriverChangeNoticed(t *testing.T) {
 			t.Fatalf("same driver: %v", err)
 		}
 		write("560.35.03")
+		if _, err := in.Plan(nil); err != nil {
+			t.Fatalf("a CPU rental after the module changed: %v", err)
+		}
 		_, err := in.Plan(uuids)
 		if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "the loaded NVIDIA driver is 560.35.03") {
 			t.Fatalf("Plan after the module changed = %v", err)

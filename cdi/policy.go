@@ -224,7 +224,8 @@ func loadedDriverVersion(path string) string {
 // exist (a driver upgrade removes the old libraries). Without an inventory
 // nothing is compared.
 func staleProblems(devs []*cdilib.Device, inv Inventory, driverFile string) []string {
-	if inv == nil {
+	// A CPU rental gets no driver at all, whatever became of it.
+	if inv == nil || len(devs) == 0 {
 		return nil
 	}
 	var out []string
