@@ -2,13 +2,15 @@
 // CDI (Container Device Interface) spec files. It loads the specs from the
 // CDI spec directories, generates the NVIDIA spec with nvidia-container-
 // toolkit's nvcdi when the host has none that fits its GPUs and driver, and
-// hands the runtime one oci.SpecOpts that injects exactly the allocated GPUs,
-// by UUID, after refusing unsafe hooks, and then verifies that no other GPU
-// reached the container.
+// hands the back end a runtime.DevicePlan (Injector.Plan) that injects
+// exactly the allocated GPUs, by UUID: only their NVIDIA device nodes and
+// read-only driver files, with pinned NVIDIA hooks, checked against the
+// host's GPUs and driver. The back end applies the plan last and verifies
+// the final spec against it.
 //
-// It is imported by cmd/ (which builds one Injector and generates the spec at
-// start-up) and runtime/ (which applies Injector.SpecOpts last); it never
-// imports server/.
+// It is imported by cmd/, which builds one Injector, generates the spec at
+// start-up and hands the Injector to the back end; it never imports server/
+// or a back end, and runtime/ does not import it.
 //
 // Device nodes reach a container only through CDI: the agent never uses the
 // legacy nvidia-container-runtime hook, never asks for the "all" device and
@@ -23,8 +25,11 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/containerd/errdefs"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/host-agent/host-agent/gpu"
 )
 
 // The one device class the agent injects: whole NVIDIA GPUs, named by UUID.
@@ -66,6 +71,24 @@ type Config struct {
 	// Logger receives refused specs and generation notes; nil means
 	// slog.Default().
 	Logger *slog.Logger
+
+	// DeviceMajors are the character majors a spec may hand a container;
+	// empty means the NVIDIA driver's (195 and those /proc/devices names
+	// nvidia-uvm, nvidia-caps and the like). Block devices never pass.
+	DeviceMajors []int64
+	// Inventory, when set, is compared with the spec before every
+	// injection: each GPU's node must carry the minor number NVML gives
+	// it, and the spec must be for the driver NVML reports. A host with
+	// GPUs should always set it.
+	Inventory Inventory
+	// DriverVersionFile is where the loaded kernel module's version is
+	// read (default /proc/driver/nvidia/version): a module that no longer
+	// matches Inventory's means the driver changed under the agent.
+	DriverVersionFile string
+	// NVML and Generate, when NVML is set, let an injection that finds the
+	// spec stale regenerate it (EnsureNVIDIASpec) and try once more.
+	NVML     nvml.Interface
+	Generate GenerateOptions
 }
 
 // Injector injects allocated GPUs into OCI specs through the CDI specs found
@@ -76,6 +99,12 @@ type Injector struct {
 	dirs   []string
 	hooks  hookPolicy
 	logger *slog.Logger
+	majors []int64
+
+	inv        Inventory
+	driverFile string
+	genLib     nvml.Interface
+	genOpts    GenerateOptions
 
 	// mu is held while the cache is refreshed and read (see snapshot).
 	mu sync.Mutex
@@ -112,7 +141,21 @@ func New(cfg Config) (*Injector, error) {
 	// that nobody owns, and a spec must not change between the checks
 	// SpecOpts makes and the injection. Every use refreshes explicitly.
 	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(dirs...), cdilib.WithAutoRefresh(false))
-	return newInjector(cache, dirs, hooks, logger), nil
+	in := newInjector(cache, dirs, hooks, logger)
+	in.majors = slices.Clone(cfg.DeviceMajors)
+	if len(in.majors) == 0 {
+		in.majors = nvidiaMajors("/proc/devices")
+	}
+	in.inv = cfg.Inventory
+	if inv, ok := in.inv.(*gpu.Inventory); ok && inv == nil {
+		in.inv = nil
+	}
+	in.driverFile = cfg.DriverVersionFile
+	if in.driverFile == "" {
+		in.driverFile = "/proc/driver/nvidia/version"
+	}
+	in.genLib, in.genOpts = cfg.NVML, cfg.Generate
+	return in, nil
 }
 
 func newInjector(cache specCache, dirs []string, hooks hookPolicy, logger *slog.Logger) *Injector {
@@ -158,7 +201,11 @@ func (in *Injector) report() Report {
 	slices.Sort(r.SpecFiles)
 	r.Problems = in.loadProblems()
 	for _, dev := range in.gpuDevices() {
-		if problems := in.hooks.deviceProblems(dev); len(problems) > 0 {
+		problems := in.hooks.deviceProblems(dev)
+		spec := dev.GetSpec()
+		problems = append(problems, in.editsPolicyProblems(&spec.ContainerEdits, fmt.Sprintf("CDI spec %s: spec-level edits", specLabel(spec)))...)
+		problems = append(problems, in.editsPolicyProblems(&dev.ContainerEdits, fmt.Sprintf("CDI spec %s: device %s", specLabel(spec), dev.GetQualifiedName()))...)
+		if len(problems) > 0 {
 			r.Problems = append(r.Problems, problems...)
 			continue
 		}

@@ -96,7 +96,7 @@ func (in *Injector) EnsureNVIDIASpec(ctx context.Context, inv Inventory, lib nvm
 
 	in.genMu.Lock()
 	defer in.genMu.Unlock()
-	why := in.mismatch(want, driver)
+	why := in.mismatch(want, driver, inv)
 	if why == "" {
 		in.logger.Debug("NVIDIA CDI spec is up to date", "gpus", len(want), "driver", driver)
 		return false, nil
@@ -124,7 +124,7 @@ func (in *Injector) EnsureNVIDIASpec(ctx context.Context, inv Inventory, lib nvm
 		return false, err
 	}
 
-	if why := in.mismatch(want, driver); why != "" {
+	if why := in.mismatch(want, driver, inv); why != "" {
 		return true, fmt.Errorf("%w: wrote %s, but the spec directories still do not fit the GPUs: %s",
 			errdefs.ErrFailedPrecondition, path, why)
 	}
@@ -172,6 +172,18 @@ func (in *Injector) checkGenerated(raw *cdispec.Spec, path string, want []string
 		return fmt.Errorf("%w: nvcdi generated devices [%s] for GPUs [%s]", errdefs.ErrFailedPrecondition,
 			strings.Join(names, " "), strings.Join(want, " "))
 	}
+	var policy []string
+	policy = append(policy, in.editsPolicyProblems(&raw.ContainerEdits, fmt.Sprintf("CDI spec %s: spec-level edits", path))...)
+	for i := range raw.Devices {
+		d := &raw.Devices[i]
+		policy = append(policy, in.editsPolicyProblems(&d.ContainerEdits, fmt.Sprintf("CDI spec %s: device %s=%s", path, raw.Kind, d.Name))...)
+	}
+	if len(policy) > 0 {
+		for _, pr := range policy {
+			in.logger.Error("refusing generated CDI spec that reaches beyond the GPUs", "problem", pr)
+		}
+		return fmt.Errorf("%w: generated CDI spec reaches beyond the GPUs: %s", errdefs.ErrFailedPrecondition, strings.Join(policy, "; "))
+	}
 	if problems := in.hooks.specProblems(raw, path); len(problems) > 0 {
 		for _, pr := range problems {
 			in.logger.Error("refusing generated CDI spec with an unsafe hook", "problem", pr)
@@ -215,6 +227,11 @@ func generateSpec(lib nvml.Interface, o GenerateOptions, logger *slog.Logger) (r
 		nvcdi.WithDriverRoot(o.DriverRoot),
 		nvcdi.WithDevRoot(o.DevRoot),
 		nvcdi.WithNVIDIACDIHookPath(o.HookPath),
+		// No IPC sockets: persistenced's and fabricmanager's sockets
+		// would be bind-mounted read-write into every GPU container, and
+		// persistenced acts on any PCI address a caller names, so one
+		// tenant could change another's GPU.
+		nvcdi.WithFeatureFlags(nvcdi.FeatureDisableIPCDiscoverer),
 		nvcdi.WithLogger(nvcdiLogger{logger.With("from", "nvcdi")}),
 	}, o.nvcdiOptions...)
 	g, err := nvcdi.New(opts...)

@@ -20,6 +20,35 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 )
 
+// fakeDriverRoot holds the driver files the hand-written specs mount:
+// root-owned regular files, not writable by others, as a driver's are.
+var fakeDriverRoot string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cdi-driver-")
+	if err != nil {
+		panic(err)
+	}
+	_ = os.Chmod(dir, 0o755)
+	fakeDriverRoot = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// fakeDriverFile is a driver file under fakeDriverRoot, created on first
+// use.
+func fakeDriverFile(name string) string {
+	path := filepath.Join(fakeDriverRoot, name)
+	if _, err := os.Stat(path); err != nil {
+		if err := os.WriteFile(path, []byte("driver file "+name+"\n"), 0o644); err != nil {
+			panic(err)
+		}
+		_ = os.Chmod(path, 0o644)
+	}
+	return path
+}
+
 // fakeUUIDs are the GPUs of the hand-written test specs.
 func fakeUUIDs() []string {
 	return []string{
@@ -46,7 +75,7 @@ func gpuSpec(uuids []string) *cdispec.Spec {
 		ContainerEdits: cdispec.ContainerEdits{
 			Env: []string{"NVIDIA_VISIBLE_DEVICES=void", "FAKE_DRIVER=550.54.15"},
 			Mounts: []*cdispec.Mount{{
-				HostPath: "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15", ContainerPath: "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15",
+				HostPath: fakeDriverFile("libcuda.so.550.54.15"), ContainerPath: "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15",
 				Options: []string{"ro", "nosuid", "nodev", "bind"},
 			}},
 			Hooks: []*cdispec.Hook{{
@@ -62,7 +91,7 @@ func gpuSpec(uuids []string) *cdispec.Spec {
 				DeviceNodes: []*cdispec.DeviceNode{{Path: fmt.Sprintf("/dev/nvidia%d", i), HostPath: hostNodes()[i%len(hostNodes())]}},
 				Env:         []string{fmt.Sprintf("FAKE_GPU_%d=%s", i, u)},
 				Mounts: []*cdispec.Mount{{
-					HostPath: "/proc/driver", ContainerPath: fmt.Sprintf("/run/fake-gpu-%d", i),
+					HostPath: fakeDriverFile(fmt.Sprintf("fake-gpu-%d.bin", i)), ContainerPath: fmt.Sprintf("/run/fake-gpu-%d", i),
 					Options: []string{"ro", "nosuid", "nodev", "bind"},
 				}},
 			},
@@ -112,7 +141,9 @@ func newTestInjector(t *testing.T, dirs []string, hookPaths ...string) (*Injecto
 	t.Helper()
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	in, err := New(Config{SpecDirs: dirs, AllowedHookPaths: hookPaths, Logger: logger})
+	// The hand-written specs stand /dev/null and friends (major 1) in for
+	// GPU nodes; the fake driver root's nvidia-uvm has major 510.
+	in, err := New(Config{SpecDirs: dirs, AllowedHookPaths: hookPaths, Logger: logger, DeviceMajors: []int64{1, nvidiaMajor, 510}})
 	if err != nil {
 		t.Fatal(err)
 	}

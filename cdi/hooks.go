@@ -3,6 +3,7 @@ package cdi
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -58,6 +59,12 @@ func (p hookPolicy) hookProblems(h *cdispec.Hook) []string {
 	var out []string
 	if !p.allowed[h.Path] {
 		out = append(out, "path is not in the allowed hook paths")
+	}
+	if !slices.Contains(hookStages, h.HookName) {
+		out = append(out, fmt.Sprintf("stage %q is not one of %s", h.HookName, strings.Join(hookStages, ", ")))
+	}
+	if problem := subcommandProblem(h); problem != "" {
+		out = append(out, problem)
 	}
 	// An empty list is refused like a missing one: the OCI spec's env is
 	// omitempty, so [] reaches the runtime as "no env", and runc then runs

@@ -142,12 +142,12 @@ func TestHookProblemsEmptyEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, env := range [][]string{nil, {}} {
-		got := p.hookProblems(&cdispec.Hook{HookName: cdilib.CreateContainerHook, Path: "/usr/bin/nvidia-ctk", Env: env})
+		got := p.hookProblems(&cdispec.Hook{HookName: cdilib.CreateContainerHook, Path: "/usr/bin/nvidia-ctk", Args: []string{"nvidia-ctk", "hook", "update-ldcache"}, Env: env})
 		if len(got) != 1 || got[0] != "no explicit env" {
 			t.Errorf("env %#v: problems %v", env, got)
 		}
 	}
-	if got := p.hookProblems(&cdispec.Hook{HookName: cdilib.CreateContainerHook, Path: "/usr/bin/nvidia-ctk", Env: []string{"NVIDIA_CTK_DEBUG=false"}}); len(got) != 0 {
+	if got := p.hookProblems(&cdispec.Hook{HookName: cdilib.CreateContainerHook, Path: "/usr/bin/nvidia-ctk", Args: []string{"nvidia-ctk", "hook", "update-ldcache"}, Env: []string{"NVIDIA_CTK_DEBUG=false"}}); len(got) != 0 {
 		t.Errorf("safe hook: problems %v", got)
 	}
 }

@@ -2,10 +2,13 @@ package cdi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
@@ -13,6 +16,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // visibleDevicesEnv is what the legacy NVIDIA runtime and hook read to pick
@@ -47,17 +52,73 @@ const visibleDevicesEnv = "NVIDIA_VISIBLE_DEVICES"
 // (see withoutLegacyRequests). CUDA_VISIBLE_DEVICES is left alone: it only
 // selects among the devices the container already has.
 func (in *Injector) SpecOpts(uuids []string) (oci.SpecOpts, error) {
-	names, err := deviceNames(uuids)
+	p, dp, err := in.checkedPlan(uuids)
 	if err != nil {
 		return nil, err
+	}
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s == nil {
+			return fmt.Errorf("%w: no OCI spec to inject GPUs into", errdefs.ErrInvalidArgument)
+		}
+		withoutLegacyRequests(s)
+		if err := dp.Apply(s); err != nil {
+			return err
+		}
+		setVisibleDevicesVoid(s)
+		if err := p.verify(s); err != nil {
+			return err
+		}
+		return dp.Verify(s)
+	}, nil
+}
+
+// Plan is the device plan that gives a container exactly the GPUs with
+// these UUIDs, checked as SpecOpts describes, for a back end to apply last
+// (DevicePlan.Apply) and check against the final spec (DevicePlan.Verify).
+// Besides the hook policy it refuses, naming each: device nodes that are
+// block devices or not the NVIDIA driver's, mounts that are not read-only
+// bind mounts of a root-owned regular file (sockets, directories), network
+// devices, extra groups, spec files or directories that anyone but root
+// can write, a GPU whose node's minor is not the one NVML gives it, and a
+// spec made for another driver. A stale spec is regenerated once when the
+// Injector was configured with NVML.
+//
+// The plan sets NVIDIA_VISIBLE_DEVICES=void last; the back end should also
+// drop any cdi.k8s.io/ annotation (see SpecOpts).
+func (in *Injector) Plan(uuids []string) (runtime.DevicePlan, error) {
+	_, dp, err := in.checkedPlan(uuids)
+	return dp, err
+}
+
+func (in *Injector) checkedPlan(uuids []string) (*plan, runtime.DevicePlan, error) {
+	names, err := deviceNames(uuids)
+	if err != nil {
+		return nil, runtime.DevicePlan{}, err
 	}
 	var p *plan
 	in.snapshot(func() { p, err = in.plan(names) })
-	if err != nil {
-		return nil, err
+	if errors.Is(err, errStaleSpec) && in.genLib != nil && in.inv != nil {
+		in.logger.Warn("the CDI spec no longer fits the GPUs or the driver; regenerating it", "error", err)
+		ctx, cancel := context.WithTimeout(context.Background(), regenerateTimeout)
+		_, gerr := in.EnsureNVIDIASpec(ctx, in.inv, in.genLib, in.genOpts)
+		cancel()
+		if gerr != nil {
+			in.logger.Error("regenerating the NVIDIA CDI spec failed", "error", gerr)
+		}
+		in.snapshot(func() { p, err = in.plan(names) })
 	}
-	return p.apply, nil
+	if err != nil {
+		return nil, runtime.DevicePlan{}, err
+	}
+	return p, p.devicePlan(), nil
 }
+
+// regenerateTimeout bounds a regeneration an injection waits for.
+const regenerateTimeout = time.Minute
+
+// errStaleSpec marks a spec that no longer matches the host: a GPU's node
+// with another minor, a spec for another driver, a driver file gone.
+var errStaleSpec = errors.New("the CDI spec does not match the host")
 
 // deviceNames turns GPU UUIDs into qualified CDI names, refusing anything
 // else: "all", an index or a MIG device would widen or shift what the
@@ -129,8 +190,16 @@ func (in *Injector) plan(names []string) (*plan, error) {
 		return nil, err
 	}
 
+	if stale := staleProblems(devs, in.inv, in.driverFile); len(stale) > 0 {
+		for _, pr := range stale {
+			in.logger.Error("CDI spec does not match the host", "problem", pr)
+		}
+		return nil, fmt.Errorf("%w: refusing to inject %s: %w: %s", errdefs.ErrFailedPrecondition,
+			strings.Join(names, ", "), errStaleSpec, strings.Join(stale, "; "))
+	}
+
 	p := &plan{names: names, allocated: newNodeSet(), foreign: newNodeSet()}
-	var hookProblems, nodeProblems []string
+	var hookProblems, nodeProblems, policyProblems, specPaths []string
 	specDone := map[*cdilib.Spec]bool{}
 	injected := map[*cdilib.Device]bool{}
 	for _, dev := range devs {
@@ -141,12 +210,15 @@ func (in *Injector) plan(names []string) (*plan, error) {
 			where := fmt.Sprintf("CDI spec %s: spec-level edits", specLabel(spec))
 			hookProblems = append(hookProblems, in.hooks.editsProblems(e, where)...)
 			nodeProblems = append(nodeProblems, gpuNodeProblems(e, where, 0)...)
+			policyProblems = append(policyProblems, in.editsPolicyProblems(e, where)...)
+			specPaths = append(specPaths, spec.GetPath())
 			p.edits = append(p.edits, *e)
 		}
 		e := cloneEdits(&dev.ContainerEdits)
 		where := fmt.Sprintf("CDI spec %s: device %s", specLabel(spec), dev.GetQualifiedName())
 		hookProblems = append(hookProblems, in.hooks.editsProblems(e, where)...)
 		nodeProblems = append(nodeProblems, gpuNodeProblems(e, where, 1)...)
+		policyProblems = append(policyProblems, in.editsPolicyProblems(e, where)...)
 		p.edits = append(p.edits, *e)
 		p.allocated.addEdits(e, dev.GetQualifiedName())
 		injected[dev] = true
@@ -166,28 +238,79 @@ func (in *Injector) plan(names []string) (*plan, error) {
 			errdefs.ErrFailedPrecondition, strings.Join(names, ", "), strings.Join(nodeProblems, "; "))
 	}
 
+	policyProblems = append(policyProblems, in.specFileProblems(specPaths)...)
+	if len(policyProblems) > 0 {
+		for _, pr := range policyProblems {
+			in.logger.Error("refusing CDI spec that reaches beyond the GPUs", "problem", pr)
+		}
+		return nil, fmt.Errorf("%w: refusing to inject %s: %s",
+			errdefs.ErrFailedPrecondition, strings.Join(names, ", "), strings.Join(policyProblems, "; "))
+	}
+
 	p.foreign = foreignNodes(in.classDevices(), injected, p.allocated)
+	var foreign []string
+	for path, owner := range p.allocated.byPath {
+		if other, ok := p.foreign.byPath[path]; ok {
+			foreign = append(foreign, fmt.Sprintf("%s adds device node %s, which belongs to %s", owner, path, other))
+		}
+	}
+	for id, owner := range p.allocated.byID {
+		if other, ok := p.foreign.byID[id]; ok {
+			foreign = append(foreign, fmt.Sprintf("%s adds device node %s, the node of %s", owner, id, other))
+		}
+	}
+	if len(foreign) > 0 {
+		slices.Sort(foreign)
+		return nil, fmt.Errorf("%w: refusing GPU injection of [%s]: %s", errdefs.ErrFailedPrecondition,
+			strings.Join(names, " "), strings.Join(foreign, "; "))
+	}
 	return p, nil
 }
 
-// apply is the oci.SpecOpts SpecOpts returns.
-func (p *plan) apply(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-	if s == nil {
-		return fmt.Errorf("%w: no OCI spec to inject GPUs into", errdefs.ErrInvalidArgument)
-	}
-	withoutLegacyRequests(s)
-	// The library fills in device node details in place, so every
-	// application gets its own copy of the snapshot.
-	edits := &cdilib.ContainerEdits{ContainerEdits: &cdispec.ContainerEdits{}}
+// devicePlan turns the checked edits into the back end's neutral plan, with
+// every device node's numbers resolved, later edits replacing earlier ones
+// at the same path as the CDI library does, and NVIDIA_VISIBLE_DEVICES=void
+// last.
+func (p *plan) devicePlan() runtime.DevicePlan {
+	dp := runtime.DevicePlan{Names: slices.Clone(p.names)}
 	for i := range p.edits {
-		edits.Append(&cdilib.ContainerEdits{ContainerEdits: cloneEdits(&p.edits[i])})
+		e := &p.edits[i]
+		dp.Env = append(dp.Env, e.Env...)
+		for _, n := range e.DeviceNodes {
+			if n == nil {
+				continue
+			}
+			id, _ := nodeIDOf(n)
+			d := runtime.PlanDevice{
+				Path: n.Path, HostPath: hostPathOf(n), Type: id.typ, Major: id.major, Minor: id.minor,
+				FileMode: clonePtr(n.FileMode), UID: clonePtr(n.UID), GID: clonePtr(n.GID), Access: n.Permissions,
+			}
+			if d.FileMode == nil {
+				if fi, err := os.Stat(d.HostPath); err == nil {
+					mode := fi.Mode().Perm()
+					d.FileMode = &mode
+				}
+			}
+			dp.Devices = slices.DeleteFunc(dp.Devices, func(o runtime.PlanDevice) bool { return o.Path == d.Path })
+			dp.Devices = append(dp.Devices, d)
+		}
+		for _, m := range e.Mounts {
+			if m == nil {
+				continue
+			}
+			dp.Mounts = slices.DeleteFunc(dp.Mounts, func(o runtime.PlanMount) bool { return o.ContainerPath == m.ContainerPath })
+			dp.Mounts = append(dp.Mounts, runtime.PlanMount{HostPath: m.HostPath, ContainerPath: m.ContainerPath, Options: slices.Clone(m.Options)})
+		}
+		for _, h := range e.Hooks {
+			if h == nil {
+				continue
+			}
+			dp.Hooks = append(dp.Hooks, runtime.PlanHook{Stage: h.HookName, Path: h.Path,
+				Args: slices.Clone(h.Args), Env: slices.Clone(h.Env), Timeout: clonePtr(h.Timeout)})
+		}
 	}
-	if err := edits.Apply(s); err != nil {
-		return fmt.Errorf("%w: inject CDI devices %s: %w", errdefs.ErrFailedPrecondition, strings.Join(p.names, ", "), err)
-	}
-	// Again after the edits, since a spec may set the variable too.
-	setVisibleDevicesVoid(s)
-	return p.verify(s)
+	dp.Env = append(dp.Env, visibleDevicesEnv+"=void")
+	return dp
 }
 
 // withoutLegacyRequests removes every way, other than this option, that a

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/host-agent/host-agent/gpu"
@@ -14,10 +15,21 @@ import (
 // mismatch rereads the spec directories and says why they do not serve
 // want under driver, or "" when they do (see specMismatch). Spec files that
 // failed to load or conflict are added, since they are the usual reason.
-func (in *Injector) mismatch(want []string, driver string) string {
+func (in *Injector) mismatch(want []string, driver string, inv Inventory) string {
 	var why string
 	in.snapshot(func() {
 		why = in.specMismatch(want, driver)
+		if why == "" {
+			var devs []*cdilib.Device
+			for _, uuid := range want {
+				if dev := in.cache.GetDevice(qualifiedName(uuid)); dev != nil {
+					devs = append(devs, dev)
+				}
+			}
+			if stale := staleProblems(devs, inv, ""); len(stale) > 0 {
+				why = stale[0]
+			}
+		}
 		if problems := in.loadProblems(); why != "" && len(problems) > 0 {
 			why += " (spec problems: " + strings.Join(problems, "; ") + ")"
 		}

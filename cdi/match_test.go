@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,7 +19,6 @@ func TestEnsureNVIDIASpecAndForeignSpecs(t *testing.T) {
 	t.Parallel()
 	lib := newMockNVML()
 	inv := openInventory(t, lib)
-	uuids := inventoryUUIDs(inv)
 	root := newDriverRoot(t, 0, "550.54.15")
 	ctx := context.Background()
 
@@ -26,11 +26,12 @@ func TestEnsureNVIDIASpecAndForeignSpecs(t *testing.T) {
 	// the versioned libcuda among its mounts.
 	ctkSpec := func(driver string) *cdispec.Spec {
 		raw := gpuSpec(nil)
-		raw.ContainerEdits.Mounts[0].HostPath = "/usr/lib/x86_64-linux-gnu/libcuda.so." + driver
+		raw.ContainerEdits.Mounts[0].HostPath = filepath.Join(root.dir, "usr/lib/x86_64-linux-gnu/libcuda.so."+driver)
 		raw.ContainerEdits.Hooks[0].Path = root.hook
-		for i, u := range uuids {
-			edits := cdispec.ContainerEdits{DeviceNodes: []*cdispec.DeviceNode{{Path: fmt.Sprintf("/dev/nvidia%d", i), Type: "c", Major: nvidiaMajor, Minor: int64(i)}}}
-			raw.Devices = append(raw.Devices, cdispec.Device{Name: fmt.Sprint(i), ContainerEdits: edits}, cdispec.Device{Name: u, ContainerEdits: edits})
+		for i, g := range inv.GPUs() {
+			m := g.MinorNumber
+			edits := cdispec.ContainerEdits{DeviceNodes: []*cdispec.DeviceNode{{Path: fmt.Sprintf("/dev/nvidia%d", m), Type: "c", Major: nvidiaMajor, Minor: int64(m)}}}
+			raw.Devices = append(raw.Devices, cdispec.Device{Name: fmt.Sprint(i), ContainerEdits: edits}, cdispec.Device{Name: g.UUID, ContainerEdits: edits})
 		}
 		raw.Devices = append(raw.Devices, cdispec.Device{Name: "all", ContainerEdits: raw.Devices[0].ContainerEdits})
 		return raw

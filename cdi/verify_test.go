@@ -83,10 +83,11 @@ func TestVerifyWithoutSpecs(t *testing.T) {
 		refused bool
 	}{
 		{"nothing", nil, nil, false},
-		{"nvidiactl and modeset are shared", []specs.LinuxDevice{
+		// A container without GPUs gets no NVIDIA node at all.
+		{"nvidiactl and modeset are not for CPU rentals", []specs.LinuxDevice{
 			{Path: "/dev/nvidiactl", Type: "c", Major: nvidiaMajor, Minor: 255},
 			{Path: "/dev/nvidia-modeset", Type: "c", Major: nvidiaMajor, Minor: 254},
-		}, []specs.LinuxDeviceCgroup{{Allow: true, Type: "c", Major: major, Minor: minor(255), Access: "rw"}}, false},
+		}, []specs.LinuxDeviceCgroup{{Allow: true, Type: "c", Major: major, Minor: minor(255), Access: "rw"}}, true},
 		{"a GPU node by path", []specs.LinuxDevice{{Path: "/dev/nvidia5", Type: "c", Major: 1, Minor: 3}}, nil, true},
 		{"a GPU node by number", []specs.LinuxDevice{{Path: "/dev/x", Type: "c", Major: nvidiaMajor, Minor: 2}}, nil, true},
 		{"cgroup allows one GPU", nil, []specs.LinuxDeviceCgroup{{Allow: true, Type: "c", Major: major, Minor: minor(0), Access: "rw"}}, true},

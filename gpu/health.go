@@ -35,12 +35,12 @@ const (
 )
 
 // WatchHealth listens for NVML's critical-error events on every GPU until ctx
-// is done, taking a GPU out of service on an Xid that points at the GPU (not
-// at the application) or on a double-bit ECC error. Each GPU that turns
+// is done, taking a GPU out of service on an Xid that needs a GPU reset or
+// service (benchingXids) or on a double-bit ECC error. Each GPU that turns
 // unhealthy is published once on pub as a gpu.health event, with InstanceID
 // set when an instance holds it; GPUs found lost by Usage are published there
-// too from then on. A GPU stays unhealthy until the agent restarts, since
-// these errors need a GPU reset.
+// too from then on. A GPU stays unhealthy across restarts when RememberHealth
+// was called, since these errors need a GPU reset.
 //
 // It returns nil at once on a host without NVML or without GPUs, nil when ctx
 // is done, and an error when events cannot be set up at all. Call it once,
@@ -162,15 +162,16 @@ func (inv *Inventory) handleEvent(e nvml.EventData) {
 	switch e.EventType {
 	case nvml.EventTypeXidCriticalError:
 		xid := e.EventData
-		if isApplicationXid(xid) {
+		if !isBenchingXid(xid) {
 			holder := ""
 			if h := inv.holderTable(); h != nil {
 				holder = h.holderOf(g.info.UUID)
 			}
-			inv.logger.Info("application error on GPU; GPU stays in service",
+			inv.logger.Info("Xid on GPU that needs no reset; GPU stays in service",
 				"gpu", g.info.UUID, "index", g.info.Index, "xid", xid, "instance", holder)
 			return
 		}
+		inv.logger.Warn("Xid that needs a GPU reset or service", "gpu", g.info.UUID, "xid", xid, "meaning", benchingXids[xid])
 		inv.markUnhealthy(g, fmt.Sprintf("xid %d", xid))
 	case nvml.EventTypeDoubleBitEccError:
 		inv.markUnhealthy(g, ReasonDoubleBitECC)
@@ -200,20 +201,29 @@ func (inv *Inventory) eventGPU(e nvml.EventData) *gpuState {
 	return g
 }
 
-// isApplicationXid reports whether an Xid is caused by the workload (illegal
-// memory access, a killed context, preemption) rather than by the GPU; the
-// same list as the Kubernetes NVIDIA device plugin skips.
-func isApplicationXid(xid uint64) bool {
-	switch xid {
-	case 13, // graphics engine exception
-		31,  // GPU memory page fault
-		43,  // GPU stopped processing (the application's context)
-		45,  // preemptive cleanup after a killed context
-		68,  // video processor exception
-		109: // context switch timeout
-		return true
-	}
-	return false
+// benchingXids are the Xids that take a GPU out of service: those NVIDIA's
+// Xid catalogue says need a GPU reset, a node reboot or hardware service.
+// Every other Xid (a tenant's illegal memory access, a contained ECC error
+// that only killed the offending process, an informational recording) is
+// logged and the GPU stays in service, so that a tenant's own faults cannot
+// take GPUs away from everyone. The README lists them.
+var benchingXids = map[uint64]string{
+	48:  "double-bit ECC error",
+	62:  "internal micro-controller halt",
+	64:  "ECC page retirement or row remapping recording failure",
+	74:  "NVLink error",
+	79:  "GPU has fallen off the bus",
+	95:  "uncontained ECC error",
+	119: "GSP RPC timeout",
+	120: "GSP error",
+	140: "unrecovered ECC error",
+	154: "GPU recovery action changed: reset or reboot required",
+}
+
+// isBenchingXid reports whether xid takes the GPU out of service.
+func isBenchingXid(xid uint64) bool {
+	_, ok := benchingXids[xid]
+	return ok
 }
 
 // markUnhealthy takes g out of service and publishes that, the first time
@@ -225,6 +235,9 @@ func (inv *Inventory) markUnhealthy(g *gpuState, reason string) {
 		return
 	}
 	g.unhealthy = reason
+	// Recorded before anyone hears of it: a restart right after must not
+	// put the GPU back in the pool.
+	inv.rememberLocked(g, reason)
 	pub, holders := inv.pub, inv.holders
 	inv.mu.Unlock()
 

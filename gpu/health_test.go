@@ -51,7 +51,15 @@ func TestHandleEvent(t *testing.T) {
 		{"xid 109 context switch timeout", nvml.EventTypeXidCriticalError, 109, ""},
 		{"xid 79 fell off the bus", nvml.EventTypeXidCriticalError, 79, "xid 79"},
 		{"xid 48 double-bit", nvml.EventTypeXidCriticalError, 48, "xid 48"},
-		{"xid 94 contained ECC", nvml.EventTypeXidCriticalError, 94, "xid 94"},
+		// Contained or informational: the tenant's process died, the GPU
+		// is fine.
+		{"xid 94 contained ECC", nvml.EventTypeXidCriticalError, 94, ""},
+		{"xid 63 row remap recorded", nvml.EventTypeXidCriticalError, 63, ""},
+		{"xid 999 unknown", nvml.EventTypeXidCriticalError, 999, ""},
+		{"xid 74 NVLink", nvml.EventTypeXidCriticalError, 74, "xid 74"},
+		{"xid 95 uncontained ECC", nvml.EventTypeXidCriticalError, 95, "xid 95"},
+		{"xid 119 GSP timeout", nvml.EventTypeXidCriticalError, 119, "xid 119"},
+		{"xid 120 GSP error", nvml.EventTypeXidCriticalError, 120, "xid 120"},
 		{"double-bit ECC", nvml.EventTypeDoubleBitEccError, 0, ReasonDoubleBitECC},
 		{"single-bit ECC", nvml.EventTypeSingleBitEccError, 0, ""},
 	}

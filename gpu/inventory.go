@@ -82,6 +82,9 @@ type Inventory struct {
 	holders  holderLookup     // set by NewAllocator
 	watching bool
 	closed   bool
+	// healthPath and benched are set by RememberHealth.
+	healthPath string
+	benched    map[string]benchedGPU
 }
 
 // gpuState is one GPU's static description, its NVML handle, and its health.
@@ -90,7 +93,8 @@ type gpuState struct {
 	dev  nvml.Device
 
 	// unhealthy is guarded by Inventory.mu. Once set it stays set: the
-	// errors that set it need a GPU reset, which restarts the agent anyway.
+	// errors that set it need a GPU reset or service. With RememberHealth
+	// it outlives the agent too.
 	unhealthy string
 }
 
@@ -248,8 +252,50 @@ func (inv *Inventory) readGPU(i int) (*gpuState, error) {
 	if p.lost {
 		g.unhealthy = ReasonGPULost
 		p.logger.Warn("GPU is lost; it will not be allocated")
+	} else if reason := memoryFault(p, dev); reason != "" {
+		g.unhealthy = reason
+		p.logger.Warn("GPU memory needs service; it will not be allocated", "reason", reason)
 	}
 	return g, nil
+}
+
+// Reasons a GPU is kept out of service at start, from NVML's memory state.
+const (
+	ReasonRetirementPending = "page retirement pending (GPU reset needed)"
+	ReasonRemapFailure      = "row remapping failed (GPU needs service)"
+	ReasonRemapPending      = "row remapping pending (GPU reset needed)"
+	ReasonUncorrectedECC    = "uncorrected ECC errors since the driver loaded"
+)
+
+// memoryFault reads the memory health NVML keeps across agent restarts and
+// says why the GPU must not be rented, or "": retired pages waiting for a
+// reset (older GPUs), rows waiting to be remapped or a failed remap
+// (Ampere and later), and uncorrected ECC errors counted since the driver
+// loaded (volatile: a reset clears them, as it clears the fault). Each is
+// what NVIDIA's guidance says needs a reset or service before new work;
+// queries a GPU does not support are skipped.
+func memoryFault(p *probe, dev nvml.Device) string {
+	if v, ok := query(p, "retired pages pending", dev.GetRetiredPagesPendingStatus); ok && v == nvml.FEATURE_ENABLED {
+		return ReasonRetirementPending
+	}
+	type remap struct{ pending, failed bool }
+	if v, ok := query(p, "remapped rows", func() (remap, nvml.Return) {
+		_, _, pending, failed, ret := dev.GetRemappedRows()
+		return remap{pending, failed}, ret
+	}); ok {
+		switch {
+		case v.failed:
+			return ReasonRemapFailure
+		case v.pending:
+			return ReasonRemapPending
+		}
+	}
+	if v, ok := query(p, "uncorrected ECC errors", func() (uint64, nvml.Return) {
+		return dev.GetTotalEccErrors(nvml.MEMORY_ERROR_TYPE_UNCORRECTED, nvml.VOLATILE_ECC)
+	}); ok && v > 0 {
+		return ReasonUncorrectedECC
+	}
+	return ""
 }
 
 // Available reports whether NVML was loaded; false on a host without the

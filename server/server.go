@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v5"
+	"golang.org/x/net/netutil"
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
@@ -31,6 +32,8 @@ const (
 	defaultShutdownTimeout    = 10 * time.Second
 	defaultReadHeaderTimeout  = 10 * time.Second
 	defaultIdleTimeout        = 2 * time.Minute
+	defaultBodyTimeout        = 30 * time.Second
+	defaultMaxConnections     = 512
 	readinessTimeout          = 2 * time.Second
 	maxStopTimeoutSeconds     = 3600
 	maxBodyBytes              = 1 << 20
@@ -61,6 +64,19 @@ type Options struct {
 	GPUs GPUInventory
 	// Host feeds GET /host; nil answers 503.
 	Host HostReporter
+
+	// ReadHeaderTimeout bounds reading a request's headers (default 10s),
+	// BodyTimeout reading its body (default 30s), IdleTimeout how long a
+	// kept-alive connection waits for the next request (default 2m). A
+	// client trickling its request is cut off when they pass. Handlers
+	// themselves are not bounded (a start may pull for minutes) and
+	// neither is a WebSocket stream, which keeps its own deadlines.
+	ReadHeaderTimeout time.Duration
+	BodyTimeout       time.Duration
+	IdleTimeout       time.Duration
+	// MaxConnections caps the connections served at once, WebSocket
+	// streams included (default 512); further ones wait to be accepted.
+	MaxConnections int
 }
 
 // HostReporter describes the host as the central server is told about it;
@@ -74,6 +90,12 @@ type GPUInventory interface {
 	GPUs() []gpu.GPU
 	DriverVersion() string
 	CUDADriverVersion() string
+}
+
+// connLimits are what Serve bounds each connection by (see Options).
+type connLimits struct {
+	readHeader, body, idle time.Duration
+	maxConns               int
 }
 
 // Route is one method and path the API serves, with path parameters written
@@ -94,6 +116,7 @@ type Server struct {
 	stopTimeout time.Duration
 	gpus        GPUInventory
 	host        HostReporter
+	limits      connLimits
 	metrics     *metrics
 	echo        *echo.Echo
 	// openStreams counts the open /ws streams, for the metrics.
@@ -128,6 +151,18 @@ func New(opts Options) (*Server, error) {
 	if opts.DefaultStopTimeout <= 0 {
 		opts.DefaultStopTimeout = DefaultStopTimeout
 	}
+	if opts.ReadHeaderTimeout <= 0 {
+		opts.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if opts.BodyTimeout <= 0 {
+		opts.BodyTimeout = defaultBodyTimeout
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = defaultMaxConnections
+	}
 	s := &Server{
 		rt:          opts.Runtime,
 		hub:         opts.Hub,
@@ -138,6 +173,8 @@ func New(opts Options) (*Server, error) {
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
 		host:        opts.Host,
+		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
+			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
@@ -211,12 +248,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Serve serves the API on ln until ctx is cancelled, then shuts down
 // gracefully: it stops accepting, lets requests in flight finish and closes
 // WebSocket streams, for at most 10 seconds. Containers are left running.
+// At most MaxConnections connections are served at once, and a request's
+// headers and body must arrive within ReadHeaderTimeout and BodyTimeout.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ln = netutil.LimitListener(ln, s.limits.maxConns)
 	srv := &http.Server{
 		Handler:           s.Handler(),
-		ReadHeaderTimeout: defaultReadHeaderTimeout,
-		IdleTimeout:       defaultIdleTimeout,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: s.limits.readHeader,
+		// Headers and body together. Once the body is read to its end
+		// the server lifts the deadline, so a handler running longer (a
+		// start that pulls) keeps its context; a hijacked WebSocket sets
+		// its own deadlines at once.
+		ReadTimeout: s.limits.readHeader + s.limits.body,
+		IdleTimeout: s.limits.idle,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	// Hijacked WebSocket connections are invisible to srv.Shutdown; this
 	// hook closes them when it starts.

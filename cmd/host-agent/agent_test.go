@@ -315,3 +315,24 @@ func TestAgentRefusesToStartWithoutToken(t *testing.T) {
 		t.Fatalf("agent without a token: err=%v output=%s", err, out)
 	}
 }
+
+// TestAgentRefusesAnOpenTokenFile: a token file others can read stops the
+// agent at start with a message naming the file.
+func TestAgentRefusesAnOpenTokenFile(t *testing.T) {
+	bin := buildAgent(t)
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte(e2eToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(token, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = []string{"AGENT_ID=x", "AGENT_TOKEN_FILE=" + token, "PATH=" + os.Getenv("PATH")}
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), token) || !strings.Contains(string(out), "0644") {
+		t.Fatalf("agent with a 0644 token file: err=%v output=%s", err, out)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/identifiers"
@@ -20,22 +21,27 @@ import (
 // config is the agent's configuration, read from the environment and from a
 // .env file in the working directory (the real environment wins).
 type config struct {
-	AgentID             string
-	Token               string
-	ListenAddr          string
-	Runtime             string
-	ContainerdAddress   string
-	ContainerdNamespace string
-	StateDir            string
-	APIServerURL        string
-	PublicURL           string
-	HeartbeatInterval   time.Duration
-	ContainerdRoot      string
-	CDISpecDirs         []string
-	InstanceLogMaxBytes int64
-	TLSCertFile         string
-	TLSKeyFile          string
-	LogLevel            slog.Level
+	AgentID string
+	Token   string
+	// APIServerToken is what the agent presents to the central server
+	// (API_SERVER_TOKEN / API_SERVER_TOKEN_FILE). When neither is set it
+	// is Token, and APIServerTokenShared says so, for a warning at start.
+	APIServerToken       string
+	APIServerTokenShared bool
+	ListenAddr           string
+	Runtime              string
+	ContainerdAddress    string
+	ContainerdNamespace  string
+	StateDir             string
+	APIServerURL         string
+	PublicURL            string
+	HeartbeatInterval    time.Duration
+	ContainerdRoot       string
+	CDISpecDirs          []string
+	InstanceLogMaxBytes  int64
+	TLSCertFile          string
+	TLSKeyFile           string
+	LogLevel             slog.Level
 	// OrphanGrace is how long after its creation an instance is never
 	// terminated as an orphan (ORPHAN_GRACE; zero: the reporter's default).
 	OrphanGrace time.Duration
@@ -59,6 +65,9 @@ func (e *configError) Error() string { return e.Var + ": " + e.Msg }
 // loadConfig reads the configuration. lookup is os.LookupEnv outside tests;
 // dotenv is the path of the .env file, which may be absent.
 func loadConfig(lookup func(string) (string, bool), dotenv string) (config, error) {
+	if err := checkSecretFile(dotenv); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return config{}, &configError{".env", err.Error()}
+	}
 	file, err := godotenv.Read(dotenv)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return config{}, fmt.Errorf("read %s: %w", dotenv, err)
@@ -96,13 +105,8 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	case token != "" && tokenFile != "":
 		return c, &configError{"AGENT_TOKEN", "set either AGENT_TOKEN or AGENT_TOKEN_FILE, not both"}
 	case tokenFile != "":
-		b, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return c, &configError{"AGENT_TOKEN_FILE", fmt.Sprintf("cannot read: %v", err)}
-		}
-		token = strings.TrimSpace(string(b))
-		if token == "" {
-			return c, &configError{"AGENT_TOKEN_FILE", "the file is empty"}
+		if token, err = readTokenFile(tokenFile); err != nil {
+			return c, &configError{"AGENT_TOKEN_FILE", err.Error()}
 		}
 	case token == "":
 		return c, &configError{"AGENT_TOKEN", "required (or AGENT_TOKEN_FILE): the agent refuses to serve its API without authentication"}
@@ -111,6 +115,19 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		return c, &configError{"AGENT_TOKEN", fmt.Sprintf("too short: use at least %d characters", minTokenLength)}
 	}
 	c.Token = token
+
+	apiToken, apiTokenFile := get("API_SERVER_TOKEN", ""), get("API_SERVER_TOKEN_FILE", "")
+	switch {
+	case apiToken != "" && apiTokenFile != "":
+		return c, &configError{"API_SERVER_TOKEN", "set either API_SERVER_TOKEN or API_SERVER_TOKEN_FILE, not both"}
+	case apiTokenFile != "":
+		if apiToken, err = readTokenFile(apiTokenFile); err != nil {
+			return c, &configError{"API_SERVER_TOKEN_FILE", err.Error()}
+		}
+	case apiToken == "":
+		apiToken, c.APIServerTokenShared = token, true
+	}
+	c.APIServerToken = apiToken
 
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		return c, &configError{"LISTEN_ADDR", fmt.Sprintf("want host:port, got %q", c.ListenAddr)}
@@ -200,4 +217,44 @@ func isLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// readTokenFile reads a token from a file only the agent's user (or root)
+// can read and change.
+func readTokenFile(path string) (string, error) {
+	if err := checkSecretFile(path); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot read: %v", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("the file %s is empty", path)
+	}
+	return token, nil
+}
+
+// checkSecretFile refuses a file holding secrets that others could read or
+// replace: any permission for group or others, or an owner other than the
+// agent's user and root. A missing file is returned as os.ErrNotExist.
+func checkSecretFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return fmt.Errorf("cannot read: %v", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s has mode %04o: it holds secrets and must not be accessible by group or others (chmod 600 %s)", path, perm, path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is owned by uid %d, neither root nor the agent's user", path, st.Uid)
+	}
+	return nil
 }

@@ -133,3 +133,68 @@ func TestPublicURL(t *testing.T) {
 		}
 	}
 }
+
+// TestSecretFilesMustBePrivate: a token file or .env that group or others
+// can read stops the agent with a message naming the file.
+func TestSecretFilesMustBePrivate(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(goodToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(tokenFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN_FILE": tokenFile})
+	_, err := loadConfig(env, filepath.Join(dir, "no.env"))
+	var ce *configError
+	if !errors.As(err, &ce) || ce.Var != "AGENT_TOKEN_FILE" || !strings.Contains(err.Error(), tokenFile) || !strings.Contains(err.Error(), "0644") {
+		t.Fatalf("token file with mode 0644: err = %v, want one naming AGENT_TOKEN_FILE and %s", err, tokenFile)
+	}
+	os.Chmod(tokenFile, 0o600)
+	if _, err := loadConfig(env, filepath.Join(dir, "no.env")); err != nil {
+		t.Fatalf("token file with mode 0600: %v", err)
+	}
+
+	apiFile := filepath.Join(dir, "api-token")
+	os.WriteFile(apiFile, []byte("central-token-0123456789"), 0o600)
+	os.Chmod(apiFile, 0o640)
+	_, err = loadConfig(envOf(map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN": goodToken, "API_SERVER_TOKEN_FILE": apiFile}), filepath.Join(dir, "no.env"))
+	if !errors.As(err, &ce) || ce.Var != "API_SERVER_TOKEN_FILE" || !strings.Contains(err.Error(), apiFile) {
+		t.Fatalf("API server token file with mode 0640: err = %v", err)
+	}
+
+	dotenv := filepath.Join(dir, ".env")
+	os.WriteFile(dotenv, []byte("AGENT_ID=host-1\nAGENT_TOKEN="+goodToken+"\n"), 0o600)
+	os.Chmod(dotenv, 0o604)
+	if _, err := loadConfig(envOf(nil), dotenv); err == nil || !strings.Contains(err.Error(), dotenv) {
+		t.Fatalf(".env readable by others: err = %v, want one naming %s", err, dotenv)
+	}
+	os.Chmod(dotenv, 0o600)
+	if _, err := loadConfig(envOf(nil), dotenv); err != nil {
+		t.Fatalf(".env with mode 0600: %v", err)
+	}
+}
+
+// TestAPIServerTokenIsSeparate: the token presented to the central server
+// is API_SERVER_TOKEN when set; otherwise the agent's own, flagged so that
+// the agent warns.
+func TestAPIServerTokenIsSeparate(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c, err := loadConfig(envOf(map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN": goodToken, "API_SERVER_TOKEN": "central-token-0123456789"}), filepath.Join(dir, "no.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Token != goodToken || c.APIServerToken != "central-token-0123456789" || c.APIServerTokenShared {
+		t.Fatalf("config = %+v", c)
+	}
+	c, err = loadConfig(envOf(map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN": goodToken}), filepath.Join(dir, "no.env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.APIServerToken != goodToken || !c.APIServerTokenShared {
+		t.Fatalf("config without API_SERVER_TOKEN = %+v", c)
+	}
+}

@@ -75,10 +75,17 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return fmt.Errorf("GPU inventory: %w", err)
 	}
 	defer inv.Close()
+	// Benched GPUs stay benched across restarts; read before anything is
+	// allocated.
+	if err := inv.RememberHealth(filepath.Join(cfg.StateDir, gpu.HealthFileName)); err != nil {
+		return fmt.Errorf("GPU health: %w", err)
+	}
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
 	alloc := gpu.NewAllocator(inv)
 
-	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger})
+	// The injector compares every injection with the inventory (minors,
+	// driver) and regenerates a stale spec through NVML.
+	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, Inventory: inv, NVML: lib})
 	if err != nil {
 		return fmt.Errorf("CDI: %w", err)
 	}
@@ -117,6 +124,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	// Background loops stop before the runtime and the inventory close.
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
+	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
@@ -129,12 +137,16 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	defer ln.Close()
 
+	if cfg.APIServerURL != "" && cfg.APIServerTokenShared {
+		logger.Warn("API_SERVER_TOKEN is unset: the agent presents its own API token to the central server; " +
+			"set API_SERVER_TOKEN so that the server never holds the token guarding this agent")
+	}
 	// Built even without API_SERVER_URL: it also serves GET /host, and in
 	// that case Run says once that nothing is reported.
 	rep, err := reporter.New(reporter.Options{
 		ServerURL:   cfg.APIServerURL,
 		AgentID:     cfg.AgentID,
-		Token:       cfg.Token,
+		Token:       cfg.APIServerToken,
 		Version:     version,
 		PublicURL:   publicURL(cfg, ln.Addr()),
 		Interval:    cfg.HeartbeatInterval,

@@ -98,7 +98,9 @@ func TestAgentReportsToCentralServer(t *testing.T) {
 	central := &centralServer{answer: `{}`}
 	srv := httptest.NewServer(central)
 	t.Cleanup(srv.Close)
-	env := append(w.env, "API_SERVER_URL="+srv.URL, "HEARTBEAT_INTERVAL=1s")
+	// The server gets its own token, never the one guarding the agent.
+	const centralToken = "central-token-0123456789abcdef"
+	env := append(w.env, "API_SERVER_URL="+srv.URL, "HEARTBEAT_INTERVAL=1s", "API_SERVER_TOKEN="+centralToken)
 	agent := startAgent(t, w.bin, env, w.agentLog)
 	evs := agent.eventStream("")
 
@@ -107,7 +109,7 @@ func TestAgentReportsToCentralServer(t *testing.T) {
 	host := central.registers[0].Host
 	auth := central.auth[0]
 	central.mu.Unlock()
-	if auth != "Bearer "+e2eToken {
+	if auth != "Bearer "+centralToken {
 		t.Errorf("registration sent Authorization %q", auth)
 	}
 	if host.AgentID != "e2e-host" || host.Runtime.Name != "containerd" || host.Runtime.Namespace != "rentals" {

@@ -15,7 +15,6 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
@@ -56,12 +55,12 @@ type Options struct {
 	Devices DeviceInjector
 }
 
-// DeviceInjector turns the UUIDs of the GPUs reserved for an instance into
-// the spec option that gives the container exactly those devices. The
-// option is applied last, after confinement is verified, and checks its own
-// result.
+// DeviceInjector turns the UUIDs of the GPUs reserved for an instance
+// (none for a CPU rental) into the device plan that gives the container
+// exactly those devices; cdi.Injector provides it. The back end applies the
+// plan after every other option and verifies the final spec against it.
 type DeviceInjector interface {
-	SpecOpts(uuids []string) (oci.SpecOpts, error)
+	Plan(uuids []string) (runtime.DevicePlan, error)
 }
 
 // Runtime is the containerd back end.

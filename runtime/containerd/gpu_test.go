@@ -85,7 +85,7 @@ func newGPUHost(t *testing.T, hooks []map[string]any) *gpuHost {
 	if err := os.WriteFile(filepath.Join(specDir, "nvidia.json"), b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	injector, err := cdi.New(cdi.Config{SpecDirs: []string{specDir}, Logger: logger})
+	injector, err := cdi.New(cdi.Config{SpecDirs: []string{specDir}, Logger: logger, DeviceMajors: []int64{fakeNodeMajor}, Inventory: inv})
 	if err != nil {
 		t.Fatal(err)
 	}

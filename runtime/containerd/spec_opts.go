@@ -3,6 +3,7 @@ package containerd
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 
@@ -83,33 +84,47 @@ func withConfinement() oci.SpecOpts {
 	)
 }
 
-// verifyConfined refuses a spec that would give the tenant more than the
-// defaults: it runs after every option, CDI's included, so a bug or a hostile
-// spec file cannot slip a privileged container through.
-func verifyConfined(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
-	var problems []string
-	if s.Process == nil || !s.Process.NoNewPrivileges {
-		problems = append(problems, "no_new_privileges is off")
+// withDevicePlan applies the instance's device plan (its GPUs, through
+// CDI): devices, driver files, environment and hooks. It goes after every
+// other option, so that nothing resets what it adds.
+func withDevicePlan(plan runtime.DevicePlan) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		// Annotations a CDI-aware runtime below containerd would act on.
+		maps.DeleteFunc(s.Annotations, func(k, _ string) bool { return strings.HasPrefix(k, "cdi.k8s.io/") })
+		return plan.Apply(s)
 	}
-	if s.Linux == nil || s.Linux.Seccomp == nil {
-		problems = append(problems, "no seccomp profile")
-	}
-	if s.Process != nil && s.Process.Capabilities != nil {
-		for _, c := range s.Process.Capabilities.Bounding {
-			if c == "CAP_SYS_ADMIN" {
-				problems = append(problems, "CAP_SYS_ADMIN granted")
+}
+
+// verifyConfined refuses a final spec that would give the tenant more than
+// the defaults and the device plan: it runs after every option, the device
+// plan's included, so a bug or a hostile spec file cannot slip a privileged
+// container, a host mount or a device through. The only bind mounts allowed
+// are the plan's read-only driver files; the only device nodes, device
+// cgroup rules and hooks are the plan's (see runtime.DevicePlan.Verify).
+func verifyConfined(plan runtime.DevicePlan) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		var problems []string
+		if s.Process == nil || !s.Process.NoNewPrivileges {
+			problems = append(problems, "no_new_privileges is off")
+		}
+		if s.Linux == nil || s.Linux.Seccomp == nil {
+			problems = append(problems, "no seccomp profile")
+		}
+		if s.Process != nil && s.Process.Capabilities != nil {
+			for _, c := range s.Process.Capabilities.Bounding {
+				if c == "CAP_SYS_ADMIN" {
+					problems = append(problems, "CAP_SYS_ADMIN granted")
+				}
 			}
 		}
-	}
-	for _, m := range s.Mounts {
-		if m.Type == "bind" || hasOption(m.Options, "bind") || hasOption(m.Options, "rbind") {
-			problems = append(problems, fmt.Sprintf("host mount %s -> %s", m.Source, m.Destination))
+		if err := plan.Verify(s); err != nil {
+			problems = append(problems, err.Error())
 		}
+		if len(problems) > 0 {
+			return fmt.Errorf("refusing unconfined spec: %s: %w", strings.Join(problems, "; "), errdefs.ErrFailedPrecondition)
+		}
+		return nil
 	}
-	if len(problems) > 0 {
-		return fmt.Errorf("refusing unconfined spec: %s: %w", strings.Join(problems, "; "), errdefs.ErrFailedPrecondition)
-	}
-	return nil
 }
 
 func hasOption(opts []string, want string) bool {

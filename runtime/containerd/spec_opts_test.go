@@ -66,13 +66,13 @@ func TestWithResources(t *testing.T) {
 func TestConfinement(t *testing.T) {
 	t.Parallel()
 	s := defaultSpec(t)
-	if err := verifyConfined(context.Background(), nil, nil, s); err == nil {
+	if err := verifyConfined(runtime.DevicePlan{})(context.Background(), nil, nil, s); err == nil {
 		t.Fatal("the bare default spec (no seccomp, no no_new_privileges) passed verification")
 	}
 	if err := withConfinement()(context.Background(), nil, &containers.Container{}, s); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyConfined(context.Background(), nil, nil, s); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{})(context.Background(), nil, nil, s); err != nil {
 		t.Fatalf("confined spec refused: %v", err)
 	}
 	for _, tc := range []struct {
@@ -101,7 +101,7 @@ func TestConfinement(t *testing.T) {
 			*c.Linux = *s.Linux
 			c.Mounts = append([]specs.Mount(nil), s.Mounts...)
 			tc.loosen(&c)
-			if err := verifyConfined(context.Background(), nil, nil, &c); err == nil {
+			if err := verifyConfined(runtime.DevicePlan{})(context.Background(), nil, nil, &c); err == nil {
 				t.Fatal("loosened spec passed verification")
 			}
 		})

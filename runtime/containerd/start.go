@@ -242,24 +242,23 @@ func (r *Runtime) removeSnapshot(key string) {
 	}
 }
 
-// specOpts lists the container's spec options: the request's, confinement
-// verified, then the GPUs injected last so that nothing after them can reset
-// their devices, mounts or environment.
+// specOpts lists the container's spec options: the request's, then the
+// GPUs' device plan last so that nothing after it can reset its devices,
+// mounts or environment, then the check of the final spec.
 func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec) ([]oci.SpecOpts, error) {
-	opts := append(specOpts(img, spec), verifyConfined)
-	if r.opts.Devices == nil {
-		if len(spec.GPUs) > 0 {
-			return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
+	var plan runtime.DevicePlan
+	switch {
+	case r.opts.Devices != nil:
+		uuids := make([]string, len(spec.GPUs))
+		for i, g := range spec.GPUs {
+			uuids[i] = g.UUID
 		}
-		return opts, nil
+		var err error
+		if plan, err = r.opts.Devices.Plan(uuids); err != nil {
+			return nil, fmt.Errorf("inject GPUs: %w", err)
+		}
+	case len(spec.GPUs) > 0:
+		return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
 	}
-	uuids := make([]string, len(spec.GPUs))
-	for i, g := range spec.GPUs {
-		uuids[i] = g.UUID
-	}
-	inject, err := r.opts.Devices.SpecOpts(uuids)
-	if err != nil {
-		return nil, fmt.Errorf("inject GPUs: %w", err)
-	}
-	return append(opts, inject), nil
+	return append(specOpts(img, spec), withDevicePlan(plan), verifyConfined(plan)), nil
 }

@@ -99,7 +99,9 @@ type Options struct {
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// HTTPClient defaults to a client of its own; its own Timeout, if any,
-	// applies on top of RequestTimeout.
+	// applies on top of RequestTimeout. Whichever client, redirects are
+	// never followed (see refuseRedirect): the reporter uses a copy whose
+	// CheckRedirect refuses them.
 	HTTPClient *http.Client
 	// Backoff says how long to wait after failed calls.
 	Backoff Backoff
@@ -110,6 +112,14 @@ type Options struct {
 	// Now is the clock for timestamps; default time.Now.
 	Now func() time.Time
 }
+
+// refuseRedirect keeps the token where API_SERVER_URL says. Go's client
+// follows 307 and 308 by re-sending the body and, to the same host name on
+// any port or scheme, the Authorization header: a server (or whoever can
+// answer on its name) could steer the token to a plain-http port or to
+// another service on that host. The redirect answer is returned as it is
+// and the call fails with its status, naming the Location it asked for.
+func refuseRedirect(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // withDefaults checks opts and fills in the defaults of its zero fields.
 func (opts Options) withDefaults() (Options, error) {
@@ -160,6 +170,9 @@ func (opts Options) withDefaults() (Options, error) {
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{}
 	}
+	client := *opts.HTTPClient
+	client.CheckRedirect = refuseRedirect
+	opts.HTTPClient = &client
 	if opts.Sleep == nil {
 		opts.Sleep = sleepContext
 	}

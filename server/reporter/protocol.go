@@ -246,6 +246,10 @@ func (r *Reporter) post(ctx context.Context, op, path string, body any) ([]byte,
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		return nil, &callError{op: op, status: resp.StatusCode,
+			body: fmt.Sprintf("redirect to %q not followed: fix API_SERVER_URL", resp.Header.Get("Location"))}
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, &callError{op: op, status: resp.StatusCode, body: snippet(data)}
 	}
