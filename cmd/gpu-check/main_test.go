@@ -190,3 +190,17 @@ func TestDriverRoot(t *testing.T) {
 		t.Errorf("devRoot without dev/nvidiactl = %s, want /", got)
 	}
 }
+
+// TestNoTestEnvironmentInBinary keeps the test environment (and its
+// in-process registry) out of the binary that ships in the bundle.
+func TestNoTestEnvironmentInBinary(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".", "./probe").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if strings.HasSuffix(dep, "/runtime/testenv") || strings.Contains(dep, "go-containerregistry/pkg/registry") || strings.HasPrefix(dep, "testing") {
+			t.Errorf("gpu-check depends on %s", dep)
+		}
+	}
+}
