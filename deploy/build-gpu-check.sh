@@ -50,8 +50,10 @@ CGO_ENABLED=0 go build "${strip[@]}" -o "$dir/gpu-check-probe" ./cmd/gpu-check/p
 echo "[build-gpu-check] nvidia-cdi-hook ${hook_version}, containerd ${CONTAINERD_VERSION}, runc ${RUNC_VERSION}" >&2
 (
   cd "$stage"
-  GOBIN="$dir" CGO_ENABLED=0 go install "${strip[@]}" \
-    "github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-cdi-hook@${hook_version}"
+  # The hook links go-nvml (cgo); linked statically it still runs its
+  # commands, none of which load NVML unless a GPU memory limit is asked for.
+  GOBIN="$dir" CGO_ENABLED=1 CGO_CFLAGS="-Wno-deprecated-declarations" go install -trimpath -tags "netgo osusergo" \
+    -ldflags "-s -w -extldflags -static" "github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-cdi-hook@${hook_version}"
   GOBIN="$dir" CGO_ENABLED=0 go install "${strip[@]}" -tags no_btrfs \
     "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD_VERSION}" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@${CONTAINERD_VERSION}"

@@ -185,8 +185,11 @@ func (c *check) stageCDI(ctx context.Context, out io.Writer) (any, error) {
 	if err != nil {
 		return details, fmt.Errorf("inject %s into a container spec: %w", target.UUID, err)
 	}
-	b, _ := json.MarshalIndent(edits, "  ", "  ")
-	fmt.Fprintf(out, "edits for %s after the hook policy and verification:\n  %s\n", target.UUID, b)
+	fmt.Fprintf(out, "edits for %s after the hook policy and verification:\n", target.UUID)
+	enc := json.NewEncoder(out)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("  ", "  ")
+	_ = enc.Encode(edits)
 	c.specOK = true
 	return details, nil
 }
