@@ -67,8 +67,9 @@ for lib in ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 l
   cp -L "/lib/x86_64-linux-gnu/$lib" "$dir/lib/$lib"
 done
 # ldconfig for the CDI hook on a host that has none; Debian's is static.
-ldconfig_bin=$(readlink -f /sbin/ldconfig.real 2>/dev/null || readlink -f /sbin/ldconfig)
-if file "$ldconfig_bin" 2>/dev/null | grep -q 'static'; then
+ldconfig_bin=/sbin/ldconfig
+[ -e /sbin/ldconfig.real ] && ldconfig_bin=/sbin/ldconfig.real
+if file -L "$ldconfig_bin" 2>/dev/null | grep -q 'static'; then
   cp "$ldconfig_bin" "$dir/ldconfig"
 fi
 cp deploy/gpu-check.sh "$dir/gpu-check.sh"
