@@ -53,6 +53,10 @@ type GenerateOptions struct {
 	// means /usr/bin/nvidia-cdi-hook. It must be an allowed hook path and
 	// exist, since every GPU container would fail to start otherwise.
 	HookPath string
+	// LdconfigPath is the host's ldconfig that the spec's update-ldcache
+	// hook runs; empty means the hook's default, /sbin/ldconfig. A host
+	// without one (a minimal image) can name a static ldconfig elsewhere.
+	LdconfigPath string
 
 	// nvcdiOptions are appended to the generator's options; tests use it to
 	// keep a real host's libraries out of a run against an NVML mock.
@@ -234,6 +238,9 @@ func generateSpec(lib nvml.Interface, o GenerateOptions, logger *slog.Logger) (r
 		nvcdi.WithFeatureFlags(nvcdi.FeatureDisableIPCDiscoverer),
 		nvcdi.WithLogger(nvcdiLogger{logger.With("from", "nvcdi")}),
 	}, o.nvcdiOptions...)
+	if o.LdconfigPath != "" {
+		opts = append(opts, nvcdi.WithLdconfigPath(o.LdconfigPath))
+	}
 	g, err := nvcdi.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: CDI spec generator: %w", errdefs.ErrUnavailable, err)

@@ -1,163 +1,276 @@
 // Command gpu-check proves the agent's GPU path on a machine with an NVIDIA
-// GPU and driver: it prints the real NVML inventory, generates a CDI spec
-// with nvcdi, starts a private containerd, serves a test image from a
-// registry on 127.0.0.1, and starts an instance holding one GPU whose
-// container must list exactly that GPU's device node. It builds nothing:
-// deploy/gpu-check.sh runs it from a bundle made by deploy/build-gpu-check.sh.
-// It exits 0 only when every step passed.
+// GPU, in five bounded stages, each printing its result before the next
+// starts, and ends with a one-line summary:
+//
+//  1. nvml: the agent's inventory (driver, CUDA, every GPU's UUID, memory,
+//     PCIe, MIG, ECC, power limit, temperature).
+//  2. cdi: a spec generated with nvcdi for the driver root, validated by
+//     the CDI library, and one GPU injected through the agent's hook policy
+//     and verification.
+//  3. health: the agent's Xid/ECC watcher subscribes and runs for a while.
+//  4. allocation: the agent's allocator reserves a GPU and refuses a second
+//     request for it (409 at the API).
+//  5. container: a private containerd and runc from the bundle, and a rental
+//     holding that GPU through the agent's start path; inside, exactly that
+//     GPU's device node, and nvidia-smi -L listing exactly that GPU.
+//
+// The driver may live outside / (NVIDIA_DRIVER_ROOT, or /usr/local/nvidia
+// where sandboxed machines put it): NVML and nvcdi are both pointed there.
+// --mock runs the same stages on go-nvml's dgxh100 mock and a fake driver
+// root, for machines without a GPU. deploy/gpu-check.sh runs it from the
+// bundle deploy/build-gpu-check.sh makes. It exits 0 when no stage failed.
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/containerd/log"
 
 	"github.com/host-agent/host-agent/cdi"
-	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/containerd"
-	"github.com/host-agent/host-agent/runtime/gpualloc"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
+// runTimeout bounds the whole check; the stages' own bounds add up to less.
+const runTimeout = 290 * time.Second
+
+// config is what the flags and the host decide.
+type config struct {
+	bundle        string
+	work          string
+	driverRoot    string
+	devRoot       string
+	nvmlPath      string
+	hookPath      string
+	ldconfigPath  string
+	mock          bool
+	mockContainer bool
+	logger        *slog.Logger
+}
+
+// HostInfo describes the machine the check ran on.
+type HostInfo struct {
+	Hostname string `json:"hostname"`
+	Kernel   string `json:"kernel"`
+	EUID     int    `json:"euid"`
+}
+
 func main() {
-	bundle := flag.String("bundle", ".", "directory holding payload and nvidia-cdi-hook")
-	work := flag.String("work", "", "scratch directory (default: a new temporary one)")
-	flag.Parse()
-	if err := run(*bundle, *work); err != nil {
-		fmt.Println("FAIL:", err)
-		os.Exit(1)
+	if filepath.Base(os.Args[0]) == "nvidia-smi" {
+		os.Exit(fakeSMI(os.Args[1:]))
 	}
-	fmt.Println("PASS: the container saw exactly its GPU")
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func step(format string, args ...any) {
-	fmt.Printf("== %s %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
-}
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("gpu-check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bundle := fs.String("bundle", "", "directory of the unpacked bundle (default: this program's directory)")
+	work := fs.String("work", "", "scratch directory, removed at the end (default: a new temporary one)")
+	root := fs.String("driver-root", "", "where the driver's files are (default: $NVIDIA_DRIVER_ROOT, else /usr/local/nvidia if it holds NVML, else /)")
+	jsonPath := fs.String("json", "", "also write the report as JSON to this file")
+	mockFlag := fs.Bool("mock", false, "dry run: go-nvml's dgxh100 mock and a fake driver root instead of the GPU")
+	container := fs.Bool("container", false, "with --mock: run the container stage too, on the fake device nodes")
+	verbose := fs.Bool("v", false, "debug logging")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *container && !*mockFlag {
+		fmt.Fprintln(stderr, "--container goes with --mock; on a GPU the container stage always runs")
+		return 2
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	// The containerd client logs each attempt to reach a daemon at info.
+	_ = log.SetLevel("warn")
+	cfg := config{mock: *mockFlag, mockContainer: *container,
+		logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
 
-func run(bundle, work string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
+	start := time.Now()
+	rep := &Report{Mock: cfg.mock, Started: start.UTC(), Host: hostInfo()}
+	finish := func(code int) int {
+		rep.Seconds = time.Since(start).Seconds()
+		if *jsonPath != "" {
+			if err := writeJSON(*jsonPath, rep); err != nil {
+				fmt.Fprintln(stderr, "gpu-check: write report:", err)
+				if code == 0 {
+					code = 1
+				}
+			}
+		}
+		return code
+	}
+
+	if err := cfg.setup(*bundle, *work, *root); err != nil {
+		rep.Summary = "gpu-check FAIL: setup: " + err.Error()
+		fmt.Fprintln(stdout, rep.Summary)
+		return finish(1)
+	}
+	if *work == "" {
+		defer os.RemoveAll(cfg.work)
+	}
+	lib, err := cfg.nvml()
+	rep.DriverRoot, rep.DevRoot, rep.NVMLPath = cfg.driverRoot, cfg.devRoot, cfg.nvmlPath
+	c := &check{cfg: cfg, lib: lib, nvmlErr: err}
+	fmt.Fprintf(stdout, "gpu-check on %s (%s), driver root %s, dev root %s, NVML %s%s\n",
+		rep.Host.Hostname, rep.Host.Kernel, cfg.driverRoot, cfg.devRoot, cfg.nvmlPath, map[bool]string{true: " [MOCK: dgxh100]"}[cfg.mock])
+
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	bundle, _ = filepath.Abs(bundle)
+	stages := []stage{
+		{"nvml", 45 * time.Second, c.stageNVML},
+		{"cdi", 60 * time.Second, c.stageCDI},
+		{"health", healthWindow + 15*time.Second, c.stageHealth},
+		{"allocation", 10 * time.Second, c.stageAllocation},
+		{"container", 140 * time.Second, c.stageContainer},
+	}
+	for i, s := range stages {
+		rep.Stages = append(rep.Stages, runStage(ctx, stdout, i+1, s))
+		if *jsonPath != "" {
+			// Written after each stage, so a run cut short still leaves
+			// what it learnt.
+			_ = writeJSON(*jsonPath, rep)
+		}
+	}
+	if c.inv != nil {
+		_ = c.inv.Close()
+	}
+	var ok bool
+	rep.Summary, ok = summary(rep.Stages)
+	rep.Passed = ok
+	fmt.Fprintln(stdout)
+	fmt.Fprintln(stdout, rep.Summary)
+	if !ok {
+		return finish(1)
+	}
+	return finish(0)
+}
+
+// setup finds the bundle, the work directory, the driver and the hook.
+func (cfg *config) setup(bundle, work, root string) error {
+	if bundle == "" {
+		bundle = filepath.Dir(selfPath())
+	}
+	var err error
+	if cfg.bundle, err = filepath.Abs(bundle); err != nil {
+		return err
+	}
 	if work == "" {
-		var err error
 		if work, err = os.MkdirTemp("", "gpu-check-"); err != nil {
 			return err
 		}
-		defer os.RemoveAll(work)
-	}
-
-	step("NVML inventory")
-	lib := nvml.New()
-	inv, err := gpu.Open(lib, logger)
-	if err != nil {
-		return fmt.Errorf("open NVML: %w", err)
-	}
-	defer inv.Close()
-	b, _ := json.MarshalIndent(map[string]any{"driver": inv.DriverVersion(), "cuda": inv.CUDADriverVersion(), "gpus": inv.GPUs()}, "", "  ")
-	fmt.Println(string(b))
-	if inv.Len() == 0 {
-		return fmt.Errorf("NVML reports no GPU")
-	}
-
-	step("CDI spec generated with nvcdi")
-	specDir := filepath.Join(work, "cdi")
-	if err := os.MkdirAll(specDir, 0o755); err != nil {
+	} else if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
 	}
-	hook := filepath.Join(bundle, "nvidia-cdi-hook")
-	injector, err := cdi.New(cdi.Config{SpecDirs: []string{specDir}, AllowedHookPaths: append(cdi.DefaultHookPaths(), hook), Logger: logger})
-	if err != nil {
+	if cfg.work, err = filepath.Abs(work); err != nil {
 		return err
 	}
-	if _, err := injector.EnsureNVIDIASpec(ctx, inv, lib, cdi.GenerateOptions{OutDir: specDir, HookPath: hook}); err != nil {
-		return fmt.Errorf("generate CDI spec: %w", err)
+	cfg.hookPath = filepath.Join(cfg.bundle, "nvidia-cdi-hook")
+	if _, err := os.Stat(cfg.hookPath); err != nil {
+		cfg.hookPath = ""
 	}
-	report, _ := json.MarshalIndent(injector.Report(), "", "  ")
-	fmt.Println(string(report))
-
-	step("containerd")
-	ctd, err := testenv.StartContainerd(filepath.Join(work, "containerd"))
-	if err != nil {
-		return err
-	}
-	defer ctd.Close()
-	fmt.Println("containerd answers on", ctd.Address)
-
-	step("test image on a registry at 127.0.0.1")
-	payload, err := os.ReadFile(filepath.Join(bundle, "payload"))
-	if err != nil {
-		return err
-	}
-	reg := testenv.StartRegistry()
-	defer reg.Close()
-	ref, err := reg.PushPayloadBinary("payload:gpu-check", payload, 0)
-	if err != nil {
-		return err
-	}
-	fmt.Println("image", ref)
-
-	step("instance with one GPU")
-	backend, err := containerd.New(containerd.Options{
-		Address: ctd.Address, Namespace: "rentals", AgentID: "gpu-check",
-		LogDir: filepath.Join(work, "logs"), Logger: logger, Devices: injector,
-	})
-	if err != nil {
-		return err
-	}
-	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
-		Logger: logger,
-	})
-	defer rt.Close()
-	inst, err := rt.Start(ctx, runtime.InstanceSpec{
-		ID: "gpu-check", Image: ref, Command: []string{"ls", "/dev", "env", "sleep", "inf"},
-		Env:        map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"},
-		GPURequest: runtime.GPURequest{Count: 1},
-	})
-	if err != nil {
-		return fmt.Errorf("start: %w", err)
-	}
-	defer rt.Terminate(context.Background(), "gpu-check", 5*time.Second)
-	fmt.Printf("instance holds %+v\n", inst.GPUs)
-	var want string
-	for _, g := range inv.GPUs() {
-		if g.UUID == inst.GPUs[0].UUID {
-			want = fmt.Sprintf("nvidia%d", g.MinorNumber)
+	if !hostLdconfig() {
+		if p := filepath.Join(cfg.bundle, "ldconfig"); fileExists(p) {
+			cfg.ldconfigPath = p
 		}
 	}
 
-	var out string
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		b, _, err := rt.Logs(ctx, "gpu-check", 1000)
-		if err != nil {
+	if cfg.mock {
+		if root != "" {
+			return fmt.Errorf("--mock makes its own driver root; drop --driver-root")
+		}
+		cfg.driverRoot = filepath.Join(cfg.work, "fake-driver")
+		smi := ""
+		if cfg.mockContainer {
+			smi = selfPath()
+		}
+		if err := makeFakeDriverRoot(cfg.driverRoot, "550.54.15", 8, smi); err != nil {
 			return err
 		}
-		if out = string(b); strings.Contains(out, "PATH=") {
-			break
+		if cfg.hookPath == "" {
+			if cfg.mockContainer {
+				return fmt.Errorf("--container needs the bundle's nvidia-cdi-hook in %s", cfg.bundle)
+			}
+			// Never run: the container stage is skipped.
+			cfg.hookPath = filepath.Join(cfg.driverRoot, "usr/bin/nvidia-cdi-hook")
+			if err := os.MkdirAll(filepath.Dir(cfg.hookPath), 0o755); err != nil {
+				return err
+			}
+			if err := os.WriteFile(cfg.hookPath, []byte("#!/bin/false\n"), 0o755); err != nil {
+				return err
+			}
 		}
+		cfg.devRoot = cfg.driverRoot
+		cfg.nvmlPath = "go-nvml dgxh100 mock"
+		return nil
 	}
-	fmt.Println("-- the container's /dev and environment:")
-	fmt.Print(out)
-	var gpus []string
-	for _, line := range strings.Split(out, "\n") {
-		if strings.HasPrefix(line, "nvidia") && strings.TrimLeft(strings.TrimPrefix(line, "nvidia"), "0123456789") == "" {
-			gpus = append(gpus, line)
+
+	var why string
+	cfg.driverRoot, why = driverRoot(root)
+	cfg.devRoot = devRoot(cfg.driverRoot)
+	cfg.logger.Info("driver root", "root", cfg.driverRoot, "why", why, "dev_root", cfg.devRoot)
+	if cfg.hookPath == "" {
+		for _, p := range cdi.DefaultHookPaths() {
+			if fileExists(p) {
+				cfg.hookPath = p
+				break
+			}
 		}
-	}
-	fmt.Printf("-- GPU device nodes inside: %v (allocated: %s)\n", gpus, want)
-	if !slices.Equal(gpus, []string{want}) {
-		return fmt.Errorf("container sees GPU nodes %v, want exactly [%s]", gpus, want)
+		if cfg.hookPath == "" {
+			cfg.hookPath = filepath.Join(cfg.bundle, "nvidia-cdi-hook") // reported missing by stage 2
+		}
 	}
 	return nil
+}
+
+// nvml returns the library the stages use, and records where it came from.
+func (cfg *config) nvml() (nvml.Interface, error) {
+	if cfg.mock {
+		return mockNVML(), nil
+	}
+	lib, path, err := openNVML(cfg.driverRoot)
+	if err != nil {
+		return nil, err
+	}
+	cfg.nvmlPath = path
+	return lib, nil
+}
+
+// selfPath is this program's file. Run through the bundle's dynamic loader
+// (ld.so gpu-check), /proc/self/exe is the loader, but argv[0] is the
+// program.
+func selfPath() string {
+	if strings.Contains(os.Args[0], "/") {
+		if p, err := filepath.Abs(os.Args[0]); err == nil {
+			return p
+		}
+	}
+	p, _ := os.Executable()
+	return p
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+func hostInfo() HostInfo {
+	h := HostInfo{EUID: os.Geteuid()}
+	h.Hostname, _ = os.Hostname()
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		h.Kernel = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/version"); err == nil {
+		h.Kernel = strings.TrimSpace(string(b))
+	}
+	return h
 }
