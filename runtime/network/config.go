@@ -25,8 +25,8 @@ import (
 // cloud VPCs (10.0/16 and up), Docker (172.17/16) and podman or nerdctl
 // (10.88/16, 10.4/16) leave alone.
 var (
-	DefaultSubnet      = netip.MustParsePrefix("10.213.0.0/16")
-	DefaultPluginDirs  = []string{"/opt/cni/bin", "/usr/lib/cni"}
+	DefaultSubnet        = netip.MustParsePrefix("10.213.0.0/16")
+	DefaultPluginDirs    = []string{"/opt/cni/bin", "/usr/lib/cni"}
 	DefaultBlockedEgress = []netip.Prefix{
 		netip.MustParsePrefix("10.0.0.0/8"),
 		netip.MustParsePrefix("172.16.0.0/12"),

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"sync"
 
-	gocni "github.com/containerd/go-cni"
 	"github.com/containerd/errdefs"
+	gocni "github.com/containerd/go-cni"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -157,7 +157,7 @@ func (n *Network) ensureBridge() error {
 
 func (n *Network) bridgeSysctls() error {
 	for p, v := range map[string]string{
-		"/proc/sys/net/ipv6/conf/" + n.cfg.Bridge + "/disable_ipv6":  "1",
+		"/proc/sys/net/ipv6/conf/" + n.cfg.Bridge + "/disable_ipv6":   "1",
 		"/proc/sys/net/ipv4/conf/" + n.cfg.Bridge + "/route_localnet": "0",
 	} {
 		if err := os.WriteFile(p, []byte(v), 0o644); err != nil && !(errors.Is(err, os.ErrNotExist) && strings.Contains(p, "ipv6")) {
