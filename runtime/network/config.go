@@ -132,8 +132,8 @@ func (c *Config) setDefaults() error {
 	var errs []error
 	if !c.Subnet.Addr().Is4() {
 		errs = append(errs, fmt.Errorf("subnet %s: must be IPv4", c.Subnet))
-	} else if c.Subnet.Bits() > 28 || c.Subnet.Bits() < 8 {
-		errs = append(errs, fmt.Errorf("subnet %s: prefix length must be between /8 and /28", c.Subnet))
+	} else if c.Subnet.Bits() > 29 || c.Subnet.Bits() < 8 {
+		errs = append(errs, fmt.Errorf("subnet %s: prefix length must be between /8 and /29", c.Subnet))
 	}
 	if len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/ \t\n") {
 		errs = append(errs, fmt.Errorf("bridge name %q: at most 15 bytes, no slashes or spaces", c.Bridge))

@@ -74,7 +74,7 @@ func newTestNet(t *testing.T, subnet string, mod func(*Config)) *testNet {
 		NetNSPrefix: "hatest-" + tag + "-",
 		IPAMDataDir: filepath.Join(state, "ipam"),
 		StateDir:    filepath.Join(state, "network"),
-		DNS:         []netip.Addr{netip.MustParseAddr("10.214.53.2")},
+		DNS:         tnDNS,
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -102,6 +102,12 @@ func newTestNet(t *testing.T, subnet string, mod func(*Config)) *testNet {
 	}
 	return tn
 }
+
+// tnDNS is the test networks' resolver, in a namespace TestRentalIsolation
+// makes.
+var tnDNS = []netip.Addr{netip.MustParseAddr("10.214.53.2")}
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 // peer is a network namespace joined to the host by a veth pair: a user on
 // the internet, a host on the provider's LAN, a metadata server.
@@ -352,7 +358,7 @@ func udpGreeting(t *testing.T, path string, addr netip.Addr, port int) (string, 
 
 // counts are what must not grow over setup and teardown cycles.
 type counts struct {
-	Rules, Leases, NetNS, Veths, Journal int
+	Rules, NftLines, Leases, NetNS, Veths, Journal int
 }
 
 func (tn *testNet) counts() counts {
@@ -367,6 +373,11 @@ func (tn *testNet) counts() counts {
 			c.Rules++
 		}
 	}
+	nft, err := exec.Command("nft", "list", "ruleset").Output()
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	c.NftLines = strings.Count(string(nft), "\n")
 	leases, _ := tn.net.leases()
 	c.Leases = len(leases)
 	ents, _ := os.ReadDir(DefaultNetNSDir)

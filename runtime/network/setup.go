@@ -152,6 +152,7 @@ func (n *Network) teardownLocked(ctx context.Context, id string, ports []hostpor
 	var errs []error
 	errs = append(errs, n.removeLeases(map[string]bool{id: true}))
 	errs = append(errs, n.removePortmapRules(ctx, map[string]bool{id: true}))
+	errs = append(errs, removeSpoofcheck(ctx, map[string]bool{id: true}))
 	errs = append(errs, n.removeFiles(id))
 	if err := errors.Join(errs...); err != nil {
 		return err

@@ -132,6 +132,7 @@ func (n *Network) removeLeases(ids map[string]bool) error {
 // the container ID.
 var portmapComment = regexp.MustCompile(`--comment "dnat name: \\"([^"\\]*)\\" id: \\"([^"\\]*)\\""`)
 var portmapChain = regexp.MustCompile(`^-A (\S+) `)
+var portmapTarget = regexp.MustCompile(` -j (CNI-DN-[0-9a-f]+)\b`)
 
 type portmapRule struct {
 	line  string // as iptables-save prints it
@@ -177,6 +178,11 @@ func (n *Network) removePortmapRules(ctx context.Context, ids map[string]bool) e
 		for _, r := range rules {
 			if strings.HasPrefix(r.chain, "CNI-DN-") {
 				chains[r.chain] = true
+			}
+			// The per-container chain's own rules carry no comment in
+			// every plugin version: find it from the jump to it.
+			if m := portmapTarget.FindStringSubmatch(r.line); m != nil {
+				chains[m[1]] = true
 			}
 		}
 	}
