@@ -261,4 +261,3 @@ func natRulesFor(t *testing.T, id, network string) string {
 	}
 	return b.String()
 }
-
