@@ -36,6 +36,7 @@ type config struct {
 	TLSCertFile         string
 	TLSKeyFile          string
 	LogLevel            slog.Level
+	Network             netConfig
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -164,6 +165,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL", "info"))); err != nil {
 		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
+	}
+	if c.Network, err = loadNetConfig(get, c.ListenAddr); err != nil {
+		return c, err
 	}
 	return c, nil
 }
