@@ -19,7 +19,7 @@ import (
 // "internet" host and the configured resolver on port 53 do. Every target
 // answers the host itself, so a failure from the rental is the rules' doing.
 func TestRentalIsolation(t *testing.T) {
-	tn := newTestNet(t, "10.213.62.0/24", func(c *Config) {
+	tn := newTestNet(t, "10.215.62.0/24", func(c *Config) {
 		c.AllowedEgress = []netip.Prefix{netip.MustParsePrefix("10.214.2.0/24")}
 	})
 	ctx := context.Background()

@@ -20,7 +20,7 @@ const cycles = 50
 // portmap's first ADD creates its shared CNI-HOSTPORT-DNAT chain and the
 // jumps to it, which it never removes (other CNI users share them).
 func TestCyclesLeaveNothing(t *testing.T) {
-	tn := newTestNet(t, "10.213.63.0/24", nil)
+	tn := newTestNet(t, "10.215.63.0/24", nil)
 	ctx := context.Background()
 	alloc := hostport.NewAllocator(hostport.Range{First: 45100, Last: 45199}, nil)
 	reqs := []hostport.PortRequest{{ContainerPort: 22}, {ContainerPort: 8888}, {ContainerPort: 53, Protocol: hostport.UDP}}
@@ -54,7 +54,7 @@ func TestCyclesLeaveNothing(t *testing.T) {
 // first one added, with the first one's ports: no second lease, and the
 // first ports are no longer forwarded.
 func TestSetupTwiceDeletesTheFirst(t *testing.T) {
-	tn := newTestNet(t, "10.213.64.0/24", nil)
+	tn := newTestNet(t, "10.215.64.0/24", nil)
 	ctx := context.Background()
 	first := []hostport.Mapping{{ContainerPort: 22, Protocol: "tcp", HostPort: 45201}}
 	second := []hostport.Mapping{{ContainerPort: 22, Protocol: "tcp", HostPort: 45202}}
@@ -87,7 +87,7 @@ func TestSetupTwiceDeletesTheFirst(t *testing.T) {
 func TestFailedSetupLeavesNothing(t *testing.T) {
 	// A /29 has 5 addresses for rentals after the network, gateway and
 	// broadcast.
-	tn := newTestNet(t, "10.213.65.0/29", nil)
+	tn := newTestNet(t, "10.215.65.0/29", nil)
 	ctx := context.Background()
 	var ok int
 	for i := range 10 {
@@ -122,7 +122,7 @@ func TestFailedSetupLeavesNothing(t *testing.T) {
 // namespace gone too (a reboot); and the journal lost as well, where only
 // the namespace, the lease and portmap's rules tell.
 func TestSweepCleansUpAfterACrash(t *testing.T) {
-	tn := newTestNet(t, "10.213.66.0/24", nil)
+	tn := newTestNet(t, "10.215.66.0/24", nil)
 	ctx := context.Background()
 	ports := func(p uint16) []hostport.Mapping {
 		return []hostport.Mapping{{ContainerPort: 22, Protocol: "tcp", HostPort: p}, {ContainerPort: 53, Protocol: "udp", HostPort: p + 1}}
@@ -178,7 +178,7 @@ func TestSweepCleansUpAfterACrash(t *testing.T) {
 // A real crash: a child process sets up an instance and is killed with
 // SIGKILL before it tears anything down; Sweep in this process cleans up.
 func TestSweepAfterKill9(t *testing.T) {
-	tn := newTestNet(t, "10.213.67.0/24", nil)
+	tn := newTestNet(t, "10.215.67.0/24", nil)
 	ctx := context.Background()
 	if _, err := tn.net.Setup(ctx, "warm", []hostport.Mapping{{ContainerPort: 22, Protocol: "tcp", HostPort: 45500}}, ""); err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 // host ports the allocator handed out; the client's own address reaches the
 // payload (no masquerade on the way in).
 func TestPublishedPortsAnswerFromUserNamespace(t *testing.T) {
-	tn := newTestNet(t, "10.213.61.0/24", nil)
+	tn := newTestNet(t, "10.215.61.0/24", nil)
 	user := tn.addPeer("user", "198.51.100.1", "198.51.100.2", 24)
 	ctx := context.Background()
 
