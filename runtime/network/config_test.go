@@ -145,4 +145,3 @@ func TestHostnameFitsALabel(t *testing.T) {
 		t.Fatalf("Hostname = %q", h)
 	}
 }
-
