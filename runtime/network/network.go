@@ -42,6 +42,9 @@ type Attachment struct {
 	Gateway netip.Addr
 	// Ports are the published ports, as given to Setup.
 	Ports []hostport.Mapping
+	// Hostname is the rental's host name, as its hosts and hostname files
+	// say.
+	Hostname string
 	// Files are the generated resolv.conf, hosts and hostname.
 	Files Files
 }

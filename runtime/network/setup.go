@@ -72,7 +72,7 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 	if err != nil {
 		return Attachment{}, fmt.Errorf("CNI ADD: %w", err)
 	}
-	a := Attachment{ID: id, NetNS: path, Ports: slices.Clone(ports)}
+	a := Attachment{ID: id, NetNS: path, Ports: slices.Clone(ports), Hostname: hostname}
 	if cfg, ok := res.Interfaces["eth0"]; ok {
 		for _, ipc := range cfg.IPConfigs {
 			if ip, ok := netip.AddrFromSlice(ipc.IP); ok && ip.Unmap().Is4() {
