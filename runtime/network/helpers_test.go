@@ -109,6 +109,8 @@ var tnDNS = []netip.Addr{netip.MustParseAddr("10.214.53.2")}
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
 // peer is a network namespace joined to the host by a veth pair: a user on
 // the internet, a host on the provider's LAN, a metadata server.
 type peer struct {
