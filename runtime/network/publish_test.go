@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/coreos/go-iptables/iptables"
+
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -77,3 +79,64 @@ func TestPublishedPortsAnswerFromUserNamespace(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// Check passes with the rules in place and names what is missing once an
+// operator removed them; Init writes them again.
+func TestCheckSeesRemovedRules(t *testing.T) {
+	tn := newTestNet(t, "10.215.71.0/24", nil)
+	ctx := context.Background()
+	if err := tn.net.Check(ctx); err != nil {
+		t.Fatalf("Check after Init: %v", err)
+	}
+	must(t, tn.net.RemoveRules(ctx))
+	err := tn.net.Check(ctx)
+	if err == nil || !strings.Contains(err.Error(), tn.net.forwardChain()) {
+		t.Fatalf("Check without rules = %v, want the missing FORWARD jump named", err)
+	}
+	must(t, tn.net.Init(ctx))
+	if err := tn.net.Check(ctx); err != nil {
+		t.Fatalf("Check after Init again: %v", err)
+	}
+	if st := tn.net.Status(); st.Subnet != "10.215.71.0/24" || st.Bridge != tn.net.cfg.Bridge || len(st.DNS) != 1 {
+		t.Fatalf("Status = %+v", st)
+	}
+}
+
+// Software that inserts its own jump above the agent's (Docker does at its
+// start) does not get ahead of the isolation: the next Setup puts the
+// agent's jump first again.
+func TestJumpKeptFirst(t *testing.T) {
+	tn := newTestNet(t, "10.215.72.0/24", nil)
+	ctx := context.Background()
+	ipt, err := iptables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := tn.net.cfg.ChainPrefix + "-OTHER"
+	must(t, ipt.NewChain("filter", other))
+	t.Cleanup(func() {
+		_ = ipt.DeleteIfExists("filter", "FORWARD", "-j", other)
+		_ = ipt.ClearAndDeleteChain("filter", other)
+	})
+	must(t, ipt.Insert("filter", "FORWARD", 1, "-j", other))
+	if _, err := tn.net.Setup(ctx, "first", nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tn.net.Teardown(context.Background(), "first", nil) })
+	rules, err := ipt.List("filter", "FORWARD")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "-A FORWARD -j " + tn.net.forwardChain(); len(rules) < 2 || rules[1] != want {
+		t.Fatalf("FORWARD after Setup: %v; want %q first", rules, want)
+	}
+	n := 0
+	for _, r := range rules {
+		if strings.HasSuffix(r, "-j "+tn.net.forwardChain()) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d jumps to the agent's chain", n)
+	}
+}
