@@ -140,3 +140,19 @@ func TestJumpKeptFirst(t *testing.T) {
 		t.Fatalf("%d jumps to the agent's chain", n)
 	}
 }
+
+// After an operator removed the agent's chains, the next Setup writes them
+// again instead of failing.
+func TestSetupRewritesRemovedRules(t *testing.T) {
+	tn := newTestNet(t, "10.215.73.0/24", nil)
+	ctx := context.Background()
+	must(t, tn.net.RemoveRules(ctx))
+	tn.net.rulesWritten = true // as if written at start, then removed behind the agent's back
+	if _, err := tn.net.Setup(ctx, "after-flush", nil, ""); err != nil {
+		t.Fatalf("Setup after the rules were removed: %v", err)
+	}
+	t.Cleanup(func() { _ = tn.net.Teardown(context.Background(), "after-flush", nil) })
+	if err := tn.net.Check(ctx); err != nil {
+		t.Fatalf("Check after Setup: %v", err)
+	}
+}

@@ -112,8 +112,12 @@ func (n *Network) ensureRules(ctx context.Context) error {
 		{"nat", "POSTROUTING", n.postroutingChain()},
 	} {
 		if err := ensureFirstJump(ipt, j.table, j.chain, j.target); err != nil {
-			// A chain rewritten or deleted by someone else since: write it again.
-			n.rulesWritten = false
+			if n.rulesWritten {
+				// The chain was deleted by someone else since it was
+				// written: write it again, once.
+				n.rulesWritten = false
+				return n.ensureRules(ctx)
+			}
 			return err
 		}
 	}
