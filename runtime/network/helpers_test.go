@@ -130,7 +130,7 @@ func (tn *testNet) addPeer(name, hostAddr, nsAddr string, bits int, extra ...str
 	tn.n++
 	p := &peer{
 		name:   name,
-		ns:     filepath.Join(DefaultNetNSDir, fmt.Sprintf("hatest-%s-peer-%s", tn.tag, name)),
+		ns:     filepath.Join(DefaultNetNSDir, fmt.Sprintf("hatest-peer-%s-%s", tn.tag, name)),
 		hostIf: fmt.Sprintf("hap%s%d", tn.tag, tn.n),
 		addr:   netip.MustParseAddr(nsAddr),
 	}
