@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the agent and its tests need on a Debian or Ubuntu host, as
-# root: runc, CNI plugins, a Go toolchain able to build the agent, and
+# root: runc, CNI plugins with iptables and nftables for the rentals'
+# network, a Go toolchain able to build the agent, and
 # containerd built from the Go module proxy. Idempotent: what is already
 # there is kept.
 #
@@ -27,6 +28,8 @@ need_pkgs=()
 command -v runc >/dev/null || need_pkgs+=(runc)
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_pkgs+=(containernetworking-plugins)
 command -v iptables >/dev/null || need_pkgs+=(iptables)
+# The bridge plugin's MAC spoof check on the rentals' bridge is written with nft.
+command -v nft >/dev/null || need_pkgs+=(nftables)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v gcc >/dev/null || need_pkgs+=(gcc libc6-dev)
 command -v git >/dev/null || need_pkgs+=(git)

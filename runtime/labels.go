@@ -36,6 +36,14 @@ const (
 	LabelGPUs = LabelPrefix + "gpus"
 	// LabelGPUIndexes lists their NVML indexes, in the same order.
 	LabelGPUIndexes = LabelPrefix + "gpu-indexes"
+	// LabelPorts lists the published ports ("tcp/22:40017,udp/53:40018",
+	// hostport.Format), written before the network is set up so that a host
+	// port is never handed out twice across restarts.
+	LabelPorts = LabelPrefix + "ports"
+	// LabelNetNS is the path of the instance's pinned network namespace.
+	LabelNetNS = LabelPrefix + "netns"
+	// LabelIP is the instance's address on the rentals' bridge.
+	LabelIP = LabelPrefix + "ip"
 	// LabelUserPrefix starts the caller's own labels.
 	LabelUserPrefix = LabelPrefix + "user."
 )

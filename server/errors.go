@@ -135,6 +135,13 @@ func classify(err error) (int, errorResponse) {
 		body.Field = "gpus"
 	}
 
+	// A runtime error about one request field (the host port range
+	// exhausted: ports) names it.
+	var fielder interface{ ErrorField() string }
+	if body.Field == "" && errors.As(err, &fielder) {
+		body.Field = fielder.ErrorField()
+	}
+
 	status := http.StatusInternalServerError
 	body.Error = "internal error"
 	switch {

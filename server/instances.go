@@ -26,6 +26,11 @@ func (s *Server) startInstance(c *echo.Context) error {
 	if err := req.validate(); err != nil {
 		return err
 	}
+	if len(req.Ports) > 0 {
+		// The runtime's start path does not set up the rentals' network:
+		// refuse rather than start an instance without the ports asked for.
+		return fieldErr("ports", "publishing ports is not enabled on this agent")
+	}
 	inst, err := s.rt.Start(c.Request().Context(), req.toSpec())
 	if err != nil {
 		return err

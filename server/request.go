@@ -28,6 +28,16 @@ type StartInstanceRequest struct {
 	// or NVML indexes). At most one of the two.
 	GPUCount int      `json:"gpu_count,omitempty"`
 	GPUs     []string `json:"gpus,omitempty"`
+	// Ports are container ports to publish, each on a host port the agent
+	// picks.
+	Ports []PortRequest `json:"ports,omitempty"`
+}
+
+// PortRequest asks for a container port to be published.
+type PortRequest struct {
+	ContainerPort int `json:"container_port"`
+	// Protocol is tcp (the default) or udp.
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // GPUResponse is a GPU an instance holds.

@@ -8,6 +8,7 @@ import (
 	"github.com/distribution/reference"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
 // Limits on a start request. They keep one request from producing a
@@ -76,7 +77,35 @@ func (r *StartInstanceRequest) validate() error {
 	if err := validateLabels(r.Labels); err != nil {
 		return err
 	}
+	if err := validatePorts(r.Ports); err != nil {
+		return err
+	}
 	return validateGPUs(r.GPUCount, r.GPUs)
+}
+
+// validatePorts checks the published ports: a container port and protocol
+// each, listed once, at most hostport.MaxPorts of them.
+func validatePorts(ports []PortRequest) error {
+	if len(ports) > hostport.MaxPorts {
+		return fieldErr("ports", "must list at most %d ports", hostport.MaxPorts)
+	}
+	seen := map[PortRequest]bool{}
+	for i, p := range ports {
+		if p.ContainerPort < 1 || p.ContainerPort > 65535 {
+			return fieldErr(fmt.Sprintf("ports[%d].container_port", i), "must be between 1 and 65535")
+		}
+		if p.Protocol == "" {
+			p.Protocol = hostport.TCP
+		}
+		if p.Protocol != hostport.TCP && p.Protocol != hostport.UDP {
+			return fieldErr(fmt.Sprintf("ports[%d].protocol", i), "must be tcp or udp")
+		}
+		if seen[p] {
+			return fieldErr("ports", "lists %s port %d twice", p.Protocol, p.ContainerPort)
+		}
+		seen[p] = true
+	}
+	return nil
 }
 
 // validateGPUs checks the form of a GPU request; whether the GPUs exist and

@@ -35,6 +35,19 @@ func manyEntries(n int, valueLen int) string {
 	return b.String()
 }
 
+func manyPorts(n int) string {
+	var b strings.Builder
+	b.WriteString("[")
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		fmt.Fprintf(&b, `{"container_port":%d}`, i+1)
+	}
+	b.WriteString("]")
+	return b.String()
+}
+
 func TestStartInstanceValidation(t *testing.T) {
 	t.Parallel()
 	long := func(n int) string { return strings.Repeat("a", n) }
@@ -146,6 +159,18 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "label value too long", body: obj(`"labels":{"k":"` + long(4096) + `"}`), field: "labels.k"},
 		{name: "label value NUL", body: obj(`"labels":{"k":"\u0000"}`), field: "labels.k"},
 		{name: "label value type", body: obj(`"labels":{"k":true}`), field: "labels.k"},
+
+		{name: "ports", ok: true, body: obj(`"ports":[{"container_port":22,"protocol":"tcp"},{"container_port":8888},{"container_port":8888,"protocol":"udp"}]`)},
+		{name: "64 ports", ok: true, body: obj(`"ports":` + manyPorts(64))},
+		{name: "65 ports", body: obj(`"ports":` + manyPorts(65)), field: "ports"},
+		{name: "port twice", body: obj(`"ports":[{"container_port":22},{"container_port":22,"protocol":"tcp"}]`), field: "ports"},
+		{name: "port 0", body: obj(`"ports":[{"container_port":0}]`), field: "ports[0].container_port"},
+		{name: "port missing", body: obj(`"ports":[{"protocol":"udp"}]`), field: "ports[0].container_port"},
+		{name: "port too large", body: obj(`"ports":[{"container_port":22},{"container_port":65536}]`), field: "ports[1].container_port"},
+		{name: "port sctp", body: obj(`"ports":[{"container_port":22,"protocol":"sctp"}]`), field: "ports[0].protocol"},
+		{name: "port upper case protocol", body: obj(`"ports":[{"container_port":22,"protocol":"TCP"}]`), field: "ports[0].protocol"},
+		{name: "port string", body: obj(`"ports":[{"container_port":"22"}]`), field: "ports[0].container_port"},
+		{name: "port host_port", body: obj(`"ports":[{"container_port":22,"host_port":40000}]`), field: "ports[0].host_port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

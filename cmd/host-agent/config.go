@@ -48,6 +48,7 @@ type config struct {
 	// AllowInsecureAPIServer lets API_SERVER_URL use plain http to a host
 	// other than loopback (ALLOW_INSECURE_API_SERVER=true).
 	AllowInsecureAPIServer bool
+	Network                netConfig
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -205,6 +206,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("LOG_LEVEL", "info"))); err != nil {
 		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
+	}
+	if c.Network, err = loadNetConfig(get, c.ListenAddr); err != nil {
+		return c, err
 	}
 	return c, nil
 }

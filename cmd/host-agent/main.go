@@ -28,6 +28,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -50,6 +51,10 @@ func run() int {
 	cfg, err := loadConfig(os.LookupEnv, ".env")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	if err := network.CheckSubnet(cfg.Network.RentalSubnet, network.DefaultBridge); err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", &configError{"RENTAL_SUBNET", err.Error()})
 		return 2
 	}
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))

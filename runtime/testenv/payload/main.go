@@ -10,6 +10,10 @@
 //	sleep SECONDS  sleep (inf: forever); SIGTERM ends it with code 143
 //	ignore-term    ignore SIGTERM from now on
 //	exit CODE      exit with CODE
+//	serve PORT     answer each TCP connection and UDP datagram on PORT, in
+//	               the background, with HOST_PORT_TCP_PORT and
+//	               HOST_PORT_UDP_PORT from the environment and the client's
+//	               address
 //
 // Without arguments it sleeps forever.
 package main
@@ -17,6 +21,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"sort"
@@ -111,6 +116,11 @@ func main() {
 					fmt.Println("payload: ignoring SIGTERM")
 				}
 			}
+		case "serve":
+			if err := serve(arg()); err != nil {
+				fmt.Fprintln(os.Stderr, "payload:", err)
+				os.Exit(70)
+			}
 		case "exit":
 			code, err := strconv.Atoi(arg())
 			if err != nil {
@@ -122,4 +132,42 @@ func main() {
 			os.Exit(64)
 		}
 	}
+}
+
+func serve(port string) error {
+	l, err := net.Listen("tcp", ":"+port)
+	if err != nil {
+		return err
+	}
+	pc, err := net.ListenPacket("udp", ":"+port)
+	if err != nil {
+		return err
+	}
+	answer := func(client string) []byte {
+		return []byte(fmt.Sprintf("HOST_PORT_TCP_%s=%s HOST_PORT_UDP_%s=%s from %s\n",
+			port, os.Getenv("HOST_PORT_TCP_"+port), port, os.Getenv("HOST_PORT_UDP_"+port), client))
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			c.Write(answer(host))
+			c.Close()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(from.String())
+			pc.WriteTo(answer(host), from)
+		}
+	}()
+	return nil
 }

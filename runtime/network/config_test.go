@@ -1,0 +1,147 @@
+package network_test
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/network"
+)
+
+// The network's label keys live under the agent's one label prefix.
+func TestLabelKeysUnderAgentPrefix(t *testing.T) {
+	t.Parallel()
+	for _, k := range []string{network.LabelPorts, network.LabelNetNS, network.LabelIP} {
+		if !strings.HasPrefix(k, runtime.LabelPrefix) || strings.HasPrefix(k, runtime.LabelUserPrefix) {
+			t.Errorf("label %q is not under %q", k, runtime.LabelPrefix)
+		}
+	}
+	if runtime.LabelPorts != network.LabelPorts || runtime.LabelNetNS != network.LabelNetNS || runtime.LabelIP != network.LabelIP {
+		t.Error("runtime's and network's label keys differ")
+	}
+}
+
+func TestFromLabels(t *testing.T) {
+	t.Parallel()
+	a, err := network.FromLabels("x", map[string]string{
+		network.LabelPorts: "tcp/22:40017,udp/53:40018", network.LabelNetNS: "/var/run/netns/host-agent-x", network.LabelIP: "10.213.0.5",
+	})
+	if err != nil || len(a.Ports) != 2 || a.Ports[1].HostPort != 40018 || a.IP != netip.MustParseAddr("10.213.0.5") {
+		t.Fatalf("FromLabels = %+v, %v", a, err)
+	}
+	back := a.Labels()
+	if back[network.LabelPorts] != "tcp/22:40017,udp/53:40018" || back[network.LabelIP] != "10.213.0.5" {
+		t.Fatalf("Labels = %v", back)
+	}
+	if _, err := network.FromLabels("x", map[string]string{network.LabelPorts: "tcp/22"}); err == nil || !strings.Contains(err.Error(), network.LabelPorts) {
+		t.Fatalf("bad ports label: %v", err)
+	}
+	if _, err := network.FromLabels("x", map[string]string{network.LabelIP: "nope"}); err == nil {
+		t.Fatal("bad IP label accepted")
+	}
+	if a, err := network.FromLabels("x", nil); err != nil || a.NetNS != "" || a.Ports != nil {
+		t.Fatalf("no network labels: %+v, %v", a, err)
+	}
+}
+
+func TestParseCIDRs(t *testing.T) {
+	t.Parallel()
+	got, err := network.ParseCIDRs(" 10.0.0.0/8, 1.2.3.4 ,192.168.1.7/16,")
+	if err != nil || len(got) != 3 || got[1] != netip.MustParsePrefix("1.2.3.4/32") || got[2] != netip.MustParsePrefix("192.168.0.0/16") {
+		t.Fatalf("ParseCIDRs = %v, %v", got, err)
+	}
+	if got, err := network.ParseCIDRs(""); err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("empty: %v, %v (want an empty, non-nil list: block nothing)", got, err)
+	}
+	for _, bad := range []string{"10.0.0.0/33", "::/0", "x"} {
+		if _, err := network.ParseCIDRs(bad); err == nil {
+			t.Errorf("ParseCIDRs(%q) accepted", bad)
+		}
+	}
+	if _, err := network.ParseAddrs("1.1.1.1,::1"); err == nil {
+		t.Error("ParseAddrs took an IPv6 address")
+	}
+}
+
+func TestFindPlugins(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, p := range []string{"bridge", "loopback"} {
+		if err := os.WriteFile(filepath.Join(dir, p), []byte("#!/bin/sh\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := network.FindPlugins([]string{dir})
+	if err == nil || !strings.Contains(err.Error(), "host-local") || !strings.Contains(err.Error(), "portmap") || strings.Contains(err.Error(), "bridge,") {
+		t.Fatalf("FindPlugins = %v; want host-local and portmap named missing", err)
+	}
+}
+
+// A subnet overlapping one of the host's routes is refused, naming the
+// route; the default route does not count.
+func TestCheckSubnetRefusesOverlap(t *testing.T) {
+	t.Parallel()
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tested := false
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		ones, _ := r.Dst.Mask.Size()
+		if ones == 0 || ones > 29 {
+			continue
+		}
+		a, _ := netip.AddrFromSlice(r.Dst.IP.To4())
+		p := netip.PrefixFrom(a, ones)
+		err := network.CheckSubnet(p, "no-such-bridge")
+		if err == nil || !strings.Contains(err.Error(), "RENTAL_SUBNET") || !strings.Contains(err.Error(), p.Masked().String()) {
+			t.Errorf("CheckSubnet(%s) = %v; want a refusal naming the route and RENTAL_SUBNET", p, err)
+		}
+		tested = true
+	}
+	if !tested {
+		t.Skip("the host has no non-default IPv4 route to overlap")
+	}
+	// 198.18.0.0/15 is for benchmarking: no test host routes it.
+	if err := network.CheckSubnet(netip.MustParsePrefix("198.18.0.0/24"), "no-such-bridge"); err != nil {
+		t.Errorf("CheckSubnet on an unrouted subnet: %v", err)
+	}
+}
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cfg  network.Config
+		want string
+	}{
+		{"v6 subnet", network.Config{StateDir: "/tmp/x", Subnet: netip.MustParsePrefix("fd00::/64")}, "IPv4"},
+		{"relative state", network.Config{StateDir: "x"}, "absolute"},
+		{"long bridge", network.Config{StateDir: "/tmp/x", Bridge: "a-bridge-name-too-long"}, "15 bytes"},
+		{"chain prefix", network.Config{StateDir: "/tmp/x", ChainPrefix: "lower"}, "chain prefix"},
+		{"no plugins", network.Config{StateDir: "/tmp/x", PluginDirs: []string{"/nonexistent"}}, "not found"},
+	} {
+		_, err := network.New(tc.cfg)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: New = %v, want an error mentioning %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestHostnameFitsALabel(t *testing.T) {
+	t.Parallel()
+	if h := network.Hostname(strings.Repeat("a", 62) + "-b"); h != strings.Repeat("a", 62) {
+		t.Fatalf("Hostname = %q", h)
+	}
+	if h := network.Hostname("web-1"); h != "web-1" {
+		t.Fatalf("Hostname = %q", h)
+	}
+}

@@ -1,0 +1,198 @@
+package network
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// The agent's own chains. They are rewritten whole, atomically per table,
+// with iptables-restore --noflush, and jumped to from the top of the
+// built-in chains, so a restart with another configuration replaces them
+// and other software's rules (Docker's, portmap's) are left alone.
+func (n *Network) forwardChain() string     { return n.cfg.ChainPrefix + "-FORWARD" }
+func (n *Network) inputChain() string       { return n.cfg.ChainPrefix + "-INPUT" }
+func (n *Network) postroutingChain() string { return n.cfg.ChainPrefix + "-POSTROUTING" }
+
+// filterRules are the isolation rules, in order. Traffic to tenants: replies,
+// and published ports (DNAT), and nothing from another tenant. Traffic from
+// tenants: not spoofed, the configured resolvers on port 53, the allowed
+// exceptions, then nothing to a blocked range, the rest allowed.
+func (n *Network) filterRules() []string {
+	br, sub := n.cfg.Bridge, n.cfg.Subnet.String()
+	fwd, in := n.forwardChain(), n.inputChain()
+	reject := "-j REJECT --reject-with icmp-admin-prohibited"
+	r := []string{
+		fmt.Sprintf("-A %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", fwd, br),
+		fmt.Sprintf("-A %s -i %s -o %s -j DROP", fwd, br, br),
+		fmt.Sprintf("-A %s -o %s -m conntrack --ctstate DNAT -j ACCEPT", fwd, br),
+		fmt.Sprintf("-A %s -o %s -j DROP", fwd, br),
+		fmt.Sprintf("-A %s -i %s ! -s %s -j DROP", fwd, br, sub),
+		fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", fwd, br),
+	}
+	for _, d := range n.dns {
+		for _, proto := range []string{"udp", "tcp"} {
+			r = append(r, fmt.Sprintf("-A %s -i %s -d %s/32 -p %s --dport 53 -j ACCEPT", fwd, br, d, proto))
+		}
+	}
+	for _, a := range n.cfg.AllowedEgress {
+		r = append(r, fmt.Sprintf("-A %s -i %s -d %s -j ACCEPT", fwd, br, a))
+	}
+	for _, b := range n.cfg.BlockedEgress {
+		r = append(r, fmt.Sprintf("-A %s -i %s -d %s %s", fwd, br, b, reject))
+	}
+	r = append(r, fmt.Sprintf("-A %s -i %s -j ACCEPT", fwd, br))
+
+	r = append(r, fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", in, br))
+	for _, d := range n.dns {
+		for _, proto := range []string{"udp", "tcp"} {
+			r = append(r, fmt.Sprintf("-A %s -i %s -d %s/32 -p %s --dport 53 -j ACCEPT", in, br, d, proto))
+		}
+	}
+	r = append(r, fmt.Sprintf("-A %s -i %s %s", in, br, reject))
+	return r
+}
+
+// natRules masquerade what tenants send off the bridge. The bridge plugin's
+// own ipMasq is off: it adds a chain per container that its DEL leaves
+// behind when the namespace is already gone.
+func (n *Network) natRules() []string {
+	return []string{fmt.Sprintf("-A %s -s %s ! -o %s -j MASQUERADE", n.postroutingChain(), n.cfg.Subnet, n.cfg.Bridge)}
+}
+
+func restoreInput(table string, chains, rules []string) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "*%s\n", table)
+	for _, c := range chains {
+		// With --noflush, declaring a chain creates or flushes it.
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, r := range rules {
+		b.WriteString(r + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.Bytes()
+}
+
+func iptablesRestore(ctx context.Context, input []byte) error {
+	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
+	cmd.Stdin = bytes.NewReader(input)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("iptables-restore: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// ensureRules writes the agent's chains and puts the jumps to them first in
+// INPUT, FORWARD and POSTROUTING. Idempotent; run at start and before each
+// setup, so that software that inserted its own jumps above ours since
+// (Docker does at its start) does not get ahead of the isolation.
+func (n *Network) ensureRules(ctx context.Context) error {
+	if !n.rulesWritten {
+		if err := iptablesRestore(ctx, restoreInput("filter", []string{n.forwardChain(), n.inputChain()}, n.filterRules())); err != nil {
+			return err
+		}
+		if err := iptablesRestore(ctx, restoreInput("nat", []string{n.postroutingChain()}, n.natRules())); err != nil {
+			return err
+		}
+		n.rulesWritten = true
+	}
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	for _, j := range []struct{ table, chain, target string }{
+		{"filter", "FORWARD", n.forwardChain()},
+		{"filter", "INPUT", n.inputChain()},
+		{"nat", "POSTROUTING", n.postroutingChain()},
+	} {
+		if err := ensureFirstJump(ipt, j.table, j.chain, j.target); err != nil {
+			if n.rulesWritten {
+				// The chain was deleted by someone else since it was
+				// written: write it again, once.
+				n.rulesWritten = false
+				return n.ensureRules(ctx)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureFirstJump(ipt *iptables.IPTables, table, chain, target string) error {
+	rules, err := ipt.List(table, chain)
+	if err != nil {
+		return fmt.Errorf("list %s %s: %w", table, chain, err)
+	}
+	want := fmt.Sprintf("-A %s -j %s", chain, target)
+	// rules[0] is the policy line.
+	if len(rules) > 1 && rules[1] == want {
+		count := 0
+		for _, r := range rules {
+			if r == want {
+				count++
+			}
+		}
+		if count == 1 {
+			return nil
+		}
+	}
+	for {
+		exists, err := ipt.Exists(table, chain, "-j", target)
+		if err != nil {
+			return fmt.Errorf("check jump %s %s -> %s: %w", table, chain, target, err)
+		}
+		if !exists {
+			break
+		}
+		if err := ipt.Delete(table, chain, "-j", target); err != nil {
+			return fmt.Errorf("delete jump %s %s -> %s: %w", table, chain, target, err)
+		}
+	}
+	if err := ipt.Insert(table, chain, 1, "-j", target); err != nil {
+		return fmt.Errorf("insert jump %s %s -> %s: %w", table, chain, target, err)
+	}
+	return nil
+}
+
+// RemoveRules deletes the agent's chains and the jumps to them: what an
+// operator does by hand with the commands in the README. Rentals lose their
+// isolation and outbound traffic until the rules are written again.
+func (n *Network) RemoveRules(ctx context.Context) error {
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	n.rulesWritten = false
+	var errs []string
+	for _, j := range []struct{ table, chain, target string }{
+		{"filter", "FORWARD", n.forwardChain()},
+		{"filter", "INPUT", n.inputChain()},
+		{"nat", "POSTROUTING", n.postroutingChain()},
+	} {
+		for {
+			exists, err := ipt.Exists(j.table, j.chain, "-j", j.target)
+			if err != nil || !exists {
+				break
+			}
+			if err := ipt.Delete(j.table, j.chain, "-j", j.target); err != nil {
+				errs = append(errs, err.Error())
+				break
+			}
+		}
+		if ok, _ := ipt.ChainExists(j.table, j.target); ok {
+			if err := ipt.ClearAndDeleteChain(j.table, j.target); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove rules: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
