@@ -31,16 +31,23 @@ import (
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time with
+// -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // eventBuffer is how many events a resuming /ws client can catch up on.
 const eventBuffer = 4096
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "-version" || os.Args[1] == "--version") {
-		fmt.Println("host-agent", version)
-		return
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "version", "-version", "--version":
+			fmt.Println(versionLine())
+			return
+		}
 	}
 	os.Exit(run())
 }
@@ -131,6 +138,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		AgentID:   cfg.AgentID,
 		Token:     cfg.Token,
 		Version:   version,
+		Commit:    commit,
 		PublicURL: publicURL(cfg, ln.Addr()),
 		Interval:  cfg.HeartbeatInterval,
 		Runtime:   rt,
@@ -157,7 +165,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	logger.Info("agent serving", "version", version, "listen", ln.Addr().String(),
+	logger.Info("agent serving", "version", version, "commit", commit, "listen", ln.Addr().String(),
 		"tls", cfg.TLSCertFile != "", "runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
@@ -250,4 +258,13 @@ func publicURL(cfg config, addr net.Addr) string {
 		scheme = "https"
 	}
 	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// versionLine is what `host-agent version` prints.
+func versionLine() string {
+	c := commit
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("host-agent %s (commit %s)", version, c)
 }

@@ -58,6 +58,9 @@ type Options struct {
 	// Version is the agent's version, reported and sent as User-Agent;
 	// default "dev".
 	Version string
+	// Commit is the source revision the agent was built from, reported
+	// with the version; empty when unknown.
+	Commit string
 	// PublicURL is where the server reaches the agent's API
 	// (AGENT_PUBLIC_URL), reported as is.
 	PublicURL string
