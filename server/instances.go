@@ -26,6 +26,9 @@ func (s *Server) startInstance(c *echo.Context) error {
 	if err := req.validate(); err != nil {
 		return err
 	}
+	if err := s.refuseIfDraining(c.Request().Context(), req.InstanceID); err != nil {
+		return err
+	}
 	inst, err := s.rt.Start(c.Request().Context(), req.toSpec())
 	if err != nil {
 		return err

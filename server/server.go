@@ -61,6 +61,9 @@ type Options struct {
 	GPUs GPUInventory
 	// Host feeds GET /host; nil answers 503.
 	Host HostReporter
+	// Drain keeps the drained state (POST /drain, POST /undrain); nil: the
+	// host is never drained and those routes answer 501.
+	Drain Drainer
 }
 
 // HostReporter describes the host as the central server is told about it;
@@ -94,6 +97,7 @@ type Server struct {
 	stopTimeout time.Duration
 	gpus        GPUInventory
 	host        HostReporter
+	drain       Drainer
 	metrics     *metrics
 	echo        *echo.Echo
 	// openStreams counts the open /ws streams, for the metrics.
@@ -138,6 +142,7 @@ func New(opts Options) (*Server, error) {
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
 		host:        opts.Host,
+		drain:       opts.Drain,
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
@@ -166,6 +171,8 @@ func New(opts Options) (*Server, error) {
 	e.GET("/gpus", s.listGPUs)
 	e.GET("/host", s.hostReport)
 	e.GET("/metrics", s.serveMetrics)
+	e.POST("/drain", s.drainHost)
+	e.POST("/undrain", s.undrainHost)
 	s.echo = e
 	return s, nil
 }

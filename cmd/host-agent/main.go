@@ -139,6 +139,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Token:     cfg.Token,
 		Version:   version,
 		Commit:    commit,
+		Drain:     backend,
 		PublicURL: publicURL(cfg, ln.Addr()),
 		Interval:  cfg.HeartbeatInterval,
 		Runtime:   rt,
@@ -161,6 +162,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Logger:  logger,
 		GPUs:    inv,
 		Host:    rep,
+		Drain:   backend,
 	})
 	if err != nil {
 		return err

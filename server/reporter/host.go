@@ -50,6 +50,8 @@ type HostReport struct {
 	// AgentCommit is the source revision the agent was built from; empty
 	// for a build that was not given one.
 	AgentCommit string `json:"agent_commit,omitempty"`
+	// Drain is present while the host is drained: it takes no new rentals.
+	Drain *DrainInfo `json:"drain,omitempty"`
 }
 
 // OSInfo names the operating system, from os-release and the kernel.
@@ -151,6 +153,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 		rep.Runtime = RuntimeInfo{Name: info.Name, Version: info.Version, Namespace: info.Namespace}
 	}
 
+	if rep.Drain, err = r.drainInfo(ctx); err != nil {
+		fail("drain state", err)
+	}
 	if r.opts.CDI != nil {
 		rep.CDIAvailable = r.opts.CDI()
 	}
