@@ -29,7 +29,13 @@ func (s *Server) startInstance(c *echo.Context) error {
 	if err := s.refuseIfDraining(c.Request().Context(), req.InstanceID); err != nil {
 		return err
 	}
+	began := time.Now()
 	inst, err := s.rt.Start(c.Request().Context(), req.toSpec())
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.metrics.starts.WithLabelValues(result).Observe(time.Since(began).Seconds())
 	if err != nil {
 		return err
 	}

@@ -64,6 +64,9 @@ type Options struct {
 	// Drain keeps the drained state (POST /drain, POST /undrain); nil: the
 	// host is never drained and those routes answer 501.
 	Drain Drainer
+	// Pulls, when the runtime publishes through it, feeds the image pull
+	// duration histogram of GET /metrics.
+	Pulls *PullTimer
 }
 
 // HostReporter describes the host as the central server is told about it;
@@ -98,6 +101,7 @@ type Server struct {
 	gpus        GPUInventory
 	host        HostReporter
 	drain       Drainer
+	pulls       *PullTimer
 	metrics     *metrics
 	echo        *echo.Echo
 	// openStreams counts the open /ws streams, for the metrics.
@@ -143,6 +147,7 @@ func New(opts Options) (*Server, error) {
 		gpus:        opts.GPUs,
 		host:        opts.Host,
 		drain:       opts.Drain,
+		pulls:       opts.Pulls,
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)

@@ -98,7 +98,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
-	backend, err := newRuntime(cfg, hub, injector, logger)
+	pulls := server.NewPullTimer(hub)
+	backend, err := newRuntime(cfg, pulls, injector, logger)
 	if err != nil {
 		return err
 	}
@@ -163,6 +164,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		GPUs:    inv,
 		Host:    rep,
 		Drain:   backend,
+		Pulls:   pulls,
 	})
 	if err != nil {
 		return err
