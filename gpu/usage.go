@@ -22,9 +22,6 @@ type Usage struct {
 	MemoryUsedBytes          uint64  `json:"memory_used_bytes"`
 	TemperatureC             int     `json:"temperature_c"`
 	PowerWatts               float64 `json:"power_watts"`
-	// MemoryFreeBytes is NVML's free framebuffer memory, for the metrics
-	// (DCGM_FI_DEV_FB_FREE); not part of the heartbeat.
-	MemoryFreeBytes uint64 `json:"-"`
 }
 
 // Usage samples one GPU, named by UUID or index. A GPU found lost while
@@ -61,7 +58,6 @@ func (inv *Inventory) sample(g *gpuState) Usage {
 	if v, ok := query(p, "memory", dev.GetMemoryInfo); ok {
 		u.MemoryUsedBytes = v.Used
 		u.MemoryUsedMiB = v.Used / (1 << 20)
-		u.MemoryFreeBytes = v.Free
 	}
 	if v, ok := query(p, "temperature", func() (uint32, nvml.Return) {
 		return dev.GetTemperature(nvml.TEMPERATURE_GPU)

@@ -58,7 +58,12 @@ func (c *gpuCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(dcgmGPUUtil, float64(u.UtilizationPercent))
 		gauge(dcgmFBUsed, float64(u.MemoryUsedBytes>>20))
-		gauge(dcgmFBFree, float64(u.MemoryFreeBytes>>20))
+		// NVML's (v1) free memory is the total less the used.
+		free := uint64(0)
+		if g.MemoryTotalBytes > u.MemoryUsedBytes {
+			free = g.MemoryTotalBytes - u.MemoryUsedBytes
+		}
+		gauge(dcgmFBFree, float64(free>>20))
 		gauge(dcgmTemp, float64(u.TemperatureC))
 		gauge(dcgmPower, u.PowerWatts)
 		gauge(dcgmXid, float64(lastXid(g.UnhealthyReason)))
