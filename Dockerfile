@@ -30,11 +30,11 @@ RUN CGO_ENABLED=1 CGO_CFLAGS="-Wno-deprecated-declarations" \
 FROM ${BASE_IMAGE}
 # CA certificates for registries and the central server; the CNI plugins
 # the rentals' networking runs (the agent executes them itself, in its own
-# mount namespace) and the iptables they call. Only the plugins the agent
+# mount namespace) and the iptables/nft they call. Only the plugins the agent
 # configures are kept.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      ca-certificates containernetworking-plugins iptables \
+      ca-certificates containernetworking-plugins iptables nftables \
  && find /usr/lib/cni -type f ! -name bridge ! -name portmap ! -name firewall \
       ! -name host-local ! -name loopback ! -name tuning -delete \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc /usr/share/man

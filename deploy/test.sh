@@ -23,3 +23,5 @@ echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+echo "== the image as deployed"
+bash deploy/image-test.sh
