@@ -27,6 +27,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/selftest"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -47,6 +48,8 @@ func main() {
 		case "version", "-version", "--version":
 			fmt.Println(versionLine())
 			return
+		case "selftest":
+			os.Exit(selftestMain(os.Args[2:], os.Stdout, os.Stderr))
 		}
 	}
 	os.Exit(run())
@@ -82,6 +85,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	defer inv.Close()
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
+	if n := selftest.NVIDIAPCIDevices("/sys"); inv.Len() == 0 && n > 0 {
+		// Not fatal: restarting would not bring NVML, and CPU rentals work.
+		logger.Warn("NVIDIA GPUs on the PCI bus but NVML is not visible to the agent; serving CPU rentals only, GPU rentals are refused",
+			"pci_gpus", n, "missing", "libnvidia-ml.so.1 and /dev/nvidia*", "fix", selftest.NoNVMLFix)
+	}
 	alloc := gpu.NewAllocator(inv)
 
 	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger})
@@ -154,6 +162,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return fmt.Errorf("reporter: %w", err)
 	}
 	wg.Go(func() { _ = rep.Run(healthCtx) })
+	wg.Go(func() { logSelftest(healthCtx, cfg, logger) })
 
 	srv, err := server.New(server.Options{
 		Runtime: rt,
