@@ -2,11 +2,9 @@ package server
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"github.com/labstack/echo/v5"
 )
 
@@ -42,7 +40,7 @@ type drainingError struct{ reason string }
 func (e *drainingError) Error() string { return "host is draining: " + e.reason }
 
 // errNoDrainer answers the drain routes of an agent built without one.
-var errNoDrainer = &publicError{kind: errdefs.ErrNotImplemented, msg: "drain unavailable", cause: errors.New("this runtime keeps no drain state")}
+var errNoDrainer = &statusError{status: http.StatusNotImplemented, msg: "drain unavailable: this runtime keeps no drain state"}
 
 func (s *Server) drainHost(c *echo.Context) error {
 	if s.drain == nil {
