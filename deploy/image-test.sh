@@ -101,6 +101,8 @@ cleanup() {
     kill "${pids[$i]}" 2>/dev/null
     wait "${pids[$i]}" 2>/dev/null
   done
+  # dockerd leaves its default network namespace mounted under its exec root.
+  awk -v w="$W" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r | xargs -r umount -l
   if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else log "kept $W"; fi
 }
 trap cleanup EXIT
