@@ -36,9 +36,12 @@ if [ ! -x "$DOCKERD" ]; then
   rm -rf "$(dirname "$DOCKERD")" && mv "$(dirname "$DOCKERD").tmp" "$(dirname "$DOCKERD")"
 fi
 
-# 2. A minimal Debian root file system.
+# 2. A minimal Debian root file system, when a base image is to be made.
 ROOTFS="$CACHE/rootfs-$SUITE-minbase"
-if [ ! -d "$ROOTFS" ]; then
+IMAGES="$CACHE/images"
+BASE_TAR="$IMAGES/debian-$SUITE-minbase.tar"
+GO_TAR="$IMAGES/golang-${GO_VERSION#go}-$SUITE.tar"
+if [ ! -d "$ROOTFS" ] && { [ ! -s "$BASE_TAR" ] || [ ! -s "$GO_TAR" ]; }; then
   log "debootstrap --variant=minbase $SUITE (once)"
   rm -rf "$ROOTFS.tmp"
   debootstrap --variant=minbase "$SUITE" "$ROOTFS.tmp" "$MIRROR" >/dev/null
@@ -49,10 +52,7 @@ fi
 # 3. Base image tarballs: the runtime base (minbase + this host's CA bundle,
 # which its module proxy and registries may need) and the build base
 # (that + gcc, libc6-dev and the Go toolchain go.mod selects).
-IMAGES="$CACHE/images"
 mkdir -p "$IMAGES"
-BASE_TAR="$IMAGES/debian-$SUITE-minbase.tar"
-GO_TAR="$IMAGES/golang-${GO_VERSION#go}-$SUITE.tar"
 if [ ! -s "$BASE_TAR" ]; then
   log "making the base image tarball"
   tmp=$(mktemp -d)
