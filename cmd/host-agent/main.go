@@ -81,7 +81,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	lib := nvml.New()
 	inv, err := gpu.Open(lib, logger)
 	if err != nil {
-		return fmt.Errorf("GPU inventory: %w", err)
+		// Not fatal: a restart would fail the same way, and a restart loop
+		// would stop the CPU rentals too. The self-test names it as well.
+		logger.Error("NVML does not work: serving CPU rentals only, GPU rentals are refused",
+			"error", err, "fix", selftest.NoNVMLFix)
+		lib = nil
+		if inv, err = gpu.Open(nil, logger); err != nil {
+			return fmt.Errorf("GPU inventory: %w", err)
+		}
 	}
 	defer inv.Close()
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())

@@ -124,9 +124,8 @@ func selftestMain(args []string, stdout, stderr io.Writer) int {
 // them.
 func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.Logger, rental bool) selftest.Report {
 	lib := env.nvmlLoader()
-	inv, err := gpu.Open(lib, logger)
-	if err != nil {
-		logger.Error("GPU inventory", "error", err)
+	inv, nvmlErr := gpu.Open(lib, logger)
+	if nvmlErr != nil {
 		inv, _ = gpu.Open(nil, logger)
 	}
 	defer inv.Close()
@@ -160,7 +159,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		selftest.RuncCheck(selftest.InContainer()),
 		selftest.CNICheck(env.cniDirs),
 		selftest.CDICheck(cfg.CDISpecDirs, inv),
-		selftest.DriverCheck(inv, selftest.NVIDIAPCIDevices(env.sysRoot)),
+		selftest.DriverCheck(inv, selftest.NVIDIAPCIDevices(env.sysRoot), nvmlErr),
 		selftest.PCIeCheck(inv),
 		selftest.HealthCheck(inv, lib),
 		selftest.DiskCheck(cfg.ContainerdRoot, env.minFreeGB<<30),

@@ -204,8 +204,11 @@ const NoNVMLFix = "install the NVIDIA driver; when the agent runs in a container
 
 // DriverCheck: NVML loads and reports a driver; skipped on a host without
 // NVIDIA GPUs.
-func DriverCheck(gpus GPUView, pciGPUs int) Check {
+func DriverCheck(gpus GPUView, pciGPUs int, openErr error) Check {
 	return Check{Name: "nvidia-driver", Run: func(context.Context) Result {
+		if openErr != nil {
+			return fail(NoNVMLFix, "NVML does not work: %v", openErr)
+		}
 		if gpus == nil || !gpus.Available() {
 			if pciGPUs > 0 {
 				return fail(NoNVMLFix, "%d NVIDIA GPU(s) on the PCI bus but NVML (libnvidia-ml.so.1) is not loadable: GPU rentals are refused", pciGPUs)
