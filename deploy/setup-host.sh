@@ -35,6 +35,10 @@ command -v gcc >/dev/null || need_pkgs+=(gcc libc6-dev)
 command -v git >/dev/null || need_pkgs+=(git)
 command -v curl >/dev/null || need_pkgs+=(curl)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || need_pkgs+=(ca-certificates)
+# CI only: the arm64 cross-build (cgo) and the base images of the image test.
+command -v aarch64-linux-gnu-gcc >/dev/null || need_pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+[ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need_pkgs+=(debian-archive-keyring)
 go_ok() {
   command -v go >/dev/null || return 1
   local v; v=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null || go version | awk '{print $3}')

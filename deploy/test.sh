@@ -17,5 +17,11 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== go vet"
 go vet ./...
+echo "== actionlint"
+bash deploy/ci-checks.sh actionlint
+echo "== arm64 cross-build"
+bash deploy/ci-checks.sh cross-arm64
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+echo "== the image as deployed"
+bash deploy/image-test.sh

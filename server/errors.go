@@ -22,6 +22,9 @@ type errorResponse struct {
 	Field string `json:"field,omitempty"`
 	// Step is the step of starting an instance that failed.
 	Step string `json:"step,omitempty"`
+	// Code names a refusal the caller should act on by itself, e.g.
+	// "draining": the host takes no new rentals; pick another.
+	Code string `json:"code,omitempty"`
 }
 
 // maxPublicCause bounds how much of a cause's text (a registry's answer, say)
@@ -92,6 +95,10 @@ func classify(err error) (int, errorResponse) {
 	if errors.As(err, &tooLarge) {
 		return http.StatusRequestEntityTooLarge,
 			errorResponse{Error: fmt.Sprintf("request body exceeds %d bytes", tooLarge.Limit)}
+	}
+	var draining *drainingError
+	if errors.As(err, &draining) {
+		return http.StatusServiceUnavailable, errorResponse{Error: publicCause("host is draining", draining), Code: "draining"}
 	}
 	var sc echo.HTTPStatusCoder
 	if errors.As(err, &sc) && sc.StatusCode() != 0 {

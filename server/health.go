@@ -23,5 +23,11 @@ func (s *Server) readyz(c *echo.Context) error {
 		// answer within the timeout is not ready either.
 		return &publicError{kind: errdefs.ErrUnavailable, msg: "containerd unavailable", cause: err}
 	}
-	return c.JSON(http.StatusOK, StatusResponse{Status: "ready", AgentID: s.agentID})
+	resp := StatusResponse{Status: "ready", AgentID: s.agentID}
+	if st, err := s.drainStatus(ctx); err != nil {
+		s.log.Warn("drain state unreadable", "error", err)
+	} else {
+		resp.Drain = &st
+	}
+	return c.JSON(http.StatusOK, resp)
 }

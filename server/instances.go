@@ -31,7 +31,16 @@ func (s *Server) startInstance(c *echo.Context) error {
 		// refuse rather than start an instance without the ports asked for.
 		return fieldErr("ports", "publishing ports is not enabled on this agent")
 	}
+	if err := s.refuseIfDraining(c.Request().Context(), req.InstanceID); err != nil {
+		return err
+	}
+	began := time.Now()
 	inst, err := s.rt.Start(c.Request().Context(), req.toSpec())
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	s.metrics.starts.WithLabelValues(result).Observe(time.Since(began).Seconds())
 	if err != nil {
 		return err
 	}

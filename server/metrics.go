@@ -23,6 +23,8 @@ type metrics struct {
 	registry *prometheus.Registry
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// starts times POST /start_instance's runtime call by result.
+	starts *prometheus.HistogramVec
 }
 
 func newMetrics(s *Server) *metrics {
@@ -38,9 +40,15 @@ func newMetrics(s *Server) *metrics {
 			// Up to ten minutes: a start that pulls a large image takes that long.
 			Buckets: []float64{.005, .025, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 		}, []string{"method", "route"}),
+		starts: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "host_agent_instance_start_duration_seconds",
+			Help:    "Starts by result (ok, error): pull, create and start, as the caller waits for them.",
+			Buckets: startBuckets,
+		}, []string{"result"}),
 	}
 	m.registry.MustRegister(
-		m.requests, m.duration,
+		m.requests, m.duration, m.starts,
+		&gpuCollector{s: s},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&stateCollector{s: s},
@@ -49,6 +57,9 @@ func newMetrics(s *Server) *metrics {
 			Help: "Open GET /ws event streams.",
 		}, func() float64 { return float64(s.openStreams.Load()) }),
 	)
+	if s.pulls != nil {
+		m.registry.MustRegister(s.pulls.histogram)
+	}
 	return m
 }
 

@@ -145,6 +145,9 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"GPURef":                    reflect.TypeFor[reporter.GPURef](),
 		"GPUUsage":                  reflect.TypeFor[gpu.Usage](),
 		"HeartbeatResponse":         reflect.TypeFor[reporter.HeartbeatResponse](),
+		"DrainRequest":              reflect.TypeFor[DrainRequest](),
+		"DrainStatus":               reflect.TypeFor[DrainStatus](),
+		"DrainInfo":                 reflect.TypeFor[reporter.DrainInfo](),
 	}
 	c := &schemaChecker{t: t, doc: doc, visited: map[string]bool{}, decoded: map[reflect.Type]bool{
 		// The central server writes it and the agent reads it: every field

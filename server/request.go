@@ -114,6 +114,9 @@ type ListInstancesResponse struct {
 type StatusResponse struct {
 	Status  string `json:"status"`
 	AgentID string `json:"agent_id,omitempty"`
+	// Drain is set by GET /readyz: a drained host is up but takes no new
+	// rentals.
+	Drain *DrainStatus `json:"drain,omitempty"`
 }
 
 // Seed API messages, kept word for word.

@@ -77,6 +77,12 @@ type Options struct {
 	// MaxConnections caps the connections served at once, WebSocket
 	// streams included (default 512); further ones wait to be accepted.
 	MaxConnections int
+	// Drain keeps the drained state (POST /drain, POST /undrain); nil: the
+	// host is never drained and those routes answer 501.
+	Drain Drainer
+	// Pulls, when the runtime publishes through it, feeds the image pull
+	// duration histogram of GET /metrics.
+	Pulls *PullTimer
 }
 
 // HostReporter describes the host as the central server is told about it;
@@ -117,6 +123,8 @@ type Server struct {
 	gpus        GPUInventory
 	host        HostReporter
 	limits      connLimits
+	drain       Drainer
+	pulls       *PullTimer
 	metrics     *metrics
 	echo        *echo.Echo
 	// openStreams counts the open /ws streams, for the metrics.
@@ -175,6 +183,8 @@ func New(opts Options) (*Server, error) {
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
+		drain: opts.Drain,
+		pulls: opts.Pulls,
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
@@ -203,6 +213,8 @@ func New(opts Options) (*Server, error) {
 	e.GET("/gpus", s.listGPUs)
 	e.GET("/host", s.hostReport)
 	e.GET("/metrics", s.serveMetrics)
+	e.POST("/drain", s.drainHost)
+	e.POST("/undrain", s.undrainHost)
 	s.echo = e
 	return s, nil
 }

@@ -29,20 +29,30 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/selftest"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time with
+// -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // eventBuffer is how many events a resuming /ws client can catch up on.
 const eventBuffer = 4096
 
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "-version" || os.Args[1] == "--version") {
-		fmt.Println("host-agent", version)
-		return
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "version", "-version", "--version":
+			fmt.Println(versionLine())
+			return
+		case "selftest":
+			os.Exit(selftestMain(os.Args[2:], os.Stdout, os.Stderr))
+		}
 	}
 	os.Exit(run())
 }
@@ -77,7 +87,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	lib := nvml.New()
 	inv, err := gpu.Open(lib, logger)
 	if err != nil {
-		return fmt.Errorf("GPU inventory: %w", err)
+		// Not fatal: a restart would fail the same way, and a restart loop
+		// would stop the CPU rentals too. The self-test names it as well.
+		logger.Error("NVML does not work: serving CPU rentals only, GPU rentals are refused",
+			"error", err, "fix", selftest.NoNVMLFix)
+		lib = nil
+		if inv, err = gpu.Open(nil, logger); err != nil {
+			return fmt.Errorf("GPU inventory: %w", err)
+		}
 	}
 	defer inv.Close()
 	// Benched GPUs stay benched across restarts; read before anything is
@@ -86,6 +103,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return fmt.Errorf("GPU health: %w", err)
 	}
 	logger.Info("GPU inventory", "gpus", inv.Len(), "driver", inv.DriverVersion(), "cuda", inv.CUDADriverVersion())
+	if n := selftest.NVIDIAPCIDevices("/sys"); inv.Len() == 0 && n > 0 {
+		// Not fatal: restarting would not bring NVML, and CPU rentals work.
+		logger.Warn("NVIDIA GPUs on the PCI bus but NVML is not visible to the agent; serving CPU rentals only, GPU rentals are refused",
+			"pci_gpus", n, "missing", "libnvidia-ml.so.1 and /dev/nvidia*", "fix", selftest.NoNVMLFix)
+	}
 	alloc := gpu.NewAllocator(inv)
 
 	// The injector compares every injection with the inventory (minors,
@@ -104,7 +126,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
-	backend, err := newRuntime(cfg, hub, injector, logger)
+	pulls := server.NewPullTimer(hub)
+	backend, err := newRuntime(cfg, pulls, injector, logger)
 	if err != nil {
 		return err
 	}
@@ -162,11 +185,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		DataDir:     cfg.ContainerdRoot,
 		Events:      hub,
 		Logger:      logger,
+		Commit:      commit,
+		Drain:       backend,
 	})
 	if err != nil {
 		return fmt.Errorf("reporter: %w", err)
 	}
 	wg.Go(func() { _ = rep.Run(healthCtx) })
+	wg.Go(func() { logSelftest(healthCtx, cfg, logger) })
 
 	srv, err := server.New(server.Options{
 		Runtime: rt,
@@ -176,11 +202,13 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Logger:  logger,
 		GPUs:    inv,
 		Host:    rep,
+		Drain:   backend,
+		Pulls:   pulls,
 	})
 	if err != nil {
 		return err
 	}
-	logger.Info("agent serving", "version", version, "listen", ln.Addr().String(),
+	logger.Info("agent serving", "version", version, "commit", commit, "listen", ln.Addr().String(),
 		"tls", cfg.TLSCertFile != "", "runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
@@ -273,4 +301,13 @@ func publicURL(cfg config, addr net.Addr) string {
 		scheme = "https"
 	}
 	return scheme + "://" + net.JoinHostPort(host, port)
+}
+
+// versionLine is what `host-agent version` prints.
+func versionLine() string {
+	c := commit
+	if c == "" {
+		c = "unknown"
+	}
+	return fmt.Sprintf("host-agent %s (commit %s)", version, c)
 }

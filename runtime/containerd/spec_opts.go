@@ -33,13 +33,14 @@ func specOpts(img oci.Image, spec runtime.InstanceSpec) []oci.SpecOpts {
 }
 
 // withArgs follows docker run: a command replaces the image's CMD; an
-// entrypoint replaces its ENTRYPOINT and drops its CMD.
+// entrypoint replaces its ENTRYPOINT and drops its CMD. The image's user is
+// resolved without mounting its rootfs (see withImageConfigArgs).
 func withArgs(img oci.Image, entrypoint, command []string) oci.SpecOpts {
 	if len(entrypoint) == 0 {
-		return oci.WithImageConfigArgs(img, command)
+		return withImageConfigArgs(img, command)
 	}
 	return oci.Compose(
-		oci.WithImageConfig(img),
+		withImageConfigArgs(img, nil),
 		oci.WithProcessArgs(append(append([]string{}, entrypoint...), command...)...),
 	)
 }

@@ -46,6 +46,12 @@ type HostReport struct {
 	// Warnings name the parts that could not be read (their fields are left
 	// zero), so that the server's operators see why a field is empty.
 	Warnings []string `json:"warnings,omitempty"`
+
+	// AgentCommit is the source revision the agent was built from; empty
+	// for a build that was not given one.
+	AgentCommit string `json:"agent_commit,omitempty"`
+	// Drain is present while the host is drained: it takes no new rentals.
+	Drain *DrainInfo `json:"drain,omitempty"`
 }
 
 // OSInfo names the operating system, from os-release and the kernel.
@@ -109,6 +115,7 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 	rep := HostReport{
 		AgentID:      r.opts.AgentID,
 		AgentVersion: r.opts.Version,
+		AgentCommit:  r.opts.Commit,
 		PublicURL:    r.opts.PublicURL,
 		CollectedAt:  r.opts.Now().UTC(),
 		GPUs:         []gpu.GPU{},
@@ -146,6 +153,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 		rep.Runtime = RuntimeInfo{Name: info.Name, Version: info.Version, Namespace: info.Namespace}
 	}
 
+	if rep.Drain, err = r.drainInfo(ctx); err != nil {
+		fail("drain state", err)
+	}
 	if r.opts.CDI != nil {
 		rep.CDIAvailable = r.opts.CDI()
 	}

@@ -61,6 +61,12 @@ type Options struct {
 	// Version is the agent's version, reported and sent as User-Agent;
 	// default "dev".
 	Version string
+	// Commit is the source revision the agent was built from, reported
+	// with the version; empty when unknown.
+	Commit string
+	// Drain reads whether the host is drained, for the host report and the
+	// heartbeat; nil: never drained.
+	Drain DrainState
 	// PublicURL is where the server reaches the agent's API
 	// (AGENT_PUBLIC_URL), reported as is.
 	PublicURL string
@@ -180,4 +186,32 @@ func (opts Options) withDefaults() (Options, error) {
 		opts.Now = time.Now
 	}
 	return opts, nil
+}
+
+// DrainState reads the host's drained state where the runtime keeps it;
+// the containerd back end provides it.
+type DrainState interface {
+	Drained(ctx context.Context) (reason string, since time.Time, drained bool, err error)
+}
+
+// DrainInfo is the drained state as the host report and the heartbeat
+// carry it: present only while the host takes no new rentals.
+type DrainInfo struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+}
+
+// drainInfo reads the state; nil when not drained or unreadable (the
+// caller names the error).
+func (r *Reporter) drainInfo(ctx context.Context) (*DrainInfo, error) {
+	if r.opts.Drain == nil {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)
+	defer cancel()
+	reason, since, drained, err := r.opts.Drain.Drained(ctx)
+	if err != nil || !drained {
+		return nil, err
+	}
+	return &DrainInfo{Reason: reason, Since: since.UTC()}, nil
 }

@@ -105,6 +105,9 @@ type HeartbeatRequest struct {
 	// that answer had no expected_instances.
 	Orphans []string `json:"orphans"`
 	Missing []string `json:"missing"`
+	// Drain is present while the host is drained: its instances stay, but
+	// it takes no new rentals.
+	Drain *DrainInfo `json:"drain,omitempty"`
 }
 
 // InstanceState is one instance as the runtime reports it.

@@ -213,6 +213,11 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 			req.Instances = append(req.Instances, instanceState(inst, held))
 		}
 	}
+	if d, err := r.drainInfo(ctx); err != nil {
+		r.logger.Warn("drain state unreadable; heartbeat sent without it", "error", err)
+	} else {
+		req.Drain = d
+	}
 	body, err := r.post(ctx, "heartbeat", HeartbeatPath, req)
 	if err != nil {
 		return HeartbeatResponse{}, err

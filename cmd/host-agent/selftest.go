@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/host-agent/host-agent/cdi"
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/selftest"
+)
+
+// Self-test settings beyond the agent's own configuration.
+const (
+	// selftestNamespace keeps the test rental apart from the real ones (and
+	// out of heartbeats).
+	selftestNamespace    = "host-agent-selftest"
+	defaultSelftestImage = "docker.io/library/busybox:latest"
+	defaultPortRange     = "40000-40999"
+	defaultDiskReserveGB = 20
+	selftestCheckTimeout = 3 * time.Minute
+)
+
+// selftestEnv is what the self-test reads besides the agent's config.
+type selftestEnv struct {
+	image      string
+	imageSet   bool // SELFTEST_IMAGE given explicitly
+	ports      [2]int
+	minFreeGB  uint64
+	cniDirs    []string
+	sysRoot    string
+	nvmlLoader func() nvml.Interface
+}
+
+func loadSelftestEnv(lookup func(string) (string, bool)) (selftestEnv, error) {
+	get := func(k, def string) string {
+		if v, ok := lookup(k); ok && strings.TrimSpace(v) != "" {
+			return strings.TrimSpace(v)
+		}
+		return def
+	}
+	e := selftestEnv{image: get("SELFTEST_IMAGE", defaultSelftestImage), sysRoot: "/sys", nvmlLoader: func() nvml.Interface { return nvml.New() }}
+	e.imageSet = e.image != defaultSelftestImage
+	lo, hi, ok := strings.Cut(get("HOST_PORT_RANGE", defaultPortRange), "-")
+	a, err1 := strconv.Atoi(lo)
+	b, err2 := strconv.Atoi(hi)
+	if !ok || err1 != nil || err2 != nil {
+		return e, &configError{"HOST_PORT_RANGE", "want FIRST-LAST"}
+	}
+	e.ports = [2]int{a, b}
+	gb, err := strconv.ParseUint(get("DISK_RESERVE_GB", strconv.Itoa(defaultDiskReserveGB)), 10, 32)
+	if err != nil {
+		return e, &configError{"DISK_RESERVE_GB", "want a whole number of GiB"}
+	}
+	e.minFreeGB = gb
+	e.cniDirs = filepath.SplitList(get("CNI_PLUGIN_DIRS", "/usr/lib/cni:/opt/cni/bin"))
+	return e, nil
+}
+
+// selftestConfig reads the agent's configuration for the self-test, which
+// needs no identity or token of its own: a provider runs it before the host
+// has either.
+func selftestConfig(lookup func(string) (string, bool)) (config, error) {
+	withDefaults := func(k string) (string, bool) {
+		if v, ok := lookup(k); ok {
+			return v, ok
+		}
+		_, hasFile := lookup("AGENT_TOKEN_FILE")
+		switch {
+		case k == "AGENT_ID":
+			return "selftest", true
+		case k == "AGENT_TOKEN" && !hasFile:
+			return "selftest-token-unused", true
+		}
+		return "", false
+	}
+	return loadConfig(withDefaults, ".env")
+}
+
+// selftestMain is `host-agent selftest [--json]`.
+func selftestMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("selftest", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print the result as JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := selftestConfig(os.LookupEnv)
+	if err != nil {
+		fmt.Fprintf(stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	env, err := loadSelftestEnv(os.LookupEnv)
+	if err != nil {
+		fmt.Fprintf(stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	rep := runSelftest(context.Background(), cfg, env, logger, true)
+	if *asJSON {
+		_ = rep.WriteJSON(stdout)
+	} else {
+		_ = rep.WriteTable(stdout)
+	}
+	if !rep.Passed {
+		return 1
+	}
+	return 0
+}
+
+// runSelftest builds what the checks need, as the agent does, and runs
+// them.
+func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.Logger, rental bool) selftest.Report {
+	lib := env.nvmlLoader()
+	inv, nvmlErr := gpu.Open(lib, logger)
+	if nvmlErr != nil {
+		inv, _ = gpu.Open(nil, logger)
+	}
+	defer inv.Close()
+	if !inv.Available() {
+		lib = nil
+	}
+	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger})
+	var devices containerd.DeviceInjector
+	if err == nil && inv.Len() > 0 {
+		devices = injector
+	}
+	backend, err := containerd.New(containerd.Options{
+		Address:   cfg.ContainerdAddress,
+		Namespace: selftestNamespace,
+		AgentID:   cfg.AgentID,
+		LogDir:    filepath.Join(cfg.StateDir, "logs", selftestNamespace),
+		Events:    discardEvents{},
+		Logger:    logger,
+		Devices:   devices,
+	})
+	checks := []selftest.Check{}
+	if err != nil {
+		checks = append(checks, selftest.Check{Name: "runtime", Run: func(context.Context) selftest.Result {
+			return selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "check CONTAINERD_ADDRESS and STATE_DIR"}
+		}})
+	} else {
+		defer backend.Close()
+		checks = append(checks, selftest.RuntimeCheck(backend, cfg.ContainerdAddress))
+	}
+	checks = append(checks,
+		selftest.RuncCheck(selftest.InContainer()),
+		selftest.CNICheck(env.cniDirs),
+		selftest.CDICheck(cfg.CDISpecDirs, inv),
+		selftest.DriverCheck(inv, selftest.NVIDIAPCIDevices(env.sysRoot), nvmlErr),
+		selftest.PCIeCheck(inv),
+		selftest.HealthCheck(inv, lib),
+		selftest.DiskCheck(cfg.ContainerdRoot, env.minFreeGB<<30),
+		selftest.PortRangeCheck(env.ports[0], env.ports[1]),
+	)
+	switch {
+	case !rental:
+		checks = append(checks, selftest.Check{Name: "test-rental", Run: func(context.Context) selftest.Result {
+			return selftest.Result{Status: selftest.Skip, Detail: "not at agent start unless SELFTEST_IMAGE names an image (a pull from a public registry at every start is not wanted); run host-agent selftest"}
+		}})
+	case backend != nil:
+		rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+			Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
+			Logger: logger,
+		})
+		checks = append(checks, selftest.RentalCheck(rt, env.image, inv.Len()))
+	}
+	checks = append(checks, selftest.NetworkCheck())
+	return selftest.Run(ctx, checks, selftestCheckTimeout)
+}
+
+type discardEvents struct{}
+
+func (discardEvents) Publish(events.Event) {}
+
+// logSelftest runs the self-test once at start and logs its result; a
+// failure is logged, not fatal: the agent serves what it can.
+func logSelftest(ctx context.Context, cfg config, logger *slog.Logger) {
+	env, err := loadSelftestEnv(os.LookupEnv)
+	if err != nil {
+		logger.Error("self-test not run", "error", err)
+		return
+	}
+	rep := runSelftest(ctx, cfg, env, logger.With("component", "selftest"), env.imageSet)
+	attrs := []any{"passed", rep.Passed}
+	for _, r := range rep.Results {
+		v := string(r.Status)
+		if r.Status != selftest.OK {
+			v += ": " + r.Detail
+			if r.Fix != "" {
+				v += " (fix: " + r.Fix + ")"
+			}
+		}
+		attrs = append(attrs, "check_"+strings.ReplaceAll(r.Name, "-", "_"), v)
+	}
+	if rep.Passed {
+		logger.Info("self-test", attrs...)
+	} else {
+		logger.Warn("self-test failed", append(attrs, "failed", rep.Failures())...)
+	}
+}

@@ -1,0 +1,188 @@
+// Package imagetest runs the agent's image as the README tells providers to
+// run it. deploy/image-test.sh builds the image on a real dockerd and runs
+// this test with it; on its own the test skips, saying what it needs.
+package imagetest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
+)
+
+// readmeBlock returns the shell block of README.md that follows the marker
+// <!-- image-test: NAME -->, so that the test runs what providers read.
+func readmeBlock(t *testing.T, name string) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "<!-- image-test: "+name+" -->")
+	if !ok {
+		t.Fatalf("README.md has no <!-- image-test: %s --> block", name)
+	}
+	_, rest, ok = strings.Cut(rest, "```sh\n")
+	if !ok {
+		t.Fatal("no ```sh block after the marker")
+	}
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("unterminated block")
+	}
+	return block
+}
+
+// adapt points the README's command at this run's daemons, and nothing
+// else: the host's containerd socket is the test's private one, the image
+// is the one just built, and the API listens on a free loopback port (so
+// that the test does not take :8080 on a shared machine).
+func adapt(t *testing.T, block, sock, image, listen string) string {
+	t.Helper()
+	for _, r := range [][2]string{
+		{"-v /run/containerd/containerd.sock:", "-v " + sock + ":"},
+		{"ghcr.io/OWNER/host-agent:latest", "-e LISTEN_ADDR=" + listen + " " + image},
+	} {
+		if !strings.Contains(block, r[0]) {
+			t.Fatalf("README's command no longer has %q; update the test with it", r[0])
+		}
+		block = strings.Replace(block, r[0], r[1], 1)
+	}
+	return block
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// TestImageAsDeployed runs the README's docker run line with the
+// containerd socket mounted and rents through the containerized agent: the
+// rental runs on the host's containerd in "rentals", ctr lists it, its
+// logs are readable through the API, and it terminates.
+func TestImageAsDeployed(t *testing.T) {
+	image, sock := os.Getenv("HOST_AGENT_IMAGE"), os.Getenv("HOST_AGENT_IMAGE_CONTAINERD")
+	if image == "" || sock == "" || os.Getenv("DOCKER_HOST") == "" {
+		t.Skip("run by deploy/image-test.sh, which builds the image on a private dockerd (needs HOST_AGENT_IMAGE, HOST_AGENT_IMAGE_CONTAINERD, DOCKER_HOST)")
+	}
+	testenv.Require(t, "docker", "ctr")
+
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	payload, err := reg.PushPayload("payload:image-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := ln.Addr().String()
+	ln.Close()
+
+	script := adapt(t, readmeBlock(t, "docker-run-containerd"), sock, image, listen)
+	t.Logf("running the README's block:\n%s", script)
+	_ = exec.Command("docker", "rm", "-f", "host-agent").Run()
+	run(t, "bash", "-euo", "pipefail", "-c", script)
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := exec.Command("docker", "logs", "--tail", "100", "host-agent").CombinedOutput()
+			t.Logf("agent's log:\n%s", out)
+		}
+		_ = exec.Command("docker", "rm", "-f", "host-agent").Run()
+	})
+
+	tokenBytes, err := os.ReadFile("/var/lib/host-agent/token")
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(string(tokenBytes))
+	base := "http://" + listen
+	call := func(method, path string, body any) (int, map[string]any) {
+		t.Helper()
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		out := map[string]any{"_raw": string(raw)}
+		_ = json.Unmarshal(raw, &out)
+		return resp.StatusCode, out
+	}
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the containerized agent is not ready: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, body := call("GET", "/host", nil); code != http.StatusOK || body["agent_version"] != "image-test" || body["agent_commit"] == "" {
+		t.Fatalf("GET /host: %d %v", code, body)
+	}
+
+	id := fmt.Sprintf("image-test-%d", time.Now().UnixNano())
+	code, body := call("POST", "/start_instance", map[string]any{
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "sleep", "inf"},
+	})
+	if code != http.StatusOK || body["status"] != "running" {
+		t.Fatalf("start through the containerized agent: %d %v", code, body)
+	}
+	t.Cleanup(func() { call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}) })
+
+	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls"); !strings.Contains(ls, id) {
+		t.Fatalf("ctr -n rentals containers ls does not show %s:\n%s", id, ls)
+	}
+	if tasks := run(t, "ctr", "--address", sock, "-n", "rentals", "tasks", "ls"); !strings.Contains(tasks, id) || !strings.Contains(tasks, "RUNNING") {
+		t.Fatalf("the rental's task is not running on the host's containerd:\n%s", tasks)
+	}
+	var logs string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		_, lb := call("GET", "/instances/"+id+"/logs?tail=10", nil)
+		if logs = fmt.Sprint(lb["_raw"]); strings.Contains(logs, "hello from the host's containerd") {
+			break
+		}
+	}
+	if !strings.Contains(logs, "hello from the host's containerd") {
+		t.Fatalf("the rental's log through the containerized agent: %s", logs)
+	}
+	if code, body := call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
+		t.Fatalf("terminate: %d %v", code, body)
+	}
+	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls", "-q"); strings.Contains(ls, id) {
+		t.Fatalf("terminated rental still on containerd:\n%s", ls)
+	}
+}

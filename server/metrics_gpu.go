@@ -1,0 +1,136 @@
+package server
+
+import (
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// GPU metrics carry dcgm-exporter's names, units and labels, so that the
+// dashboards built for it work on the agent's /metrics unchanged; the
+// instance_id label adds the rental holding the GPU ("" when free).
+var (
+	gpuLabels   = []string{"gpu", "UUID", "device", "modelName", "pci_bus_id", "instance_id"}
+	dcgmGPUUtil = prometheus.NewDesc("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", gpuLabels, nil)
+	dcgmFBUsed  = prometheus.NewDesc("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB).", gpuLabels, nil)
+	dcgmFBFree  = prometheus.NewDesc("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB).", gpuLabels, nil)
+	dcgmTemp    = prometheus.NewDesc("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", gpuLabels, nil)
+	dcgmPower   = prometheus.NewDesc("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", gpuLabels, nil)
+	dcgmXid     = prometheus.NewDesc("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered (0: none since the agent started).", gpuLabels, nil)
+)
+
+// gpuSampler is the part of the inventory that reads utilisation; the
+// server's GPUInventory may lack it (a host without NVML), and then the
+// DCGM series are simply absent.
+type gpuSampler interface {
+	Usages() []gpu.Usage
+}
+
+// gpuCollector samples every GPU at scrape time.
+type gpuCollector struct{ s *Server }
+
+func (c *gpuCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{dcgmGPUUtil, dcgmFBUsed, dcgmFBFree, dcgmTemp, dcgmPower, dcgmXid} {
+		ch <- d
+	}
+}
+
+func (c *gpuCollector) Collect(ch chan<- prometheus.Metric) {
+	sampler, ok := c.s.gpus.(gpuSampler)
+	if c.s.gpus == nil || !ok {
+		return
+	}
+	byUUID := map[string]gpu.GPU{}
+	for _, g := range c.s.gpus.GPUs() {
+		byUUID[g.UUID] = g
+	}
+	for _, u := range sampler.Usages() {
+		g := byUUID[u.UUID]
+		labels := []string{strconv.Itoa(u.Index), u.UUID, "nvidia" + strconv.Itoa(g.MinorNumber), g.Name, g.PCIBusID, g.HeldBy}
+		gauge := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+		}
+		gauge(dcgmGPUUtil, float64(u.UtilizationPercent))
+		gauge(dcgmFBUsed, float64(u.MemoryUsedBytes>>20))
+		// NVML's (v1) free memory is the total less the used.
+		free := uint64(0)
+		if g.MemoryTotalBytes > u.MemoryUsedBytes {
+			free = g.MemoryTotalBytes - u.MemoryUsedBytes
+		}
+		gauge(dcgmFBFree, float64(free>>20))
+		gauge(dcgmTemp, float64(u.TemperatureC))
+		gauge(dcgmPower, u.PowerWatts)
+		gauge(dcgmXid, float64(lastXid(g.UnhealthyReason)))
+	}
+}
+
+// lastXid reads the Xid out of the reason a GPU was taken out of service
+// ("xid 79"); 0 for any other reason or none.
+func lastXid(reason string) int {
+	n, err := strconv.Atoi(strings.TrimPrefix(reason, "xid "))
+	if err != nil || !strings.HasPrefix(reason, "xid ") {
+		return 0
+	}
+	return n
+}
+
+// startBuckets reach ten minutes: a start that pulls a large image takes
+// that long.
+var startBuckets = []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
+
+// PullTimer measures image pulls from the runtime's own events: from
+// instance.pulling to the instance.creating that follows it (or the failure
+// that ends it). It sits between the runtime and the event hub, passing
+// every event on, so the runtime needs no metrics of its own.
+type PullTimer struct {
+	next      events.Publisher
+	now       func() time.Time
+	histogram *prometheus.HistogramVec
+	mu        sync.Mutex
+	started   map[string]time.Time // by instance ID; guarded by mu
+}
+
+// NewPullTimer passes events on to next.
+func NewPullTimer(next events.Publisher) *PullTimer {
+	return &PullTimer{
+		next: next,
+		now:  time.Now,
+		histogram: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "host_agent_image_pull_duration_seconds",
+			Help:    "Image pulls by result (ok, error), from the first byte asked to the image unpacked.",
+			Buckets: startBuckets,
+		}, []string{"result"}),
+		started: map[string]time.Time{},
+	}
+}
+
+// Publish times the pull events and forwards every event.
+func (p *PullTimer) Publish(e events.Event) {
+	if e.InstanceID != "" {
+		switch e.Type {
+		case events.TypeInstancePulling:
+			p.mu.Lock()
+			p.started[e.InstanceID] = p.now()
+			p.mu.Unlock()
+		case events.TypeInstanceCreating, events.TypeInstanceFailed, events.TypeInstanceTerminated:
+			p.mu.Lock()
+			t0, ok := p.started[e.InstanceID]
+			delete(p.started, e.InstanceID)
+			p.mu.Unlock()
+			if ok {
+				result := "ok"
+				if e.Type != events.TypeInstanceCreating {
+					result = "error"
+				}
+				p.histogram.WithLabelValues(result).Observe(p.now().Sub(t0).Seconds())
+			}
+		}
+	}
+	p.next.Publish(e)
+}
