@@ -144,8 +144,15 @@ func (c *check) stageCDI(ctx context.Context, out io.Writer) (any, error) {
 	if err := os.MkdirAll(specDir, 0o755); err != nil {
 		return nil, err
 	}
+	var majors []int64
+	if c.cfg.mock {
+		// The fake driver root's nodes: this host's /proc/devices lists no
+		// NVIDIA driver, so the policy is told the mock's majors.
+		majors = []int64{nvidiaMajor, 510}
+	}
 	injector, err := cdi.New(cdi.Config{
 		SpecDirs:         []string{specDir},
+		DeviceMajors:     majors,
 		AllowedHookPaths: append(cdi.DefaultHookPaths(), c.cfg.hookPath),
 		Logger:           c.cfg.logger,
 	})
