@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -90,12 +89,7 @@ func TestImageAsDeployed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := ln.Addr().String()
-	ln.Close()
+	listen := testenv.AgentAddr(t)
 
 	script := adapt(t, readmeBlock(t, "docker-run-containerd"), sock, image, listen)
 	t.Logf("running the README's block:\n%s", script)
