@@ -12,6 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // The NVIDIA driver's fixed character major: /dev/nvidiaN is 195:N, and
@@ -273,7 +275,7 @@ func (p *plan) verify(s *oci.Spec) error {
 				}
 			}
 			if ruleCoversOtherGPU(rule, allocatedMinors) {
-				problems = append(problems, fmt.Sprintf("device cgroup rule %s allows an NVIDIA GPU that is not allocated", describeRule(rule)))
+				problems = append(problems, fmt.Sprintf("device cgroup rule %s allows an NVIDIA GPU that is not allocated", runtime.DescribeDeviceRule(rule)))
 			}
 		}
 	}
@@ -336,18 +338,4 @@ func ruleCoversOtherGPU(rule specs.LinuxDeviceCgroup, allocatedMinors map[int64]
 		return true
 	}
 	return *rule.Minor < nvidiaFirstShared && !allocatedMinors[*rule.Minor]
-}
-
-func describeRule(rule specs.LinuxDeviceCgroup) string {
-	num := func(p *int64) string {
-		if p == nil {
-			return "*"
-		}
-		return fmt.Sprint(*p)
-	}
-	typ := rule.Type
-	if typ == "" {
-		typ = "a"
-	}
-	return fmt.Sprintf("%s %s:%s %s", typ, num(rule.Major), num(rule.Minor), rule.Access)
 }

@@ -203,7 +203,7 @@ func (p DevicePlan) Verify(s *specs.Spec) error {
 		if s.Linux.Resources != nil {
 			for _, rule := range s.Linux.Resources.Devices {
 				if rule.Allow && !p.allowsRule(rule) {
-					problems = append(problems, fmt.Sprintf("device cgroup rule %s allows a device outside the device plan", describeRule(rule)))
+					problems = append(problems, fmt.Sprintf("device cgroup rule %s allows a device outside the device plan", DescribeDeviceRule(rule)))
 				}
 			}
 		}
@@ -325,7 +325,9 @@ func (p DevicePlan) hookProblems(h *specs.Hooks) []string {
 	return out
 }
 
-func describeRule(rule specs.LinuxDeviceCgroup) string {
+// DescribeDeviceRule writes a device cgroup rule as the devices cgroup does
+// (type major:minor access, * for any).
+func DescribeDeviceRule(rule specs.LinuxDeviceCgroup) string {
 	num := func(p *int64) string {
 		if p == nil {
 			return "*"

@@ -444,6 +444,17 @@ func (l *Lifecycle) Holdings() map[string]map[string]string {
 	return out
 }
 
+// Records reports whether a label key is one that a reservation kind of
+// the Lifecycle writes.
+func (l *Lifecycle) Records(key string) bool {
+	for _, k := range l.kinds {
+		if k.Records(key) {
+			return true
+		}
+	}
+	return false
+}
+
 // Get implements Runtime.
 func (l *Lifecycle) Get(ctx context.Context, id string) (Instance, error) { return l.be.Get(ctx, id) }
 

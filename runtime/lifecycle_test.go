@@ -16,6 +16,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
 // newLifecycle builds what an agent start builds over be: a fresh inventory
@@ -41,39 +42,15 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runt
 }
 
 // waitIdle waits until no start or terminate of l is in flight.
-func waitIdle(t testing.TB, l *runtime.Lifecycle) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for l.Busy() {
-		if time.Now().After(deadline) {
-			t.Fatal("lifecycle work still in flight after a minute")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+func waitIdle(t testing.TB, l *runtime.Lifecycle) { invariant.WaitIdle(t, l) }
 
 // checkNoSharedGPU fails when a GPU is recorded on two existing containers,
-// or when a container's GPU labels differ from what the allocator holds for
-// it.
+// or when a container's reservation labels differ from what the lifecycle
+// holds for it.
 func checkNoSharedGPU(be *fakeBackend, l *runtime.Lifecycle) error {
 	var err error
 	be.locked(func(cs map[string]*fakeContainer, _ map[string]int) {
-		held := l.Holdings()
-		owner := map[string]string{}
-		for id, c := range cs {
-			for _, g := range runtime.ParseGPULabels(c.inst.AgentLabels[runtime.LabelGPUs], "") {
-				if o, ok := owner[g.UUID]; ok {
-					err = fmt.Errorf("GPU %s recorded on containers %s and %s", g.UUID, o, id)
-					return
-				}
-				owner[g.UUID] = id
-			}
-			want := runtime.RecordedByKind(runtime.GPUReservations{}, c.inst.AgentLabels)
-			if !equalLabels(want, held[id]) {
-				err = fmt.Errorf("container %s records GPUs %v, the allocator holds %v for it", id, want, held[id])
-				return
-			}
-		}
+		err = invariant.CheckReservations(fakeInstances(cs), l)
 	})
 	return err
 }
@@ -82,37 +59,30 @@ func checkNoSharedGPU(be *fakeBackend, l *runtime.Lifecycle) error {
 // flight: no reservation without its container, no lease left, and no two
 // calls for one instance ever overlapped in the back end.
 func checkSettled(be *fakeBackend, l *runtime.Lifecycle) error {
-	if err := checkNoSharedGPU(be, l); err != nil {
-		return err
-	}
 	var err error
 	be.locked(func(cs map[string]*fakeContainer, leases map[string]int) {
-		for id, labels := range l.Holdings() {
-			if cs[id] == nil {
-				err = fmt.Errorf("instance %s holds %v without a container or a start in flight", id, labels)
-				return
-			}
+		list := fakeInstances(cs)
+		if err = invariant.CheckReservations(list, l); err != nil {
+			return
+		}
+		if err = invariant.CheckNoOrphanHoldings(list, l); err != nil {
+			return
 		}
 		if len(leases) > 0 {
 			err = fmt.Errorf("leases left: %v", leases)
-		}
-		if len(be.overlaps) > 0 {
+		} else if len(be.overlaps) > 0 {
 			err = fmt.Errorf("back end called concurrently for one instance: %v", be.overlaps)
 		}
 	})
 	return err
 }
 
-func equalLabels(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
+func fakeInstances(cs map[string]*fakeContainer) []runtime.Instance {
+	var list []runtime.Instance
+	for _, c := range cs {
+		list = append(list, c.inst)
 	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
+	return list
 }
 
 func gpuSpec(id, image string, count int) runtime.InstanceSpec {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/containerd/daemon"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 )
 
@@ -46,16 +47,20 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 	details := map[string]any{}
 
 	env := append(os.Environ(), "PATH="+c.cfg.bundle+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	d, err := startDaemon(ctx, filepath.Join(c.cfg.bundle, "containerd"), filepath.Join(c.cfg.work, "containerd"), env)
+	d, err := daemon.Start(ctx, filepath.Join(c.cfg.bundle, "containerd"), filepath.Join(c.cfg.work, "containerd"), env)
 	if err != nil {
 		return details, err
 	}
-	defer d.close()
-	sn, err := snapshotter(ctx, d.address)
+	defer func() {
+		if err := d.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "gpu-check: clean up containerd:", err)
+		}
+	}()
+	sn, err := snapshotter(ctx, d.Address)
 	if err != nil {
 		return details, err
 	}
-	fmt.Fprintf(out, "containerd from the bundle answers on %s (snapshotter %s)\n", d.address, sn)
+	fmt.Fprintf(out, "containerd from the bundle answers on %s (snapshotter %s)\n", d.Address, sn)
 	details["snapshotter"] = sn
 
 	archive := filepath.Join(c.cfg.work, "probe-image.tar")
@@ -63,13 +68,13 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 		return details, fmt.Errorf("build the probe image: %w", err)
 	}
 	const ns = "rentals"
-	if err := importImage(ctx, d.address, ns, archive); err != nil {
+	if err := importImage(ctx, d.Address, ns, archive); err != nil {
 		return details, err
 	}
 	fmt.Fprintf(out, "image %s imported\n", probeImage)
 
 	backend, err := containerd.New(containerd.Options{
-		Address: d.address, Namespace: ns, AgentID: "gpu-check", Snapshotter: sn,
+		Address: d.Address, Namespace: ns, AgentID: "gpu-check", Snapshotter: sn,
 		LogDir: filepath.Join(c.cfg.work, "logs"), Logger: c.cfg.logger, Devices: c.cdi,
 	})
 	if err != nil {
@@ -91,7 +96,7 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 		if refused(err) {
 			err = fmt.Errorf("the host refused the container (sandboxed? %s): %w", sandboxHint(), err)
 		}
-		fmt.Fprintf(out, "containerd log (tail):\n%s\n", d.logTail(2000))
+		fmt.Fprintf(out, "containerd log (tail):\n%s\n", d.LogTail(2000))
 		return details, err
 	}
 	defer func() {

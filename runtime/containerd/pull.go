@@ -245,6 +245,11 @@ func (r *Runtime) reportProgress(ctx context.Context, id string, t *pullTracker)
 			case <-tick.C:
 			}
 			p := r.pullProgress(ctx, t.layers())
+			// A layer committed between its Info and its Status reads
+			// counts as nothing in this sum; progress never goes back.
+			if p.TotalBytes == last.TotalBytes && p.DoneBytes < last.DoneBytes {
+				p.DoneBytes = last.DoneBytes
+			}
 			if p.TotalBytes == 0 || p == last {
 				continue
 			}
