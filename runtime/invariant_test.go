@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
@@ -18,9 +19,9 @@ import (
 // conflicting, with and without GPUs), terminates with short caller
 // deadlines, reconciles and agent restarts against a back end that injects
 // failures and delays at every step. After every operation: no GPU is
-// recorded on two existing containers, and each container's GPUs are what
-// the allocator holds for it. After every round, once the detached work has
-// settled: no reservation without its container, no lease left, and the back
+// recorded on two existing containers, nor any host port, and each
+// container's GPUs and ports are what the allocators hold for it. After
+// every round, once the detached work has settled: no reservation without its container, no lease left, and the back
 // end was never called twice at once for one instance.
 func TestLifecycleInvariants(t *testing.T) {
 	t.Parallel()
@@ -49,6 +50,10 @@ func TestLifecycleInvariants(t *testing.T) {
 		ID:        func(i int) string { return fmt.Sprintf("inst-%d", i) },
 		Spec: func(i, variant int) runtime.InstanceSpec {
 			s := gpuSpec(fmt.Sprintf("inst-%d", i), "image-a", i%4)
+			// Up to 2 ports each from a range of 16: sometimes exhausted.
+			for p := range i % 3 {
+				s.Ports = append(s.Ports, hostport.PortRequest{ContainerPort: uint16(22 + p), Protocol: hostport.TCP})
+			}
 			switch variant {
 			case 1: // a different request under the same ID
 				s.Image = "image-b"

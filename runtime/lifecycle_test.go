@@ -16,6 +16,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
@@ -31,8 +32,13 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runt
 	}
 	alloc := gpu.NewAllocator(inv)
 	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
-		Kinds:             []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}},
-		Logger:            logger,
+		Kinds: []runtime.ReservationKind{
+			runtime.GPUReservations{Alloc: gpualloc.New(alloc)},
+			// A small range, rebuilt from labels at every restart; no port
+			// counts as bound on the host.
+			runtime.PortReservations{Alloc: hostport.NewAllocator(testPortRange, func(string, uint16) bool { return false })},
+		},
+		Logger: logger,
 		ReconcileInterval: -1,
 	})
 	if err := l.Restore(context.Background()); err != nil {
@@ -40,6 +46,9 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runt
 	}
 	return l, alloc
 }
+
+// testPortRange is the host port range of the lifecycles newLifecycle builds.
+var testPortRange = hostport.Range{First: 41000, Last: 41015}
 
 // waitIdle waits until no start or terminate of l is in flight.
 func waitIdle(t testing.TB, l *runtime.Lifecycle) { invariant.WaitIdle(t, l) }

@@ -8,6 +8,8 @@ package runtime
 import (
 	"context"
 	"time"
+
+	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
 // Runtime runs rentals as containers. Every method takes the caller's context;
@@ -82,6 +84,8 @@ type Instance struct {
 	Labels map[string]string
 	// GPUs are the GPUs the instance holds, from its labels.
 	GPUs []GPU
+	// Ports are the instance's published ports, from its labels.
+	Ports []hostport.Mapping
 	// AgentLabels are all of the container's labels, the agent's own
 	// included: reservations are restored from them.
 	AgentLabels map[string]string `json:"-"`

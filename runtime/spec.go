@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+
+	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
 // InstanceSpec is everything a back end needs to run one rental. The server
@@ -22,6 +24,12 @@ type InstanceSpec struct {
 	// it (by GPURuntime), which the back end injects and records.
 	GPURequest GPURequest
 	GPUs       []GPU `json:"-"`
+	// Ports are the container ports to publish, spelled canonically
+	// (hostport.Normalize); PublishedPorts is what was reserved for them
+	// (by PortReservations), which the back end publishes and records.
+	// Left out of Hash when empty, so that earlier instances keep theirs.
+	Ports          []hostport.PortRequest `json:",omitempty"`
+	PublishedPorts []hostport.Mapping     `json:"-"`
 	// ReservedLabels record what the Lifecycle reserved for the instance
 	// (GPUs, ports, addresses); the back end writes them on the container.
 	ReservedLabels map[string]string `json:"-"`

@@ -92,12 +92,33 @@ func CheckNoSharedGPU(list []runtime.Instance) error {
 	return nil
 }
 
-// CheckReservations is CheckNoSharedGPU, and fails too when a container's
+// CheckNoSharedPort fails when a host port is recorded on two of the
+// containers in list. It holds at every instant, like CheckNoSharedGPU.
+func CheckNoSharedPort(list []runtime.Instance) error {
+	owner := map[string]string{}
+	for _, inst := range list {
+		for _, m := range runtime.PortsFromLabels(inst.AgentLabels) {
+			// One host port serves TCP and UDP alike: the allocator never
+			// splits them, so neither may the labels.
+			key := strconv.Itoa(int(m.HostPort))
+			if o, ok := owner[key]; ok {
+				return fmt.Errorf("host port %s recorded on containers %s and %s", key, o, inst.ID)
+			}
+			owner[key] = inst.ID
+		}
+	}
+	return nil
+}
+
+// CheckReservations is CheckNoSharedGPU and CheckNoSharedPort, and fails too when a container's
 // reservation labels (those a kind of l records) differ from what l holds
 // for it. Unless list and l's holdings were read at one instant, it holds
 // only while no terminate is in flight.
 func CheckReservations(list []runtime.Instance, l *runtime.Lifecycle) error {
 	if err := CheckNoSharedGPU(list); err != nil {
+		return err
+	}
+	if err := CheckNoSharedPort(list); err != nil {
 		return err
 	}
 	held := l.Holdings()
