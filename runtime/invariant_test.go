@@ -21,8 +21,9 @@ import (
 // failures and delays at every step. After every operation: no GPU is
 // recorded on two existing containers, nor any host port, and each
 // container's GPUs and ports are what the allocators hold for it. After
-// every round, once the detached work has settled: no reservation without its container, no lease left, and the back
-// end was never called twice at once for one instance.
+// every round, once the detached work has settled: no reservation without
+// its container, no lease left, and the back end was never called twice at
+// once for one instance.
 func TestLifecycleInvariants(t *testing.T) {
 	t.Parallel()
 	seed, rounds := invariant.Params(t, 30)

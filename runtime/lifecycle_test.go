@@ -38,7 +38,7 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runt
 			// counts as bound on the host.
 			runtime.PortReservations{Alloc: hostport.NewAllocator(testPortRange, func(string, uint16) bool { return false })},
 		},
-		Logger: logger,
+		Logger:            logger,
 		ReconcileInterval: -1,
 	})
 	if err := l.Restore(context.Background()); err != nil {
