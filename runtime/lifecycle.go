@@ -25,6 +25,8 @@ const (
 	// settleTimeout bounds the look-ups that settle a reservation after a
 	// failed start; they run whoever still waits.
 	settleTimeout = 30 * time.Second
+	// sweepTimeout bounds the removal of leftovers at Restore.
+	sweepTimeout = 5 * time.Minute
 )
 
 // LifecycleOptions configure a Lifecycle.
@@ -144,6 +146,16 @@ func (l *Lifecycle) Restore(ctx context.Context) error {
 			if err := k.Restore(inst.ID, inst.AgentLabels); err != nil {
 				l.log.Error("restore reservation", "kind", k.Name(), "instance", inst.ID, "error", err)
 			}
+		}
+	}
+	if sw, ok := l.be.(LeftoverSweeper); ok {
+		// Not bounded by the caller: a sweep cut short leaves leftovers
+		// until the next start of the agent.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sweepTimeout)
+		err := sw.SweepLeftovers(sctx, list)
+		cancel()
+		if err != nil {
+			l.log.Error("remove leftovers of instances without a container", "error", err)
 		}
 	}
 	l.restored = true

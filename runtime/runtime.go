@@ -44,6 +44,14 @@ type Runtime interface {
 	Close() error
 }
 
+// LeftoverSweeper is a back end that holds resources outside its
+// containers (a rental's network). The Lifecycle's Restore calls it with
+// the instances that exist, before any start, so that what a crash left
+// behind is removed while nothing can be in flight.
+type LeftoverSweeper interface {
+	SweepLeftovers(ctx context.Context, live []Instance) error
+}
+
 // MaxLogBytes caps the bytes one Logs call returns.
 const MaxLogBytes = 1 << 20
 

@@ -23,6 +23,11 @@ func (s *Server) readyz(c *echo.Context) error {
 		// answer within the timeout is not ready either.
 		return &publicError{kind: errdefs.ErrUnavailable, msg: "containerd unavailable", cause: err}
 	}
+	if s.network != nil {
+		if err := s.network.Check(ctx); err != nil {
+			return &publicError{kind: errdefs.ErrUnavailable, msg: "rentals' network unavailable", cause: err}
+		}
+	}
 	resp := StatusResponse{Status: "ready", AgentID: s.agentID}
 	if st, err := s.drainStatus(ctx); err != nil {
 		s.log.Warn("drain state unreadable", "error", err)

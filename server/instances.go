@@ -26,11 +26,6 @@ func (s *Server) startInstance(c *echo.Context) error {
 	if err := req.validate(); err != nil {
 		return err
 	}
-	if len(req.Ports) > 0 {
-		// The runtime's start path does not set up the rentals' network:
-		// refuse rather than start an instance without the ports asked for.
-		return fieldErr("ports", "publishing ports is not enabled on this agent")
-	}
 	if err := s.refuseIfDraining(c.Request().Context(), req.InstanceID); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
 // The API's request and response bodies. Their JSON fields are mirrored in
@@ -80,6 +81,16 @@ type StartInstanceResponse struct {
 	CreatedAt   time.Time `json:"created_at,omitzero"`
 	// GPUs are the GPUs the instance holds (empty for a CPU rental).
 	GPUs []GPUResponse `json:"gpus"`
+	// Ports are the published ports, each with its host port.
+	Ports []PortResponse `json:"ports"`
+}
+
+// PortResponse is a published port: HostPort on the host's addresses
+// reaches ContainerPort inside the instance.
+type PortResponse struct {
+	ContainerPort int    `json:"container_port"`
+	Protocol      string `json:"protocol"`
+	HostPort      int    `json:"host_port"`
 }
 
 // TerminateInstanceResponse answers POST /terminate_instance.
@@ -103,6 +114,7 @@ type InstanceResponse struct {
 	FinishedAt time.Time         `json:"finished_at,omitzero"`
 	Labels     map[string]string `json:"labels"`
 	GPUs       []GPUResponse     `json:"gpus"`
+	Ports      []PortResponse    `json:"ports"`
 }
 
 // ListInstancesResponse answers GET /instances.
@@ -146,6 +158,13 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 		}
 	}
 	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs)}
+	for _, p := range r.Ports {
+		proto := p.Protocol
+		if proto == "" {
+			proto = hostport.TCP
+		}
+		spec.Ports = append(spec.Ports, hostport.PortRequest{ContainerPort: uint16(p.ContainerPort), Protocol: proto})
+	}
 	if a := r.RegistryAuth; a != nil && (a.Username != "" || a.Password != "") {
 		spec.RegistryAuth = &runtime.RegistryAuth{Username: a.Username, Password: a.Password}
 	}
@@ -175,7 +194,16 @@ func startResponse(inst runtime.Instance) StartInstanceResponse {
 		Image:       inst.Image,
 		CreatedAt:   inst.CreatedAt.UTC(),
 		GPUs:        gpuResponses(inst.GPUs),
+		Ports:       portResponses(inst.Ports),
 	}
+}
+
+func portResponses(ports []hostport.Mapping) []PortResponse {
+	out := make([]PortResponse, len(ports))
+	for i, p := range ports {
+		out[i] = PortResponse{ContainerPort: int(p.ContainerPort), Protocol: p.Protocol, HostPort: int(p.HostPort)}
+	}
+	return out
 }
 
 func gpuResponses(gpus []runtime.GPU) []GPUResponse {
@@ -214,5 +242,6 @@ func instanceResponse(inst runtime.Instance) InstanceResponse {
 		FinishedAt:  inst.FinishedAt.UTC(),
 		Labels:      labels,
 		GPUs:        gpuResponses(inst.GPUs),
+		Ports:       portResponses(inst.Ports),
 	}
 }

@@ -83,6 +83,16 @@ type Options struct {
 	// Pulls, when the runtime publishes through it, feeds the image pull
 	// duration histogram of GET /metrics.
 	Pulls *PullTimer
+	// Network, when set, is checked by GET /readyz: a host whose rentals
+	// cannot be given a network (a CNI plugin missing, the agent's rules
+	// flushed) is not ready.
+	Network NetworkChecker
+}
+
+// NetworkChecker says why rentals cannot be given a network now;
+// network.Network provides it.
+type NetworkChecker interface {
+	Check(ctx context.Context) error
 }
 
 // HostReporter describes the host as the central server is told about it;
@@ -125,6 +135,7 @@ type Server struct {
 	limits      connLimits
 	drain       Drainer
 	pulls       *PullTimer
+	network     NetworkChecker
 	metrics     *metrics
 	echo        *echo.Echo
 	// openStreams counts the open /ws streams, for the metrics.
@@ -183,8 +194,9 @@ func New(opts Options) (*Server, error) {
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
-		drain: opts.Drain,
-		pulls: opts.Pulls,
+		drain:   opts.Drain,
+		pulls:   opts.Pulls,
+		network: opts.Network,
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)

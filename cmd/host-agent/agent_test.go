@@ -158,6 +158,7 @@ type world struct {
 	bin      string
 	env      []string
 	agentLog string
+	net      *testNetwork
 }
 
 func newWorld(t *testing.T) *world {
@@ -180,7 +181,9 @@ func newWorld(t *testing.T) *world {
 		bin:      buildAgent(t),
 		agentLog: filepath.Join(t.TempDir(), "agent.log"),
 	}
-	w.env = []string{"AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "CONTAINERD_ADDRESS=" + ctd.Address, "STATE_DIR=" + t.TempDir()}
+	state := t.TempDir()
+	w.net = newTestNetwork(t, state)
+	w.env = append([]string{"AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "CONTAINERD_ADDRESS=" + ctd.Address, "STATE_DIR=" + state}, w.net.env()...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(w.agentLog)

@@ -28,6 +28,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/selftest"
 	"github.com/host-agent/host-agent/server"
@@ -63,7 +64,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
 		return 2
 	}
-	if err := network.CheckSubnet(cfg.Network.RentalSubnet, network.DefaultBridge); err != nil {
+	if err := network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge); err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", &configError{"RENTAL_SUBNET", err.Error()})
 		return 2
 	}
@@ -126,13 +127,22 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
+	rentalNet, err := newNetwork(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	ports := hostport.NewAllocator(cfg.Network.HostPortRange, nil)
+
 	pulls := server.NewPullTimer(hub)
-	backend, err := newRuntime(cfg, pulls, injector, logger)
+	backend, err := newRuntime(cfg, pulls, injector, rentalNet, logger)
 	if err != nil {
 		return err
 	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}},
+		Kinds: []runtime.ReservationKind{
+			runtime.GPUReservations{Alloc: gpualloc.New(alloc)},
+			runtime.PortReservations{Alloc: ports},
+		},
 		Events: hub,
 		Logger: logger,
 	})
@@ -182,6 +192,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Runtime:     rt,
 		GPUs:        inv,
 		CDI:         injector.Available,
+		Network:     networkInfo(cfg, rentalNet, ports),
 		DataDir:     cfg.ContainerdRoot,
 		Events:      hub,
 		Logger:      logger,
@@ -204,6 +215,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Host:    rep,
 		Drain:   backend,
 		Pulls:   pulls,
+		Network: rentalNet,
 	})
 	if err != nil {
 		return err
@@ -216,8 +228,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	return nil
 }
 
-func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjector, logger *slog.Logger) (*containerd.Runtime, error) {
+func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjector, rentalNet *network.Network, logger *slog.Logger) (*containerd.Runtime, error) {
+	var publicIP string
+	if cfg.Network.PublicIP.IsValid() {
+		publicIP = cfg.Network.PublicIP.String()
+	}
 	return containerd.New(containerd.Options{
+		Network:   rentalNet,
+		PublicIP:  publicIP,
+		Fault:     crashAt(os.Getenv(crashAtEnv)),
 		Address:   cfg.ContainerdAddress,
 		Namespace: cfg.ContainerdNamespace,
 		AgentID:   cfg.AgentID,

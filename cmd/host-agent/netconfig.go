@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -31,10 +32,21 @@ type netConfig struct {
 	// RentalDNS are the rentals' resolvers (RENTAL_DNS); empty means the
 	// host's upstream resolvers.
 	RentalDNS []netip.Addr
+	// Name tells this agent's network apart from another agent's on the
+	// same host (RENTAL_NETWORK_NAME); empty: the default names.
+	Name string
 }
+
+// networkNameRE keeps every name derived from RENTAL_NETWORK_NAME within
+// the kernel's and iptables' limits (a bridge name has 15 bytes).
+var networkNameRE = regexp.MustCompile(`^[a-z0-9]{0,8}$`)
 
 func loadNetConfig(get func(name, def string) string, listenAddr string) (netConfig, error) {
 	var c netConfig
+	c.Name = get("RENTAL_NETWORK_NAME", "")
+	if !networkNameRE.MatchString(c.Name) {
+		return c, &configError{"RENTAL_NETWORK_NAME", fmt.Sprintf("want 1 to 8 lower-case letters or digits, got %q", c.Name)}
+	}
 	s := get("RENTAL_SUBNET", network.DefaultSubnet.String())
 	p, err := netip.ParsePrefix(s)
 	if err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 29 {

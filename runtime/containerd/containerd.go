@@ -53,6 +53,16 @@ type Options struct {
 	// Devices injects an instance's GPUs into its spec (CDI). Without it,
 	// GPU rentals are refused.
 	Devices DeviceInjector
+	// Network gives each rental its network namespace, address, published
+	// ports and resolv.conf. Without it rentals get an empty network
+	// namespace and starts that publish ports are refused.
+	Network Network
+	// PublicIP is the host's public address, announced to tenants as
+	// PUBLIC_IP; empty: not announced.
+	PublicIP string
+	// Fault, when set, is called at the Fault* points; tests kill the
+	// agent there.
+	Fault func(point string)
 }
 
 // DeviceInjector turns the UUIDs of the GPUs reserved for an instance

@@ -16,6 +16,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/network"
 )
 
 // cleanupTimeout bounds the removal of a half-created instance; it runs even
@@ -52,7 +53,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 		return runtime.Instance{}, err
 	}
 	r.log.Info("instance running", "instance", spec.ID, "image", spec.Image, "pid", inst.Pid)
-	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning)})
+	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
 	return inst, nil
 }
 
@@ -79,7 +80,14 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 		// is, with its exit. Running it again would go unreported.
 		err = nil
 	case errdefs.IsNotFound(err):
-		err = r.startTask(ctx, c)
+		// Never ran: the agent died before its task was created, maybe
+		// during CNI ADD. Setup starts the network over (DEL before ADD).
+		if r.opts.Network != nil && labels[runtime.LabelNetNS] != "" {
+			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels))
+		}
+		if err == nil {
+			err = r.startTask(ctx, c)
+		}
 	case err != nil:
 		return runtime.Instance{}, convertErr(err)
 	default:
@@ -142,7 +150,30 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	for k, v := range spec.ReservedLabels {
 		labels[k] = v
 	}
-	opts, err := r.specOpts(img, spec)
+	var att network.Attachment
+	switch {
+	case r.opts.Network != nil:
+		if att, err = r.opts.Network.Prepare(spec.ID, spec.PublishedPorts); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("prepare network: %w", err)}
+		}
+		labels[runtime.LabelNetNS] = att.NetNS
+	case len(spec.PublishedPorts) > 0:
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate,
+			Err: fmt.Errorf("ports requested but this agent has no rentals' network: %w", errdefs.ErrFailedPrecondition)}
+	}
+	// Until the container exists, whatever Prepare or Setup left is torn
+	// down here; once it does, removing it tears its network down.
+	created := false
+	defer func() {
+		if !created && r.opts.Network != nil {
+			cctx, cancel := r.cleanupCtx()
+			defer cancel()
+			if err := r.teardownNetwork(cctx, spec.ID, labels); err != nil {
+				r.log.Error("tear down network of failed start", "instance", spec.ID, "error", err)
+			}
+		}
+	}()
+	opts, err := r.specOpts(img, spec, att)
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
@@ -161,6 +192,15 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 			r.removeSnapshot(spec.ID)
 		}
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
+	}
+	created = true
+	if r.opts.Network != nil {
+		// The container and its labels, recording the ports, exist before
+		// CNI ADD: a restarted agent never hands the ports out again.
+		if err := r.setupNetwork(ctx, c, spec.PublishedPorts); err != nil {
+			r.removeContainer(c)
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+		}
 	}
 	if err := r.startTask(ctx, c); err != nil {
 		r.removeContainer(c)
@@ -226,6 +266,14 @@ func (r *Runtime) deleteTask(task containerd.Task) {
 func (r *Runtime) removeContainer(c containerd.Container) {
 	ctx, cancel := r.cleanupCtx()
 	defer cancel()
+	if labels, err := c.Labels(ctx); err == nil {
+		if err := r.teardownNetwork(ctx, c.ID(), labels); err != nil {
+			// The container stays: it keeps recording the ports its
+			// network still publishes, and a terminate retries.
+			r.log.Error("tear down network of failed start; the container is kept", "instance", c.ID(), "error", err)
+			return
+		}
+	}
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		r.log.Error("remove container of failed start", "instance", c.ID(), "error", err)
 	}
@@ -245,7 +293,7 @@ func (r *Runtime) removeSnapshot(key string) {
 // specOpts lists the container's spec options: the request's, then the
 // GPUs' device plan last so that nothing after it can reset its devices,
 // mounts or environment, then the check of the final spec.
-func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec) ([]oci.SpecOpts, error) {
+func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec, att network.Attachment) ([]oci.SpecOpts, error) {
 	var plan runtime.DevicePlan
 	switch {
 	case r.opts.Devices != nil:
@@ -260,5 +308,10 @@ func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec) ([]o
 	case len(spec.GPUs) > 0:
 		return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
 	}
-	return append(specOpts(img, spec), withDevicePlan(plan), verifyConfined(plan)), nil
+	opts := specOpts(img, spec)
+	if att.NetNS != "" {
+		opts = append(opts, att.SpecOpts(r.opts.PublicIP))
+		plan = networkPlan(plan, att)
+	}
+	return append(opts, withDevicePlan(plan), verifyConfined(plan)), nil
 }

@@ -42,6 +42,13 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
 		return err
 	}
+	// CNI DEL, with the ports the labels record, before the container and
+	// its labels go: when it fails, the container keeps holding the ports
+	// and a repeated terminate retries.
+	if err := r.teardownNetwork(ctx, id, labels); err != nil {
+		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
+		return err
+	}
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		err = fmt.Errorf("delete container %q: %w", id, convertErr(err))
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})

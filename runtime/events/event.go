@@ -4,7 +4,11 @@
 // so that a client can resume from a sequence number.
 package events
 
-import "time"
+import (
+	"time"
+
+	"github.com/host-agent/host-agent/runtime/hostport"
+)
 
 // Event types. Instance events carry the instance's status in Status as well,
 // so that a client may filter on either.
@@ -50,6 +54,8 @@ type Event struct {
 	Progress   *PullProgress `json:"progress,omitempty"`
 	// GPU is the UUID of the GPU a gpu.health event is about.
 	GPU string `json:"gpu,omitempty"`
+	// Ports are an instance.running instance's published ports.
+	Ports []hostport.Mapping `json:"ports,omitempty"`
 }
 
 // PullProgress is how far an image pull has come, in bytes.

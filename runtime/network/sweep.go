@@ -52,6 +52,12 @@ func (n *Network) Sweep(ctx context.Context, live func(id string) bool) (SweepRe
 			}
 		}
 	}
+	// Files Prepare wrote for a container that was never created.
+	if ents, err := os.ReadDir(filepath.Join(n.cfg.StateDir, "files")); err == nil {
+		for _, e := range ents {
+			found[e.Name()] = true
+		}
+	}
 	leases, err := n.leases()
 	if err != nil {
 		return SweepResult{}, err

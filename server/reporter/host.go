@@ -52,6 +52,24 @@ type HostReport struct {
 	AgentCommit string `json:"agent_commit,omitempty"`
 	// Drain is present while the host is drained: it takes no new rentals.
 	Drain *DrainInfo `json:"drain,omitempty"`
+	// Network is the rentals' network; absent when rentals get none.
+	Network *NetworkInfo `json:"network,omitempty"`
+}
+
+// NetworkInfo describes the rentals' network and published ports.
+type NetworkInfo struct {
+	// Subnet is the rentals' bridge network (RENTAL_SUBNET).
+	Subnet string `json:"subnet"`
+	Bridge string `json:"bridge"`
+	// PortRange is where host ports are taken from (HOST_PORT_RANGE);
+	// PortsFree how many of them no rental holds.
+	PortRange string `json:"port_range"`
+	PortsFree int    `json:"ports_free"`
+	// PublicIP is the address tenants are told to reach their ports on;
+	// empty when not configured.
+	PublicIP string `json:"public_ip,omitempty"`
+	// DNS are the resolvers rentals are given.
+	DNS []string `json:"dns"`
 }
 
 // OSInfo names the operating system, from os-release and the kernel.
@@ -127,6 +145,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 		rep.Warnings = append(rep.Warnings, err.Error())
 	}
 
+	if r.opts.Network != nil {
+		rep.Network = r.opts.Network()
+	}
 	var err error
 	if rep.Hostname, err = readHostname(r.opts.Root); err != nil {
 		fail("hostname", err)

@@ -92,6 +92,9 @@ type Options struct {
 	GPUs GPUs
 	// CDI says whether GPUs are injected through CDI; nil reports false.
 	CDI func() bool
+	// Network describes the rentals' network for the host report; nil:
+	// rentals get none.
+	Network func() *NetworkInfo
 	// DataDir is where the container runtime keeps its data, whose file
 	// system's size is reported; default /var/lib/containerd.
 	DataDir string

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
 // Paths of the central server's agent API, relative to API_SERVER_URL; %s is
@@ -122,10 +123,12 @@ type InstanceState struct {
 	Image    string `json:"image,omitempty"`
 	SpecHash string `json:"spec_hash,omitempty"`
 	// GPUs are the GPUs the instance holds; empty, never null, when none.
-	GPUs       []GPURef   `json:"gpus"`
-	CreatedAt  *time.Time `json:"created_at,omitempty"`
-	StartedAt  *time.Time `json:"started_at,omitempty"`
-	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	GPUs []GPURef `json:"gpus"`
+	// Ports are the published ports; empty, never null, when none.
+	Ports      []hostport.Mapping `json:"ports"`
+	CreatedAt  *time.Time         `json:"created_at,omitempty"`
+	StartedAt  *time.Time         `json:"started_at,omitempty"`
+	FinishedAt *time.Time         `json:"finished_at,omitempty"`
 }
 
 // GPURef names a GPU an instance holds.

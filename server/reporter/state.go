@@ -73,6 +73,7 @@ func instanceState(inst runtime.Instance, held map[string][]GPURef) InstanceStat
 		Image:       inst.Image,
 		SpecHash:    inst.SpecHash,
 		GPUs:        nonNil(gpusOf(inst, held)),
+		Ports:       nonNil(inst.Ports),
 		CreatedAt:   timePtr(inst.CreatedAt),
 		StartedAt:   timePtr(inst.StartedAt),
 		FinishedAt:  timePtr(inst.FinishedAt),

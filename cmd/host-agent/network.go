@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/server/reporter"
+)
+
+// newNetwork checks the rentals' network configuration against the host,
+// creates the bridge and writes the agent's rules. Leftovers of instances
+// without a container are swept later, by the lifecycle's restore, once the
+// containers are known.
+func newNetwork(ctx context.Context, cfg config, logger *slog.Logger) (*network.Network, error) {
+	nc := networkConfig(cfg)
+	nc.Logger = logger
+	n, err := network.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("rentals' network: %w", err)
+	}
+	if err := n.Init(ctx); err != nil {
+		return nil, fmt.Errorf("rentals' network: %w", err)
+	}
+	return n, nil
+}
+
+// networkConfig is the rentals' network as configured.
+func networkConfig(cfg config) network.Config {
+	nc := network.Config{
+		Subnet:        cfg.Network.RentalSubnet,
+		PluginDirs:    cfg.Network.CNIPluginDirs,
+		StateDir:      filepath.Join(cfg.StateDir, "network"),
+		BlockedEgress: cfg.Network.BlockedEgress,
+		AllowedEgress: cfg.Network.AllowedEgress,
+		DNS:           cfg.Network.RentalDNS,
+		Bridge:        network.DefaultBridge,
+	}
+	if name := cfg.Network.Name; name != "" {
+		// A second agent on the host: every name of its network is its own.
+		nc.NetworkName = network.DefaultNetworkName + "-" + name
+		nc.Bridge = "hagent-" + name
+		nc.ChainPrefix = "HA" + strings.ToUpper(name)
+		nc.NetNSPrefix = network.DefaultNetNSPrefix + name + "-"
+	}
+	return nc
+}
+
+// networkInfo describes the rentals' network for the host report.
+func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func() *reporter.NetworkInfo {
+	return func() *reporter.NetworkInfo {
+		st := n.Status()
+		info := &reporter.NetworkInfo{
+			Subnet:    st.Subnet,
+			Bridge:    st.Bridge,
+			PortRange: ports.Range().String(),
+			PortsFree: ports.Free(),
+			DNS:       st.DNS,
+		}
+		if cfg.Network.PublicIP.IsValid() {
+			info.PublicIP = cfg.Network.PublicIP.String()
+		}
+		return info
+	}
+}
+
+// crashAtEnv names a point of the containerd back end (containerd.Fault*)
+// where the agent kills itself with SIGKILL: the agent's tests use it to
+// crash it between CNI ADD and the task's start, or between the task's
+// kill and CNI DEL. It is never set in production.
+const crashAtEnv = "HOST_AGENT_TEST_CRASH_AT"
+
+func crashAt(point string) func(string) {
+	if point == "" {
+		return nil
+	}
+	return func(p string) {
+		if p == point {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // the signal is on its way
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+
+	containerd "github.com/containerd/containerd/v2/client"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/network"
+)
+
+// Network gives rentals their network; network.Network provides it. The
+// back end calls it for one instance at a time (under the lifecycle's
+// lock): Prepare before the container is created, Setup (CNI ADD) once the
+// container and its labels recording the ports exist and before its task is
+// created, Teardown (CNI DEL, with the same ports) after the task is gone and
+// before the container is deleted, and Sweep when the agent starts.
+type Network interface {
+	Prepare(id string, ports []hostport.Mapping) (network.Attachment, error)
+	Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (network.Attachment, error)
+	Teardown(ctx context.Context, id string, ports []hostport.Mapping) error
+	Sweep(ctx context.Context, live func(id string) bool) (network.SweepResult, error)
+}
+
+// Points at which Options.Fault is called, for tests that kill the agent
+// there.
+const (
+	FaultAfterNetworkSetup     = "after-network-setup"
+	FaultBeforeNetworkTeardown = "before-network-teardown"
+)
+
+var _ runtime.LeftoverSweeper = (*Runtime)(nil)
+
+// SweepLeftovers implements runtime.LeftoverSweeper: it tears down every
+// network attachment (namespace, lease, portmap rules, files) of an
+// instance without a container, left by an agent that died between CNI ADD
+// and creating the container, or between deleting it and CNI DEL.
+func (r *Runtime) SweepLeftovers(ctx context.Context, live []runtime.Instance) error {
+	if r.opts.Network == nil {
+		return nil
+	}
+	ids := make(map[string]bool, len(live))
+	for _, inst := range live {
+		ids[inst.ID] = true
+	}
+	res, err := r.opts.Network.Sweep(ctx, func(id string) bool { return ids[id] })
+	if len(res.TornDown) > 0 {
+		r.log.Warn("tore down the network of instances without a container", "instances", res.TornDown)
+	}
+	if err != nil {
+		return fmt.Errorf("sweep rentals' network: %w", err)
+	}
+	return nil
+}
+
+// setupNetwork attaches container c to the rentals' network (DEL before
+// ADD, a failed ADD followed by DEL, inside Setup) and records its address.
+func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping) error {
+	a, err := r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()))
+	if err != nil {
+		return fmt.Errorf("set up network: %w", err)
+	}
+	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelIP: a.IP.String()}); err != nil {
+		return fmt.Errorf("record address: %w", convertErr(err))
+	}
+	r.fault(FaultAfterNetworkSetup)
+	return nil
+}
+
+// teardownNetwork removes instance id's network, with the ports its labels
+// record, on a context of its own so that a start called off still cleans
+// up.
+func (r *Runtime) teardownNetwork(ctx context.Context, id string, labels map[string]string) error {
+	if r.opts.Network == nil || labels[runtime.LabelNetNS] == "" {
+		return nil
+	}
+	r.fault(FaultBeforeNetworkTeardown)
+	if err := r.opts.Network.Teardown(ctx, id, runtime.PortsFromLabels(labels)); err != nil {
+		return fmt.Errorf("tear down network: %w", err)
+	}
+	return nil
+}
+
+func (r *Runtime) fault(point string) {
+	if r.opts.Fault != nil {
+		r.opts.Fault(point)
+	}
+}
+
+// networkPlan adds the generated resolv.conf, hosts and hostname to the
+// device plan as read-only mounts: the only host files a rental sees
+// besides its GPUs' driver files, checked by the same confinement check.
+func networkPlan(plan runtime.DevicePlan, a network.Attachment) runtime.DevicePlan {
+	for _, m := range a.Files.Mounts() {
+		plan.Mounts = append(plan.Mounts, runtime.PlanMount{HostPath: m.Source, ContainerPath: m.Destination, Options: m.Options})
+	}
+	return plan
+}
