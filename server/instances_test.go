@@ -63,7 +63,7 @@ func TestStartInstance(t *testing.T) {
 	want := StartInstanceResponse{
 		Message: "Instance started successfully", ContainerID: "web-1", InstanceID: "web-1",
 		Status: "running", Image: "docker.io/library/nginx:1.27", CreatedAt: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC),
-		GPUs: []GPUResponse{},
+		GPUs: []GPUResponse{}, Ports: []PortResponse{},
 	}
 	if !reflect.DeepEqual(resp, want) {
 		t.Errorf("response %+v, want %+v", resp, want)
@@ -336,9 +336,9 @@ func TestInstances(t *testing.T) {
 
 	rec := ts.do(t, http.MethodGet, "/instances", "")
 	want := `{"instances":[` +
-		`{"instance_id":"a","container_id":"a","image":"nginx","status":"created","exit_code":null,"pid":0,"labels":{},"gpus":[]},` +
+		`{"instance_id":"a","container_id":"a","image":"nginx","status":"created","exit_code":null,"pid":0,"labels":{},"gpus":[],"ports":[]},` +
 		`{"instance_id":"b","container_id":"b","image":"redis","status":"exited","exit_code":137,"pid":0,` +
-		`"created_at":"2024-12-31T22:00:00Z","started_at":"2025-01-01T00:00:01Z","finished_at":"2025-01-01T00:05:00Z","labels":{},"gpus":[]}]}`
+		`"created_at":"2024-12-31T22:00:00Z","started_at":"2025-01-01T00:00:01Z","finished_at":"2025-01-01T00:05:00Z","labels":{},"gpus":[],"ports":[]}]}`
 	if rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != want {
 		t.Errorf("GET /instances: %d\n%s\nwant\n%s", rec.Code, rec.Body, want)
 	}

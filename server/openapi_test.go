@@ -257,7 +257,7 @@ func (c *schemaChecker) checkValue(where string, typ reflect.Type, s *schema) {
 	}
 	want := map[reflect.Kind]string{
 		reflect.String: "string", reflect.Bool: "boolean",
-		reflect.Int: "integer", reflect.Int64: "integer", reflect.Uint32: "integer", reflect.Uint64: "integer",
+		reflect.Int: "integer", reflect.Int64: "integer", reflect.Uint16: "integer", reflect.Uint32: "integer", reflect.Uint64: "integer",
 		reflect.Float64: "number", reflect.Slice: "array", reflect.Map: "object",
 	}[typ.Kind()]
 	if typ == reflect.TypeFor[time.Time]() {

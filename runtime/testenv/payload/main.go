@@ -14,18 +14,25 @@
 //	               the background, with HOST_PORT_TCP_PORT and
 //	               HOST_PORT_UDP_PORT from the environment and the client's
 //	               address
+//	dial PROTO ADDR  connect to ADDR (tcp or udp, sending a datagram) and
+//	               print "dial ADDR: " and the first line answered, or
+//	               "dial ADDR: error: ..." after 3 seconds at most
+//	lookup NAME    resolve NAME through /etc/resolv.conf and print
+//	               "lookup NAME: ADDRS" or "lookup NAME: error: ..."
 //
 // Without arguments it sleeps forever.
 package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/signal"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -121,6 +128,20 @@ func main() {
 				fmt.Fprintln(os.Stderr, "payload:", err)
 				os.Exit(70)
 			}
+		case "dial":
+			proto := arg()
+			addr := arg()
+			fmt.Printf("dial %s: %s\n", addr, dial(proto, addr))
+		case "lookup":
+			name := arg()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			addrs, err := net.DefaultResolver.LookupHost(ctx, name)
+			cancel()
+			if err != nil {
+				fmt.Printf("lookup %s: error: %v\n", name, err)
+			} else {
+				fmt.Printf("lookup %s: %s\n", name, strings.Join(addrs, ","))
+			}
 		case "exit":
 			code, err := strconv.Atoi(arg())
 			if err != nil {
@@ -170,4 +191,25 @@ func serve(port string) error {
 		}
 	}()
 	return nil
+}
+
+// dial connects to addr and returns the first line it answers, or the
+// error.
+func dial(proto, addr string) string {
+	c, err := net.DialTimeout(proto, addr, 3*time.Second)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if proto == "udp" {
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return "error: " + err.Error()
+		}
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil && line == "" {
+		return "error: " + err.Error()
+	}
+	return strings.TrimSpace(line)
 }
