@@ -49,8 +49,14 @@ func freeAddr(t *testing.T) string { return testenv.AgentAddr(t) }
 func startAgent(t *testing.T, bin string, env []string, logPath string) *agentProc {
 	t.Helper()
 	addr := freeAddr(t)
+	return startAgentOn(t, bin, env, logPath, addr, addr)
+}
+
+// startAgentOn starts the agent listening on listen, and calls it on addr.
+func startAgentOn(t *testing.T, bin string, env []string, logPath, listen, addr string) *agentProc {
+	t.Helper()
 	cmd := exec.Command(bin)
-	cmd.Env = append(append([]string{"PATH=" + os.Getenv("PATH")}, env...), "LISTEN_ADDR="+addr)
+	cmd.Env = append(append([]string{"PATH=" + os.Getenv("PATH")}, env...), "LISTEN_ADDR="+listen)
 	cmd.Dir = t.TempDir()
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
