@@ -31,6 +31,9 @@ func TestLoadNetConfig(t *testing.T) {
 		{"subnet v6", base(map[string]string{"RENTAL_SUBNET": "fd00::/64"}), "RENTAL_SUBNET"},
 		{"subnet too small", base(map[string]string{"RENTAL_SUBNET": "10.1.1.0/30"}), "RENTAL_SUBNET"},
 		{"subnet garbage", base(map[string]string{"RENTAL_SUBNET": "10.1.1.0"}), "RENTAL_SUBNET"},
+		{"network name", base(map[string]string{"RENTAL_NETWORK_NAME": "second2"}), ""},
+		{"network name too long", base(map[string]string{"RENTAL_NETWORK_NAME": "abcdefghi"}), "RENTAL_NETWORK_NAME"},
+		{"network name upper case", base(map[string]string{"RENTAL_NETWORK_NAME": "Second"}), "RENTAL_NETWORK_NAME"},
 		{"port range", base(map[string]string{"HOST_PORT_RANGE": "20000-20099"}), ""},
 		{"port range reversed", base(map[string]string{"HOST_PORT_RANGE": "20099-20000"}), "HOST_PORT_RANGE"},
 		{"port range with the agent's port", base(map[string]string{"HOST_PORT_RANGE": "8000-9000"}), "HOST_PORT_RANGE"},
@@ -76,5 +79,25 @@ func TestLoadNetConfig(t *testing.T) {
 	}
 	if !n.BlockedEgress[4].Contains(netip.MustParseAddr("169.254.169.254")) {
 		t.Fatalf("metadata address not blocked by default: %v", n.BlockedEgress)
+	}
+}
+
+// Every name derived from RENTAL_NETWORK_NAME differs from the default
+// network's, and the second network's namespaces do not sit under the
+// default prefix, which the default agent's sweep would take for its own.
+func TestNetworkConfigNames(t *testing.T) {
+	t.Parallel()
+	def := networkConfig(config{StateDir: "/s"})
+	named := networkConfig(config{StateDir: "/s", Network: netConfig{Name: "abcd1234"}})
+	if def.Bridge != network.DefaultBridge || def.NetworkName != "" || def.ChainPrefix != "" {
+		t.Fatalf("default names changed: %+v", def)
+	}
+	if len(named.Bridge) > 15 || named.Bridge == def.Bridge || named.NetworkName == network.DefaultNetworkName ||
+		named.ChainPrefix == network.DefaultChainPrefix || named.NetNSPrefix == network.DefaultNetNSPrefix ||
+		strings.HasPrefix(named.NetNSPrefix, network.DefaultNetNSPrefix) {
+		t.Fatalf("names of a second network: %+v", named)
+	}
+	if named.StateDir != filepath.Join("/s", "network") {
+		t.Fatalf("state dir %q", named.StateDir)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // testNetwork is the rentals' network of one test's agent: names and a
@@ -29,6 +30,7 @@ type testNetwork struct {
 
 func newTestNetwork(t *testing.T, stateDir string) *testNetwork {
 	t.Helper()
+	testenv.LockHostNetwork(t)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	tag := hex.EncodeToString(b)

@@ -47,7 +47,9 @@ func networkConfig(cfg config) network.Config {
 		nc.NetworkName = network.DefaultNetworkName + "-" + name
 		nc.Bridge = "hagent-" + name
 		nc.ChainPrefix = "HA" + strings.ToUpper(name)
-		nc.NetNSPrefix = network.DefaultNetNSPrefix + name + "-"
+		// Not under the default prefix: the default agent's sweep takes
+		// every namespace under it for one of its own.
+		nc.NetNSPrefix = "hagent-" + name + "-"
 	}
 	return nc
 }

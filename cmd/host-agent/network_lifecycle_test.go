@@ -130,6 +130,17 @@ func TestAgentNetworkCyclesLeakNothing(t *testing.T) {
 		mustTerminate(t, agent, id)
 	}
 	checkCounts(t, w.net, before, rules)
+	// A start whose task cannot start, after its network was set up,
+	// leaves nothing either.
+	code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "cycle-fail", "image": w.image,
+		"entrypoint": []string{"/no/such/binary"}, "ports": []map[string]any{{"container_port": 22}}})
+	if code < 400 || body["step"] != "start" {
+		t.Fatalf("a start with a missing entrypoint: %d %v", code, body)
+	}
+	if code, _ := agent.call("GET", "/instances/cycle-fail", nil); code != http.StatusNotFound {
+		t.Fatalf("the failed start left its instance: %d", code)
+	}
+	checkCounts(t, w.net, before, rules)
 	t.Logf("50 cycles: counts %+v before and after; %d distinct host ports handed out", before, len(seen))
 }
 

@@ -19,6 +19,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // requireRoot skips an integration test when not root, unless
@@ -64,6 +66,7 @@ type testNet struct {
 func newTestNet(t *testing.T, subnet string, mod func(*Config)) *testNet {
 	t.Helper()
 	requireRoot(t)
+	testenv.LockHostNetwork(t)
 	tag := randHex(3)
 	state := t.TempDir()
 	cfg := Config{
