@@ -13,9 +13,8 @@ import (
 	"github.com/moby/moby/client"
 )
 
-// MobyDockerdVersion is the moby dockerd the tests build from the Go module
-// proxy (API 1.5x, CDI on); deploy/image-test.sh builds the same one into
-// the same cache.
+// MobyDockerdVersion is the moby dockerd the tests run (API 1.5x, CDI on),
+// as deploy/build-dockerd.sh builds it.
 const MobyDockerdVersion = "v2.0.0-beta.24"
 
 // CacheDirEnv names the directory, outside the clone, where slow builds are
@@ -38,29 +37,17 @@ func DebianDockerd() string {
 	return ""
 }
 
-// MobyDockerd returns the cached moby dockerd, building it from the Go
-// module proxy when it is not there yet (a few minutes, once per version).
+// MobyDockerd returns the moby dockerd cached by deploy/build-dockerd.sh
+// (which deploy/test.sh runs first). It is not built here: packages tested
+// in parallel would build it at once.
 func MobyDockerd() (string, error) {
 	cache := os.Getenv(CacheDirEnv)
 	if cache == "" {
 		cache = "/var/cache/host-agent-ci"
 	}
-	dir := filepath.Join(cache, "dockerd-"+MobyDockerdVersion)
-	bin := filepath.Join(dir, "dockerd")
-	if _, err := os.Stat(bin); err == nil {
-		return bin, nil
-	}
-	tmp := dir + ".tmp"
-	_ = os.RemoveAll(tmp)
-	cmd := exec.Command("go", "install", "github.com/moby/moby/v2/cmd/dockerd@"+MobyDockerdVersion)
-	cmd.Dir = os.TempDir()
-	cmd.Env = append(os.Environ(), "GOBIN="+tmp, "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build dockerd %s: %v\n%s", MobyDockerdVersion, err, out)
-	}
-	_ = os.RemoveAll(dir)
-	if err := os.Rename(tmp, dir); err != nil {
-		return "", err
+	bin := filepath.Join(cache, "dockerd-"+MobyDockerdVersion, "dockerd")
+	if _, err := os.Stat(bin); err != nil {
+		return "", fmt.Errorf("moby dockerd %s is not built (run deploy/build-dockerd.sh): %w", MobyDockerdVersion, err)
 	}
 	return bin, nil
 }
