@@ -199,4 +199,3 @@ func uniqueID(t *testing.T, name string) string {
 	}
 	return strings.Trim(s, "-._") + "-" + name
 }
-

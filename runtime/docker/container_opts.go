@@ -145,7 +145,9 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan) error {
 	if h.Privileged {
 		problems = append(problems, "privileged")
 	}
-	if !slices.ContainsFunc(h.SecurityOpt, func(o string) bool { return o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true" }) {
+	if !slices.ContainsFunc(h.SecurityOpt, func(o string) bool {
+		return o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true"
+	}) {
 		problems = append(problems, "no_new_privileges is off")
 	}
 	for _, o := range h.SecurityOpt {

@@ -41,4 +41,3 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil
 }
-
