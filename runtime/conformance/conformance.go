@@ -186,7 +186,8 @@ func waitLogs(t *testing.T, a *Agent, id, want string) string {
 			}
 		}
 	}
-	t.Fatalf("logs of %s never showed %q:\n%s", id, want, logs)
+	inst, err := a.Get(Ctx(t), id)
+	t.Fatalf("logs of %s never showed %q (instance %+v, %v):\n%s", id, want, inst, err, logs)
 	return ""
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -302,31 +303,56 @@ func testRegistryAuth(t *testing.T, h Harness) {
 	}
 }
 
-// cgroupV1 reports whether the host (and so each container) has cgroup v1.
-func cgroupV1() bool {
-	_, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes")
-	return err == nil
+// cgroupOf reads a controller file of the cgroup the process pid is in,
+// as the host sees it: v1 (controller/file) or its unified equivalent.
+func cgroupOf(t *testing.T, pid uint32, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, name := filepath.Dir(file), filepath.Base(file)
+	v2 := map[string]string{"pids.max": "pids.max", "memory.limit_in_bytes": "memory.max", "cpu.cfs_quota_us": "cpu.max"}[name]
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if slices.Contains(strings.Split(parts[1], ","), ctrl) {
+			if v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, parts[2], name)); err == nil {
+				return strings.TrimSpace(string(v))
+			}
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			if v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", parts[2], v2)); err == nil {
+				return strings.Fields(string(v))[0]
+			}
+		}
+	}
+	t.Fatalf("no cgroup file %s for pid %d in:\n%s", file, pid, b)
+	return ""
 }
 
 func testLimits(t *testing.T, h Harness) {
 	a := open(t, h.NewScope(t), nil)
 	id := uniqueID(t, "limited")
-	mem, pids, cpu := "/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/cpu.max"
-	want := []string{"67108864", "50", "50000 100000"}
-	if cgroupV1() {
-		mem, pids, cpu = "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
-		want = []string{"67108864", "50", "50000"}
-	}
-	s := spec(h, id, "cat", mem, "cat", pids, "cat", cpu, "statfs", "/dev/shm", "echo", "END", "sleep", "inf")
+	s := spec(h, id, "statfs", "/dev/shm", "echo", "END", "sleep", "inf")
 	s.Resources = runtime.Resources{CPUs: 0.5, MemoryMB: 64, Pids: 50, ShmMB: 32}
-	if _, err := a.Start(Ctx(t), s); err != nil {
+	inst, err := a.Start(Ctx(t), s)
+	if err != nil {
 		t.Fatal(err)
 	}
-	logs := waitLogs(t, a, id, "END")
-	lines := strings.Split(strings.TrimSpace(logs), "\n")
-	for _, w := range append(want, fmt.Sprint(32<<20)) {
-		if !slices.Contains(lines, w) {
-			t.Errorf("limits seen inside: %q lack %q", lines, w)
+	if logs := waitLogs(t, a, id, "END"); !strings.HasPrefix(logs, fmt.Sprint(32<<20)+"\n") {
+		t.Errorf("/dev/shm inside: %q, want 32 MiB", logs)
+	}
+	// The kernel enforces them: the cgroup of the instance's process.
+	for file, want := range map[string]string{
+		"pids/pids.max":                "50",
+		"memory/memory.limit_in_bytes": "67108864",
+		"cpu/cpu.cfs_quota_us":         "50000",
+	} {
+		if got := cgroupOf(t, inst.Pid, file); got != want {
+			t.Errorf("cgroup %s = %q, want %q", file, got, want)
 		}
 	}
 	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
