@@ -29,12 +29,7 @@ done
 mkdir -p "$CACHE"
 
 # 1. dockerd from the Go module proxy.
-DOCKERD="$CACHE/dockerd-$DOCKERD_VERSION/dockerd"
-if [ ! -x "$DOCKERD" ]; then
-  log "building dockerd $DOCKERD_VERSION from the Go module proxy (a few minutes, once)"
-  (cd /tmp && GOBIN="$(dirname "$DOCKERD").tmp" GOFLAGS=-buildvcs=false go install "github.com/moby/moby/v2/cmd/dockerd@$DOCKERD_VERSION")
-  rm -rf "$(dirname "$DOCKERD")" && mv "$(dirname "$DOCKERD").tmp" "$(dirname "$DOCKERD")"
-fi
+DOCKERD=$(DOCKERD_VERSION="$DOCKERD_VERSION" bash deploy/build-dockerd.sh)
 
 # 2. A minimal Debian root file system, when a base image is to be made.
 ROOTFS="$CACHE/rootfs-$SUITE-minbase"

@@ -39,6 +39,9 @@ command -v curl >/dev/null || need_pkgs+=(curl)
 command -v aarch64-linux-gnu-gcc >/dev/null || need_pkgs+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 [ -e /usr/share/keyrings/debian-archive-keyring.gpg ] || need_pkgs+=(debian-archive-keyring)
+# CI only: Debian's dockerd 20.10 (API 1.41, no CDI), one of the two dockerds
+# the Docker back end is tested against (deploy/build-dockerd.sh builds the other).
+[ -x /usr/sbin/dockerd ] || need_pkgs+=(docker.io)
 go_ok() {
   command -v go >/dev/null || return 1
   local v; v=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null || go version | awk '{print $3}')

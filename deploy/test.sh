@@ -21,6 +21,8 @@ echo "== actionlint"
 bash deploy/ci-checks.sh actionlint
 echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
+echo "== dockerd for the Docker back end's tests"
+bash deploy/build-dockerd.sh >/dev/null
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 echo "== the image as deployed"

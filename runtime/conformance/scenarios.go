@@ -1,0 +1,448 @@
+package conformance
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/testenv"
+)
+
+func spec(h Harness, id string, args ...string) runtime.InstanceSpec {
+	return runtime.InstanceSpec{ID: id, Image: h.Image, Command: args}
+}
+
+// assertGone checks that the instance is gone from Get and List.
+func assertGone(t *testing.T, a *Agent, id string) {
+	t.Helper()
+	if _, err := a.Get(Ctx(t), id); !errdefs.IsNotFound(err) {
+		t.Fatalf("get %s: %v, want NotFound", id, err)
+	}
+	list, err := a.List(Ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range list {
+		if inst.ID == id {
+			t.Fatalf("%s still listed: %+v", id, inst)
+		}
+	}
+}
+
+func testIdempotentStart(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "idem")
+	s := spec(h, id, "sleep", "inf")
+	s.Labels = map[string]string{"owner": "tenant-1"}
+	first, err := a.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Status != runtime.StatusRunning || first.ContainerID == "" || first.Labels["owner"] != "tenant-1" {
+		t.Fatalf("first start answered %+v", first)
+	}
+	again, err := a.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatalf("repeated start: %v", err)
+	}
+	if again.ContainerID != first.ContainerID || again.Pid != first.Pid {
+		t.Fatalf("repeated start made another container: %+v then %+v", first, again)
+	}
+	other := spec(h, id, "sleep", "1000")
+	if _, err := a.Start(Ctx(t), other); !errdefs.IsConflict(err) {
+		t.Fatalf("start with a different request: %v, want Conflict", err)
+	}
+	if got, err := a.Get(Ctx(t), id); err != nil || got.ContainerID != first.ContainerID || got.Status != runtime.StatusRunning {
+		t.Fatalf("after the conflict: %+v %v", got, err)
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testFailedStart(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	// An image the registry does not have: the pull fails.
+	id := uniqueID(t, "nopull")
+	s := runtime.InstanceSpec{ID: id, Image: h.Registry.Host + "/missing:nope"}
+	_, err := a.Start(Ctx(t), s)
+	var se *runtime.StepError
+	if !errors.As(err, &se) || se.Step != runtime.StepPull {
+		t.Fatalf("start of a missing image: %v, want a pull-step error", err)
+	}
+	assertGone(t, a, id)
+	a.Events.WaitFor(t, id, events.TypeInstanceFailed, 10*time.Second)
+
+	// An entrypoint the image does not have: the container is made and
+	// cannot start; nothing of it may stay.
+	id = uniqueID(t, "noexec")
+	s = spec(h, id)
+	s.Entrypoint = []string{"/no-such-program"}
+	_, err = a.Start(Ctx(t), s)
+	if !errors.As(err, &se) || (se.Step != runtime.StepStart && se.Step != runtime.StepCreate) {
+		t.Fatalf("start of a missing program: %v, want a create- or start-step error", err)
+	}
+	assertGone(t, a, id)
+	// The same ID starts cleanly afterwards.
+	if _, err := a.Start(Ctx(t), spec(h, id, "sleep", "inf")); err != nil {
+		t.Fatalf("start after a failed start: %v", err)
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testTerminate(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	// SIGTERM first: the payload's sleep ends on it.
+	id := uniqueID(t, "term")
+	if _, err := a.Start(Ctx(t), spec(h, id, "sleep", "inf")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Terminate(Ctx(t), id, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	a.Events.WaitFor(t, id, events.TypeInstanceTerminated, 10*time.Second)
+	assertGone(t, a, id)
+
+	// SIGKILL after the grace period for a tenant that ignores SIGTERM.
+	id = uniqueID(t, "stubborn")
+	if _, err := a.Start(Ctx(t), spec(h, id, "ignore-term", "echo", "ready", "sleep", "inf")); err != nil {
+		t.Fatal(err)
+	}
+	waitLogs(t, a, id, "ready")
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, a, id)
+
+	// An exited instance terminates too; an unknown one is NotFound.
+	id = uniqueID(t, "done")
+	if _, err := a.Start(Ctx(t), spec(h, id, "exit", "3")); err != nil {
+		t.Fatal(err)
+	}
+	a.Events.WaitFor(t, id, events.TypeInstanceExited, 30*time.Second)
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, a, id)
+	if err := a.Terminate(Ctx(t), uniqueID(t, "never"), time.Second); !errdefs.IsNotFound(err) {
+		t.Fatalf("terminate of an unknown instance: %v, want NotFound", err)
+	}
+}
+
+func testExitOnce(t *testing.T, h Harness) {
+	sc := h.NewScope(t)
+	a := open(t, sc, nil)
+	id := uniqueID(t, "exit7")
+	if _, err := a.Start(Ctx(t), spec(h, id, "exit", "7")); err != nil {
+		t.Fatal(err)
+	}
+	ev := a.Events.WaitFor(t, id, events.TypeInstanceExited, 30*time.Second)
+	if ev.ExitCode == nil || *ev.ExitCode != 7 {
+		t.Fatalf("exit event %+v, want code 7", ev)
+	}
+	inst, err := a.Get(Ctx(t), id)
+	if err != nil || inst.Status != runtime.StatusExited || inst.ExitCode == nil || *inst.ExitCode != 7 {
+		t.Fatalf("get after exit: %+v %v", inst, err)
+	}
+	// One that exits while no agent runs is reported by the next one.
+	late := uniqueID(t, "late")
+	if _, err := a.Start(Ctx(t), spec(h, late, "sleep", "2", "exit", "5")); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	deadline := time.Now().Add(time.Minute)
+	b := open(t, sc, nil)
+	b.Events.WaitFor(t, "", events.TypeRuntimeConnected, 30*time.Second)
+	for time.Now().Before(deadline) && b.Events.Count(late, events.TypeInstanceExited) == 0 {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := b.Events.Count(late, events.TypeInstanceExited); n != 1 {
+		t.Fatalf("the exit during the agent's absence was reported %d times; events: %s", n, b.Events.Summary())
+	}
+	// The exit reported before the restart is not reported again.
+	time.Sleep(2 * time.Second)
+	if n := a.Events.Count(id, events.TypeInstanceExited) + b.Events.Count(id, events.TypeInstanceExited); n != 1 {
+		t.Fatalf("exit of %s reported %d times across a restart; events: %s", id, n, b.Events.Summary())
+	}
+	for _, x := range []string{id, late} {
+		if err := b.Terminate(Ctx(t), x, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func testReadBack(t *testing.T, h Harness) {
+	sc := h.NewScope(t)
+	a := open(t, sc, nil)
+	id := uniqueID(t, "kept")
+	s := spec(h, id, "sleep", "inf")
+	s.Labels = map[string]string{"team": "blue"}
+	s.Resources.MemoryMB = 128
+	first, err := a.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	b := open(t, sc, nil)
+	got, err := b.Get(Ctx(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ContainerID != first.ContainerID || got.SpecHash != s.Hash() || got.Labels["team"] != "blue" ||
+		got.Status != runtime.StatusRunning || got.Image != h.Image || got.AgentLabels[runtime.LabelInstanceID] != id {
+		t.Fatalf("read back %+v, want what %+v started", got, first)
+	}
+	// The same request is still the same instance; another is a conflict.
+	if again, err := b.Start(Ctx(t), s); err != nil || again.ContainerID != first.ContainerID {
+		t.Fatalf("repeated start after a restart: %+v %v", again, err)
+	}
+	s.Resources.MemoryMB = 256
+	if _, err := b.Start(Ctx(t), s); !errdefs.IsConflict(err) {
+		t.Fatalf("different request after a restart: %v, want Conflict", err)
+	}
+	if err := b.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testLogs(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "talk")
+	if _, err := a.Start(Ctx(t), spec(h, id, "echo", "one", "echo", "two", "echo", "three", "sleep", "inf")); err != nil {
+		t.Fatal(err)
+	}
+	waitLogs(t, a, id, "three")
+	b, cut, err := a.Logs(Ctx(t), id, 2)
+	if err != nil || cut || string(b) != "two\nthree\n" {
+		t.Fatalf("last 2 lines: %q cut=%v %v", b, cut, err)
+	}
+	if _, _, err := a.Logs(Ctx(t), uniqueID(t, "nobody"), 10); !errdefs.IsNotFound(err) {
+		t.Fatalf("logs of an unknown instance: %v, want NotFound", err)
+	}
+	// More than the cap: the answer is cut to it, at a line boundary.
+	big := uniqueID(t, "spam")
+	if _, err := a.Start(Ctx(t), spec(h, big, "spam", "3000000", "echo", "END", "sleep", "inf")); err != nil {
+		t.Fatal(err)
+	}
+	waitLogs(t, a, big, "END")
+	b, cut, err = a.Logs(Ctx(t), big, 1000000)
+	if err != nil || !cut || len(b) > runtime.MaxLogBytes || !strings.HasSuffix(string(b), "END\n") {
+		t.Fatalf("capped logs: %d bytes, cut=%v, %v", len(b), cut, err)
+	}
+	for _, x := range []string{id, big} {
+		if err := a.Terminate(Ctx(t), x, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func testPullProgress(t *testing.T, h Harness) {
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	ref, err := reg.PushPayloadWithPadding("big:1", 3<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Throttle(1 << 20)
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "pull")
+	if _, err := a.Start(Ctx(t), runtime.InstanceSpec{ID: id, Image: ref, Command: []string{"sleep", "inf"}}); err != nil {
+		t.Fatal(err)
+	}
+	a.Events.WaitFor(t, id, events.TypeInstancePulling, time.Second)
+	ev := a.Events.WaitFor(t, id, events.TypeInstancePullProgress, time.Second)
+	if ev.Progress == nil || ev.Progress.TotalBytes < 3<<20 || ev.Progress.DoneBytes > ev.Progress.TotalBytes {
+		t.Fatalf("progress event %+v", ev.Progress)
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testRegistryAuth(t *testing.T, h Harness) {
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	ref, err := reg.PushPayload(fmt.Sprintf("private-%d:1", time.Now().UnixNano()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.RequireBasicAuth("tenant", "s3cret")
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "priv")
+	s := runtime.InstanceSpec{ID: id, Image: ref, Command: []string{"sleep", "inf"}}
+	s.RegistryAuth = &runtime.RegistryAuth{Username: "tenant", Password: "wrong"}
+	_, err = a.Start(Ctx(t), s)
+	if !errdefs.IsUnauthorized(err) {
+		t.Fatalf("start with wrong credentials: %v, want Unauthenticated", err)
+	}
+	assertGone(t, a, id)
+	s.RegistryAuth = &runtime.RegistryAuth{Username: "tenant", Password: "s3cret"}
+	if _, err := a.Start(Ctx(t), s); err != nil {
+		t.Fatalf("start with the right credentials: %v", err)
+	}
+	// Another request without credentials does not get the image the
+	// first one pulled.
+	other := uniqueID(t, "freeload")
+	if _, err := a.Start(Ctx(t), runtime.InstanceSpec{ID: other, Image: ref, Command: []string{"sleep", "inf"}}); err == nil {
+		t.Fatal("a request without credentials ran a private image another request pulled")
+	}
+	assertGone(t, a, other)
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cgroupOf reads a controller file of the cgroup the process pid is in,
+// as the host sees it: v1 (controller/file) or its unified equivalent.
+func cgroupOf(t *testing.T, pid uint32, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, name := filepath.Dir(file), filepath.Base(file)
+	v2 := map[string]string{"pids.max": "pids.max", "memory.limit_in_bytes": "memory.max", "cpu.cfs_quota_us": "cpu.max"}[name]
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if slices.Contains(strings.Split(parts[1], ","), ctrl) {
+			if v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, parts[2], name)); err == nil {
+				return strings.TrimSpace(string(v))
+			}
+		}
+		if parts[0] == "0" && parts[1] == "" {
+			if v, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", parts[2], v2)); err == nil {
+				return strings.Fields(string(v))[0]
+			}
+		}
+	}
+	t.Fatalf("no cgroup file %s for pid %d in:\n%s", file, pid, b)
+	return ""
+}
+
+func testLimits(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "limited")
+	s := spec(h, id, "statfs", "/dev/shm", "echo", "END", "sleep", "inf")
+	s.Resources = runtime.Resources{CPUs: 0.5, MemoryMB: 64, Pids: 50, ShmMB: 32}
+	inst, err := a.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if logs := waitLogs(t, a, id, "END"); !strings.HasPrefix(logs, fmt.Sprint(32<<20)+"\n") {
+		t.Errorf("/dev/shm inside: %q, want 32 MiB", logs)
+	}
+	// The kernel enforces them: the cgroup of the instance's process.
+	for file, want := range map[string]string{
+		"pids/pids.max":                "50",
+		"memory/memory.limit_in_bytes": "67108864",
+		"cpu/cpu.cfs_quota_us":         "50000",
+	} {
+		if got := cgroupOf(t, inst.Pid, file); got != want {
+			t.Errorf("cgroup %s = %q, want %q", file, got, want)
+		}
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// defaultCapBnd is the bounding set of the default capabilities (those of
+// Docker's and containerd's defaults, which are the same 14).
+const defaultCapBnd = "00000000a80425fb"
+
+func testConfinement(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "jail")
+	s := spec(h, id, "cat", "/proc/self/status", "ls", "/dev", "echo", "END", "sleep", "inf")
+	s.Env = map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}
+	if _, err := a.Start(Ctx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	logs := waitLogs(t, a, id, "END")
+	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "CapBnd:\t" + defaultCapBnd, "CapEff:\t" + defaultCapBnd} {
+		if !strings.Contains(logs, want+"\n") {
+			t.Errorf("status inside lacks %q:\n%s", want, logs)
+		}
+	}
+	if strings.Contains(logs, "nvidia") {
+		t.Errorf("a CPU rental sees a GPU node:\n%s", logs)
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testGPUs(t *testing.T, h Harness) {
+	gh := NewGPUHost(t)
+	sc := h.NewScope(t)
+	a := open(t, sc, gh)
+	id := uniqueID(t, "gpu2")
+	s := spec(h, id, "ls", "/dev", "echo", "END", "sleep", "inf")
+	s.GPURequest = runtime.GPURequest{Count: 2}
+	s.Env = map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}
+	inst, err := a.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inst.GPUs) != 2 {
+		t.Fatalf("holds %v, want 2 GPUs", inst.GPUs)
+	}
+	var wantUUIDs []string
+	for _, g := range inst.GPUs {
+		wantUUIDs = append(wantUUIDs, g.UUID)
+	}
+	slices.Sort(wantUUIDs)
+	if v, ok := sc.(GPUVerifier); ok {
+		got := v.GPUsAskedFor(t, inst)
+		slices.Sort(got)
+		if !slices.Equal(got, wantUUIDs) {
+			t.Fatalf("daemon asked for GPUs %v, want exactly %v", got, wantUUIDs)
+		}
+	} else {
+		logs := waitLogs(t, a, id, "END")
+		minors := gh.minors()
+		var want, seen []string
+		for _, u := range wantUUIDs {
+			want = append(want, fmt.Sprintf("nvidia%d", minors[u]))
+		}
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.HasPrefix(line, "nvidia") {
+				seen = append(seen, line)
+			}
+		}
+		slices.Sort(want)
+		slices.Sort(seen)
+		if !slices.Equal(seen, want) {
+			t.Fatalf("container sees %v, want exactly %v", seen, want)
+		}
+	}
+	// Another tenant asking for one of these GPUs by UUID is refused with
+	// a conflict, and holds nothing.
+	thief := uniqueID(t, "thief")
+	ts := spec(h, thief, "sleep", "inf")
+	ts.GPURequest = runtime.GPURequest{IDs: []string{inst.GPUs[0].UUID}}
+	if _, err := a.Start(Ctx(t), ts); !errdefs.IsConflict(err) {
+		t.Fatalf("start with another tenant's GPU: %v, want Conflict", err)
+	}
+	assertGone(t, a, thief)
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if h := a.Holdings(); len(h) != 0 {
+		t.Fatalf("reservations left after terminate: %v", h)
+	}
+}

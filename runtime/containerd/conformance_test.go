@@ -1,0 +1,58 @@
+package containerd
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/host-agent/host-agent/cdi"
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// TestConformance runs the suite every back end passes, on the shared
+// private containerd.
+func TestConformance(t *testing.T) {
+	needDaemon(t)
+	conformance.Run(t, conformance.Harness{
+		Name:     "containerd",
+		Registry: registry,
+		Image:    payloadRef,
+		NewScope: func(t *testing.T) conformance.Scope {
+			return &ctdScope{ns: testNamespace(t), logDir: t.TempDir()}
+		},
+	})
+}
+
+// ctdScope is one test's namespace: back ends opened on it see the same
+// instances, as the agent does across its restarts.
+type ctdScope struct {
+	ns, logDir string
+}
+
+func (s *ctdScope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHost) runtime.Runtime {
+	t.Helper()
+	opts := Options{Address: daemon.Address, Namespace: s.ns, AgentID: "conformance", LogDir: s.logDir, Events: pub,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if gpus != nil {
+		dir := filepath.Join(t.TempDir(), "cdi")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		gpus.WriteSpec(t, dir, "nvidia.json")
+		inj, err := cdi.New(cdi.Config{SpecDirs: []string{dir}, Logger: opts.Logger, DeviceMajors: []int64{conformance.FakeNodeMajor}, Inventory: gpus.Inv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Devices = inj
+	}
+	r, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}

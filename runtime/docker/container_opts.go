@@ -1,0 +1,204 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// GPU device drivers of the Docker Engine API.
+const (
+	// DriverCDI injects CDI devices by fully qualified name (dockerd with
+	// CDI spec dirs: Docker 25 and later with CDI on).
+	DriverCDI = "cdi"
+	// DriverNVIDIA hands explicit GPU UUIDs to the NVIDIA Container
+	// Toolkit's hook (what `docker run --gpus device=UUID` sends).
+	DriverNVIDIA = "nvidia"
+	// CDIKind is the CDI kind of NVIDIA GPUs, named by UUID.
+	CDIKind = "nvidia.com/gpu"
+)
+
+const visibleDevicesEnv = "NVIDIA_VISIBLE_DEVICES"
+
+// gpuPlan is how an instance's GPUs are asked of the daemon: one device
+// request naming exactly the reserved UUIDs, never a count or "all".
+type gpuPlan struct {
+	UUIDs   []string
+	Request *container.DeviceRequest
+}
+
+// gpuRequest builds the device request for the reserved GPUs: CDI when the
+// daemon lists CDI spec dirs, else the nvidia driver with explicit UUIDs.
+func (r *Runtime) gpuRequest(ctx context.Context, gpus []runtime.GPU) (gpuPlan, error) {
+	if len(gpus) == 0 {
+		return gpuPlan{}, nil
+	}
+	uuids := make([]string, len(gpus))
+	for i, g := range gpus {
+		if g.UUID == "" || strings.ContainsAny(g.UUID, ",= ") {
+			return gpuPlan{}, fmt.Errorf("GPU UUID %q: %w", g.UUID, errdefs.ErrInvalidArgument)
+		}
+		uuids[i] = g.UUID
+	}
+	info, err := r.client.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return gpuPlan{}, fmt.Errorf("ask the daemon how it injects devices: %w", convertErr(err))
+	}
+	return planFor(uuids, len(info.Info.CDISpecDirs) > 0), nil
+}
+
+func planFor(uuids []string, cdi bool) gpuPlan {
+	if cdi {
+		ids := make([]string, len(uuids))
+		for i, u := range uuids {
+			ids[i] = CDIKind + "=" + u
+		}
+		return gpuPlan{UUIDs: uuids, Request: &container.DeviceRequest{Driver: DriverCDI, DeviceIDs: ids}}
+	}
+	return gpuPlan{UUIDs: uuids, Request: &container.DeviceRequest{
+		Driver: DriverNVIDIA, DeviceIDs: slices.Clone(uuids), Capabilities: [][]string{{"gpu"}},
+	}}
+}
+
+// containerConfig is the container as the agent creates it: the request's
+// image, command, environment and limits, the labels, and the confinement
+// every tenant gets whatever it asks for. Networking is none: the
+// container has its own network namespace with loopback only.
+func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]string, gpus gpuPlan, logMax int64) (*container.Config, *container.HostConfig) {
+	env := map[string]string{}
+	for k, v := range spec.Env {
+		env[k] = v
+	}
+	// What the image or the request says of NVIDIA_VISIBLE_DEVICES
+	// changes nothing: a host whose default runtime is NVIDIA's would
+	// otherwise hand an image asking for "all" every GPU. With the nvidia
+	// driver the daemon adds the same UUIDs for the hook.
+	env[visibleDevicesEnv] = "void"
+	if gpus.Request != nil && gpus.Request.Driver == DriverNVIDIA {
+		env[visibleDevicesEnv] = strings.Join(gpus.UUIDs, ",")
+	}
+	cfg := &container.Config{
+		Image:    ref,
+		Hostname: spec.ID,
+		Env:      envList(env),
+		Labels:   labels,
+		Cmd:      spec.Command,
+	}
+	if len(spec.Entrypoint) > 0 {
+		// As docker run --entrypoint: the image's CMD is dropped.
+		cfg.Entrypoint = spec.Entrypoint
+		if cfg.Cmd == nil {
+			cfg.Cmd = []string{}
+		}
+	}
+	host := &container.HostConfig{
+		NetworkMode:   "none",
+		Runtime:       "runc",
+		Privileged:    false,
+		SecurityOpt:   []string{"no-new-privileges"},
+		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
+			"max-size": strconv.FormatInt(max(logMax/2, 1<<20), 10),
+			"max-file": "2",
+		}},
+	}
+	res := spec.Resources
+	if res.CPUs > 0 {
+		host.NanoCPUs = int64(res.CPUs * 1e9)
+	}
+	if res.MemoryMB > 0 {
+		host.Memory = res.MemoryMB << 20
+		// Swap equal to the limit means no swap on top of it.
+		host.MemorySwap = host.Memory
+	}
+	if res.Pids > 0 {
+		p := res.Pids
+		host.PidsLimit = &p
+	}
+	if res.ShmMB > 0 {
+		host.ShmSize = res.ShmMB << 20
+	}
+	if gpus.Request != nil {
+		host.DeviceRequests = []container.DeviceRequest{*gpus.Request}
+	}
+	return cfg, host
+}
+
+// verifyConfined refuses a created container that the daemon would run
+// with more than the defaults and exactly the reserved GPUs: privileged,
+// with new privileges allowed, seccomp off, added capabilities, host
+// mounts or devices, another runtime or other device requests.
+func verifyConfined(c container.InspectResponse, gpus gpuPlan) error {
+	h := c.HostConfig
+	if h == nil {
+		return fmt.Errorf("the daemon reports no host config for %s: %w", c.Name, errdefs.ErrFailedPrecondition)
+	}
+	var problems []string
+	if h.Privileged {
+		problems = append(problems, "privileged")
+	}
+	if !slices.ContainsFunc(h.SecurityOpt, func(o string) bool {
+		return o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true"
+	}) {
+		problems = append(problems, "no_new_privileges is off")
+	}
+	for _, o := range h.SecurityOpt {
+		if strings.Contains(o, "unconfined") {
+			problems = append(problems, "security option "+o)
+		}
+	}
+	if len(h.CapAdd) > 0 {
+		problems = append(problems, "capabilities added: "+strings.Join(h.CapAdd, ","))
+	}
+	if len(h.Binds) > 0 || len(h.Mounts) > 0 || len(c.Mounts) > 0 {
+		problems = append(problems, "host mounts")
+	}
+	if len(h.Devices) > 0 || len(h.DeviceCgroupRules) > 0 {
+		problems = append(problems, "host devices")
+	}
+	if h.Runtime != "runc" {
+		problems = append(problems, "runtime "+h.Runtime)
+	}
+	if h.PidMode.IsHost() || h.IpcMode.IsHost() || h.UTSMode.IsHost() || h.NetworkMode.IsHost() || h.UsernsMode.IsHost() {
+		problems = append(problems, "a host namespace")
+	}
+	if err := verifyDevices(h.DeviceRequests, gpus); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("refusing unconfined container: %s: %w", strings.Join(problems, "; "), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// verifyDevices checks that the container's device requests are exactly
+// the plan's: none for a CPU rental; one, of the plan's driver, naming
+// exactly the reserved UUIDs, with no count, for a GPU rental.
+func verifyDevices(got []container.DeviceRequest, gpus gpuPlan) error {
+	if gpus.Request == nil {
+		if len(got) > 0 {
+			return fmt.Errorf("devices requested for a rental without GPUs: %v", got)
+		}
+		return nil
+	}
+	want := *gpus.Request
+	if len(got) != 1 {
+		return fmt.Errorf("%d device requests, want 1", len(got))
+	}
+	g := got[0]
+	a, b := slices.Clone(g.DeviceIDs), slices.Clone(want.DeviceIDs)
+	slices.Sort(a)
+	slices.Sort(b)
+	if g.Driver != want.Driver || g.Count != 0 || !slices.Equal(a, b) {
+		return fmt.Errorf("device request %s %v (count %d), want %s %v", g.Driver, g.DeviceIDs, g.Count, want.Driver, want.DeviceIDs)
+	}
+	return nil
+}

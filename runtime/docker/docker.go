@@ -1,0 +1,166 @@
+// Package docker runs rentals through the Docker Engine API, for hosts that
+// give the agent a Docker socket and no containerd socket. It implements
+// runtime.Runtime as a thin back end under runtime.Lifecycle, like the
+// containerd back end: the same labels, the same confinement, GPUs by UUID
+// only. cmd/ constructs it; server/ calls it through runtime.Runtime.
+package docker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+var _ runtime.Runtime = (*Runtime)(nil)
+
+// DefaultHost is the Docker socket used when DOCKER_HOST is not set.
+const DefaultHost = "unix:///var/run/docker.sock"
+
+// NamePrefix starts the name of every rental's container: the name is the
+// prefix and the instance ID, so that `docker ps` shows which rental a
+// container is, and a rental cannot take the name of an operator's
+// container (such as the agent's own, "host-agent").
+const NamePrefix = "rental-"
+
+// Options configure a Runtime.
+type Options struct {
+	// Host is the daemon's address (DOCKER_HOST; default DefaultHost).
+	Host string
+	// AgentID is written into every container's labels.
+	AgentID string
+	// StateDir keeps what Docker cannot hold in a container's labels,
+	// which are fixed at creation: which exits were reported already,
+	// and which images were pulled with a request's credentials.
+	StateDir string
+	Events   events.Publisher
+	Logger   *slog.Logger
+	// PullTimeout bounds one image pull (default 30 minutes).
+	PullTimeout time.Duration
+	// ProgressInterval is how often pull progress is published (default 1s).
+	ProgressInterval time.Duration
+	// LogMaxBytes caps each instance's log on disk (default 100 MiB),
+	// through the log driver's rotation.
+	LogMaxBytes int64
+}
+
+// Runtime is the Docker back end.
+type Runtime struct {
+	opts   Options
+	client *client.Client
+	log    *slog.Logger
+	pub    events.Publisher
+
+	exitMu sync.Mutex
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New connects to the daemon (negotiating the API version, so that Docker
+// 20.10's API 1.41 and current ones both answer) and starts following its
+// events. It does not fail when the daemon is down: the watcher keeps
+// reconnecting and Ping reports the outage.
+func New(opts Options) (*Runtime, error) {
+	if opts.Host == "" {
+		opts.Host = DefaultHost
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.PullTimeout == 0 {
+		opts.PullTimeout = 30 * time.Minute
+	}
+	if opts.ProgressInterval == 0 {
+		opts.ProgressInterval = time.Second
+	}
+	if opts.LogMaxBytes <= 0 {
+		opts.LogMaxBytes = 100 << 20
+	}
+	if opts.Events == nil {
+		opts.Events = discard{}
+	}
+	if !filepath.IsAbs(opts.StateDir) {
+		return nil, fmt.Errorf("docker state dir %q must be absolute: %w", opts.StateDir, errdefs.ErrInvalidArgument)
+	}
+	for _, d := range []string{exitsDir, authPullsDir} {
+		if err := os.MkdirAll(filepath.Join(opts.StateDir, d), 0o700); err != nil {
+			return nil, fmt.Errorf("create docker state dir: %w", err)
+		}
+	}
+	c, err := client.New(client.WithHost(opts.Host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("docker client for %s: %w: %w", opts.Host, errdefs.ErrInvalidArgument, err)
+	}
+	r := &Runtime{
+		opts:   opts,
+		client: c,
+		log:    opts.Logger.With("runtime", "docker"),
+		pub:    opts.Events,
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.wg.Go(func() { r.watch(r.ctx) })
+	return r, nil
+}
+
+// Close stops watching and closes the connection. Containers keep running.
+func (r *Runtime) Close() error {
+	r.closeOnce.Do(func() {
+		r.cancel()
+		r.wg.Wait()
+		r.closeErr = r.client.Close()
+	})
+	return r.closeErr
+}
+
+// Ping reports whether the daemon answers.
+func (r *Runtime) Ping(ctx context.Context) error {
+	if _, err := r.client.Ping(ctx, client.PingOptions{}); err != nil {
+		return fmt.Errorf("docker at %s: %w", r.opts.Host, convertErr(err))
+	}
+	return nil
+}
+
+// Info names Docker, its version and API version.
+func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
+	v, err := r.client.ServerVersion(ctx, client.ServerVersionOptions{})
+	if err != nil {
+		return runtime.Info{}, convertErr(err)
+	}
+	return runtime.Info{Name: "docker", Version: v.Version + " (API " + r.client.ClientVersion() + ")"}, nil
+}
+
+// containerName is the name of an instance's container.
+func containerName(id string) string { return NamePrefix + id }
+
+// convertErr gives a daemon that cannot be reached the Unavailable kind;
+// the client already classifies the daemon's answers by errdefs kind.
+func convertErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if client.IsErrConnectionFailed(err) {
+		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
+	}
+	return err
+}
+
+func notFound(id string) error {
+	return fmt.Errorf("instance %q: %w", id, errdefs.ErrNotFound)
+}
+
+type discard struct{}
+
+func (discard) Publish(events.Event) {}

@@ -1,0 +1,145 @@
+package docker
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// rentalFilter selects the agent's containers: every rental carries the
+// instance-ID label, so `docker ps --filter label=host-agent.io/instance-id`
+// lists them all.
+func rentalFilter() client.Filters {
+	return make(client.Filters).Add("label", runtime.LabelInstanceID)
+}
+
+// inspect reads an instance's container; NotFound when there is none or
+// when the container of that name is not a rental.
+func (r *Runtime) inspect(ctx context.Context, id string) (container.InspectResponse, error) {
+	res, err := r.client.ContainerInspect(ctx, containerName(id), client.ContainerInspectOptions{})
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return container.InspectResponse{}, notFound(id)
+		}
+		return container.InspectResponse{}, convertErr(err)
+	}
+	c := res.Container
+	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id {
+		return container.InspectResponse{}, notFound(id)
+	}
+	return c, nil
+}
+
+// Get implements runtime.Runtime.
+func (r *Runtime) Get(ctx context.Context, id string) (runtime.Instance, error) {
+	c, err := r.inspect(ctx, id)
+	if err != nil {
+		return runtime.Instance{}, err
+	}
+	return toInstance(c), nil
+}
+
+// List implements runtime.Runtime.
+func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
+	list, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: rentalFilter()})
+	if err != nil {
+		return nil, convertErr(err)
+	}
+	out := make([]runtime.Instance, 0, len(list.Items))
+	for _, s := range list.Items {
+		res, err := r.client.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
+		if errdefs.IsNotFound(err) {
+			continue // removed in between
+		}
+		if err != nil {
+			return nil, convertErr(err)
+		}
+		out = append(out, toInstance(res.Container))
+	}
+	return out, nil
+}
+
+// toInstance reads an instance from its container. Docker keeps a stopped
+// container's exit code, so it is never lost; the labels hold the rest.
+func toInstance(c container.InspectResponse) runtime.Instance {
+	l := c.Config.Labels
+	inst := runtime.Instance{
+		ID:          l[runtime.LabelInstanceID],
+		ContainerID: c.ID,
+		Image:       l[runtime.LabelImage],
+		Status:      runtime.StatusUnknown,
+		CreatedAt:   parseTime(l[runtime.LabelCreatedAt]),
+		SpecHash:    l[runtime.LabelSpecHash],
+		Labels:      runtime.UserLabels(l),
+		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
+		AgentLabels: l,
+	}
+	if inst.CreatedAt.IsZero() {
+		inst.CreatedAt = parseTime(c.Created)
+	}
+	if c.State == nil {
+		return inst
+	}
+	inst.StartedAt = parseTime(c.State.StartedAt)
+	switch c.State.Status {
+	case container.StateCreated:
+		inst.Status = runtime.StatusCreated
+	case container.StateRunning, container.StateRestarting:
+		inst.Status = runtime.StatusRunning
+		inst.Pid = uint32(c.State.Pid)
+	case container.StatePaused:
+		inst.Status = runtime.StatusPaused
+		inst.Pid = uint32(c.State.Pid)
+	case container.StateExited, container.StateDead:
+		inst.Status = runtime.StatusExited
+		code := c.State.ExitCode
+		inst.ExitCode = &code
+		inst.FinishedAt = parseTime(c.State.FinishedAt)
+	}
+	return inst
+}
+
+// parseTime reads Docker's and the labels' RFC 3339 times; Docker's zero
+// time ("0001-01-01T00:00:00Z") reads as zero.
+func parseTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil || t.Year() <= 1 {
+		return time.Time{}
+	}
+	return t
+}
+
+// State kept in Options.StateDir.
+const (
+	// exitsDir holds one empty file per container whose exit was reported.
+	exitsDir = "exits"
+	// authPullsDir holds one file per image reference pulled with a
+	// request's credentials.
+	authPullsDir = "auth-pulls"
+)
+
+func (r *Runtime) exitMarker(containerID string) string {
+	return filepath.Join(r.opts.StateDir, exitsDir, containerID)
+}
+
+// forgetExit removes the record of a removed container's exit.
+func (r *Runtime) forgetExit(containerID string) {
+	if err := os.Remove(r.exitMarker(containerID)); err != nil && !os.IsNotExist(err) {
+		r.log.Warn("remove exit record", "container", containerID, "error", err)
+	}
+}
+
+func describe(c container.InspectResponse) string {
+	if c.State == nil {
+		return "unknown"
+	}
+	return fmt.Sprintf("%s (exit %d)", c.State.Status, c.State.ExitCode)
+}

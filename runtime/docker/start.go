@@ -1,0 +1,185 @@
+package docker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+)
+
+// cleanupTimeout bounds the removal of a half-created instance; it runs even
+// when the caller has gone away.
+const cleanupTimeout = 30 * time.Second
+
+// Start implements runtime.Runtime for runtime.Lifecycle, which calls it for
+// one instance at a time with the reservations made and recorded in
+// spec.ReservedLabels, on a context detached from the scheduler's request.
+// On failure it removes whatever it made.
+func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	hash := spec.Hash()
+	c, err := r.inspectByName(ctx, spec.ID)
+	switch {
+	case err == nil:
+		return r.startExisting(ctx, spec.ID, c, hash)
+	case !errdefs.IsNotFound(err):
+		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
+	}
+	inst, err := r.create(ctx, spec, hash)
+	if err != nil {
+		var se *runtime.StepError
+		step := ""
+		if errors.As(err, &se) {
+			step = se.Step
+		}
+		r.log.Warn("start failed", "instance", spec.ID, "step", step, "error", err)
+		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
+		return runtime.Instance{}, err
+	}
+	r.log.Info("instance running", "instance", spec.ID, "image", spec.Image, "pid", inst.Pid)
+	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning)})
+	return inst, nil
+}
+
+// inspectByName reads the container named for id, rental or not.
+func (r *Runtime) inspectByName(ctx context.Context, id string) (container.InspectResponse, error) {
+	res, err := r.client.ContainerInspect(ctx, containerName(id), client.ContainerInspectOptions{})
+	if err != nil {
+		if errdefs.IsNotFound(err) {
+			return container.InspectResponse{}, notFound(id)
+		}
+		return container.InspectResponse{}, convertErr(err)
+	}
+	return res.Container, nil
+}
+
+// startExisting answers a repeated start: the same request gets the instance
+// as it is, a different one a Conflict. A container that never ran (the
+// agent died between creating and starting it) is started now; one that ran
+// is never started again.
+func (r *Runtime) startExisting(ctx context.Context, id string, c container.InspectResponse, hash string) (runtime.Instance, error) {
+	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id {
+		return runtime.Instance{}, fmt.Errorf("container %q exists but is not a rental: %w", containerName(id), errdefs.ErrConflict)
+	}
+	if c.Config.Labels[runtime.LabelSpecHash] != hash {
+		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", id, errdefs.ErrConflict)
+	}
+	if c.State != nil && c.State.Status == container.StateCreated {
+		if _, err := r.client.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: convertErr(err)}
+		}
+	}
+	return r.Get(ctx, id)
+}
+
+// create pulls, creates, verifies and starts; on failure it removes the
+// container it made.
+func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+	ref, err := r.ensureImage(ctx, spec)
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
+	}
+	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
+	gpus, err := r.gpuRequest(ctx, spec.GPUs)
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
+	cfg, hostCfg := containerConfig(ref, spec, r.labels(spec, hash), gpus, r.opts.LogMaxBytes)
+	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{Name: containerName(spec.ID), Config: cfg, HostConfig: hostCfg})
+	if err != nil {
+		err = convertErr(err)
+		if errdefs.IsConflict(err) || errdefs.IsAlreadyExists(err) {
+			err = fmt.Errorf("a container named %q already exists: %w", containerName(spec.ID), errdefs.ErrConflict)
+		}
+		// A create that failed after the daemon made the container (the
+		// caller went away) leaves one: remove it by name.
+		r.removeByName(spec.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
+	// The daemon may have altered or ignored what was asked (an old API
+	// dropping a field): what it will run is checked, not what was sent.
+	res, err := r.client.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
+	if err == nil {
+		err = verifyConfined(res.Container, gpus)
+	} else {
+		err = convertErr(err)
+	}
+	if err != nil {
+		r.removeContainer(created.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
+	if _, err := r.client.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+		r.removeContainer(created.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: convertErr(err)}
+	}
+	return r.Get(ctx, spec.ID)
+}
+
+// labels are the container's labels: the same keys as on containerd.
+func (r *Runtime) labels(spec runtime.InstanceSpec, hash string) map[string]string {
+	labels := map[string]string{
+		runtime.LabelInstanceID: spec.ID,
+		runtime.LabelAgentID:    r.opts.AgentID,
+		runtime.LabelSpecHash:   hash,
+		runtime.LabelImage:      spec.Image,
+		runtime.LabelCreatedAt:  time.Now().UTC().Format(time.RFC3339Nano),
+	}
+	for k, v := range spec.Labels {
+		labels[runtime.LabelUserPrefix+k] = v
+	}
+	for k, v := range spec.ReservedLabels {
+		labels[k] = v
+	}
+	return labels
+}
+
+func (r *Runtime) cleanupCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), cleanupTimeout)
+}
+
+func (r *Runtime) removeContainer(containerID string) {
+	ctx, cancel := r.cleanupCtx()
+	defer cancel()
+	if _, err := r.client.ContainerRemove(ctx, containerID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
+		r.log.Error("remove container of failed start", "container", containerID, "error", err)
+	}
+	r.forgetExit(containerID)
+}
+
+// removeByName removes the rental container named for id, if there is one.
+func (r *Runtime) removeByName(id string) {
+	ctx, cancel := r.cleanupCtx()
+	defer cancel()
+	c, err := r.inspect(ctx, id)
+	if err != nil {
+		return
+	}
+	r.removeContainer(c.ID)
+}
+
+func envList(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func containsAny(s string, subs ...string) bool {
+	s = strings.ToLower(s)
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
