@@ -131,8 +131,13 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	shares, err := newShares(cfg.Share, inv.Len())
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}},
+		// GPUs first: a rental's share follows the GPUs it got.
+		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}, shares},
 		Events: hub,
 		Logger: logger,
 	})
@@ -187,6 +192,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Logger:      logger,
 		Commit:      commit,
 		Drain:       backend,
+		Sharing:     shares,
 	})
 	if err != nil {
 		return fmt.Errorf("reporter: %w", err)
