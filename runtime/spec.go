@@ -19,7 +19,11 @@ type InstanceSpec struct {
 	Command    []string
 	Env        map[string]string
 	Resources  Resources
-	Labels     map[string]string
+	// Limits are the limits enforced: Resources with what it leaves zero
+	// filled in from the host's defaults (runtime/share) by the Lifecycle.
+	// When zero, the back end enforces Resources.
+	Limits Resources `json:"-"`
+	Labels map[string]string
 	// GPURequest is what the caller asked for; GPUs is what was reserved for
 	// it (by GPURuntime), which the back end injects and records.
 	GPURequest GPURequest
@@ -38,12 +42,30 @@ type InstanceSpec struct {
 }
 
 // Resources are the limits enforced through cgroups and /dev/shm. Zero means
-// the runtime's default (no limit, or 64 MiB for /dev/shm).
+// the default: the host's share (runtime/share) under a Lifecycle that has
+// one, else no limit (DefaultPids for pids, 64 MiB for /dev/shm).
 type Resources struct {
 	CPUs     float64
 	MemoryMB int64
 	Pids     int64
 	ShmMB    int64
+}
+
+// DefaultPids is the pids limit of an instance that names none: every
+// rental has one, so that a fork bomb stays inside its own.
+const DefaultPids = 16384
+
+// Enforced returns the limits the back end enforces: Limits when the
+// Lifecycle filled them in, else Resources, with the pids limit never zero.
+func (s InstanceSpec) Enforced() Resources {
+	r := s.Limits
+	if r == (Resources{}) {
+		r = s.Resources
+	}
+	if r.Pids <= 0 {
+		r.Pids = DefaultPids
+	}
+	return r
 }
 
 // RegistryAuth holds credentials for the image's registry.

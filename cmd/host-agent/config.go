@@ -49,6 +49,7 @@ type config struct {
 	// other than loopback (ALLOW_INSECURE_API_SERVER=true).
 	AllowInsecureAPIServer bool
 	Network                netConfig
+	Share                  shareConfig
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -208,6 +209,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		return c, &configError{"LOG_LEVEL", "want debug, info, warn or error"}
 	}
 	if c.Network, err = loadNetConfig(get, c.ListenAddr); err != nil {
+		return c, err
+	}
+	if c.Share, err = loadShareConfig(get); err != nil {
 		return c, err
 	}
 	return c, nil

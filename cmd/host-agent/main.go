@@ -138,9 +138,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	shares, err := newShares(cfg.Share, inv.Len())
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: []runtime.ReservationKind{
 			runtime.GPUReservations{Alloc: gpualloc.New(alloc)},
+			shares,
 			runtime.PortReservations{Alloc: ports},
 		},
 		Events: hub,
@@ -198,6 +204,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Logger:      logger,
 		Commit:      commit,
 		Drain:       backend,
+		Sharing:     shares,
 	})
 	if err != nil {
 		return fmt.Errorf("reporter: %w", err)

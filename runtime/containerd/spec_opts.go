@@ -26,7 +26,7 @@ func specOpts(img oci.Image, spec runtime.InstanceSpec) []oci.SpecOpts {
 		withArgs(img, spec.Entrypoint, spec.Command),
 		oci.WithEnv(envList(spec.Env)),
 		oci.WithHostname(spec.ID),
-		withResources(spec.Resources),
+		withResources(spec.Enforced()),
 		withConfinement(),
 	}
 	return opts

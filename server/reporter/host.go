@@ -52,6 +52,9 @@ type HostReport struct {
 	AgentCommit string `json:"agent_commit,omitempty"`
 	// Drain is present while the host is drained: it takes no new rentals.
 	Drain *DrainInfo `json:"drain,omitempty"`
+	// Resources is what the host allocates to rentals and how much of it
+	// they hold.
+	Resources *ResourcesInfo `json:"resources,omitempty"`
 	// Network is the rentals' network; absent when rentals get none.
 	Network *NetworkInfo `json:"network,omitempty"`
 }
@@ -177,6 +180,7 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 	if rep.Drain, err = r.drainInfo(ctx); err != nil {
 		fail("drain state", err)
 	}
+	rep.Resources = r.resourcesInfo()
 	if r.opts.CDI != nil {
 		rep.CDIAvailable = r.opts.CDI()
 	}

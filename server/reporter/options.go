@@ -67,6 +67,9 @@ type Options struct {
 	// Drain reads whether the host is drained, for the host report and the
 	// heartbeat; nil: never drained.
 	Drain DrainState
+	// Sharing reports the rentals' share of memory and CPUs; nil: none
+	// reported.
+	Sharing Sharing
 	// PublicURL is where the server reaches the agent's API
 	// (AGENT_PUBLIC_URL), reported as is.
 	PublicURL string

@@ -109,6 +109,9 @@ type HeartbeatRequest struct {
 	// Drain is present while the host is drained: its instances stay, but
 	// it takes no new rentals.
 	Drain *DrainInfo `json:"drain,omitempty"`
+	// Resources is what the host allocates to rentals and how much of it
+	// they hold.
+	Resources *ResourcesInfo `json:"resources,omitempty"`
 }
 
 // InstanceState is one instance as the runtime reports it.

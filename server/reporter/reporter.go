@@ -203,6 +203,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		GPUUsage:             nonNil(snap.usage),
 		Orphans:              nonNil(r.pending.orphans),
 		Missing:              nonNil(r.pending.missing),
+		Resources:            r.resourcesInfo(),
 	}
 	if snap.listErr != nil {
 		req.RuntimeError = snap.listErr.Error()

@@ -10,6 +10,9 @@
 //	sleep SECONDS  sleep (inf: forever); SIGTERM ends it with code 143
 //	ignore-term    ignore SIGTERM from now on
 //	exit CODE      exit with CODE
+//	alloc MIB      allocate and touch MIB MiB of memory, holding it
+//	forkbomb       start copies of itself that do the same, forever
+//	write FILE     try to write FILE, printing "write FILE: ok" or the error
 //	serve PORT     answer each TCP connection and UDP datagram on PORT, in
 //	               the background, with HOST_PORT_TCP_PORT and
 //	               HOST_PORT_UDP_PORT from the environment and the client's
@@ -29,6 +32,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"sort"
 	"strconv"
@@ -142,6 +146,28 @@ func main() {
 			} else {
 				fmt.Printf("lookup %s: %s\n", name, strings.Join(addrs, ","))
 			}
+		case "alloc":
+			n, err := strconv.Atoi(arg())
+			if err != nil {
+				os.Exit(64)
+			}
+			for i := 0; i < n; i++ {
+				b := make([]byte, 1<<20)
+				for j := 0; j < len(b); j += 4096 {
+					b[j] = 1
+				}
+				held = append(held, b)
+			}
+			fmt.Println("payload: allocated", n, "MiB")
+		case "forkbomb":
+			forkbomb()
+		case "write":
+			f := arg()
+			if err := os.WriteFile(f, []byte("written by the tenant\n"), 0o600); err != nil {
+				fmt.Printf("write %s: %v\n", f, err)
+			} else {
+				fmt.Printf("write %s: ok\n", f)
+			}
 		case "exit":
 			code, err := strconv.Atoi(arg())
 			if err != nil {
@@ -151,6 +177,25 @@ func main() {
 		default:
 			fmt.Fprintf(os.Stderr, "payload: unknown command %q\n", cmd)
 			os.Exit(64)
+		}
+	}
+}
+
+// held keeps what alloc allocated reachable.
+var held [][]byte
+
+// forkbomb starts copies of itself as fast as it can, each doing the same;
+// failures (the pids limit) are retried at once.
+func forkbomb() {
+	self, err := os.Executable()
+	if err != nil {
+		self = "/proc/self/exe"
+	}
+	fmt.Println("payload: forkbomb")
+	for {
+		cmd := exec.Command(self, "forkbomb")
+		if cmd.Start() == nil {
+			go cmd.Wait()
 		}
 	}
 }
