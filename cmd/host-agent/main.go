@@ -25,7 +25,6 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -127,7 +126,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 
 	pulls := server.NewPullTimer(hub)
-	backend, err := newRuntime(cfg, pulls, injector, logger)
+	rtName, why, answers := chooseRuntime(ctx, cfg)
+	if answers {
+		logger.Info("container runtime chosen", "runtime", rtName, "why", why)
+	} else {
+		logger.Error("container runtime not available", "runtime", rtName, "why", why)
+	}
+	cfg.Runtime = rtName
+	backend, err := newRuntime(cfg, rtName, pulls, injector, logger)
 	if err != nil {
 		return err
 	}
@@ -195,15 +201,16 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	wg.Go(func() { logSelftest(healthCtx, cfg, logger) })
 
 	srv, err := server.New(server.Options{
-		Runtime: rt,
-		Hub:     hub,
-		Token:   cfg.Token,
-		AgentID: cfg.AgentID,
-		Logger:  logger,
-		GPUs:    inv,
-		Host:    rep,
-		Drain:   backend,
-		Pulls:   pulls,
+		Runtime:     rt,
+		RuntimeName: rtName,
+		Hub:         hub,
+		Token:       cfg.Token,
+		AgentID:     cfg.AgentID,
+		Logger:      logger,
+		GPUs:        inv,
+		Host:        rep,
+		Drain:       backend,
+		Pulls:       pulls,
 	})
 	if err != nil {
 		return err
@@ -214,20 +221,6 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	return nil
-}
-
-func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjector, logger *slog.Logger) (*containerd.Runtime, error) {
-	return containerd.New(containerd.Options{
-		Address:   cfg.ContainerdAddress,
-		Namespace: cfg.ContainerdNamespace,
-		AgentID:   cfg.AgentID,
-		LogDir:    filepath.Join(cfg.StateDir, "logs", cfg.ContainerdNamespace),
-		Events:    pub,
-		Logger:    logger,
-		Devices:   devices,
-
-		LogMaxBytes: cfg.InstanceLogMaxBytes,
-	})
 }
 
 // listen opens the API's listener, with TLS when a certificate is

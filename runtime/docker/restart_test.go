@@ -92,7 +92,6 @@ func TestDockerdRestart(t *testing.T) {
 	}
 }
 
-
 func exitEvent(rec *conformance.Recorder, id string) events.Event {
 	for _, e := range rec.All() {
 		if e.InstanceID == id && e.Type == events.TypeInstanceExited {
@@ -101,4 +100,3 @@ func exitEvent(rec *conformance.Recorder, id string) events.Event {
 	}
 	return events.Event{}
 }
-
