@@ -168,6 +168,9 @@ func (l *Lifecycle) Start(ctx context.Context, spec InstanceSpec) (Instance, err
 	if err := ValidateInstanceID(spec.ID); err != nil {
 		return Instance{}, err
 	}
+	if len(spec.Ports) > 0 && !l.publishes() {
+		return Instance{}, errPortsNotPublished
+	}
 	if err := l.Restore(ctx); err != nil {
 		return Instance{}, fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
@@ -189,6 +192,28 @@ func (l *Lifecycle) Start(ctx context.Context, spec InstanceSpec) (Instance, err
 		return Instance{}, fmt.Errorf("stopped waiting for instance %q, whose start goes on: %w", spec.ID, ctx.Err())
 	}
 }
+
+// errPortsNotPublished refuses a start asking for ports where the agent
+// publishes none (no host-port reservations: the back end gives rentals no
+// network of the agent's).
+var errPortsNotPublished = &fieldError{field: "ports", msg: "publishing ports is not enabled on this agent's runtime"}
+
+// publishes reports whether starts reserve host ports.
+func (l *Lifecycle) publishes() bool {
+	for _, k := range l.kinds {
+		if _, ok := k.(PortReservations); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// fieldError refuses a request because of one of its fields.
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string      { return e.field + ": " + e.msg }
+func (e *fieldError) ErrorField() string { return e.field }
+func (e *fieldError) Unwrap() error      { return errdefs.ErrInvalidArgument }
 
 // beginStart records a start in flight and returns its context, which a
 // terminate of the instance or Close cancels, and the function that ends

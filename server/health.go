@@ -21,14 +21,14 @@ func (s *Server) readyz(c *echo.Context) error {
 	if err := s.rt.Ping(ctx); err != nil {
 		// Unavailable whatever the cause's kind: a runtime that does not
 		// answer within the timeout is not ready either.
-		return &publicError{kind: errdefs.ErrUnavailable, msg: "containerd unavailable", cause: err}
+		return &publicError{kind: errdefs.ErrUnavailable, msg: s.runtimeName + " unavailable", cause: err}
 	}
 	if s.network != nil {
 		if err := s.network.Check(ctx); err != nil {
 			return &publicError{kind: errdefs.ErrUnavailable, msg: "rentals' network unavailable", cause: err}
 		}
 	}
-	resp := StatusResponse{Status: "ready", AgentID: s.agentID}
+	resp := StatusResponse{Status: "ready", AgentID: s.agentID, Runtime: s.runtimeName}
 	if st, err := s.drainStatus(ctx); err != nil {
 		s.log.Warn("drain state unreadable", "error", err)
 	} else {

@@ -126,6 +126,8 @@ type ListInstancesResponse struct {
 type StatusResponse struct {
 	Status  string `json:"status"`
 	AgentID string `json:"agent_id,omitempty"`
+	// Runtime is set by GET /readyz: the container runtime in use.
+	Runtime string `json:"runtime,omitempty"`
 	// Drain is set by GET /readyz: a drained host is up but takes no new
 	// rentals.
 	Drain *DrainStatus `json:"drain,omitempty"`

@@ -44,6 +44,8 @@ const (
 type Options struct {
 	// Runtime runs the rentals. Required.
 	Runtime runtime.Runtime
+	// RuntimeName names it in GET /readyz (default "containerd").
+	RuntimeName string
 	// Hub feeds GET /ws. Required.
 	Hub *events.Hub
 	// Token is the bearer token every route but the health checks demands.
@@ -124,6 +126,7 @@ type Route struct {
 // Server is the agent's HTTP API.
 type Server struct {
 	rt          runtime.Runtime
+	runtimeName string
 	hub         *events.Hub
 	token       string
 	agentID     string
@@ -164,6 +167,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.RuntimeName == "" {
+		opts.RuntimeName = "containerd"
+	}
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = DefaultPingInterval
 	}
@@ -184,6 +190,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		rt:          opts.Runtime,
+		runtimeName: opts.RuntimeName,
 		hub:         opts.Hub,
 		token:       opts.Token,
 		agentID:     opts.AgentID,

@@ -16,6 +16,9 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/joho/godotenv"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime/docker"
 )
 
 // config is the agent's configuration, read from the environment and from a
@@ -29,19 +32,22 @@ type config struct {
 	APIServerToken       string
 	APIServerTokenShared bool
 	ListenAddr           string
-	Runtime              string
-	ContainerdAddress    string
-	ContainerdNamespace  string
-	StateDir             string
-	APIServerURL         string
-	PublicURL            string
-	HeartbeatInterval    time.Duration
-	ContainerdRoot       string
-	CDISpecDirs          []string
-	InstanceLogMaxBytes  int64
-	TLSCertFile          string
-	TLSKeyFile           string
-	LogLevel             slog.Level
+	// Runtime is auto, containerd or docker (RUNTIME); auto is resolved
+	// at start by chooseRuntime.
+	Runtime             string
+	DockerHost          string
+	ContainerdAddress   string
+	ContainerdNamespace string
+	StateDir            string
+	APIServerURL        string
+	PublicURL           string
+	HeartbeatInterval   time.Duration
+	ContainerdRoot      string
+	CDISpecDirs         []string
+	InstanceLogMaxBytes int64
+	TLSCertFile         string
+	TLSKeyFile          string
+	LogLevel            slog.Level
 	// OrphanGrace is how long after its creation an instance is never
 	// terminated as an orphan (ORPHAN_GRACE; zero: the reporter's default).
 	OrphanGrace time.Duration
@@ -87,7 +93,8 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	c := config{
 		AgentID:             get("AGENT_ID", ""),
 		ListenAddr:          get("LISTEN_ADDR", ":8080"),
-		Runtime:             get("RUNTIME", "containerd"),
+		Runtime:             get("RUNTIME", "auto"),
+		DockerHost:          get("DOCKER_HOST", docker.DefaultHost),
 		ContainerdAddress:   get("CONTAINERD_ADDRESS", "/run/containerd/containerd.sock"),
 		ContainerdNamespace: get("CONTAINERD_NAMESPACE", "rentals"),
 		StateDir:            get("STATE_DIR", "/var/lib/host-agent"),
@@ -135,12 +142,12 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		return c, &configError{"LISTEN_ADDR", fmt.Sprintf("want host:port, got %q", c.ListenAddr)}
 	}
 	switch c.Runtime {
-	case "containerd", "auto":
-		c.Runtime = "containerd"
-	case "docker":
-		return c, &configError{"RUNTIME", "the Docker fallback is not available in this version; use containerd"}
+	case runtimeAuto, runtimeContainerd, runtimeDocker:
 	default:
 		return c, &configError{"RUNTIME", fmt.Sprintf("want containerd, docker or auto, got %q", c.Runtime)}
+	}
+	if _, err := client.ParseHostURL(c.DockerHost); err != nil {
+		return c, &configError{"DOCKER_HOST", fmt.Sprintf("want unix:///path or tcp://host:port, got %q: %v", c.DockerHost, err)}
 	}
 	if c.ContainerdAddress == "" {
 		return c, &configError{"CONTAINERD_ADDRESS", "must not be empty"}

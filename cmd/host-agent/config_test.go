@@ -51,8 +51,10 @@ func TestLoadConfig(t *testing.T) {
 		{"empty token file", base(map[string]string{"AGENT_TOKEN": "<unset>", "AGENT_TOKEN_FILE": emptyFile}), "AGENT_TOKEN_FILE"},
 		{"bad listen", base(map[string]string{"LISTEN_ADDR": "8080"}), "LISTEN_ADDR"},
 		{"bad runtime", base(map[string]string{"RUNTIME": "podman"}), "RUNTIME"},
-		{"docker not yet", base(map[string]string{"RUNTIME": "docker"}), "RUNTIME"},
-		{"auto", base(map[string]string{"RUNTIME": "auto"}), ""},
+		{"docker", base(map[string]string{"RUNTIME": "docker"}), ""},
+		{"containerd", base(map[string]string{"RUNTIME": "containerd"}), ""},
+		{"docker tcp host", base(map[string]string{"RUNTIME": "docker", "DOCKER_HOST": "tcp://127.0.0.1:2375"}), ""},
+		{"bad docker host", base(map[string]string{"DOCKER_HOST": "/var/run/docker.sock"}), "DOCKER_HOST"},
 		{"bad namespace", base(map[string]string{"CONTAINERD_NAMESPACE": "no spaces"}), "CONTAINERD_NAMESPACE"},
 		{"relative state dir", base(map[string]string{"STATE_DIR": "state"}), "STATE_DIR"},
 		{"bad api url", base(map[string]string{"API_SERVER_URL": "ftp://x"}), "API_SERVER_URL"},
@@ -82,7 +84,11 @@ func TestLoadConfig(t *testing.T) {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
 				}
-				if c.Token != goodToken || c.Runtime != "containerd" {
+				want := tc.env["RUNTIME"]
+				if want == "" {
+					want = runtimeAuto
+				}
+				if c.Token != goodToken || c.Runtime != want {
 					t.Fatalf("config = %+v", c)
 				}
 				return

@@ -25,7 +25,6 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
@@ -127,14 +126,25 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
-	rentalNet, err := newNetwork(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-	ports := hostport.NewAllocator(cfg.Network.HostPortRange, nil)
-
 	pulls := server.NewPullTimer(hub)
-	backend, err := newRuntime(cfg, pulls, injector, rentalNet, logger)
+	rtName, why, answers := chooseRuntime(ctx, cfg)
+	if answers {
+		logger.Info("container runtime chosen", "runtime", rtName, "why", why)
+	} else {
+		logger.Error("container runtime not available", "runtime", rtName, "why", why)
+	}
+	cfg.Runtime = rtName
+	// The rentals' CNI network and published ports are containerd's; on
+	// Docker, rentals get Docker's network and a start asking for ports is
+	// refused.
+	var rentalNet *network.Network
+	ports := hostport.NewAllocator(cfg.Network.HostPortRange, nil)
+	if rtName != runtimeDocker {
+		if rentalNet, err = newNetwork(ctx, cfg, logger); err != nil {
+			return err
+		}
+	}
+	backend, err := newRuntime(cfg, rtName, pulls, injector, rentalNet, logger)
 	if err != nil {
 		return err
 	}
@@ -144,11 +154,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: []runtime.ReservationKind{
-			runtime.GPUReservations{Alloc: gpualloc.New(alloc)},
-			shares,
-			runtime.PortReservations{Alloc: ports},
-		},
+		Kinds:  reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil),
 		Events: hub,
 		Logger: logger,
 	})
@@ -213,16 +219,17 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	wg.Go(func() { logSelftest(healthCtx, cfg, logger) })
 
 	srv, err := server.New(server.Options{
-		Runtime: rt,
-		Hub:     hub,
-		Token:   cfg.Token,
-		AgentID: cfg.AgentID,
-		Logger:  logger,
-		GPUs:    inv,
-		Host:    rep,
-		Drain:   backend,
-		Pulls:   pulls,
-		Network: rentalNet,
+		Runtime:     rt,
+		RuntimeName: rtName,
+		Hub:         hub,
+		Token:       cfg.Token,
+		AgentID:     cfg.AgentID,
+		Logger:      logger,
+		GPUs:        inv,
+		Host:        rep,
+		Drain:       backend,
+		Pulls:       pulls,
+		Network:     networkChecker(rentalNet),
 	})
 	if err != nil {
 		return err
@@ -235,25 +242,23 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	return nil
 }
 
-func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjector, rentalNet *network.Network, logger *slog.Logger) (*containerd.Runtime, error) {
-	var publicIP string
-	if cfg.Network.PublicIP.IsValid() {
-		publicIP = cfg.Network.PublicIP.String()
+// reservationKinds lists what a start reserves, GPUs first: a rental's
+// share of the host follows the GPUs it got. Host ports only where the
+// agent publishes them.
+func reservationKinds(gpus runtime.GPUAllocator, shares runtime.ReservationKind, ports *hostport.Allocator, publish bool) []runtime.ReservationKind {
+	kinds := []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpus}, shares}
+	if publish {
+		kinds = append(kinds, runtime.PortReservations{Alloc: ports})
 	}
-	return containerd.New(containerd.Options{
-		Network:   rentalNet,
-		PublicIP:  publicIP,
-		Fault:     crashAt(os.Getenv(crashAtEnv)),
-		Address:   cfg.ContainerdAddress,
-		Namespace: cfg.ContainerdNamespace,
-		AgentID:   cfg.AgentID,
-		LogDir:    filepath.Join(cfg.StateDir, "logs", cfg.ContainerdNamespace),
-		Events:    pub,
-		Logger:    logger,
-		Devices:   devices,
+	return kinds
+}
 
-		LogMaxBytes: cfg.InstanceLogMaxBytes,
-	})
+// networkChecker keeps a missing network a nil interface.
+func networkChecker(n *network.Network) server.NetworkChecker {
+	if n == nil {
+		return nil
+	}
+	return n
 }
 
 // listen opens the API's listener, with TLS when a certificate is

@@ -54,8 +54,12 @@ func networkConfig(cfg config) network.Config {
 	return nc
 }
 
-// networkInfo describes the rentals' network for the host report.
+// networkInfo describes the rentals' network for the host report; nil
+// (no network in the report) when rentals get none of the agent's.
 func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func() *reporter.NetworkInfo {
+	if n == nil {
+		return nil
+	}
 	return func() *reporter.NetworkInfo {
 		st := n.Status()
 		info := &reporter.NetworkInfo{

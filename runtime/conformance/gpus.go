@@ -85,3 +85,9 @@ func (h *GPUHost) minors() map[string]int {
 	}
 	return out
 }
+
+// Restarted is the same host as an agent started again sees it: the same
+// GPUs, and an allocator that knows nothing until it restores.
+func (h *GPUHost) Restarted() *GPUHost {
+	return &GPUHost{Inv: h.Inv, Spec: h.Spec, kind: runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.Inv))}}
+}

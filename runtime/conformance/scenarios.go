@@ -439,6 +439,19 @@ func testGPUs(t *testing.T, h Harness) {
 		t.Fatalf("start with another tenant's GPU: %v, want Conflict", err)
 	}
 	assertGone(t, a, thief)
+
+	// After an agent restart (a fresh allocator over the same GPUs) the
+	// reservations are rebuilt from the container's labels, and the GPUs
+	// are still refused to another tenant.
+	a.Close()
+	a = open(t, sc, gh.Restarted())
+	uuids, _ := runtime.FormatGPULabels(inst.GPUs)
+	if got := a.Holdings()[id][runtime.LabelGPUs]; got != uuids {
+		t.Fatalf("reservations after a restart: %v, want %s for %s", a.Holdings(), uuids, id)
+	}
+	if _, err := a.Start(Ctx(t), ts); !errdefs.IsConflict(err) {
+		t.Fatalf("start with another tenant's GPU after a restart: %v, want Conflict", err)
+	}
 	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,8 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	exitMu sync.Mutex
+	exitMu  sync.Mutex
+	drainMu sync.Mutex
 
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -1,0 +1,97 @@
+package docker
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moby/moby/api/types/container"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+func TestContainerConfigConfinesAndLimits(t *testing.T) {
+	t.Parallel()
+	spec := runtime.InstanceSpec{
+		ID: "web-1", Entrypoint: []string{"/bin/sh"},
+		Env:       map[string]string{"A": "1", "NVIDIA_VISIBLE_DEVICES": "all"},
+		Resources: runtime.Resources{CPUs: 1.5, MemoryMB: 512, Pids: 100, ShmMB: 128},
+	}
+	cfg, host := containerConfig("img", spec, map[string]string{runtime.LabelInstanceID: "web-1"}, gpuPlan{}, 100<<20)
+	if cfg.Hostname != "web-1" || !slices.Equal(cfg.Entrypoint, []string{"/bin/sh"}) || cfg.Cmd == nil || len(cfg.Cmd) != 0 {
+		t.Errorf("config %+v: an entrypoint drops the image's CMD", cfg)
+	}
+	if !slices.Contains(cfg.Env, "NVIDIA_VISIBLE_DEVICES=void") || slices.Contains(cfg.Env, "NVIDIA_VISIBLE_DEVICES=all") {
+		t.Errorf("env %v: NVIDIA_VISIBLE_DEVICES must be void", cfg.Env)
+	}
+	if host.NanoCPUs != 1.5e9 || host.Memory != 512<<20 || host.MemorySwap != host.Memory || *host.PidsLimit != 100 || host.ShmSize != 128<<20 {
+		t.Errorf("limits %+v", host.Resources)
+	}
+	if host.Privileged || host.Runtime != "runc" || host.NetworkMode != "none" || !slices.Contains(host.SecurityOpt, "no-new-privileges") {
+		t.Errorf("host config not confined: %+v", host)
+	}
+	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}); err != nil {
+		t.Errorf("the agent's own config refused: %v", err)
+	}
+}
+
+func TestGPUPlanIsByUUIDOnly(t *testing.T) {
+	t.Parallel()
+	uuids := []string{"GPU-a", "GPU-b"}
+	cdi := planFor(uuids, true)
+	if cdi.Request.Driver != DriverCDI || !slices.Equal(cdi.Request.DeviceIDs, []string{"nvidia.com/gpu=GPU-a", "nvidia.com/gpu=GPU-b"}) || cdi.Request.Count != 0 {
+		t.Errorf("CDI request %+v", cdi.Request)
+	}
+	nv := planFor(uuids, false)
+	if nv.Request.Driver != DriverNVIDIA || !slices.Equal(nv.Request.DeviceIDs, uuids) || nv.Request.Count != 0 {
+		t.Errorf("nvidia request %+v", nv.Request)
+	}
+	cfg, _ := containerConfig("img", runtime.InstanceSpec{ID: "g"}, nil, nv, 0)
+	if !slices.Contains(cfg.Env, "NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b") {
+		t.Errorf("env %v: the hook's variable must name exactly the UUIDs", cfg.Env)
+	}
+}
+
+func TestVerifyConfinedRefuses(t *testing.T) {
+	t.Parallel()
+	plan := planFor([]string{"GPU-a"}, true)
+	good := func() *container.HostConfig {
+		_, h := containerConfig("img", runtime.InstanceSpec{ID: "x"}, nil, plan, 0)
+		return h
+	}
+	for _, tc := range []struct {
+		name, want string
+		mutate     func(*container.HostConfig)
+	}{
+		{"privileged", "privileged", func(h *container.HostConfig) { h.Privileged = true }},
+		{"new privileges", "no_new_privileges", func(h *container.HostConfig) { h.SecurityOpt = nil }},
+		{"seccomp off", "unconfined", func(h *container.HostConfig) { h.SecurityOpt = append(h.SecurityOpt, "seccomp=unconfined") }},
+		{"cap added", "capabilities", func(h *container.HostConfig) { h.CapAdd = []string{"SYS_ADMIN"} }},
+		{"host mount", "host mounts", func(h *container.HostConfig) { h.Binds = []string{"/:/host"} }},
+		{"host device", "host devices", func(h *container.HostConfig) {
+			h.Devices = []container.DeviceMapping{{PathOnHost: "/dev/nvidia1"}}
+		}},
+		{"other runtime", "runtime", func(h *container.HostConfig) { h.Runtime = "nvidia" }},
+		{"host pid", "host namespace", func(h *container.HostConfig) { h.PidMode = "host" }},
+		{"another GPU", "device request", func(h *container.HostConfig) { h.DeviceRequests[0].DeviceIDs = []string{"nvidia.com/gpu=GPU-b"} }},
+		{"all GPUs", "device request", func(h *container.HostConfig) {
+			h.DeviceRequests[0] = container.DeviceRequest{Driver: DriverNVIDIA, Count: -1}
+		}},
+		{"no GPU", "device requests", func(h *container.HostConfig) { h.DeviceRequests = nil }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := good()
+			tc.mutate(h)
+			err := verifyConfined(container.InspectResponse{HostConfig: h}, plan)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("verify: %v, want a refusal naming %q", err, tc.want)
+			}
+		})
+	}
+	// A CPU rental with a device request is refused too.
+	h := good()
+	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}); err == nil {
+		t.Fatal("a CPU rental with a GPU device request was accepted")
+	}
+}
