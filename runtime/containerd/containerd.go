@@ -70,6 +70,10 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
+	// raiseRlimits: containers' hard limits can be raised on this host
+	// (canRaiseRlimits).
+	raiseRlimits bool
+
 	exitMu sync.Mutex
 	probe  probe
 	// runcBinary overrides the shim's runc ("" is runc from containerd's
@@ -125,6 +129,11 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
 		pub:    opts.Events,
+
+		raiseRlimits: canRaiseRlimits(),
+	}
+	if !r.raiseRlimits {
+		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
 	r.wg.Go(func() { r.watch(r.ctx) })

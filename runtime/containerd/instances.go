@@ -91,6 +91,7 @@ func toInstance(info containers.Container, proc *task.Process) runtime.Instance 
 		SpecHash:    l[runtime.LabelSpecHash],
 		Labels:      runtime.UserLabels(l),
 		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
+		OOMKilled:   l[runtime.LabelOOMKilled] == "true",
 		AgentLabels: l,
 	}
 	if t := parseTime(l[runtime.LabelCreatedAt]); !t.IsZero() {

@@ -160,6 +160,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 			// let the caller retry rather than reuse unknown contents.
 			r.removeSnapshot(spec.ID)
 		}
+		r.removeFiles(spec.ID)
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
 	}
 	if err := r.startTask(ctx, c); err != nil {
@@ -232,6 +233,7 @@ func (r *Runtime) removeContainer(c containerd.Container) {
 	if err := os.Remove(r.logPath(c.ID())); err != nil && !os.IsNotExist(err) {
 		r.log.Warn("remove log", "instance", c.ID(), "error", err)
 	}
+	r.removeFiles(c.ID())
 }
 
 func (r *Runtime) removeSnapshot(key string) {
@@ -260,5 +262,10 @@ func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec) ([]o
 	case len(spec.GPUs) > 0:
 		return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
 	}
-	return append(specOpts(img, spec), withDevicePlan(plan), verifyConfined(plan)), nil
+	keys, err := r.writeAuthorizedKeys(spec)
+	if err != nil {
+		return nil, err
+	}
+	plan.Mounts = append(plan.Mounts, keys...)
+	return append(specOpts(img, spec, r.ulimits(spec)), withDevicePlan(plan), verifyConfined(plan)), nil
 }
