@@ -232,7 +232,8 @@ func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjec
 		Logger:    logger,
 		Devices:   devices,
 
-		LogMaxBytes: cfg.InstanceLogMaxBytes,
+		LogMaxBytes:      cfg.InstanceLogMaxBytes,
+		PullStallTimeout: cfg.PullStallTimeout,
 	})
 }
 

@@ -41,8 +41,13 @@ type Options struct {
 	// Events receives instance state changes.
 	Events events.Publisher
 	Logger *slog.Logger
-	// PullTimeout bounds one image pull (default 30 minutes).
+	// PullTimeout, when set, bounds one image pull; by default a pull is
+	// bounded only by PullStallTimeout, so that a large image on a slow
+	// link finishes.
 	PullTimeout time.Duration
+	// PullStallTimeout fails a pull that fetched nothing for that long
+	// (default DefaultPullStallTimeout).
+	PullStallTimeout time.Duration
 	// ProgressInterval is how often pull progress is published (default 1s).
 	ProgressInterval time.Duration
 	// LogMaxBytes caps each instance's log on disk (default 100 MiB; below
@@ -97,8 +102,8 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.PullTimeout == 0 {
-		opts.PullTimeout = 30 * time.Minute
+	if opts.PullStallTimeout <= 0 {
+		opts.PullStallTimeout = DefaultPullStallTimeout
 	}
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = time.Second

@@ -22,6 +22,10 @@ import (
 // when the caller has gone away.
 const cleanupTimeout = 30 * time.Second
 
+// leaseExpiration is when containerd drops a start's lease should the
+// agent die before deleting it; a pull has no fixed bound, so it is long.
+const leaseExpiration = 48 * time.Hour
+
 // Start implements runtime.Runtime for runtime.Lifecycle, which calls it
 // for one instance at a time, with the reservations already made and
 // recorded in spec.ReservedLabels, and on a context detached from the
@@ -115,7 +119,8 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	lctx, cancel := r.cleanupCtx()
 	_, err := r.client.LeasesService().Create(lctx,
 		leases.WithID(lease.ID),
-		leases.WithExpiration(r.opts.PullTimeout+cleanupTimeout),
+		// A safety net only: the lease is deleted when the start ends.
+		leases.WithExpiration(leaseExpiration),
 		leases.WithLabel("host-agent.io/instance-id", spec.ID))
 	cancel()
 	if err != nil {
