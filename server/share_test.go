@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/share"
 )
 
@@ -38,5 +39,14 @@ func TestPullFailureNamesItsKind(t *testing.T) {
 		if status != wantStatus || body.Code != kind || body.Step != runtime.StepPull {
 			t.Errorf("%s: %d %+v", kind, status, body)
 		}
+	}
+}
+
+// A start refused for want of disk space is a 409 naming disk.
+func TestDiskBelowReserveIsConflictOnDisk(t *testing.T) {
+	t.Parallel()
+	err := &runtime.StepError{Step: runtime.StepAllocate, Err: &disk.FullError{Msg: "the host's disk has 1 MiB free"}}
+	if status, body := classify(err); status != http.StatusConflict || body.Field != "disk" {
+		t.Errorf("classify = %d %+v", status, body)
 	}
 }
