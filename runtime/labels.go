@@ -31,6 +31,9 @@ const (
 	// ExitCodeUnknown is LabelExitCode's value for an exit whose code the
 	// runtime lost (containerd reaps a task that exited while it was down).
 	ExitCodeUnknown = "unknown"
+	// LabelOOMKilled is "true" once the kernel has killed a process of the
+	// instance for exceeding its memory limit.
+	LabelOOMKilled = LabelPrefix + "oom-killed"
 	// LabelGPUs lists the UUIDs of the GPUs the instance holds, comma
 	// separated; the allocation table is rebuilt from it after a restart.
 	LabelGPUs = LabelPrefix + "gpus"

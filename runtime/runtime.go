@@ -81,7 +81,10 @@ type Instance struct {
 	Image       string
 	Status      Status
 	// ExitCode is set once the instance's main process has exited.
-	ExitCode   *int
+	ExitCode *int
+	// OOMKilled says that the kernel killed a process of the instance for
+	// exceeding its memory limit (its exit code is then normally 137).
+	OOMKilled  bool
 	Pid        uint32
 	CreatedAt  time.Time
 	StartedAt  time.Time

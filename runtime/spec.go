@@ -37,6 +37,13 @@ type InstanceSpec struct {
 	// ReservedLabels record what the Lifecycle reserved for the instance
 	// (GPUs, ports, addresses); the back end writes them on the container.
 	ReservedLabels map[string]string `json:"-"`
+	// Ulimits are process limits by name (nofile, memlock, ...; see
+	// UlimitNames); -1 is unlimited. A GPU rental's memlock defaults to
+	// unlimited.
+	Ulimits map[string]int64
+	// SSHAuthorizedKeys are placed, one a line, read-only at
+	// /root/.ssh/authorized_keys.
+	SSHAuthorizedKeys []string
 	// RegistryAuth is used for the pull only and is not part of Hash.
 	RegistryAuth *RegistryAuth
 }

@@ -122,6 +122,12 @@ func classify(err error) (int, errorResponse) {
 	// agent, unless the runtime itself is what failed to answer.
 	if step != nil && step.Step == runtime.StepPull && !errdefs.IsUnavailable(kind) {
 		body.Error = publicCause("pulling image failed", step.Err)
+		// What went wrong, for the scheduler to act on: not_found,
+		// unauthorized, disk_full, stalled.
+		var pe *runtime.PullError
+		if errors.As(err, &pe) {
+			body.Code = pe.Kind
+		}
 		switch {
 		case errdefs.IsNotFound(kind):
 			body.Error, body.Field = publicCause("image not found", step.Err), "image"

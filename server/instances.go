@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v5"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // Bounds of GET /instances/{id}/logs?tail=N.
@@ -100,13 +102,30 @@ func (s *Server) instanceLogs(c *echo.Context) error {
 	if err := validateInstanceID("id", id); err != nil {
 		return err
 	}
-	tail := defaultLogTail
+	tail, tailGiven := defaultLogTail, false
 	if q := c.QueryParam("tail"); q != "" || c.QueryParams().Has("tail") {
 		n, err := strconv.Atoi(q)
 		if err != nil || n < 1 || n > maxLogTail {
 			return fieldErr("tail", "must be an integer between 1 and %d", maxLogTail)
 		}
-		tail = n
+		tail, tailGiven = n, true
+	}
+	switch f := c.QueryParam("follow"); f {
+	case "true", "1":
+		return s.followLogs(c, id, tail, tailGiven)
+	case "", "false", "0":
+	default:
+		return fieldErr("follow", "must be true or false")
+	}
+	if c.QueryParams().Has("since") {
+		return fieldErr("since", "needs follow=true")
+	}
+	if lf, ok := s.rt.(runtime.LogFollower); ok {
+		// Read before the lines: resuming from it repeats rather than
+		// loses what is written in between.
+		if off, err := lf.LogOffset(c.Request().Context(), id); err == nil {
+			c.Response().Header().Set(headerLogOffset, strconv.FormatInt(off, 10))
+		}
 	}
 	logs, truncated, err := s.rt.Logs(c.Request().Context(), id, tail)
 	if err != nil {

@@ -312,7 +312,7 @@ func TestInstances(t *testing.T) {
 	t.Parallel()
 	exit := 137
 	exited := runtime.Instance{
-		ID: "b", ContainerID: "b", Image: "redis", Status: runtime.StatusExited, ExitCode: &exit,
+		ID: "b", ContainerID: "b", Image: "redis", Status: runtime.StatusExited, ExitCode: &exit, OOMKilled: true,
 		CreatedAt:  time.Date(2025, 1, 1, 0, 0, 0, 0, time.FixedZone("X", 7200)),
 		StartedAt:  time.Date(2025, 1, 1, 0, 0, 1, 0, time.UTC),
 		FinishedAt: time.Date(2025, 1, 1, 0, 5, 0, 0, time.UTC),
@@ -336,8 +336,8 @@ func TestInstances(t *testing.T) {
 
 	rec := ts.do(t, http.MethodGet, "/instances", "")
 	want := `{"instances":[` +
-		`{"instance_id":"a","container_id":"a","image":"nginx","status":"created","exit_code":null,"pid":0,"labels":{},"gpus":[],"ports":[]},` +
-		`{"instance_id":"b","container_id":"b","image":"redis","status":"exited","exit_code":137,"pid":0,` +
+		`{"instance_id":"a","container_id":"a","image":"nginx","status":"created","exit_code":null,"oom_killed":false,"pid":0,"labels":{},"gpus":[],"ports":[]},` +
+		`{"instance_id":"b","container_id":"b","image":"redis","status":"exited","exit_code":137,"oom_killed":true,"pid":0,` +
 		`"created_at":"2024-12-31T22:00:00Z","started_at":"2025-01-01T00:00:01Z","finished_at":"2025-01-01T00:05:00Z","labels":{},"gpus":[],"ports":[]}]}`
 	if rec.Code != http.StatusOK || strings.TrimSpace(rec.Body.String()) != want {
 		t.Errorf("GET /instances: %d\n%s\nwant\n%s", rec.Code, rec.Body, want)

@@ -280,8 +280,12 @@ func (c *schemaChecker) checkValue(where string, typ reflect.Type, s *schema) {
 			c.checkValue(where+"[]", typ.Elem(), s.Items)
 		}
 	case reflect.Map:
-		if ap, ok := s.AdditionalProperties.(map[string]any); !ok || fmt.Sprint(ap["type"]) != "string" {
-			c.t.Errorf("%s: a string map needs additionalProperties of type string", where)
+		want := "string"
+		if k := typ.Elem().Kind(); k == reflect.Int64 || k == reflect.Int {
+			want = "integer"
+		}
+		if ap, ok := s.AdditionalProperties.(map[string]any); !ok || fmt.Sprint(ap["type"]) != want {
+			c.t.Errorf("%s: a map of %s needs additionalProperties of type %s", where, typ.Elem(), want)
 		}
 	}
 }

@@ -32,6 +32,11 @@ type StartInstanceRequest struct {
 	// Ports are container ports to publish, each on a host port the agent
 	// picks.
 	Ports []PortRequest `json:"ports,omitempty"`
+	// Ulimits are process limits by name (-1: unlimited).
+	Ulimits map[string]int64 `json:"ulimits,omitempty"`
+	// SSHAuthorizedKeys are public keys placed read-only at
+	// /root/.ssh/authorized_keys.
+	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
 }
 
 // PortRequest asks for a container port to be published.
@@ -107,7 +112,10 @@ type InstanceResponse struct {
 	Image       string `json:"image"`
 	Status      string `json:"status"`
 	// ExitCode is null until the instance has exited.
-	ExitCode   *int              `json:"exit_code"`
+	ExitCode *int `json:"exit_code"`
+	// OOMKilled says the kernel killed a process of the instance for
+	// exceeding its memory limit.
+	OOMKilled  bool              `json:"oom_killed"`
 	Pid        uint32            `json:"pid"`
 	CreatedAt  time.Time         `json:"created_at,omitzero"`
 	StartedAt  time.Time         `json:"started_at,omitzero"`
@@ -167,6 +175,10 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 		}
 		spec.Ports = append(spec.Ports, hostport.PortRequest{ContainerPort: uint16(p.ContainerPort), Protocol: proto})
 	}
+	if len(r.Ulimits) > 0 {
+		spec.Ulimits = maps.Clone(r.Ulimits)
+	}
+	spec.SSHAuthorizedKeys = nilIfEmpty(r.SSHAuthorizedKeys)
 	if a := r.RegistryAuth; a != nil && (a.Username != "" || a.Password != "") {
 		spec.RegistryAuth = &runtime.RegistryAuth{Username: a.Username, Password: a.Password}
 	}
@@ -238,6 +250,7 @@ func instanceResponse(inst runtime.Instance) InstanceResponse {
 		Image:       inst.Image,
 		Status:      string(inst.Status),
 		ExitCode:    inst.ExitCode,
+		OOMKilled:   inst.OOMKilled,
 		Pid:         inst.Pid,
 		CreatedAt:   inst.CreatedAt.UTC(),
 		StartedAt:   inst.StartedAt.UTC(),

@@ -80,6 +80,12 @@ func (r *StartInstanceRequest) validate() error {
 	if err := validatePorts(r.Ports); err != nil {
 		return err
 	}
+	if err := validateUlimits(r.Ulimits); err != nil {
+		return err
+	}
+	if err := validateSSHKeys(r.SSHAuthorizedKeys); err != nil {
+		return err
+	}
 	return validateGPUs(r.GPUCount, r.GPUs)
 }
 

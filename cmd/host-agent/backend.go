@@ -118,6 +118,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 		Logger:    logger,
 		Devices:   devices,
 
-		LogMaxBytes: cfg.InstanceLogMaxBytes,
+		LogMaxBytes:      cfg.InstanceLogMaxBytes,
+		PullStallTimeout: cfg.PullStallTimeout,
 	})
 }

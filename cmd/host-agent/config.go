@@ -56,6 +56,12 @@ type config struct {
 	AllowInsecureAPIServer bool
 	Network                netConfig
 	Share                  shareConfig
+	// PullStallTimeout fails a pull without a byte of progress for that
+	// long (PULL_STALL_TIMEOUT).
+	PullStallTimeout time.Duration
+	// DiskReserveGB: starts are refused while CONTAINERD_ROOT has less
+	// free (DISK_RESERVE_GB).
+	DiskReserveGB uint64
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -220,6 +226,12 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if c.Share, err = loadShareConfig(get); err != nil {
 		return c, err
+	}
+	if c.PullStallTimeout, err = time.ParseDuration(get("PULL_STALL_TIMEOUT", "5m")); err != nil || c.PullStallTimeout < time.Second || c.PullStallTimeout > 24*time.Hour {
+		return c, &configError{"PULL_STALL_TIMEOUT", "want a Go duration between 1s and 24h, such as 5m"}
+	}
+	if c.DiskReserveGB, err = strconv.ParseUint(get("DISK_RESERVE_GB", "20"), 10, 32); err != nil {
+		return c, &configError{"DISK_RESERVE_GB", "want a whole number of GiB"}
 	}
 	return c, nil
 }

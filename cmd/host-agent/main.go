@@ -25,6 +25,7 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
@@ -154,7 +155,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds:  reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil),
+		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil),
+			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
 		Events: hub,
 		Logger: logger,
 	})

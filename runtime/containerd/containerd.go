@@ -41,8 +41,13 @@ type Options struct {
 	// Events receives instance state changes.
 	Events events.Publisher
 	Logger *slog.Logger
-	// PullTimeout bounds one image pull (default 30 minutes).
+	// PullTimeout, when set, bounds one image pull; by default a pull is
+	// bounded only by PullStallTimeout, so that a large image on a slow
+	// link finishes.
 	PullTimeout time.Duration
+	// PullStallTimeout fails a pull that fetched nothing for that long
+	// (default DefaultPullStallTimeout).
+	PullStallTimeout time.Duration
 	// ProgressInterval is how often pull progress is published (default 1s).
 	ProgressInterval time.Duration
 	// LogMaxBytes caps each instance's log on disk (default 100 MiB; below
@@ -80,6 +85,10 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
+	// raiseRlimits: containers' hard limits can be raised on this host
+	// (canRaiseRlimits).
+	raiseRlimits bool
+
 	exitMu sync.Mutex
 	probe  probe
 	// runcBinary overrides the shim's runc ("" is runc from containerd's
@@ -103,8 +112,8 @@ func New(opts Options) (*Runtime, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.PullTimeout == 0 {
-		opts.PullTimeout = 30 * time.Minute
+	if opts.PullStallTimeout <= 0 {
+		opts.PullStallTimeout = DefaultPullStallTimeout
 	}
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = time.Second
@@ -135,6 +144,11 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
 		pub:    opts.Events,
+
+		raiseRlimits: canRaiseRlimits(),
+	}
+	if !r.raiseRlimits {
+		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
 	r.wg.Go(func() { r.watch(r.ctx) })

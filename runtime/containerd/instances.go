@@ -92,6 +92,7 @@ func toInstance(info containers.Container, proc *task.Process) runtime.Instance 
 		Labels:      runtime.UserLabels(l),
 		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
 		Ports:       runtime.PortsFromLabels(l),
+		OOMKilled:   l[runtime.LabelOOMKilled] == "true",
 		AgentLabels: l,
 	}
 	if t := parseTime(l[runtime.LabelCreatedAt]); !t.IsZero() {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -58,15 +59,23 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 	}
 
 	r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: spec.ID, Status: "pulling", Message: ref})
-	ctx, cancel := context.WithTimeout(ctx, r.opts.PullTimeout)
-	defer cancel()
+	ctx, cancelCause := context.WithCancelCause(ctx)
+	defer cancelCause(nil)
+	if r.opts.PullTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.opts.PullTimeout)
+		defer cancel()
+	}
 	tracker := &pullTracker{}
 	stop := r.reportProgress(ctx, spec.ID, tracker)
 	defer stop()
+	var received atomic.Int64
+	stopWatch := r.watchStall(ctx, cancelCause, &received)
+	defer stopWatch()
 	pullOpts := []containerd.RemoteOpt{
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(r.opts.Snapshotter),
-		containerd.WithResolver(newResolver(spec.RegistryAuth, host)),
+		containerd.WithResolver(newCountingResolver(spec.RegistryAuth, host, &received)),
 		containerd.WithImageHandler(tracker),
 	}
 	if spec.RegistryAuth != nil {
@@ -74,7 +83,7 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 	}
 	img, err = r.client.Pull(ctx, ref, pullOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, classifyPullErr(convertErr(err)))
+		return nil, pullError(ctx, ref, err)
 	}
 	return img, nil
 }
@@ -128,6 +137,12 @@ const accessCheckTimeout = 30 * time.Second
 // same host over HTTPS (plain HTTP on loopback): a registry cannot send them
 // elsewhere with its authentication challenge.
 func newResolver(auth *runtime.RegistryAuth, registryHost string) remotes.Resolver {
+	return newCountingResolver(auth, registryHost, nil)
+}
+
+// newCountingResolver is newResolver adding every byte received from the
+// registry to received (when not nil), which the stall watch reads.
+func newCountingResolver(auth *runtime.RegistryAuth, registryHost string, received *atomic.Int64) remotes.Resolver {
 	authOpts := []docker.AuthorizerOpt{}
 	if auth != nil {
 		user, pass := auth.Username, auth.Password
@@ -140,12 +155,14 @@ func newResolver(auth *runtime.RegistryAuth, registryHost string) remotes.Resolv
 			}),
 			docker.WithAuthClient(&http.Client{Transport: realmGuard{registry: registryHost, next: http.DefaultTransport}}))
 	}
-	return docker.NewResolver(docker.ResolverOptions{
-		Hosts: docker.ConfigureDefaultRegistries(
-			docker.WithPlainHTTP(docker.MatchLocalhost),
-			docker.WithAuthorizer(docker.NewDockerAuthorizer(authOpts...)),
-		),
-	})
+	hostOpts := []docker.RegistryOpt{
+		docker.WithPlainHTTP(docker.MatchLocalhost),
+		docker.WithAuthorizer(docker.NewDockerAuthorizer(authOpts...)),
+	}
+	if received != nil {
+		hostOpts = append(hostOpts, docker.WithClient(&http.Client{Transport: countingTransport{next: http.DefaultTransport, n: received}}))
+	}
+	return docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(hostOpts...)})
 }
 
 // realmGuard carries the authorizer's token requests, which hold the

@@ -21,12 +21,13 @@ const cfsPeriod = 100000
 // specOpts builds the container's OCI spec from the image and the request.
 // Confinement comes last among the agent's own options so that nothing
 // before it can loosen it.
-func specOpts(img oci.Image, spec runtime.InstanceSpec) []oci.SpecOpts {
+func specOpts(img oci.Image, spec runtime.InstanceSpec, ulimits map[string]int64) []oci.SpecOpts {
 	opts := []oci.SpecOpts{
 		withArgs(img, spec.Entrypoint, spec.Command),
 		oci.WithEnv(envList(spec.Env)),
 		oci.WithHostname(spec.ID),
 		withResources(spec.Enforced()),
+		withUlimits(ulimits),
 		withConfinement(),
 	}
 	return opts

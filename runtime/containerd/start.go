@@ -23,6 +23,10 @@ import (
 // when the caller has gone away.
 const cleanupTimeout = 30 * time.Second
 
+// leaseExpiration is when containerd drops a start's lease should the
+// agent die before deleting it; a pull has no fixed bound, so it is long.
+const leaseExpiration = 48 * time.Hour
+
 // Start implements runtime.Runtime for runtime.Lifecycle, which calls it
 // for one instance at a time, with the reservations already made and
 // recorded in spec.ReservedLabels, and on a context detached from the
@@ -123,7 +127,8 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	lctx, cancel := r.cleanupCtx()
 	_, err := r.client.LeasesService().Create(lctx,
 		leases.WithID(lease.ID),
-		leases.WithExpiration(r.opts.PullTimeout+cleanupTimeout),
+		// A safety net only: the lease is deleted when the start ends.
+		leases.WithExpiration(leaseExpiration),
 		leases.WithLabel("host-agent.io/instance-id", spec.ID))
 	cancel()
 	if err != nil {
@@ -191,6 +196,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 			// let the caller retry rather than reuse unknown contents.
 			r.removeSnapshot(spec.ID)
 		}
+		r.removeFiles(spec.ID)
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
 	}
 	created = true
@@ -280,6 +286,7 @@ func (r *Runtime) removeContainer(c containerd.Container) {
 	if err := os.Remove(r.logPath(c.ID())); err != nil && !os.IsNotExist(err) {
 		r.log.Warn("remove log", "instance", c.ID(), "error", err)
 	}
+	r.removeFiles(c.ID())
 }
 
 func (r *Runtime) removeSnapshot(key string) {
@@ -308,7 +315,12 @@ func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec, att 
 	case len(spec.GPUs) > 0:
 		return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
 	}
-	opts := specOpts(img, spec)
+	keys, err := r.writeAuthorizedKeys(spec)
+	if err != nil {
+		return nil, err
+	}
+	plan.Mounts = append(plan.Mounts, keys...)
+	opts := specOpts(img, spec, r.ulimits(spec))
 	if att.NetNS != "" {
 		opts = append(opts, att.SpecOpts(r.opts.PublicIP))
 		plan = networkPlan(plan, att)

@@ -57,6 +57,7 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 	if err := os.Remove(r.logPath(id)); err != nil && !os.IsNotExist(err) {
 		r.log.Warn("remove log", "instance", id, "error", err)
 	}
+	r.removeFiles(id)
 	r.log.Info("instance terminated", "instance", id)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil

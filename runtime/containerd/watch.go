@@ -37,7 +37,8 @@ func (r *Runtime) watch(ctx context.Context) {
 	for ctx.Err() == nil {
 		subCtx, cancel := context.WithCancel(ctx)
 		envC, errC := r.client.Subscribe(subCtx,
-			fmt.Sprintf(`topic=="/tasks/exit",namespace==%q`, r.opts.Namespace))
+			fmt.Sprintf(`topic=="/tasks/exit",namespace==%q`, r.opts.Namespace),
+			fmt.Sprintf(`topic=="/tasks/oom",namespace==%q`, r.opts.Namespace))
 		err := r.reconcile(ctx)
 		if err == nil {
 			if !connected {
@@ -92,6 +93,10 @@ func (r *Runtime) follow(ctx context.Context, envC <-chan *ctrevents.Envelope, e
 			ev, err := typeurl.UnmarshalAny(env.Event)
 			if err != nil {
 				r.log.Warn("undecodable containerd event", "topic", env.Topic, "error", err)
+				continue
+			}
+			if oom, ok := ev.(*apievents.TaskOOM); ok {
+				r.recordOOM(ctx, oom.ContainerID)
 				continue
 			}
 			exit, ok := ev.(*apievents.TaskExit)
@@ -172,6 +177,11 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 		at = time.Now()
 	}
 	ev := events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited)}
+	newLabels := map[string]string{}
+	if info.Labels[runtime.LabelOOMKilled] == "true" || r.oomKilledByCgroup(ctx, id) {
+		ev.OOMKilled = true
+		newLabels[runtime.LabelOOMKilled] = "true"
+	}
 	label := runtime.ExitCodeUnknown
 	if code == exitCodeUnknown {
 		ev.Message = "exit code unavailable: the task was removed while the agent was not connected to containerd"
@@ -179,14 +189,13 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 		ev.ExitCode = &code
 		label = strconv.Itoa(code)
 	}
-	r.log.Info("instance exited", "instance", id, "exit_code", label)
+	r.log.Info("instance exited", "instance", id, "exit_code", label, "oom_killed", ev.OOMKilled)
 	r.pub.Publish(ev)
 	c, err := r.client.LoadContainer(ctx, id)
 	if err == nil {
-		_, err = c.SetLabels(ctx, map[string]string{
-			runtime.LabelExitCode:   label,
-			runtime.LabelFinishedAt: at.UTC().Format(time.RFC3339Nano),
-		})
+		newLabels[runtime.LabelExitCode] = label
+		newLabels[runtime.LabelFinishedAt] = at.UTC().Format(time.RFC3339Nano)
+		_, err = c.SetLabels(ctx, newLabels)
 	}
 	if err != nil && !errdefs.IsNotFound(err) {
 		r.log.Warn("record exit in labels", "instance", id, "error", err)

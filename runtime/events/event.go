@@ -42,16 +42,18 @@ const (
 
 // Event is one thing that happened. Seq and Time are set by the Hub.
 type Event struct {
-	Seq        uint64        `json:"seq"`
-	Time       time.Time     `json:"time"`
-	Type       string        `json:"type"`
-	InstanceID string        `json:"instance_id,omitempty"`
-	Status     string        `json:"status,omitempty"`
-	ExitCode   *int          `json:"exit_code,omitempty"`
-	Step       string        `json:"step,omitempty"`
-	Error      string        `json:"error,omitempty"`
-	Message    string        `json:"message,omitempty"`
-	Progress   *PullProgress `json:"progress,omitempty"`
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	Type       string    `json:"type"`
+	InstanceID string    `json:"instance_id,omitempty"`
+	Status     string    `json:"status,omitempty"`
+	ExitCode   *int      `json:"exit_code,omitempty"`
+	// OOMKilled is set on an exit caused by the instance's memory limit.
+	OOMKilled bool          `json:"oom_killed,omitempty"`
+	Step      string        `json:"step,omitempty"`
+	Error     string        `json:"error,omitempty"`
+	Message   string        `json:"message,omitempty"`
+	Progress  *PullProgress `json:"progress,omitempty"`
 	// GPU is the UUID of the GPU a gpu.health event is about.
 	GPU string `json:"gpu,omitempty"`
 	// Ports are an instance.running instance's published ports.

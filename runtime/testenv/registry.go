@@ -32,6 +32,9 @@ type Registry struct {
 	Host string // 127.0.0.1:PORT
 	// rate limits blob downloads, in bytes per second; 0 is unlimited.
 	rate atomic.Int64
+	// stallAfter, when above zero, makes blob downloads stop sending after
+	// that many bytes, holding the connection open.
+	stallAfter atomic.Int64
 	// auth is "user:password" once RequireBasicAuth is called.
 	auth atomic.Pointer[string]
 }
@@ -51,6 +54,9 @@ func StartRegistry() *Registry {
 		}
 		if rate := r.rate.Load(); rate > 0 && req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			w = &throttledWriter{ResponseWriter: w, rate: rate}
+		}
+		if after := r.stallAfter.Load(); after > 0 && req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
+			w = &stallingWriter{ResponseWriter: w, left: after, done: req.Context().Done()}
 		}
 		reg.ServeHTTP(w, req)
 	}))
@@ -92,6 +98,35 @@ func (t *throttledWriter) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// StallAfter makes blob downloads stop sending after n bytes and hold the
+// connection open until the client gives up (0: never), as a registry
+// behind a broken link does.
+func (r *Registry) StallAfter(n int64) { r.stallAfter.Store(n) }
+
+// stallingWriter sends left bytes, then blocks until the request ends.
+type stallingWriter struct {
+	http.ResponseWriter
+	left int64
+	done <-chan struct{}
+}
+
+func (s *stallingWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) <= s.left {
+		s.left -= int64(len(p))
+		return s.ResponseWriter.Write(p)
+	}
+	n, err := s.ResponseWriter.Write(p[:s.left])
+	s.left = 0
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+	if err != nil {
+		return n, err
+	}
+	<-s.done
+	return n, http.ErrAbortHandler
 }
 
 // Close stops the registry.
@@ -167,14 +202,19 @@ func (r *Registry) PushPayloadBinary(repoTag string, bin []byte, padding int) (s
 func BuildPayload() ([]byte, error) {
 	_, file, _, _ := goruntime.Caller(0)
 	src := filepath.Join(filepath.Dir(file), "payload")
-	out := filepath.Join(os.TempDir(), fmt.Sprintf("host-agent-payload-%d", os.Getpid()))
+	// A directory of its own: parallel tests build at once.
+	dir, err := os.MkdirTemp("", "host-agent-payload-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "payload")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, ".")
 	cmd.Dir = src
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build payload: %v\n%s", err, b)
 	}
-	defer os.Remove(out)
 	return os.ReadFile(out)
 }
 

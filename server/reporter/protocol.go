@@ -122,9 +122,12 @@ type InstanceState struct {
 	// unknown.
 	Status string `json:"status"`
 	// ExitCode is null until the instance's main process has exited.
-	ExitCode *int   `json:"exit_code"`
-	Image    string `json:"image,omitempty"`
-	SpecHash string `json:"spec_hash,omitempty"`
+	ExitCode *int `json:"exit_code"`
+	// OOMKilled says the kernel killed a process of the instance for
+	// exceeding its memory limit.
+	OOMKilled bool   `json:"oom_killed,omitempty"`
+	Image     string `json:"image,omitempty"`
+	SpecHash  string `json:"spec_hash,omitempty"`
 	// GPUs are the GPUs the instance holds; empty, never null, when none.
 	GPUs []GPURef `json:"gpus"`
 	// Ports are the published ports; empty, never null, when none.

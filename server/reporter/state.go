@@ -70,6 +70,7 @@ func instanceState(inst runtime.Instance, held map[string][]GPURef) InstanceStat
 		ContainerID: inst.ContainerID,
 		Status:      string(inst.Status),
 		ExitCode:    inst.ExitCode,
+		OOMKilled:   inst.OOMKilled,
 		Image:       inst.Image,
 		SpecHash:    inst.SpecHash,
 		GPUs:        nonNil(gpusOf(inst, held)),

@@ -1,0 +1,176 @@
+package containerd
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/share"
+)
+
+// waitForLog waits until the instance's output holds every want.
+func waitForLog(t *testing.T, r *agent, id string, want ...string) string {
+	t.Helper()
+	var logs string
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _, err := r.Logs(ctx(t), id, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = string(b)
+		missing := false
+		for _, w := range want {
+			if !strings.Contains(logs, w) {
+				missing = true
+			}
+		}
+		if !missing {
+			return logs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("output of %s lacks %q:\n%s", id, want, logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A GPU rental gets a /dev/shm of half its memory and unlimited memlock; the
+// limits it names are set.
+func TestGPURentalShmAndUlimits(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	host := newGPUHost(t, nil)
+	r, _ := host.shareAgent(t, testNamespace(t), newRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8})
+	spec := payloadSpec("dl", "statfs", "/dev/shm", "cat", "/proc/self/limits", "echo", "done", "sleep", "inf")
+	spec.GPURequest = runtime.GPURequest{Count: 1}
+	// Lowered, not raised: raising needs CAP_SYS_RESOURCE, which a sandbox
+	// may withhold.
+	spec.Ulimits = map[string]int64{"nofile": 4096, "core": 0}
+	if _, err := r.Start(ctx(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	logs := waitForLog(t, r, "dl", "done")
+	if first := strings.SplitN(logs, "\n", 2)[0]; first != "524288000" {
+		t.Errorf("/dev/shm is %s bytes, want 500 MiB (half of 1000 MiB)", first)
+	}
+	want := [][]string{
+		{"Max open files", "4096", "4096"},
+		{"Max core file size", "0", "0"},
+	}
+	if r.be.raiseRlimits {
+		want = append(want, []string{"Max locked memory", "unlimited", "unlimited"})
+	} else {
+		t.Log("no CAP_SYS_RESOURCE here: memlock stays at the default")
+	}
+	for _, want := range want {
+		found := false
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.HasPrefix(line, want[0]) {
+				f := strings.Fields(strings.TrimPrefix(line, want[0]))
+				found = len(f) >= 2 && f[0] == want[1] && f[1] == want[2]
+				if !found {
+					t.Errorf("%s", line)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("no %q %s/%s in /proc/self/limits:\n%s", want[0], want[1], want[2], logs)
+		}
+	}
+}
+
+// A payload allocating past its memory limit is killed by the kernel, and
+// its exit event and state say so.
+func TestOOMKillReported(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	rec := newRecorder()
+	r := newRuntime(t, daemon.Address, testNamespace(t), rec)
+	spec := payloadSpec("hog", "alloc", "512", "sleep", "inf")
+	spec.Resources.MemoryMB = 32
+	if _, err := r.Start(ctx(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	ev := rec.waitFor(t, "hog", events.TypeInstanceExited, time.Minute)
+	if !ev.OOMKilled || ev.ExitCode == nil || *ev.ExitCode != 137 {
+		t.Errorf("exit event %+v (exit code %v)", ev, ev.ExitCode)
+	}
+	inst, err := r.Get(ctx(t), "hog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !inst.OOMKilled || inst.Status != runtime.StatusExited {
+		t.Errorf("instance %+v", inst)
+	}
+	// One that exits by itself is not.
+	if _, err := r.Start(ctx(t), payloadSpec("fine", "alloc", "8", "exit", "0")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := rec.waitFor(t, "fine", events.TypeInstanceExited, time.Minute); ev.OOMKilled {
+		t.Errorf("clean exit reported as OOM: %+v", ev)
+	}
+}
+
+// The tenant's keys are at /root/.ssh/authorized_keys, and the tenant cannot
+// change them; the file goes with the instance.
+func TestSSHAuthorizedKeysReadOnly(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	ns := testNamespace(t)
+	r := newRuntime(t, daemon.Address, ns, newRecorder())
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub))) + " tenant@laptop"
+	spec := payloadSpec("sshd", "cat", "/root/.ssh/authorized_keys", "write", "/root/.ssh/authorized_keys",
+		"write", "/root/.ssh/other", "echo", "done", "sleep", "inf")
+	spec.SSHAuthorizedKeys = []string{key}
+	if _, err := r.Start(ctx(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	logs := waitForLog(t, r, "sshd", "done")
+	if !strings.HasPrefix(logs, key+"\n") {
+		t.Errorf("authorized_keys inside:\n%s", logs)
+	}
+	if !strings.Contains(logs, "write /root/.ssh/authorized_keys: open /root/.ssh/authorized_keys: read-only file system") {
+		t.Errorf("the tenant could write its authorized_keys:\n%s", logs)
+	}
+	cl, cctx := rawClient(t, daemon.Address, ns)
+	c, err := cl.LoadContainer(cctx, "sshd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Spec(cctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var binds []string
+	for _, m := range s.Mounts {
+		if runtime.IsBindMount(m) {
+			binds = append(binds, m.Source+" -> "+m.Destination+" "+strings.Join(m.Options, ","))
+		}
+	}
+	files := r.be.filesDir("sshd")
+	if len(binds) != 1 || !strings.HasPrefix(binds[0], files+"/authorized_keys -> /root/.ssh/authorized_keys ro,") {
+		t.Errorf("bind mounts: %q", binds)
+	}
+	if err := r.Terminate(ctx(t), "sshd", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(files); !os.IsNotExist(err) {
+		t.Errorf("instance files left after terminate: %v", err)
+	}
+}

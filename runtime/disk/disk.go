@@ -1,0 +1,76 @@
+// Package disk keeps rentals from filling the disk the container runtime
+// keeps images and writable layers on: its Reserve is a
+// runtime.ReservationKind that refuses a start while free space there is
+// below the reserve. cmd/ builds it.
+package disk
+
+import (
+	"fmt"
+
+	"github.com/containerd/errdefs"
+	"golang.org/x/sys/unix"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// Reserve refuses starts while the file system holding Path has less than
+// Bytes free (what an unprivileged writer may use, as df's Avail).
+type Reserve struct {
+	Path  string
+	Bytes uint64
+}
+
+var _ runtime.ReservationKind = Reserve{}
+
+// FullError refuses a start for want of disk space. It names the field
+// "disk" and is an errdefs.ResourceExhausted.
+type FullError struct{ Msg string }
+
+func (e *FullError) Error() string { return e.Msg }
+
+// ErrorField names what the caller should look at.
+func (e *FullError) ErrorField() string { return "disk" }
+
+// Unwrap makes it an errdefs.ResourceExhausted.
+func (e *FullError) Unwrap() error { return errdefs.ErrResourceExhausted }
+
+// Free returns the free bytes at path.
+func Free(path string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// Name implements runtime.ReservationKind.
+func (Reserve) Name() string { return "disk" }
+
+// Reserve implements runtime.ReservationKind: it holds nothing, and refuses
+// the start when free space is below the reserve. A path that cannot be
+// read refuses nothing: the pull reports a full disk itself.
+func (d Reserve) Reserve(*runtime.InstanceSpec) (map[string]string, error) {
+	if d.Bytes == 0 {
+		return nil, nil
+	}
+	free, err := Free(d.Path)
+	if err != nil {
+		return nil, nil
+	}
+	if free < d.Bytes {
+		return nil, &FullError{Msg: fmt.Sprintf("the host's disk at %s has %d MiB free, below its reserve of %d MiB", d.Path, free>>20, d.Bytes>>20)}
+	}
+	return nil, nil
+}
+
+// Release implements runtime.ReservationKind.
+func (Reserve) Release(string) {}
+
+// Restore implements runtime.ReservationKind.
+func (Reserve) Restore(string, map[string]string) error { return nil }
+
+// Holdings implements runtime.ReservationKind.
+func (Reserve) Holdings() map[string]map[string]string { return nil }
+
+// Records implements runtime.ReservationKind.
+func (Reserve) Records(string) bool { return false }

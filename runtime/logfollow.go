@@ -1,0 +1,45 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"io"
+
+	"github.com/containerd/errdefs"
+)
+
+// MaxFollowBytes caps the bytes one FollowLogs call sends; a client that
+// wants more asks again from the offset it got.
+const MaxFollowBytes = 64 << 20
+
+// LogFollower streams an instance's output as it is written. A back end
+// that can implements it; the Lifecycle passes it through.
+type LogFollower interface {
+	// FollowLogs writes the instance's output to w from byte offset from
+	// of its log (below zero: from the start of its last tail lines),
+	// calling flush after each write, until the instance has exited and
+	// everything it wrote is sent, ctx is done, or maxBytes are sent. It
+	// returns the offset to resume from, and truncated when it stopped at
+	// maxBytes.
+	FollowLogs(ctx context.Context, id string, from int64, tail int, maxBytes int64, w io.Writer, flush func()) (next int64, truncated bool, err error)
+	// LogOffset is the offset of the end of the instance's log now.
+	LogOffset(ctx context.Context, id string) (int64, error)
+}
+
+// FollowLogs implements LogFollower when the back end does.
+func (l *Lifecycle) FollowLogs(ctx context.Context, id string, from int64, tail int, maxBytes int64, w io.Writer, flush func()) (int64, bool, error) {
+	f, ok := l.be.(LogFollower)
+	if !ok {
+		return 0, false, fmt.Errorf("this runtime cannot follow logs: %w", errdefs.ErrNotImplemented)
+	}
+	return f.FollowLogs(ctx, id, from, tail, maxBytes, w, flush)
+}
+
+// LogOffset implements LogFollower when the back end does.
+func (l *Lifecycle) LogOffset(ctx context.Context, id string) (int64, error) {
+	f, ok := l.be.(LogFollower)
+	if !ok {
+		return 0, fmt.Errorf("this runtime cannot follow logs: %w", errdefs.ErrNotImplemented)
+	}
+	return f.LogOffset(ctx, id)
+}
