@@ -294,8 +294,8 @@ func testRegistryAuth(t *testing.T, h Harness) {
 	// Another request without credentials does not get the image the
 	// first one pulled.
 	other := uniqueID(t, "freeload")
-	if _, err := a.Start(Ctx(t), runtime.InstanceSpec{ID: other, Image: ref, Command: []string{"sleep", "inf"}}); err == nil {
-		t.Fatal("a request without credentials ran a private image another request pulled")
+	if _, err := a.Start(Ctx(t), runtime.InstanceSpec{ID: other, Image: ref, Command: []string{"sleep", "inf"}}); !errdefs.IsUnauthorized(err) {
+		t.Fatalf("a request without credentials for a private image another request pulled: %v, want Unauthenticated", err)
 	}
 	assertGone(t, a, other)
 	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {

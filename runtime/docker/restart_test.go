@@ -100,3 +100,68 @@ func exitEvent(rec *conformance.Recorder, id string) events.Event {
 	}
 	return events.Event{}
 }
+
+// TestExitWhileDockerdDown runs dockerd with live restore: the rentals
+// outlive the daemon, one exits while it is down, and once it is back that
+// exit is reported exactly once with its code, while the one still running
+// is not reported at all.
+func TestExitWhileDockerdDown(t *testing.T) {
+	for _, name := range []string{debian, moby} {
+		t.Run(name, func(t *testing.T) {
+			shared := needDockerd(t, name)
+			dir, err := os.MkdirTemp("", "ha-lr-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			bin, _ := testenv.MobyDockerd()
+			if name == debian {
+				bin = testenv.DebianDockerd()
+			}
+			d, err := testenv.StartDockerd(dir, testenv.DockerdOptions{Bin: bin, Containerd: containerd.Address, CDI: shared.CDIDir != "", LiveRestore: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(d.Close)
+			sc := newScope(t, d)
+			rec := conformance.NewRecorder()
+			l := runtime.NewLifecycle(sc.open(t, rec), runtime.LifecycleOptions{Events: rec})
+			t.Cleanup(func() { l.Close() })
+			rec.WaitFor(t, "", events.TypeRuntimeConnected, 30*time.Second)
+			if _, err := l.Start(conformance.Ctx(t), runtime.InstanceSpec{ID: "lr-running", Image: payloadRef, Command: []string{"sleep", "inf"}}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := l.Start(conformance.Ctx(t), runtime.InstanceSpec{ID: "lr-exits", Image: payloadRef, Command: []string{"sleep", "3", "exit", "5"}}); err != nil {
+				t.Fatal(err)
+			}
+			d.Stop()
+			rec.WaitFor(t, "", events.TypeRuntimeDisconnected, 30*time.Second)
+			time.Sleep(5 * time.Second) // lr-exits ends while dockerd is down
+			if n := rec.Count("lr-exits", events.TypeInstanceExited); n != 0 {
+				t.Fatalf("exit reported while dockerd was down: %s", rec.Summary())
+			}
+			if err := d.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ev := rec.WaitFor(t, "lr-exits", events.TypeInstanceExited, time.Minute)
+			if ev.ExitCode == nil || *ev.ExitCode != 5 {
+				t.Errorf("exit while dockerd was down reported as %+v, want code 5", ev)
+			}
+			time.Sleep(2 * time.Second)
+			if n := rec.Count("lr-exits", events.TypeInstanceExited); n != 1 {
+				t.Errorf("exit reported %d times:%s", n, rec.Summary())
+			}
+			if n := rec.Count("lr-running", events.TypeInstanceExited); n != 0 {
+				t.Errorf("a rental that kept running was reported exited:%s", rec.Summary())
+			}
+			if inst, err := l.Get(conformance.Ctx(t), "lr-running"); err != nil || inst.Status != runtime.StatusRunning {
+				t.Errorf("lr-running after the restart: %+v %v", inst, err)
+			}
+			for _, id := range []string{"lr-running", "lr-exits"} {
+				if err := l.Terminate(conformance.Ctx(t), id, time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}

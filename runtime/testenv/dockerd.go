@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -64,6 +65,8 @@ type DockerdOptions struct {
 	// PATH, which makes dockerd offer the "nvidia" device driver and
 	// records what it is run with in HookRecordName.
 	NvidiaHook bool
+	// LiveRestore keeps containers running while dockerd is down.
+	LiveRestore bool
 }
 
 // Dockerd is a private dockerd with its own data root, exec root, pidfile
@@ -90,7 +93,10 @@ func StartDockerd(dir string, opts DockerdOptions) (*Dockerd, error) {
 			return nil, err
 		}
 	}
-	config := "{}"
+	features := map[string]any{}
+	if opts.LiveRestore {
+		features["live-restore"] = true
+	}
 	if opts.CDI {
 		d.CDIDir = filepath.Join(dir, "cdi")
 		if err := os.MkdirAll(d.CDIDir, 0o755); err != nil {
@@ -98,9 +104,13 @@ func StartDockerd(dir string, opts DockerdOptions) (*Dockerd, error) {
 		}
 		// Debian's runc has no time namespaces; the moby dockerd asks for
 		// them unless told not to.
-		config = `{"features": {"time-namespaces": false}}`
+		features["features"] = map[string]bool{"time-namespaces": false}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), []byte(config), 0o600); err != nil {
+	config, err := json.Marshal(features)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "daemon.json"), config, 0o600); err != nil {
 		return nil, err
 	}
 	if opts.NvidiaHook {
