@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,6 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	ctdclient "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
@@ -227,6 +231,9 @@ func TestAgentAndContainerdRestartKeepPorts(t *testing.T) {
 	w := newWorld(t)
 	user := addPeer(t, "user", "198.18.4.1", "198.18.4.2", 24)
 	agent := startAgent(t, w.bin, w.env, w.agentLog)
+	mustStart(t, agent, servingStart("warm", w.image, 8080))
+	mustTerminate(t, agent, "warm")
+	before, rules := w.net.counts(t), w.net.ourRules(t)
 	a := mustStart(t, agent, servingStart("keep-a", w.image, 8080))
 	if !answers(t, user, a["tcp/8080"]) {
 		t.Fatal("keep-a does not answer")
@@ -259,8 +266,41 @@ func TestAgentAndContainerdRestartKeepPorts(t *testing.T) {
 			t.Fatalf("%s does not answer on %d after containerd's restart", id, p)
 		}
 	}
+	// While the agent is down, an operator deletes keep-0's container: at
+	// its start the agent tears down the network left without a container.
+	_ = agent.cmd.Process.Signal(syscall.SIGKILL)
+	agent.waitDead()
+	deleteContainer(t, w.ctd.Address, "keep-0")
+	agent = startAgent(t, w.bin, w.env, w.agentLog)
 	for _, id := range held {
-		mustTerminate(t, agent, id)
+		if id != "keep-0" {
+			mustTerminate(t, agent, id)
+		}
+	}
+	checkCounts(t, w.net, before, rules)
+}
+
+// deleteContainer kills and deletes an instance's container behind the
+// agent's back, as an operator's ctr would.
+func deleteContainer(t *testing.T, addr, id string) {
+	t.Helper()
+	cl, err := ctdclient.New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "rentals")
+	c, err := cl.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task, err := c.Task(ctx, nil); err == nil {
+		if _, err := task.Delete(ctx, ctdclient.WithProcessKill); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Delete(ctx, ctdclient.WithSnapshotCleanup); err != nil {
+		t.Fatal(err)
 	}
 }
 

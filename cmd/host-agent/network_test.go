@@ -160,7 +160,7 @@ func TestAgentRentalNetwork(t *testing.T) {
 	mustRouteInto(t, dns.addr, dns.hostIf)
 	mustRouteInto(t, user.host, user.hostIf)
 
-	cmd := []string{"serve", "8080", "env", "cat", "/proc/self/status"}
+	cmd := []string{"serve", "8080", "env", "cat", "/proc/self/status", "cat", "/etc/hostname", "cat", "/etc/hosts"}
 	for _, tc := range targets {
 		cmd = append(cmd, "dial", "tcp", netip.AddrPortFrom(tc.addr, uint16(tc.port)).String())
 	}
@@ -219,6 +219,10 @@ func TestAgentRentalNetwork(t *testing.T) {
 		if !strings.Contains(out, e) {
 			t.Errorf("the payload's environment lacks %q", e)
 		}
+	}
+	aIP := containerLabels(t, w.ctd.Address, "net-a")[runtime.LabelIP]
+	if !strings.Contains(out, "\nnet-a\n") || !strings.Contains(out, aIP+"\tnet-a\n") {
+		t.Errorf("the generated hostname and hosts (address %s) are not what the payload reads:\n%s", aIP, out)
 	}
 	if caps := capLine(out, "CapBnd:"); caps&(1<<13) != 0 {
 		t.Errorf("CAP_NET_RAW in the bounding set: %x", caps)

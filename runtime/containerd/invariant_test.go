@@ -18,6 +18,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
@@ -65,12 +66,13 @@ func (f flaky) Terminate(ctx context.Context, id string, timeout time.Duration) 
 // TestLifecycleInvariantsOnContainerd sends random starts (fresh, retried,
 // conflicting, failing to pull, with GPUs injected through CDI), terminates
 // with short caller deadlines, reconciles and agent restarts against the
-// real containerd, with failures injected around it. After every
-// operation no GPU is recorded on two containers; once each round has
+// real containerd and a real rentals' network (CNI, iptables), with
+// failures injected around it. After every operation no GPU and no host
+// port is recorded on two containers; once each round has
 // settled, every container's GPU labels are what the allocator holds for
 // it and the allocator holds nothing for an instance without a container,
-// and no lease, active snapshot, task or log file is left without its
-// container.
+// and no lease, active snapshot, task, log file, network namespace or IPAM
+// lease is left without its container.
 func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
@@ -82,14 +84,20 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 	cl, cctx := rawClient(t, daemon.Address, ns)
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
+	rentalNet := newInvariantNetwork(t)
+
 	open := func() (*runtime.Lifecycle, *Runtime) {
 		be, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "invariant", LogDir: logDir,
-			Devices: host.injector, Logger: logger})
+			Devices: host.injector, Logger: logger, Network: rentalNet.net})
 		if err != nil {
 			t.Fatal(err)
 		}
+		ports := hostport.NewAllocator(hostport.Range{First: 47100, Last: 47107}, nil)
 		l := runtime.NewLifecycle(flaky{Runtime: be, rnd: rnd}, runtime.LifecycleOptions{
-			Kinds:             []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(host.inv))}},
+			Kinds: []runtime.ReservationKind{
+				runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(host.inv))},
+				runtime.PortReservations{Alloc: ports},
+			},
 			Logger:            logger,
 			ReconcileInterval: -1,
 		})
@@ -116,7 +124,10 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 		for _, inst := range list {
 			exists[inst.ID] = true
 		}
-		return checkNoOrphans(cl, cctx, logDir, exists)
+		if err := checkNoOrphans(cl, cctx, logDir, exists); err != nil {
+			return err
+		}
+		return rentalNet.checkNoOrphans(exists)
 	}
 
 	invariant.Schedule{
@@ -126,6 +137,10 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 		Spec: func(i, variant int) runtime.InstanceSpec {
 			s := payloadSpec(fmt.Sprintf("inv-%d", i), "sleep", "inf")
 			s.GPURequest = runtime.GPURequest{Count: i % 3}
+			// Up to 2 ports each from a range of 8: sometimes exhausted.
+			for p := range i % 3 {
+				s.Ports = append(s.Ports, hostport.PortRequest{ContainerPort: uint16(22 + p), Protocol: hostport.TCP})
+			}
 			switch variant {
 			case 1:
 				s.Command = []string{"sleep", "1000"}
@@ -143,7 +158,10 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			return invariant.CheckNoSharedGPU(list)
+			if err := invariant.CheckNoSharedGPU(list); err != nil {
+				return err
+			}
+			return invariant.CheckNoSharedPort(list)
 		},
 		Settled: settled,
 		Restart: func() {
