@@ -234,8 +234,10 @@ func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjec
 		Logger:    logger,
 		Devices:   devices,
 
-		LogMaxBytes:      cfg.InstanceLogMaxBytes,
-		PullStallTimeout: cfg.PullStallTimeout,
+		LogMaxBytes:       cfg.InstanceLogMaxBytes,
+		PullStallTimeout:  cfg.PullStallTimeout,
+		RegistryConfigDir: cfg.Pull.ConfigDir,
+		RegistryAuthFile:  cfg.Pull.AuthFile,
 	})
 }
 
