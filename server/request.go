@@ -59,6 +59,9 @@ type ResourcesRequest struct {
 	MemoryMB int64   `json:"memory_mb,omitempty"`
 	Pids     int64   `json:"pids,omitempty"`
 	ShmMB    int64   `json:"shm_mb,omitempty"`
+	// DiskGB would limit the writable layer; refused where the
+	// snapshotter cannot enforce it (see validate).
+	DiskGB int64 `json:"disk_gb,omitempty"`
 }
 
 // RegistryAuthRequest are credentials for pulling the image.

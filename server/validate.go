@@ -259,6 +259,10 @@ func (r *ResourcesRequest) validate() error {
 		return fieldErr("resources.pids", "must be greater than 0 and at most %d", maxPids)
 	case r.ShmMB < 0 || r.ShmMB > maxSizeMB:
 		return fieldErr("resources.shm_mb", "must be greater than 0 and at most %d", maxSizeMB)
+	case r.DiskGB != 0:
+		// containerd's overlayfs snapshotter has no size limit for a
+		// writable layer: refuse rather than pretend.
+		return fieldErr("resources.disk_gb", "this host's snapshotter (overlayfs) cannot limit the writable layer; leave disk_gb out")
 	}
 	return nil
 }

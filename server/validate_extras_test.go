@@ -58,3 +58,17 @@ func TestUlimitsAndSSHKeysValidation(t *testing.T) {
 		})
 	}
 }
+
+// A writable-layer limit the snapshotter cannot enforce is refused, not
+// ignored.
+func TestDiskLimitRefusedWhereUnenforceable(t *testing.T) {
+	t.Parallel()
+	var req StartInstanceRequest
+	if err := decodeJSON([]byte(obj(`"resources":{"disk_gb":50}`)), &req); err != nil {
+		t.Fatal(err)
+	}
+	var fe *FieldError
+	if err := req.validate(); !errors.As(err, &fe) || fe.Field != "resources.disk_gb" || !strings.Contains(fe.Msg, "cannot limit") {
+		t.Errorf("disk_gb: %v", err)
+	}
+}

@@ -118,7 +118,9 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 		Logger:    logger,
 		Devices:   devices,
 
-		LogMaxBytes:      cfg.InstanceLogMaxBytes,
-		PullStallTimeout: cfg.PullStallTimeout,
+		LogMaxBytes:       cfg.InstanceLogMaxBytes,
+		PullStallTimeout:  cfg.PullStallTimeout,
+		RegistryConfigDir: cfg.Pull.ConfigDir,
+		RegistryAuthFile:  cfg.Pull.AuthFile,
 	})
 }

@@ -62,6 +62,7 @@ type config struct {
 	// DiskReserveGB: starts are refused while CONTAINERD_ROOT has less
 	// free (DISK_RESERVE_GB).
 	DiskReserveGB uint64
+	Pull          pullConfig
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -232,6 +233,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if c.DiskReserveGB, err = strconv.ParseUint(get("DISK_RESERVE_GB", "20"), 10, 32); err != nil {
 		return c, &configError{"DISK_RESERVE_GB", "want a whole number of GiB"}
+	}
+	if c.Pull, err = loadPullConfig(get); err != nil {
+		return c, err
 	}
 	return c, nil
 }

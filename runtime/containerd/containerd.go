@@ -48,6 +48,14 @@ type Options struct {
 	// PullStallTimeout fails a pull that fetched nothing for that long
 	// (default DefaultPullStallTimeout).
 	PullStallTimeout time.Duration
+	// RegistryConfigDir holds the provider's registry configuration,
+	// <dir>/<host>/hosts.toml, as containerd reads it (default
+	// DefaultCertsDir): mirrors and certificates.
+	RegistryConfigDir string
+	// RegistryAuthFile are the provider's registry credentials, from a
+	// Docker config.json (REGISTRY_AUTH_FILE); a request's own
+	// registry_auth wins for its image's registry.
+	RegistryAuthFile AuthFile
 	// ProgressInterval is how often pull progress is published (default 1s).
 	ProgressInterval time.Duration
 	// LogMaxBytes caps each instance's log on disk (default 100 MiB; below

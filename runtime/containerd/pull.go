@@ -75,7 +75,7 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 	pullOpts := []containerd.RemoteOpt{
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(r.opts.Snapshotter),
-		containerd.WithResolver(newCountingResolver(spec.RegistryAuth, host, &received)),
+		containerd.WithResolver(r.resolver(ctx, spec.RegistryAuth, host, &received)),
 		containerd.WithImageHandler(tracker),
 	}
 	if spec.RegistryAuth != nil {
@@ -143,16 +143,16 @@ func newResolver(auth *runtime.RegistryAuth, registryHost string) remotes.Resolv
 // newCountingResolver is newResolver adding every byte received from the
 // registry to received (when not nil), which the stall watch reads.
 func newCountingResolver(auth *runtime.RegistryAuth, registryHost string, received *atomic.Int64) remotes.Resolver {
+	return newResolverWith(auth, registryHost, received, nil)
+}
+
+// newResolverWith is newCountingResolver with the provider's credentials
+// file too.
+func newResolverWith(auth *runtime.RegistryAuth, registryHost string, received *atomic.Int64, file AuthFile) remotes.Resolver {
 	authOpts := []docker.AuthorizerOpt{}
-	if auth != nil {
-		user, pass := auth.Username, auth.Password
+	if auth != nil || len(file) > 0 {
 		authOpts = append(authOpts,
-			docker.WithAuthCreds(func(host string) (string, string, error) {
-				if !sameRegistry(registryHost, host) {
-					return "", "", nil
-				}
-				return user, pass, nil
-			}),
+			docker.WithAuthCreds(credentials(auth, registryHost, file)),
 			docker.WithAuthClient(&http.Client{Transport: realmGuard{registry: registryHost, next: http.DefaultTransport}}))
 	}
 	hostOpts := []docker.RegistryOpt{

@@ -57,3 +57,34 @@ func TestSlowSteadyPullSucceeds(t *testing.T) {
 		t.Fatalf("slow but steady pull: %+v %v", inst, err)
 	}
 }
+
+// Concurrent starts of one image download each of its blobs once.
+func TestConcurrentStartsPullOnce(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	reg, ref := ownRegistry(t, "shared:latest", 2<<20)
+	reg.Throttle(1 << 20) // the pulls overlap
+	ns, rec := testNamespace(t), newRecorder()
+	r := newStallRuntime(t, ns, rec, time.Minute)
+	errs := make(chan error, 3)
+	for _, id := range []string{"one", "two", "three"} {
+		go func() {
+			_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: id, Image: ref, Command: []string{"sleep", "inf"}})
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	gets := reg.BlobGets()
+	if len(gets) == 0 {
+		t.Fatal("no blob downloaded")
+	}
+	for path, n := range gets {
+		if n != 1 {
+			t.Errorf("%s downloaded %d times", path, n)
+		}
+	}
+}

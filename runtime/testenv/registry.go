@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +37,9 @@ type Registry struct {
 	// stallAfter, when above zero, makes blob downloads stop sending after
 	// that many bytes, holding the connection open.
 	stallAfter atomic.Int64
+	// blobGets counts GETs of each blob path.
+	blobMu   sync.Mutex
+	blobGets map[string]int
 	// auth is "user:password" once RequireBasicAuth is called.
 	auth atomic.Pointer[string]
 }
@@ -51,6 +56,14 @@ func StartRegistry() *Registry {
 				http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
 				return
 			}
+		}
+		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
+			r.blobMu.Lock()
+			if r.blobGets == nil {
+				r.blobGets = map[string]int{}
+			}
+			r.blobGets[req.URL.Path]++
+			r.blobMu.Unlock()
 		}
 		if rate := r.rate.Load(); rate > 0 && req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			w = &throttledWriter{ResponseWriter: w, rate: rate}
@@ -98,6 +111,13 @@ func (t *throttledWriter) Write(p []byte) (int, error) {
 		p = p[k:]
 	}
 	return n, nil
+}
+
+// BlobGets returns how many times each blob was downloaded, by path.
+func (r *Registry) BlobGets() map[string]int {
+	r.blobMu.Lock()
+	defer r.blobMu.Unlock()
+	return maps.Clone(r.blobGets)
 }
 
 // StallAfter makes blob downloads stop sending after n bytes and hold the
