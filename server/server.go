@@ -127,6 +127,8 @@ type Server struct {
 	pulls       *PullTimer
 	metrics     *metrics
 	echo        *echo.Echo
+	// authFailures limits each client's failed authentications.
+	authFailures *authLimiter
 	// openStreams counts the open /ws streams, for the metrics.
 	openStreams atomic.Int64
 
@@ -183,8 +185,9 @@ func New(opts Options) (*Server, error) {
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
-		drain: opts.Drain,
-		pulls: opts.Pulls,
+		drain:        opts.Drain,
+		pulls:        opts.Pulls,
+		authFailures: newAuthLimiter(),
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
