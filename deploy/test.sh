@@ -23,5 +23,7 @@ echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+echo "== fuzz targets, briefly"
+bash deploy/fuzz.sh
 echo "== the image as deployed"
 bash deploy/image-test.sh
