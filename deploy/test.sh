@@ -25,5 +25,7 @@ echo "== dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
+echo "== fuzz targets, briefly"
+bash deploy/fuzz.sh
 echo "== the image as deployed"
 bash deploy/image-test.sh

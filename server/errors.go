@@ -84,6 +84,10 @@ func (e *statusError) StatusCode() int { return e.status }
 // caller's own token being wrong.
 var errUnauthorized = &statusError{status: http.StatusUnauthorized, msg: "missing or invalid bearer token"}
 
+// errTokenInQuery refuses a token sent in the URL, where logs keep it.
+var errTokenInQuery = &statusError{status: http.StatusUnauthorized,
+	msg: "the bearer token belongs in the Authorization header, never in the URL"}
+
 // classify decides the status and body for err. It is the one place that maps
 // error kinds to HTTP statuses.
 func classify(err error) (int, errorResponse) {
@@ -212,6 +216,10 @@ func (s *Server) handleError(c *echo.Context, err error) {
 	}
 	if status == http.StatusUnauthorized {
 		c.Response().Header().Set(echo.HeaderWWWAuthenticate, "Bearer")
+	}
+	var limited *rateLimitedError
+	if errors.As(err, &limited) {
+		c.Response().Header().Set(echo.HeaderRetryAfter, limited.retryAfterSeconds())
 	}
 	if werr := c.JSON(status, body); werr != nil {
 		s.log.Debug("writing error response", "err", werr)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 	"sort"
 	"strconv"
@@ -39,10 +40,34 @@ func (s *Server) startInstance(c *echo.Context) error {
 	}
 	s.metrics.starts.WithLabelValues(result).Observe(time.Since(began).Seconds())
 	if err != nil {
-		return err
+		return blameNamedGPUs(err, req.GPUs)
 	}
 	return c.JSON(http.StatusOK, startResponse(inst))
 }
+
+// blameNamedGPUs names the gpus field in a failed GPU reservation of a
+// request that named its GPUs: one held by another rental, unhealthy or
+// unknown is that field's fault. Too few free GPUs for a count is not a
+// field's fault and stays as it is.
+func blameNamedGPUs(err error, named []string) error {
+	var step *runtime.StepError
+	var fielder interface{ ErrorField() string }
+	if len(named) == 0 || !errors.As(err, &step) || step.Step != runtime.StepAllocate || errors.As(err, &fielder) {
+		return err
+	}
+	return fieldBlame{err: err, field: "gpus"}
+}
+
+// fieldBlame names the request field a runtime error is about, keeping
+// its kind for the error handler.
+type fieldBlame struct {
+	err   error
+	field string
+}
+
+func (e fieldBlame) Error() string      { return e.err.Error() }
+func (e fieldBlame) Unwrap() error      { return e.err }
+func (e fieldBlame) ErrorField() string { return e.field }
 
 // terminateInstance stops a rental and removes its container.
 func (s *Server) terminateInstance(c *echo.Context) error {

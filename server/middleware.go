@@ -68,6 +68,8 @@ func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
 // checks, which load balancers and supervisors call without one. It runs
 // after routing, so an unknown path without a token is a 401 and with one a
 // 404: a caller without the token learns nothing about which routes exist.
+// A token in the URL is refused even when the header is right, and a
+// client's failures are rate-limited (authLimiter).
 func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	// Comparing digests keeps the comparison constant-time even in the
 	// token's length.
@@ -76,11 +78,22 @@ func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 		if ri := c.RouteInfo(); ri.Method == http.MethodGet && (ri.Path == healthPath || ri.Path == readinessPath) {
 			return next(c)
 		}
-		scheme, token, ok := strings.Cut(c.Request().Header.Get(echo.HeaderAuthorization), " ")
+		req := c.Request()
+		header := req.Header.Get(echo.HeaderAuthorization)
+		scheme, token, ok := strings.Cut(header, " ")
 		got := sha256.Sum256([]byte(strings.TrimLeft(token, " ")))
-		if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
-			return errUnauthorized
+		valid := ok && len(header) <= maxAuthHeaderBytes && strings.EqualFold(scheme, "Bearer") &&
+			subtle.ConstantTimeCompare(got[:], want[:]) == 1
+		inQuery := tokenInQuery(req, s.token)
+		if valid && !inQuery {
+			return next(c)
 		}
-		return next(c)
+		if wait, limited := s.authFailures.fail(clientIP(req)); limited {
+			return &rateLimitedError{retryAfter: wait}
+		}
+		if inQuery {
+			return errTokenInQuery
+		}
+		return errUnauthorized
 	}
 }

@@ -141,6 +141,8 @@ type Server struct {
 	network     NetworkChecker
 	metrics     *metrics
 	echo        *echo.Echo
+	// authFailures limits each client's failed authentications.
+	authFailures *authLimiter
 	// openStreams counts the open /ws streams, for the metrics.
 	openStreams atomic.Int64
 
@@ -201,9 +203,10 @@ func New(opts Options) (*Server, error) {
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
-		drain:   opts.Drain,
-		pulls:   opts.Pulls,
-		network: opts.Network,
+		drain:        opts.Drain,
+		pulls:        opts.Pulls,
+		network:      opts.Network,
+		authFailures: newAuthLimiter(),
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)

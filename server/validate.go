@@ -220,12 +220,20 @@ func validateImage(image string) error {
 	return nil
 }
 
-// validateArgs rejects NUL, which cannot be passed to execve. Empty
-// arguments are legitimate.
+// maxArgBytes is the kernel's MAX_ARG_STRLEN less the terminating NUL: a
+// longer argument or environment entry makes execve fail with E2BIG, after
+// the container was created.
+const maxArgBytes = 32*4096 - 1
+
+// validateArgs rejects NUL, which cannot be passed to execve, and arguments
+// execve refuses as too long. Empty arguments are legitimate.
 func validateArgs(field string, args []string) error {
 	for i, a := range args {
 		if strings.ContainsRune(a, 0) {
 			return fieldErr(fmt.Sprintf("%s[%d]", field, i), "must not contain NUL")
+		}
+		if len(a) > maxArgBytes {
+			return fieldErr(fmt.Sprintf("%s[%d]", field, i), "must be at most %d bytes", maxArgBytes)
 		}
 	}
 	return nil
@@ -243,6 +251,8 @@ func validateEnv(env map[string]string) error {
 			return fieldErr("env."+k, "variable name must not contain '=' or NUL")
 		case strings.ContainsRune(env[k], 0):
 			return fieldErr("env."+k, "value must not contain NUL")
+		case len(k)+1+len(env[k]) > maxArgBytes:
+			return fieldErr("env."+k, "variable must be at most %d bytes with its name", maxArgBytes)
 		}
 	}
 	return nil

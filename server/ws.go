@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -31,14 +32,9 @@ const (
 // first when the resume point is no longer buffered, then the missed
 // events, then live ones.
 func (s *Server) streamEvents(c *echo.Context) error {
-	var since uint64
-	hasSince := c.QueryParams().Has("since")
-	if hasSince {
-		n, err := strconv.ParseUint(c.QueryParam("since"), 10, 64)
-		if err != nil {
-			return fieldErr("since", "must be a non-negative integer event sequence number")
-		}
-		since = n
+	since, hasSince, err := resumePoint(c.QueryParams())
+	if err != nil {
+		return err
 	}
 
 	handshakeStatus := 0
@@ -195,4 +191,18 @@ func closeStream(conn *websocket.Conn, readerDone <-chan struct{}, code int, rea
 	case <-readerDone:
 	case <-time.After(wsCloseGrace):
 	}
+}
+
+// resumePoint reads ?since=<seq>: the last event sequence number a
+// resuming client received. has is false when the client asks only for
+// live events.
+func resumePoint(q url.Values) (since uint64, has bool, err error) {
+	if !q.Has("since") {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseUint(q.Get("since"), 10, 64)
+	if err != nil {
+		return 0, false, fieldErr("since", "must be a non-negative integer event sequence number")
+	}
+	return n, true, nil
 }

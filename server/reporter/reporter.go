@@ -223,12 +223,23 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 	if err != nil {
 		return HeartbeatResponse{}, err
 	}
+	resp, err := decodeHeartbeatResponse(body)
+	if err != nil {
+		r.logger.Warn("heartbeat answer is not valid JSON; reconciling nothing", "error", err, "body", snippet(body))
+		return HeartbeatResponse{}, nil
+	}
+	return resp, nil
+}
+
+// decodeHeartbeatResponse reads the central server's answer to a
+// heartbeat; an empty body is an answer that says nothing.
+func decodeHeartbeatResponse(body []byte) (HeartbeatResponse, error) {
 	var resp HeartbeatResponse
-	if len(bytes.TrimSpace(body)) > 0 {
-		if err := json.Unmarshal(body, &resp); err != nil {
-			r.logger.Warn("heartbeat answer is not valid JSON; reconciling nothing", "error", err, "body", snippet(body))
-			return HeartbeatResponse{}, nil
-		}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return resp, nil
+	}
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return HeartbeatResponse{}, err
 	}
 	return resp, nil
 }
