@@ -45,13 +45,13 @@ func readmeBlock(t *testing.T, name string) string {
 }
 
 // adapt points the README's command at this run's daemons, and nothing
-// else: the host's containerd socket is the test's private one, the image
-// is the one just built, and the API listens on a free loopback port (so
-// that the test does not take :8080 on a shared machine).
-func adapt(t *testing.T, block, sock, image, listen string) string {
+// else: the host's socket (containerd's or Docker's) is the test's private
+// one, the image is the one just built, and the API listens on a free
+// loopback port (so that the test does not take :8080 on a shared machine).
+func adapt(t *testing.T, block, hostSocket, sock, image, listen string) string {
 	t.Helper()
 	for _, r := range [][2]string{
-		{"-v /run/containerd/containerd.sock:", "-v " + sock + ":"},
+		{"-v " + hostSocket + ":", "-v " + sock + ":"},
 		{"ghcr.io/OWNER/host-agent:latest", "-e LISTEN_ADDR=" + listen + " " + image},
 	} {
 		if !strings.Contains(block, r[0]) {
@@ -89,9 +89,50 @@ func TestImageAsDeployed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	listen := testenv.AgentAddr(t)
+	a := deploy(t, readmeBlock(t, "docker-run-containerd"), "/run/containerd/containerd.sock", sock, image)
+	if code, body := a.call("GET", "/host", nil); code != http.StatusOK || body["agent_version"] != "image-test" || body["agent_commit"] == "" {
+		t.Fatalf("GET /host: %d %v", code, body)
+	}
 
-	script := adapt(t, readmeBlock(t, "docker-run-containerd"), sock, image, listen)
+	id := fmt.Sprintf("image-test-%d", time.Now().UnixNano())
+	code, body := a.call("POST", "/start_instance", map[string]any{
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "sleep", "inf"},
+	})
+	if code != http.StatusOK || body["status"] != "running" {
+		t.Fatalf("start through the containerized agent: %d %v", code, body)
+	}
+	t.Cleanup(func() { a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}) })
+
+	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls"); !strings.Contains(ls, id) {
+		t.Fatalf("ctr -n rentals containers ls does not show %s:\n%s", id, ls)
+	}
+	if tasks := run(t, "ctr", "--address", sock, "-n", "rentals", "tasks", "ls"); !strings.Contains(tasks, id) || !strings.Contains(tasks, "RUNNING") {
+		t.Fatalf("the rental's task is not running on the host's containerd:\n%s", tasks)
+	}
+	if !a.logsShow(id, "hello from the host's containerd") {
+		t.Fatal("the rental's log is not readable through the containerized agent")
+	}
+	if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
+		t.Fatalf("terminate: %d %v", code, body)
+	}
+	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls", "-q"); strings.Contains(ls, id) {
+		t.Fatalf("terminated rental still on containerd:\n%s", ls)
+	}
+}
+
+// agent is the containerized agent a README block started.
+type agent struct {
+	t     *testing.T
+	base  string
+	token string
+}
+
+// deploy runs a README block, adapted to this run, and waits until the
+// containerized agent is ready. The container is removed at the end.
+func deploy(t *testing.T, block, hostSocket, sock, image string) *agent {
+	t.Helper()
+	listen := testenv.AgentAddr(t)
+	script := adapt(t, block, hostSocket, sock, image, listen)
 	t.Logf("running the README's block:\n%s", script)
 	_ = exec.Command("docker", "rm", "-f", "host-agent").Run()
 	run(t, "bash", "-euo", "pipefail", "-c", script)
@@ -102,41 +143,18 @@ func TestImageAsDeployed(t *testing.T) {
 		}
 		_ = exec.Command("docker", "rm", "-f", "host-agent").Run()
 	})
-
 	tokenBytes, err := os.ReadFile("/var/lib/host-agent/token")
 	if err != nil {
 		t.Fatal(err)
 	}
-	token := strings.TrimSpace(string(tokenBytes))
-	base := "http://" + listen
-	call := func(method, path string, body any) (int, map[string]any) {
-		t.Helper()
-		var rd io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			rd = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequest(method, base+path, rd)
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(resp.Body)
-		out := map[string]any{"_raw": string(raw)}
-		_ = json.Unmarshal(raw, &out)
-		return resp.StatusCode, out
-	}
-
+	a := &agent{t: t, base: "http://" + listen, token: strings.TrimSpace(string(tokenBytes))}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		resp, err := http.Get(base + "/readyz")
+		resp, err := http.Get(a.base + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				break
+				return a
 			}
 		}
 		if time.Now().After(deadline) {
@@ -144,39 +162,86 @@ func TestImageAsDeployed(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if code, body := call("GET", "/host", nil); code != http.StatusOK || body["agent_version"] != "image-test" || body["agent_commit"] == "" {
-		t.Fatalf("GET /host: %d %v", code, body)
-	}
+}
 
-	id := fmt.Sprintf("image-test-%d", time.Now().UnixNano())
-	code, body := call("POST", "/start_instance", map[string]any{
-		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "sleep", "inf"},
-	})
-	if code != http.StatusOK || body["status"] != "running" {
-		t.Fatalf("start through the containerized agent: %d %v", code, body)
+// call sends an authenticated request and decodes the JSON answer (the raw
+// body under "_raw").
+func (a *agent) call(method, path string, body any) (int, map[string]any) {
+	a.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
 	}
-	t.Cleanup(func() { call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}) })
+	req, _ := http.NewRequest(method, a.base+path, rd)
+	req.Header.Set("Authorization", "Bearer "+a.token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		a.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	out := map[string]any{"_raw": string(raw)}
+	_ = json.Unmarshal(raw, &out)
+	return resp.StatusCode, out
+}
 
-	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls"); !strings.Contains(ls, id) {
-		t.Fatalf("ctr -n rentals containers ls does not show %s:\n%s", id, ls)
-	}
-	if tasks := run(t, "ctr", "--address", sock, "-n", "rentals", "tasks", "ls"); !strings.Contains(tasks, id) || !strings.Contains(tasks, "RUNNING") {
-		t.Fatalf("the rental's task is not running on the host's containerd:\n%s", tasks)
-	}
-	var logs string
+// logsShow waits until the instance's log, read through the agent, holds
+// want.
+func (a *agent) logsShow(id, want string) bool {
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		_, lb := call("GET", "/instances/"+id+"/logs?tail=10", nil)
-		if logs = fmt.Sprint(lb["_raw"]); strings.Contains(logs, "hello from the host's containerd") {
-			break
+		if _, lb := a.call("GET", "/instances/"+id+"/logs?tail=10", nil); strings.Contains(fmt.Sprint(lb["_raw"]), want) {
+			return true
 		}
 	}
-	if !strings.Contains(logs, "hello from the host's containerd") {
-		t.Fatalf("the rental's log through the containerized agent: %s", logs)
+	return false
+}
+
+// TestImageOnDockerOnly runs the README's Docker-only line: the agent's
+// container gets the Docker socket and nothing of containerd, picks the
+// Docker back end by itself, and a rental started through it is a
+// container of the same daemon, listed by its label, with its logs
+// readable through the API, and gone after the terminate.
+func TestImageOnDockerOnly(t *testing.T) {
+	image, dockerHost := os.Getenv("HOST_AGENT_IMAGE"), os.Getenv("DOCKER_HOST")
+	sock, ok := strings.CutPrefix(dockerHost, "unix://")
+	if image == "" || !ok {
+		t.Skip("run by deploy/image-test.sh, which builds the image on a private dockerd (needs HOST_AGENT_IMAGE and a unix:// DOCKER_HOST)")
 	}
-	if code, body := call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
+	testenv.Require(t, "docker")
+
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	payload, err := reg.PushPayload("payload:image-test-docker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := deploy(t, readmeBlock(t, "docker-run-docker"), "/var/run/docker.sock", sock, image)
+	if code, body := a.call("GET", "/readyz", nil); code != http.StatusOK || body["runtime"] != "docker" {
+		t.Fatalf("GET /readyz: the agent did not pick Docker: %d %v", code, body)
+	}
+
+	id := fmt.Sprintf("image-test-docker-%d", time.Now().UnixNano())
+	code, body := a.call("POST", "/start_instance", map[string]any{
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's dockerd", "sleep", "inf"},
+	})
+	if code != http.StatusOK || body["status"] != "running" {
+		t.Fatalf("start through the containerized agent on Docker: %d %v", code, body)
+	}
+	t.Cleanup(func() { a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}) })
+
+	filter := "label=host-agent.io/instance-id=" + id
+	if ps := run(t, "docker", "ps", "--filter", filter, "--format", "{{.Names}} {{.State}}"); !strings.Contains(ps, "rental-"+id+" running") {
+		t.Fatalf("docker ps --filter %s does not show the rental running:\n%s", filter, ps)
+	}
+	if !a.logsShow(id, "hello from the host's dockerd") {
+		t.Fatal("the rental's log is not readable through the containerized agent")
+	}
+	if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
 		t.Fatalf("terminate: %d %v", code, body)
 	}
-	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls", "-q"); strings.Contains(ls, id) {
-		t.Fatalf("terminated rental still on containerd:\n%s", ls)
+	if ps := run(t, "docker", "ps", "-a", "-q", "--filter", filter); strings.TrimSpace(ps) != "" {
+		t.Fatalf("terminated rental still on dockerd: %s", ps)
 	}
 }
