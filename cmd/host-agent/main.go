@@ -238,6 +238,9 @@ func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjec
 		PullStallTimeout:  cfg.PullStallTimeout,
 		RegistryConfigDir: cfg.Pull.ConfigDir,
 		RegistryAuthFile:  cfg.Pull.AuthFile,
+
+		ImageGCMinFreeBytes: cfg.ImageGCFreeGB << 30,
+		FreeSpace:           func() (uint64, error) { return disk.Free(cfg.ContainerdRoot) },
 	})
 }
 
