@@ -135,10 +135,16 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: fmt.Errorf("create lease: %w", convertErr(err))}
 	}
 	ctx = leases.WithLease(ctx, lease.ID)
+	// Image GC waits while this start chooses its image and creates its
+	// container (pulls included: a pulled image is not removed before its
+	// first container exists).
+	r.imageMu.RLock()
+	defer r.imageMu.RUnlock()
 	img, err := r.ensureImage(ctx, spec)
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
 	}
+	r.touchImage(ctx, img.Name())
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
 	labels := map[string]string{
