@@ -225,6 +225,7 @@ func newRuntime(cfg config, pub events.Publisher, devices containerd.DeviceInjec
 		Events:    pub,
 		Logger:    logger,
 		Devices:   devices,
+		Fault:     faultHook(os.Getenv),
 
 		LogMaxBytes: cfg.InstanceLogMaxBytes,
 	})

@@ -53,6 +53,10 @@ type Options struct {
 	// Devices injects an instance's GPUs into its spec (CDI). Without it,
 	// GPU rentals are refused.
 	Devices DeviceInjector
+	// Fault, when set, is called at each named step of a start and a
+	// terminate (see fault.go); the fault-matrix tests make the agent kill
+	// itself there. Nil in production.
+	Fault func(step string)
 }
 
 // DeviceInjector turns the UUIDs of the GPUs reserved for an instance
@@ -127,6 +131,7 @@ func New(opts Options) (*Runtime, error) {
 		pub:    opts.Events,
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
+	r.dropStartLeases()
 	r.wg.Go(func() { r.watch(r.ctx) })
 	if opts.LogMaxBytes > 0 {
 		r.wg.Go(func() { r.capLogs(r.ctx) })

@@ -42,6 +42,7 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
 		return err
 	}
+	r.fault(FaultAfterTaskDelete)
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		err = fmt.Errorf("delete container %q: %w", id, convertErr(err))
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
