@@ -110,7 +110,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 	return containerd.New(containerd.Options{
 		Network:   rentalNet,
 		PublicIP:  publicIP,
-		Fault:     crashAt(os.Getenv(crashAtEnv)),
+		Fault:     faultHook(os.Getenv),
 		Address:   cfg.ContainerdAddress,
 		Namespace: cfg.ContainerdNamespace,
 		AgentID:   cfg.AgentID,

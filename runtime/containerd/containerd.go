@@ -79,9 +79,10 @@ type Options struct {
 	// PublicIP is the host's public address, announced to tenants as
 	// PUBLIC_IP; empty: not announced.
 	PublicIP string
-	// Fault, when set, is called at the Fault* points; tests kill the
-	// agent there.
-	Fault func(point string)
+	// Fault, when set, is called at each named step of a start and a
+	// terminate (see fault.go); the fault-matrix tests make the agent kill
+	// itself there. Nil in production.
+	Fault func(step string)
 }
 
 // DeviceInjector turns the UUIDs of the GPUs reserved for an instance
@@ -169,6 +170,7 @@ func New(opts Options) (*Runtime, error) {
 		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
+	r.dropStartLeases()
 	r.wg.Go(func() { r.watch(r.ctx) })
 	if opts.LogMaxBytes > 0 {
 		r.wg.Go(func() { r.capLogs(r.ctx) })

@@ -116,7 +116,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	// The lease's name is chosen here and it is created and deleted with
 	// fresh contexts: a start called off while the lease is being created
 	// cannot leave one the agent does not know of.
-	lease := leases.Lease{ID: "host-agent-start-" + rand.Text()[:16]}
+	lease := leases.Lease{ID: startLeasePrefix + rand.Text()[:16]}
 	defer func() {
 		ctx, cancel := r.cleanupCtx()
 		defer cancel()
@@ -145,6 +145,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
 	}
 	r.touchImage(ctx, img.Name())
+	r.fault(FaultAfterPull)
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
 	labels := map[string]string{
@@ -206,6 +207,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
 	}
 	created = true
+	r.fault(FaultAfterCreate)
 	if r.opts.Network != nil {
 		// The container and its labels, recording the ports, exist before
 		// CNI ADD: a restarted agent never hands the ports out again.
@@ -230,6 +232,7 @@ func (r *Runtime) startTask(ctx context.Context, c containerd.Container) error {
 	if err != nil {
 		return convertErr(err)
 	}
+	r.fault(FaultAfterTaskCreate)
 	return r.runTask(ctx, c, task)
 }
 
@@ -244,6 +247,7 @@ func (r *Runtime) runTask(ctx context.Context, c containerd.Container, task cont
 		r.deleteTask(task)
 		return convertErr(err)
 	}
+	r.fault(FaultAfterTaskStart)
 	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelStartedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
 		r.log.Warn("record start time", "instance", c.ID(), "error", err)
 	}
