@@ -13,6 +13,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -109,7 +110,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 	return containerd.New(containerd.Options{
 		Network:   rentalNet,
 		PublicIP:  publicIP,
-		Fault:     crashAt(os.Getenv(crashAtEnv)),
+		Fault:     faultHook(os.Getenv),
 		Address:   cfg.ContainerdAddress,
 		Namespace: cfg.ContainerdNamespace,
 		AgentID:   cfg.AgentID,
@@ -122,5 +123,8 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 		PullStallTimeout:  cfg.PullStallTimeout,
 		RegistryConfigDir: cfg.Pull.ConfigDir,
 		RegistryAuthFile:  cfg.Pull.AuthFile,
+
+		ImageGCMinFreeBytes: cfg.ImageGCFreeGB << 30,
+		FreeSpace:           func() (uint64, error) { return disk.Free(cfg.ContainerdRoot) },
 	})
 }

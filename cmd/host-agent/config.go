@@ -63,6 +63,9 @@ type config struct {
 	// free (DISK_RESERVE_GB).
 	DiskReserveGB uint64
 	Pull          pullConfig
+	// ImageGCFreeGB: unused images are removed while CONTAINERD_ROOT has
+	// less free (IMAGE_GC_FREE_GB, default twice DISK_RESERVE_GB).
+	ImageGCFreeGB uint64
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -236,6 +239,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if c.Pull, err = loadPullConfig(get); err != nil {
 		return c, err
+	}
+	if c.ImageGCFreeGB, err = strconv.ParseUint(get("IMAGE_GC_FREE_GB", strconv.FormatUint(2*c.DiskReserveGB, 10)), 10, 32); err != nil {
+		return c, &configError{"IMAGE_GC_FREE_GB", "want a whole number of GiB (0: never remove images)"}
 	}
 	return c, nil
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -73,23 +71,5 @@ func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func
 			info.PublicIP = cfg.Network.PublicIP.String()
 		}
 		return info
-	}
-}
-
-// crashAtEnv names a point of the containerd back end (containerd.Fault*)
-// where the agent kills itself with SIGKILL: the agent's tests use it to
-// crash it between CNI ADD and the task's start, or between the task's
-// kill and CNI DEL. It is never set in production.
-const crashAtEnv = "HOST_AGENT_TEST_CRASH_AT"
-
-func crashAt(point string) func(string) {
-	if point == "" {
-		return nil
-	}
-	return func(p string) {
-		if p == point {
-			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-			select {} // the signal is on its way
-		}
 	}
 }

@@ -164,7 +164,7 @@ func TestAgentKilledDuringNetworkSetupAndTeardown(t *testing.T) {
 	agent.waitDead()
 
 	// Killed after CNI ADD, before the task exists.
-	crashEnv := append(slices.Clone(w.env), crashAtEnv+"="+containerd.FaultAfterNetworkSetup)
+	crashEnv := append(slices.Clone(w.env), faultEnv+"="+containerd.FaultAfterNetworkSetup)
 	agent = startAgent(t, w.bin, crashEnv, w.agentLog)
 	if code, body, err := agent.tryCall("POST", "/start_instance", servingStart("crash-add", w.image, 8080)); err == nil {
 		t.Fatalf("the agent answered %d %v instead of dying", code, body)
@@ -197,7 +197,7 @@ func TestAgentKilledDuringNetworkSetupAndTeardown(t *testing.T) {
 	agent.waitDead()
 
 	// Killed after the task's kill, before CNI DEL.
-	crashEnv = append(slices.Clone(w.env), crashAtEnv+"="+containerd.FaultBeforeNetworkTeardown)
+	crashEnv = append(slices.Clone(w.env), faultEnv+"="+containerd.FaultBeforeNetworkTeardown)
 	agent = startAgent(t, w.bin, crashEnv, w.agentLog)
 	if code, body, err := agent.tryCall("POST", "/terminate_instance", map[string]any{"instance_id": "crash-add", "timeout_seconds": 0}); err == nil {
 		t.Fatalf("the agent answered %d %v instead of dying", code, body)

@@ -56,6 +56,12 @@ type Options struct {
 	// Docker config.json (REGISTRY_AUTH_FILE); a request's own
 	// registry_auth wins for its image's registry.
 	RegistryAuthFile AuthFile
+	// ImageGCMinFreeBytes, when set with FreeSpace, has unused images
+	// removed, least recently used first, while FreeSpace reports less;
+	// checked every ImageGCInterval (default 1m).
+	ImageGCMinFreeBytes uint64
+	FreeSpace           func() (uint64, error)
+	ImageGCInterval     time.Duration
 	// ProgressInterval is how often pull progress is published (default 1s).
 	ProgressInterval time.Duration
 	// LogMaxBytes caps each instance's log on disk (default 100 MiB; below
@@ -73,9 +79,10 @@ type Options struct {
 	// PublicIP is the host's public address, announced to tenants as
 	// PUBLIC_IP; empty: not announced.
 	PublicIP string
-	// Fault, when set, is called at the Fault* points; tests kill the
-	// agent there.
-	Fault func(point string)
+	// Fault, when set, is called at each named step of a start and a
+	// terminate (see fault.go); the fault-matrix tests make the agent kill
+	// itself there. Nil in production.
+	Fault func(step string)
 }
 
 // DeviceInjector turns the UUIDs of the GPUs reserved for an instance
@@ -96,6 +103,10 @@ type Runtime struct {
 	// raiseRlimits: containers' hard limits can be raised on this host
 	// (canRaiseRlimits).
 	raiseRlimits bool
+
+	// imageMu: image GC removes an image only while no start is between
+	// choosing its image and creating its container.
+	imageMu sync.RWMutex
 
 	exitMu sync.Mutex
 	probe  probe
@@ -159,9 +170,16 @@ func New(opts Options) (*Runtime, error) {
 		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
+	r.dropStartLeases()
 	r.wg.Go(func() { r.watch(r.ctx) })
 	if opts.LogMaxBytes > 0 {
 		r.wg.Go(func() { r.capLogs(r.ctx) })
+	}
+	if opts.ImageGCMinFreeBytes > 0 && opts.FreeSpace != nil {
+		if r.opts.ImageGCInterval <= 0 {
+			r.opts.ImageGCInterval = time.Minute
+		}
+		r.wg.Go(func() { r.collectImagesLoop(r.ctx) })
 	}
 	return r, nil
 }

@@ -24,13 +24,6 @@ type Network interface {
 	Sweep(ctx context.Context, live func(id string) bool) (network.SweepResult, error)
 }
 
-// Points at which Options.Fault is called, for tests that kill the agent
-// there.
-const (
-	FaultAfterNetworkSetup     = "after-network-setup"
-	FaultBeforeNetworkTeardown = "before-network-teardown"
-)
-
 var _ runtime.LeftoverSweeper = (*Runtime)(nil)
 
 // SweepLeftovers implements runtime.LeftoverSweeper: it tears down every
@@ -81,12 +74,6 @@ func (r *Runtime) teardownNetwork(ctx context.Context, id string, labels map[str
 		return fmt.Errorf("tear down network: %w", err)
 	}
 	return nil
-}
-
-func (r *Runtime) fault(point string) {
-	if r.opts.Fault != nil {
-		r.opts.Fault(point)
-	}
 }
 
 // networkPlan adds the generated resolv.conf, hosts and hostname to the

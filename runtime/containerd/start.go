@@ -116,7 +116,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	// The lease's name is chosen here and it is created and deleted with
 	// fresh contexts: a start called off while the lease is being created
 	// cannot leave one the agent does not know of.
-	lease := leases.Lease{ID: "host-agent-start-" + rand.Text()[:16]}
+	lease := leases.Lease{ID: startLeasePrefix + rand.Text()[:16]}
 	defer func() {
 		ctx, cancel := r.cleanupCtx()
 		defer cancel()
@@ -135,10 +135,17 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: fmt.Errorf("create lease: %w", convertErr(err))}
 	}
 	ctx = leases.WithLease(ctx, lease.ID)
+	// Image GC waits while this start chooses its image and creates its
+	// container (pulls included: a pulled image is not removed before its
+	// first container exists).
+	r.imageMu.RLock()
+	defer r.imageMu.RUnlock()
 	img, err := r.ensureImage(ctx, spec)
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
 	}
+	r.touchImage(ctx, img.Name())
+	r.fault(FaultAfterPull)
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
 	labels := map[string]string{
@@ -200,6 +207,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
 	}
 	created = true
+	r.fault(FaultAfterCreate)
 	if r.opts.Network != nil {
 		// The container and its labels, recording the ports, exist before
 		// CNI ADD: a restarted agent never hands the ports out again.
@@ -224,6 +232,7 @@ func (r *Runtime) startTask(ctx context.Context, c containerd.Container) error {
 	if err != nil {
 		return convertErr(err)
 	}
+	r.fault(FaultAfterTaskCreate)
 	return r.runTask(ctx, c, task)
 }
 
@@ -238,6 +247,7 @@ func (r *Runtime) runTask(ctx context.Context, c containerd.Container, task cont
 		r.deleteTask(task)
 		return convertErr(err)
 	}
+	r.fault(FaultAfterTaskStart)
 	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelStartedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
 		r.log.Warn("record start time", "instance", c.ID(), "error", err)
 	}

@@ -42,6 +42,7 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
 		return err
 	}
+	r.fault(FaultAfterTaskDelete)
 	// CNI DEL, with the ports the labels record, before the container and
 	// its labels go: when it fails, the container keeps holding the ports
 	// and a repeated terminate retries.

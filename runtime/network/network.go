@@ -103,6 +103,9 @@ func (n *Network) DNS() []netip.Addr { return n.dns }
 func (n *Network) Init(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err := writableProcSysNet(); err != nil {
+		return err
+	}
 	if err := n.ensureBridge(); err != nil {
 		return err
 	}
