@@ -21,6 +21,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // tryCall is call for a request the agent may die during: it returns the
@@ -78,11 +79,11 @@ func mustTerminate(t *testing.T, a *agentProc, id string) {
 
 // answers waits until the payload answers a user on host port port, and
 // says whether it did.
-func answers(t *testing.T, user *peer, port int) bool {
+func answers(t *testing.T, user *testenv.Peer, port int) bool {
 	t.Helper()
-	mustRouteInto(t, user.host, user.hostIf)
+	testenv.MustRouteInto(t, user.Host, user.HostIf)
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		if got, err := greeting(t, user.ns, "tcp", user.host, port); err == nil && strings.Contains(got, fmt.Sprintf("HOST_PORT_TCP_8080=%d ", port)) {
+		if got, err := testenv.Greeting(t, user.NS, "tcp", user.Host, port); err == nil && strings.Contains(got, fmt.Sprintf("HOST_PORT_TCP_8080=%d ", port)) {
 			return true
 		}
 	}
@@ -155,7 +156,7 @@ func TestAgentNetworkCyclesLeakNothing(t *testing.T) {
 // starts work.
 func TestAgentKilledDuringNetworkSetupAndTeardown(t *testing.T) {
 	w := newWorld(t)
-	user := addPeer(t, "user", "198.18.3.1", "198.18.3.2", 24)
+	user := testenv.AddPeer(t, "user", "198.18.3.1", "198.18.3.2", 24)
 	agent := startAgent(t, w.bin, w.env, w.agentLog)
 	mustStart(t, agent, servingStart("warm", w.image, 8080))
 	mustTerminate(t, agent, "warm")
@@ -229,7 +230,7 @@ func TestAgentKilledDuringNetworkSetupAndTeardown(t *testing.T) {
 // answering on theirs; so they do after a containerd restart.
 func TestAgentAndContainerdRestartKeepPorts(t *testing.T) {
 	w := newWorld(t)
-	user := addPeer(t, "user", "198.18.4.1", "198.18.4.2", 24)
+	user := testenv.AddPeer(t, "user", "198.18.4.1", "198.18.4.2", 24)
 	agent := startAgent(t, w.bin, w.env, w.agentLog)
 	mustStart(t, agent, servingStart("warm", w.image, 8080))
 	mustTerminate(t, agent, "warm")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/testenv"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
@@ -102,18 +103,18 @@ func listenAnyAddr(t *testing.T) (listen, call string) {
 // resolv.conf and the RENTAL_DNS resolver, which sits in a blocked range.
 func TestAgentRentalNetwork(t *testing.T) {
 	w := newWorld(t)
-	user := addPeer(t, "user", "198.18.1.1", "198.18.1.2", 24)
-	inet := addPeer(t, "internet", "198.18.2.1", "198.18.2.2", 24)
-	lan10 := addPeer(t, "lan10", "10.217.1.1", "10.217.1.2", 24)
-	lan192 := addPeer(t, "lan192", "192.168.217.1", "192.168.217.2", 24)
-	meta := addPeer(t, "metadata", "169.254.217.1", "169.254.217.2", 30, "169.254.169.254")
-	dns := addPeer(t, "dns", "10.217.53.1", "10.217.53.2", 24)
+	user := testenv.AddPeer(t, "user", "198.18.1.1", "198.18.1.2", 24)
+	inet := testenv.AddPeer(t, "internet", "198.18.2.1", "198.18.2.2", 24)
+	lan10 := testenv.AddPeer(t, "lan10", "10.217.1.1", "10.217.1.2", 24)
+	lan192 := testenv.AddPeer(t, "lan192", "192.168.217.1", "192.168.217.2", 24)
+	meta := testenv.AddPeer(t, "metadata", "169.254.217.1", "169.254.217.2", 30, "169.254.169.254")
+	dns := testenv.AddPeer(t, "dns", "10.217.53.1", "10.217.53.2", 24)
 	metaAddr := netip.MustParseAddr("169.254.169.254")
-	for _, p := range []*peer{inet, lan10, lan192, meta, dns} {
-		serveIn(t, p.ns, "0.0.0.0:7000", p.name)
+	for _, p := range []*testenv.Peer{inet, lan10, lan192, meta, dns} {
+		testenv.ServeIn(t, p.NS, "0.0.0.0:7000", p.Name)
 	}
-	serveDNS(t, dns.ns, map[string]string{"payload.test.": "198.18.2.77"})
-	hostSvc := serveIn(t, "", "0.0.0.0:0", "host")
+	serveDNS(t, dns.NS, map[string]string{"payload.test.": "198.18.2.77"})
+	hostSvc := testenv.ServeIn(t, "", "0.0.0.0:0", "host")
 
 	central := &centralServer{answer: `{}`}
 	srv := httptest.NewServer(central)
@@ -121,7 +122,7 @@ func TestAgentRentalNetwork(t *testing.T) {
 	listen, call := listenAnyAddr(t)
 	_, apiPortS, _ := net.SplitHostPort(listen)
 	apiPort, _ := strconv.Atoi(apiPortS)
-	env := append(slices.Clone(w.env), "RENTAL_DNS="+dns.addr.String(), "PUBLIC_IP="+user.host.String(),
+	env := append(slices.Clone(w.env), "RENTAL_DNS="+dns.Addr.String(), "PUBLIC_IP="+user.Host.String(),
 		"API_SERVER_URL="+srv.URL, "HEARTBEAT_INTERVAL=1s")
 	agent := startAgentOn(t, w.bin, env, w.agentLog, listen, call)
 	evs := agent.eventStream("")
@@ -140,10 +141,10 @@ func TestAgentRentalNetwork(t *testing.T) {
 		port int
 		dev  string
 	}{
-		{"lan10", lan10.addr, 7000, lan10.hostIf},
-		{"lan192", lan192.addr, 7000, lan192.hostIf},
-		{"metadata", metaAddr, 7000, meta.hostIf},
-		{"the resolver's host, not on port 53", dns.addr, 7000, dns.hostIf},
+		{"lan10", lan10.Addr, 7000, lan10.HostIf},
+		{"lan192", lan192.Addr, 7000, lan192.HostIf},
+		{"metadata", metaAddr, 7000, meta.HostIf},
+		{"the resolver's host, not on port 53", dns.Addr, 7000, dns.HostIf},
 		{"rental net-b", bIP, 7000, br},
 		{"a host service on the bridge address", gw, hostSvc, br},
 		{"the agent's API on the bridge address", gw, apiPort, br},
@@ -151,20 +152,20 @@ func TestAgentRentalNetwork(t *testing.T) {
 	// Controls: each target answers the host, so a failure from the rental
 	// is the rules' doing.
 	for _, tc := range targets {
-		mustRouteInto(t, tc.addr, tc.dev)
-		if _, err := greeting(t, "", "tcp", tc.addr, tc.port); err != nil && tc.port != apiPort {
+		testenv.MustRouteInto(t, tc.addr, tc.dev)
+		if _, err := testenv.Greeting(t, "", "tcp", tc.addr, tc.port); err != nil && tc.port != apiPort {
 			t.Fatalf("control: %s (%s:%d) does not answer the host: %v", tc.name, tc.addr, tc.port, err)
 		}
 	}
-	mustRouteInto(t, inet.addr, inet.hostIf)
-	mustRouteInto(t, dns.addr, dns.hostIf)
-	mustRouteInto(t, user.host, user.hostIf)
+	testenv.MustRouteInto(t, inet.Addr, inet.HostIf)
+	testenv.MustRouteInto(t, dns.Addr, dns.HostIf)
+	testenv.MustRouteInto(t, user.Host, user.HostIf)
 
 	cmd := []string{"serve", "8080", "env", "cat", "/proc/self/status", "cat", "/etc/hostname", "cat", "/etc/hosts"}
 	for _, tc := range targets {
 		cmd = append(cmd, "dial", "tcp", netip.AddrPortFrom(tc.addr, uint16(tc.port)).String())
 	}
-	cmd = append(cmd, "dial", "tcp", netip.AddrPortFrom(inet.addr, 7000).String(), "lookup", "payload.test", "sleep", "inf")
+	cmd = append(cmd, "dial", "tcp", netip.AddrPortFrom(inet.Addr, 7000).String(), "lookup", "payload.test", "sleep", "inf")
 	start := map[string]any{
 		"instance_id": "net-a", "image": w.image, "command": cmd,
 		"ports": []map[string]any{{"container_port": 8080}, {"container_port": 8080, "protocol": "udp"}},
@@ -180,12 +181,12 @@ func TestAgentRentalNetwork(t *testing.T) {
 	}
 
 	// From the user's namespace, on the host's address.
-	want := fmt.Sprintf("HOST_PORT_TCP_8080=%d HOST_PORT_UDP_8080=%d from %s", tcpPort, udpPort, user.addr)
+	want := fmt.Sprintf("HOST_PORT_TCP_8080=%d HOST_PORT_UDP_8080=%d from %s", tcpPort, udpPort, user.Addr)
 	for _, proto := range []string{"tcp", "udp"} {
 		var got string
 		var err error
 		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-			if got, err = greeting(t, user.ns, proto, user.host, ports[proto+"/8080"]); err == nil {
+			if got, err = testenv.Greeting(t, user.NS, proto, user.Host, ports[proto+"/8080"]); err == nil {
 				break
 			}
 		}
@@ -209,7 +210,7 @@ func TestAgentRentalNetwork(t *testing.T) {
 			t.Errorf("from the rental, %s answered: %s = %q", tc.name, k, v)
 		}
 	}
-	if v := lines["dial "+netip.AddrPortFrom(inet.addr, 7000).String()]; v != "internet from "+inet.host.String() {
+	if v := lines["dial "+netip.AddrPortFrom(inet.Addr, 7000).String()]; v != "internet from "+inet.Host.String() {
 		t.Errorf("from the rental, the internet host answered %q, want it masqueraded", v)
 	}
 	if v := lines["lookup payload.test"]; v != "198.18.2.77" {
@@ -263,7 +264,7 @@ func TestAgentRentalNetwork(t *testing.T) {
 			t.Fatalf("terminate %s: %d %v", id, code, body)
 		}
 	}
-	if got, err := greeting(t, user.ns, "tcp", user.host, tcpPort); err == nil {
+	if got, err := testenv.Greeting(t, user.NS, "tcp", user.Host, tcpPort); err == nil {
 		t.Errorf("host port %d still answers after the terminate: %q", tcpPort, got)
 	}
 }

@@ -49,4 +49,3 @@ func TestReadOnlyProcSysNetMadeWritable(t *testing.T) {
 		t.Fatal("/proc/sys/net is still read-only")
 	}
 }
-
