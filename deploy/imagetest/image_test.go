@@ -74,7 +74,8 @@ func run(t *testing.T, name string, args ...string) string {
 // TestImageAsDeployed runs the README's docker run line with the
 // containerd socket mounted and rents through the containerized agent: the
 // rental runs on the host's containerd in "rentals", ctr lists it, its
-// logs are readable through the API, and it terminates.
+// logs are readable through the API, its published port answers a user on
+// the host's address, and it terminates.
 func TestImageAsDeployed(t *testing.T) {
 	image, sock := os.Getenv("HOST_AGENT_IMAGE"), os.Getenv("HOST_AGENT_IMAGE_CONTAINERD")
 	if image == "" || sock == "" || os.Getenv("DOCKER_HOST") == "" {
@@ -96,11 +97,13 @@ func TestImageAsDeployed(t *testing.T) {
 
 	id := fmt.Sprintf("image-test-%d", time.Now().UnixNano())
 	code, body := a.call("POST", "/start_instance", map[string]any{
-		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "sleep", "inf"},
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "serve", "8080", "sleep", "inf"},
+		"ports": []map[string]any{{"container_port": 8080}},
 	})
 	if code != http.StatusOK || body["status"] != "running" {
 		t.Fatalf("start through the containerized agent: %d %v", code, body)
 	}
+	hostPort := publishedPort(t, body)
 	t.Cleanup(func() { a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}) })
 
 	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls"); !strings.Contains(ls, id) {
@@ -112,12 +115,39 @@ func TestImageAsDeployed(t *testing.T) {
 	if !a.logsShow(id, "hello from the host's containerd") {
 		t.Fatal("the rental's log is not readable through the containerized agent")
 	}
+	// A user reaches the rental's port on the host's address, through the
+	// network the containerized agent made on the host.
+	user := testenv.AddPeer(t, "user", "198.18.7.1", "198.18.7.2", 24)
+	testenv.MustRouteInto(t, user.Host, user.HostIf)
+	want := fmt.Sprintf("HOST_PORT_TCP_8080=%d ", hostPort)
+	var got string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !strings.Contains(got, want); time.Sleep(200 * time.Millisecond) {
+		got, err = testenv.Greeting(t, user.NS, "tcp", user.Host, hostPort)
+	}
+	if !strings.Contains(got, want) {
+		t.Fatalf("the rental's published port %d from a user's namespace: %q, %v; want %q", hostPort, got, err, want)
+	}
 	if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
 		t.Fatalf("terminate: %d %v", code, body)
 	}
 	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls", "-q"); strings.Contains(ls, id) {
 		t.Fatalf("terminated rental still on containerd:\n%s", ls)
 	}
+}
+
+// publishedPort is the host port a start answer gives the rental's one
+// published port.
+func publishedPort(t *testing.T, body map[string]any) int {
+	t.Helper()
+	ports, _ := body["ports"].([]any)
+	if len(ports) != 1 {
+		t.Fatalf("start answer has ports %v, want one", body["ports"])
+	}
+	p, _ := ports[0].(map[string]any)["host_port"].(float64)
+	if p == 0 {
+		t.Fatalf("start answer has no host port: %v", body["ports"])
+	}
+	return int(p)
 }
 
 // agent is the containerized agent a README block started.
