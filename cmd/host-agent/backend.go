@@ -100,6 +100,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 			Events:      pub,
 			Logger:      logger,
 			LogMaxBytes: cfg.InstanceLogMaxBytes,
+			Network:     dockerNetwork(cfg),
 		})
 	}
 	var publicIP string

@@ -64,7 +64,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
 		return 2
 	}
-	if err := network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge); err != nil {
+	if err := network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge); err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", &configError{"RENTAL_SUBNET", err.Error()})
 		return 2
 	}
@@ -135,9 +135,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Error("container runtime not available", "runtime", rtName, "why", why)
 	}
 	cfg.Runtime = rtName
-	// The rentals' CNI network and published ports are containerd's; on
-	// Docker, rentals get Docker's network and a start asking for ports is
-	// refused.
+	// The rentals' CNI network is containerd's; on Docker, rentals get the
+	// agent's Docker network (dockerNetwork), with ports published from
+	// the same allocator.
 	var rentalNet *network.Network
 	ports := hostport.NewAllocator(cfg.Network.HostPortRange, nil)
 	if rtName != runtimeDocker {
@@ -155,7 +155,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil),
+		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || rtName == runtimeDocker),
 			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
 		Events: hub,
 		Logger: logger,
