@@ -26,6 +26,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/disk"
+	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
@@ -139,13 +140,21 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	// agent's Docker network (dockerNetwork), with ports published from
 	// the same allocator.
 	var rentalNet *network.Network
+	var dockerNet *docker.NetworkOptions
 	ports := hostport.NewAllocator(cfg.Network.HostPortRange, nil)
 	if rtName != runtimeDocker {
 		if rentalNet, err = newNetwork(ctx, cfg, logger); err != nil {
 			return err
 		}
+	} else if err := docker.IsolationAvailable(); err != nil {
+		// Without Docker's iptables there is no NAT for published ports
+		// and nowhere for the isolation rules: rentals get no network and
+		// a start asking for ports is refused.
+		logger.Error("rentals on Docker get no network", "error", err)
+	} else {
+		dockerNet = dockerNetwork(cfg)
 	}
-	backend, err := newRuntime(cfg, rtName, pulls, injector, rentalNet, logger)
+	backend, err := newRuntime(cfg, rtName, pulls, injector, rentalNet, dockerNet, logger)
 	if err != nil {
 		return err
 	}
@@ -155,7 +164,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || rtName == runtimeDocker),
+		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
 			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
 		Events: hub,
 		Logger: logger,

@@ -128,6 +128,20 @@ func restoreInput(chains, rules []string) []byte {
 	return b.Bytes()
 }
 
+// IsolationAvailable reports why rentals on Docker cannot be isolated by the
+// agent's rules here: nil when the DOCKER-USER chain exists, which a dockerd
+// managing iptables (the default) makes at its start.
+func IsolationAvailable() error {
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	if ok, err := ipt.ChainExists("filter", dockerUserChain); err != nil || !ok {
+		return fmt.Errorf("chain %s is missing: dockerd must manage iptables (no --iptables=false) for rentals to be isolated: %w", dockerUserChain, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
 // ensureRules writes the agent's chains whole and puts the jumps to them
 // first in DOCKER-USER and INPUT. Idempotent; run before each start, so
 // that a dockerd restarted since (it re-inserts its own jumps) does not
@@ -138,8 +152,8 @@ func (r *Runtime) ensureRules(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("iptables: %w", err)
 	}
-	if ok, err := ipt.ChainExists("filter", dockerUserChain); err != nil || !ok {
-		return fmt.Errorf("chain %s is missing: dockerd must manage iptables (no --iptables=false) for rentals to be isolated: %w", dockerUserChain, errdefs.ErrFailedPrecondition)
+	if err := IsolationAvailable(); err != nil {
+		return err
 	}
 	r.rulesMu.Lock()
 	defer r.rulesMu.Unlock()
