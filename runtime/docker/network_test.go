@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
+	mnetwork "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/vishvananda/netns"
 
@@ -480,5 +482,51 @@ func removeDockerChains(t *testing.T) {
 	}
 	if out, _ := exec.Command("iptables-save").CombinedOutput(); strings.Contains(string(out), "DOCKER") {
 		t.Errorf("Docker's chains left on the host:\n%s", out)
+	}
+}
+
+// TestForeignNetworkRefused: a network of the agent's name that lets
+// rentals reach each other (made by someone else) is never used: the start
+// fails naming it and leaves no container; the network is left alone.
+func TestForeignNetworkRefused(t *testing.T) {
+	d := needDockerd(t, debian)
+	testenv.LockHostNetwork(t)
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	tag := hex.EncodeToString(b)
+	subnet := netip.MustParsePrefix(fmt.Sprintf("10.218.%d.0/24", b[0]))
+	if err := network.CheckSubnet(subnet); err != nil {
+		t.Fatal(err)
+	}
+	opts := NetworkOptions{Name: "hadf-" + tag, Bridge: "hadf" + tag, Subnet: subnet, ChainPrefix: "HADF" + strings.ToUpper(tag)}
+	be := newScope(t, d).open(t, nil)
+	ctx := context.Background()
+	v4 := true
+	if _, err := be.client.NetworkCreate(ctx, opts.Name, client.NetworkCreateOptions{
+		Driver: "bridge", EnableIPv4: &v4,
+		IPAM:    &mnetwork.IPAM{Config: []mnetwork.IPAMConfig{{Subnet: subnet}}},
+		Options: map[string]string{optBridgeName: opts.Bridge},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = be.client.NetworkRemove(context.Background(), opts.Name, client.NetworkRemoveOptions{})
+		_ = exec.Command("ip", "link", "del", opts.Bridge).Run()
+	})
+	r, err := New(Options{Host: d.Host, AgentID: "nettest", StateDir: t.TempDir(), Network: &opts,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	_, err = r.Start(ctx, runtime.InstanceSpec{ID: "foreign-" + tag, Image: payloadRef, Command: []string{"sleep", "inf"}})
+	if !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "inter-container traffic on") {
+		t.Fatalf("start on a foreign network: %v, want a refusal naming inter-container traffic", err)
+	}
+	if _, err := r.inspectByName(ctx, "foreign-"+tag); !errdefs.IsNotFound(err) {
+		t.Fatalf("container left after the refusal: %v", err)
+	}
+	if _, err := be.client.NetworkInspect(ctx, opts.Name, client.NetworkInspectOptions{}); err != nil {
+		t.Fatalf("the foreign network was touched: %v", err)
 	}
 }
