@@ -47,10 +47,6 @@ func TestRuntimeAutoPicksEachBackEnd(t *testing.T) {
 	})
 
 	t.Run("docker", func(t *testing.T) {
-		// Whether rentals get the agent's Docker network depends on the
-		// host's DOCKER-USER chain, which tests running a dockerd that
-		// manages iptables make while they hold this lock.
-		testenv.LockHostNetwork(t)
 		a := startAgent(t, w.bin, append(base, "CONTAINERD_ADDRESS="+filepath.Join(dir, "no-containerd.sock"), "STATE_DIR="+t.TempDir()), w.agentLog)
 		assertRuntime(t, a, "docker")
 		code, body := a.call("POST", "/start_instance", map[string]any{

@@ -212,7 +212,7 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 	tag := hex.EncodeToString(b)
 	// A subnet, bridge and chains of the test's own, apart from the
 	// agent's defaults and from other tests'.
-	subnet := netip.MustParsePrefix(fmt.Sprintf("10.216.%d.0/24", b[0]))
+	subnet := netip.MustParsePrefix(fmt.Sprintf("10.219.%d.0/24", b[0]))
 	if err := network.CheckSubnet(subnet); err != nil {
 		t.Fatal(err)
 	}
