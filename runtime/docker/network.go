@@ -3,8 +3,11 @@ package docker
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -266,6 +269,11 @@ func (r *Runtime) ensureNetwork(ctx context.Context) error {
 	}
 	if err := checkNetwork(res.Network, o); err != nil {
 		return err
+	}
+	// A link-local IPv6 address on the bridge would let rentals reach the
+	// host's services past every IPv4 rule.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+o.Bridge+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("turn IPv6 off on bridge %s: %w", o.Bridge, err)
 	}
 	return r.ensureRules(ctx)
 }

@@ -334,6 +334,9 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 	if ep == nil {
 		t.Fatalf("rental b is not on network %s: %+v", opts.Name, res.Container.NetworkSettings.Networks)
 	}
+	if v6, err := os.ReadFile("/proc/sys/net/ipv6/conf/" + opts.Bridge + "/disable_ipv6"); err != nil || strings.TrimSpace(string(v6)) != "1" {
+		t.Errorf("IPv6 on the rentals' bridge: disable_ipv6 %q (%v), want 1", v6, err)
+	}
 	bAddr := ep.IPAddress
 	gw := ep.Gateway
 	if !subnet.Contains(bAddr) || !subnet.Contains(gw) {
