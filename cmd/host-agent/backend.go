@@ -92,7 +92,7 @@ type backend interface {
 }
 
 // newRuntime builds the chosen back end.
-func newRuntime(cfg config, name string, pub events.Publisher, devices containerd.DeviceInjector, rentalNet *network.Network, logger *slog.Logger) (backend, error) {
+func newRuntime(cfg config, name string, pub events.Publisher, devices containerd.DeviceInjector, rentalNet *network.Network, dockerNet *docker.NetworkOptions, logger *slog.Logger) (backend, error) {
 	if name == runtimeDocker {
 		return docker.New(docker.Options{
 			Host:        cfg.DockerHost,
@@ -101,6 +101,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 			Events:      pub,
 			Logger:      logger,
 			LogMaxBytes: cfg.InstanceLogMaxBytes,
+			Network:     dockerNet,
 		})
 	}
 	var publicIP string

@@ -26,6 +26,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/disk"
+	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
@@ -64,7 +65,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
 		return 2
 	}
-	if err := network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge); err != nil {
+	if err := network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge); err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", &configError{"RENTAL_SUBNET", err.Error()})
 		return 2
 	}
@@ -135,17 +136,25 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Error("container runtime not available", "runtime", rtName, "why", why)
 	}
 	cfg.Runtime = rtName
-	// The rentals' CNI network and published ports are containerd's; on
-	// Docker, rentals get Docker's network and a start asking for ports is
-	// refused.
+	// The rentals' CNI network is containerd's; on Docker, rentals get the
+	// agent's Docker network (dockerNetwork), with ports published from
+	// the same allocator.
 	var rentalNet *network.Network
+	var dockerNet *docker.NetworkOptions
 	ports := hostport.NewAllocator(cfg.Network.HostPortRange, nil)
 	if rtName != runtimeDocker {
 		if rentalNet, err = newNetwork(ctx, cfg, logger); err != nil {
 			return err
 		}
+	} else if err := docker.IsolationAvailable(); err != nil {
+		// Without Docker's iptables there is no NAT for published ports
+		// and nowhere for the isolation rules: rentals get no network and
+		// a start asking for ports is refused.
+		logger.Error("rentals on Docker get no network", "error", err)
+	} else {
+		dockerNet = dockerNetwork(cfg)
 	}
-	backend, err := newRuntime(cfg, rtName, pulls, injector, rentalNet, logger)
+	backend, err := newRuntime(cfg, rtName, pulls, injector, rentalNet, dockerNet, logger)
 	if err != nil {
 		return err
 	}
@@ -155,7 +164,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil),
+		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
 			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
 		Events: hub,
 		Logger: logger,

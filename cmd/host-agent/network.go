@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/server/reporter"
@@ -50,6 +51,33 @@ func networkConfig(cfg config) network.Config {
 		nc.NetNSPrefix = "hagent-" + name + "-"
 	}
 	return nc
+}
+
+// dockerNetwork is the rentals' network on Docker: a user-defined bridge
+// network named, bridged and filtered apart from the CNI network's, on the
+// same subnet and egress lists.
+func dockerNetwork(cfg config) *docker.NetworkOptions {
+	nc := networkConfig(cfg)
+	o := &docker.NetworkOptions{
+		Name:          network.DefaultNetworkName,
+		Bridge:        "hadocker0",
+		Subnet:        cfg.Network.RentalSubnet,
+		ChainPrefix:   network.DefaultChainPrefix,
+		BlockedEgress: cfg.Network.BlockedEgress,
+		AllowedEgress: cfg.Network.AllowedEgress,
+	}
+	if o.BlockedEgress == nil {
+		o.BlockedEgress = network.DefaultBlockedEgress
+	}
+	if name := cfg.Network.Name; name != "" {
+		o.Name = nc.NetworkName
+		o.Bridge = "hadock-" + name
+		o.ChainPrefix = nc.ChainPrefix
+	}
+	if cfg.Network.PublicIP.IsValid() {
+		o.PublicIP = cfg.Network.PublicIP.String()
+	}
+	return o
 }
 
 // networkInfo describes the rentals' network for the host report; nil

@@ -70,8 +70,9 @@ func planFor(uuids []string, cdi bool) gpuPlan {
 
 // containerConfig is the container as the agent creates it: the request's
 // image, command, environment and limits, the labels, and the confinement
-// every tenant gets whatever it asks for. Networking is none: the
-// container has its own network namespace with loopback only.
+// every tenant gets whatever it asks for. Networking is none (its own
+// network namespace with loopback only) unless the runtime has a network,
+// which applyNetwork then puts it on.
 func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]string, gpus gpuPlan, logMax int64) (*container.Config, *container.HostConfig) {
 	env := map[string]string{}
 	for k, v := range spec.Env {

@@ -51,6 +51,10 @@ type Options struct {
 	// LogMaxBytes caps each instance's log on disk (default 100 MiB),
 	// through the log driver's rotation.
 	LogMaxBytes int64
+	// Network puts rentals on the agent's bridge network with published
+	// ports and isolation rules; nil: rentals get no network (--network
+	// none) and no ports.
+	Network *NetworkOptions
 }
 
 // Runtime is the Docker back end.
@@ -62,6 +66,7 @@ type Runtime struct {
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
+	rulesMu sync.Mutex
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -92,6 +97,13 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.Events == nil {
 		opts.Events = discard{}
+	}
+	if opts.Network != nil {
+		n := *opts.Network
+		if err := n.validate(); err != nil {
+			return nil, err
+		}
+		opts.Network = &n
 	}
 	if !filepath.IsAbs(opts.StateDir) {
 		return nil, fmt.Errorf("docker state dir %q must be absolute: %w", opts.StateDir, errdefs.ErrInvalidArgument)

@@ -80,6 +80,7 @@ func toInstance(c container.InspectResponse) runtime.Instance {
 		SpecHash:    l[runtime.LabelSpecHash],
 		Labels:      runtime.UserLabels(l),
 		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
+		Ports:       runtime.PortsFromLabels(l),
 		AgentLabels: l,
 	}
 	if inst.CreatedAt.IsZero() {

@@ -45,7 +45,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 		return runtime.Instance{}, err
 	}
 	r.log.Info("instance running", "instance", spec.ID, "image", spec.Image, "pid", inst.Pid)
-	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning)})
+	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
 	return inst, nil
 }
 
@@ -73,6 +73,11 @@ func (r *Runtime) startExisting(ctx context.Context, id string, c container.Insp
 		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", id, errdefs.ErrConflict)
 	}
 	if c.State != nil && c.State.Status == container.StateCreated {
+		if r.opts.Network != nil {
+			if err := r.ensureRules(ctx); err != nil {
+				return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+			}
+		}
 		if _, err := r.client.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: convertErr(err)}
 		}
@@ -93,6 +98,16 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
 	cfg, hostCfg := containerConfig(ref, spec, r.labels(spec, hash), gpus, r.opts.LogMaxBytes)
+	if n := r.opts.Network; n != nil {
+		if err := r.ensureNetwork(ctx); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+		}
+		if err := n.applyNetwork(cfg, hostCfg, spec.PublishedPorts); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+		}
+	} else if len(spec.PublishedPorts) > 0 {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("ports reserved but the docker back end has no network to publish them on: %w", errdefs.ErrFailedPrecondition)}
+	}
 	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{Name: containerName(spec.ID), Config: cfg, HostConfig: hostCfg})
 	if err != nil {
 		err = convertErr(err)
@@ -109,8 +124,20 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	res, err := r.client.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err == nil {
 		err = verifyConfined(res.Container, gpus)
+		if n := r.opts.Network; err == nil && n != nil {
+			err = n.verifyPublished(res.Container, spec.PublishedPorts)
+		}
 	} else {
 		err = convertErr(err)
+	}
+	if err != nil {
+		r.removeContainer(created.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
+	if r.opts.Network != nil {
+		// Again just before the start: a dockerd restarted meanwhile puts
+		// its own jumps ahead of the agent's.
+		err = r.ensureRules(ctx)
 	}
 	if err != nil {
 		r.removeContainer(created.ID)

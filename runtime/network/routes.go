@@ -9,20 +9,22 @@ import (
 )
 
 // CheckSubnet refuses a rentals' subnet that overlaps a route of the host
-// (in any routing table) other than the agent's own bridge's: tenants would
+// (in any routing table) other than the agent's own bridges': tenants would
 // shadow part of the provider's network, or the host would send their
 // traffic elsewhere.
-func CheckSubnet(subnet netip.Prefix, bridge string) error {
-	brIndex := -1
-	if l, err := netlink.LinkByName(bridge); err == nil {
-		brIndex = l.Attrs().Index
+func CheckSubnet(subnet netip.Prefix, bridges ...string) error {
+	own := map[int]bool{}
+	for _, b := range bridges {
+		if l, err := netlink.LinkByName(b); err == nil {
+			own[l.Attrs().Index] = true
+		}
 	}
 	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return fmt.Errorf("list the host's routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.Dst == nil || r.LinkIndex == brIndex {
+		if r.Dst == nil || own[r.LinkIndex] {
 			continue
 		}
 		ones, _ := r.Dst.Mask.Size()

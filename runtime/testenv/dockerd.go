@@ -67,11 +67,16 @@ type DockerdOptions struct {
 	NvidiaHook bool
 	// LiveRestore keeps containers running while dockerd is down.
 	LiveRestore bool
+	// IPTables lets it manage the host's iptables rules (NAT of published
+	// ports, DOCKER-USER), as a production dockerd does. It still makes no
+	// default bridge.
+	IPTables bool
 }
 
 // Dockerd is a private dockerd with its own data root, exec root, pidfile
 // and socket under one directory, on a private containerd, in containerd
-// namespaces of its own, without networking (--bridge=none, no iptables).
+// namespaces of its own, without networking (--bridge=none, no iptables
+// unless DockerdOptions.IPTables).
 type Dockerd struct {
 	Dir string
 	// Host is its DOCKER_HOST (unix://…).
@@ -148,7 +153,7 @@ func (d *Dockerd) Start() error {
 		"--containerd-namespace", ns, "--containerd-plugins-namespace", ns + "-plugins",
 		"--data-root", filepath.Join(d.Dir, "data"), "--exec-root", filepath.Join(d.Dir, "exec"),
 		"--pidfile", filepath.Join(d.Dir, "dockerd.pid"), "-H", d.Host,
-		"--userland-proxy=false", "--iptables=false", "--bridge=none",
+		"--userland-proxy=false", "--iptables=" + fmt.Sprint(d.opts.IPTables), "--bridge=none",
 	}
 	if d.CDIDir != "" {
 		args = append(args, "--cdi-spec-dir", d.CDIDir)

@@ -1,0 +1,370 @@
+package docker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"github.com/coreos/go-iptables/iptables"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostport"
+)
+
+// Docker network driver options the rentals' network is created with.
+const (
+	optICC        = "com.docker.network.bridge.enable_icc"
+	optBridgeName = "com.docker.network.bridge.name"
+	// dockerUserChain is where Docker lets others filter forwarded
+	// traffic ahead of its own rules.
+	dockerUserChain = "DOCKER-USER"
+)
+
+// NetworkOptions put rentals on a user-defined bridge network of their own,
+// with published ports and the agent's isolation rules. A Runtime without
+// them gives rentals no network at all (--network none).
+type NetworkOptions struct {
+	// Name is the Docker network's name.
+	Name string
+	// Bridge is its bridge device (at most 15 bytes).
+	Bridge string
+	// Subnet is its IPv4 subnet (RENTAL_SUBNET).
+	Subnet netip.Prefix
+	// ChainPrefix starts the names of the agent's iptables chains:
+	// <prefix>-DFWD, jumped to from DOCKER-USER, and <prefix>-DIN, jumped
+	// to from INPUT.
+	ChainPrefix string
+	// BlockedEgress are destinations tenants may not reach; AllowedEgress
+	// are exceptions to them.
+	BlockedEgress []netip.Prefix
+	AllowedEgress []netip.Prefix
+	// HostAddrs are the host addresses published ports are bound on;
+	// empty: every IPv4 address of the host.
+	HostAddrs []netip.Addr
+	// PublicIP is announced to tenants as PUBLIC_IP; empty: not announced.
+	PublicIP string
+}
+
+var chainPrefixRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,15}$`)
+
+func (o *NetworkOptions) validate() error {
+	var problems []string
+	if o.Name == "" {
+		problems = append(problems, "no network name")
+	}
+	if o.Bridge == "" || len(o.Bridge) > 15 || strings.ContainsAny(o.Bridge, "/ \t\n") {
+		problems = append(problems, fmt.Sprintf("bridge name %q: 1 to 15 bytes, no slashes or spaces", o.Bridge))
+	}
+	if !o.Subnet.IsValid() || !o.Subnet.Addr().Is4() || o.Subnet.Bits() > 29 || o.Subnet.Bits() < 8 {
+		problems = append(problems, fmt.Sprintf("subnet %s: want IPv4 between /8 and /29", o.Subnet))
+	}
+	if !chainPrefixRE.MatchString(o.ChainPrefix) {
+		problems = append(problems, fmt.Sprintf("chain prefix %q", o.ChainPrefix))
+	}
+	for _, a := range o.HostAddrs {
+		if !a.Is4() {
+			problems = append(problems, fmt.Sprintf("host address %s: must be IPv4", a))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("docker network: %s: %w", strings.Join(problems, "; "), errdefs.ErrInvalidArgument)
+	}
+	o.Subnet = o.Subnet.Masked()
+	return nil
+}
+
+func (o *NetworkOptions) forwardChain() string { return o.ChainPrefix + "-DFWD" }
+func (o *NetworkOptions) inputChain() string   { return o.ChainPrefix + "-DIN" }
+
+// filterRules are the isolation rules of the rentals' bridge, in order.
+// Forwarded (DOCKER-USER, ahead of Docker's own accepts): nothing between
+// rentals, nothing spoofed, replies through, the allowed exceptions, then
+// nothing to a blocked range; what is left returns to Docker's chains,
+// which accept it and the published ports. Input: rentals reach no service
+// of the host (Docker's embedded resolver answers inside each container's
+// own namespace), only replies to what the host sent.
+func (o *NetworkOptions) filterRules() []string {
+	br, sub := o.Bridge, o.Subnet.String()
+	fwd, in := o.forwardChain(), o.inputChain()
+	reject := "-j REJECT --reject-with icmp-admin-prohibited"
+	r := []string{
+		fmt.Sprintf("-A %s -i %s -o %s -j DROP", fwd, br, br),
+		fmt.Sprintf("-A %s -i %s ! -s %s -j DROP", fwd, br, sub),
+		fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", fwd, br),
+	}
+	for _, a := range o.AllowedEgress {
+		r = append(r, fmt.Sprintf("-A %s -i %s -d %s -j RETURN", fwd, br, a))
+	}
+	for _, b := range o.BlockedEgress {
+		r = append(r, fmt.Sprintf("-A %s -i %s -d %s %s", fwd, br, b, reject))
+	}
+	r = append(r,
+		fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", in, br),
+		fmt.Sprintf("-A %s -i %s %s", in, br, reject),
+	)
+	return r
+}
+
+func restoreInput(chains, rules []string) []byte {
+	var b bytes.Buffer
+	b.WriteString("*filter\n")
+	for _, c := range chains {
+		// With --noflush, declaring a chain creates or flushes it.
+		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+	}
+	for _, r := range rules {
+		b.WriteString(r + "\n")
+	}
+	b.WriteString("COMMIT\n")
+	return b.Bytes()
+}
+
+// IsolationAvailable reports why rentals on Docker cannot be isolated by the
+// agent's rules here: nil when the DOCKER-USER chain exists, which a dockerd
+// managing iptables (the default) makes at its start.
+func IsolationAvailable() error {
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	if ok, err := ipt.ChainExists("filter", dockerUserChain); err != nil || !ok {
+		return fmt.Errorf("chain %s is missing: dockerd must manage iptables (no --iptables=false) for rentals to be isolated: %w", dockerUserChain, errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// ensureRules writes the agent's chains whole and puts the jumps to them
+// first in DOCKER-USER and INPUT. Idempotent; run before each start, so
+// that a dockerd restarted since (it re-inserts its own jumps) does not
+// get ahead of the isolation.
+func (r *Runtime) ensureRules(ctx context.Context) error {
+	o := r.opts.Network
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	if err := IsolationAvailable(); err != nil {
+		return err
+	}
+	r.rulesMu.Lock()
+	defer r.rulesMu.Unlock()
+	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
+	cmd.Stdin = bytes.NewReader(restoreInput([]string{o.forwardChain(), o.inputChain()}, o.filterRules()))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables-restore: %w: %s", err, strings.TrimSpace(string(out)))
+	}
+	for _, j := range [][2]string{{dockerUserChain, o.forwardChain()}, {"INPUT", o.inputChain()}} {
+		if err := ensureFirstJump(ipt, j[0], j[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func ensureFirstJump(ipt *iptables.IPTables, chain, target string) error {
+	rules, err := ipt.List("filter", chain)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", chain, err)
+	}
+	want := fmt.Sprintf("-A %s -j %s", chain, target)
+	count := 0
+	for _, l := range rules {
+		if l == want {
+			count++
+		}
+	}
+	// rules[0] is the policy or chain declaration.
+	if count == 1 && len(rules) > 1 && rules[1] == want {
+		return nil
+	}
+	for range count {
+		if err := ipt.Delete("filter", chain, "-j", target); err != nil {
+			return fmt.Errorf("delete jump %s -> %s: %w", chain, target, err)
+		}
+	}
+	if err := ipt.Insert("filter", chain, 1, "-j", target); err != nil {
+		return fmt.Errorf("insert jump %s -> %s: %w", chain, target, err)
+	}
+	return nil
+}
+
+// RemoveNetwork deletes the agent's chains and the jumps to them, and the
+// rentals' Docker network when no container is on it. For uninstalling and
+// for tests; rentals running meanwhile lose their isolation.
+func (r *Runtime) RemoveNetwork(ctx context.Context) error {
+	o := r.opts.Network
+	if o == nil {
+		return nil
+	}
+	var errs []string
+	if _, err := r.client.NetworkRemove(ctx, o.Name, client.NetworkRemoveOptions{}); err != nil && !errdefs.IsNotFound(err) {
+		errs = append(errs, "remove docker network: "+err.Error())
+	}
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	r.rulesMu.Lock()
+	defer r.rulesMu.Unlock()
+	for _, j := range [][2]string{{dockerUserChain, o.forwardChain()}, {"INPUT", o.inputChain()}} {
+		for {
+			ok, err := ipt.Exists("filter", j[0], "-j", j[1])
+			if err != nil || !ok {
+				break
+			}
+			if err := ipt.Delete("filter", j[0], "-j", j[1]); err != nil {
+				errs = append(errs, err.Error())
+				break
+			}
+		}
+		if ok, _ := ipt.ChainExists("filter", j[1]); ok {
+			if err := ipt.ClearAndDeleteChain("filter", j[1]); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("remove rentals' network: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// ensureNetwork creates the rentals' network if it is missing and checks
+// that one found is what the agent would have created, then writes the
+// isolation rules.
+func (r *Runtime) ensureNetwork(ctx context.Context) error {
+	o := r.opts.Network
+	res, err := r.client.NetworkInspect(ctx, o.Name, client.NetworkInspectOptions{})
+	switch {
+	case errdefs.IsNotFound(err):
+		v4, v6 := true, false
+		_, err = r.client.NetworkCreate(ctx, o.Name, client.NetworkCreateOptions{
+			Driver:     "bridge",
+			EnableIPv4: &v4,
+			EnableIPv6: &v6,
+			IPAM:       &network.IPAM{Config: []network.IPAMConfig{{Subnet: o.Subnet}}},
+			Options:    map[string]string{optICC: "false", optBridgeName: o.Bridge},
+			Labels:     map[string]string{runtime.LabelAgentID: r.opts.AgentID},
+		})
+		if err != nil && !errdefs.IsConflict(err) && !errdefs.IsAlreadyExists(err) {
+			return fmt.Errorf("create docker network %s: %w", o.Name, convertErr(err))
+		}
+		if res, err = r.client.NetworkInspect(ctx, o.Name, client.NetworkInspectOptions{}); err != nil {
+			return fmt.Errorf("inspect docker network %s: %w", o.Name, convertErr(err))
+		}
+	case err != nil:
+		return fmt.Errorf("inspect docker network %s: %w", o.Name, convertErr(err))
+	}
+	if err := checkNetwork(res.Network, o); err != nil {
+		return err
+	}
+	// A link-local IPv6 address on the bridge would let rentals reach the
+	// host's services past every IPv4 rule.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+o.Bridge+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("turn IPv6 off on bridge %s: %w", o.Bridge, err)
+	}
+	return r.ensureRules(ctx)
+}
+
+// checkNetwork refuses a network of the agent's name that lets rentals
+// reach each other, has IPv6 (which the rules do not cover) or another
+// subnet or bridge than configured.
+func checkNetwork(n network.Inspect, o *NetworkOptions) error {
+	var problems []string
+	if n.Driver != "bridge" {
+		problems = append(problems, "driver "+n.Driver)
+	}
+	if n.Options[optICC] != "false" {
+		problems = append(problems, "inter-container traffic on")
+	}
+	if n.Options[optBridgeName] != o.Bridge {
+		problems = append(problems, fmt.Sprintf("bridge %q", n.Options[optBridgeName]))
+	}
+	if n.EnableIPv6 {
+		problems = append(problems, "IPv6 on")
+	}
+	if len(n.IPAM.Config) != 1 || n.IPAM.Config[0].Subnet != o.Subnet {
+		problems = append(problems, fmt.Sprintf("subnets %v", n.IPAM.Config))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("docker network %s exists but is not the rentals' network of %s (%s): remove it or choose another name: %w",
+			o.Name, o.Subnet, strings.Join(problems, "; "), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// portBindings publishes exactly the reserved host ports, on each host
+// address.
+func (o *NetworkOptions) portBindings(mappings []hostport.Mapping) (network.PortSet, network.PortMap, error) {
+	addrs := o.HostAddrs
+	if len(addrs) == 0 {
+		addrs = []netip.Addr{netip.IPv4Unspecified()}
+	}
+	exposed, bindings := network.PortSet{}, network.PortMap{}
+	for _, m := range mappings {
+		p, ok := network.PortFrom(m.ContainerPort, network.IPProtocol(m.Protocol))
+		if !ok {
+			return nil, nil, fmt.Errorf("port %s/%d: %w", m.Protocol, m.ContainerPort, errdefs.ErrInvalidArgument)
+		}
+		exposed[p] = struct{}{}
+		for _, a := range addrs {
+			bindings[p] = append(bindings[p], network.PortBinding{HostIP: a, HostPort: strconv.Itoa(int(m.HostPort))})
+		}
+	}
+	return exposed, bindings, nil
+}
+
+// applyNetwork puts the container on the rentals' network with its ports
+// published, and tells it its ports.
+func (o *NetworkOptions) applyNetwork(cfg *container.Config, host *container.HostConfig, mappings []hostport.Mapping) error {
+	exposed, bindings, err := o.portBindings(mappings)
+	if err != nil {
+		return err
+	}
+	host.NetworkMode = container.NetworkMode(o.Name)
+	if len(mappings) > 0 {
+		cfg.ExposedPorts, host.PortBindings = exposed, bindings
+	}
+	cfg.Env = append(cfg.Env, hostport.Env(mappings, o.PublicIP)...)
+	return nil
+}
+
+// verifyPublished checks that the daemon will publish exactly the reserved
+// ports, each on the configured addresses, and nothing more.
+func (o *NetworkOptions) verifyPublished(c container.InspectResponse, mappings []hostport.Mapping) error {
+	_, want, err := o.portBindings(mappings)
+	if err != nil {
+		return err
+	}
+	got := c.HostConfig.PortBindings
+	if c.HostConfig.PublishAllPorts || len(got) != len(want) {
+		return fmt.Errorf("published ports %v, want %v", got, want)
+	}
+	for p, wb := range want {
+		gb := got[p]
+		if len(gb) != len(wb) {
+			return fmt.Errorf("published ports %v, want %v", got, want)
+		}
+		for i := range wb {
+			if gb[i].HostPort != wb[i].HostPort || gb[i].HostIP.Unmap() != wb[i].HostIP {
+				return fmt.Errorf("published ports %v, want %v", got, want)
+			}
+		}
+	}
+	if string(c.HostConfig.NetworkMode) != o.Name {
+		return fmt.Errorf("network %q, want %q", c.HostConfig.NetworkMode, o.Name)
+	}
+	return nil
+}
