@@ -118,7 +118,7 @@ ctr --address "$W/containerd.sock" version >/dev/null || { cat "$W/containerd.lo
 echo '{"features": {"time-namespaces": false}}' > "$W/daemon.json"
 "$DOCKERD" --config-file "$W/daemon.json" --containerd "$W/containerd.sock" \
   --data-root "$DATA/docker" --exec-root "$W/exec" --pidfile "$W/dockerd.pid" \
-  -H "unix://$W/docker.sock" --userland-proxy=false --iptables=false --ip6tables=false --bridge=none \
+  -H "unix://$W/docker.sock" --userland-proxy=false --iptables=true --ip6tables=false --bridge=none \
   >"$W/dockerd.log" 2>&1 &
 pids+=($!)
 export DOCKER_HOST="unix://$W/docker.sock"

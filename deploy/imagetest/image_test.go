@@ -91,6 +91,12 @@ func TestImageAsDeployed(t *testing.T) {
 	}
 
 	a := deploy(t, readmeBlock(t, "docker-run-containerd"), "/run/containerd/containerd.sock", sock, image)
+	// Afterwards, the rentals' bridge and rules go as the README says, so
+	// that the Docker-only run finds the host as a Docker host has it.
+	t.Cleanup(func() {
+		_ = exec.Command("bash", "-c", readmeBlock(t, "remove-network")).Run()
+		_ = exec.Command("ip", "link", "del", "hostagent0").Run()
+	})
 	if code, body := a.call("GET", "/host", nil); code != http.StatusOK || body["agent_version"] != "image-test" || body["agent_commit"] == "" {
 		t.Fatalf("GET /host: %d %v", code, body)
 	}
@@ -117,21 +123,30 @@ func TestImageAsDeployed(t *testing.T) {
 	}
 	// A user reaches the rental's port on the host's address, through the
 	// network the containerized agent made on the host.
-	user := testenv.AddPeer(t, "user", "198.18.7.1", "198.18.7.2", 24)
-	testenv.MustRouteInto(t, user.Host, user.HostIf)
-	want := fmt.Sprintf("HOST_PORT_TCP_8080=%d ", hostPort)
-	var got string
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !strings.Contains(got, want); time.Sleep(200 * time.Millisecond) {
-		got, err = testenv.Greeting(t, user.NS, "tcp", user.Host, hostPort)
-	}
-	if !strings.Contains(got, want) {
-		t.Fatalf("the rental's published port %d from a user's namespace: %q, %v; want %q", hostPort, got, err, want)
-	}
+	portAnswers(t, "198.18.7", hostPort)
 	if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
 		t.Fatalf("terminate: %d %v", code, body)
 	}
 	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls", "-q"); strings.Contains(ls, id) {
 		t.Fatalf("terminated rental still on containerd:\n%s", ls)
+	}
+}
+
+// portAnswers checks that a user, in a namespace of the test's own on
+// subnet.0/24, reaches the rental's published port on the host's address,
+// and that the rental sees that port as HOST_PORT_TCP_8080.
+func portAnswers(t *testing.T, subnet string, hostPort int) {
+	t.Helper()
+	user := testenv.AddPeer(t, "user", subnet+".1", subnet+".2", 24)
+	testenv.MustRouteInto(t, user.Host, user.HostIf)
+	want := fmt.Sprintf("HOST_PORT_TCP_8080=%d ", hostPort)
+	var got string
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !strings.Contains(got, want); time.Sleep(200 * time.Millisecond) {
+		got, err = testenv.Greeting(t, user.NS, "tcp", user.Host, hostPort)
+	}
+	if !strings.Contains(got, want) {
+		t.Fatalf("the rental's published port %d from a user's namespace: %q, %v; want %q", hostPort, got, err, want)
 	}
 }
 
@@ -232,7 +247,8 @@ func (a *agent) logsShow(id, want string) bool {
 // container gets the Docker socket and nothing of containerd, picks the
 // Docker back end by itself, and a rental started through it is a
 // container of the same daemon, listed by its label, with its logs
-// readable through the API, and gone after the terminate.
+// readable through the API and its published port answering a user, and
+// gone after the terminate.
 func TestImageOnDockerOnly(t *testing.T) {
 	image, dockerHost := os.Getenv("HOST_AGENT_IMAGE"), os.Getenv("DOCKER_HOST")
 	sock, ok := strings.CutPrefix(dockerHost, "unix://")
@@ -254,11 +270,13 @@ func TestImageOnDockerOnly(t *testing.T) {
 
 	id := fmt.Sprintf("image-test-docker-%d", time.Now().UnixNano())
 	code, body := a.call("POST", "/start_instance", map[string]any{
-		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's dockerd", "sleep", "inf"},
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's dockerd", "serve", "8080", "sleep", "inf"},
+		"ports": []map[string]any{{"container_port": 8080}},
 	})
 	if code != http.StatusOK || body["status"] != "running" {
 		t.Fatalf("start through the containerized agent on Docker: %d %v", code, body)
 	}
+	hostPort := publishedPort(t, body)
 	t.Cleanup(func() { a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}) })
 
 	filter := "label=host-agent.io/instance-id=" + id
@@ -268,6 +286,7 @@ func TestImageOnDockerOnly(t *testing.T) {
 	if !a.logsShow(id, "hello from the host's dockerd") {
 		t.Fatal("the rental's log is not readable through the containerized agent")
 	}
+	portAnswers(t, "198.18.8", hostPort)
 	if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
 		t.Fatalf("terminate: %d %v", code, body)
 	}

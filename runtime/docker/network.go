@@ -21,6 +21,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	rentalnet "github.com/host-agent/host-agent/runtime/network"
 )
 
 // Docker network driver options the rentals' network is created with.
@@ -271,7 +272,11 @@ func (r *Runtime) ensureNetwork(ctx context.Context) error {
 		return err
 	}
 	// A link-local IPv6 address on the bridge would let rentals reach the
-	// host's services past every IPv4 rule.
+	// host's services past every IPv4 rule. (A containerized agent's
+	// /proc/sys is read-only until made writable.)
+	if err := rentalnet.WritableProcSysNet(); err != nil {
+		return err
+	}
 	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+o.Bridge+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("turn IPv6 off on bridge %s: %w", o.Bridge, err)
 	}

@@ -103,7 +103,7 @@ func (n *Network) DNS() []netip.Addr { return n.dns }
 func (n *Network) Init(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if err := writableProcSysNet(); err != nil {
+	if err := WritableProcSysNet(); err != nil {
 		return err
 	}
 	if err := n.ensureBridge(); err != nil {

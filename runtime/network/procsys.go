@@ -11,13 +11,13 @@ import (
 // and each rental's interface.
 const procSysNet = "/proc/sys/net"
 
-// writableProcSysNet makes procSysNet writable when it is read-only, as a
+// WritableProcSysNet makes /proc/sys/net writable when it is read-only, as a
 // container's /proc/sys is (Docker mounts it read-only even with the host's
 // network). Only in the agent's own mount namespace, and only /proc/sys/net:
 // a bind mount of it onto itself, remounted read-write, which needs the
 // CAP_SYS_ADMIN the containerized agent holds to pin network namespaces.
 // On a host, where it is writable already, it does nothing.
-func writableProcSysNet() error {
+func WritableProcSysNet() error {
 	var st unix.Statfs_t
 	if err := unix.Statfs(procSysNet, &st); err != nil {
 		return fmt.Errorf("statfs %s: %w", procSysNet, err)

@@ -34,7 +34,7 @@ func TestReadOnlyProcSysNetMadeWritable(t *testing.T) {
 			!step(unix.Mount(procSysNet, procSysNet, "", unix.MS_BIND, "")) ||
 			!step(unix.Mount("", procSysNet, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")) ||
 			!step(unix.Statfs(procSysNet, &before)) ||
-			!step(writableProcSysNet()) {
+			!step(WritableProcSysNet()) {
 			return
 		}
 		errc <- unix.Statfs(procSysNet, &after)
