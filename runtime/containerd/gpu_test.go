@@ -20,6 +20,7 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 )
 
@@ -94,7 +95,7 @@ func newGPUHost(t *testing.T, hooks []map[string]any) *gpuHost {
 
 // agent builds what cmd/host-agent builds: the containerd back end with CDI
 // injection, wrapped in GPU allocation.
-func (h *gpuHost) agent(t *testing.T, ns string, rec *recorder) *agent {
+func (h *gpuHost) agent(t *testing.T, ns string, rec *conformance.Recorder) *agent {
 	t.Helper()
 	r, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "gpu-test", LogDir: t.TempDir(), Events: rec, Devices: h.injector,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -120,7 +121,7 @@ func TestGPUsInjectedExactlyThroughCDI(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
 	host := newGPUHost(t, nil)
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	g := host.agent(t, ns, rec)
 
 	// The image sets NVIDIA_VISIBLE_DEVICES=all, and so does the request.
@@ -202,7 +203,7 @@ func TestUnsafeCDIHookRefused(t *testing.T) {
 	// A hook without an explicit env would inherit the runtime's, which is
 	// how CVE-2025-23266 loaded a library from the image.
 	host := newGPUHost(t, []map[string]any{{"hookName": "createContainer", "path": "/usr/bin/nvidia-ctk", "args": []string{"nvidia-ctk", "hook"}}})
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	g := host.agent(t, ns, rec)
 	spec := payloadSpec("hooked", "sleep", "inf")
 	spec.GPURequest = runtime.GPURequest{Count: 1}

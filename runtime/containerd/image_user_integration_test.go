@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
@@ -80,7 +81,7 @@ func tarLayer(t *testing.T, files map[string]string) v1.Layer {
 func TestImageUserOnContainerd(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	for i, tc := range []struct {
 		user, uid, gid, groups string
@@ -98,7 +99,7 @@ func TestImageUserOnContainerd(t *testing.T) {
 		if _, err := r.Start(ctx(t), spec); err != nil {
 			t.Fatalf("USER %q: start: %v", tc.user, err)
 		}
-		rec.waitFor(t, id, events.TypeInstanceExited, 30*time.Second)
+		rec.WaitFor(t, id, events.TypeInstanceExited, 30*time.Second)
 		out, _, err := r.Logs(ctx(t), id, 100)
 		if err != nil {
 			t.Fatal(err)

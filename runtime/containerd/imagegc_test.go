@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // Below the free-space threshold, unused images go, least recently used
@@ -17,7 +18,7 @@ func TestImageGCRemovesLeastRecentlyUsedNeverInUse(t *testing.T) {
 	_, older := ownRegistry(t, "older:latest", 1024)
 	_, newer := ownRegistry(t, "newer:latest", 1024)
 	ns := testNamespace(t)
-	r := newRuntime(t, daemon.Address, ns, newRecorder())
+	r := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
 	for _, ref := range []string{older, newer} {
 		if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "once", Image: ref, Command: []string{"exit", "0"}}); err != nil {
 			t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
@@ -23,7 +24,7 @@ import (
 func TestStartRunsConfinedInNamespace(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	spec := payloadSpec("web-1", "echo", "hello from payload", "env", "sleep", "inf")
 	spec.Env = map[string]string{"GREETING": "hi"}
@@ -37,7 +38,7 @@ func TestStartRunsConfinedInNamespace(t *testing.T) {
 		t.Fatalf("instance = %+v", inst)
 	}
 	for _, typ := range []string{events.TypeInstancePulling, events.TypeInstanceCreating, events.TypeInstanceRunning} {
-		rec.waitFor(t, "web-1", typ, 10*time.Second)
+		rec.WaitFor(t, "web-1", typ, 10*time.Second)
 	}
 
 	// An operator sees it with ctr.
@@ -117,7 +118,7 @@ func TestStartRunsConfinedInNamespace(t *testing.T) {
 func TestStartIsIdempotentAndConflicts(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	spec := payloadSpec("idem-1", "sleep", "inf")
 
@@ -132,7 +133,7 @@ func TestStartIsIdempotentAndConflicts(t *testing.T) {
 	if again.ContainerID != first.ContainerID || again.Pid != first.Pid {
 		t.Fatalf("repeat start gave %+v, first %+v", again, first)
 	}
-	if n := rec.count("idem-1", events.TypeInstanceCreating); n != 1 {
+	if n := rec.Count("idem-1", events.TypeInstanceCreating); n != 1 {
 		t.Errorf("%d creating events, want 1", n)
 	}
 
@@ -168,12 +169,12 @@ func TestStartIsIdempotentAndConflicts(t *testing.T) {
 func TestExitCodeReported(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	if _, err := r.Start(ctx(t), payloadSpec("exit-7", "echo", "bye", "exit", "7")); err != nil {
 		t.Fatal(err)
 	}
-	e := rec.waitFor(t, "exit-7", events.TypeInstanceExited, 20*time.Second)
+	e := rec.WaitFor(t, "exit-7", events.TypeInstanceExited, 20*time.Second)
 	if e.ExitCode == nil || *e.ExitCode != 7 || e.Status != "exited" {
 		t.Fatalf("exit event = %+v", e)
 	}
@@ -186,7 +187,7 @@ func TestExitCodeReported(t *testing.T) {
 	}
 	// Reported once, although both the task's wait and the event stream see it.
 	time.Sleep(500 * time.Millisecond)
-	if n := rec.count("exit-7", events.TypeInstanceExited); n != 1 {
+	if n := rec.Count("exit-7", events.TypeInstanceExited); n != 1 {
 		t.Errorf("%d exit events, want 1", n)
 	}
 	if err := r.Terminate(ctx(t), "exit-7", time.Second); err != nil {
@@ -197,7 +198,7 @@ func TestExitCodeReported(t *testing.T) {
 func TestTerminateKillsAfterTimeoutAndCleansUp(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	if _, err := r.Start(ctx(t), payloadSpec("stubborn", "ignore-term", "sleep", "inf")); err != nil {
 		t.Fatal(err)
@@ -224,13 +225,13 @@ func TestTerminateKillsAfterTimeoutAndCleansUp(t *testing.T) {
 	if took < timeout {
 		t.Errorf("a process ignoring SIGTERM was gone after %s, before the %s timeout", took, timeout)
 	}
-	e := rec.waitFor(t, "stubborn", events.TypeInstanceExited, 5*time.Second)
+	e := rec.WaitFor(t, "stubborn", events.TypeInstanceExited, 5*time.Second)
 	if e.ExitCode == nil || *e.ExitCode != 128+int(syscall.SIGKILL) {
 		t.Errorf("stubborn exit = %+v, want SIGKILL's 137", e)
 	}
-	rec.waitFor(t, "stubborn", events.TypeInstanceTerminating, time.Second)
-	rec.waitFor(t, "stubborn", events.TypeInstanceTerminated, time.Second)
-	if n := rec.count("stubborn", events.TypeInstanceTerminated); n != 1 {
+	rec.WaitFor(t, "stubborn", events.TypeInstanceTerminating, time.Second)
+	rec.WaitFor(t, "stubborn", events.TypeInstanceTerminated, time.Second)
+	if n := rec.Count("stubborn", events.TypeInstanceTerminated); n != 1 {
 		t.Errorf("%d terminated events for one termination", n)
 	}
 
@@ -238,7 +239,7 @@ func TestTerminateKillsAfterTimeoutAndCleansUp(t *testing.T) {
 	if err := r.Terminate(ctx(t), "polite", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if e := rec.waitFor(t, "polite", events.TypeInstanceExited, 5*time.Second); e.ExitCode == nil || *e.ExitCode != 143 {
+	if e := rec.WaitFor(t, "polite", events.TypeInstanceExited, 5*time.Second); e.ExitCode == nil || *e.ExitCode != 143 {
 		t.Errorf("polite exit = %+v, want 143", e)
 	}
 
@@ -254,7 +255,7 @@ func TestTerminateKillsAfterTimeoutAndCleansUp(t *testing.T) {
 func TestFailedStartLeavesNothing(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 
 	_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "bad-image", Image: registry.Host + "/no-such-image:latest"})
@@ -262,7 +263,7 @@ func TestFailedStartLeavesNothing(t *testing.T) {
 	if !errors.As(err, &se) || se.Step != runtime.StepPull || !errdefs.IsNotFound(err) {
 		t.Fatalf("bad image: err = %v, want a pull StepError of kind NotFound", err)
 	}
-	if e := rec.waitFor(t, "bad-image", events.TypeInstanceFailed, time.Second); e.Step != "pull" || e.Error == "" {
+	if e := rec.WaitFor(t, "bad-image", events.TypeInstanceFailed, time.Second); e.Step != "pull" || e.Error == "" {
 		t.Errorf("failed event = %+v", e)
 	}
 
@@ -284,7 +285,7 @@ func TestResourcesEnforced(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
 	ns := testNamespace(t)
-	r := newRuntime(t, daemon.Address, ns, newRecorder())
+	r := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
 	spec := payloadSpec("limited", "statfs", "/dev/shm", "sleep", "inf")
 	spec.Resources = runtime.Resources{CPUs: 0.5, MemoryMB: 64, Pids: 50, ShmMB: 16}
 	if _, err := r.Start(ctx(t), spec); err != nil {
@@ -390,7 +391,7 @@ func TestPullProgressReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	be, err := New(Options{Address: daemon.Address, Namespace: ns, LogDir: t.TempDir(), Events: rec, ProgressInterval: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -402,7 +403,7 @@ func TestPullProgressReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	var progress []events.PullProgress
-	for _, e := range rec.all() {
+	for _, e := range rec.All() {
 		if e.Type == events.TypeInstancePullProgress && e.InstanceID == "slow" {
 			progress = append(progress, *e.Progress)
 		}
@@ -426,7 +427,7 @@ func TestPullWithRegistryAuth(t *testing.T) {
 	private, ref := ownRegistry(t, "private/payload:1", 1024)
 	private.RequireBasicAuth("tenant", "s3cret-pass")
 	ns := testNamespace(t)
-	r := newRuntime(t, daemon.Address, ns, newRecorder())
+	r := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
 
 	for _, tc := range []struct {
 		id   string
@@ -493,7 +494,7 @@ func TestStartOutlivesTheCaller(t *testing.T) {
 	t.Parallel()
 	slow, ref := ownRegistry(t, "patient:latest", 2<<20)
 	slow.Throttle(2 << 20)
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	spec := runtime.InstanceSpec{ID: "patient", Image: ref, Command: []string{"sleep", "inf"}}
 
@@ -510,7 +511,7 @@ func TestStartOutlivesTheCaller(t *testing.T) {
 	if err != nil || inst.Status != runtime.StatusRunning {
 		t.Fatalf("retry: %+v %v", inst, err)
 	}
-	if n := rec.count("patient", events.TypeInstancePulling); n != 1 {
+	if n := rec.Count("patient", events.TypeInstancePulling); n != 1 {
 		t.Errorf("%d pulls for one instance, want 1", n)
 	}
 }
@@ -522,14 +523,14 @@ func TestTerminateCallsOffAStartInProgress(t *testing.T) {
 	t.Parallel()
 	slow, ref := ownRegistry(t, "endless:latest", 4<<20)
 	slow.Throttle(256 << 10) // a pull of over 15 s
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	started := make(chan error, 1)
 	go func() {
 		_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "doomed", Image: ref})
 		started <- err
 	}()
-	rec.waitFor(t, "doomed", events.TypeInstancePulling, 10*time.Second)
+	rec.WaitFor(t, "doomed", events.TypeInstancePulling, 10*time.Second)
 	began := time.Now()
 	if err := r.Terminate(ctx(t), "doomed", time.Second); err != nil {
 		t.Fatalf("terminate during the pull: %v", err)
@@ -540,7 +541,7 @@ func TestTerminateCallsOffAStartInProgress(t *testing.T) {
 	if err := <-started; err == nil {
 		t.Fatal("the called-off start reported success")
 	}
-	rec.waitFor(t, "doomed", events.TypeInstanceTerminated, time.Second)
+	rec.WaitFor(t, "doomed", events.TypeInstanceTerminated, time.Second)
 	assertNothingLeft(t, ns)
 }
 

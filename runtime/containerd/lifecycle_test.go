@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -22,13 +23,13 @@ import (
 func TestDefect4ResentStartOfExitedInstanceDoesNotRunAgain(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	spec := payloadSpec("once", "echo", "ran", "exit", "3")
 	if _, err := r.Start(ctx(t), spec); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "once", events.TypeInstanceExited, 30*time.Second)
+	rec.WaitFor(t, "once", events.TypeInstanceExited, 30*time.Second)
 	cl, cctx := rawClient(t, daemon.Address, ns)
 	if _, err := cl.TaskService().Delete(cctx, &tasksapi.DeleteTaskRequest{ContainerID: "once"}); err != nil {
 		t.Fatal(err)
@@ -44,7 +45,7 @@ func TestDefect4ResentStartOfExitedInstanceDoesNotRunAgain(t *testing.T) {
 	if _, err := cl.TaskService().Get(cctx, &tasksapi.GetRequest{ContainerID: "once"}); !errdefs.IsNotFound(convertErr(err)) {
 		t.Fatalf("a task exists again after the re-sent start: %v", err)
 	}
-	if n := rec.count("once", events.TypeInstanceRunning); n != 1 {
+	if n := rec.Count("once", events.TypeInstanceRunning); n != 1 {
 		t.Fatalf("%d running events, want 1", n)
 	}
 	b, err := os.ReadFile(r.logPath("once"))
@@ -68,7 +69,7 @@ func TestDefect6CancelledPullLeavesNoLease(t *testing.T) {
 	t.Parallel()
 	slow, ref := ownRegistry(t, "leased:latest", 4<<20)
 	slow.Throttle(256 << 10)
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 
 	// Called off by a terminate.
@@ -77,7 +78,7 @@ func TestDefect6CancelledPullLeavesNoLease(t *testing.T) {
 		_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "leased", Image: ref})
 		started <- err
 	}()
-	rec.waitFor(t, "leased", events.TypeInstancePulling, 10*time.Second)
+	rec.WaitFor(t, "leased", events.TypeInstancePulling, 10*time.Second)
 	if err := r.Terminate(ctx(t), "leased", time.Second); err != nil {
 		t.Fatalf("terminate during the pull: %v", err)
 	}
@@ -92,7 +93,7 @@ func TestDefect6CancelledPullLeavesNoLease(t *testing.T) {
 	if _, err := r.Start(short, runtime.InstanceSpec{ID: "leased-2", Image: ref}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("start with an impatient caller: %v", err)
 	}
-	rec.waitFor(t, "leased-2", events.TypeInstancePulling, 10*time.Second)
+	rec.WaitFor(t, "leased-2", events.TypeInstancePulling, 10*time.Second)
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +109,7 @@ func TestDefect5PrivateImageNotReusedWithoutCredentials(t *testing.T) {
 	t.Parallel()
 	private, ref := ownRegistry(t, "private/reuse:1", 1024)
 	private.RequireBasicAuth("tenant-a", "a-secret-pass")
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, ns, rec)
 	good := &runtime.RegistryAuth{Username: "tenant-a", Password: "a-secret-pass"}
 	if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "owner", Image: ref, Command: []string{"sleep", "inf"}, RegistryAuth: good}); err != nil {
@@ -130,7 +131,7 @@ func TestDefect5PrivateImageNotReusedWithoutCredentials(t *testing.T) {
 			t.Fatalf("%s: an instance was created: %v", tc.id, err)
 		}
 	}
-	if n := rec.count("no-creds", events.TypeInstancePulling) + rec.count("wrong-creds", events.TypeInstancePulling); n != 0 {
+	if n := rec.Count("no-creds", events.TypeInstancePulling) + rec.Count("wrong-creds", events.TypeInstancePulling); n != 0 {
 		t.Errorf("the refused starts pulled (%d pull events); the image was there", n)
 	}
 	if _, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "owner-2", Image: ref, Command: []string{"sleep", "inf"}, RegistryAuth: good}); err != nil {

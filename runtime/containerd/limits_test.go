@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/share"
 )
@@ -48,7 +49,7 @@ func TestGPURentalShmAndUlimits(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
 	host := newGPUHost(t, nil)
-	r, _ := host.shareAgent(t, testNamespace(t), newRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8})
+	r, _ := host.shareAgent(t, testNamespace(t), conformance.NewRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8})
 	spec := payloadSpec("dl", "statfs", "/dev/shm", "cat", "/proc/self/limits", "echo", "done", "sleep", "inf")
 	spec.GPURequest = runtime.GPURequest{Count: 1}
 	// Lowered, not raised: raising needs CAP_SYS_RESOURCE, which a sandbox
@@ -92,14 +93,14 @@ func TestGPURentalShmAndUlimits(t *testing.T) {
 func TestOOMKillReported(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	r := newRuntime(t, daemon.Address, testNamespace(t), rec)
 	spec := payloadSpec("hog", "alloc", "512", "sleep", "inf")
 	spec.Resources.MemoryMB = 32
 	if _, err := r.Start(ctx(t), spec); err != nil {
 		t.Fatal(err)
 	}
-	ev := rec.waitFor(t, "hog", events.TypeInstanceExited, time.Minute)
+	ev := rec.WaitFor(t, "hog", events.TypeInstanceExited, time.Minute)
 	if !ev.OOMKilled || ev.ExitCode == nil || *ev.ExitCode != 137 {
 		t.Errorf("exit event %+v (exit code %v)", ev, ev.ExitCode)
 	}
@@ -114,7 +115,7 @@ func TestOOMKillReported(t *testing.T) {
 	if _, err := r.Start(ctx(t), payloadSpec("fine", "alloc", "8", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}
-	if ev := rec.waitFor(t, "fine", events.TypeInstanceExited, time.Minute); ev.OOMKilled {
+	if ev := rec.WaitFor(t, "fine", events.TypeInstanceExited, time.Minute); ev.OOMKilled {
 		t.Errorf("clean exit reported as OOM: %+v", ev)
 	}
 }
@@ -125,7 +126,7 @@ func TestSSHAuthorizedKeysReadOnly(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
 	ns := testNamespace(t)
-	r := newRuntime(t, daemon.Address, ns, newRecorder())
+	r := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
 	pub, _, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)

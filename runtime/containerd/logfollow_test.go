@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // Following streams what the instance writes after the request, ends when
@@ -13,7 +14,7 @@ import (
 func TestFollowLogsStreamsUntilExit(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
-	r := newRuntime(t, daemon.Address, testNamespace(t), newRecorder())
+	r := newRuntime(t, daemon.Address, testNamespace(t), conformance.NewRecorder())
 	if _, err := r.Start(ctx(t), payloadSpec("chatty", "echo", "early", "sleep", "5", "echo", "late-1", "sleep", "1", "echo", "late-2", "exit", "0")); err != nil {
 		t.Fatal(err)
 	}

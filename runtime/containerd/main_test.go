@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -66,69 +65,6 @@ func needDaemon(t *testing.T) {
 	if daemon == nil {
 		t.Fatalf("containerd did not start: %s", setupErr)
 	}
-}
-
-// recorder is an events.Publisher that keeps everything for assertions.
-type recorder struct {
-	mu   sync.Mutex
-	evs  []events.Event
-	wake chan struct{}
-}
-
-func newRecorder() *recorder { return &recorder{wake: make(chan struct{}, 1)} }
-
-func (r *recorder) Publish(e events.Event) {
-	r.mu.Lock()
-	e.Seq = uint64(len(r.evs) + 1)
-	r.evs = append(r.evs, e)
-	r.mu.Unlock()
-	select {
-	case r.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (r *recorder) all() []events.Event {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]events.Event(nil), r.evs...)
-}
-
-// waitFor waits until an event of type typ for instance id has arrived.
-func (r *recorder) waitFor(t *testing.T, id, typ string, timeout time.Duration) events.Event {
-	t.Helper()
-	deadline := time.After(timeout)
-	for {
-		for _, e := range r.all() {
-			if e.InstanceID == id && e.Type == typ {
-				return e
-			}
-		}
-		select {
-		case <-r.wake:
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
-			t.Fatalf("no %s event for %q within %s; got %s", typ, id, timeout, r.summary())
-		}
-	}
-}
-
-func (r *recorder) count(id, typ string) int {
-	n := 0
-	for _, e := range r.all() {
-		if e.InstanceID == id && e.Type == typ {
-			n++
-		}
-	}
-	return n
-}
-
-func (r *recorder) summary() string {
-	var b strings.Builder
-	for _, e := range r.all() {
-		fmt.Fprintf(&b, "\n  %s %s %s", e.Type, e.InstanceID, e.Error)
-	}
-	return b.String()
 }
 
 // agent is what cmd/host-agent builds: the containerd back end under the

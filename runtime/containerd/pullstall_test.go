@@ -8,11 +8,12 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // newStallRuntime is newRuntime with a short stall timeout.
-func newStallRuntime(t *testing.T, ns string, rec *recorder, stall time.Duration) *agent {
+func newStallRuntime(t *testing.T, ns string, rec *conformance.Recorder, stall time.Duration) *agent {
 	t.Helper()
 	r, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "stall-test", LogDir: t.TempDir(), Events: rec,
 		PullStallTimeout: stall, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -29,7 +30,7 @@ func TestPullStalledMidLayer(t *testing.T) {
 	t.Parallel()
 	reg, ref := ownRegistry(t, "stuck:latest", 4<<20)
 	reg.StallAfter(1 << 20)
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newStallRuntime(t, ns, rec, 2*time.Second)
 	_, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "stuck", Image: ref, Command: []string{"sleep", "inf"}})
 	var pe *runtime.PullError
@@ -37,7 +38,7 @@ func TestPullStalledMidLayer(t *testing.T) {
 	if !errors.As(err, &pe) || pe.Kind != runtime.PullStalled || !errors.As(err, &se) || se.Step != runtime.StepPull {
 		t.Fatalf("start from a stalling registry: %v", err)
 	}
-	if ev := rec.waitFor(t, "stuck", events.TypeInstanceFailed, time.Second); ev.Step != runtime.StepPull {
+	if ev := rec.WaitFor(t, "stuck", events.TypeInstanceFailed, time.Second); ev.Step != runtime.StepPull {
 		t.Errorf("failed event %+v", ev)
 	}
 	assertNothingLeft(t, ns)
@@ -50,7 +51,7 @@ func TestSlowSteadyPullSucceeds(t *testing.T) {
 	t.Parallel()
 	reg, ref := ownRegistry(t, "slow:latest", 2<<20)
 	reg.Throttle(256 << 10) // about 8 s, four times the stall timeout
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newStallRuntime(t, ns, rec, 2*time.Second)
 	inst, err := r.Start(ctx(t), runtime.InstanceSpec{ID: "slow", Image: ref, Command: []string{"sleep", "inf"}})
 	if err != nil || inst.Status != runtime.StatusRunning {
@@ -64,7 +65,7 @@ func TestConcurrentStartsPullOnce(t *testing.T) {
 	t.Parallel()
 	reg, ref := ownRegistry(t, "shared:latest", 2<<20)
 	reg.Throttle(1 << 20) // the pulls overlap
-	ns, rec := testNamespace(t), newRecorder()
+	ns, rec := testNamespace(t), conformance.NewRecorder()
 	r := newStallRuntime(t, ns, rec, time.Minute)
 	errs := make(chan error, 3)
 	for _, id := range []string{"one", "two", "three"} {

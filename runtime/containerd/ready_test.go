@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 type lockedBuffer struct {
@@ -65,11 +66,11 @@ func TestPingFailsWhenRuncIsMissing(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
 	ns := testNamespace(t)
-	good := newRuntime(t, daemon.Address, ns, newRecorder())
+	good := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
 	if err := good.be.Ping(ctx(t)); err != nil {
 		t.Fatalf("ping with runc present: %v", err)
 	}
-	broken := newRuntime(t, daemon.Address, ns+"-broken", newRecorder())
+	broken := newRuntime(t, daemon.Address, ns+"-broken", conformance.NewRecorder())
 	broken.be.runcBinary = "/nonexistent/runc"
 	var err error
 	for range 100 {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // deadRegistry is a loopback address nothing listens on.
@@ -34,7 +35,7 @@ func newConfiguredRuntime(t *testing.T, ns string, opts Options) *agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return withLifecycle(t, r, newRecorder())
+	return withLifecycle(t, r, conformance.NewRecorder())
 }
 
 // A mirror named in <dir>/<registry>/hosts.toml serves the pull of an image

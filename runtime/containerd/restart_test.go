@@ -9,6 +9,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
@@ -20,7 +21,7 @@ func TestAgentRestart(t *testing.T) {
 	needDaemon(t)
 	t.Parallel()
 	ns := testNamespace(t)
-	first := newRuntime(t, daemon.Address, ns, newRecorder())
+	first := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
 	long, err := first.Start(ctx(t), payloadSpec("long", "sleep", "inf"))
 	if err != nil {
 		t.Fatal(err)
@@ -36,9 +37,9 @@ func TestAgentRestart(t *testing.T) {
 	cl, cctx := rawClient(t, daemon.Address, ns)
 	waitTaskStopped(t, cl, cctx, "short")
 
-	rec := newRecorder()
+	rec := conformance.NewRecorder()
 	second := newRuntime(t, daemon.Address, ns, rec)
-	e := rec.waitFor(t, "short", events.TypeInstanceExited, 10*time.Second)
+	e := rec.WaitFor(t, "short", events.TypeInstanceExited, 10*time.Second)
 	if e.ExitCode == nil || *e.ExitCode != 3 {
 		t.Fatalf("exit reported on start = %+v, want code 3", e)
 	}
@@ -49,16 +50,16 @@ func TestAgentRestart(t *testing.T) {
 	if got.Status != runtime.StatusRunning || got.Pid != long.Pid {
 		t.Fatalf("after agent restart long = %+v, want running with pid %d", got, long.Pid)
 	}
-	if rec.count("long", events.TypeInstanceExited) != 0 {
+	if rec.Count("long", events.TypeInstanceExited) != 0 {
 		t.Fatal("a running instance was reported as exited")
 	}
 	second.Close()
 
 	// A third agent does not report the same exit again.
-	rec3 := newRecorder()
+	rec3 := conformance.NewRecorder()
 	third := newRuntime(t, daemon.Address, ns, rec3)
-	rec3.waitFor(t, "", events.TypeRuntimeConnected, 10*time.Second)
-	if n := rec3.count("short", events.TypeInstanceExited); n != 0 {
+	rec3.WaitFor(t, "", events.TypeRuntimeConnected, 10*time.Second)
+	if n := rec3.Count("short", events.TypeInstanceExited); n != 0 {
 		t.Fatalf("exit reported again by a later agent (%d times)", n)
 	}
 	if inst, _ := third.Get(ctx(t), "short"); inst.ExitCode == nil || *inst.ExitCode != 3 {
@@ -79,9 +80,9 @@ func TestContainerdRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { own.Close() })
-	ns, rec := "rentals", newRecorder()
+	ns, rec := "rentals", conformance.NewRecorder()
 	r := newRuntime(t, own.Address, ns, rec)
-	rec.waitFor(t, "", events.TypeRuntimeConnected, 10*time.Second)
+	rec.WaitFor(t, "", events.TypeRuntimeConnected, 10*time.Second)
 	long, err := r.Start(ctx(t), payloadSpec("survivor", "sleep", "inf"))
 	if err != nil {
 		t.Fatal(err)
@@ -93,11 +94,11 @@ func TestContainerdRestart(t *testing.T) {
 	if err := own.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	rec.waitFor(t, "", events.TypeRuntimeDisconnected, 10*time.Second)
+	rec.WaitFor(t, "", events.TypeRuntimeDisconnected, 10*time.Second)
 	// "quitter" exits while containerd is down; its shim keeps the status.
 	time.Sleep(2500 * time.Millisecond)
-	if rec.count("survivor", events.TypeInstanceExited)+rec.count("quitter", events.TypeInstanceExited) != 0 {
-		t.Fatalf("a lost connection was reported as an exit: %s", rec.summary())
+	if rec.Count("survivor", events.TypeInstanceExited)+rec.Count("quitter", events.TypeInstanceExited) != 0 {
+		t.Fatalf("a lost connection was reported as an exit: %s", rec.Summary())
 	}
 	if err := own.Start(); err != nil {
 		t.Fatal(err)
@@ -105,7 +106,7 @@ func TestContainerdRestart(t *testing.T) {
 
 	// containerd reaps a task that exited while it was down, and its exit
 	// code with it: the exit is still reported, with the code when known.
-	e := rec.waitFor(t, "quitter", events.TypeInstanceExited, 20*time.Second)
+	e := rec.WaitFor(t, "quitter", events.TypeInstanceExited, 20*time.Second)
 	if (e.ExitCode == nil && !strings.Contains(e.Message, "exit code unavailable")) || (e.ExitCode != nil && *e.ExitCode != 5) {
 		t.Fatalf("exit after containerd restart = %+v, want code 5 or a stated unknown code", e)
 	}
@@ -120,7 +121,7 @@ func TestContainerdRestart(t *testing.T) {
 	if got.Status != runtime.StatusRunning || got.Pid != long.Pid {
 		t.Fatalf("survivor after containerd restart = %+v, want running pid %d", got, long.Pid)
 	}
-	if rec.count("survivor", events.TypeInstanceExited) != 0 {
+	if rec.Count("survivor", events.TypeInstanceExited) != 0 {
 		t.Fatal("survivor reported as exited")
 	}
 	// The agent still works against the restarted daemon.

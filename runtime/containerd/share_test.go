@@ -14,13 +14,14 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/share"
 )
 
 // shareAgent is what cmd/host-agent builds on a GPU host: GPU reservations,
 // then the host's shares, over the containerd back end with CDI injection.
-func (h *gpuHost) shareAgent(t *testing.T, ns string, rec *recorder, opts share.Options) (*agent, *share.Reservations) {
+func (h *gpuHost) shareAgent(t *testing.T, ns string, rec *conformance.Recorder, opts share.Options) (*agent, *share.Reservations) {
 	t.Helper()
 	r, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "share-test", LogDir: t.TempDir(), Events: rec, Devices: h.injector,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -53,7 +54,7 @@ func TestDefaultLimitsAreTheGPUShare(t *testing.T) {
 	t.Parallel()
 	host := newGPUHost(t, nil)
 	ns := testNamespace(t)
-	r, shares := host.shareAgent(t, ns, newRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8, Pids: 300})
+	r, shares := host.shareAgent(t, ns, conformance.NewRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8, Pids: 300})
 	spec := payloadSpec("two-gpus", "sleep", "inf")
 	spec.GPURequest = runtime.GPURequest{Count: 2}
 	inst, err := r.Start(ctx(t), spec)
@@ -101,7 +102,7 @@ func TestDefaultLimitsAreTheGPUShare(t *testing.T) {
 	if u := shares.Usage(); u.AllocatedMemoryMB != 2000 {
 		t.Errorf("after terminate: %+v", u)
 	}
-	_, restarted := host.shareAgent(t, ns, newRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8, Pids: 300})
+	_, restarted := host.shareAgent(t, ns, conformance.NewRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8, Pids: 300})
 	if u := restarted.Usage(); u.AllocatedMemoryMB != 2000 || u.Instances != 1 {
 		t.Errorf("after restart: %+v", u)
 	}
@@ -114,7 +115,7 @@ func TestForkBombStaysInItsRental(t *testing.T) {
 	t.Parallel()
 	host := newGPUHost(t, nil)
 	ns := testNamespace(t)
-	r, _ := host.shareAgent(t, ns, newRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8, Pids: 64})
+	r, _ := host.shareAgent(t, ns, conformance.NewRecorder(), share.Options{MemoryMB: 8000, CPUs: 2, GPUs: 8, Pids: 64})
 	if _, err := r.Start(ctx(t), payloadSpec("bomb", "forkbomb")); err != nil {
 		t.Fatal(err)
 	}

@@ -1,18 +1,15 @@
 package docker
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	goruntime "runtime"
 	"strings"
 	"testing"
 	"time"
@@ -20,159 +17,12 @@ import (
 	"github.com/containerd/errdefs"
 	mnetwork "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
-	"github.com/vishvananda/netns"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
-
-// netPeer is a network namespace joined to the host by a veth pair: a user
-// on the internet, a host on the provider's LAN, a metadata server.
-type netPeer struct {
-	ns       string // name under /var/run/netns
-	hostIf   string
-	hostAddr netip.Addr
-	addr     netip.Addr
-}
-
-func (p *netPeer) path() string { return "/var/run/netns/" + p.ns }
-
-func ipCmd(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// addNetPeer makes namespace hadn-<tag>-<name> with nsAddr/30 on a veth
-// whose host end has hostAddr/30, a default route back through the host,
-// and extra addresses on its loopback, routed to it from the host.
-func addNetPeer(t *testing.T, tag, name, hostAddr, nsAddr string, extra ...string) *netPeer {
-	t.Helper()
-	p := &netPeer{ns: "hadn-" + tag + "-" + name, hostIf: "hd" + tag + name[:1],
-		hostAddr: netip.MustParseAddr(hostAddr), addr: netip.MustParseAddr(nsAddr)}
-	ipCmd(t, "netns", "add", p.ns)
-	t.Cleanup(func() {
-		_ = exec.Command("ip", "link", "del", p.hostIf).Run()
-		_ = exec.Command("ip", "netns", "del", p.ns).Run()
-	})
-	ipCmd(t, "link", "add", p.hostIf, "type", "veth", "peer", "name", p.hostIf+"p")
-	_ = os.WriteFile("/proc/sys/net/ipv6/conf/"+p.hostIf+"/disable_ipv6", []byte("1"), 0o644)
-	ipCmd(t, "link", "set", p.hostIf+"p", "netns", p.ns)
-	ipCmd(t, "addr", "add", hostAddr+"/30", "dev", p.hostIf)
-	ipCmd(t, "link", "set", p.hostIf, "up")
-	ipCmd(t, "-n", p.ns, "addr", "add", nsAddr+"/30", "dev", p.hostIf+"p")
-	ipCmd(t, "-n", p.ns, "link", "set", p.hostIf+"p", "up")
-	ipCmd(t, "-n", p.ns, "link", "set", "lo", "up")
-	ipCmd(t, "-n", p.ns, "route", "add", "default", "via", hostAddr)
-	for _, e := range extra {
-		ipCmd(t, "-n", p.ns, "addr", "add", e+"/32", "dev", "lo")
-		ipCmd(t, "route", "add", e+"/32", "via", nsAddr, "dev", p.hostIf)
-	}
-	return p
-}
-
-// mustRouteVia stops the test unless the host routes addr out of dev (one
-// of the test's own links) or holds it on dev: packets go only to
-// namespaces the test created.
-func mustRouteVia(t *testing.T, addr netip.Addr, dev string) {
-	t.Helper()
-	out, err := exec.Command("ip", "-o", "route", "get", addr.String()).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip route get %s: %v: %s", addr, err, out)
-	}
-	s := string(out)
-	if strings.Contains(s, " dev "+dev+" ") {
-		return
-	}
-	if strings.HasPrefix(s, "local ") {
-		a, _ := exec.Command("ip", "-o", "-4", "addr", "show", "dev", dev).CombinedOutput()
-		if strings.Contains(string(a), " "+addr.String()+"/") {
-			return
-		}
-	}
-	t.Fatalf("refusing to send to %s: the host routes it %q, not into the test's link %s", addr, strings.TrimSpace(s), dev)
-}
-
-// inNS runs fn with the calling thread in the namespace at path.
-func inNS(t *testing.T, path string, fn func()) {
-	t.Helper()
-	goruntime.LockOSThread()
-	defer goruntime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(err) // a thread left in a test namespace must not be reused
-		}
-	}()
-	fn()
-}
-
-// greeter answers each TCP connection on addr (in namespace path; the
-// host's when empty) with greeting and the client's address; it returns
-// the port.
-func greeter(t *testing.T, path, addr, greeting string) int {
-	t.Helper()
-	var l net.Listener
-	listen := func() {
-		var err error
-		if l, err = net.Listen("tcp4", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if path == "" {
-		listen()
-	} else {
-		inNS(t, path, listen)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintf(c, "%s from %s\n", greeting, c.RemoteAddr().(*net.TCPAddr).IP)
-			c.Close()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// tcpLine connects from namespace path to addr:port and returns the first
-// line answered, or the error.
-func tcpLine(t *testing.T, path string, addr netip.Addr, port int) (string, error) {
-	t.Helper()
-	var c net.Conn
-	var err error
-	inNS(t, path, func() {
-		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, uint16(port)).String(), 3*time.Second)
-	})
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil && err != io.EOF {
-		return "", err
-	}
-	return strings.TrimSpace(line), nil
-}
 
 // agentRules are the lines of iptables-save, in every table, that name the
 // test's bridge or chains: what must be gone once the network is removed.
@@ -221,18 +71,18 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 		BlockedEgress: network.DefaultBlockedEgress, PublicIP: "203.0.113.77",
 	}
 
-	user := addNetPeer(t, tag, "user", "198.51.100.1", "198.51.100.2")
-	inet := addNetPeer(t, tag, "inet", "203.0.113.1", "203.0.113.2")
-	lan := addNetPeer(t, tag, "lan", "10.77.7.1", "10.77.7.2")
-	meta := addNetPeer(t, tag, "meta", "192.168.213.1", "192.168.213.2", "169.254.169.254")
-	opts.HostAddrs = []netip.Addr{user.hostAddr}
+	user := testenv.AddPeer(t, "user", "198.51.100.1", "198.51.100.2", 30)
+	inet := testenv.AddPeer(t, "inet", "203.0.113.1", "203.0.113.2", 30)
+	lan := testenv.AddPeer(t, "lan", "10.77.7.1", "10.77.7.2", 30)
+	meta := testenv.AddPeer(t, "meta", "192.168.213.1", "192.168.213.2", 30, "169.254.169.254")
+	opts.HostAddrs = []netip.Addr{user.Host}
 	metaAddr := netip.MustParseAddr("169.254.169.254")
-	mustRouteVia(t, user.addr, user.hostIf)
-	mustRouteVia(t, user.hostAddr, user.hostIf)
-	mustRouteVia(t, inet.addr, inet.hostIf)
-	mustRouteVia(t, lan.addr, lan.hostIf)
-	mustRouteVia(t, meta.addr, meta.hostIf)
-	mustRouteVia(t, metaAddr, meta.hostIf)
+	testenv.MustRouteInto(t, user.Addr, user.HostIf)
+	testenv.MustRouteInto(t, user.Host, user.HostIf)
+	testenv.MustRouteInto(t, inet.Addr, inet.HostIf)
+	testenv.MustRouteInto(t, lan.Addr, lan.HostIf)
+	testenv.MustRouteInto(t, meta.Addr, meta.HostIf)
+	testenv.MustRouteInto(t, metaAddr, meta.HostIf)
 
 	if !dockerChainsPresent() {
 		// The private dockerd makes Docker's chains; none was here, so
@@ -300,17 +150,17 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 	userReaches := func(inst runtime.Instance) {
 		t.Helper()
 		hp := int(inst.Ports[0].HostPort)
-		want := fmt.Sprintf("HOST_PORT_TCP_8080=%d HOST_PORT_UDP_8080= from %s", hp, user.addr)
+		want := fmt.Sprintf("HOST_PORT_TCP_8080=%d HOST_PORT_UDP_8080= from %s", hp, user.Addr)
 		var got string
 		var err error
 		for range 20 {
-			if got, err = tcpLine(t, user.path(), user.hostAddr, hp); err == nil && got != "" {
+			if got, err = testenv.Greeting(t, user.NS, "tcp", user.Host, hp); err == nil && got != "" {
 				break
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
 		if got != want {
-			t.Fatalf("user -> %s:%d answered %q (%v), want %q", user.hostAddr, hp, got, err, want)
+			t.Fatalf("user -> %s:%d answered %q (%v), want %q", user.Host, hp, got, err, want)
 		}
 	}
 
@@ -343,16 +193,16 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 		t.Fatalf("rental b has address %s, gateway %s, outside %s", bAddr, gw, subnet)
 	}
 
-	inetPort := greeter(t, inet.path(), inet.addr.String()+":0", "internet")
-	lanPort := greeter(t, lan.path(), lan.addr.String()+":0", "lan")
-	metaPort := greeter(t, meta.path(), metaAddr.String()+":80", "metadata")
-	lan2Port := greeter(t, meta.path(), meta.addr.String()+":0", "lan")
-	hostPort := greeter(t, "", user.hostAddr.String()+":0", "host")
-	gwPort := greeter(t, "", gw.String()+":0", "gateway")
+	inetPort := testenv.ServeIn(t, inet.NS, inet.Addr.String()+":0", "internet")
+	lanPort := testenv.ServeIn(t, lan.NS, lan.Addr.String()+":0", "lan")
+	metaPort := testenv.ServeIn(t, meta.NS, metaAddr.String()+":80", "metadata")
+	lan2Port := testenv.ServeIn(t, meta.NS, meta.Addr.String()+":0", "lan")
+	hostPort := testenv.ServeIn(t, "", user.Host.String()+":0", "host")
+	gwPort := testenv.ServeIn(t, "", gw.String()+":0", "gateway")
 
 	aNS := fmt.Sprintf("/proc/%d/ns/net", a.Pid)
-	if line, err := tcpLine(t, aNS, inet.addr, inetPort); err != nil || !strings.HasPrefix(line, "internet from ") {
-		t.Fatalf("rental -> internet %s: %q, %v; want an answer", inet.addr, line, err)
+	if line, err := testenv.Greeting(t, aNS, "tcp", inet.Addr, inetPort); err != nil || !strings.HasPrefix(line, "internet from ") {
+		t.Fatalf("rental -> internet %s: %q, %v; want an answer", inet.Addr, line, err)
 	}
 	for _, c := range []struct {
 		what string
@@ -360,13 +210,13 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 		port int
 	}{
 		{"another rental", bAddr, 8080},
-		{"the LAN", lan.addr, lanPort},
+		{"the LAN", lan.Addr, lanPort},
 		{"the metadata address", metaAddr, metaPort},
-		{"the LAN", meta.addr, lan2Port},
-		{"the host", user.hostAddr, hostPort},
+		{"the LAN", meta.Addr, lan2Port},
+		{"the host", user.Host, hostPort},
 		{"the host's bridge address", gw, gwPort},
 	} {
-		if line, err := tcpLine(t, aNS, c.addr, c.port); err == nil {
+		if line, err := testenv.Greeting(t, aNS, "tcp", c.addr, c.port); err == nil {
 			t.Errorf("rental reached %s at %s:%d: %q", c.what, c.addr, c.port, line)
 		}
 	}
