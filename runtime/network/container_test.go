@@ -91,7 +91,7 @@ func TestContainerPortsThroughContainerd(t *testing.T) {
 
 	// The host's address on the user's link.
 	host := mustAddr("198.51.100.1")
-	mustRouteInto(t, host, user.hostIf)
+	testenv.MustRouteInto(t, host, user.hostIf)
 	want := fmt.Sprintf("HOST_PORT_TCP_8080=%d HOST_PORT_UDP_8080=%d from 198.51.100.2", ports[0].HostPort, ports[1].HostPort)
 	reach := func(when string) {
 		t.Helper()

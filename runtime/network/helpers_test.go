@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
 	"strings"
 	"testing"
 	"time"
@@ -200,62 +199,6 @@ func must(t *testing.T, err error) {
 	}
 }
 
-// mustRouteInto stops the test unless the host routes addr out of dev (one
-// of the test's own links) or to itself on it: packets may only go to
-// namespaces the test created.
-func mustRouteInto(t *testing.T, addr netip.Addr, devs ...string) {
-	t.Helper()
-	out, err := exec.Command("ip", "-o", "route", "get", addr.String()).CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip route get %s: %v: %s", addr, err, out)
-	}
-	s := string(out)
-	for _, d := range devs {
-		if strings.Contains(s, " dev "+d+" ") {
-			return
-		}
-		// The host's own address on one of our links.
-		if strings.HasPrefix(s, "local ") {
-			if l, err := netlink.LinkByName(d); err == nil {
-				addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
-				for _, a := range addrs {
-					if a.IP.Equal(net.IP(addr.AsSlice())) {
-						return
-					}
-				}
-			}
-		}
-	}
-	t.Fatalf("refusing to send to %s: the host routes it %q, not into the test's own links %v", addr, strings.TrimSpace(s), devs)
-}
-
-// inNetNS runs fn with the calling thread in the namespace at path; sockets
-// fn opens stay in that namespace.
-func inNetNS(t *testing.T, path string, fn func()) {
-	t.Helper()
-	goruntime.LockOSThread()
-	defer goruntime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic(err) // a thread left in a test namespace must not be reused
-		}
-	}()
-	fn()
-}
-
 // serve runs a TCP server in namespace path (the host's when empty) on
 // addr that greets each client with greeting and the client's address as
 // it sees it, and a UDP one on the same port answering the same way.
@@ -278,7 +221,7 @@ func serve(t *testing.T, path, addr, greeting string) int {
 	if path == "" {
 		listen()
 	} else {
-		inNetNS(t, path, listen)
+		testenv.InNetNS(t, path, listen)
 	}
 	t.Cleanup(func() { l.Close(); pc.Close() })
 	go func() {
@@ -321,7 +264,7 @@ func tcpGreeting(t *testing.T, path string, addr netip.Addr, port int) (string, 
 	if path == "" {
 		dial()
 	} else {
-		inNetNS(t, path, dial)
+		testenv.InNetNS(t, path, dial)
 	}
 	if err != nil {
 		return "", err
@@ -342,7 +285,7 @@ func udpGreeting(t *testing.T, path string, addr netip.Addr, port int) (string, 
 	var c net.Conn
 	var err error
 	dial := func() { c, err = net.Dial("udp4", netip.AddrPortFrom(addr, uint16(port)).String()) }
-	inNetNS(t, path, dial)
+	testenv.InNetNS(t, path, dial)
 	if err != nil {
 		return "", err
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/host-agent/host-agent/runtime/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/dns/dnsmessage"
@@ -64,7 +65,7 @@ func TestRentalIsolation(t *testing.T) {
 		{"host on its internet address", netip.MustParseAddr("203.0.113.1"), hostPort, inet.hostIf},
 	}
 	for _, tc := range targets {
-		mustRouteInto(t, tc.addr, tc.dev)
+		testenv.MustRouteInto(t, tc.addr, tc.dev)
 		if _, err := tcpGreeting(t, "", tc.addr, tc.port); err != nil {
 			t.Fatalf("control: %s (%s:%d) does not answer the host: %v", tc.name, tc.addr, tc.port, err)
 		}
@@ -98,7 +99,7 @@ func TestRentalIsolation(t *testing.T) {
 		{"allowed exception", allowed, "allowed from 10.214.2.1"},
 	} {
 		t.Run("reaches "+tc.name, func(t *testing.T) {
-			mustRouteInto(t, tc.p.addr, tc.p.hostIf)
+			testenv.MustRouteInto(t, tc.p.addr, tc.p.hostIf)
 			got, err := tcpGreeting(t, a.NetNS, tc.p.addr, 7000)
 			if err != nil || got != tc.want {
 				t.Errorf("rental a to %s: %q, %v; want %q", tc.name, got, err, tc.want)
@@ -111,11 +112,11 @@ func TestRentalIsolation(t *testing.T) {
 		if err != nil || len(servers) != 1 || servers[0] != dns.addr {
 			t.Fatalf("resolv.conf names %v (%v), want %s", servers, err, dns.addr)
 		}
-		mustRouteInto(t, servers[0], dns.hostIf)
+		testenv.MustRouteInto(t, servers[0], dns.hostIf)
 		r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			var c net.Conn
 			var err error
-			inNetNS(t, a.NetNS, func() {
+			testenv.InNetNS(t, a.NetNS, func() {
 				var d net.Dialer
 				c, err = d.DialContext(ctx, network, net.JoinHostPort(servers[0].String(), "53"))
 			})
@@ -190,7 +191,7 @@ func mustLink(t *testing.T, name string) netlink.Link {
 func serveDNS(t *testing.T, path string, names map[string]string) {
 	t.Helper()
 	var pc net.PacketConn
-	inNetNS(t, path, func() {
+	testenv.InNetNS(t, path, func() {
 		var err error
 		if pc, err = net.ListenPacket("udp4", "0.0.0.0:53"); err != nil {
 			t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"github.com/coreos/go-iptables/iptables"
 
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A payload listening on a TCP and a UDP port inside a rental's namespace
@@ -38,7 +39,7 @@ func TestPublishedPortsAnswerFromUserNamespace(t *testing.T) {
 	serve(t, a.NetNS, "0.0.0.0:8080", "payload")
 
 	hostAddr := netip.MustParseAddr("198.51.100.1")
-	mustRouteInto(t, hostAddr, user.hostIf)
+	testenv.MustRouteInto(t, hostAddr, user.hostIf)
 	for _, m := range ports {
 		var got string
 		var err error

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // Setups and teardowns of many instances at once all succeed and leave
@@ -93,11 +94,11 @@ func TestSpoofedSourcesAreDropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tn.net.Teardown(context.Background(), "spoof", nil) })
-	mustRouteInto(t, inet.addr, inet.hostIf)
+	testenv.MustRouteInto(t, inet.addr, inet.hostIf)
 
 	send := func(from string, msg string) {
 		t.Helper()
-		inNetNS(t, a.NetNS, func() {
+		testenv.InNetNS(t, a.NetNS, func() {
 			var laddr *net.UDPAddr
 			if from != "" {
 				laddr = &net.UDPAddr{IP: net.ParseIP(from)}
@@ -175,7 +176,7 @@ type sink struct {
 func udpSink(t *testing.T, path, addr string) *sink {
 	t.Helper()
 	var pc net.PacketConn
-	inNetNS(t, path, func() {
+	testenv.InNetNS(t, path, func() {
 		var err error
 		if pc, err = net.ListenPacket("udp4", addr); err != nil {
 			t.Fatal(err)
