@@ -263,6 +263,14 @@ func TestImageOnDockerOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Once the agent is gone, its network and rules go as the README says,
+	// so that nothing of this run stays on the host.
+	removal := readmeBlock(t, "remove-docker-network")
+	t.Cleanup(func() {
+		if out, err := exec.Command("bash", "-c", removal).CombinedOutput(); err != nil {
+			t.Logf("removing the Docker network: %v\n%s", err, out)
+		}
+	})
 	a := deploy(t, readmeBlock(t, "docker-run-docker"), "/var/run/docker.sock", sock, image)
 	if code, body := a.call("GET", "/readyz", nil); code != http.StatusOK || body["runtime"] != "docker" {
 		t.Fatalf("GET /readyz: the agent did not pick Docker: %d %v", code, body)
