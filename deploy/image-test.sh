@@ -96,6 +96,22 @@ cleanup() {
     kill "${pids[$i]}" 2>/dev/null
     wait "${pids[$i]}" 2>/dev/null
   done
+  # dockerd leaves its iptables chains behind; remove them unless the host
+  # had Docker's chains before this run (a leftover DOCKER-USER would read
+  # as a dockerd managing iptables to the next agent on Docker).
+  if [ "${DOCKER_CHAINS_BEFORE:-1}" = 0 ]; then
+    for table in filter nat; do
+      iptables -t "$table" -S 2>/dev/null | awk '$1 == "-A" && $0 ~ /-j DOCKER/ && $2 !~ /^DOCKER/' |
+        sed 's/^-A /-D /' | while read -r rule; do eval "iptables -t $table $rule"; done
+      for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^DOCKER/ {print $2}'); do
+        iptables -t "$table" -F "$chain"
+      done
+      for chain in $(iptables -t "$table" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^DOCKER/ {print $2}'); do
+        iptables -t "$table" -X "$chain"
+      done
+    done
+  fi
+  ip link del hadocker0 2>/dev/null
   # dockerd leaves its default network namespace mounted under its exec root.
   awk -v w="$W" 'index($2, w) == 1 {print $2}' /proc/self/mounts | sort -r | xargs -r umount -l
   if [ "${KEEP:-}" = "" ]; then rm -rf "$W"; else log "kept $W"; fi
@@ -116,6 +132,8 @@ ctr --address "$W/containerd.sock" version >/dev/null || { cat "$W/containerd.lo
 
 # Debian's runc has no time namespaces.
 echo '{"features": {"time-namespaces": false}}' > "$W/daemon.json"
+DOCKER_CHAINS_BEFORE=0
+iptables -S DOCKER-USER >/dev/null 2>&1 && DOCKER_CHAINS_BEFORE=1
 "$DOCKERD" --config-file "$W/daemon.json" --containerd "$W/containerd.sock" \
   --data-root "$DATA/docker" --exec-root "$W/exec" --pidfile "$W/dockerd.pid" \
   -H "unix://$W/docker.sock" --userland-proxy=false --iptables=true --ip6tables=false --bridge=none \

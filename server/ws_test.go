@@ -145,7 +145,7 @@ func TestWebSocketLostNotice(t *testing.T) {
 // intervals; one that does not is disconnected.
 func TestWebSocketPingKeepsAlive(t *testing.T) {
 	t.Parallel()
-	const ping = 100 * time.Millisecond
+	const ping = 400 * time.Millisecond // the read deadline is two: room for a loaded machine
 	ts := newTestServer(t, &fakeRuntime{}, func(o *Options) { o.PingInterval = ping })
 	srv := wsServer(t, ts)
 
