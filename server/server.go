@@ -56,9 +56,12 @@ type Options struct {
 	// Logger receives request logs and the causes of failed requests
 	// (slog.Default() when nil).
 	Logger *slog.Logger
-	// PingInterval is how often a WebSocket client is pinged; one that has
-	// not answered within twice that is disconnected. Default 30s.
+	// PingInterval is how often a WebSocket client is pinged. Default 30s.
 	PingInterval time.Duration
+	// PongWait is how long a WebSocket client may go without answering a
+	// ping (or sending anything) before it is disconnected. Default twice
+	// PingInterval; never less than PingInterval.
+	PongWait time.Duration
 	// DefaultStopTimeout is how long terminate waits after SIGTERM when the
 	// request names no timeout. Default 10s.
 	DefaultStopTimeout time.Duration
@@ -132,6 +135,7 @@ type Server struct {
 	agentID     string
 	log         *slog.Logger
 	ping        time.Duration
+	pongWait    time.Duration
 	stopTimeout time.Duration
 	gpus        GPUInventory
 	host        HostReporter
@@ -175,6 +179,9 @@ func New(opts Options) (*Server, error) {
 	if opts.PingInterval <= 0 {
 		opts.PingInterval = DefaultPingInterval
 	}
+	if opts.PongWait < opts.PingInterval {
+		opts.PongWait = 2 * opts.PingInterval
+	}
 	if opts.DefaultStopTimeout <= 0 {
 		opts.DefaultStopTimeout = DefaultStopTimeout
 	}
@@ -198,6 +205,7 @@ func New(opts Options) (*Server, error) {
 		agentID:     opts.AgentID,
 		log:         opts.Logger,
 		ping:        opts.PingInterval,
+		pongWait:    opts.PongWait,
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
 		host:        opts.Host,

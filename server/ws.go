@@ -109,7 +109,7 @@ func (s *Server) stream(conn *websocket.Conn, sub *events.Subscription, backlog 
 	// client's close: client messages are discarded. It ends when the
 	// connection fails, which the deferred Close below makes sure of.
 	conn.SetReadLimit(wsReadLimit)
-	readDeadline := func() error { return conn.SetReadDeadline(time.Now().Add(2 * s.ping)) }
+	readDeadline := func() error { return conn.SetReadDeadline(time.Now().Add(s.pongWait)) }
 	_ = readDeadline()
 	conn.SetPongHandler(func(string) error { return readDeadline() })
 	readerDone := make(chan struct{})
