@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +22,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/selftest"
 )
 
@@ -36,12 +39,18 @@ const (
 
 // selftestEnv is what the self-test reads besides the agent's config.
 type selftestEnv struct {
-	image      string
-	imageSet   bool // SELFTEST_IMAGE given explicitly
-	ports      [2]int
-	minFreeGB  uint64
-	cniDirs    []string
-	sysRoot    string
+	image     string
+	imageSet  bool // SELFTEST_IMAGE given explicitly
+	ports     [2]int
+	minFreeGB uint64
+	cniDirs   []string
+	sysRoot   string
+	// blocked and egress are SELFTEST_BLOCKED_PROBE and
+	// SELFTEST_EGRESS_PROBE; blockedSet says the former replaces the
+	// host's own addresses.
+	blocked    []netip.AddrPort
+	blockedSet bool
+	egress     []netip.AddrPort
 	nvmlLoader func() nvml.Interface
 }
 
@@ -67,7 +76,34 @@ func loadSelftestEnv(lookup func(string) (string, bool)) (selftestEnv, error) {
 	}
 	e.minFreeGB = gb
 	e.cniDirs = filepath.SplitList(get("CNI_PLUGIN_DIRS", "/usr/lib/cni:/opt/cni/bin"))
+	if v := get("SELFTEST_BLOCKED_PROBE", ""); v != "" {
+		if e.blocked, err = parseProbes(v); err != nil {
+			return e, &configError{"SELFTEST_BLOCKED_PROBE", err.Error()}
+		}
+		e.blockedSet = true
+	}
+	e.egress = selftest.DefaultEgressProbes
+	if v := get("SELFTEST_EGRESS_PROBE", ""); v == "none" {
+		e.egress = nil
+	} else if v != "" {
+		if e.egress, err = parseProbes(v); err != nil {
+			return e, &configError{"SELFTEST_EGRESS_PROBE", err.Error()}
+		}
+	}
 	return e, nil
+}
+
+// parseProbes reads comma-separated IPv4 address:port pairs.
+func parseProbes(s string) ([]netip.AddrPort, error) {
+	var out []netip.AddrPort
+	for _, f := range strings.Split(s, ",") {
+		ap, err := netip.ParseAddrPort(strings.TrimSpace(f))
+		if err != nil || !ap.Addr().Is4() || ap.Port() == 0 {
+			return nil, fmt.Errorf("want comma-separated IPv4 address:port pairs such as 1.1.1.1:443, got %q", f)
+		}
+		out = append(out, ap)
+	}
+	return out, nil
 }
 
 // selftestConfig reads the agent's configuration for the self-test, which
@@ -138,7 +174,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	if err == nil && inv.Len() > 0 {
 		devices = injector
 	}
-	backend, err := containerd.New(containerd.Options{
+	opts := containerd.Options{
 		Address:   cfg.ContainerdAddress,
 		Namespace: selftestNamespace,
 		AgentID:   cfg.AgentID,
@@ -146,12 +182,25 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		Events:    discardEvents{},
 		Logger:    logger,
 		Devices:   devices,
-	})
+	}
+	// The test rentals join the rentals' own network, as the agent builds
+	// it, so that the network check tests what tenants get.
+	var netErr error
+	if rental {
+		if netErr = network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge); netErr == nil {
+			var n *network.Network
+			if n, netErr = newNetwork(ctx, cfg, logger); netErr == nil {
+				opts.Network = selftestNetwork{n}
+			}
+		}
+	}
+	result := func(name string, r selftest.Result) selftest.Check {
+		return selftest.Check{Name: name, Run: func(context.Context) selftest.Result { return r }}
+	}
+	backend, err := containerd.New(opts)
 	checks := []selftest.Check{}
 	if err != nil {
-		checks = append(checks, selftest.Check{Name: "runtime", Run: func(context.Context) selftest.Result {
-			return selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "check CONTAINERD_ADDRESS and STATE_DIR"}
-		}})
+		checks = append(checks, result("runtime", selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "check CONTAINERD_ADDRESS and STATE_DIR"}))
 	} else {
 		defer backend.Close()
 		checks = append(checks, selftest.RuntimeCheck(backend, cfg.ContainerdAddress))
@@ -168,18 +217,44 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	)
 	switch {
 	case !rental:
-		checks = append(checks, selftest.Check{Name: "test-rental", Run: func(context.Context) selftest.Result {
-			return selftest.Result{Status: selftest.Skip, Detail: "not at agent start unless SELFTEST_IMAGE names an image (a pull from a public registry at every start is not wanted); run host-agent selftest"}
-		}})
+		const why = "not at agent start unless SELFTEST_IMAGE names an image (a pull from a public registry at every start is not wanted); run host-agent selftest"
+		checks = append(checks,
+			result("test-rental", selftest.Result{Status: selftest.Skip, Detail: why}),
+			result("rental-network", selftest.Result{Status: selftest.Skip, Detail: why}))
 	case backend != nil:
 		rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 			Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
 			Logger: logger,
 		})
 		checks = append(checks, selftest.RentalCheck(rt, env.image, inv.Len()))
+		if netErr != nil {
+			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Fail, Detail: netErr.Error(),
+				Fix: "see the detail: RENTAL_SUBNET must not overlap a route of the host, and the agent needs iptables and the CNI plugins"}))
+			break
+		}
+		no := selftest.NetworkOptions{
+			Runtime: rt,
+			Image:   env.image,
+			Gateway: cfg.Network.RentalSubnet.Addr().Next(),
+			Blocked: env.blocked,
+			Egress:  env.egress,
+		}
+		if !env.blockedSet {
+			addrs, _ := net.InterfaceAddrs()
+			no.HostAddrs = selftest.HostAddrs(addrs, cfg.Network.RentalSubnet)
+		}
+		checks = append(checks, selftest.NetworkCheck(no))
 	}
-	checks = append(checks, selftest.NetworkCheck())
 	return selftest.Run(ctx, checks, selftestCheckTimeout)
+}
+
+// selftestNetwork is the rentals' network for the self-test's back end,
+// which sees only its own containerd namespace: its sweep would take every
+// tenant's network for a leftover and tear it down, so it sweeps nothing.
+type selftestNetwork struct{ *network.Network }
+
+func (selftestNetwork) Sweep(context.Context, func(string) bool) (network.SweepResult, error) {
+	return network.SweepResult{}, nil
 }
 
 type discardEvents struct{}

@@ -4,13 +4,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/selftest"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // freeRange finds two consecutive loopback-free TCP ports for
@@ -67,27 +72,66 @@ func result(rep selftest.Report, name string) selftest.Result {
 }
 
 // TestSelftest runs `host-agent selftest --json` against a real containerd
-// and the CNI plugins of this host: it passes, with the GPU checks skipped
-// for want of a driver, and fails, saying how to fix it, with containerd
-// stopped, a broken CDI spec or the CNI plugins missing.
+// and the CNI plugins of this host, on the same state directory and rentals'
+// network as a running agent with a tenant: it passes, with the GPU checks
+// skipped for want of a driver and a test rental that reaches the
+// "internet" but neither the host nor a LAN address, and leaves the
+// tenant's network alone. It fails, saying how to fix it, with containerd
+// stopped, a broken CDI spec, the CNI plugins missing, a LAN address left
+// out of BLOCKED_EGRESS_CIDRS, or no internet.
 func TestSelftest(t *testing.T) {
 	w := newWorld(t)
-	cdiDir := t.TempDir()
-	base := []string{
-		"CONTAINERD_ADDRESS=" + w.ctd.Address, "STATE_DIR=" + t.TempDir(),
-		"SELFTEST_IMAGE=" + w.image, "CDI_SPEC_DIRS=" + cdiDir,
-		"CONTAINERD_ROOT=" + t.TempDir(), "DISK_RESERVE_GB=1", "HOST_PORT_RANGE=" + freeRange(t),
-		"CNI_PLUGIN_DIRS=/usr/lib/cni:/opt/cni/bin",
+	inet := testenv.AddPeer(t, "internet", "198.18.12.1", "198.18.12.2", 24)
+	lan := testenv.AddPeer(t, "lan10", "10.217.12.1", "10.217.12.2", 24)
+	for _, p := range []*testenv.Peer{inet, lan} {
+		testenv.ServeIn(t, p.NS, "0.0.0.0:7000", p.Name)
+		testenv.MustRouteInto(t, p.Addr, p.HostIf)
 	}
+	cdiDir := t.TempDir()
+	base := append(slices.Clone(w.env),
+		"SELFTEST_IMAGE="+w.image, "CDI_SPEC_DIRS="+cdiDir,
+		"CONTAINERD_ROOT="+t.TempDir(), "DISK_RESERVE_GB=1", "HOST_PORT_RANGE="+freeRange(t),
+		"CNI_PLUGIN_DIRS=/usr/lib/cni:/opt/cni/bin",
+		// Only the test's own namespaces: not the host's other addresses.
+		"SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7000).String(),
+		"SELFTEST_BLOCKED_PROBE="+netip.AddrPortFrom(lan.Addr, 7000).String(),
+	)
+
+	// A tenant of the agent on the same network: the self-test's rentals
+	// must leave it alone (the self-test's back end sees only its own
+	// containerd namespace, so a sweep there would take the tenant's
+	// network for a leftover).
+	agent := startAgent(t, w.bin, w.env, w.agentLog)
+	if code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "tenant", "image": w.image, "command": []string{"sleep", "inf"}}); code != http.StatusOK {
+		t.Fatalf("start the tenant: %d %v", code, body)
+	}
+	tenantNS := containerLabels(t, w.ctd.Address, "tenant")[runtime.LabelNetNS]
+	// The bridge has its address now: the self-test's probes of the host
+	// go to it.
+	testenv.MustRouteInto(t, w.net.subnet.Addr().Next(), w.net.cfg.Bridge)
+	tenantReachesInternet := func() {
+		t.Helper()
+		if got, err := testenv.Greeting(t, tenantNS, "tcp", inet.Addr, 7000); err != nil || !strings.HasPrefix(got, "internet") {
+			t.Fatalf("the tenant reaches the internet peer: %q, %v", got, err)
+		}
+	}
+	tenantReachesInternet()
 
 	code, rep, out := runSelftestBinary(t, w.bin, base...)
 	if code != 0 || !rep.Passed {
 		t.Fatalf("self-test on a working host: exit %d\n%s", code, out)
 	}
-	for _, name := range []string{"runtime", "runc", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental"} {
+	for _, name := range []string{"runtime", "runc", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
 		if r := result(rep, name); r.Status != selftest.OK {
 			t.Errorf("%s: %+v, want ok", name, r)
 		}
+	}
+	if r := result(rep, "rental-network"); !strings.Contains(r.Detail, "reached "+inet.Addr.String()) || !strings.Contains(r.Detail, "none of 2 ") {
+		t.Errorf("rental-network: %q, want the internet peer reached and the gateway and LAN peer not", r.Detail)
+	}
+	tenantReachesInternet()
+	if code, body := agent.call("GET", "/instances/tenant", nil); code != http.StatusOK || body["status"] != "running" {
+		t.Fatalf("the tenant after the self-test: %d %v", code, body)
 	}
 	for _, name := range []string{"nvidia-driver", "pcie-link", "gpu-health"} {
 		if r := result(rep, name); r.Status != selftest.Skip || r.Detail != "no NVIDIA driver" {
@@ -108,11 +152,27 @@ func TestSelftest(t *testing.T) {
 		}
 	})
 	t.Run("CNI plugins missing", func(t *testing.T) {
-		env := append(append([]string{}, base...), "CNI_PLUGIN_DIRS="+t.TempDir())
+		env := append(slices.Clone(base), "CNI_PLUGIN_DIRS="+t.TempDir())
 		code, rep, out := runSelftestBinary(t, w.bin, env...)
 		r := result(rep, "cni-plugins")
 		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, "bridge") || !strings.Contains(r.Fix, "containernetworking-plugins") {
 			t.Fatalf("without CNI plugins: exit %d, cni-plugins %+v\n%s", code, r, out)
+		}
+	})
+	t.Run("a LAN address not blocked", func(t *testing.T) {
+		env := append(slices.Clone(base), "BLOCKED_EGRESS_CIDRS=192.168.0.0/16")
+		code, rep, out := runSelftestBinary(t, w.bin, env...)
+		r := result(rep, "rental-network")
+		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, lan.Addr.String()) || !strings.Contains(r.Fix, "BLOCKED_EGRESS_CIDRS") {
+			t.Fatalf("with the LAN reachable: exit %d, rental-network %+v\n%s", code, r, out)
+		}
+	})
+	t.Run("no internet", func(t *testing.T) {
+		env := append(slices.Clone(base), "SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7001).String())
+		code, rep, out := runSelftestBinary(t, w.bin, env...)
+		r := result(rep, "rental-network")
+		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, "no internet") || !strings.Contains(r.Fix, "SELFTEST_EGRESS_PROBE") {
+			t.Fatalf("without internet: exit %d, rental-network %+v\n%s", code, r, out)
 		}
 	})
 	t.Run("containerd stopped", func(t *testing.T) {
@@ -146,6 +206,37 @@ func TestSelftestTable(t *testing.T) {
 	for _, want := range []string{"runtime", "FAIL", "fix: start containerd", "SKIP", "no NVIDIA driver", "self-test FAILED"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// TestSelftestProbeSettings: the network check's probes are read as
+// documented, and a bad one names its variable.
+func TestSelftestProbeSettings(t *testing.T) {
+	t.Parallel()
+	env := func(kv ...string) func(string) (string, bool) {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+	}
+	e, err := loadSelftestEnv(env())
+	if err != nil || e.blockedSet || len(e.blocked) != 0 || !slices.Equal(e.egress, selftest.DefaultEgressProbes) {
+		t.Fatalf("defaults: %+v, %v", e, err)
+	}
+	e, err = loadSelftestEnv(env("SELFTEST_BLOCKED_PROBE", "10.0.0.5:22, 192.168.1.1:80", "SELFTEST_EGRESS_PROBE", "none"))
+	if err != nil || !e.blockedSet || len(e.blocked) != 2 || e.blocked[1] != netip.MustParseAddrPort("192.168.1.1:80") || e.egress != nil {
+		t.Fatalf("explicit probes: %+v, %v", e, err)
+	}
+	for _, bad := range []struct{ k, v string }{
+		{"SELFTEST_BLOCKED_PROBE", "10.0.0.5"},
+		{"SELFTEST_EGRESS_PROBE", "[::1]:443"},
+		{"SELFTEST_EGRESS_PROBE", "1.1.1.1:0"},
+		{"SELFTEST_EGRESS_PROBE", "example.com:443"},
+	} {
+		if _, err := loadSelftestEnv(env(bad.k, bad.v)); err == nil || !strings.Contains(err.Error(), bad.k) {
+			t.Errorf("%s=%s: %v, want an error naming the variable", bad.k, bad.v, err)
 		}
 	}
 }

@@ -332,35 +332,19 @@ func PortRangeCheck(lo, hi int) Check {
 // removes it.
 func RentalCheck(rt runtime.Runtime, image string, gpuCount int) Check {
 	return Check{Name: "test-rental", Run: func(ctx context.Context) Result {
-		id := fmt.Sprintf("selftest-%d", time.Now().UnixNano())
-		spec := runtime.InstanceSpec{ID: id, Image: image, Command: []string{"ls", "/dev"}}
+		spec := runtime.InstanceSpec{Image: image, Command: []string{"ls", "/dev"}}
 		if gpuCount > 0 {
 			spec.GPURequest = runtime.GPURequest{Count: 1}
 		}
 		fix := "see the detail: the image must be pullable (set SELFTEST_IMAGE to an image a registry here serves), runc must work, and containerd must be able to create containers"
-		if _, err := rt.Start(ctx, spec); err != nil {
+		id, stop, err := startTestRental(ctx, rt, spec)
+		defer stop()
+		if err != nil {
 			return fail(fix, "start %s: %v", image, err)
 		}
-		defer func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			_ = rt.Terminate(cctx, id, time.Second)
-		}()
-		var inst runtime.Instance
-		for {
-			var err error
-			inst, err = rt.Get(ctx, id)
-			if err != nil {
-				return fail(fix, "read back the test rental: %v", err)
-			}
-			if inst.Status == runtime.StatusExited {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return fail(fix, "the test rental did not finish: %v", ctx.Err())
-			case <-time.After(100 * time.Millisecond):
-			}
+		inst, err := waitTestRental(ctx, rt, id, runtime.StatusExited)
+		if err != nil {
+			return fail(fix, "%v", err)
 		}
 		if inst.ExitCode == nil || *inst.ExitCode != 0 {
 			return fail(fix, "the test rental exited with %v", inst.ExitCode)
@@ -383,10 +367,34 @@ func RentalCheck(rt runtime.Runtime, image string, gpuCount int) Check {
 	}}
 }
 
-// NetworkCheck stands for the rental network checks (internet reachable,
-// blocked ranges not), which need the rentals' networking.
-func NetworkCheck() Check {
-	return Check{Name: "rental-network", Run: func(context.Context) Result {
-		return skip("rental networking is not part of this agent version")
-	}}
+// startTestRental starts spec under a new self-test ID; stop terminates
+// and removes it, even once ctx is done, and is to be called also when the
+// start failed (a start the caller stopped waiting for goes on).
+func startTestRental(ctx context.Context, rt runtime.Runtime, spec runtime.InstanceSpec) (id string, stop func(), err error) {
+	spec.ID = fmt.Sprintf("selftest-%d", time.Now().UnixNano())
+	stop = func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_ = rt.Terminate(cctx, spec.ID, time.Second)
+	}
+	_, err = rt.Start(ctx, spec)
+	return spec.ID, stop, err
+}
+
+// waitTestRental waits for the test rental to reach status (or exit).
+func waitTestRental(ctx context.Context, rt runtime.Runtime, id string, status runtime.Status) (runtime.Instance, error) {
+	for {
+		inst, err := rt.Get(ctx, id)
+		if err != nil {
+			return inst, fmt.Errorf("read back the test rental: %w", err)
+		}
+		if inst.Status == status || inst.Status == runtime.StatusExited {
+			return inst, nil
+		}
+		select {
+		case <-ctx.Done():
+			return inst, fmt.Errorf("the test rental is still %s: %w", inst.Status, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

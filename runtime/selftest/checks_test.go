@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -121,5 +123,23 @@ func TestParseVersion(t *testing.T) {
 	}
 	if !less([3]int{1, 5, 9}, minContainerd) || less([3]int{1, 6, 20}, minContainerd) {
 		t.Error("minimum version comparison wrong")
+	}
+}
+
+func TestHostAddrs(t *testing.T) {
+	t.Parallel()
+	var addrs []net.Addr
+	for _, s := range []string{"127.0.0.1/8", "192.0.2.10/24", "10.213.0.1/16", "::1/128", "fe80::1/64", "172.17.0.1/16"} {
+		ip, ipnet, err := net.ParseCIDR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ipnet.IP = ip
+		addrs = append(addrs, ipnet)
+	}
+	got := HostAddrs(addrs, netip.MustParsePrefix("10.213.0.0/16"))
+	want := []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("172.17.0.1")}
+	if !slices.Equal(got, want) {
+		t.Fatalf("HostAddrs = %v, want %v (IPv4, not loopback, not the rentals' subnet)", got, want)
 	}
 }
