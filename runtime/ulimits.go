@@ -2,7 +2,9 @@ package runtime
 
 import (
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -45,4 +47,35 @@ func (s InstanceSpec) EnforcedUlimits() map[string]int64 {
 		out[k] = v
 	}
 	return out
+}
+
+// UlimitsFor returns EnforcedUlimits less the GPU default memlock where
+// the host cannot raise it (raise false): the start would fail.
+func (s InstanceSpec) UlimitsFor(raise bool) map[string]int64 {
+	out := s.EnforcedUlimits()
+	if _, asked := s.Ulimits["memlock"]; !asked && !raise {
+		delete(out, "memlock")
+	}
+	return out
+}
+
+// capSysResource is CAP_SYS_RESOURCE's bit: raising a hard limit needs it.
+const capSysResource = 24
+
+// CanRaiseRlimits reports whether this host lets containers' limits be
+// raised above the defaults: a sandbox that withholds CAP_SYS_RESOURCE from
+// the agent withholds it from the runtime's runc too, and every start
+// asking for more would fail.
+func CanRaiseRlimits() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+			return err == nil && caps&(1<<capSysResource) != 0
+		}
+	}
+	return false
 }

@@ -90,6 +90,9 @@ func Run(t *testing.T, h Harness) {
 		{"PullProgress", testPullProgress},
 		{"PrivateRegistryAuth", testRegistryAuth},
 		{"ResourceLimits", testLimits},
+		{"LifecycleLimitsAndUlimits", testEnforcedLimits},
+		{"OOMKillReported", testOOM},
+		{"SSHAuthorizedKeysReadOnly", testSSHKeys},
 		{"Confinement", testConfinement},
 		{"GPUsByUUID", testGPUs},
 	}

@@ -360,6 +360,113 @@ func testLimits(t *testing.T, h Harness) {
 	}
 }
 
+// testEnforcedLimits: the limits the Lifecycle fills in (the host's share)
+// are the ones applied, a pids limit is there though nobody named one, and
+// ulimits reach the process, soft and hard alike.
+func testEnforcedLimits(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "share")
+	s := spec(h, id, "statfs", "/dev/shm", "cat", "/proc/self/limits", "echo", "END", "sleep", "inf")
+	s.Limits = runtime.Resources{CPUs: 0.25, MemoryMB: 96, ShmMB: 48}
+	// Lowered, not raised: raising needs CAP_SYS_RESOURCE, which a
+	// sandbox may withhold.
+	s.Ulimits = map[string]int64{"nofile": 4096, "core": 0}
+	inst, err := a.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := waitLogs(t, a, id, "END")
+	if !strings.HasPrefix(logs, fmt.Sprint(48<<20)+"\n") {
+		t.Errorf("/dev/shm inside: %q, want 48 MiB", strings.SplitN(logs, "\n", 2)[0])
+	}
+	for file, want := range map[string]string{
+		"pids/pids.max":                fmt.Sprint(runtime.DefaultPids),
+		"memory/memory.limit_in_bytes": fmt.Sprint(96 << 20),
+		"cpu/cpu.cfs_quota_us":         "25000",
+	} {
+		if got := cgroupOf(t, inst.Pid, file); got != want {
+			t.Errorf("cgroup %s = %q, want %q", file, got, want)
+		}
+	}
+	for _, want := range [][]string{{"Max open files", "4096", "4096"}, {"Max core file size", "0", "0"}} {
+		found := false
+		for _, line := range strings.Split(logs, "\n") {
+			if rest, ok := strings.CutPrefix(line, want[0]); ok {
+				f := strings.Fields(rest)
+				found = len(f) >= 2 && f[0] == want[1] && f[1] == want[2]
+			}
+		}
+		if !found {
+			t.Errorf("no %q %s/%s in /proc/self/limits:\n%s", want[0], want[1], want[2], logs)
+		}
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// testOOM: a payload allocating past its memory limit is killed by the
+// kernel, and its exit event and state say so; one exiting by itself is
+// not reported as killed.
+func testOOM(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	hog, fine := uniqueID(t, "hog"), uniqueID(t, "fine")
+	s := spec(h, hog, "alloc", "512", "sleep", "inf")
+	s.Resources.MemoryMB = 32
+	if _, err := a.Start(Ctx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	ev := a.Events.WaitFor(t, hog, events.TypeInstanceExited, time.Minute)
+	if !ev.OOMKilled || ev.ExitCode == nil || *ev.ExitCode != 137 {
+		t.Errorf("exit event %+v (exit code %v), want oom_killed and 137", ev, ev.ExitCode)
+	}
+	inst, err := a.Get(Ctx(t), hog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !inst.OOMKilled || inst.Status != runtime.StatusExited {
+		t.Errorf("instance %+v, want exited and oom_killed", inst)
+	}
+	if _, err := a.Start(Ctx(t), spec(h, fine, "alloc", "8", "exit", "0")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := a.Events.WaitFor(t, fine, events.TypeInstanceExited, time.Minute); ev.OOMKilled {
+		t.Errorf("a clean exit reported as OOM: %+v", ev)
+	}
+	for _, id := range []string{hog, fine} {
+		if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// testSSHKeys: the tenant's keys are at /root/.ssh/authorized_keys and the
+// tenant cannot change them, though the rest of /root/.ssh is its own.
+func testSSHKeys(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "sshd")
+	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm4Zbn8QF1mJx2mA4P6Gx9mI1Yy2W8fJj9pSx0c3Vb1 tenant@laptop"
+	s := spec(h, id, "cat", runtime.AuthorizedKeysPath, "write", runtime.AuthorizedKeysPath,
+		"write", "/root/.ssh/other", "cat", "/root/.ssh/other", "echo", "END", "sleep", "inf")
+	s.SSHAuthorizedKeys = []string{key}
+	if _, err := a.Start(Ctx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	logs := waitLogs(t, a, id, "END")
+	if !strings.HasPrefix(logs, key+"\n") {
+		t.Errorf("authorized_keys inside:\n%s", logs)
+	}
+	if !strings.Contains(logs, "write "+runtime.AuthorizedKeysPath+": open "+runtime.AuthorizedKeysPath+": read-only file system") {
+		t.Errorf("the tenant could write its authorized_keys:\n%s", logs)
+	}
+	if !strings.Contains(logs, "write /root/.ssh/other: ok\nwritten by the tenant\n") {
+		t.Errorf("the rest of /root/.ssh is not the tenant's:\n%s", logs)
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // defaultCapBnd is the bounding set of the default capabilities (those of
 // Docker's and containerd's defaults, which are the same 14).
 const defaultCapBnd = "00000000a80425fb"

@@ -101,7 +101,7 @@ type Runtime struct {
 	pub    events.Publisher
 
 	// raiseRlimits: containers' hard limits can be raised on this host
-	// (canRaiseRlimits).
+	// (runtime.CanRaiseRlimits).
 	raiseRlimits bool
 
 	// imageMu: image GC removes an image only while no start is between
@@ -164,7 +164,7 @@ func New(opts Options) (*Runtime, error) {
 		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
 		pub:    opts.Events,
 
-		raiseRlimits: canRaiseRlimits(),
+		raiseRlimits: runtime.CanRaiseRlimits(),
 	}
 	if !r.raiseRlimits {
 		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")

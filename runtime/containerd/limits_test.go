@@ -12,7 +12,6 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/conformance"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/share"
 )
 
@@ -85,38 +84,6 @@ func TestGPURentalShmAndUlimits(t *testing.T) {
 		if !found {
 			t.Errorf("no %q %s/%s in /proc/self/limits:\n%s", want[0], want[1], want[2], logs)
 		}
-	}
-}
-
-// A payload allocating past its memory limit is killed by the kernel, and
-// its exit event and state say so.
-func TestOOMKillReported(t *testing.T) {
-	needDaemon(t)
-	t.Parallel()
-	rec := conformance.NewRecorder()
-	r := newRuntime(t, daemon.Address, testNamespace(t), rec)
-	spec := payloadSpec("hog", "alloc", "512", "sleep", "inf")
-	spec.Resources.MemoryMB = 32
-	if _, err := r.Start(ctx(t), spec); err != nil {
-		t.Fatal(err)
-	}
-	ev := rec.WaitFor(t, "hog", events.TypeInstanceExited, time.Minute)
-	if !ev.OOMKilled || ev.ExitCode == nil || *ev.ExitCode != 137 {
-		t.Errorf("exit event %+v (exit code %v)", ev, ev.ExitCode)
-	}
-	inst, err := r.Get(ctx(t), "hog")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !inst.OOMKilled || inst.Status != runtime.StatusExited {
-		t.Errorf("instance %+v", inst)
-	}
-	// One that exits by itself is not.
-	if _, err := r.Start(ctx(t), payloadSpec("fine", "alloc", "8", "exit", "0")); err != nil {
-		t.Fatal(err)
-	}
-	if ev := rec.WaitFor(t, "fine", events.TypeInstanceExited, time.Minute); ev.OOMKilled {
-		t.Errorf("clean exit reported as OOM: %+v", ev)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
@@ -111,7 +112,7 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 			"max-file": "2",
 		}},
 	}
-	res := spec.Resources
+	res := spec.Enforced()
 	if res.CPUs > 0 {
 		host.NanoCPUs = int64(res.CPUs * 1e9)
 	}
@@ -133,11 +134,30 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 	return cfg, host
 }
 
+// dockerUlimits are process limits as the Engine API takes them, soft and
+// hard alike, sorted by name; -1 is unlimited.
+func dockerUlimits(limits map[string]int64) []*container.Ulimit {
+	out := make([]*container.Ulimit, 0, len(limits))
+	for name, v := range limits {
+		out = append(out, &container.Ulimit{Name: name, Soft: v, Hard: v})
+	}
+	slices.SortFunc(out, func(a, b *container.Ulimit) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// withAuthorizedKeys mounts the instance's SSH keys file (written at
+// keysPath) read-only at runtime.AuthorizedKeysPath: the one host mount
+// verifyConfined allows.
+func withAuthorizedKeys(host *container.HostConfig, keysPath string) {
+	host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: keysPath, Target: runtime.AuthorizedKeysPath, ReadOnly: true})
+}
+
 // verifyConfined refuses a created container that the daemon would run
 // with more than the defaults and exactly the reserved GPUs: privileged,
 // with new privileges allowed, seccomp off, added capabilities, host
-// mounts or devices, another runtime or other device requests.
-func verifyConfined(c container.InspectResponse, gpus gpuPlan) error {
+// mounts (but the SSH keys file at keysPath, read-only, when not empty) or
+// devices, another runtime or other device requests.
+func verifyConfined(c container.InspectResponse, gpus gpuPlan, keysPath string) error {
 	h := c.HostConfig
 	if h == nil {
 		return fmt.Errorf("the daemon reports no host config for %s: %w", c.Name, errdefs.ErrFailedPrecondition)
@@ -159,8 +179,8 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan) error {
 	if len(h.CapAdd) > 0 {
 		problems = append(problems, "capabilities added: "+strings.Join(h.CapAdd, ","))
 	}
-	if len(h.Binds) > 0 || len(h.Mounts) > 0 || len(c.Mounts) > 0 {
-		problems = append(problems, "host mounts")
+	if err := verifyMounts(c, keysPath); err != nil {
+		problems = append(problems, err.Error())
 	}
 	if len(h.Devices) > 0 || len(h.DeviceCgroupRules) > 0 {
 		problems = append(problems, "host devices")
@@ -176,6 +196,23 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan) error {
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("refusing unconfined container: %s: %w", strings.Join(problems, "; "), errdefs.ErrFailedPrecondition)
+	}
+	return nil
+}
+
+// verifyMounts allows no mount but the SSH keys file, read-only, where
+// keysPath names one.
+func verifyMounts(c container.InspectResponse, keysPath string) error {
+	h := c.HostConfig
+	keysMount := func(m mount.Mount) bool {
+		return keysPath != "" && m.Type == mount.TypeBind && m.Source == keysPath && m.Target == runtime.AuthorizedKeysPath && m.ReadOnly
+	}
+	keysPoint := func(m container.MountPoint) bool {
+		return keysPath != "" && m.Type == mount.TypeBind && m.Source == keysPath && m.Destination == runtime.AuthorizedKeysPath && !m.RW
+	}
+	if len(h.Binds) > 0 || len(h.Mounts) > 1 || len(c.Mounts) > 1 ||
+		(len(h.Mounts) == 1 && !keysMount(h.Mounts[0])) || (len(c.Mounts) == 1 && !keysPoint(c.Mounts[0])) {
+		return fmt.Errorf("host mounts")
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
 
 	"github.com/host-agent/host-agent/runtime"
 )
@@ -30,7 +31,7 @@ func TestContainerConfigConfinesAndLimits(t *testing.T) {
 	if host.Privileged || host.Runtime != "runc" || host.NetworkMode != "none" || !slices.Contains(host.SecurityOpt, "no-new-privileges") {
 		t.Errorf("host config not confined: %+v", host)
 	}
-	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}); err != nil {
+	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}, ""); err != nil {
 		t.Errorf("the agent's own config refused: %v", err)
 	}
 }
@@ -83,7 +84,7 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 			t.Parallel()
 			h := good()
 			tc.mutate(h)
-			err := verifyConfined(container.InspectResponse{HostConfig: h}, plan)
+			err := verifyConfined(container.InspectResponse{HostConfig: h}, plan, "")
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("verify: %v, want a refusal naming %q", err, tc.want)
 			}
@@ -91,7 +92,64 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 	}
 	// A CPU rental with a device request is refused too.
 	h := good()
-	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}); err == nil {
+	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}, ""); err == nil {
 		t.Fatal("a CPU rental with a GPU device request was accepted")
+	}
+}
+
+// The SSH keys file is the one host mount allowed, read-only, from where
+// the agent wrote it, and only when the instance has keys.
+func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
+	t.Parallel()
+	const keys = "/var/lib/host-agent/docker/files/x/authorized_keys"
+	withKeys := func() container.InspectResponse {
+		_, h := containerConfig("img", runtime.InstanceSpec{ID: "x"}, nil, gpuPlan{}, 0)
+		withAuthorizedKeys(h, keys)
+		return container.InspectResponse{HostConfig: h, Mounts: []container.MountPoint{
+			{Type: mount.TypeBind, Source: keys, Destination: runtime.AuthorizedKeysPath, RW: false},
+		}}
+	}
+	if err := verifyConfined(withKeys(), gpuPlan{}, keys); err != nil {
+		t.Fatalf("the keys mount refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name     string
+		keysPath string
+		mutate   func(*container.InspectResponse)
+	}{
+		{"no keys expected", "", func(*container.InspectResponse) {}},
+		{"writable", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[0].ReadOnly = false }},
+		{"writable as run", keys, func(c *container.InspectResponse) { c.Mounts[0].RW = true }},
+		{"another source", keys, func(c *container.InspectResponse) { c.Mounts[0].Source = "/etc/shadow" }},
+		{"another target", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[0].Target = "/etc/passwd" }},
+		{"a second mount", keys, func(c *container.InspectResponse) {
+			c.HostConfig.Mounts = append(c.HostConfig.Mounts, mount.Mount{Type: mount.TypeBind, Source: "/", Target: "/host"})
+		}},
+		{"binds besides", keys, func(c *container.InspectResponse) { c.HostConfig.Binds = []string{"/:/host"} }},
+	} {
+		c := withKeys()
+		tc.mutate(&c)
+		if err := verifyConfined(c, gpuPlan{}, tc.keysPath); err == nil || !strings.Contains(err.Error(), "host mounts") {
+			t.Errorf("%s: %v, want a refusal naming host mounts", tc.name, err)
+		}
+	}
+}
+
+// Limits the Lifecycle filled in are applied, with a pids limit always,
+// and ulimits go to the daemon soft and hard alike.
+func TestContainerConfigEnforcedLimits(t *testing.T) {
+	t.Parallel()
+	spec := runtime.InstanceSpec{ID: "share", Limits: runtime.Resources{CPUs: 2, MemoryMB: 1000, ShmMB: 500}}
+	_, host := containerConfig("img", spec, nil, gpuPlan{}, 0)
+	if host.NanoCPUs != 2e9 || host.Memory != 1000<<20 || host.ShmSize != 500<<20 || host.PidsLimit == nil || *host.PidsLimit != runtime.DefaultPids {
+		t.Errorf("limits %+v", host.Resources)
+	}
+	spec = runtime.InstanceSpec{ID: "gpu", GPUs: []runtime.GPU{{UUID: "GPU-a"}}, Ulimits: map[string]int64{"nofile": 4096}}
+	got := dockerUlimits(spec.UlimitsFor(true))
+	if len(got) != 2 || got[0].Name != "memlock" || got[0].Soft != -1 || got[0].Hard != -1 || got[1].Name != "nofile" || got[1].Soft != 4096 || got[1].Hard != 4096 {
+		t.Errorf("ulimits %+v %+v", got[0], got[1])
+	}
+	if got := dockerUlimits(spec.UlimitsFor(false)); len(got) != 1 || got[0].Name != "nofile" {
+		t.Errorf("without CAP_SYS_RESOURCE: %v, want only nofile", got)
 	}
 }

@@ -64,6 +64,10 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
+	// raiseRlimits: containers' hard limits can be raised on this host
+	// (runtime.CanRaiseRlimits).
+	raiseRlimits bool
+
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
 	rulesMu sync.Mutex
@@ -122,6 +126,11 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "docker"),
 		pub:    opts.Events,
+
+		raiseRlimits: runtime.CanRaiseRlimits(),
+	}
+	if !r.raiseRlimits {
+		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Go(func() { r.watch(r.ctx) })

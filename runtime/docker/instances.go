@@ -104,6 +104,7 @@ func toInstance(c container.InspectResponse) runtime.Instance {
 		code := c.State.ExitCode
 		inst.ExitCode = &code
 		inst.FinishedAt = parseTime(c.State.FinishedAt)
+		inst.OOMKilled = c.State.OOMKilled
 	}
 	return inst
 }
@@ -125,7 +126,22 @@ const (
 	// authPullsDir holds one file per image reference pulled with a
 	// request's credentials.
 	authPullsDir = "auth-pulls"
+	// filesDir holds, per instance, the files the daemon mounts into it
+	// read-only (its SSH keys).
+	filesDir = "files"
 )
+
+// filesDir is where instance id's mounted files are written.
+func (r *Runtime) filesDir(id string) string {
+	return filepath.Join(r.opts.StateDir, filesDir, id)
+}
+
+// removeFiles removes what was written for instance id.
+func (r *Runtime) removeFiles(id string) {
+	if err := os.RemoveAll(r.filesDir(id)); err != nil {
+		r.log.Warn("remove instance files", "instance", id, "error", err)
+	}
+}
 
 func (r *Runtime) exitMarker(containerID string) string {
 	return filepath.Join(r.opts.StateDir, exitsDir, containerID)

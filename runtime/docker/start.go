@@ -35,6 +35,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	}
 	inst, err := r.create(ctx, spec, hash)
 	if err != nil {
+		r.removeFiles(spec.ID)
 		var se *runtime.StepError
 		step := ""
 		if errors.As(err, &se) {
@@ -98,6 +99,16 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
 	cfg, hostCfg := containerConfig(ref, spec, r.labels(spec, hash), gpus, r.opts.LogMaxBytes)
+	hostCfg.Ulimits = dockerUlimits(spec.UlimitsFor(r.raiseRlimits))
+	keysPath := ""
+	if len(spec.SSHAuthorizedKeys) > 0 {
+		// The daemon mounts it from the host: STATE_DIR must be the same
+		// path there (the README's run line mounts it so).
+		if keysPath, err = runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+		}
+		withAuthorizedKeys(hostCfg, keysPath)
+	}
 	if n := r.opts.Network; n != nil {
 		if err := r.ensureNetwork(ctx); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
@@ -123,7 +134,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	// dropping a field): what it will run is checked, not what was sent.
 	res, err := r.client.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err == nil {
-		err = verifyConfined(res.Container, gpus)
+		err = verifyConfined(res.Container, gpus, keysPath)
 		if n := r.opts.Network; err == nil && n != nil {
 			err = n.verifyPublished(res.Container, spec.PublishedPorts)
 		}

@@ -37,6 +37,7 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 		return fail(fmt.Errorf("remove container of %q: %w", id, convertErr(err)))
 	}
 	r.forgetExit(c.ID)
+	r.removeFiles(id)
 	r.log.Info("instance terminated", "instance", id)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil

@@ -133,8 +133,9 @@ func (r *Runtime) recordExit(ctx context.Context, containerID string) {
 	}
 	id := c.Config.Labels[runtime.LabelInstanceID]
 	code := c.State.ExitCode
-	r.log.Info("instance exited", "instance", id, "exit_code", strconv.Itoa(code))
-	r.pub.Publish(events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited), ExitCode: &code})
+	oom := c.State.OOMKilled
+	r.log.Info("instance exited", "instance", id, "exit_code", strconv.Itoa(code), "oom_killed", oom)
+	r.pub.Publish(events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited), ExitCode: &code, OOMKilled: oom})
 	if err := os.WriteFile(marker, nil, 0o600); err != nil {
 		r.log.Warn("record reported exit", "instance", id, "error", err)
 	}
