@@ -5,6 +5,8 @@ package imagetest
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,8 +19,23 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
+
+// tenantKey is a tenant's public key, as the scheduler passes it on.
+var tenantKey = func() string {
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	k, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		panic(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k))) + " tenant@laptop"
+}()
 
 // readmeBlock returns the shell block of README.md that follows the marker
 // <!-- image-test: NAME -->, so that the test runs what providers read.
@@ -103,8 +120,9 @@ func TestImageAsDeployed(t *testing.T) {
 
 	id := fmt.Sprintf("image-test-%d", time.Now().UnixNano())
 	code, body := a.call("POST", "/start_instance", map[string]any{
-		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "serve", "8080", "sleep", "inf"},
-		"ports": []map[string]any{{"container_port": 8080}},
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's containerd", "cat", "/root/.ssh/authorized_keys", "serve", "8080", "sleep", "inf"},
+		"ports":               []map[string]any{{"container_port": 8080}},
+		"ssh_authorized_keys": []string{tenantKey},
 	})
 	if code != http.StatusOK || body["status"] != "running" {
 		t.Fatalf("start through the containerized agent: %d %v", code, body)
@@ -117,6 +135,9 @@ func TestImageAsDeployed(t *testing.T) {
 	}
 	if tasks := run(t, "ctr", "--address", sock, "-n", "rentals", "tasks", "ls"); !strings.Contains(tasks, id) || !strings.Contains(tasks, "RUNNING") {
 		t.Fatalf("the rental's task is not running on the host's containerd:\n%s", tasks)
+	}
+	if !a.logsShow(id, tenantKey) {
+		t.Fatal("the tenant's SSH key is not in the rental: the daemon mounts it from STATE_DIR on the host")
 	}
 	if !a.logsShow(id, "hello from the host's containerd") {
 		t.Fatal("the rental's log is not readable through the containerized agent")
@@ -278,8 +299,9 @@ func TestImageOnDockerOnly(t *testing.T) {
 
 	id := fmt.Sprintf("image-test-docker-%d", time.Now().UnixNano())
 	code, body := a.call("POST", "/start_instance", map[string]any{
-		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's dockerd", "serve", "8080", "sleep", "inf"},
-		"ports": []map[string]any{{"container_port": 8080}},
+		"instance_id": id, "image": payload, "command": []string{"echo", "hello from the host's dockerd", "cat", "/root/.ssh/authorized_keys", "serve", "8080", "sleep", "inf"},
+		"ports":               []map[string]any{{"container_port": 8080}},
+		"ssh_authorized_keys": []string{tenantKey},
 	})
 	if code != http.StatusOK || body["status"] != "running" {
 		t.Fatalf("start through the containerized agent on Docker: %d %v", code, body)
@@ -290,6 +312,9 @@ func TestImageOnDockerOnly(t *testing.T) {
 	filter := "label=host-agent.io/instance-id=" + id
 	if ps := run(t, "docker", "ps", "--filter", filter, "--format", "{{.Names}} {{.State}}"); !strings.Contains(ps, "rental-"+id+" running") {
 		t.Fatalf("docker ps --filter %s does not show the rental running:\n%s", filter, ps)
+	}
+	if !a.logsShow(id, tenantKey) {
+		t.Fatal("the tenant's SSH key is not in the rental: the daemon mounts it from STATE_DIR on the host")
 	}
 	if !a.logsShow(id, "hello from the host's dockerd") {
 		t.Fatal("the rental's log is not readable through the containerized agent")
