@@ -87,6 +87,7 @@ func Run(t *testing.T, h Harness) {
 		{"ExitReportedOnceAcrossAgentRestart", testExitOnce},
 		{"StateReadBackAfterAgentRestart", testReadBack},
 		{"Logs", testLogs},
+		{"FollowLogs", testFollowLogs},
 		{"PullProgress", testPullProgress},
 		{"PrivateRegistryAuth", testRegistryAuth},
 		{"ResourceLimits", testLimits},

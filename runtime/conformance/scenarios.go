@@ -1,12 +1,14 @@
 package conformance
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -354,6 +356,78 @@ func testLimits(t *testing.T, h Harness) {
 		if got := cgroupOf(t, inst.Pid, file); got != want {
 			t.Errorf("cgroup %s = %q, want %q", file, got, want)
 		}
+	}
+	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a follow writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// follow follows id's log from position from (tail lines when below zero),
+// capped at maxBytes (0: the default), until it ends.
+func follow(t *testing.T, a *Agent, id string, from int64, tail int, maxBytes int64) (string, int64, bool) {
+	t.Helper()
+	var out syncBuffer
+	flushes := 0
+	next, truncated, err := a.FollowLogs(Ctx(t), id, from, tail, maxBytes, &out, func() { flushes++ })
+	if err != nil {
+		t.Fatalf("follow %s from %d: %v", id, from, err)
+	}
+	if out.String() != "" && flushes == 0 {
+		t.Errorf("follow %s: output never flushed", id)
+	}
+	return out.String(), next, truncated
+}
+
+// testFollowLogs: following streams what the instance writes after the
+// position the agent gave, ends when the instance exits, stops at a cap
+// saying where to resume, and resumes there without a gap or a repeat.
+// Positions are opaque: a byte offset on one back end, a time on another.
+func testFollowLogs(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "chatty")
+	if _, err := a.Start(Ctx(t), spec(h, id, "echo", "early", "sleep", "3", "echo", "late-1", "sleep", "1", "echo", "late-2", "exit", "0")); err != nil {
+		t.Fatal(err)
+	}
+	waitLogs(t, a, id, "early")
+	from, err := a.LogOffset(Ctx(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, truncated := follow(t, a, id, from, 0, 0)
+	if got != "late-1\nlate-2\n" || truncated {
+		t.Errorf("followed from the position after early: %q (truncated %v), want late-1 and late-2", got, truncated)
+	}
+	if inst, err := a.Get(Ctx(t), id); err != nil || inst.Status != runtime.StatusExited {
+		t.Errorf("the stream ended before the exit: %+v %v", inst, err)
+	}
+	// From the start, capped at two lines, then resumed.
+	got, next, truncated := follow(t, a, id, 0, 0, int64(len("early\nlate-1\n")))
+	if got != "early\nlate-1\n" || !truncated {
+		t.Errorf("capped: %q (truncated %v)", got, truncated)
+	}
+	if rest, _, truncated := follow(t, a, id, next, 0, 0); rest != "late-2\n" || truncated {
+		t.Errorf("resumed: %q (truncated %v), want late-2 alone", rest, truncated)
+	}
+	if last, _, _ := follow(t, a, id, -1, 1, 0); last != "late-2\n" {
+		t.Errorf("tail 1: %q", last)
 	}
 	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
 		t.Fatal(err)
