@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -47,6 +48,25 @@ type Scope interface {
 // GPU UUIDs the daemon asked for the instance.
 type GPUVerifier interface {
 	GPUsAskedFor(t *testing.T, inst runtime.Instance) []string
+}
+
+// Networker is implemented by every Scope: it opens a back end whose
+// rentals are on a network of the test's own (subnet, bridge and rules
+// apart from the agent's defaults), with blocked as the blocked egress
+// ranges and published ports bound on hostAddr. The caller holds
+// testenv.LockHostNetwork.
+type Networker interface {
+	OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr) (runtime.Runtime, NetInfo)
+}
+
+// NetInfo is what the network scenario needs to know of a networked back
+// end.
+type NetInfo struct {
+	// Subnet is the rentals' subnet; its first address is the host's on
+	// the rentals' bridge.
+	Subnet netip.Prefix
+	// AddrOf is a running rental's address.
+	AddrOf func(t *testing.T, inst runtime.Instance) netip.Addr
 }
 
 // Agent is a back end under a Lifecycle, as cmd/host-agent builds it.
@@ -96,6 +116,7 @@ func Run(t *testing.T, h Harness) {
 		{"SSHAuthorizedKeysReadOnly", testSSHKeys},
 		{"Confinement", testConfinement},
 		{"GPUsByUUID", testGPUs},
+		{"PublishedPortsAndIsolation", testNetwork},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, h) })

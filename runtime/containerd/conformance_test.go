@@ -3,6 +3,7 @@ package containerd
 import (
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,10 +34,37 @@ type ctdScope struct {
 	ns, logDir string
 }
 
+func (s *ctdScope) options(pub events.Publisher) Options {
+	return Options{Address: daemon.Address, Namespace: s.ns, AgentID: "conformance", LogDir: s.logDir, Events: pub,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+}
+
+// OpenNetworked implements conformance.Networker with a CNI network of the
+// test's own; the rentals' addresses are in their labels. Ports are
+// published on every address of the host.
+func (s *ctdScope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, _ netip.Addr) (runtime.Runtime, conformance.NetInfo) {
+	t.Helper()
+	needPlugins(t)
+	tn := newTestNetwork(t, blocked)
+	opts := s.options(pub)
+	opts.Network = tn.net
+	r, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, conformance.NetInfo{Subnet: tn.cfg.Subnet, AddrOf: func(t *testing.T, inst runtime.Instance) netip.Addr {
+		a, err := netip.ParseAddr(inst.AgentLabels[runtime.LabelIP])
+		if err != nil {
+			t.Fatalf("address of %s: %v", inst.ID, err)
+		}
+		return a
+	}}
+}
+
 func (s *ctdScope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHost) runtime.Runtime {
 	t.Helper()
-	opts := Options{Address: daemon.Address, Namespace: s.ns, AgentID: "conformance", LogDir: s.logDir, Events: pub,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	opts := s.options(pub)
 	if gpus != nil {
 		dir := filepath.Join(t.TempDir(), "cdi")
 		if err := os.MkdirAll(dir, 0o755); err != nil {

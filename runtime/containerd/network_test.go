@@ -27,25 +27,40 @@ type testNetwork struct {
 
 func newInvariantNetwork(t *testing.T) *testNetwork {
 	t.Helper()
+	needPlugins(t)
+	testenv.LockHostNetwork(t)
+	return newTestNetwork(t, nil)
+}
+
+// needPlugins skips (fails under HOST_AGENT_INTEGRATION=require) without
+// the CNI plugins.
+func needPlugins(t *testing.T) {
+	t.Helper()
 	if reason := network.FindPlugins(network.DefaultPluginDirs); reason != nil {
 		if os.Getenv("HOST_AGENT_INTEGRATION") == "require" {
 			t.Fatalf("HOST_AGENT_INTEGRATION=require but: %v", reason)
 		}
 		t.Skip(reason)
 	}
-	testenv.LockHostNetwork(t)
+}
+
+// newTestNetwork makes the test's network, blocking blocked (nil: the
+// defaults); the caller holds testenv.LockHostNetwork.
+func newTestNetwork(t *testing.T, blocked []netip.Prefix) *testNetwork {
+	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	tag := hex.EncodeToString(b)
 	state := t.TempDir()
 	cfg := network.Config{
-		Subnet:      netip.MustParsePrefix(fmt.Sprintf("10.218.%d.0/24", b[0])),
-		NetworkName: "hactd-" + tag,
-		Bridge:      "hac" + tag,
-		ChainPrefix: "HAC" + strings.ToUpper(tag),
-		NetNSPrefix: "hactd-" + tag + "-",
-		IPAMDataDir: filepath.Join(state, "ipam"),
-		StateDir:    filepath.Join(state, "network"),
+		Subnet:        netip.MustParsePrefix(fmt.Sprintf("10.218.%d.0/24", b[0])),
+		NetworkName:   "hactd-" + tag,
+		Bridge:        "hac" + tag,
+		ChainPrefix:   "HAC" + strings.ToUpper(tag),
+		NetNSPrefix:   "hactd-" + tag + "-",
+		IPAMDataDir:   filepath.Join(state, "ipam"),
+		StateDir:      filepath.Join(state, "network"),
+		BlockedEgress: blocked,
 		// Never sent to: no test here resolves names.
 		DNS: []netip.Addr{netip.MustParseAddr("198.51.100.53")},
 	}

@@ -1,12 +1,18 @@
 package docker
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/conformance"
@@ -132,6 +138,67 @@ func (s *scope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHo
 	return s.open(t, pub)
 }
 
+// OpenNetworked implements conformance.Networker: a dockerd of the same
+// flavour that manages iptables, as a production one does, and on it the
+// agent's Docker network under names of the test's own. Whatever is left
+// (containers, the network, Docker's chains on a host that had none) is
+// removed when the test ends.
+func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr) (runtime.Runtime, conformance.NetInfo) {
+	t.Helper()
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	tag := hex.EncodeToString(b)
+	opts := NetworkOptions{
+		Name: "hadc-" + tag, Bridge: "hadc" + tag, ChainPrefix: "HADC" + strings.ToUpper(tag),
+		Subnet:        netip.MustParsePrefix(fmt.Sprintf("10.220.%d.0/24", b[0])),
+		BlockedEgress: blocked, HostAddrs: []netip.Addr{hostAddr},
+	}
+	if !dockerChainsPresent() {
+		t.Cleanup(func() { removeDockerChains(t) })
+	}
+	dir, err := os.MkdirTemp("", "ha-dc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	o := s.d.Options()
+	o.IPTables = true
+	d, err := testenv.StartDockerd(dir, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeRulesNaming(opts.Bridge) })
+	t.Cleanup(d.Close)
+	r, err := New(Options{Host: d.Host, AgentID: "conformance", StateDir: t.TempDir(), Events: pub, Network: &opts,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	t.Cleanup(func() {
+		ctx := context.Background()
+		if list, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true}); err == nil {
+			for _, c := range list.Items {
+				_, _ = r.client.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
+			}
+		}
+		if err := r.RemoveNetwork(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return r, conformance.NetInfo{Subnet: opts.Subnet, AddrOf: func(t *testing.T, inst runtime.Instance) netip.Addr {
+		res, err := r.client.ContainerInspect(context.Background(), inst.ContainerID, client.ContainerInspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ep := res.Container.NetworkSettings.Networks[opts.Name]
+		if ep == nil {
+			t.Fatalf("%s is not on network %s", inst.ID, opts.Name)
+		}
+		return ep.IPAddress
+	}}
+}
+
 // GPUsAskedFor implements conformance.GPUVerifier where the daemon has no
 // CDI: the UUIDs dockerd handed the NVIDIA hook for the container.
 func (s *scope) GPUsAskedFor(t *testing.T, inst runtime.Instance) []string {
@@ -164,6 +231,10 @@ type cdiScope struct{ s *scope }
 
 func (c cdiScope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHost) runtime.Runtime {
 	return c.s.Open(t, pub, gpus)
+}
+
+func (c cdiScope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr) (runtime.Runtime, conformance.NetInfo) {
+	return c.s.OpenNetworked(t, pub, blocked, hostAddr)
 }
 
 func TestConformance(t *testing.T) {

@@ -309,29 +309,33 @@ func removeRulesNaming(bridge string) {
 // dockerChainsPresent reports whether a dockerd made its chains on this
 // host already.
 func dockerChainsPresent() bool {
-	return exec.Command("iptables", "-w", "-S", dockerUserChain).Run() == nil
+	out, _ := exec.Command("iptables-save").Output()
+	return strings.Contains(string(out), ":DOCKER")
 }
 
 // removeDockerChains removes what a dockerd managing iptables leaves once
-// stopped: its (empty) chains and the jumps to them.
+// stopped: its (empty) chains, whichever its version made (DOCKER-USER,
+// DOCKER-ISOLATION-STAGE-n in 20.10; DOCKER-FORWARD, DOCKER-CT,
+// DOCKER-BRIDGE, DOCKER-INTERNAL in current ones), and the jumps to them.
 func removeDockerChains(t *testing.T) {
-	for _, j := range [][3]string{
-		{"filter", "FORWARD", "DOCKER-USER"}, {"filter", "FORWARD", "DOCKER-ISOLATION-STAGE-1"},
-		{"nat", "PREROUTING", "DOCKER"}, {"nat", "OUTPUT", "DOCKER"},
-	} {
-		args := []string{"-w", "-t", j[0], "-D", j[1]}
-		if j[0] == "nat" {
-			args = append(args, "-m", "addrtype", "--dst-type", "LOCAL")
+	for _, table := range []string{"filter", "nat"} {
+		out, _ := exec.Command("iptables", "-w", "-t", table, "-S").Output()
+		var chains []string
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			switch {
+			case len(f) >= 2 && f[0] == "-N" && strings.HasPrefix(f[1], "DOCKER"):
+				chains = append(chains, f[1])
+			case len(f) >= 2 && f[0] == "-A" && !strings.HasPrefix(f[1], "DOCKER") && strings.Contains(l, "-j DOCKER"):
+				_ = exec.Command("iptables", append([]string{"-w", "-t", table, "-D"}, f[1:]...)...).Run()
+			}
 		}
-		for exec.Command("iptables", append(args, "-j", j[2])...).Run() == nil {
+		for _, c := range chains {
+			_ = exec.Command("iptables", "-w", "-t", table, "-F", c).Run()
 		}
-	}
-	for _, c := range [][2]string{
-		{"filter", "DOCKER-USER"}, {"filter", "DOCKER-ISOLATION-STAGE-1"}, {"filter", "DOCKER-ISOLATION-STAGE-2"},
-		{"filter", "DOCKER"}, {"nat", "DOCKER"},
-	} {
-		_ = exec.Command("iptables", "-w", "-t", c[0], "-F", c[1]).Run()
-		_ = exec.Command("iptables", "-w", "-t", c[0], "-X", c[1]).Run()
+		for _, c := range chains {
+			_ = exec.Command("iptables", "-w", "-t", table, "-X", c).Run()
+		}
 	}
 	if out, _ := exec.Command("iptables-save").CombinedOutput(); strings.Contains(string(out), "DOCKER") {
 		t.Errorf("Docker's chains left on the host:\n%s", out)

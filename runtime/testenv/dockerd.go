@@ -89,6 +89,9 @@ type Dockerd struct {
 	exited chan struct{}
 }
 
+// Options are the options it was started with.
+func (d *Dockerd) Options() DockerdOptions { return d.opts }
+
 // StartDockerd starts a dockerd under dir (short: the socket path must fit
 // in a sockaddr) and waits until it answers.
 func StartDockerd(dir string, opts DockerdOptions) (*Dockerd, error) {
