@@ -20,6 +20,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -31,6 +32,7 @@ const (
 	// selftestNamespace keeps the test rental apart from the real ones (and
 	// out of heartbeats).
 	selftestNamespace    = "host-agent-selftest"
+	selftestScope        = "selftest"
 	defaultSelftestImage = "docker.io/library/busybox:latest"
 	defaultPortRange     = "40000-40999"
 	defaultDiskReserveGB = 20
@@ -174,40 +176,27 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	if err == nil && inv.Len() > 0 {
 		devices = injector
 	}
-	opts := containerd.Options{
-		Address:   cfg.ContainerdAddress,
-		Namespace: selftestNamespace,
-		AgentID:   cfg.AgentID,
-		LogDir:    filepath.Join(cfg.StateDir, "logs", selftestNamespace),
-		Events:    discardEvents{},
-		Logger:    logger,
-		Devices:   devices,
-	}
-	// The test rentals join the rentals' own network, as the agent builds
-	// it, so that the network check tests what tenants get.
-	var netErr error
-	if rental {
-		if netErr = network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge); netErr == nil {
-			var n *network.Network
-			if n, netErr = newNetwork(ctx, cfg, logger); netErr == nil {
-				opts.Network = selftestNetwork{n}
-			}
-		}
-	}
 	result := func(name string, r selftest.Result) selftest.Check {
 		return selftest.Check{Name: name, Run: func(context.Context) selftest.Result { return r }}
 	}
-	backend, err := containerd.New(opts)
+	rtName, _, _ := chooseRuntime(ctx, cfg)
+	// The test rentals join the rentals' own network, as the agent builds
+	// it, so that the network check tests what tenants get.
+	backend, address, netNS, netErr, err := selftestBackend(ctx, cfg, rtName, devices, rental, logger)
 	checks := []selftest.Check{}
 	if err != nil {
-		checks = append(checks, result("runtime", selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "check CONTAINERD_ADDRESS and STATE_DIR"}))
+		checks = append(checks, result("runtime", selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "check CONTAINERD_ADDRESS, DOCKER_HOST and STATE_DIR"}))
 	} else {
 		defer backend.Close()
-		checks = append(checks, selftest.RuntimeCheck(backend, cfg.ContainerdAddress))
+		checks = append(checks, selftest.RuntimeCheck(backend, rtName, address))
+	}
+	cniCheck := selftest.CNICheck(env.cniDirs)
+	if rtName == runtimeDocker {
+		cniCheck = result(cniCheck.Name, selftest.Result{Status: selftest.Skip, Detail: "not used on Docker: rentals are on the agent's Docker network"})
 	}
 	checks = append(checks,
 		selftest.RuncCheck(selftest.InContainer()),
-		selftest.CNICheck(env.cniDirs),
+		cniCheck,
 		selftest.CDICheck(cfg.CDISpecDirs, inv),
 		selftest.DriverCheck(inv, selftest.NVIDIAPCIDevices(env.sysRoot), nvmlErr),
 		selftest.PCIeCheck(inv),
@@ -229,7 +218,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		checks = append(checks, selftest.RentalCheck(rt, env.image, inv.Len()))
 		if netErr != nil {
 			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Fail, Detail: netErr.Error(),
-				Fix: "see the detail: RENTAL_SUBNET must not overlap a route of the host, and the agent needs iptables and the CNI plugins"}))
+				Fix: "see the detail: RENTAL_SUBNET must not overlap a route of the host, the agent needs iptables and (on containerd) the CNI plugins, and dockerd must manage iptables"}))
 			break
 		}
 		no := selftest.NetworkOptions{
@@ -238,6 +227,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 			Gateway: cfg.Network.RentalSubnet.Addr().Next(),
 			Blocked: env.blocked,
 			Egress:  env.egress,
+			NetNS:   netNS,
 		}
 		if !env.blockedSet {
 			addrs, _ := net.InterfaceAddrs()
@@ -246,6 +236,76 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		checks = append(checks, selftest.NetworkCheck(no))
 	}
 	return selftest.Run(ctx, checks, selftestCheckTimeout)
+}
+
+// selftestBackend opens the self-test's back end on the chosen runtime,
+// apart from the agent's rentals (containerd namespace host-agent-selftest;
+// Docker scope selftest), on the rentals' network when rental is set. It
+// returns the runtime's address, how to find a test rental's network
+// namespace (nil: its labels), and why the rentals' network is not there.
+func selftestBackend(ctx context.Context, cfg config, rtName string, devices containerd.DeviceInjector, rental bool, logger *slog.Logger) (
+	be interface {
+		runtime.Runtime
+		selftest.Pinger
+	}, address string, netNS func(runtime.Instance) (string, error), netErr, err error,
+) {
+	if rtName == runtimeDocker {
+		opts := docker.Options{
+			Host:     cfg.DockerHost,
+			AgentID:  cfg.AgentID,
+			StateDir: filepath.Join(cfg.StateDir, "docker-"+selftestScope),
+			Events:   discardEvents{},
+			Logger:   logger,
+			Scope:    selftestScope,
+		}
+		if rental {
+			if netErr = docker.IsolationAvailable(); netErr == nil {
+				opts.Network = dockerNetwork(cfg)
+			} else {
+				netErr = fmt.Errorf("rentals on Docker get no network: %w", netErr)
+			}
+		}
+		d, err := docker.New(opts)
+		if err != nil {
+			return nil, cfg.DockerHost, nil, netErr, err
+		}
+		return d, cfg.DockerHost, dockerNetNS, netErr, nil
+	}
+	opts := containerd.Options{
+		Address:   cfg.ContainerdAddress,
+		Namespace: selftestNamespace,
+		AgentID:   cfg.AgentID,
+		LogDir:    filepath.Join(cfg.StateDir, "logs", selftestNamespace),
+		Events:    discardEvents{},
+		Logger:    logger,
+		Devices:   devices,
+	}
+	if rental {
+		if netErr = network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge); netErr == nil {
+			var n *network.Network
+			if n, netErr = newNetwork(ctx, cfg, logger); netErr == nil {
+				opts.Network = selftestNetwork{n}
+			}
+		}
+	}
+	c, err := containerd.New(opts)
+	if err != nil {
+		return nil, cfg.ContainerdAddress, nil, netErr, err
+	}
+	return c, cfg.ContainerdAddress, nil, netErr, nil
+}
+
+// dockerNetNS is a Docker rental's network namespace, through its process,
+// when this process sees the host's processes (the agent on the host, not
+// in a container of its own): the process must be in the container's
+// cgroup, so that a process of the same number elsewhere is never taken
+// for it.
+func dockerNetNS(inst runtime.Instance) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", inst.Pid))
+	if inst.Pid == 0 || err != nil || !strings.Contains(string(b), inst.ContainerID) {
+		return "", fmt.Errorf("%w: run host-agent selftest on the host (the agent's container does not see the rentals' processes)", selftest.ErrNamespaceHidden)
+	}
+	return fmt.Sprintf("/proc/%d/ns/net", inst.Pid), nil
 }
 
 // selftestNetwork is the rentals' network for the self-test's back end,

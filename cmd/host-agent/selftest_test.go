@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -13,7 +14,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moby/moby/client"
+
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/selftest"
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
@@ -92,6 +96,8 @@ func TestSelftest(t *testing.T) {
 		"SELFTEST_IMAGE="+w.image, "CDI_SPEC_DIRS="+cdiDir,
 		"CONTAINERD_ROOT="+t.TempDir(), "DISK_RESERVE_GB=1", "HOST_PORT_RANGE="+freeRange(t),
 		"CNI_PLUGIN_DIRS=/usr/lib/cni:/opt/cni/bin",
+		// containerd, even where a Docker answers at the default socket.
+		"DOCKER_HOST=unix:///nonexistent/docker.sock",
 		// Only the test's own namespaces: not the host's other addresses.
 		"SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7000).String(),
 		"SELFTEST_BLOCKED_PROBE="+netip.AddrPortFrom(lan.Addr, 7000).String(),
@@ -238,5 +244,88 @@ func TestSelftestProbeSettings(t *testing.T) {
 		if _, err := loadSelftestEnv(env(bad.k, bad.v)); err == nil || !strings.Contains(err.Error(), bad.k) {
 			t.Errorf("%s=%s: %v, want an error naming the variable", bad.k, bad.v, err)
 		}
+	}
+}
+
+// TestSelftestOnDocker: on a host that gives the agent only Docker, the
+// self-test checks Docker (not containerd), skips the CNI plugins, and runs
+// both test rentals through the Docker back end in a scope of their own,
+// the network one on the agent's Docker network: it reaches the "internet"
+// but not the LAN or the host. Nothing of it is left on the daemon.
+func TestSelftestOnDocker(t *testing.T) {
+	w := newWorld(t)
+	bin := testenv.DebianDockerd()
+	if bin == "" {
+		testenv.Require(t, "dockerd")
+		bin = "dockerd"
+	}
+	inet := testenv.AddPeer(t, "internet", "198.18.13.1", "198.18.13.2", 24)
+	lan := testenv.AddPeer(t, "lan10", "10.217.13.1", "10.217.13.2", 24)
+	for _, p := range []*testenv.Peer{inet, lan} {
+		testenv.ServeIn(t, p.NS, "0.0.0.0:7000", p.Name)
+		testenv.MustRouteInto(t, p.Addr, p.HostIf)
+	}
+	if !testenv.DockerChainsPresent() {
+		t.Cleanup(func() { testenv.RemoveDockerChains(t) })
+	}
+	dir, err := os.MkdirTemp("", "ha-st-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d, err := testenv.StartDockerd(dir, testenv.DockerdOptions{Bin: bin, Containerd: w.ctd.Address, IPTables: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	// The agent's Docker network under the test's names, removed (with
+	// its rules) while dockerd still runs.
+	netOpts := docker.NetworkOptions{Name: w.net.cfg.NetworkName, Bridge: "hadock-" + w.net.name, Subnet: w.net.subnet,
+		ChainPrefix: w.net.cfg.ChainPrefix}
+	t.Cleanup(func() {
+		r, err := docker.New(docker.Options{Host: d.Host, StateDir: t.TempDir(), Network: &netOpts})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer r.Close()
+		if err := r.RemoveNetwork(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
+
+	env := append(slices.Clone(w.env),
+		"CONTAINERD_ADDRESS="+filepath.Join(dir, "no-containerd.sock"), "DOCKER_HOST="+d.Host,
+		"SELFTEST_IMAGE="+w.image, "CDI_SPEC_DIRS="+t.TempDir(), "CONTAINERD_ROOT="+t.TempDir(),
+		"DISK_RESERVE_GB=1", "HOST_PORT_RANGE="+freeRange(t),
+		"SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7000).String(),
+		"SELFTEST_BLOCKED_PROBE="+netip.AddrPortFrom(lan.Addr, 7000).String(),
+	)
+	code, rep, out := runSelftestBinary(t, w.bin, env...)
+	if code != 0 || !rep.Passed {
+		t.Fatalf("self-test on a Docker host: exit %d\n%s", code, out)
+	}
+	if r := result(rep, "runtime"); r.Status != selftest.OK || !strings.HasPrefix(r.Detail, "docker 20.10") {
+		t.Errorf("runtime: %+v, want Docker 20.10 found", r)
+	}
+	if r := result(rep, "cni-plugins"); r.Status != selftest.Skip {
+		t.Errorf("cni-plugins: %+v, want skipped on Docker", r)
+	}
+	for _, name := range []string{"test-rental", "rental-network"} {
+		if r := result(rep, name); r.Status != selftest.OK {
+			t.Errorf("%s: %+v, want ok", name, r)
+		}
+	}
+	if r := result(rep, "rental-network"); !strings.Contains(r.Detail, "reached "+inet.Addr.String()) {
+		t.Errorf("rental-network: %q, want the internet peer reached", r.Detail)
+	}
+	cl, err := client.New(client.WithHost(d.Host), client.WithAPIVersionNegotiation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	list, err := cl.ContainerList(context.Background(), client.ContainerListOptions{All: true})
+	if err != nil || len(list.Items) != 0 {
+		t.Fatalf("containers left on the daemon: %+v %v", list.Items, err)
 	}
 }

@@ -55,7 +55,15 @@ type Options struct {
 	// ports and isolation rules; nil: rentals get no network (--network
 	// none) and no ports.
 	Network *NetworkOptions
+	// Scope keeps a second user of the daemon's rentals apart (the
+	// self-test's test rentals): its containers carry LabelScope and a name
+	// of their own, and each back end sees, lists and reports the exits of
+	// its own scope only. Empty: the agent's rentals.
+	Scope string
 }
+
+// LabelScope marks a container of a back end with Options.Scope.
+const LabelScope = runtime.LabelPrefix + "scope"
 
 // Runtime is the Docker back end.
 type Runtime struct {
@@ -165,7 +173,18 @@ func (r *Runtime) Info(ctx context.Context) (runtime.Info, error) {
 }
 
 // containerName is the name of an instance's container.
-func containerName(id string) string { return NamePrefix + id }
+func (r *Runtime) containerName(id string) string {
+	if r.opts.Scope != "" {
+		return NamePrefix + r.opts.Scope + "-" + id
+	}
+	return NamePrefix + id
+}
+
+// ours says whether a container with labels is a rental of this back
+// end's scope.
+func (r *Runtime) ours(labels map[string]string) bool {
+	return labels[runtime.LabelInstanceID] != "" && labels[LabelScope] == r.opts.Scope
+}
 
 // convertErr gives a daemon that cannot be reached the Unavailable kind;
 // the client already classifies the daemon's answers by errdefs kind.

@@ -16,15 +16,21 @@ import (
 
 // rentalFilter selects the agent's containers: every rental carries the
 // instance-ID label, so `docker ps --filter label=host-agent.io/instance-id`
-// lists them all.
-func rentalFilter() client.Filters {
-	return make(client.Filters).Add("label", runtime.LabelInstanceID)
+// lists them all. A scoped back end asks for its scope's; the agent's own
+// skips the scoped ones by their labels (ours), which a filter cannot
+// express.
+func (r *Runtime) rentalFilter() client.Filters {
+	f := make(client.Filters).Add("label", runtime.LabelInstanceID)
+	if r.opts.Scope != "" {
+		f = f.Add("label", LabelScope+"="+r.opts.Scope)
+	}
+	return f
 }
 
 // inspect reads an instance's container; NotFound when there is none or
 // when the container of that name is not a rental.
 func (r *Runtime) inspect(ctx context.Context, id string) (container.InspectResponse, error) {
-	res, err := r.client.ContainerInspect(ctx, containerName(id), client.ContainerInspectOptions{})
+	res, err := r.client.ContainerInspect(ctx, r.containerName(id), client.ContainerInspectOptions{})
 	if err != nil {
 		if errdefs.IsNotFound(err) {
 			return container.InspectResponse{}, notFound(id)
@@ -32,7 +38,7 @@ func (r *Runtime) inspect(ctx context.Context, id string) (container.InspectResp
 		return container.InspectResponse{}, convertErr(err)
 	}
 	c := res.Container
-	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id {
+	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id || !r.ours(c.Config.Labels) {
 		return container.InspectResponse{}, notFound(id)
 	}
 	return c, nil
@@ -49,12 +55,15 @@ func (r *Runtime) Get(ctx context.Context, id string) (runtime.Instance, error) 
 
 // List implements runtime.Runtime.
 func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
-	list, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: rentalFilter()})
+	list, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: r.rentalFilter()})
 	if err != nil {
 		return nil, convertErr(err)
 	}
 	out := make([]runtime.Instance, 0, len(list.Items))
 	for _, s := range list.Items {
+		if !r.ours(s.Labels) {
+			continue
+		}
 		res, err := r.client.ContainerInspect(ctx, s.ID, client.ContainerInspectOptions{})
 		if errdefs.IsNotFound(err) {
 			continue // removed in between

@@ -153,8 +153,8 @@ func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []neti
 		Subnet:        netip.MustParsePrefix(fmt.Sprintf("10.220.%d.0/24", b[0])),
 		BlockedEgress: blocked, HostAddrs: []netip.Addr{hostAddr},
 	}
-	if !dockerChainsPresent() {
-		t.Cleanup(func() { removeDockerChains(t) })
+	if !testenv.DockerChainsPresent() {
+		t.Cleanup(func() { testenv.RemoveDockerChains(t) })
 	}
 	dir, err := os.MkdirTemp("", "ha-dc-")
 	if err != nil {

@@ -84,10 +84,10 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 	testenv.MustRouteInto(t, meta.Addr, meta.HostIf)
 	testenv.MustRouteInto(t, metaAddr, meta.HostIf)
 
-	if !dockerChainsPresent() {
+	if !testenv.DockerChainsPresent() {
 		// The private dockerd makes Docker's chains; none was here, so
 		// none stays behind.
-		t.Cleanup(func() { removeDockerChains(t) })
+		t.Cleanup(func() { testenv.RemoveDockerChains(t) })
 	}
 	dir, err := os.MkdirTemp("", "ha-dn-")
 	if err != nil {
@@ -304,42 +304,6 @@ func removeRulesNaming(bridge string) {
 		}
 	}
 	_ = exec.Command("ip", "link", "del", bridge).Run()
-}
-
-// dockerChainsPresent reports whether a dockerd made its chains on this
-// host already.
-func dockerChainsPresent() bool {
-	out, _ := exec.Command("iptables-save").Output()
-	return strings.Contains(string(out), ":DOCKER")
-}
-
-// removeDockerChains removes what a dockerd managing iptables leaves once
-// stopped: its (empty) chains, whichever its version made (DOCKER-USER,
-// DOCKER-ISOLATION-STAGE-n in 20.10; DOCKER-FORWARD, DOCKER-CT,
-// DOCKER-BRIDGE, DOCKER-INTERNAL in current ones), and the jumps to them.
-func removeDockerChains(t *testing.T) {
-	for _, table := range []string{"filter", "nat"} {
-		out, _ := exec.Command("iptables", "-w", "-t", table, "-S").Output()
-		var chains []string
-		for _, l := range strings.Split(string(out), "\n") {
-			f := strings.Fields(l)
-			switch {
-			case len(f) >= 2 && f[0] == "-N" && strings.HasPrefix(f[1], "DOCKER"):
-				chains = append(chains, f[1])
-			case len(f) >= 2 && f[0] == "-A" && !strings.HasPrefix(f[1], "DOCKER") && strings.Contains(l, "-j DOCKER"):
-				_ = exec.Command("iptables", append([]string{"-w", "-t", table, "-D"}, f[1:]...)...).Run()
-			}
-		}
-		for _, c := range chains {
-			_ = exec.Command("iptables", "-w", "-t", table, "-F", c).Run()
-		}
-		for _, c := range chains {
-			_ = exec.Command("iptables", "-w", "-t", table, "-X", c).Run()
-		}
-	}
-	if out, _ := exec.Command("iptables-save").CombinedOutput(); strings.Contains(string(out), "DOCKER") {
-		t.Errorf("Docker's chains left on the host:\n%s", out)
-	}
 }
 
 // TestForeignNetworkRefused: a network of the agent's name that lets

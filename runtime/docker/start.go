@@ -52,7 +52,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 
 // inspectByName reads the container named for id, rental or not.
 func (r *Runtime) inspectByName(ctx context.Context, id string) (container.InspectResponse, error) {
-	res, err := r.client.ContainerInspect(ctx, containerName(id), client.ContainerInspectOptions{})
+	res, err := r.client.ContainerInspect(ctx, r.containerName(id), client.ContainerInspectOptions{})
 	if err != nil {
 		if errdefs.IsNotFound(err) {
 			return container.InspectResponse{}, notFound(id)
@@ -67,8 +67,8 @@ func (r *Runtime) inspectByName(ctx context.Context, id string) (container.Inspe
 // agent died between creating and starting it) is started now; one that ran
 // is never started again.
 func (r *Runtime) startExisting(ctx context.Context, id string, c container.InspectResponse, hash string) (runtime.Instance, error) {
-	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id {
-		return runtime.Instance{}, fmt.Errorf("container %q exists but is not a rental: %w", containerName(id), errdefs.ErrConflict)
+	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id || !r.ours(c.Config.Labels) {
+		return runtime.Instance{}, fmt.Errorf("container %q exists but is not a rental: %w", r.containerName(id), errdefs.ErrConflict)
 	}
 	if c.Config.Labels[runtime.LabelSpecHash] != hash {
 		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", id, errdefs.ErrConflict)
@@ -119,11 +119,11 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	} else if len(spec.PublishedPorts) > 0 {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("ports reserved but the docker back end has no network to publish them on: %w", errdefs.ErrFailedPrecondition)}
 	}
-	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{Name: containerName(spec.ID), Config: cfg, HostConfig: hostCfg})
+	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{Name: r.containerName(spec.ID), Config: cfg, HostConfig: hostCfg})
 	if err != nil {
 		err = convertErr(err)
 		if errdefs.IsConflict(err) || errdefs.IsAlreadyExists(err) {
-			err = fmt.Errorf("a container named %q already exists: %w", containerName(spec.ID), errdefs.ErrConflict)
+			err = fmt.Errorf("a container named %q already exists: %w", r.containerName(spec.ID), errdefs.ErrConflict)
 		}
 		// A create that failed after the daemon made the container (the
 		// caller went away) leaves one: remove it by name.
@@ -175,6 +175,9 @@ func (r *Runtime) labels(spec runtime.InstanceSpec, hash string) map[string]stri
 	}
 	for k, v := range spec.ReservedLabels {
 		labels[k] = v
+	}
+	if r.opts.Scope != "" {
+		labels[LabelScope] = r.opts.Scope
 	}
 	return labels
 }

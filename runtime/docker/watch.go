@@ -35,7 +35,7 @@ func (r *Runtime) watch(ctx context.Context) {
 	failures, nextLog, logEvery := 0, time.Time{}, time.Duration(0)
 	for ctx.Err() == nil {
 		subCtx, cancel := context.WithCancel(ctx)
-		filters := rentalFilter().Add("type", "container").Add("event", "die")
+		filters := r.rentalFilter().Add("type", "container").Add("event", "die")
 		stream := r.client.Events(subCtx, client.EventsListOptions{Filters: filters})
 		// The stream is asked for before listing: an exit between the two
 		// is seen by at least one of them.
@@ -94,12 +94,12 @@ func (r *Runtime) follow(ctx context.Context, stream client.EventsResult) error 
 
 // reconcile reports every exited rental whose exit was not reported yet.
 func (r *Runtime) reconcile(ctx context.Context) error {
-	list, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: rentalFilter()})
+	list, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: r.rentalFilter()})
 	if err != nil {
 		return convertErr(err)
 	}
 	for _, c := range list.Items {
-		if c.State == container.StateExited || c.State == container.StateDead {
+		if r.ours(c.Labels) && (c.State == container.StateExited || c.State == container.StateDead) {
 			r.recordExit(ctx, c.ID)
 		}
 	}
@@ -127,7 +127,7 @@ func (r *Runtime) recordExit(ctx context.Context, containerID string) {
 		return
 	}
 	c := res.Container
-	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] == "" || c.State == nil ||
+	if c.Config == nil || !r.ours(c.Config.Labels) || c.State == nil ||
 		(c.State.Status != container.StateExited && c.State.Status != container.StateDead) {
 		return
 	}

@@ -27,24 +27,30 @@ type Pinger interface {
 	Info(ctx context.Context) (runtime.Info, error)
 }
 
-// minContainerd is the oldest containerd the agent's client is known to
-// work against (Debian bookworm's).
-var minContainerd = [3]int{1, 6, 0}
+// minVersion is the oldest version of each runtime the agent is known to
+// work against: Debian bookworm's containerd and Docker.
+var minVersion = map[string][3]int{"containerd": {1, 6, 0}, "docker": {20, 10, 0}}
 
-// RuntimeCheck: the runtime answers and its version is supported.
-func RuntimeCheck(rt Pinger, address string) Check {
+// startFix says how to get each runtime answering.
+var startFix = map[string]string{
+	"containerd": "start containerd (systemctl start containerd, or deploy/setup-host.sh --start-containerd), or point CONTAINERD_ADDRESS at its socket; when the agent runs in a container, mount the socket as the README shows",
+	"docker":     "start Docker (systemctl start docker), or point DOCKER_HOST at its socket; when the agent runs in a container, mount /var/run/docker.sock as the README shows",
+}
+
+// RuntimeCheck: the runtime (name: containerd or docker) answers at
+// address and its version is supported.
+func RuntimeCheck(rt Pinger, name, address string) Check {
 	return Check{Name: "runtime", Run: func(ctx context.Context) Result {
 		info, err := rt.Info(ctx)
 		if err != nil {
-			return fail(fmt.Sprintf("start containerd (systemctl start containerd, or deploy/setup-host.sh --start-containerd), or point CONTAINERD_ADDRESS at its socket; when the agent runs in a container, mount the socket as the README shows"),
-				"containerd at %s does not answer: %v", address, err)
+			return fail(startFix[name], "%s at %s does not answer: %v", name, address, err)
 		}
 		v := parseVersion(info.Version)
 		if v == ([3]int{}) {
 			return warn("", "%s %s at %s (version not recognised)", info.Name, info.Version, address)
 		}
-		if less(v, minContainerd) {
-			return fail(fmt.Sprintf("upgrade containerd to %d.%d or later", minContainerd[0], minContainerd[1]),
+		if m, known := minVersion[name]; known && less(v, m) {
+			return fail(fmt.Sprintf("upgrade %s to %d.%d or later", name, m[0], m[1]),
 				"%s %s at %s is too old", info.Name, info.Version, address)
 		}
 		return ok("%s %s at %s", info.Name, info.Version, address)

@@ -121,7 +121,7 @@ func TestParseVersion(t *testing.T) {
 			t.Errorf("parseVersion(%q) = %v, want %v", in, got, want)
 		}
 	}
-	if !less([3]int{1, 5, 9}, minContainerd) || less([3]int{1, 6, 20}, minContainerd) {
+	if !less([3]int{1, 5, 9}, minVersion["containerd"]) || less([3]int{1, 6, 20}, minVersion["containerd"]) {
 		t.Error("minimum version comparison wrong")
 	}
 }

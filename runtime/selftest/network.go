@@ -2,6 +2,7 @@ package selftest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -45,7 +46,15 @@ type NetworkOptions struct {
 	Egress []netip.AddrPort
 	// ProbeTimeout bounds each connection; default 3s.
 	ProbeTimeout time.Duration
+	// NetNS finds a running rental's network namespace; nil: the path in
+	// its labels (runtime.LabelNetNS), where the containerd back end
+	// records it. An error wrapping ErrNamespaceHidden skips the check.
+	NetNS func(inst runtime.Instance) (string, error)
 }
+
+// ErrNamespaceHidden says that this process cannot enter a rental's
+// network namespace, so the network check cannot run here.
+var ErrNamespaceHidden = errors.New("the rental's network namespace is not visible here")
 
 // HostAddrs lists addrs (the host's interface addresses) a rental must not
 // reach: IPv4, not loopback (a rental's loopback is its own) and not on
@@ -129,6 +138,13 @@ func NetworkCheck(o NetworkOptions) Check {
 			return fail(fix, "the test rental (%s) is %s, not running", strings.Join(spec.Command, " "), inst.Status)
 		}
 		ns := inst.AgentLabels[runtime.LabelNetNS]
+		if o.NetNS != nil {
+			if ns, err = o.NetNS(inst); errors.Is(err, ErrNamespaceHidden) {
+				return skip("%v", err)
+			} else if err != nil {
+				return fail(fix, "the test rental's network namespace: %v", err)
+			}
+		}
 		if ns == "" {
 			return fail(fix, "the test rental %s has no network namespace", id)
 		}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/moby/moby/client"
@@ -272,5 +273,41 @@ func (d *Dockerd) Close() {
 		for i := len(mounts) - 1; i >= 0; i-- {
 			_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 		}
+	}
+}
+
+// DockerChainsPresent reports whether a dockerd made its chains on this
+// host already.
+func DockerChainsPresent() bool {
+	out, _ := exec.Command("iptables-save").Output()
+	return strings.Contains(string(out), ":DOCKER")
+}
+
+// RemoveDockerChains removes what a dockerd managing iptables leaves once
+// stopped: its (empty) chains, whichever its version made (DOCKER-USER,
+// DOCKER-ISOLATION-STAGE-n in 20.10; DOCKER-FORWARD, DOCKER-CT,
+// DOCKER-BRIDGE, DOCKER-INTERNAL in current ones), and the jumps to them.
+func RemoveDockerChains(t testing.TB) {
+	for _, table := range []string{"filter", "nat"} {
+		out, _ := exec.Command("iptables", "-w", "-t", table, "-S").Output()
+		var chains []string
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			switch {
+			case len(f) >= 2 && f[0] == "-N" && strings.HasPrefix(f[1], "DOCKER"):
+				chains = append(chains, f[1])
+			case len(f) >= 2 && f[0] == "-A" && !strings.HasPrefix(f[1], "DOCKER") && strings.Contains(l, "-j DOCKER"):
+				_ = exec.Command("iptables", append([]string{"-w", "-t", table, "-D"}, f[1:]...)...).Run()
+			}
+		}
+		for _, c := range chains {
+			_ = exec.Command("iptables", "-w", "-t", table, "-F", c).Run()
+		}
+		for _, c := range chains {
+			_ = exec.Command("iptables", "-w", "-t", table, "-X", c).Run()
+		}
+	}
+	if out, _ := exec.Command("iptables-save").CombinedOutput(); strings.Contains(string(out), "DOCKER") {
+		t.Errorf("Docker's chains left on the host:\n%s", out)
 	}
 }
