@@ -150,10 +150,19 @@ func TestAgentRentalNetwork(t *testing.T) {
 		{"the agent's API on the bridge address", gw, apiPort, br},
 	}
 	// Controls: each target answers the host, so a failure from the rental
-	// is the rules' doing.
+	// is the rules' doing. Rental net-b's server may still be starting.
 	for _, tc := range targets {
 		testenv.MustRouteInto(t, tc.addr, tc.dev)
-		if _, err := testenv.Greeting(t, "", "tcp", tc.addr, tc.port); err != nil && tc.port != apiPort {
+		if tc.port == apiPort {
+			continue
+		}
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+			if _, err = testenv.Greeting(t, "", "tcp", tc.addr, tc.port); err == nil {
+				break
+			}
+		}
+		if err != nil {
 			t.Fatalf("control: %s (%s:%d) does not answer the host: %v", tc.name, tc.addr, tc.port, err)
 		}
 	}

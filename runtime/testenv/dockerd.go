@@ -158,6 +158,10 @@ func (d *Dockerd) Start() error {
 		"--data-root", filepath.Join(d.Dir, "data"), "--exec-root", filepath.Join(d.Dir, "exec"),
 		"--pidfile", filepath.Join(d.Dir, "dockerd.pid"), "-H", d.Host,
 		"--userland-proxy=false", "--iptables=" + fmt.Sprint(d.opts.IPTables), "--bridge=none",
+		// Never IPv6 rules (moby's dockerd adds them by default, even with
+		// --iptables=false): rentals are IPv4 only, and the chains would
+		// outlive the daemon.
+		"--ip6tables=false",
 	}
 	if d.CDIDir != "" {
 		args = append(args, "--cdi-spec-dir", d.CDIDir)
@@ -280,7 +284,8 @@ func (d *Dockerd) Close() {
 // host already.
 func DockerChainsPresent() bool {
 	out, _ := exec.Command("iptables-save").Output()
-	return strings.Contains(string(out), ":DOCKER")
+	out6, _ := exec.Command("ip6tables-save").Output()
+	return strings.Contains(string(out)+string(out6), ":DOCKER")
 }
 
 // RemoveDockerChains removes what a dockerd managing iptables leaves once
@@ -288,23 +293,25 @@ func DockerChainsPresent() bool {
 // DOCKER-ISOLATION-STAGE-n in 20.10; DOCKER-FORWARD, DOCKER-CT,
 // DOCKER-BRIDGE, DOCKER-INTERNAL in current ones), and the jumps to them.
 func RemoveDockerChains(t testing.TB) {
-	for _, table := range []string{"filter", "nat"} {
-		out, _ := exec.Command("iptables", "-w", "-t", table, "-S").Output()
-		var chains []string
-		for _, l := range strings.Split(string(out), "\n") {
-			f := strings.Fields(l)
-			switch {
-			case len(f) >= 2 && f[0] == "-N" && strings.HasPrefix(f[1], "DOCKER"):
-				chains = append(chains, f[1])
-			case len(f) >= 2 && f[0] == "-A" && !strings.HasPrefix(f[1], "DOCKER") && strings.Contains(l, "-j DOCKER"):
-				_ = exec.Command("iptables", append([]string{"-w", "-t", table, "-D"}, f[1:]...)...).Run()
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		for _, table := range []string{"filter", "nat"} {
+			out, _ := exec.Command(tool, "-w", "-t", table, "-S").Output()
+			var chains []string
+			for _, l := range strings.Split(string(out), "\n") {
+				f := strings.Fields(l)
+				switch {
+				case len(f) >= 2 && f[0] == "-N" && strings.HasPrefix(f[1], "DOCKER"):
+					chains = append(chains, f[1])
+				case len(f) >= 2 && f[0] == "-A" && !strings.HasPrefix(f[1], "DOCKER") && strings.Contains(l, "-j DOCKER"):
+					_ = exec.Command(tool, append([]string{"-w", "-t", table, "-D"}, f[1:]...)...).Run()
+				}
 			}
-		}
-		for _, c := range chains {
-			_ = exec.Command("iptables", "-w", "-t", table, "-F", c).Run()
-		}
-		for _, c := range chains {
-			_ = exec.Command("iptables", "-w", "-t", table, "-X", c).Run()
+			for _, c := range chains {
+				_ = exec.Command(tool, "-w", "-t", table, "-F", c).Run()
+			}
+			for _, c := range chains {
+				_ = exec.Command(tool, "-w", "-t", table, "-X", c).Run()
+			}
 		}
 	}
 	if out, _ := exec.Command("iptables-save").CombinedOutput(); strings.Contains(string(out), "DOCKER") {
