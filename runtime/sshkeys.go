@@ -2,9 +2,13 @@ package runtime
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
+
+	"github.com/moby/sys/user"
 )
 
 // AuthorizedKeysPath is where a rental's SSH keys appear, read-only.
@@ -32,4 +36,26 @@ func WriteAuthorizedKeys(dir string, keys []string) (string, error) {
 		return "", fmt.Errorf("SSH keys: %w", err)
 	}
 	return path, nil
+}
+
+// AuthorizedKeysPaths are where a rental's SSH keys appear: root's, and
+// the image user's (USER imageUser, looked up in the image's passwd) when
+// that is another user with a home of its own. A home under /proc, /sys
+// or /dev, or one that is not an absolute path, is not used.
+func AuthorizedKeysPaths(imageUser string, passwd io.Reader) []string {
+	paths := []string{AuthorizedKeysPath}
+	if imageUser == "" {
+		return paths
+	}
+	eu, err := user.GetExecUser(imageUser, &user.ExecUser{Home: "/"}, passwd, nil)
+	if err != nil || eu.Uid == 0 || !path.IsAbs(eu.Home) {
+		return paths
+	}
+	home := path.Clean(eu.Home)
+	for _, bad := range []string{"/", "/root", "/proc", "/sys", "/dev"} {
+		if home == bad || (bad != "/" && strings.HasPrefix(home, bad+"/")) {
+			return paths
+		}
+	}
+	return append(paths, path.Join(home, ".ssh", "authorized_keys"))
 }

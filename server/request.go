@@ -35,7 +35,7 @@ type StartInstanceRequest struct {
 	// Ulimits are process limits by name (-1: unlimited).
 	Ulimits map[string]int64 `json:"ulimits,omitempty"`
 	// SSHAuthorizedKeys are public keys placed read-only at
-	// /root/.ssh/authorized_keys.
+	// /root/.ssh/authorized_keys (and the image user's ~/.ssh).
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
 }
 

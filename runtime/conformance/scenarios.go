@@ -515,7 +515,8 @@ func testOOM(t *testing.T, h Harness) {
 }
 
 // testSSHKeys: the tenant's keys are at /root/.ssh/authorized_keys and the
-// tenant cannot change them, though the rest of /root/.ssh is its own.
+// tenant cannot change them, though the rest of /root/.ssh is its own; an
+// image running as another user has them in that user's ~/.ssh as well.
 func testSSHKeys(t *testing.T, h Harness) {
 	a := open(t, h.NewScope(t), nil)
 	id := uniqueID(t, "sshd")
@@ -537,6 +538,28 @@ func testSSHKeys(t *testing.T, h Harness) {
 		t.Errorf("the rest of /root/.ssh is not the tenant's:\n%s", logs)
 	}
 	if err := a.Terminate(Ctx(t), id, time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// An image whose USER is another user with a home: the keys are in
+	// that home too, where sshd looks for that user's.
+	img, err := h.Registry.PushUserImage(strings.ToLower(uniqueID(t, "userimg"))+":1",
+		"app", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n", "root:x:0:\napp:x:1000:\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := uniqueID(t, "sshd-app")
+	s = runtime.InstanceSpec{ID: uid, Image: img, Command: []string{"cat", "/home/app/.ssh/authorized_keys",
+		"write", "/home/app/.ssh/authorized_keys", "echo", "END", "sleep", "inf"}}
+	s.SSHAuthorizedKeys = []string{key}
+	if _, err := a.Start(Ctx(t), s); err != nil {
+		t.Fatal(err)
+	}
+	logs = waitLogs(t, a, uid, "END")
+	if !strings.HasPrefix(logs, key+"\n") || strings.Contains(logs, "write /home/app/.ssh/authorized_keys: ok") {
+		t.Errorf("the image user's authorized_keys inside (want the key, not writable):\n%s", logs)
+	}
+	if err := a.Terminate(Ctx(t), uid, time.Second); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,79 +1,24 @@
 package containerd
 
 import (
-	"archive/tar"
-	"bytes"
 	"fmt"
-	"io"
-	goruntime "runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
 	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
-// pushUserImage pushes the payload with an /etc/passwd and /etc/group of
-// its own and USER set to user, in two layers as a Dockerfile would make.
+// pushUserImage pushes the payload with testPasswd and testGroup and USER
+// set to user.
 func pushUserImage(t *testing.T, repoTag, user string) string {
 	t.Helper()
-	bin, err := testenv.BuildPayload()
+	ref, err := registry.PushUserImage(repoTag, user, testPasswd, testGroup)
 	if err != nil {
-		t.Fatal(err)
-	}
-	base := tarLayer(t, map[string]string{"payload": string(bin)})
-	etc := tarLayer(t, map[string]string{"etc/passwd": testPasswd, "etc/group": testGroup})
-	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
-		Architecture: goruntime.GOARCH, OS: "linux",
-		Config: v1.Config{Entrypoint: []string{"/payload"}, Env: []string{"PATH=/"}, User: user},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if img, err = mutate.AppendLayers(img, base, etc); err != nil {
-		t.Fatal(err)
-	}
-	ref := registry.Host + "/" + repoTag
-	parsed, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(parsed, img); err != nil {
 		t.Fatal(err)
 	}
 	return ref
-}
-
-func tarLayer(t *testing.T, files map[string]string) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for n, body := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: n, Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.WriteString(tw, body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
 }
 
 // TestImageUserOnContainerd runs images whose USER is a name, a number and

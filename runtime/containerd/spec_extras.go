@@ -1,12 +1,16 @@
 package containerd
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/opencontainers/runtime-spec/specs-go"
 
@@ -45,19 +49,45 @@ func (r *Runtime) filesDir(id string) string {
 }
 
 // writeAuthorizedKeys writes the instance's authorized_keys and returns
-// the read-only mount of it, or nothing when the spec has no keys. The file
-// is a mount the confinement check allows by name, like the GPUs' driver
+// its read-only mounts (root's, and the image user's: see
+// runtime.AuthorizedKeysPaths), or nothing when the spec has no keys. They
+// are mounts the confinement check allows by name, like the GPUs' driver
 // files.
-func (r *Runtime) writeAuthorizedKeys(spec runtime.InstanceSpec) ([]runtime.PlanMount, error) {
+func (r *Runtime) writeAuthorizedKeys(ctx context.Context, img containerd.Image, spec runtime.InstanceSpec) ([]runtime.PlanMount, error) {
 	if len(spec.SSHAuthorizedKeys) == 0 {
 		return nil, nil
+	}
+	targets, err := imageKeysPaths(ctx, img)
+	if err != nil {
+		return nil, fmt.Errorf("SSH keys: %w", err)
 	}
 	path, err := runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys)
 	if err != nil {
 		return nil, err
 	}
-	return []runtime.PlanMount{{HostPath: path, ContainerPath: runtime.AuthorizedKeysPath,
-		Options: []string{"ro", "rbind", "nosuid", "nodev", "noexec"}}}, nil
+	var mounts []runtime.PlanMount
+	for _, target := range targets {
+		mounts = append(mounts, runtime.PlanMount{HostPath: path, ContainerPath: target,
+			Options: []string{"ro", "rbind", "nosuid", "nodev", "noexec"}})
+	}
+	return mounts, nil
+}
+
+// imageKeysPaths are the authorized_keys paths for the image's USER, read
+// from its config and its /etc/passwd in the content store.
+func imageKeysPaths(ctx context.Context, img containerd.Image) ([]string, error) {
+	cfg, err := readImageConfig(ctx, img)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Config.User == "" {
+		return runtime.AuthorizedKeysPaths("", nil), nil
+	}
+	files, err := readImageFiles(ctx, img, "etc/passwd")
+	if err != nil {
+		return nil, err
+	}
+	return runtime.AuthorizedKeysPaths(cfg.Config.User, bytes.NewReader(files["etc/passwd"])), nil
 }
 
 // removeFiles removes what writeAuthorizedKeys and the like wrote.

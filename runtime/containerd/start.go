@@ -185,7 +185,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 			}
 		}
 	}()
-	opts, err := r.specOpts(img, spec, att)
+	opts, err := r.specOpts(ctx, img, spec, att)
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
@@ -310,7 +310,7 @@ func (r *Runtime) removeSnapshot(key string) {
 // specOpts lists the container's spec options: the request's, then the
 // GPUs' device plan last so that nothing after it can reset its devices,
 // mounts or environment, then the check of the final spec.
-func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec, att network.Attachment) ([]oci.SpecOpts, error) {
+func (r *Runtime) specOpts(ctx context.Context, img containerd.Image, spec runtime.InstanceSpec, att network.Attachment) ([]oci.SpecOpts, error) {
 	var plan runtime.DevicePlan
 	switch {
 	case r.opts.Devices != nil:
@@ -325,7 +325,7 @@ func (r *Runtime) specOpts(img containerd.Image, spec runtime.InstanceSpec, att 
 	case len(spec.GPUs) > 0:
 		return nil, fmt.Errorf("GPUs requested but this agent has no CDI injection configured: %w", errdefs.ErrFailedPrecondition)
 	}
-	keys, err := r.writeAuthorizedKeys(spec)
+	keys, err := r.writeAuthorizedKeys(ctx, img, spec)
 	if err != nil {
 		return nil, err
 	}

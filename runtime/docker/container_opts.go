@@ -145,19 +145,28 @@ func dockerUlimits(limits map[string]int64) []*container.Ulimit {
 	return out
 }
 
-// withAuthorizedKeys mounts the instance's SSH keys file (written at
-// keysPath) read-only at runtime.AuthorizedKeysPath: the one host mount
-// verifyConfined allows.
-func withAuthorizedKeys(host *container.HostConfig, keysPath string) {
-	host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: keysPath, Target: runtime.AuthorizedKeysPath, ReadOnly: true})
+// keysPlan is where an instance's SSH keys file was written (Path) and
+// where it is mounted read-only (Targets): the only host mounts
+// verifyConfined allows. The zero plan: no keys.
+type keysPlan struct {
+	Path    string
+	Targets []string
+}
+
+// withAuthorizedKeys mounts the keys file at each of its targets,
+// read-only.
+func withAuthorizedKeys(host *container.HostConfig, keys keysPlan) {
+	for _, target := range keys.Targets {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: keys.Path, Target: target, ReadOnly: true})
+	}
 }
 
 // verifyConfined refuses a created container that the daemon would run
 // with more than the defaults and exactly the reserved GPUs: privileged,
 // with new privileges allowed, seccomp off, added capabilities, host
-// mounts (but the SSH keys file at keysPath, read-only, when not empty) or
+// mounts (but the SSH keys file of keys, read-only, at its targets) or
 // devices, another runtime or other device requests.
-func verifyConfined(c container.InspectResponse, gpus gpuPlan, keysPath string) error {
+func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) error {
 	h := c.HostConfig
 	if h == nil {
 		return fmt.Errorf("the daemon reports no host config for %s: %w", c.Name, errdefs.ErrFailedPrecondition)
@@ -179,7 +188,7 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keysPath string) 
 	if len(h.CapAdd) > 0 {
 		problems = append(problems, "capabilities added: "+strings.Join(h.CapAdd, ","))
 	}
-	if err := verifyMounts(c, keysPath); err != nil {
+	if err := verifyMounts(c, keys); err != nil {
 		problems = append(problems, err.Error())
 	}
 	if len(h.Devices) > 0 || len(h.DeviceCgroupRules) > 0 {
@@ -200,19 +209,27 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keysPath string) 
 	return nil
 }
 
-// verifyMounts allows no mount but the SSH keys file, read-only, where
-// keysPath names one.
-func verifyMounts(c container.InspectResponse, keysPath string) error {
+// verifyMounts allows no mount but the SSH keys file, read-only, at its
+// targets, each once.
+func verifyMounts(c container.InspectResponse, keys keysPlan) error {
 	h := c.HostConfig
-	keysMount := func(m mount.Mount) bool {
-		return keysPath != "" && m.Type == mount.TypeBind && m.Source == keysPath && m.Target == runtime.AuthorizedKeysPath && m.ReadOnly
+	ok := func(typ mount.Type, source, target string, ro bool) bool {
+		return keys.Path != "" && typ == mount.TypeBind && source == keys.Path && ro && slices.Contains(keys.Targets, target)
 	}
-	keysPoint := func(m container.MountPoint) bool {
-		return keysPath != "" && m.Type == mount.TypeBind && m.Source == keysPath && m.Destination == runtime.AuthorizedKeysPath && !m.RW
+	seen := map[string]bool{}
+	for _, m := range h.Mounts {
+		if !ok(m.Type, m.Source, m.Target, m.ReadOnly) || seen[m.Target] {
+			return fmt.Errorf("host mounts")
+		}
+		seen[m.Target] = true
 	}
-	if len(h.Binds) > 0 || len(h.Mounts) > 1 || len(c.Mounts) > 1 ||
-		(len(h.Mounts) == 1 && !keysMount(h.Mounts[0])) || (len(c.Mounts) == 1 && !keysPoint(c.Mounts[0])) {
+	if len(h.Binds) > 0 || len(c.Mounts) > len(keys.Targets) {
 		return fmt.Errorf("host mounts")
+	}
+	for _, m := range c.Mounts {
+		if !ok(m.Type, m.Source, m.Destination, !m.RW) {
+			return fmt.Errorf("host mounts")
+		}
 	}
 	return nil
 }

@@ -31,7 +31,7 @@ func TestContainerConfigConfinesAndLimits(t *testing.T) {
 	if host.Privileged || host.Runtime != "runc" || host.NetworkMode != "none" || !slices.Contains(host.SecurityOpt, "no-new-privileges") {
 		t.Errorf("host config not confined: %+v", host)
 	}
-	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}, ""); err != nil {
+	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}, keysPlan{}); err != nil {
 		t.Errorf("the agent's own config refused: %v", err)
 	}
 }
@@ -84,7 +84,7 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 			t.Parallel()
 			h := good()
 			tc.mutate(h)
-			err := verifyConfined(container.InspectResponse{HostConfig: h}, plan, "")
+			err := verifyConfined(container.InspectResponse{HostConfig: h}, plan, keysPlan{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("verify: %v, want a refusal naming %q", err, tc.want)
 			}
@@ -92,44 +92,51 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 	}
 	// A CPU rental with a device request is refused too.
 	h := good()
-	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}, ""); err == nil {
+	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}, keysPlan{}); err == nil {
 		t.Fatal("a CPU rental with a GPU device request was accepted")
 	}
 }
 
 // The SSH keys file is the one host mount allowed, read-only, from where
-// the agent wrote it, and only when the instance has keys.
+// the agent wrote it, at its targets, and only when the instance has keys.
 func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
 	t.Parallel()
-	const keys = "/var/lib/host-agent/docker/files/x/authorized_keys"
+	const path = "/var/lib/host-agent/docker/files/x/authorized_keys"
+	const userKeys = "/home/jovyan/.ssh/authorized_keys"
+	keys := keysPlan{Path: path, Targets: []string{runtime.AuthorizedKeysPath, userKeys}}
 	withKeys := func() container.InspectResponse {
 		_, h := containerConfig("img", runtime.InstanceSpec{ID: "x"}, nil, gpuPlan{}, 0)
 		withAuthorizedKeys(h, keys)
 		return container.InspectResponse{HostConfig: h, Mounts: []container.MountPoint{
-			{Type: mount.TypeBind, Source: keys, Destination: runtime.AuthorizedKeysPath, RW: false},
+			{Type: mount.TypeBind, Source: path, Destination: runtime.AuthorizedKeysPath, RW: false},
+			{Type: mount.TypeBind, Source: path, Destination: userKeys, RW: false},
 		}}
 	}
 	if err := verifyConfined(withKeys(), gpuPlan{}, keys); err != nil {
-		t.Fatalf("the keys mount refused: %v", err)
+		t.Fatalf("the keys mounts refused: %v", err)
 	}
 	for _, tc := range []struct {
-		name     string
-		keysPath string
-		mutate   func(*container.InspectResponse)
+		name   string
+		keys   keysPlan
+		mutate func(*container.InspectResponse)
 	}{
-		{"no keys expected", "", func(*container.InspectResponse) {}},
+		{"no keys expected", keysPlan{}, func(*container.InspectResponse) {}},
 		{"writable", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[0].ReadOnly = false }},
-		{"writable as run", keys, func(c *container.InspectResponse) { c.Mounts[0].RW = true }},
+		{"writable as run", keys, func(c *container.InspectResponse) { c.Mounts[1].RW = true }},
 		{"another source", keys, func(c *container.InspectResponse) { c.Mounts[0].Source = "/etc/shadow" }},
-		{"another target", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[0].Target = "/etc/passwd" }},
+		{"another target", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[1].Target = "/etc/passwd" }},
+		{"a target twice", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[1].Target = runtime.AuthorizedKeysPath }},
 		{"a second mount", keys, func(c *container.InspectResponse) {
 			c.HostConfig.Mounts = append(c.HostConfig.Mounts, mount.Mount{Type: mount.TypeBind, Source: "/", Target: "/host"})
+		}},
+		{"a mount the daemon added", keys, func(c *container.InspectResponse) {
+			c.Mounts = append(c.Mounts, container.MountPoint{Type: mount.TypeBind, Source: "/", Destination: "/host"})
 		}},
 		{"binds besides", keys, func(c *container.InspectResponse) { c.HostConfig.Binds = []string{"/:/host"} }},
 	} {
 		c := withKeys()
 		tc.mutate(&c)
-		if err := verifyConfined(c, gpuPlan{}, tc.keysPath); err == nil || !strings.Contains(err.Error(), "host mounts") {
+		if err := verifyConfined(c, gpuPlan{}, tc.keys); err == nil || !strings.Contains(err.Error(), "host mounts") {
 			t.Errorf("%s: %v, want a refusal naming host mounts", tc.name, err)
 		}
 	}

@@ -100,14 +100,17 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	}
 	cfg, hostCfg := containerConfig(ref, spec, r.labels(spec, hash), gpus, r.opts.LogMaxBytes)
 	hostCfg.Ulimits = dockerUlimits(spec.UlimitsFor(r.raiseRlimits))
-	keysPath := ""
+	var keys keysPlan
 	if len(spec.SSHAuthorizedKeys) > 0 {
+		if keys.Targets, err = r.imageKeysPaths(ctx, ref); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("SSH keys: %w", err)}
+		}
 		// The daemon mounts it from the host: STATE_DIR must be the same
 		// path there (the README's run line mounts it so).
-		if keysPath, err = runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
+		if keys.Path, err = runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 		}
-		withAuthorizedKeys(hostCfg, keysPath)
+		withAuthorizedKeys(hostCfg, keys)
 	}
 	if n := r.opts.Network; n != nil {
 		if err := r.ensureNetwork(ctx); err != nil {
@@ -134,7 +137,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	// dropping a field): what it will run is checked, not what was sent.
 	res, err := r.client.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err == nil {
-		err = verifyConfined(res.Container, gpus, keysPath)
+		err = verifyConfined(res.Container, gpus, keys)
 		if n := r.opts.Network; err == nil && n != nil {
 			err = n.verifyPublished(res.Container, spec.PublishedPorts)
 		}

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,6 +208,40 @@ func (r *Registry) PushPayloadBinary(repoTag string, bin []byte, padding int) (s
 	if err != nil {
 		return "", err
 	}
+	return r.write(repoTag, img)
+}
+
+// PushUserImage pushes the payload with the given /etc/passwd and
+// /etc/group and USER set to user, in two layers as a Dockerfile would
+// make, and returns the reference to pull.
+func (r *Registry) PushUserImage(repoTag, user, passwd, group string) (string, error) {
+	bin, err := BuildPayload()
+	if err != nil {
+		return "", err
+	}
+	base, err := layerWith("payload", bin)
+	if err != nil {
+		return "", err
+	}
+	etc, err := layerOf(map[string][]byte{"etc/passwd": []byte(passwd), "etc/group": []byte(group)})
+	if err != nil {
+		return "", err
+	}
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+		Architecture: goruntime.GOARCH, OS: "linux",
+		Config: v1.Config{Entrypoint: []string{"/payload"}, Env: []string{"PATH=/"}, User: user},
+	})
+	if err != nil {
+		return "", err
+	}
+	if img, err = mutate.AppendLayers(img, base, etc); err != nil {
+		return "", err
+	}
+	return r.write(repoTag, img)
+}
+
+// write pushes img as repoTag and returns the reference to pull.
+func (r *Registry) write(repoTag string, img v1.Image) (string, error) {
 	ref := r.Host + "/" + repoTag
 	parsed, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
@@ -239,13 +274,21 @@ func BuildPayload() ([]byte, error) {
 }
 
 func layerWith(name string, content []byte) (v1.Layer, error) {
+	return layerOf(map[string][]byte{name: content})
+}
+
+// layerOf is a layer of the files given, in the order of their names.
+func layerOf(files map[string][]byte) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
-		return nil, err
-	}
-	if _, err := tw.Write(content); err != nil {
-		return nil, err
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		content := files[name]
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(content)), Typeflag: tar.TypeReg}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(content); err != nil {
+			return nil, err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err

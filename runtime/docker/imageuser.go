@@ -1,0 +1,71 @@
+package docker
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// maxPasswd bounds what is read of an image's /etc/passwd.
+const maxPasswd = 4 << 20
+
+// imageKeysPaths are the authorized_keys paths for image ref's USER. The
+// Engine API shows an image's config but not its files: for a USER other
+// than root, /etc/passwd is copied out of a container created (never
+// started) from the image for that, and removed at once.
+func (r *Runtime) imageKeysPaths(ctx context.Context, ref string) ([]string, error) {
+	img, err := r.client.ImageInspect(ctx, ref)
+	if err != nil {
+		return nil, fmt.Errorf("inspect image %s: %w", ref, convertErr(err))
+	}
+	u := ""
+	if img.Config != nil {
+		u = img.Config.User
+	}
+	if u == "" || u == "root" || u == "0" {
+		return runtime.AuthorizedKeysPaths("", nil), nil
+	}
+	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Config:     &container.Config{Image: ref, Entrypoint: []string{"/nonexistent"}, Cmd: []string{}},
+		HostConfig: &container.HostConfig{NetworkMode: "none"},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the image's users: %w", convertErr(err))
+	}
+	defer r.removeContainer(created.ID)
+	res, err := r.client.CopyFromContainer(ctx, created.ID, client.CopyFromContainerOptions{SourcePath: "/etc/passwd"})
+	if errdefs.IsNotFound(err) {
+		return runtime.AuthorizedKeysPaths(u, nil), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the image's /etc/passwd: %w", convertErr(err))
+	}
+	defer res.Content.Close()
+	tr := tar.NewReader(res.Content)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return runtime.AuthorizedKeysPaths(u, nil), nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the image's /etc/passwd: %w", err)
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		b, err := io.ReadAll(io.LimitReader(tr, maxPasswd))
+		if err != nil {
+			return nil, fmt.Errorf("read the image's /etc/passwd: %w", err)
+		}
+		return runtime.AuthorizedKeysPaths(u, bytes.NewReader(b)), nil
+	}
+}
