@@ -42,8 +42,7 @@ type InstanceSpec struct {
 	// unlimited.
 	Ulimits map[string]int64
 	// SSHAuthorizedKeys are placed, one a line, read-only at
-	// /root/.ssh/authorized_keys (and the image user's ~/.ssh: see
-	// AuthorizedKeysPaths).
+	// /root/.ssh/authorized_keys.
 	SSHAuthorizedKeys []string
 	// RegistryAuth is used for the pull only and is not part of Hash.
 	RegistryAuth *RegistryAuth

@@ -62,26 +62,16 @@ func (s InstanceSpec) UlimitsFor(raise bool) map[string]int64 {
 // capSysResource is CAP_SYS_RESOURCE's bit: raising a hard limit needs it.
 const capSysResource = 24
 
-// CanRaiseRlimits reports whether containers' limits can be raised above
-// the defaults here. The runtime's runc needs CAP_SYS_RESOURCE: where the
-// agent runs on the host, its own capabilities tell (a sandbox that
-// withholds it from the agent withholds it from runc too, and every start
-// asking for more would fail); where the agent runs in a container of its
-// own (the README's way, with every capability it does not use dropped),
-// they tell nothing of the host's daemons, which run as root with all of
-// them.
+// CanRaiseRlimits reports whether this host lets containers' limits be
+// raised above the defaults: a sandbox that withholds CAP_SYS_RESOURCE from
+// the agent withholds it from the runtime's runc too, and every start
+// asking for more would fail.
 func CanRaiseRlimits() bool {
-	b, _ := os.ReadFile("/proc/self/status")
-	_, errDocker := os.Stat("/.dockerenv")
-	_, errPodman := os.Stat("/run/.containerenv")
-	return canRaiseRlimits(string(b), errDocker == nil || errPodman == nil)
-}
-
-func canRaiseRlimits(status string, inContainer bool) bool {
-	if inContainer {
-		return true
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
 	}
-	for _, line := range strings.Split(status, "\n") {
+	for _, line := range strings.Split(string(b), "\n") {
 		if hex, ok := strings.CutPrefix(line, "CapEff:"); ok {
 			caps, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
 			return err == nil && caps&(1<<capSysResource) != 0
