@@ -100,8 +100,10 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	// raiseRlimits: containers' hard limits can be raised on this host
-	// (runtime.CanRaiseRlimits).
+	// raiseRlimits: containers' hard limits can be raised by the
+	// runtime's runc, once raiseKnown (canRaise).
+	raiseMu      sync.Mutex
+	raiseKnown   bool
 	raiseRlimits bool
 
 	// imageMu: image GC removes an image only while no start is between
@@ -163,11 +165,9 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
 		pub:    opts.Events,
-
-		raiseRlimits: runtime.CanRaiseRlimits(),
 	}
-	if !r.raiseRlimits {
-		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
+	if runtime.CanRaiseRlimits() {
+		r.raiseKnown, r.raiseRlimits = true, true
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
 	r.dropStartLeases()

@@ -65,7 +65,7 @@ func TestGPURentalShmAndUlimits(t *testing.T) {
 		{"Max open files", "4096", "4096"},
 		{"Max core file size", "0", "0"},
 	}
-	if r.be.raiseRlimits {
+	if r.be.canRaise(ctx(t)) {
 		want = append(want, []string{"Max locked memory", "unlimited", "unlimited"})
 	} else {
 		t.Log("no CAP_SYS_RESOURCE here: memlock stays at the default")

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 )
@@ -22,6 +23,7 @@ import (
 // container up and then fails to find the process, which proves the runtime
 // works without needing an image. The result is cached.
 const (
+	probeNamespace  = "host-agent-probe"
 	probeID         = "host-agent-runtime-probe"
 	probeProcess    = "/host-agent-probe-process"
 	probeTimeout    = 30 * time.Second
@@ -76,19 +78,35 @@ func (r *Runtime) canRun(ctx context.Context) error {
 }
 
 func (r *Runtime) runProbe() error {
-	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), probeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
+	if err := r.probeTask(ctx); err != nil {
+		return fmt.Errorf("containerd cannot run a container with %s: %w: %v", RuncRuntime, errdefs.ErrUnavailable, convertErr(err))
+	}
+	return nil
+}
+
+// probeTask creates a task of a probe container, with extra spec options,
+// and removes it. nil means the runtime set the container up: the task was
+// created, or failed only because its process does not exist. It runs in a
+// containerd namespace of its own, which no rental's ID can reach, with
+// its root file system under the state directory (the same path on the
+// host when the agent runs in a container, as the README's run line mounts
+// it).
+func (r *Runtime) probeTask(ctx context.Context, extra ...oci.SpecOpts) error {
+	ctx = namespaces.WithNamespace(ctx, probeNamespace)
 	rootfs := filepath.Join(r.opts.LogDir, probeRootfsName)
 	if err := os.MkdirAll(rootfs, 0o700); err != nil {
 		return fmt.Errorf("probe rootfs: %w", err)
 	}
 	r.removeProbe(ctx)
+	opts := append([]oci.SpecOpts{oci.WithRootFSPath(rootfs), oci.WithProcessArgs(probeProcess)}, extra...)
 	c, err := r.client.NewContainer(ctx, probeID,
 		containerd.WithRuntime(RuncRuntime, r.runcOptions()),
-		containerd.WithNewSpec(oci.WithRootFSPath(rootfs), oci.WithProcessArgs(probeProcess)),
+		containerd.WithNewSpec(opts...),
 		containerd.WithContainerLabels(map[string]string{labelProbe: "true"}))
 	if err != nil {
-		return fmt.Errorf("create the runtime probe container: %w", convertErr(err))
+		return fmt.Errorf("create the probe container: %w", convertErr(err))
 	}
 	defer r.removeProbe(ctx)
 	task, err := c.NewTask(ctx, cio.NullIO)
@@ -102,7 +120,7 @@ func (r *Runtime) runProbe() error {
 	if strings.Contains(err.Error(), probeProcess) {
 		return nil
 	}
-	return fmt.Errorf("containerd cannot run a container with %s: %w: %v", RuncRuntime, errdefs.ErrUnavailable, convertErr(err))
+	return err
 }
 
 // removeProbe deletes a probe container and its task, left over or not.
@@ -115,7 +133,7 @@ func (r *Runtime) removeProbe(ctx context.Context) {
 		_, _ = t.Delete(ctx, containerd.WithProcessKill)
 	}
 	if err := c.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
-		r.log.Warn("remove the runtime probe container", "error", err)
+		r.log.Warn("remove the probe container", "error", err)
 	}
 }
 

@@ -36,12 +36,6 @@ func withUlimits(limits map[string]int64) oci.SpecOpts {
 	return oci.Compose(opts...)
 }
 
-// ulimits returns the limits a spec gets: its own, and the GPU defaults
-// where this host allows raising them.
-func (r *Runtime) ulimits(spec runtime.InstanceSpec) map[string]int64 {
-	return spec.UlimitsFor(r.raiseRlimits)
-}
-
 // filesDir holds the files the agent generates for an instance and mounts
 // read-only into it.
 func (r *Runtime) filesDir(id string) string {

@@ -330,7 +330,7 @@ func (r *Runtime) specOpts(ctx context.Context, img containerd.Image, spec runti
 		return nil, err
 	}
 	plan.Mounts = append(plan.Mounts, keys...)
-	opts := specOpts(img, spec, r.ulimits(spec))
+	opts := specOpts(img, spec, r.ulimits(ctx, spec))
 	if att.NetNS != "" {
 		opts = append(opts, att.SpecOpts(r.opts.PublicIP))
 		plan = networkPlan(plan, att)

@@ -72,8 +72,10 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	// raiseRlimits: containers' hard limits can be raised on this host
-	// (runtime.CanRaiseRlimits).
+	// raiseRlimits: containers' hard limits can be raised by the
+	// daemon's runc, once raiseKnown (canRaise).
+	raiseMu      sync.Mutex
+	raiseKnown   bool
 	raiseRlimits bool
 
 	exitMu  sync.Mutex
@@ -134,11 +136,9 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "docker"),
 		pub:    opts.Events,
-
-		raiseRlimits: runtime.CanRaiseRlimits(),
 	}
-	if !r.raiseRlimits {
-		r.log.Warn("no CAP_SYS_RESOURCE: GPU rentals keep the default memlock limit instead of unlimited")
+	if runtime.CanRaiseRlimits() {
+		r.raiseKnown, r.raiseRlimits = true, true
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Go(func() { r.watch(r.ctx) })

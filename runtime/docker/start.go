@@ -99,7 +99,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
 	cfg, hostCfg := containerConfig(ref, spec, r.labels(spec, hash), gpus, r.opts.LogMaxBytes)
-	hostCfg.Ulimits = dockerUlimits(spec.UlimitsFor(r.raiseRlimits))
+	hostCfg.Ulimits = dockerUlimits(r.ulimits(ctx, ref, spec))
 	var keys keysPlan
 	if len(spec.SSHAuthorizedKeys) > 0 {
 		if keys.Targets, err = r.imageKeysPaths(ctx, ref); err != nil {
