@@ -243,6 +243,7 @@ func New(opts Options) (*Server, error) {
 	e.GET("/gpus", s.listGPUs)
 	e.GET("/host", s.hostReport)
 	e.GET("/metrics", s.serveMetrics)
+	e.GET("/debug/pprof/:profile", s.serveProfile)
 	e.POST("/drain", s.drainHost)
 	e.POST("/undrain", s.undrainHost)
 	s.echo = e
