@@ -83,9 +83,29 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 	}
 	img, err = r.client.Pull(ctx, ref, pullOpts...)
 	if err != nil {
-		return nil, pullError(ctx, ref, err)
+		err = pullError(ctx, ref, err)
+		var pe *runtime.PullError
+		if errors.As(err, &pe) && pe.Kind == runtime.PullDiskFull {
+			r.abortIngests(tracker.layers())
+		}
+		return nil, err
 	}
 	return img, nil
+}
+
+// abortIngests drops what a pull wrote of layers it did not finish. A
+// pull that filled the disk would otherwise keep it full: containerd keeps
+// a partial layer to resume it, and every later pull fails for want of the
+// space it holds.
+func (r *Runtime) abortIngests(layers []ocispec.Descriptor) {
+	ctx, cancel := r.cleanupCtx()
+	defer cancel()
+	cs := r.client.ContentStore()
+	for _, d := range layers {
+		if err := cs.Abort(ctx, remotes.MakeRefKey(ctx, d)); err != nil && !errdefs.IsNotFound(err) {
+			r.log.Warn("drop the partial layer of a failed pull", "digest", d.Digest, "error", err)
+		}
+	}
 }
 
 // classifyPullErr gives a registry's refusal of access a kind of its own:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -68,7 +69,9 @@ func pullError(ctx context.Context, ref string, err error) error {
 	err = classifyPullErr(convertErr(err))
 	kind := ""
 	switch {
-	case errors.Is(err, syscall.ENOSPC):
+	// The content store writes in containerd, whose ENOSPC comes back
+	// over gRPC as text.
+	case errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), syscall.ENOSPC.Error()):
 		kind = runtime.PullDiskFull
 		err = fmt.Errorf("no space left on the host's disk: %w: %w", errdefs.ErrResourceExhausted, err)
 	case errdefs.IsNotFound(err):
