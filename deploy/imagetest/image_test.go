@@ -148,6 +148,7 @@ func TestImageAsDeployed(t *testing.T) {
 	if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id, "timeout_seconds": 1}); code != http.StatusOK {
 		t.Fatalf("terminate: %d %v", code, body)
 	}
+	selftestInContainer(t, payload)
 	if ls := run(t, "ctr", "--address", sock, "-n", "rentals", "containers", "ls", "-q"); strings.Contains(ls, id) {
 		t.Fatalf("terminated rental still on containerd:\n%s", ls)
 	}
@@ -168,6 +169,43 @@ func portAnswers(t *testing.T, subnet string, hostPort int) {
 	}
 	if !strings.Contains(got, want) {
 		t.Fatalf("the rental's published port %d from a user's namespace: %q, %v; want %q", hostPort, got, err, want)
+	}
+}
+
+// selftestInContainer runs the self-test as the README says
+// (docker exec host-agent host-agent selftest), with probes into the
+// test's own namespaces: its test rentals run on the host's containerd, and
+// from the rentals' network the "internet" answers and the LAN does not.
+func selftestInContainer(t *testing.T, payload string) {
+	t.Helper()
+	inet := testenv.AddPeer(t, "internet", "198.18.9.1", "198.18.9.2", 24)
+	lan := testenv.AddPeer(t, "lan", "10.217.9.1", "10.217.9.2", 24)
+	for _, p := range []*testenv.Peer{inet, lan} {
+		testenv.ServeIn(t, p.NS, "0.0.0.0:7000", p.Name)
+		testenv.MustRouteInto(t, p.Addr, p.HostIf)
+	}
+	out, _ := exec.Command("docker", "exec",
+		"-e", "SELFTEST_IMAGE="+payload,
+		"-e", "SELFTEST_EGRESS_PROBE="+inet.Addr.String()+":7000",
+		"-e", "SELFTEST_BLOCKED_PROBE="+lan.Addr.String()+":7000",
+		"host-agent", "host-agent", "selftest", "--json").Output()
+	var rep struct {
+		Results []struct{ Name, Status, Detail string }
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("docker exec host-agent host-agent selftest --json: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, r := range rep.Results {
+		got[r.Name] = r.Status + ": " + r.Detail
+	}
+	for _, name := range []string{"runtime", "test-rental", "rental-network"} {
+		if !strings.HasPrefix(got[name], "ok: ") {
+			t.Errorf("self-test in the agent's container: %s is %q, want ok\n%s", name, got[name], out)
+		}
+	}
+	if !strings.Contains(got["rental-network"], "reached "+inet.Addr.String()) {
+		t.Errorf("rental-network: %q, want the internet peer reached", got["rental-network"])
 	}
 }
 
