@@ -2,6 +2,8 @@ package cdi
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -12,6 +14,7 @@ import (
 // interface so that tests can record which device names are looked up.
 type specCache interface {
 	Refresh() error
+	Configure(options ...cdilib.Option) error
 	GetDevice(qualifiedName string) *cdilib.Device
 	GetVendorSpecs(vendor string) []*cdilib.Spec
 	ListVendors() []string
@@ -35,16 +38,69 @@ func (in *Injector) snapshot(f func()) {
 // refresh rereads the spec directories. A spec that fails to load is
 // logged, not fatal: it only makes its own devices unresolvable, and a
 // broken spec of another vendor must not stop GPU containers.
-func (in *Injector) refresh() {
-	if err := in.cache.Refresh(); err != nil {
+//
+// The CDI library panics on some malformed specs (a null device node, for
+// one). A spec file must never stop the agent: the panic is recovered, the
+// files that cause it are named in the load problems, and until they are
+// fixed no device is injected (fail closed: what the cache still holds is
+// from an earlier read).
+func (in *Injector) refresh() { in.read(in.cache.Refresh) }
+
+// configure points the cache at the injector's directories and reads
+// them, with refresh's recovery.
+func (in *Injector) configure() {
+	in.read(func() error { return in.cache.Configure(cdilib.WithSpecDirs(in.dirs...)) })
+}
+
+// read runs op, a read of the spec directories by the CDI library,
+// recovering from its panics.
+func (in *Injector) read(op func() error) {
+	in.crashed = nil
+	err := func() (err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				in.crashed = crashingSpecs(in.dirs, p)
+				err = fmt.Errorf("the CDI library failed reading the specs: %v", p)
+			}
+		}()
+		return op()
+	}()
+	if err != nil {
 		in.logger.Warn("some CDI specs could not be used", "err", err)
 	}
+}
+
+// crashingSpecs names the spec files under dirs that make the CDI
+// library panic, read one by one; p is the panic the whole read raised.
+func crashingSpecs(dirs []string, p any) []string {
+	var out []string
+	for _, dir := range dirs {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			path := filepath.Join(dir, e.Name())
+			if ext := filepath.Ext(path); e.IsDir() || (ext != ".json" && ext != ".yaml") {
+				continue
+			}
+			func() {
+				defer func() {
+					if q := recover(); q != nil {
+						out = append(out, fmt.Sprintf("%s: crashes the CDI library (%v): fix or remove it; no GPU is injected until then", path, q))
+					}
+				}()
+				_, _ = cdilib.ReadSpec(path, 0)
+			}()
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, fmt.Sprintf("%v: the CDI library crashed reading the specs (%v); no GPU is injected until they are fixed", dirs, p))
+	}
+	return out
 }
 
 // loadProblems describes the spec files that failed to load and the devices
 // dropped as conflicting, as of the last refresh.
 func (in *Injector) loadProblems() []string {
-	var out []string
+	out := slices.Clone(in.crashed)
 	for path, errs := range in.cache.GetErrors() {
 		for _, err := range errs {
 			out = append(out, fmt.Sprintf("%s: %v", path, err))
@@ -61,6 +117,9 @@ func qualifiedName(uuid string) string { return Kind + "=" + uuid }
 // is, after shadowing by higher-priority directories and conflict removal.
 func (in *Injector) gpuDevices() []*cdilib.Device {
 	var out []*cdilib.Device
+	if in.crashed != nil {
+		return nil
+	}
 	for _, name := range in.cache.ListDevices() {
 		if !strings.HasPrefix(name, Kind+"=") {
 			continue
@@ -77,6 +136,9 @@ func (in *Injector) gpuDevices() []*cdilib.Device {
 // conflicting: foreignNodes decides what each one counts for.
 func (in *Injector) classDevices() []*cdilib.Device {
 	var out []*cdilib.Device
+	if in.crashed != nil {
+		return nil
+	}
 	for _, spec := range in.cache.GetVendorSpecs(Vendor) {
 		if spec.GetClass() != Class {
 			continue
@@ -117,6 +179,9 @@ func effectiveDevices(devs []*cdilib.Device) map[*cdilib.Device]bool {
 // resolve looks the qualified names up, returning the devices in order and
 // the names that did not resolve.
 func (in *Injector) resolve(names []string) (devs []*cdilib.Device, unresolved []string) {
+	if in.crashed != nil {
+		return nil, slices.Clone(names)
+	}
 	for _, name := range names {
 		dev := in.cache.GetDevice(name)
 		if dev == nil {

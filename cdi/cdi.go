@@ -21,6 +21,7 @@ package cdi
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -108,6 +109,9 @@ type Injector struct {
 
 	// mu is held while the cache is refreshed and read (see snapshot).
 	mu sync.Mutex
+	// crashed names the spec files that made the CDI library panic at the
+	// last refresh (see refresh); none is injected while it is not nil.
+	crashed []string
 	// genMu serialises EnsureNVIDIASpec: two concurrent runs could rename
 	// a stale spec over a fresh one.
 	genMu sync.Mutex
@@ -140,8 +144,13 @@ func New(cfg Config) (*Injector, error) {
 	// Auto-refresh is off: it would start an fsnotify watcher goroutine
 	// that nobody owns, and a spec must not change between the checks
 	// SpecOpts makes and the injection. Every use refreshes explicitly.
-	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(dirs...), cdilib.WithAutoRefresh(false))
+	// Created on no directory and pointed at dirs by the first refresh:
+	// creating it on dirs reads them, outside refresh's recovery.
+	cache, _ := cdilib.NewCache(cdilib.WithSpecDirs(filepath.Join(os.TempDir(), "host-agent-no-cdi-specs")), cdilib.WithAutoRefresh(false))
 	in := newInjector(cache, dirs, hooks, logger)
+	in.mu.Lock()
+	in.configure()
+	in.mu.Unlock()
 	in.majors = slices.Clone(cfg.DeviceMajors)
 	if len(in.majors) == 0 {
 		in.majors = nvidiaMajors("/proc/devices")
