@@ -2,10 +2,12 @@ package runtime
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // UlimitNames are the process limits a rental may set, by their ulimit
@@ -78,4 +80,45 @@ func CanRaiseRlimits() bool {
 		}
 	}
 	return false
+}
+
+// RaiseProbe keeps whether a runtime's runc can raise containers' limits:
+// known at once where the agent has CAP_SYS_RESOURCE (CanRaiseRlimits),
+// else asked of the runtime the first time a rental needs it, until an
+// answer comes.
+type RaiseProbe struct {
+	mu         sync.Mutex
+	known, can bool
+}
+
+// NewRaiseProbe starts from the agent's own capabilities.
+func NewRaiseProbe() *RaiseProbe {
+	p := &RaiseProbe{}
+	if CanRaiseRlimits() {
+		p.known, p.can = true, true
+	}
+	return p
+}
+
+// CanRaise answers from what is known, else runs probe (one at a time)
+// and keeps its answer; a probe that fails answers no, this time, and
+// is asked again next time. who names the runtime in the log.
+func (p *RaiseProbe) CanRaise(log *slog.Logger, who string, probe func() (bool, error)) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.known {
+		return p.can
+	}
+	ok, err := probe()
+	if err != nil {
+		log.Warn("could not tell whether the "+who+" can raise containers' limits: this GPU rental keeps the default memlock", "error", err)
+		return false
+	}
+	p.known, p.can = true, ok
+	if ok {
+		log.Info("the " + who + " can raise containers' limits: GPU rentals get an unlimited memlock")
+	} else {
+		log.Warn("the " + who + " cannot raise containers' limits (no CAP_SYS_RESOURCE): GPU rentals keep the default memlock instead of unlimited")
+	}
+	return ok
 }

@@ -100,11 +100,8 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	// raiseRlimits: containers' hard limits can be raised by the
-	// runtime's runc, once raiseKnown (canRaise).
-	raiseMu      sync.Mutex
-	raiseKnown   bool
-	raiseRlimits bool
+	// raise says whether containers' limits can be raised (canRaise).
+	raise *runtime.RaiseProbe
 
 	// imageMu: image GC removes an image only while no start is between
 	// choosing its image and creating its container.
@@ -165,9 +162,8 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
 		pub:    opts.Events,
-	}
-	if runtime.CanRaiseRlimits() {
-		r.raiseKnown, r.raiseRlimits = true, true
+
+		raise: runtime.NewRaiseProbe(),
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
 	r.dropStartLeases()

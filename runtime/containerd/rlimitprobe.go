@@ -21,23 +21,7 @@ import (
 // when it cannot raise the limit. Until an answer comes, the default is
 // kept.
 func (r *Runtime) canRaise(ctx context.Context) bool {
-	r.raiseMu.Lock()
-	defer r.raiseMu.Unlock()
-	if r.raiseKnown {
-		return r.raiseRlimits
-	}
-	ok, err := r.probeRaise(ctx)
-	if err != nil {
-		r.log.Warn("could not tell whether the runtime can raise containers' limits: this GPU rental keeps the default memlock", "error", err)
-		return false
-	}
-	r.raiseKnown, r.raiseRlimits = true, ok
-	if ok {
-		r.log.Info("the runtime can raise containers' limits: GPU rentals get an unlimited memlock")
-	} else {
-		r.log.Warn("the runtime cannot raise containers' limits (no CAP_SYS_RESOURCE): GPU rentals keep the default memlock instead of unlimited")
-	}
-	return ok
+	return r.raise.CanRaise(r.log, "runtime", func() (bool, error) { return r.probeRaise(ctx) })
 }
 
 // probeRaise is the probe task with an unlimited memlock: runc sets the

@@ -72,11 +72,8 @@ type Runtime struct {
 	log    *slog.Logger
 	pub    events.Publisher
 
-	// raiseRlimits: containers' hard limits can be raised by the
-	// daemon's runc, once raiseKnown (canRaise).
-	raiseMu      sync.Mutex
-	raiseKnown   bool
-	raiseRlimits bool
+	// raise says whether containers' limits can be raised (canRaise).
+	raise *runtime.RaiseProbe
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
@@ -136,9 +133,8 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "docker"),
 		pub:    opts.Events,
-	}
-	if runtime.CanRaiseRlimits() {
-		r.raiseKnown, r.raiseRlimits = true, true
+
+		raise: runtime.NewRaiseProbe(),
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Go(func() { r.watch(r.ctx) })

@@ -33,23 +33,7 @@ func (r *Runtime) ulimits(ctx context.Context, ref string, spec runtime.Instance
 // image with an unlimited memlock and a process that does not exist. Until
 // an answer comes, the default is kept.
 func (r *Runtime) canRaise(ctx context.Context, ref string) bool {
-	r.raiseMu.Lock()
-	defer r.raiseMu.Unlock()
-	if r.raiseKnown {
-		return r.raiseRlimits
-	}
-	ok, err := r.probeRaise(ctx, ref)
-	if err != nil {
-		r.log.Warn("could not tell whether the daemon can raise containers' limits: this GPU rental keeps the default memlock", "error", err)
-		return false
-	}
-	r.raiseKnown, r.raiseRlimits = true, ok
-	if ok {
-		r.log.Info("the daemon can raise containers' limits: GPU rentals get an unlimited memlock")
-	} else {
-		r.log.Warn("the daemon cannot raise containers' limits (no CAP_SYS_RESOURCE): GPU rentals keep the default memlock instead of unlimited")
-	}
-	return ok
+	return r.raise.CanRaise(r.log, "daemon", func() (bool, error) { return r.probeRaise(ctx, ref) })
 }
 
 func (r *Runtime) probeRaise(ctx context.Context, ref string) (bool, error) {
