@@ -67,7 +67,9 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 		defer cancel()
 	}
 	tracker := &pullTracker{}
-	stop := r.reportProgress(ctx, spec.ID, tracker)
+	stop := runtime.ReportPullProgress(ctx, r.pub, spec.ID, r.opts.ProgressInterval, func(ctx context.Context) events.PullProgress {
+		return r.pullProgress(ctx, tracker.layers())
+	})
 	defer stop()
 	var received atomic.Int64
 	stopWatch := r.watchStall(ctx, cancelCause, &received)
@@ -263,38 +265,6 @@ func (t *pullTracker) layers() []ocispec.Descriptor {
 		out = append(out, d)
 	}
 	return out
-}
-
-// reportProgress publishes, every progressInterval, how many layer bytes the
-// pull has fetched. The returned function stops it.
-func (r *Runtime) reportProgress(ctx context.Context, id string, t *pullTracker) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(r.opts.ProgressInterval)
-		defer tick.Stop()
-		var last events.PullProgress
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			p := r.pullProgress(ctx, t.layers())
-			// A layer committed between its Info and its Status reads
-			// counts as nothing in this sum; progress never goes back.
-			if p.TotalBytes == last.TotalBytes && p.DoneBytes < last.DoneBytes {
-				p.DoneBytes = last.DoneBytes
-			}
-			if p.TotalBytes == 0 || p == last {
-				continue
-			}
-			last = p
-			r.pub.Publish(events.Event{Type: events.TypeInstancePullProgress, InstanceID: id, Status: "pulling", Progress: &p})
-		}
-	}()
-	return func() { cancel(); <-done }
 }
 
 func (r *Runtime) pullProgress(ctx context.Context, layers []ocispec.Descriptor) events.PullProgress {

@@ -17,62 +17,21 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
-// Reconnection backoff for the event subscription.
-const (
-	watchBackoffMin = 200 * time.Millisecond
-	watchBackoffMax = 5 * time.Second
-	// watchLogMax is the longest interval between two logs of a
-	// containerd that cannot be reached.
-	watchLogMax = 5 * time.Minute
-)
-
-// watch follows task exits in the namespace for as long as ctx lives. Each
-// time the subscription is (re)established it reconciles by listing, so that
-// exits that happened while the agent or containerd was away are reported. A
-// broken connection is never taken for an exit.
+// watch follows task exits and OOM kills in the namespace for as long as
+// ctx lives (runtime.Watch).
 func (r *Runtime) watch(ctx context.Context) {
-	backoff := watchBackoffMin
-	connected := false
-	failures, nextLog, logEvery := 0, time.Time{}, time.Duration(0)
-	for ctx.Err() == nil {
-		subCtx, cancel := context.WithCancel(ctx)
-		envC, errC := r.client.Subscribe(subCtx,
-			fmt.Sprintf(`topic=="/tasks/exit",namespace==%q`, r.opts.Namespace),
-			fmt.Sprintf(`topic=="/tasks/oom",namespace==%q`, r.opts.Namespace))
-		err := r.reconcile(ctx)
-		if err == nil {
-			if !connected {
-				r.log.Info("watching containerd events")
-				r.pub.Publish(events.Event{Type: events.TypeRuntimeConnected, Message: "containerd connection established"})
+	runtime.Watch(ctx, runtime.Watcher{
+		Name: "containerd", Where: []any{"address", r.opts.Address}, Log: r.log, Pub: r.pub,
+		Connect: func(ctx, sub context.Context) (func() error, error) {
+			envC, errC := r.client.Subscribe(sub,
+				fmt.Sprintf(`topic=="/tasks/exit",namespace==%q`, r.opts.Namespace),
+				fmt.Sprintf(`topic=="/tasks/oom",namespace==%q`, r.opts.Namespace))
+			if err := r.reconcile(ctx); err != nil {
+				return nil, err
 			}
-			connected, backoff = true, watchBackoffMin
-			err = r.follow(ctx, envC, errC)
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if connected {
-			r.log.Warn("lost containerd; reconnecting", "error", err)
-			r.pub.Publish(events.Event{Type: events.TypeRuntimeDisconnected, Message: fmt.Sprintf("containerd unavailable: %v", err)})
-			connected = false
-			failures, nextLog, logEvery = 0, time.Time{}, 0
-		}
-		// A containerd never reached (a wrong CONTAINERD_ADDRESS, or
-		// one not started yet) is said, at growing intervals, rather than
-		// retried in silence.
-		if failures++; time.Now().After(nextLog) {
-			r.log.Error("cannot reach containerd; retrying", "address", r.opts.Address, "attempts", failures, "error", err)
-			logEvery = min(max(2*logEvery, watchBackoffMax), watchLogMax)
-			nextLog = time.Now().Add(logEvery)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, watchBackoffMax)
-	}
+			return func() error { return r.follow(ctx, envC, errC) }, nil
+		},
+	})
 }
 
 // follow handles exit events until the subscription fails.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
@@ -77,7 +76,7 @@ func (r *Runtime) pull(ctx context.Context, id, ref, host string, auth *runtime.
 		return fmt.Errorf("pull %s: %w", ref, classifyPullErr(convertErr(err)))
 	}
 	prog := &pullProgress{layers: map[string][2]int64{}}
-	stop := r.reportProgress(ctx, id, prog)
+	stop := runtime.ReportPullProgress(ctx, r.pub, id, r.opts.ProgressInterval, func(context.Context) events.PullProgress { return prog.sum() })
 	defer stop()
 	for msg, err := range resp.JSONMessages(ctx) {
 		if err != nil {
@@ -163,29 +162,4 @@ func (p *pullProgress) sum() events.PullProgress {
 		out.TotalBytes += l[1]
 	}
 	return out
-}
-
-func (r *Runtime) reportProgress(ctx context.Context, id string, p *pullProgress) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(r.opts.ProgressInterval)
-		defer tick.Stop()
-		var last events.PullProgress
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			cur := p.sum()
-			if cur.TotalBytes == 0 || cur == last {
-				continue
-			}
-			last = cur
-			r.pub.Publish(events.Event{Type: events.TypeInstancePullProgress, InstanceID: id, Status: "pulling", Progress: &cur})
-		}
-	}()
-	return func() { cancel(); <-done }
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
@@ -17,59 +16,20 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
-// Reconnection backoff for the event stream.
-const (
-	watchBackoffMin = 200 * time.Millisecond
-	watchBackoffMax = 5 * time.Second
-	watchLogMax     = 5 * time.Minute
-)
-
 // watch follows the rentals' exits ("die" events) for as long as ctx
-// lives. Each time the stream is (re)established (a daemon restart ends it)
-// it reconciles by listing, so that exits that happened while the agent or
-// the daemon was away are reported. A broken stream is never taken for an
-// exit.
+// lives (runtime.Watch).
 func (r *Runtime) watch(ctx context.Context) {
-	backoff := watchBackoffMin
-	connected := false
-	failures, nextLog, logEvery := 0, time.Time{}, time.Duration(0)
-	for ctx.Err() == nil {
-		subCtx, cancel := context.WithCancel(ctx)
-		filters := r.rentalFilter().Add("type", "container").Add("event", "die")
-		stream := r.client.Events(subCtx, client.EventsListOptions{Filters: filters})
-		// The stream is asked for before listing: an exit between the two
-		// is seen by at least one of them.
-		err := r.reconcile(ctx)
-		if err == nil {
-			if !connected {
-				r.log.Info("watching docker events")
-				r.pub.Publish(events.Event{Type: events.TypeRuntimeConnected, Message: "docker connection established"})
+	runtime.Watch(ctx, runtime.Watcher{
+		Name: "docker", Where: []any{"host", r.opts.Host}, Log: r.log, Pub: r.pub,
+		Connect: func(ctx, sub context.Context) (func() error, error) {
+			filters := r.rentalFilter().Add("type", "container").Add("event", "die")
+			stream := r.client.Events(sub, client.EventsListOptions{Filters: filters})
+			if err := r.reconcile(ctx); err != nil {
+				return nil, err
 			}
-			connected, backoff = true, watchBackoffMin
-			err = r.follow(ctx, stream)
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if connected {
-			r.log.Warn("lost docker; reconnecting", "error", err)
-			r.pub.Publish(events.Event{Type: events.TypeRuntimeDisconnected, Message: fmt.Sprintf("docker unavailable: %v", err)})
-			connected = false
-			failures, nextLog, logEvery = 0, time.Time{}, 0
-		}
-		if failures++; time.Now().After(nextLog) {
-			r.log.Error("cannot reach docker; retrying", "host", r.opts.Host, "attempts", failures, "error", err)
-			logEvery = min(max(2*logEvery, watchBackoffMax), watchLogMax)
-			nextLog = time.Now().Add(logEvery)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, watchBackoffMax)
-	}
+			return func() error { return r.follow(ctx, stream) }, nil
+		},
+	})
 }
 
 // follow handles die events until the stream fails.
