@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -108,7 +109,11 @@ type Runtime struct {
 	imageMu sync.RWMutex
 
 	exitMu sync.Mutex
-	probe  probe
+	// tasks is the namespace's task state, kept by the watcher for List;
+	// taskLists counts the Lists that had to ask containerd instead.
+	tasks     taskCache
+	taskLists atomic.Int64
+	probe     probe
 	// runcBinary overrides the shim's runc ("" is runc from containerd's
 	// PATH); tests point it at a missing one.
 	runcBinary string // serialises exit recording, which is rare

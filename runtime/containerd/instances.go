@@ -41,20 +41,32 @@ func (r *Runtime) Get(ctx context.Context, id string) (runtime.Instance, error) 
 	return toInstance(info, proc), nil
 }
 
-// List implements runtime.Runtime.
+// List implements runtime.Runtime. The containers come from containerd, their
+// tasks' state from the task cache while the event stream is up (see
+// taskCache), and from containerd otherwise.
 func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
+	return r.list(ctx, true)
+}
+
+// list reads the instances, taking the tasks' state from the cache when
+// cached allows it and the cache is live.
+func (r *Runtime) list(ctx context.Context, cached bool) ([]runtime.Instance, error) {
 	ctx = r.nsCtx(ctx)
 	infos, err := r.client.ContainerService().List(ctx, rentalFilter)
 	if err != nil {
 		return nil, convertErr(err)
 	}
-	resp, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
-	if err != nil {
-		return nil, convertErr(err)
-	}
-	procs := make(map[string]*task.Process, len(resp.Tasks))
-	for _, p := range resp.Tasks {
-		procs[taskContainerID(p)] = p
+	procs, live := r.tasks.snapshot()
+	if !cached || !live {
+		r.taskLists.Add(1)
+		resp, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
+		if err != nil {
+			return nil, convertErr(err)
+		}
+		procs = make(map[string]*task.Process, len(resp.Tasks))
+		for _, p := range resp.Tasks {
+			procs[taskContainerID(p)] = p
+		}
 	}
 	out := make([]runtime.Instance, 0, len(infos))
 	for _, info := range infos {

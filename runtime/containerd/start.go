@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -247,6 +248,7 @@ func (r *Runtime) runTask(ctx context.Context, c containerd.Container, task cont
 		r.deleteTask(task)
 		return convertErr(err)
 	}
+	r.tasks.set(c.ID(), task.Pid(), tasktypes.Status_RUNNING, 0, time.Time{})
 	r.fault(FaultAfterTaskStart)
 	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelStartedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
 		r.log.Warn("record start time", "instance", c.ID(), "error", err)

@@ -23,16 +23,27 @@ func (r *Runtime) watch(ctx context.Context) {
 	runtime.Watch(ctx, runtime.Watcher{
 		Name: "containerd", Where: []any{"address", r.opts.Address}, Log: r.log, Pub: r.pub,
 		Connect: func(ctx, sub context.Context) (func() error, error) {
-			envC, errC := r.client.Subscribe(sub,
-				fmt.Sprintf(`topic=="/tasks/exit",namespace==%q`, r.opts.Namespace),
-				fmt.Sprintf(`topic=="/tasks/oom",namespace==%q`, r.opts.Namespace))
+			r.tasks.drop()
+			filters := make([]string, 0, len(taskTopics))
+			for _, topic := range taskTopics {
+				filters = append(filters, fmt.Sprintf(`topic==%q,namespace==%q`, topic, r.opts.Namespace))
+			}
+			envC, errC := r.client.Subscribe(sub, filters...)
 			if err := r.reconcile(ctx); err != nil {
 				return nil, err
 			}
-			return func() error { return r.follow(ctx, envC, errC) }, nil
+			return func() error {
+				defer r.tasks.drop()
+				return r.follow(ctx, envC, errC)
+			}, nil
 		},
 	})
 }
+
+// taskTopics are the events the watcher follows: exits and OOM kills to
+// report, and every task state change for the task cache.
+var taskTopics = []string{"/tasks/exit", "/tasks/oom", "/tasks/create", "/tasks/start",
+	"/tasks/delete", "/tasks/paused", "/tasks/resumed"}
 
 // follow handles exit events until the subscription fails.
 func (r *Runtime) follow(ctx context.Context, envC <-chan *ctrevents.Envelope, errC <-chan error) error {
@@ -54,6 +65,7 @@ func (r *Runtime) follow(ctx context.Context, envC <-chan *ctrevents.Envelope, e
 				r.log.Warn("undecodable containerd event", "topic", env.Topic, "error", err)
 				continue
 			}
+			r.tasks.apply(ev)
 			if oom, ok := ev.(*apievents.TaskOOM); ok {
 				r.recordOOM(ctx, oom.ContainerID)
 				continue
@@ -90,6 +102,7 @@ func (r *Runtime) reconcile(ctx context.Context) error {
 	for _, p := range resp.Tasks {
 		procs[taskContainerID(p)] = p
 	}
+	r.tasks.reset(resp.Tasks)
 	for _, info := range infos {
 		if info.Labels[runtime.LabelExitCode] != "" {
 			continue
