@@ -60,6 +60,7 @@ func newMetrics(s *Server) *metrics {
 	if s.pulls != nil {
 		m.registry.MustRegister(s.pulls.histogram)
 	}
+	m.registry.MustRegister(s.collectors...)
 	return m
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/containerd/errdefs"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
@@ -33,7 +34,9 @@ func TestMetrics(t *testing.T) {
 		}
 		return []runtime.Instance{{ID: "a", Status: runtime.StatusRunning}, {ID: "b", Status: runtime.StatusRunning}, {ID: "c", Status: runtime.StatusExited}}, nil
 	}}
-	ts := newTestServer(t, rt, func(o *Options) { o.GPUs = inv })
+	backend := prometheus.NewCounter(prometheus.CounterOpts{Name: "backend_calls_total", Help: "A back end's own metric."})
+	backend.Add(7)
+	ts := newTestServer(t, rt, func(o *Options) { o.GPUs = inv; o.Collectors = []prometheus.Collector{backend} })
 	ts.do(t, http.MethodGet, "/instances", "")
 	ts.do(t, http.MethodGet, "/no/such/route", "")
 
@@ -55,6 +58,7 @@ func TestMetrics(t *testing.T) {
 		`host_agent_http_requests_total{code="404",method="GET",route="unmatched"} 1`,
 		`host_agent_http_request_duration_seconds_count{method="GET",route="/instances"} 1`,
 		`host_agent_websocket_streams 0`,
+		`backend_calls_total 7`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(body, want) {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/netutil"
 
 	"github.com/host-agent/host-agent/gpu"
@@ -92,6 +93,9 @@ type Options struct {
 	// cannot be given a network (a CNI plugin missing, the agent's rules
 	// flushed) is not ready.
 	Network NetworkChecker
+	// Collectors are more metrics for GET /metrics, such as the runtime
+	// back end's.
+	Collectors []prometheus.Collector
 }
 
 // NetworkChecker says why rentals cannot be given a network now;
@@ -128,6 +132,7 @@ type Route struct {
 
 // Server is the agent's HTTP API.
 type Server struct {
+	collectors  []prometheus.Collector
 	rt          runtime.Runtime
 	runtimeName string
 	hub         *events.Hub
@@ -213,6 +218,7 @@ func New(opts Options) (*Server, error) {
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
 		drain:        opts.Drain,
 		pulls:        opts.Pulls,
+		collectors:   opts.Collectors,
 		network:      opts.Network,
 		authFailures: newAuthLimiter(),
 	}

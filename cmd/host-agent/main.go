@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
@@ -241,6 +242,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Drain:       backend,
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet),
+		Collectors:  backendCollectors(backend),
 	})
 	if err != nil {
 		return err
@@ -262,6 +264,15 @@ func reservationKinds(gpus runtime.GPUAllocator, shares runtime.ReservationKind,
 		kinds = append(kinds, runtime.PortReservations{Alloc: ports})
 	}
 	return kinds
+}
+
+// backendCollectors are the runtime back end's metrics, where it has any
+// (containerd's call durations).
+func backendCollectors(backend any) []prometheus.Collector {
+	if c, ok := backend.(interface{ Collector() prometheus.Collector }); ok {
+		return []prometheus.Collector{c.Collector()}
+	}
+	return nil
 }
 
 // networkChecker keeps a missing network a nil interface.

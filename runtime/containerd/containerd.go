@@ -17,6 +17,8 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
@@ -113,7 +115,9 @@ type Runtime struct {
 	// taskLists counts the Lists that had to ask containerd instead.
 	tasks     taskCache
 	taskLists atomic.Int64
-	probe     probe
+	// calls times the calls to containerd (Collector).
+	calls *prometheus.HistogramVec
+	probe probe
 	// runcBinary overrides the shim's runc ("" is runc from containerd's
 	// PATH); tests point it at a missing one.
 	runcBinary string // serialises exit recording, which is rare
@@ -156,9 +160,11 @@ func New(opts Options) (*Runtime, error) {
 	if err := os.MkdirAll(opts.LogDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create log dir: %w", err)
 	}
+	calls := newCallHistogram()
 	c, err := containerd.New(opts.Address,
 		containerd.WithDefaultNamespace(opts.Namespace),
-		containerd.WithDefaultRuntime(RuncRuntime))
+		containerd.WithDefaultRuntime(RuncRuntime),
+		containerd.WithExtraDialOpts([]grpc.DialOption{grpc.WithChainUnaryInterceptor(TimeCalls(calls))}))
 	if err != nil {
 		return nil, fmt.Errorf("connect to containerd at %s: %w", opts.Address, err)
 	}
@@ -167,6 +173,7 @@ func New(opts Options) (*Runtime, error) {
 		client: c,
 		log:    opts.Logger.With("runtime", "containerd", "namespace", opts.Namespace),
 		pub:    opts.Events,
+		calls:  calls,
 
 		raise: runtime.NewRaiseProbe(),
 	}
