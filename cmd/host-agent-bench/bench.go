@@ -1,19 +1,21 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -21,21 +23,30 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	containerdclient "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 
-	"github.com/host-agent/host-agent/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
+
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/testenv"
-	"github.com/host-agent/host-agent/server"
 )
 
 type config struct {
 	Runs, Instances, Requests int
-	JSONPath                  string
+	// Bursts are the sizes of the concurrent start bursts.
+	Bursts []int
+	// Cycles start/terminate cycles, Parallel at a time, for the leak check.
+	Cycles, Parallel int
+	JSONPath         string
+	// ProfileDir, when set, receives the agent's CPU profiles of the
+	// start/terminate runs, the GET /instances load and the bursts.
+	ProfileDir string
 }
 
 const benchToken = "bench-token-0123456789abcdef"
@@ -68,7 +79,18 @@ type Results struct {
 	Terminate map[string]Stat `json:"terminate"`
 	// Ratios are the agent's medians over each other side's.
 	Ratios map[string]float64 `json:"ratios"`
-	List   struct {
+	// Concurrent are the start bursts, agent and raw client, CPU-only and
+	// with the mock GPUs.
+	Concurrent []Concurrent `json:"concurrent_starts"`
+	// ExitToWS is from a task's exit (containerd's time) to its
+	// instance.exited event arriving on /ws.
+	ExitToWS  Stat      `json:"exit_to_ws"`
+	Footprint Footprint `json:"footprint"`
+	// Calls are the containerd calls of one start and terminate during
+	// the interleaved runs, by side and method.
+	Calls     map[string]map[string]CallStat `json:"containerd_calls"`
+	Heartbeat Heartbeat                      `json:"heartbeat"`
+	List      struct {
 		Instances int     `json:"instances"`
 		Requests  int     `json:"requests"`
 		PerSecond float64 `json:"requests_per_second"`
@@ -85,8 +107,8 @@ const (
 )
 
 func run(ctx context.Context, cfg config) (*Results, error) {
-	if cfg.Runs < 1 || cfg.Instances < 1 || cfg.Requests < 1 {
-		return nil, fmt.Errorf("-runs, -instances and -requests must be positive")
+	if cfg.Runs < 1 || cfg.Instances < 1 || cfg.Requests < 1 || cfg.Cycles < 0 || cfg.Parallel < 1 {
+		return nil, fmt.Errorf("-runs, -instances, -requests and -parallel must be positive, -cycles not negative")
 	}
 	if missing := testenv.Missing("containerd", "containerd-shim-runc-v2", "runc", "ctr"); missing != "" {
 		return nil, fmt.Errorf("prerequisites: %s", missing)
@@ -107,8 +129,11 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
+	srv := newCentral()
+	defer srv.Close()
 
-	agent, err := startAgent(ctx, daemon.Address, filepath.Join(work, "logs"))
+	// The agent as a host with 8 GPUs reports to the fake central server.
+	agent, err := startAgent(ctx, daemon.Address, filepath.Join(work, "agent"), 8, srv.URL, cfg.ProfileDir)
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +145,12 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	defer direct.close()
 	ctr := ctrSide{address: daemon.Address, image: image}
 	if err := ctr.pull(ctx); err != nil {
+		return nil, err
+	}
+	res := &Results{Machine: machine(), Start: map[string]Stat{}, Terminate: map[string]Stat{}, Ratios: map[string]float64{}}
+	settle()
+	res.Footprint.IdleRSSMB = rssMB(agent.pid())
+	if res.Footprint.IdleGoroutines, err = agent.goroutines(ctx); err != nil {
 		return nil, err
 	}
 
@@ -140,24 +171,42 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 		}
 	}
 	starts, terms := map[string][]time.Duration{}, map[string][]time.Duration{}
-	for i := range cfg.Runs {
-		// The order rotates so that no side always follows another.
-		for k := range order {
-			name := order[(i+k)%len(order)]
-			id := fmt.Sprintf("b%d-%s", i, name)
-			t0 := time.Now()
-			if err := sides[name].start(ctx, id); err != nil {
-				return nil, fmt.Errorf("%s start %s: %w", name, id, err)
-			}
-			starts[name] = append(starts[name], time.Since(t0))
-			t0 = time.Now()
-			if err := sides[name].terminate(ctx, id); err != nil {
-				return nil, fmt.Errorf("%s terminate %s: %w", name, id, err)
-			}
-			terms[name] = append(terms[name], time.Since(t0))
-		}
+	agentBefore, err := agent.metricsText(ctx)
+	if err != nil {
+		return nil, err
 	}
-	res := &Results{Machine: machine(), Start: map[string]Stat{}, Terminate: map[string]Stat{}, Ratios: map[string]float64{}}
+	clientBefore := direct.metricsText()
+	err = agent.withProfile("start-terminate", func() error {
+		for i := range cfg.Runs {
+			// The order rotates so that no side always follows another.
+			for k := range order {
+				name := order[(i+k)%len(order)]
+				id := fmt.Sprintf("b%d-%s", i, name)
+				t0 := time.Now()
+				if err := sides[name].start(ctx, id); err != nil {
+					return fmt.Errorf("%s start %s: %w", name, id, err)
+				}
+				starts[name] = append(starts[name], time.Since(t0))
+				t0 = time.Now()
+				if err := sides[name].terminate(ctx, id); err != nil {
+					return fmt.Errorf("%s terminate %s: %w", name, id, err)
+				}
+				terms[name] = append(terms[name], time.Since(t0))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	agentAfter, err := agent.metricsText(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res.Calls = map[string]map[string]CallStat{
+		sideAgent:  perRun(callTotals(agentBefore), callTotals(agentAfter), cfg.Runs),
+		sideClient: perRun(callTotals(clientBefore), callTotals(direct.metricsText()), cfg.Runs),
+	}
 	for _, name := range order {
 		res.Start[name] = summarize(starts[name])
 		res.Terminate[name] = summarize(terms[name])
@@ -166,15 +215,75 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 		res.Ratios["start_agent_over_"+other] = res.Start[sideAgent].Median / res.Start[other].Median
 		res.Ratios["terminate_agent_over_"+other] = res.Terminate[sideAgent].Median / res.Terminate[other].Median
 	}
-	if err := measureList(ctx, agent, image, cfg, res); err != nil {
+	if res.ExitToWS, err = measureExitLatency(ctx, agent, daemon.Address, image, cfg.Runs); err != nil {
+		return nil, fmt.Errorf("exit latency: %w", err)
+	}
+	if err := measureList(ctx, agent, image, cfg, res, srv); err != nil {
+		return nil, err
+	}
+	if cfg.Cycles > 0 {
+		cycles(ctx, agent, image, cfg.Cycles, cfg.Parallel, &res.Footprint)
+		settle()
+		res.Footprint.AfterCyclesRSSMB = rssMB(agent.pid())
+		if res.Footprint.AfterCyclesGorout, err = agent.goroutines(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := agent.withProfile("bursts", func() error { return bursts(ctx, agent, direct, image, cfg.Bursts, false, res) }); err != nil {
+		return nil, err
+	}
+	agent.close()
+
+	// GPU bursts: a host with a GPU for each start of the largest burst.
+	most := slices.Max(append(slices.Clone(cfg.Bursts), 1))
+	gpuAgent, err := startAgent(ctx, daemon.Address, filepath.Join(work, "gpu-agent"), most, "", "")
+	if err != nil {
+		return nil, err
+	}
+	defer gpuAgent.close()
+	if err := direct.useCDI(filepath.Join(gpuAgent.work, "cdi")); err != nil {
+		return nil, err
+	}
+	if err := bursts(ctx, gpuAgent, direct, image, cfg.Bursts, true, res); err != nil {
 		return nil, err
 	}
 	return res, nil
 }
 
+// bursts starts each burst's rentals at once through the agent and through
+// the raw client, the agent's GPU rentals asking for one GPU each and the
+// client's getting one through the same CDI spec.
+func bursts(ctx context.Context, a *agentProc, d *directSide, image string, sizes []int, gpus bool, res *Results) error {
+	kind := map[bool]string{false: "cpu", true: "gpu"}[gpus]
+	gpuCount := map[bool]int{false: 0, true: 1}[gpus]
+	for _, n := range sizes {
+		id := func(s string, i int) string { return fmt.Sprintf("burst-%s-%d-%s-%d", kind, n, s, i) }
+		ag, err := burst(ctx, n, gpus, sideAgent,
+			func(ctx context.Context, i int) error { return a.start(ctx, id("a", i), image, gpuCount) },
+			func(ctx context.Context, i int) error { return a.terminate(ctx, id("a", i)) })
+		if err != nil {
+			return err
+		}
+		cl, err := burst(ctx, n, gpus, sideClient,
+			func(ctx context.Context, i int) error {
+				if gpus {
+					return d.startGPU(ctx, id("c", i), i)
+				}
+				return d.start(ctx, id("c", i))
+			},
+			func(ctx context.Context, i int) error { return d.terminate(ctx, id("c", i)) })
+		if err != nil {
+			return err
+		}
+		res.Concurrent = append(res.Concurrent, ag, cl)
+		res.Ratios[fmt.Sprintf("burst_%d_%s_agent_over_client", n, kind)] = ag.WallMS / cl.WallMS
+	}
+	return nil
+}
+
 // measureList starts cfg.Instances rentals through the agent, then times
 // GET /instances from 8 clients at once, and terminates them.
-func measureList(ctx context.Context, a *agentProc, image string, cfg config, res *Results) error {
+func measureList(ctx context.Context, a *agentProc, image string, cfg config, res *Results, srv *central) error {
 	var ids []string
 	defer func() {
 		for _, id := range ids {
@@ -183,10 +292,20 @@ func measureList(ctx context.Context, a *agentProc, image string, cfg config, re
 	}()
 	for i := range cfg.Instances {
 		id := fmt.Sprintf("list-%d", i)
-		if err := a.start(ctx, id, image); err != nil {
+		if err := a.start(ctx, id, image, 0); err != nil {
 			return fmt.Errorf("start %s: %w", id, err)
 		}
 		ids = append(ids, id)
+	}
+	hb, err := srv.heartbeatAfter(time.Now().Add(heartbeatEvery))
+	if err != nil {
+		return err
+	}
+	res.Heartbeat = hb
+	settle()
+	res.Footprint.WithInstancesRSSMB = rssMB(a.pid())
+	if res.Footprint.WithInstancesGorout, err = a.goroutines(ctx); err != nil {
+		return err
 	}
 	const clients = 8
 	lat := make([][]time.Duration, clients)
@@ -194,23 +313,26 @@ func measureList(ctx context.Context, a *agentProc, image string, cfg config, re
 	var size int
 	var wg sync.WaitGroup
 	t0 := time.Now()
-	for c := range clients {
-		wg.Go(func() {
-			for i := c; i < cfg.Requests; i += clients {
-				s := time.Now()
-				n, err := a.list(ctx)
-				if err != nil {
-					errs[c] = err
-					return
+	_ = a.withProfile("get-instances", func() error {
+		for c := range clients {
+			wg.Go(func() {
+				for i := c; i < cfg.Requests; i += clients {
+					s := time.Now()
+					n, err := a.list(ctx)
+					if err != nil {
+						errs[c] = err
+						return
+					}
+					lat[c] = append(lat[c], time.Since(s))
+					if c == 0 {
+						size = n
+					}
 				}
-				lat[c] = append(lat[c], time.Since(s))
-				if c == 0 {
-					size = n
-				}
-			}
-		})
-	}
-	wg.Wait()
+			})
+		}
+		wg.Wait()
+		return nil
+	})
 	wall := time.Since(t0)
 	var all []time.Duration
 	for c := range clients {
@@ -231,46 +353,70 @@ type side interface {
 	terminate(ctx context.Context, id string) error
 }
 
-// agentProc is the agent's whole serving stack (API server, lifecycle,
-// containerd back end) on 127.0.0.1, driven over HTTP.
+// agentProc is the agent's serving stack in a child process (see
+// childMain) on 127.0.0.1, driven over HTTP.
 type agentProc struct {
 	base   string
+	work   string
 	client *http.Client
-	stop   context.CancelFunc
-	done   chan error
-	rt     *ctrd.Runtime
+	cmd    *exec.Cmd
+	// profileDir receives CPU profiles ("": none taken); profiles counts
+	// them.
+	profileDir string
+	profiles   int
+	closeOnce  sync.Once
 }
 
-func startAgent(ctx context.Context, address, logDir string) (*agentProc, error) {
-	hub := events.NewHub(0, nil)
-	logger := slog.New(slog.DiscardHandler)
-	be, err := ctrd.New(ctrd.Options{Address: address, Namespace: "rentals", AgentID: "bench", LogDir: logDir, Events: hub, Logger: logger})
+// startAgent starts the agent child with a host of gpus mock GPUs, its files
+// under work, reporting to centralURL ("": standalone).
+func startAgent(ctx context.Context, address, work string, gpus int, centralURL, profileDir string) (*agentProc, error) {
+	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	lc := runtime.NewLifecycle(be, runtime.LifecycleOptions{Events: hub, Logger: logger})
-	if err := lc.Restore(ctx); err != nil {
-		return nil, err
-	}
-	srv, err := server.New(server.Options{Runtime: lc, Hub: hub, Token: benchToken, AgentID: "bench", Logger: logger})
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), childEnv+"=1", envContainerd+"="+address, envWorkDir+"="+work,
+		envGPUs+"="+strconv.Itoa(gpus), envCentral+"="+centralURL, envProfileDir+"="+profileDir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	sctx, cancel := context.WithCancel(context.Background())
-	a := &agentProc{base: "http://" + ln.Addr().String(), client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
-		stop: cancel, done: make(chan error, 1), rt: be}
-	go func() { a.done <- srv.Serve(sctx, ln) }()
-	return a, nil
+	a := &agentProc{work: work, cmd: cmd, profileDir: profileDir,
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		a.close()
+		return nil, fmt.Errorf("agent child did not start: %w", err)
+	}
+	a.base = "http://" + strings.TrimSpace(line)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := a.goroutines(ctx); err == nil {
+			return a, nil
+		} else if time.Now().After(deadline) {
+			a.close()
+			return nil, fmt.Errorf("agent child does not answer: %w", err)
+		}
+	}
 }
+
+func (a *agentProc) pid() int { return a.cmd.Process.Pid }
 
 func (a *agentProc) close() {
-	a.stop()
-	<-a.done
-	_ = a.rt.Close()
+	a.closeOnce.Do(func() {
+		_ = a.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = a.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = a.cmd.Process.Kill()
+			<-done
+		}
+	})
 }
 
 func (a *agentProc) post(ctx context.Context, path string, body any) error {
@@ -290,8 +436,12 @@ func (a *agentProc) post(ctx context.Context, path string, body any) error {
 	return nil
 }
 
-func (a *agentProc) start(ctx context.Context, id, image string) error {
-	return a.post(ctx, "/start_instance", map[string]any{"instance_id": id, "image": image, "command": []string{"sleep", "inf"}})
+func (a *agentProc) start(ctx context.Context, id, image string, gpus int) error {
+	req := map[string]any{"instance_id": id, "image": image, "command": []string{"sleep", "inf"}}
+	if gpus > 0 {
+		req["gpu_count"] = gpus
+	}
+	return a.post(ctx, "/start_instance", req)
 }
 
 func (a *agentProc) terminate(ctx context.Context, id string) error {
@@ -319,7 +469,7 @@ type agentSide struct {
 }
 
 func (s agentSide) start(ctx context.Context, id string) error {
-	return s.agent.start(ctx, id, s.image)
+	return s.agent.start(ctx, id, s.image, 0)
 }
 func (s agentSide) terminate(ctx context.Context, id string) error {
 	return s.agent.terminate(ctx, id)
@@ -363,10 +513,39 @@ type directSide struct {
 	logDir string
 	mu     sync.Mutex
 	exits  map[string]<-chan containerdclient.ExitStatus
+	// calls times the client's calls to containerd, as the agent's are.
+	calls *prometheus.HistogramVec
+	// cdi and devices inject GPUs as the agent's CDI spec describes them.
+	cdi     *cdilib.Cache
+	devices []string
+}
+
+// useCDI reads the CDI specs in dir for startGPU.
+func (d *directSide) useCDI(dir string) error {
+	cache, err := cdilib.NewCache(cdilib.WithSpecDirs(dir), cdilib.WithAutoRefresh(false))
+	if err != nil {
+		return err
+	}
+	d.cdi, d.devices = cache, cache.ListDevices()
+	if len(d.devices) == 0 {
+		return fmt.Errorf("no CDI devices in %s", dir)
+	}
+	return nil
+}
+
+// startGPU starts a rental with the i-th GPU of the CDI spec.
+func (d *directSide) startGPU(ctx context.Context, id string, i int) error {
+	dev := d.devices[i%len(d.devices)]
+	return d.startWith(ctx, id, func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		_, err := d.cdi.InjectDevices(s, dev)
+		return err
+	})
 }
 
 func newDirect(ctx context.Context, address, image, logDir string) (*directSide, error) {
-	cl, err := containerdclient.New(address)
+	calls := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: ctrd.CallDurationMetric, Help: "Calls to containerd."}, []string{"method", "code"})
+	cl, err := containerdclient.New(address,
+		containerdclient.WithExtraDialOpts([]grpc.DialOption{grpc.WithChainUnaryInterceptor(ctrd.TimeCalls(calls))}))
 	if err != nil {
 		return nil, err
 	}
@@ -382,18 +561,23 @@ func newDirect(ctx context.Context, address, image, logDir string) (*directSide,
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		return nil, err
 	}
-	return &directSide{cl: cl, img: img, logDir: logDir, exits: map[string]<-chan containerdclient.ExitStatus{}}, nil
+	return &directSide{cl: cl, img: img, logDir: logDir, calls: calls, exits: map[string]<-chan containerdclient.ExitStatus{}}, nil
 }
 
 func (d *directSide) close() { d.cl.Close() }
 
 func (d *directSide) start(ctx context.Context, id string) error {
+	return d.startWith(ctx, id)
+}
+
+func (d *directSide) startWith(ctx context.Context, id string, extra ...oci.SpecOpts) error {
 	ctx = namespaces.WithNamespace(ctx, "bench-client")
+	opts := append([]oci.SpecOpts{oci.WithImageConfigArgs(d.img, []string{"sleep", "inf"}),
+		oci.WithNoNewPrivileges, seccomp.WithDefaultProfile()}, extra...)
 	c, err := d.cl.NewContainer(ctx, id,
 		containerdclient.WithNewSnapshot(id, d.img),
 		containerdclient.WithRuntime(ctrd.RuncRuntime, &options.Options{}),
-		containerdclient.WithNewSpec(oci.WithImageConfigArgs(d.img, []string{"sleep", "inf"}),
-			oci.WithNoNewPrivileges, seccomp.WithDefaultProfile()))
+		containerdclient.WithNewSpec(opts...))
 	if err != nil {
 		return err
 	}
@@ -464,8 +648,52 @@ func (r *Results) printTable(w io.Writer) {
 	for _, k := range []string{"start_agent_over_ctr", "start_agent_over_client-confined", "terminate_agent_over_ctr", "terminate_agent_over_client-confined"} {
 		fmt.Fprintf(w, "%-40s %6.2f\n", k, r.Ratios[k])
 	}
+	fmt.Fprintf(w, "\n%-28s %6s %10s %9s\n", "concurrent starts", "side", "wall ms", "failures")
+	for _, c := range r.Concurrent {
+		kind := map[bool]string{false: "cpu", true: "gpu"}[c.GPUs]
+		fmt.Fprintf(w, "%-28s %6s %10.0f %9d\n", fmt.Sprintf("%d %s", c.Starts, kind), map[string]string{sideAgent: "agent", sideClient: "client"}[c.Side], c.WallMS, c.Failures)
+		if c.FirstError != "" {
+			fmt.Fprintf(w, "    first failure: %s\n", c.FirstError)
+		}
+	}
+	for _, c := range r.Concurrent {
+		if c.Side == sideAgent {
+			kind := map[bool]string{false: "cpu", true: "gpu"}[c.GPUs]
+			k := fmt.Sprintf("burst_%d_%s_agent_over_client", c.Starts, kind)
+			fmt.Fprintf(w, "%-40s %6.2f\n", k, r.Ratios[k])
+		}
+	}
+	fmt.Fprintf(w, "\ncontainerd calls per start+terminate (interleaved runs)\n%-40s %8s %8s %8s %8s\n", "method", "agent n", "agent ms", "client n", "client ms")
+	var methods []string
+	for m := range r.Calls[sideAgent] {
+		methods = append(methods, m)
+	}
+	for m := range r.Calls[sideClient] {
+		if _, ok := r.Calls[sideAgent][m]; !ok {
+			methods = append(methods, m)
+		}
+	}
+	slices.SortFunc(methods, func(a, b string) int {
+		return cmp.Compare(r.Calls[sideAgent][b].MS+r.Calls[sideClient][b].MS, r.Calls[sideAgent][a].MS+r.Calls[sideClient][a].MS)
+	})
+	var tot [4]float64
+	for _, m := range methods {
+		a, c := r.Calls[sideAgent][m], r.Calls[sideClient][m]
+		fmt.Fprintf(w, "%-40s %8.1f %8.1f %8.1f %8.1f\n", m, a.Calls, a.MS, c.Calls, c.MS)
+		tot[0], tot[1], tot[2], tot[3] = tot[0]+a.Calls, tot[1]+a.MS, tot[2]+c.Calls, tot[3]+c.MS
+	}
+	fmt.Fprintf(w, "%-40s %8.1f %8.1f %8.1f %8.1f\n", "total", tot[0], tot[1], tot[2], tot[3])
+	e := r.ExitToWS
+	fmt.Fprintf(w, "\nexit -> /ws event: n %d, p50 %.1f ms, p99 %.1f ms\n", e.N, e.Median, e.P99)
+	f := r.Footprint
+	fmt.Fprintf(w, "agent RSS: idle %.1f MB, with %d instances %.1f MB, after %d cycles %.1f MB (during: %.1f MB; %d failed)\n",
+		f.IdleRSSMB, r.List.Instances, f.WithInstancesRSSMB, f.Cycles, f.AfterCyclesRSSMB, f.RSSDuringCyclesMB, f.CycleFailures)
+	fmt.Fprintf(w, "agent goroutines: idle %d, with %d instances %d, after cycles %d\n",
+		f.IdleGoroutines, r.List.Instances, f.WithInstancesGorout, f.AfterCyclesGorout)
+	h := r.Heartbeat
+	fmt.Fprintf(w, "heartbeat: %d GPUs, %d instances, %d bytes\n", h.GPUs, h.Instances, h.Bytes)
 	l := r.List
-	fmt.Fprintf(w, "\nGET /instances with %d instances: %d requests, %.0f req/s, median %.1f ms, p99 %.1f ms, %d bytes\n",
+	fmt.Fprintf(w, "GET /instances with %d instances: %d requests, %.0f req/s, median %.1f ms, p99 %.1f ms, %d bytes\n",
 		l.Instances, l.Requests, l.PerSecond, l.Latency.Median, l.Latency.P99, l.Bytes)
 }
 

@@ -12,12 +12,19 @@ import (
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
+func TestMain(m *testing.M) {
+	if isChild() {
+		os.Exit(childMain())
+	}
+	os.Exit(m.Run())
+}
+
 // The bench command runs end to end with tiny counts: every side starts
 // and terminates, every measure is filled in, and the JSON reads back.
 // The numbers themselves are not judged.
 func TestBenchSmoke(t *testing.T) {
 	testenv.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr")
-	res, err := run(context.Background(), config{Runs: 2, Instances: 3, Requests: 10})
+	res, err := run(context.Background(), config{Runs: 2, Instances: 3, Requests: 10, Bursts: []int{3}, Cycles: 8, Parallel: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +33,28 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("%s: start %+v terminate %+v", name, res.Start[name], res.Terminate[name])
 		}
 	}
-	if len(res.Ratios) != 4 || res.List.Requests != 10 || res.List.Instances != 3 || res.List.Bytes == 0 {
+	if len(res.Concurrent) != 4 {
+		t.Errorf("concurrent starts: %+v", res.Concurrent)
+	}
+	for _, c := range res.Concurrent {
+		if c.Starts != 3 || c.Failures != 0 || c.WallMS <= 0 {
+			t.Errorf("burst %+v", c)
+		}
+	}
+	f := res.Footprint
+	if res.ExitToWS.N != 2 || res.ExitToWS.Median <= 0 || f.IdleRSSMB <= 0 || f.AfterCyclesRSSMB <= 0 || f.Cycles != 8 ||
+		f.CycleFailures != 0 || f.IdleGoroutines <= 0 || f.AfterCyclesGorout <= 0 {
+		t.Errorf("exit latency %+v, footprint %+v", res.ExitToWS, f)
+	}
+	for _, side := range []string{sideAgent, sideClient} {
+		if c := res.Calls[side]["tasks.v1.Tasks/Create"]; c.Calls < 1 || c.MS <= 0 {
+			t.Errorf("%s: containerd calls %v", side, res.Calls[side])
+		}
+	}
+	if res.Heartbeat.GPUs != 8 || res.Heartbeat.Instances != 3 || res.Heartbeat.Bytes == 0 {
+		t.Errorf("heartbeat %+v", res.Heartbeat)
+	}
+	if len(res.Ratios) != 6 || res.List.Requests != 10 || res.List.Instances != 3 || res.List.Bytes == 0 {
 		t.Errorf("ratios %v, list %+v", res.Ratios, res.List)
 	}
 	var table bytes.Buffer

@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/host-agent/host-agent/cdi"
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime"
+	ctrd "github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/server"
+	"github.com/host-agent/host-agent/server/reporter"
+)
+
+// The agent under measurement runs as a child process of the bench, so that
+// its memory and goroutines are its own. The bench starts its own binary
+// with childEnv set; the child's configuration comes in these variables.
+const (
+	childEnv       = "HOST_AGENT_BENCH_CHILD"
+	envContainerd  = "HOST_AGENT_BENCH_CONTAINERD"
+	envWorkDir     = "HOST_AGENT_BENCH_WORKDIR"
+	envGPUs        = "HOST_AGENT_BENCH_GPUS"
+	envCentral     = "HOST_AGENT_BENCH_CENTRAL"
+	envProfileDir  = "HOST_AGENT_BENCH_PROFILE_DIR"
+	fakeNodeMajor  = 240 // a local-use character major: its nodes open nothing
+	heartbeatEvery = time.Second
+)
+
+// isChild says whether this process is the bench's agent child.
+func isChild() bool { return os.Getenv(childEnv) == "1" }
+
+// childMain runs the agent's serving stack as cmd/host-agent builds it for
+// containerd (API server, lifecycle with GPU reservations, containerd back
+// end with CDI injection, reporter), over go-nvml's mock of a DGX A100 with
+// HOST_AGENT_BENCH_GPUS GPUs and a CDI spec for them whose device nodes
+// open nothing. It writes its listen address on stdout and serves until
+// SIGTERM. SIGUSR1 starts a CPU profile, SIGUSR2 stops it.
+func childMain() int {
+	if err := child(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench agent:", err)
+		return 1
+	}
+	return 0
+}
+
+func child() error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	work := os.Getenv(envWorkDir)
+	n, err := strconv.Atoi(os.Getenv(envGPUs))
+	if err != nil || n < 1 {
+		return fmt.Errorf("%s=%q: want a positive count", envGPUs, os.Getenv(envGPUs))
+	}
+	logger := slog.New(slog.DiscardHandler)
+	hub := events.NewHub(4096, time.Now)
+	inv, err := gpu.Open(dgxa100.NewWithGPUs(gpus.Multiple(n, gpus.A100_SXM4_40GB)...), logger)
+	if err != nil {
+		return err
+	}
+	defer inv.Close()
+	specDir := filepath.Join(work, "cdi")
+	if err := writeFakeSpec(inv, filepath.Join(work, "dev"), specDir); err != nil {
+		return err
+	}
+	injector, err := cdi.New(cdi.Config{SpecDirs: []string{specDir}, Logger: logger, DeviceMajors: []int64{fakeNodeMajor}, Inventory: inv})
+	if err != nil {
+		return err
+	}
+	be, err := ctrd.New(ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
+		LogDir: filepath.Join(work, "logs"), Events: hub, Logger: logger, Devices: injector})
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	lc := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
+		Events: hub, Logger: logger,
+	})
+	defer lc.Close()
+	if err := lc.Restore(ctx); err != nil {
+		return err
+	}
+	rep, err := reporter.New(reporter.Options{ServerURL: os.Getenv(envCentral), AgentID: "bench", Token: benchToken,
+		Interval: heartbeatEvery, Runtime: lc, GPUs: inv, CDI: injector.Available, Events: hub, Logger: logger})
+	if err != nil {
+		return err
+	}
+	go func() { _ = rep.Run(ctx) }()
+	srv, err := server.New(server.Options{Runtime: lc, RuntimeName: "containerd", Hub: hub, Token: benchToken,
+		AgentID: "bench", Logger: logger, GPUs: inv, Host: rep, Collectors: []prometheus.Collector{be.Collector()}})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go profileOnSignal(os.Getenv(envProfileDir))
+	fmt.Println(ln.Addr().String())
+	return srv.Serve(ctx, ln)
+}
+
+// profileOnSignal writes a CPU profile to dir/cpu-N.pprof from each SIGUSR1
+// to the next SIGUSR2.
+func profileOnSignal(dir string) {
+	sig := make(chan os.Signal, 4)
+	signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
+	var f *os.File
+	for n := 1; ; {
+		switch <-sig {
+		case syscall.SIGUSR1:
+			if f != nil || dir == "" {
+				continue
+			}
+			var err error
+			if f, err = os.Create(filepath.Join(dir, fmt.Sprintf("cpu-%d.pprof", n))); err != nil {
+				continue
+			}
+			_ = pprof.StartCPUProfile(f)
+		case syscall.SIGUSR2:
+			if f == nil {
+				continue
+			}
+			pprof.StopCPUProfile()
+			f.Close()
+			f = nil
+			n++
+		}
+	}
+}
+
+// writeFakeSpec writes a CDI spec naming each GPU of inv by UUID, as
+// nvidia-ctk does, mapping a device node of fakeNodeMajor (minor: the
+// GPU's) to /dev/nvidiaN, with an env entry and a read-only library mount
+// common to all.
+func writeFakeSpec(inv *gpu.Inventory, nodes, specDir string) error {
+	for _, d := range []string{nodes, specDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	lib := filepath.Join(nodes, "libnvidia-fake.so.1")
+	if err := os.WriteFile(lib, []byte("not a library"), 0o644); err != nil {
+		return err
+	}
+	var devices []map[string]any
+	for _, g := range inv.GPUs() {
+		node := filepath.Join(nodes, fmt.Sprintf("nvidia%d", g.MinorNumber))
+		if err := unix.Mknod(node, unix.S_IFCHR|0o666, int(unix.Mkdev(fakeNodeMajor, uint32(g.MinorNumber)))); err != nil && !os.IsExist(err) {
+			return fmt.Errorf("mknod %s: %w", node, err)
+		}
+		devices = append(devices, map[string]any{
+			"name": g.UUID,
+			"containerEdits": map[string]any{
+				"deviceNodes": []map[string]any{{"path": fmt.Sprintf("/dev/nvidia%d", g.MinorNumber), "hostPath": node}},
+			},
+		})
+	}
+	spec := map[string]any{"cdiVersion": "0.6.0", "kind": "nvidia.com/gpu", "devices": devices,
+		"containerEdits": map[string]any{
+			"env":    []string{"FAKE_NVIDIA_DRIVER=550.54.15"},
+			"mounts": []map[string]any{{"hostPath": lib, "containerPath": "/usr/lib/libnvidia-fake.so.1", "options": []string{"ro", "nosuid", "nodev", "bind"}}},
+		}}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(specDir, "nvidia.json"), b, 0o644)
+}
