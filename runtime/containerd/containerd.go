@@ -115,6 +115,8 @@ type Runtime struct {
 	// taskLists counts the Lists that had to ask containerd instead.
 	tasks     taskCache
 	taskLists atomic.Int64
+	// startLeases are the leases of the starts in progress.
+	startLeases leaseSet
 	// calls times the calls to containerd (Collector).
 	calls *prometheus.HistogramVec
 	probe probe
@@ -178,7 +180,6 @@ func New(opts Options) (*Runtime, error) {
 		raise: runtime.NewRaiseProbe(),
 	}
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
-	r.dropStartLeases()
 	r.wg.Go(func() { r.watch(r.ctx) })
 	if opts.LogMaxBytes > 0 {
 		r.wg.Go(func() { r.capLogs(r.ctx) })

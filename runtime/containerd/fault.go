@@ -3,6 +3,7 @@ package containerd
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -36,12 +37,13 @@ func (r *Runtime) fault(step string) {
 // by until the container refers to them.
 const startLeasePrefix = "host-agent-start-"
 
-// dropStartLeases deletes the start leases an earlier run of the agent
-// left when it died mid-start: no start of this run has begun yet, and a
-// leftover lease would pin its content until it expires. containerd being
-// down is no error here; the lease then expires on its own.
-func (r *Runtime) dropStartLeases() {
-	ctx, cancel := context.WithTimeout(r.nsCtx(context.Background()), 10*time.Second)
+// dropStartLeases deletes the start leases no start of this agent holds:
+// those an earlier run left when it died mid-start, and those of this run
+// whose deletion failed because containerd was away (a start cut off by
+// containerd's crash). The watcher calls it each time it connects; a
+// leftover lease would pin its image and snapshot until it expires.
+func (r *Runtime) dropStartLeases(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ls, err := r.client.LeasesService().List(ctx)
 	if err != nil {
@@ -49,13 +51,42 @@ func (r *Runtime) dropStartLeases() {
 		return
 	}
 	for _, l := range ls {
-		if !strings.HasPrefix(l.ID, startLeasePrefix) {
+		if !strings.HasPrefix(l.ID, startLeasePrefix) || r.startLeases.held(l.ID) {
 			continue
 		}
 		if err := r.client.LeasesService().Delete(ctx, l); err != nil && !errdefs.IsNotFound(err) {
-			r.log.Warn("delete a start lease left by an earlier run", "lease", l.ID, "error", err)
+			r.log.Warn("delete a start lease no start holds", "lease", l.ID, "error", err)
 			continue
 		}
-		r.log.Info("deleted a start lease left by an earlier run", "lease", l.ID, "instance", l.Labels["host-agent.io/instance-id"])
+		r.log.Info("deleted a start lease no start holds", "lease", l.ID, "instance", l.Labels["host-agent.io/instance-id"])
 	}
+}
+
+// leaseSet is the start leases the starts in progress hold. A start adds
+// its lease before creating it and removes it after deleting it, so that
+// dropStartLeases never takes a lease from under a start.
+type leaseSet struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+func (s *leaseSet) add(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ids == nil {
+		s.ids = map[string]bool{}
+	}
+	s.ids[id] = true
+}
+
+func (s *leaseSet) remove(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ids, id)
+}
+
+func (s *leaseSet) held(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ids[id]
 }

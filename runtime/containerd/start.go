@@ -118,12 +118,15 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	// fresh contexts: a start called off while the lease is being created
 	// cannot leave one the agent does not know of.
 	lease := leases.Lease{ID: startLeasePrefix + rand.Text()[:16]}
+	r.startLeases.add(lease.ID)
 	defer func() {
 		ctx, cancel := r.cleanupCtx()
 		defer cancel()
 		if err := r.client.LeasesService().Delete(ctx, lease); err != nil && !errdefs.IsNotFound(err) {
-			r.log.Error("delete lease", "instance", spec.ID, "lease", lease.ID, "error", err)
+			// Deleted when the watcher next connects (dropStartLeases).
+			r.log.Error("delete lease; retried when containerd is back", "instance", spec.ID, "lease", lease.ID, "error", err)
 		}
+		r.startLeases.remove(lease.ID)
 	}()
 	lctx, cancel := r.cleanupCtx()
 	_, err := r.client.LeasesService().Create(lctx,

@@ -32,6 +32,7 @@ func (r *Runtime) watch(ctx context.Context) {
 			if err := r.reconcile(ctx); err != nil {
 				return nil, err
 			}
+			r.dropStartLeases(ctx)
 			return func() error {
 				defer r.tasks.drop()
 				return r.follow(ctx, envC, errC)

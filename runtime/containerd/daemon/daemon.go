@@ -133,6 +133,17 @@ func (d *Daemon) Stop() {
 	d.cmd = nil
 }
 
+// Kill ends the daemon with SIGKILL, as a crash or the OOM killer would.
+// Shims and their tasks live on.
+func (d *Daemon) Kill() {
+	if d.cmd == nil {
+		return
+	}
+	_ = d.cmd.Process.Kill()
+	<-d.exited
+	d.cmd = nil
+}
+
 // Close kills every task the daemon runs, in every namespace, deletes the
 // containers and stops the daemon, so that no shim is left behind.
 func (d *Daemon) Close() error {
