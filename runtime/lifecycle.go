@@ -65,7 +65,7 @@ type Lifecycle struct {
 	log    *slog.Logger
 	margin time.Duration
 
-	locks keyedMutex
+	locks KeyedMutex
 
 	mu         sync.Mutex
 	starts     map[string]map[uint64]context.CancelFunc // starts in flight, queued or running

@@ -2,9 +2,9 @@ package runtime
 
 import "sync"
 
-// keyedMutex serialises work on one instance ID while leaving other instances
+// KeyedMutex serialises work on one instance ID while leaving other instances
 // free to proceed. Entries are dropped when nobody holds or waits for them.
-type keyedMutex struct {
+type KeyedMutex struct {
 	mu    sync.Mutex
 	locks map[string]*keyedEntry
 }
@@ -15,7 +15,7 @@ type keyedEntry struct {
 }
 
 // Lock locks key and returns its unlock function.
-func (k *keyedMutex) Lock(key string) (unlock func()) {
+func (k *KeyedMutex) Lock(key string) (unlock func()) {
 	k.mu.Lock()
 	if k.locks == nil {
 		k.locks = map[string]*keyedEntry{}

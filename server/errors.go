@@ -173,6 +173,11 @@ func classify(err error) (int, errorResponse) {
 		status, body.Error = http.StatusConflict, publicCause("conflict", err)
 	case errdefs.IsUnavailable(kind):
 		status, body.Error = http.StatusServiceUnavailable, "container runtime unavailable"
+	case errdefs.IsDeadlineExceeded(kind):
+		// The runtime is overloaded rather than broken: the same request
+		// sent again (starts and terminates are idempotent) finishes the
+		// work.
+		status, body.Error, body.Code = http.StatusGatewayTimeout, "the container runtime did not finish in time; send the request again", "timeout"
 	}
 	var pub *publicError
 	if errors.As(err, &pub) {

@@ -37,6 +37,8 @@ func TestClassify(t *testing.T) {
 		{name: "pull with bad reference", status: 400, field: "image",
 			err: &runtime.StepError{Step: runtime.StepPull, Err: fmt.Errorf("parse: %w", errdefs.ErrInvalidArgument)}},
 		{name: "canceled", err: context.Canceled, status: 500, msg: "internal error"},
+		{name: "runtime too slow", err: fmt.Errorf("delete task: %w", context.DeadlineExceeded), status: 504,
+			msg: "the container runtime did not finish in time; send the request again"},
 		{name: "host ports exhausted", status: 409, field: "ports",
 			err: &runtime.StepError{Step: runtime.StepAllocate, Err: &hostport.Error{Msg: "host port range exhausted", Kind: errdefs.ErrConflict}}},
 	}

@@ -68,7 +68,9 @@ func child() error {
 	if err != nil || n < 1 {
 		return fmt.Errorf("%s=%q: want a positive count", envGPUs, os.Getenv(envGPUs))
 	}
-	logger := slog.New(slog.DiscardHandler)
+	// Warnings and errors reach the bench's stderr: a measurement that
+	// hides the agent's failures would be worthless.
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	hub := events.NewHub(4096, time.Now)
 	inv, err := gpu.Open(dgxa100.NewWithGPUs(gpus.Multiple(n, gpus.A100_SXM4_40GB)...), logger)
 	if err != nil {

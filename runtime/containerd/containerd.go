@@ -110,7 +110,8 @@ type Runtime struct {
 	// choosing its image and creating its container.
 	imageMu sync.RWMutex
 
-	exitMu sync.Mutex
+	// exits serialises the recording of one instance's exit or OOM kill.
+	exits runtime.KeyedMutex
 	// tasks is the namespace's task state, kept by the watcher for List;
 	// taskLists counts the Lists that had to ask containerd instead.
 	tasks     taskCache
@@ -122,7 +123,7 @@ type Runtime struct {
 	probe probe
 	// runcBinary overrides the shim's runc ("" is runc from containerd's
 	// PATH); tests point it at a missing one.
-	runcBinary string // serialises exit recording, which is rare
+	runcBinary string
 
 	ctx       context.Context // lives until Close; carries the namespace
 	cancel    context.CancelFunc

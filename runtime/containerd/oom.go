@@ -17,10 +17,10 @@ import (
 // TaskOOM event), so that its exit, its state and the heartbeat say so,
 // whenever the exit is read.
 func (r *Runtime) recordOOM(ctx context.Context, id string) {
+	unlock := r.exits.Lock(id)
+	defer unlock()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	r.exitMu.Lock()
-	defer r.exitMu.Unlock()
 	c, err := r.client.LoadContainer(ctx, id)
 	if err != nil {
 		return

@@ -126,28 +126,57 @@ func (r *Runtime) reconcile(ctx context.Context) error {
 // exitCodeUnknown stands for an exit whose code containerd no longer knows.
 const exitCodeUnknown = -1
 
+// exitRetries is how many times a failed exit recording is tried again
+// (after 1 s, 2 s, 4 s, ...): under load containerd may not answer in time,
+// and an exit is reported only here.
+const exitRetries = 5
+
 // recordExit publishes an instance's exit once and keeps its code in the
 // container's labels. Publishing comes first: after a crash in between, the
-// exit is reported twice rather than never.
+// exit is reported twice rather than never. Recordings of different
+// instances run side by side; those of one instance one at a time (the
+// exit watcher and the event stream both report each exit).
 func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.Time) {
+	unlock := r.exits.Lock(id)
+	defer unlock()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	published := false
+	for attempt := 0; ; attempt++ {
+		err := r.tryRecordExit(ctx, id, code, at, &published)
+		if err == nil {
+			return
+		}
+		if attempt == exitRetries {
+			r.log.Error("record exit: giving up; the next agent start reports it", "instance", id, "published", published, "error", err)
+			return
+		}
+		r.log.Warn("record exit; retrying", "instance", id, "published", published, "error", err)
+		select {
+		case <-time.After(time.Second << attempt):
+		case <-r.ctx.Done():
+			return
+		}
+	}
+}
+
+// tryRecordExit is one try of recordExit; it sets *published once the exit
+// event is out, so that a retry only writes the labels.
+func (r *Runtime) tryRecordExit(ctx context.Context, id string, code int, at time.Time, published *bool) error {
 	// Once begun, a recording completes even if the agent is shutting down,
 	// so that the exit is not reported again by the next agent.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	r.exitMu.Lock()
-	defer r.exitMu.Unlock()
 	info, err := r.client.ContainerService().Get(ctx, id)
 	if err != nil {
-		if !errdefs.IsNotFound(convertErr(err)) {
-			r.log.Warn("read container for exit", "instance", id, "error", err)
+		if err = convertErr(err); errdefs.IsNotFound(err) {
+			return nil
 		}
-		return
+		return fmt.Errorf("read container: %w", err)
 	}
 	if info.Labels[runtime.LabelInstanceID] == "" || info.Labels[runtime.LabelExitCode] != "" {
-		return
-	}
-	if at.IsZero() {
-		at = time.Now()
+		return nil
 	}
 	ev := events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited)}
 	newLabels := map[string]string{}
@@ -162,8 +191,11 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 		ev.ExitCode = &code
 		label = strconv.Itoa(code)
 	}
-	r.log.Info("instance exited", "instance", id, "exit_code", label, "oom_killed", ev.OOMKilled)
-	r.pub.Publish(ev)
+	if !*published {
+		r.log.Info("instance exited", "instance", id, "exit_code", label, "oom_killed", ev.OOMKilled)
+		r.pub.Publish(ev)
+		*published = true
+	}
 	c, err := r.client.LoadContainer(ctx, id)
 	if err == nil {
 		newLabels[runtime.LabelExitCode] = label
@@ -171,6 +203,7 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 		_, err = c.SetLabels(ctx, newLabels)
 	}
 	if err != nil && !errdefs.IsNotFound(err) {
-		r.log.Warn("record exit in labels", "instance", id, "error", err)
+		return fmt.Errorf("record exit in labels: %w", convertErr(err))
 	}
+	return nil
 }
