@@ -655,6 +655,9 @@ func (r *Results) printTable(w io.Writer) {
 		if c.FirstError != "" {
 			fmt.Fprintf(w, "    first failure: %s\n", c.FirstError)
 		}
+		if c.TerminateFailures > 0 {
+			fmt.Fprintf(w, "    %d terminates after the burst failed; first: %s\n", c.TerminateFailures, c.FirstTerminateError)
+		}
 	}
 	for _, c := range r.Concurrent {
 		if c.Side == sideAgent {

@@ -37,7 +37,7 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("concurrent starts: %+v", res.Concurrent)
 	}
 	for _, c := range res.Concurrent {
-		if c.Starts != 3 || c.Failures != 0 || c.WallMS <= 0 {
+		if c.Starts != 3 || c.Failures != 0 || c.TerminateFailures != 0 || c.WallMS <= 0 {
 			t.Errorf("burst %+v", c)
 		}
 	}
