@@ -449,18 +449,27 @@ func (a *agentProc) terminate(ctx context.Context, id string) error {
 }
 
 func (a *agentProc) list(ctx context.Context) (int, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/instances", nil)
+	b, err := a.get(ctx, "/instances")
+	return len(b), err
+}
+
+// get sends an authenticated GET and returns the body of a 200 answer.
+func (a *agentProc) get(ctx context.Context, path string) ([]byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+path, nil)
 	req.Header.Set("Authorization", "Bearer "+benchToken)
 	resp, err := a.client.Do(req)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("GET /instances: %d %v", resp.StatusCode, err)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("status %d", resp.StatusCode)
 	}
-	return len(b), nil
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", path, err)
+	}
+	return b, nil
 }
 
 type agentSide struct {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -85,17 +84,11 @@ func rssMB(pid int) float64 {
 func (a *agentProc) goroutines(ctx context.Context) (int, error) {
 	a.client.CloseIdleConnections()
 	time.Sleep(100 * time.Millisecond)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/debug/pprof/goroutine?debug=1", nil)
-	req.Header.Set("Authorization", "Bearer "+benchToken)
-	resp, err := a.client.Do(req)
+	b, err := a.get(ctx, "/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		return 0, err
 	}
-	defer resp.Body.Close()
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("goroutine profile: %d %v", resp.StatusCode, err)
-	}
+	line, _, _ := strings.Cut(string(b), "\n")
 	// "goroutine profile: total 42"
 	var n int
 	if _, err := fmt.Sscanf(line, "goroutine profile: total %d", &n); err != nil {
@@ -392,18 +385,8 @@ func perRun(before, after map[string]CallStat, runs int) map[string]CallStat {
 
 // metricsText reads the agent's GET /metrics.
 func (a *agentProc) metricsText(ctx context.Context) (string, error) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.base+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+benchToken)
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET /metrics: %d %v", resp.StatusCode, err)
-	}
-	return string(b), nil
+	b, err := a.get(ctx, "/metrics")
+	return string(b), err
 }
 
 // metricsText renders the raw client's call histogram as GET /metrics would.

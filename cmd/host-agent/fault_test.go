@@ -35,12 +35,7 @@ func TestAgentKilledAtEachStepLeavesNothingBehind(t *testing.T) {
 	}
 	defer cl.Close()
 	ctx := namespaces.WithNamespace(context.Background(), "rentals")
-	stateDir := ""
-	for _, e := range w.env {
-		if v, ok := strings.CutPrefix(e, "STATE_DIR="); ok {
-			stateDir = v
-		}
-	}
+	stateDir := stateDirOf(w)
 	rounds := 1
 	if os.Getenv("HOST_AGENT_FAULT_LONG") != "" {
 		rounds = 3

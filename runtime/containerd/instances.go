@@ -56,8 +56,12 @@ func (r *Runtime) list(ctx context.Context, cached bool) ([]runtime.Instance, er
 	if err != nil {
 		return nil, convertErr(err)
 	}
-	procs, live := r.tasks.snapshot()
-	if !cached || !live {
+	var procs map[string]*task.Process
+	live := false
+	if cached {
+		procs, live = r.tasks.snapshot()
+	}
+	if !live {
 		r.taskLists.Add(1)
 		resp, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
 		if err != nil {
