@@ -1,5 +1,13 @@
 package runtime
 
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+)
+
 // Labels the agent puts on every rental's container (containerd labels, or
 // Docker labels in fallback mode). They hold everything the agent needs after
 // a restart, so that nothing lives only in its memory. Operators see them with
@@ -47,9 +55,87 @@ const (
 	LabelNetNS = LabelPrefix + "netns"
 	// LabelIP is the instance's address on the rentals' bridge.
 	LabelIP = LabelPrefix + "ip"
+	// LabelScope marks the rentals of a back end opened for a user of the
+	// runtime other than the agent (the self-test's test rentals), which the
+	// agent's own back end neither lists nor reports.
+	LabelScope = LabelPrefix + "scope"
 	// LabelUserPrefix starts the caller's own labels.
 	LabelUserPrefix = LabelPrefix + "user."
 )
+
+// containerLabelKeys are the keys of a rental's container the agent owns:
+// SealLabels sets each of them on every container, empty where unused.
+var containerLabelKeys = []string{
+	LabelInstanceID, LabelAgentID, LabelSpecHash, LabelImage, LabelCreatedAt, LabelStartedAt,
+	LabelLogPath, LabelExitCode, LabelFinishedAt, LabelOOMKilled, LabelGPUs, LabelGPUIndexes,
+	LabelPorts, LabelNetNS, LabelIP, LabelScope,
+}
+
+// RentalLabels are the labels a back end creates a rental's container
+// with: who it is and what was asked (hash is spec.Hash()), the caller's
+// labels under LabelUserPrefix and the Lifecycle's reservations. A back end
+// adds what only it knows, then seals them (SealLabels).
+func RentalLabels(spec InstanceSpec, hash, agentID string, now time.Time) map[string]string {
+	labels := map[string]string{
+		LabelInstanceID: spec.ID,
+		LabelAgentID:    agentID,
+		LabelSpecHash:   hash,
+		LabelImage:      spec.Image,
+		LabelCreatedAt:  now.UTC().Format(time.RFC3339Nano),
+	}
+	for k, v := range spec.Labels {
+		labels[LabelUserPrefix+k] = v
+	}
+	maps.Copy(labels, spec.ReservedLabels)
+	return labels
+}
+
+// SealLabels completes a container's labels so that the image cannot add
+// or change one of the agent's: dockerd copies every label of the image
+// that the container lacks, so `LABEL host-agent.io/scope=x` would hide a
+// rental from its agent and `LABEL host-agent.io/gpus=...` corrupt the
+// reservations rebuilt at restart. Every key the agent owns is set (empty
+// where unused), and so is every key under LabelPrefix that imageLabels
+// has and labels lack (empty: a label the image carries under the agent's
+// prefix means nothing). labels is changed and returned.
+func SealLabels(labels, imageLabels map[string]string) map[string]string {
+	for _, k := range containerLabelKeys {
+		if _, ok := labels[k]; !ok {
+			labels[k] = ""
+		}
+	}
+	for k := range imageLabels {
+		if _, ok := labels[k]; !ok && strings.HasPrefix(k, LabelPrefix) {
+			labels[k] = ""
+		}
+	}
+	return labels
+}
+
+// LabelsProblem compares the agent's labels of a created container (got)
+// with those it was created with (sent), and says how they differ, or "".
+// An empty label is an absent one (containerd drops empty labels). A
+// container with a difference is not the agent's to run: the back end
+// removes it and refuses the start.
+func LabelsProblem(sent, got map[string]string) string {
+	keys := map[string]bool{}
+	for k := range got {
+		keys[k] = true
+	}
+	for k := range sent {
+		keys[k] = true
+	}
+	var diff []string
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		if strings.HasPrefix(k, LabelPrefix) && sent[k] != got[k] {
+			diff = append(diff, fmt.Sprintf("%s=%q (want %q)", k, got[k], sent[k]))
+		}
+	}
+	if len(diff) == 0 {
+		return ""
+	}
+	return "the container's agent labels differ from those it was created with: " + strings.Join(diff, ", ")
+}
 
 // UserLabels returns the caller's labels found in a container's labels,
 // without LabelUserPrefix.

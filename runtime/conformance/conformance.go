@@ -115,6 +115,8 @@ func Run(t *testing.T, h Harness) {
 		{"OOMKillReported", testOOM},
 		{"SSHAuthorizedKeysReadOnly", testSSHKeys},
 		{"Confinement", testConfinement},
+		{"HostileImageLabels", testHostileImageLabels},
+		{"HostileWorkdir", testHostileWorkdir},
 		{"GPUsByUUID", testGPUs},
 		{"PublishedPortsAndIsolation", testNetwork},
 	}

@@ -50,7 +50,7 @@ func testNetwork(t *testing.T, h Harness) {
 
 	start := func(id string) runtime.Instance {
 		t.Helper()
-		s := spec(h, id, "serve", "8080", "sleep", "inf")
+		s := spec(h, id, append([]string{"cat", "/proc/self/status"}, append(ipv6Probe, "echo", "END", "serve", "8080", "sleep", "inf")...)...)
 		s.Ports = []hostport.PortRequest{{ContainerPort: 8080, Protocol: hostport.TCP}}
 		inst, err := l.Start(Ctx(t), s)
 		if err != nil {
@@ -86,6 +86,8 @@ func testNetwork(t *testing.T, h Harness) {
 	}
 	userReaches(a)
 	userReaches(b)
+	// On the rentals' network too: no CAP_NET_RAW, no IPv6 address.
+	checkConfinedStatus(t, waitLogs(t, &Agent{Lifecycle: l}, a.ID, "END"))
 	if _, err := l.Start(Ctx(t), func() runtime.InstanceSpec {
 		s := spec(h, uniqueID(t, "net-c"), "sleep", "inf")
 		s.Ports = []hostport.PortRequest{{ContainerPort: 22, Protocol: hostport.TCP}}

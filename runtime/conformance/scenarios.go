@@ -564,24 +564,49 @@ func testSSHKeys(t *testing.T, h Harness) {
 	}
 }
 
-// defaultCapBnd is the bounding set of the default capabilities (those of
-// Docker's and containerd's defaults, which are the same 14).
-const defaultCapBnd = "00000000a80425fb"
+// defaultCapBnd is the bounding set of a rental's capabilities: the
+// runtimes' default 14 (the same on Docker and containerd) without
+// CAP_NET_RAW (bit 13).
+const defaultCapBnd = "00000000a80405fb"
+
+// ipv6Probe are payload arguments printing the IPv6 addresses the rental
+// has, between two markers (checkConfinedStatus reads them).
+var ipv6Probe = []string{"echo", "IPV6-BEGIN", "cat", "/proc/net/if_inet6", "echo", "IPV6-END"}
+
+// checkConfinedStatus checks a rental's /proc/self/status (printed by the
+// payload's cat) and its IPv6 addresses (ipv6Probe): no new privileges,
+// seccomp, the rental's capabilities in the bounding, effective and
+// permitted sets and none to inherit, no IPv6 address, not even on
+// loopback.
+func checkConfinedStatus(t *testing.T, logs string) {
+	t.Helper()
+	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "CapBnd:\t" + defaultCapBnd, "CapEff:\t" + defaultCapBnd,
+		"CapPrm:\t" + defaultCapBnd, "CapInh:\t0000000000000000", "CapAmb:\t0000000000000000"} {
+		if !strings.Contains(logs, want+"\n") {
+			t.Errorf("status inside lacks %q:\n%s", want, logs)
+		}
+	}
+	if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
+		return // the host has no IPv6, nor has the rental
+	}
+	_, rest, ok := strings.Cut(logs, "IPV6-BEGIN\n")
+	addrs, _, ok2 := strings.Cut(rest, "IPV6-END\n")
+	if !ok || !ok2 || addrs != "" {
+		t.Errorf("IPv6 inside the rental (want none):\n%s", logs)
+	}
+}
 
 func testConfinement(t *testing.T, h Harness) {
 	a := open(t, h.NewScope(t), nil)
 	id := uniqueID(t, "jail")
-	s := spec(h, id, "cat", "/proc/self/status", "ls", "/dev", "echo", "END", "sleep", "inf")
+	s := spec(h, id, append([]string{"cat", "/proc/self/status", "ls", "/dev"}, ipv6Probe...)...)
+	s.Command = append(s.Command, "echo", "END", "sleep", "inf")
 	s.Env = map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}
 	if _, err := a.Start(Ctx(t), s); err != nil {
 		t.Fatal(err)
 	}
 	logs := waitLogs(t, a, id, "END")
-	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "CapBnd:\t" + defaultCapBnd, "CapEff:\t" + defaultCapBnd} {
-		if !strings.Contains(logs, want+"\n") {
-			t.Errorf("status inside lacks %q:\n%s", want, logs)
-		}
-	}
+	checkConfinedStatus(t, logs)
 	if strings.Contains(logs, "nvidia") {
 		t.Errorf("a CPU rental sees a GPU node:\n%s", logs)
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/moby/sys/user"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // defaultUnixEnv is the PATH an image without an environment gets, as in
@@ -62,6 +64,9 @@ func withImageConfigArgs(img oci.Image, args []string) oci.SpecOpts {
 			cmd = args
 		}
 		s.Process.Args = append(append([]string{}, cfg.Config.Entrypoint...), cmd...)
+		if problem := runtime.WorkingDirProblem(cfg.Config.WorkingDir); problem != "" {
+			return fmt.Errorf("the image's %s: %w", problem, errdefs.ErrInvalidArgument)
+		}
 		s.Process.Cwd = cfg.Config.WorkingDir
 		if s.Process.Cwd == "" {
 			s.Process.Cwd = "/"

@@ -138,7 +138,7 @@ func toInstance(info containers.Container, proc *task.Process) runtime.Instance 
 			inst.Status = runtime.StatusUnknown
 		}
 	}
-	if s, ok := l[runtime.LabelExitCode]; ok {
+	if s := l[runtime.LabelExitCode]; s != "" {
 		inst.Status = runtime.StatusExited
 		inst.ExitCode = nil
 		if code, err := strconv.Atoi(s); err == nil {

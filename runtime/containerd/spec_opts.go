@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"path"
+	"slices"
 	"sort"
 	"strings"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/host-agent/host-agent/runtime"
 )
@@ -77,13 +80,49 @@ func withResources(res runtime.Resources) oci.SpecOpts {
 }
 
 // withConfinement applies what every tenant container gets whatever it asks
-// for: no new privileges, the default seccomp profile, default capabilities
-// and nothing privileged.
+// for: no new privileges, the default seccomp profile, the rental's
+// capabilities (runtime.RentalCapabilities: the defaults without
+// CAP_NET_RAW) in every set, the rental's sysctls, and nothing privileged.
 func withConfinement() oci.SpecOpts {
 	return oci.Compose(
 		oci.WithNoNewPrivileges,
 		seccomp.WithDefaultProfile(),
+		withRentalCapabilities(),
+		withSysctls(runtime.RentalSysctls()),
+		// A cgroup namespace of its own, as on Docker: the default spec
+		// has one only on cgroup v2.
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
 	)
+}
+
+// withRentalCapabilities gives the process runtime.RentalCapabilities in
+// its bounding, effective and permitted sets, and none to inherit.
+func withRentalCapabilities() oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Process == nil {
+			s.Process = &specs.Process{}
+		}
+		s.Process.Capabilities = &specs.LinuxCapabilities{
+			Bounding:  slices.Clone(runtime.RentalCapabilities),
+			Effective: slices.Clone(runtime.RentalCapabilities),
+			Permitted: slices.Clone(runtime.RentalCapabilities),
+		}
+		return nil
+	}
+}
+
+// withSysctls sets the given sysctls in the container's namespaces.
+func withSysctls(sysctls map[string]string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		if s.Linux.Sysctl == nil {
+			s.Linux.Sysctl = map[string]string{}
+		}
+		maps.Copy(s.Linux.Sysctl, sysctls)
+		return nil
+	}
 }
 
 // withDevicePlan applies the instance's device plan (its GPUs, through
@@ -102,8 +141,12 @@ func withDevicePlan(plan runtime.DevicePlan) oci.SpecOpts {
 // plan's included, so a bug or a hostile spec file cannot slip a privileged
 // container, a host mount or a device through. The only bind mounts allowed
 // are the plan's read-only driver files; the only device nodes, device
-// cgroup rules and hooks are the plan's (see runtime.DevicePlan.Verify).
-func verifyConfined(plan runtime.DevicePlan) oci.SpecOpts {
+// cgroup rules and hooks are the plan's (see runtime.DevicePlan.Verify);
+// the only other mounts the runtime's defaults, once each. Namespaces are
+// the container's own (its network namespace may be netns, the rental's
+// pinned one), capabilities, sysctls and the working directory those of
+// the policy shared with the Docker back end (runtime/confine.go).
+func verifyConfined(plan runtime.DevicePlan, netns string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		var problems []string
 		if s.Process == nil || !s.Process.NoNewPrivileges {
@@ -112,13 +155,30 @@ func verifyConfined(plan runtime.DevicePlan) oci.SpecOpts {
 		if s.Linux == nil || s.Linux.Seccomp == nil {
 			problems = append(problems, "no seccomp profile")
 		}
-		if s.Process != nil && s.Process.Capabilities != nil {
-			for _, c := range s.Process.Capabilities.Bounding {
-				if c == "CAP_SYS_ADMIN" {
-					problems = append(problems, "CAP_SYS_ADMIN granted")
+		if s.Process != nil {
+			if c := s.Process.Capabilities; c != nil {
+				for _, set := range []struct {
+					name string
+					caps []string
+				}{{"bounding", c.Bounding}, {"effective", c.Effective}, {"permitted", c.Permitted}, {"inheritable", c.Inheritable}, {"ambient", c.Ambient}} {
+					if p := runtime.CapabilityProblem(set.name, set.caps); p != "" {
+						problems = append(problems, p)
+					}
 				}
 			}
+			if p := runtime.WorkingDirProblem(s.Process.Cwd); p != "" {
+				problems = append(problems, p)
+			}
 		}
+		if s.Linux != nil {
+			problems = append(problems, namespaceProblems(s.Linux.Namespaces, netns)...)
+			if p := runtime.SysctlProblem(s.Linux.Sysctl); p != "" {
+				problems = append(problems, p)
+			}
+		} else {
+			problems = append(problems, "no Linux namespaces")
+		}
+		problems = append(problems, runtimeMountProblems(s.Mounts)...)
 		if err := plan.Verify(s); err != nil {
 			problems = append(problems, err.Error())
 		}
@@ -127,6 +187,58 @@ func verifyConfined(plan runtime.DevicePlan) oci.SpecOpts {
 		}
 		return nil
 	}
+}
+
+// ownNamespaces are the namespaces a rental must have of its own: a
+// missing one is the host's.
+var ownNamespaces = []specs.LinuxNamespaceType{specs.PIDNamespace, specs.IPCNamespace, specs.UTSNamespace, specs.MountNamespace, specs.NetworkNamespace, specs.CgroupNamespace}
+
+// namespaceProblems: each of ownNamespaces new (no path), but the network
+// namespace, which may be netns; any other namespace (user, cgroup, time)
+// new as well.
+func namespaceProblems(nss []specs.LinuxNamespace, netns string) []string {
+	var out []string
+	for _, want := range ownNamespaces {
+		if !slices.ContainsFunc(nss, func(n specs.LinuxNamespace) bool { return n.Type == want }) {
+			out = append(out, fmt.Sprintf("the host's %s namespace", want))
+		}
+	}
+	for _, n := range nss {
+		if n.Path == "" || (n.Type == specs.NetworkNamespace && netns != "" && n.Path == netns) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s namespace joined at %s", n.Type, n.Path))
+	}
+	return out
+}
+
+// runtimeMounts are the mounts of the runtime's default spec, by
+// destination and type: the only mounts other than binds a rental has.
+var runtimeMounts = map[string]string{
+	"/proc": "proc", "/dev": "tmpfs", "/dev/pts": "devpts", "/dev/shm": "tmpfs",
+	"/dev/mqueue": "mqueue", "/sys": "sysfs", "/run": "tmpfs", "/sys/fs/cgroup": "cgroup",
+}
+
+// runtimeMountProblems refuses a mount that is neither a bind mount
+// (checked against the device plan) nor one of runtimeMounts, and any of
+// those twice.
+func runtimeMountProblems(mounts []specs.Mount) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range mounts {
+		if runtime.IsBindMount(m) {
+			continue
+		}
+		dest := path.Clean(m.Destination)
+		switch typ, ok := runtimeMounts[dest]; {
+		case !ok || typ != m.Type:
+			out = append(out, fmt.Sprintf("%s mount at %s", m.Type, m.Destination))
+		case seen[dest]:
+			out = append(out, fmt.Sprintf("a second %s mount at %s", m.Type, m.Destination))
+		}
+		seen[dest] = true
+	}
+	return out
 }
 
 func hasOption(opts []string, want string) bool {

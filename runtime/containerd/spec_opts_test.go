@@ -2,6 +2,8 @@ package containerd
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
@@ -66,14 +68,34 @@ func TestWithResources(t *testing.T) {
 func TestConfinement(t *testing.T) {
 	t.Parallel()
 	s := defaultSpec(t)
-	if err := verifyConfined(runtime.DevicePlan{})(context.Background(), nil, nil, s); err == nil {
+	if err := verifyConfined(runtime.DevicePlan{}, "")(context.Background(), nil, nil, s); err == nil {
 		t.Fatal("the bare default spec (no seccomp, no no_new_privileges) passed verification")
 	}
 	if err := withConfinement()(context.Background(), nil, &containers.Container{}, s); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyConfined(runtime.DevicePlan{})(context.Background(), nil, nil, s); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{}, "")(context.Background(), nil, nil, s); err != nil {
 		t.Fatalf("confined spec refused: %v", err)
+	}
+	for _, set := range [][]string{s.Process.Capabilities.Bounding, s.Process.Capabilities.Effective, s.Process.Capabilities.Permitted} {
+		if slices.Contains(set, "CAP_NET_RAW") || len(set) != len(runtime.RentalCapabilities) {
+			t.Errorf("capabilities %v, want %v", set, runtime.RentalCapabilities)
+		}
+	}
+	if s.Linux.Sysctl["net.ipv4.ping_group_range"] != "0 2147483647" {
+		t.Errorf("sysctls %v: ping for every group missing", s.Linux.Sysctl)
+	}
+	// The rental's own pinned network namespace is allowed, and only it.
+	pinned := *s
+	pinned.Linux = &specs.Linux{}
+	*pinned.Linux = *s.Linux
+	pinned.Linux.Namespaces = append(slices.DeleteFunc(slices.Clone(s.Linux.Namespaces), func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace }),
+		specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/host-agent/netns/x"})
+	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/x")(context.Background(), nil, nil, &pinned); err != nil {
+		t.Errorf("the rental's own network namespace refused: %v", err)
+	}
+	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/y")(context.Background(), nil, nil, &pinned); err == nil {
+		t.Error("another network namespace accepted")
 	}
 	for _, tc := range []struct {
 		name   string
@@ -90,6 +112,42 @@ func TestConfinement(t *testing.T) {
 		{"sys_admin", func(s *oci.Spec) {
 			s.Process.Capabilities.Bounding = append(s.Process.Capabilities.Bounding, "CAP_SYS_ADMIN")
 		}},
+		{"host pid namespace", func(s *oci.Spec) {
+			s.Linux.Namespaces = slices.DeleteFunc(slices.Clone(s.Linux.Namespaces), func(n specs.LinuxNamespace) bool { return n.Type == specs.PIDNamespace })
+		}},
+		{"joined network namespace", func(s *oci.Spec) {
+			s.Linux.Namespaces = append(slices.Clone(s.Linux.Namespaces), specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"})
+		}},
+		{"joined user namespace", func(s *oci.Spec) {
+			s.Linux.Namespaces = append(slices.Clone(s.Linux.Namespaces), specs.LinuxNamespace{Type: specs.UserNamespace, Path: "/proc/1/ns/user"})
+		}},
+		{"net_raw in the effective set", func(s *oci.Spec) {
+			s.Process.Capabilities.Effective = append(slices.Clone(s.Process.Capabilities.Effective), "CAP_NET_RAW")
+		}},
+		{"net_admin in the permitted set", func(s *oci.Spec) {
+			s.Process.Capabilities.Permitted = append(slices.Clone(s.Process.Capabilities.Permitted), "CAP_NET_ADMIN")
+		}},
+		{"sys_ptrace inheritable", func(s *oci.Spec) { s.Process.Capabilities.Inheritable = []string{"CAP_SYS_PTRACE"} }},
+		{"ambient", func(s *oci.Spec) { s.Process.Capabilities.Ambient = []string{"CAP_KILL", "CAP_SYS_MODULE"} }},
+		{"a second proc mount", func(s *oci.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/host-proc", Source: "proc", Type: "proc"})
+		}},
+		{"proc twice at /proc", func(s *oci.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/proc", Source: "proc", Type: "proc"})
+		}},
+		{"a sysfs mount", func(s *oci.Spec) {
+			s.Mounts = append(s.Mounts, specs.Mount{Destination: "/mnt/sys", Source: "sysfs", Type: "sysfs"})
+		}},
+		{"a sysctl", func(s *oci.Spec) {
+			s.Linux.Sysctl = maps.Clone(s.Linux.Sysctl)
+			s.Linux.Sysctl["kernel.shm_rmid_forced"] = "1"
+		}},
+		{"ping for nobody changed", func(s *oci.Spec) {
+			s.Linux.Sysctl = maps.Clone(s.Linux.Sysctl)
+			s.Linux.Sysctl["net.ipv4.ping_group_range"] = "0 0"
+		}},
+		{"working directory in /proc", func(s *oci.Spec) { s.Process.Cwd = "/proc/self/fd/7" }},
+		{"working directory reaching /proc", func(s *oci.Spec) { s.Process.Cwd = "/tmp/../proc/1/cwd" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := *s
@@ -101,9 +159,11 @@ func TestConfinement(t *testing.T) {
 			*c.Linux = *s.Linux
 			c.Mounts = append([]specs.Mount(nil), s.Mounts...)
 			tc.loosen(&c)
-			if err := verifyConfined(runtime.DevicePlan{})(context.Background(), nil, nil, &c); err == nil {
+			err := verifyConfined(runtime.DevicePlan{}, "")(context.Background(), nil, nil, &c)
+			if err == nil {
 				t.Fatal("loosened spec passed verification")
 			}
+			t.Log(err)
 		})
 	}
 }

@@ -152,20 +152,8 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	r.fault(FaultAfterPull)
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
-	labels := map[string]string{
-		runtime.LabelInstanceID: spec.ID,
-		runtime.LabelAgentID:    r.opts.AgentID,
-		runtime.LabelSpecHash:   hash,
-		runtime.LabelImage:      spec.Image,
-		runtime.LabelCreatedAt:  time.Now().UTC().Format(time.RFC3339Nano),
-		runtime.LabelLogPath:    r.logPath(spec.ID),
-	}
-	for k, v := range spec.Labels {
-		labels[runtime.LabelUserPrefix+k] = v
-	}
-	for k, v := range spec.ReservedLabels {
-		labels[k] = v
-	}
+	labels := runtime.RentalLabels(spec, hash, r.opts.AgentID, time.Now())
+	labels[runtime.LabelLogPath] = r.logPath(spec.ID)
 	var att network.Attachment
 	switch {
 	case r.opts.Network != nil:
@@ -193,6 +181,9 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
+	// containerd copies no image label, but the same seal and check as on
+	// Docker hold whatever a later option or client version does.
+	runtime.SealLabels(labels, nil)
 	c, err := r.client.NewContainer(ctx, spec.ID,
 		containerd.WithImage(img),
 		containerd.WithSnapshotter(r.opts.Snapshotter),
@@ -211,6 +202,14 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: convertErr(err)}
 	}
 	created = true
+	// The record containerd answered the create with, no second call.
+	if info, err := c.Info(ctx, containerd.WithoutRefreshedMetadata); err == nil {
+		if problem := runtime.LabelsProblem(labels, info.Labels); problem != "" {
+			r.removeContainer(c)
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate,
+				Err: fmt.Errorf("refusing the container: %s: %w", problem, errdefs.ErrFailedPrecondition)}
+		}
+	}
 	r.fault(FaultAfterCreate)
 	if r.opts.Network != nil {
 		// The container and its labels, recording the ports, exist before
@@ -340,5 +339,5 @@ func (r *Runtime) specOpts(ctx context.Context, img containerd.Image, spec runti
 		opts = append(opts, att.SpecOpts(r.opts.PublicIP))
 		plan = networkPlan(plan, att)
 	}
-	return append(opts, withDevicePlan(plan), verifyConfined(plan)), nil
+	return append(opts, withDevicePlan(plan), verifyConfined(plan, att.NetNS)), nil
 }

@@ -102,10 +102,18 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 		}
 	}
 	host := &container.HostConfig{
-		NetworkMode:   "none",
-		Runtime:       "runc",
-		Privileged:    false,
-		SecurityOpt:   []string{"no-new-privileges"},
+		NetworkMode: "none",
+		Runtime:     "runc",
+		Privileged:  false,
+		SecurityOpt: []string{"no-new-privileges"},
+		// The confinement both back ends share (runtime/confine.go): the
+		// daemon's default capabilities but CAP_NET_RAW, ICMP sockets and
+		// IPv6 off inside.
+		CapDrop: dockerCapNames(runtime.DroppedCapabilities),
+		// A cgroup namespace of its own, as on containerd, whatever the
+		// daemon's default (host on cgroup v1).
+		CgroupnsMode:  container.CgroupnsModePrivate,
+		Sysctls:       runtime.RentalSysctls(),
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
 			"max-size": strconv.FormatInt(max(logMax/2, 1<<20), 10),
@@ -132,6 +140,16 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 		host.DeviceRequests = []container.DeviceRequest{*gpus.Request}
 	}
 	return cfg, host
+}
+
+// dockerCapNames are capabilities as the Engine API takes them, without
+// the CAP_ prefix (which dockerd 20.10 does not accept everywhere).
+func dockerCapNames(caps []string) []string {
+	out := make([]string, len(caps))
+	for i, c := range caps {
+		out[i] = strings.TrimPrefix(c, "CAP_")
+	}
+	return out
 }
 
 // dockerUlimits are process limits as the Engine API takes them, soft and
@@ -163,9 +181,12 @@ func withAuthorizedKeys(host *container.HostConfig, keys keysPlan) {
 
 // verifyConfined refuses a created container that the daemon would run
 // with more than the defaults and exactly the reserved GPUs: privileged,
-// with new privileges allowed, seccomp off, added capabilities, host
-// mounts (but the SSH keys file of keys, read-only, at its targets) or
-// devices, another runtime or other device requests.
+// with new privileges allowed, seccomp off, added capabilities or those of
+// runtime.DroppedCapabilities kept, sysctls other than the rental's, a
+// working directory under /proc (the image's WORKDIR included), host
+// namespaces, host mounts (but the SSH keys file of keys, read-only, at its
+// targets) or devices, another runtime or other device requests. The
+// policy is the containerd back end's (runtime/confine.go).
 func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) error {
 	h := c.HostConfig
 	if h == nil {
@@ -188,6 +209,22 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) er
 	if len(h.CapAdd) > 0 {
 		problems = append(problems, "capabilities added: "+strings.Join(h.CapAdd, ","))
 	}
+	for _, c := range runtime.DroppedCapabilities {
+		if !slices.ContainsFunc(h.CapDrop, func(d string) bool {
+			d = strings.ToUpper(d)
+			return d == "ALL" || d == c || "CAP_"+d == c
+		}) {
+			problems = append(problems, c+" not dropped")
+		}
+	}
+	if p := runtime.SysctlProblem(h.Sysctls); p != "" {
+		problems = append(problems, p)
+	}
+	if c.Config != nil {
+		if p := runtime.WorkingDirProblem(c.Config.WorkingDir); p != "" {
+			problems = append(problems, p)
+		}
+	}
 	if err := verifyMounts(c, keys); err != nil {
 		problems = append(problems, err.Error())
 	}
@@ -197,7 +234,7 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) er
 	if h.Runtime != "runc" {
 		problems = append(problems, "runtime "+h.Runtime)
 	}
-	if h.PidMode.IsHost() || h.IpcMode.IsHost() || h.UTSMode.IsHost() || h.NetworkMode.IsHost() || h.UsernsMode.IsHost() {
+	if h.PidMode.IsHost() || h.IpcMode.IsHost() || h.UTSMode.IsHost() || h.NetworkMode.IsHost() || h.UsernsMode.IsHost() || h.CgroupnsMode.IsHost() {
 		problems = append(problems, "a host namespace")
 	}
 	if err := verifyDevices(h.DeviceRequests, gpus); err != nil {

@@ -1,6 +1,7 @@
 package docker
 
 import (
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -33,6 +34,9 @@ func TestContainerConfigConfinesAndLimits(t *testing.T) {
 	}
 	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}, keysPlan{}); err != nil {
 		t.Errorf("the agent's own config refused: %v", err)
+	}
+	if !slices.Equal(host.CapDrop, []string{"NET_RAW"}) || host.Sysctls["net.ipv4.ping_group_range"] != "0 2147483647" {
+		t.Errorf("cap drop %v, sysctls %v: want NET_RAW dropped and ICMP sockets for every group", host.CapDrop, host.Sysctls)
 	}
 }
 
@@ -79,12 +83,29 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 			h.DeviceRequests[0] = container.DeviceRequest{Driver: DriverNVIDIA, Count: -1}
 		}},
 		{"no GPU", "device requests", func(h *container.HostConfig) { h.DeviceRequests = nil }},
+		{"net_raw kept", "CAP_NET_RAW not dropped", func(h *container.HostConfig) { h.CapDrop = nil }},
+		{"a sysctl", "sysctls not allowed: kernel.msgmax", func(h *container.HostConfig) {
+			h.Sysctls = maps.Clone(h.Sysctls)
+			h.Sysctls["kernel.msgmax"] = "1"
+		}},
+		{"IPv6 on", "sysctls not allowed: net.ipv6.conf.all.disable_ipv6=0", func(h *container.HostConfig) {
+			h.Sysctls = maps.Clone(h.Sysctls)
+			h.Sysctls["net.ipv6.conf.all.disable_ipv6"] = "0"
+		}},
+		{"host cgroup namespace", "host namespace", func(h *container.HostConfig) { h.CgroupnsMode = "host" }},
+		{"host user namespace", "host namespace", func(h *container.HostConfig) { h.UsernsMode = "host" }},
+		{"working directory in /proc", "working directory \"/proc/self/fd/7\" is under /proc", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			h := good()
-			tc.mutate(h)
-			err := verifyConfined(container.InspectResponse{HostConfig: h}, plan, keysPlan{})
+			cfg := &container.Config{WorkingDir: "/workspace"}
+			if tc.mutate != nil {
+				tc.mutate(h)
+			} else {
+				cfg.WorkingDir = "/proc/self/fd/7"
+			}
+			err := verifyConfined(container.InspectResponse{HostConfig: h, Config: cfg}, plan, keysPlan{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("verify: %v, want a refusal naming %q", err, tc.want)
 			}

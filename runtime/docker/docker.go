@@ -63,7 +63,7 @@ type Options struct {
 }
 
 // LabelScope marks a container of a back end with Options.Scope.
-const LabelScope = runtime.LabelPrefix + "scope"
+const LabelScope = runtime.LabelScope
 
 // Runtime is the Docker back end.
 type Runtime struct {

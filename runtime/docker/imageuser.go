@@ -22,20 +22,12 @@ const maxPasswd = 4 << 20
 // Engine API shows an image's config but not its files: for a USER other
 // than root, /etc/passwd is copied out of a container created (never
 // started) from the image for that, and removed at once.
-func (r *Runtime) imageKeysPaths(ctx context.Context, ref string) ([]string, error) {
-	img, err := r.client.ImageInspect(ctx, ref)
-	if err != nil {
-		return nil, fmt.Errorf("inspect image %s: %w", ref, convertErr(err))
-	}
-	u := ""
-	if img.Config != nil {
-		u = img.Config.User
-	}
+func (r *Runtime) imageKeysPaths(ctx context.Context, ref, u string) ([]string, error) {
 	if u == "" || u == "root" || u == "0" {
 		return runtime.AuthorizedKeysPaths("", nil), nil
 	}
 	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{
-		Config:     &container.Config{Image: ref, Entrypoint: []string{"/nonexistent"}, Cmd: []string{}},
+		Config:     &container.Config{Image: ref, Entrypoint: []string{"/nonexistent"}, Cmd: []string{}, Labels: runtime.SealLabels(map[string]string{}, nil)},
 		HostConfig: &container.HostConfig{NetworkMode: "none"},
 	})
 	if err != nil {

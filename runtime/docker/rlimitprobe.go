@@ -48,7 +48,9 @@ func (r *Runtime) probeRaise(ctx context.Context, ref string) (bool, error) {
 	process := "/host-agent-probe-" + hex.EncodeToString(b)
 	pids := int64(1)
 	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{
-		Config: &container.Config{Image: ref, Entrypoint: []string{process}, Cmd: []string{}},
+		// Sealed labels: an image labelled as a rental does not make the
+		// probe one.
+		Config: &container.Config{Image: ref, Entrypoint: []string{process}, Cmd: []string{}, Labels: runtime.SealLabels(map[string]string{}, nil)},
 		HostConfig: &container.HostConfig{NetworkMode: "none", SecurityOpt: []string{"no-new-privileges"}, Runtime: "runc",
 			Resources: container.Resources{
 				PidsLimit: &pids, Memory: 16 << 20,

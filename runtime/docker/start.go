@@ -98,11 +98,26 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
-	cfg, hostCfg := containerConfig(ref, spec, r.labels(spec, hash), gpus, r.opts.LogMaxBytes)
+	img, err := r.client.ImageInspect(ctx, ref)
+	if err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("inspect image %s: %w", ref, convertErr(err))}
+	}
+	var imgUser, imgDir string
+	var imgLabels map[string]string
+	if img.Config != nil {
+		imgUser, imgDir, imgLabels = img.Config.User, img.Config.WorkingDir, img.Config.Labels
+	}
+	if problem := runtime.WorkingDirProblem(imgDir); problem != "" {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("the image's %s: %w", problem, errdefs.ErrInvalidArgument)}
+	}
+	// The daemon adds the image's labels the container lacks: sealed, an
+	// image cannot pass for the agent.
+	labels := runtime.SealLabels(r.labels(spec, hash), imgLabels)
+	cfg, hostCfg := containerConfig(ref, spec, labels, gpus, r.opts.LogMaxBytes)
 	hostCfg.Ulimits = dockerUlimits(r.ulimits(ctx, ref, spec))
 	var keys keysPlan
 	if len(spec.SSHAuthorizedKeys) > 0 {
-		if keys.Targets, err = r.imageKeysPaths(ctx, ref); err != nil {
+		if keys.Targets, err = r.imageKeysPaths(ctx, ref, imgUser); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("SSH keys: %w", err)}
 		}
 		// The daemon mounts it from the host: STATE_DIR must be the same
@@ -138,6 +153,11 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	res, err := r.client.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err == nil {
 		err = verifyConfined(res.Container, gpus, keys)
+		if err == nil && res.Container.Config != nil {
+			if problem := runtime.LabelsProblem(labels, res.Container.Config.Labels); problem != "" {
+				err = fmt.Errorf("refusing the container: %s: %w", problem, errdefs.ErrFailedPrecondition)
+			}
+		}
 		if n := r.opts.Network; err == nil && n != nil {
 			err = n.verifyPublished(res.Container, spec.PublishedPorts)
 		}
@@ -164,21 +184,10 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	return r.Get(ctx, spec.ID)
 }
 
-// labels are the container's labels: the same keys as on containerd.
+// labels are the container's labels: the same keys as on containerd, and
+// the back end's scope.
 func (r *Runtime) labels(spec runtime.InstanceSpec, hash string) map[string]string {
-	labels := map[string]string{
-		runtime.LabelInstanceID: spec.ID,
-		runtime.LabelAgentID:    r.opts.AgentID,
-		runtime.LabelSpecHash:   hash,
-		runtime.LabelImage:      spec.Image,
-		runtime.LabelCreatedAt:  time.Now().UTC().Format(time.RFC3339Nano),
-	}
-	for k, v := range spec.Labels {
-		labels[runtime.LabelUserPrefix+k] = v
-	}
-	for k, v := range spec.ReservedLabels {
-		labels[k] = v
-	}
+	labels := runtime.RentalLabels(spec, hash, r.opts.AgentID, time.Now())
 	if r.opts.Scope != "" {
 		labels[LabelScope] = r.opts.Scope
 	}

@@ -211,6 +211,30 @@ func (r *Registry) PushPayloadBinary(repoTag string, bin []byte, padding int) (s
 	return r.write(repoTag, img)
 }
 
+// PushPayloadWithConfig pushes the payload image with its config changed
+// by edit (labels, a working directory, ...), as an image a tenant built
+// might carry, and returns the reference to pull.
+func (r *Registry) PushPayloadWithConfig(repoTag string, edit func(*v1.Config)) (string, error) {
+	bin, err := BuildPayload()
+	if err != nil {
+		return "", err
+	}
+	layer, err := layerWith("payload", bin)
+	if err != nil {
+		return "", err
+	}
+	cfg := v1.Config{Entrypoint: []string{"/payload"}, Env: ImageEnv}
+	edit(&cfg)
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{Architecture: goruntime.GOARCH, OS: "linux", Config: cfg})
+	if err != nil {
+		return "", err
+	}
+	if img, err = mutate.AppendLayers(img, layer); err != nil {
+		return "", err
+	}
+	return r.write(repoTag, img)
+}
+
 // PushUserImage pushes the payload with the given /etc/passwd and
 // /etc/group and USER set to user, in two layers as a Dockerfile would
 // make, and returns the reference to pull.
