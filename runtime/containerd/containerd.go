@@ -121,6 +121,9 @@ type Runtime struct {
 	// calls times the calls to containerd (Collector).
 	calls *prometheus.HistogramVec
 	probe probe
+	// appArmor is the AppArmor profile of rentals, "" where the host has
+	// none (loadAppArmor).
+	appArmor string
 	// runcBinary overrides the shim's runc ("" is runc from containerd's
 	// PATH); tests point it at a missing one.
 	runcBinary string
@@ -180,6 +183,7 @@ func New(opts Options) (*Runtime, error) {
 
 		raise: runtime.NewRaiseProbe(),
 	}
+	r.appArmor = loadAppArmor(r.log)
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))
 	r.wg.Go(func() { r.watch(r.ctx) })
 	if opts.LogMaxBytes > 0 {

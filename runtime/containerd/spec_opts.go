@@ -145,8 +145,9 @@ func withDevicePlan(plan runtime.DevicePlan) oci.SpecOpts {
 // the only other mounts the runtime's defaults, once each. Namespaces are
 // the container's own (its network namespace may be netns, the rental's
 // pinned one), capabilities, sysctls and the working directory those of
-// the policy shared with the Docker back end (runtime/confine.go).
-func verifyConfined(plan runtime.DevicePlan, netns string) oci.SpecOpts {
+// the policy shared with the Docker back end (runtime/confine.go), and the
+// AppArmor profile appArmor where the host has AppArmor (else "").
+func verifyConfined(plan runtime.DevicePlan, netns, appArmor string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		var problems []string
 		if s.Process == nil || !s.Process.NoNewPrivileges {
@@ -168,6 +169,9 @@ func verifyConfined(plan runtime.DevicePlan, netns string) oci.SpecOpts {
 			}
 			if p := runtime.WorkingDirProblem(s.Process.Cwd); p != "" {
 				problems = append(problems, p)
+			}
+			if appArmor != "" && s.Process.ApparmorProfile != appArmor {
+				problems = append(problems, fmt.Sprintf("AppArmor profile %q, want %q", s.Process.ApparmorProfile, appArmor))
 			}
 		}
 		if s.Linux != nil {

@@ -68,13 +68,13 @@ func TestWithResources(t *testing.T) {
 func TestConfinement(t *testing.T) {
 	t.Parallel()
 	s := defaultSpec(t)
-	if err := verifyConfined(runtime.DevicePlan{}, "")(context.Background(), nil, nil, s); err == nil {
+	if err := verifyConfined(runtime.DevicePlan{}, "", "")(context.Background(), nil, nil, s); err == nil {
 		t.Fatal("the bare default spec (no seccomp, no no_new_privileges) passed verification")
 	}
 	if err := withConfinement()(context.Background(), nil, &containers.Container{}, s); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyConfined(runtime.DevicePlan{}, "")(context.Background(), nil, nil, s); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{}, "", "")(context.Background(), nil, nil, s); err != nil {
 		t.Fatalf("confined spec refused: %v", err)
 	}
 	for _, set := range [][]string{s.Process.Capabilities.Bounding, s.Process.Capabilities.Effective, s.Process.Capabilities.Permitted} {
@@ -91,11 +91,24 @@ func TestConfinement(t *testing.T) {
 	*pinned.Linux = *s.Linux
 	pinned.Linux.Namespaces = append(slices.DeleteFunc(slices.Clone(s.Linux.Namespaces), func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace }),
 		specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/host-agent/netns/x"})
-	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/x")(context.Background(), nil, nil, &pinned); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/x", "")(context.Background(), nil, nil, &pinned); err != nil {
 		t.Errorf("the rental's own network namespace refused: %v", err)
 	}
-	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/y")(context.Background(), nil, nil, &pinned); err == nil {
+	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/y", "")(context.Background(), nil, nil, &pinned); err == nil {
 		t.Error("another network namespace accepted")
+	}
+	// Where the host has AppArmor, the rentals' profile is required.
+	if err := verifyConfined(runtime.DevicePlan{}, "", AppArmorProfile)(context.Background(), nil, nil, s); err == nil || !strings.Contains(err.Error(), "AppArmor") {
+		t.Errorf("a spec without the AppArmor profile on an AppArmor host: %v", err)
+	}
+	armored := *s
+	armored.Process = &specs.Process{}
+	*armored.Process = *s.Process
+	if err := oci.WithApparmorProfile(AppArmorProfile)(context.Background(), nil, nil, &armored); err != nil {
+		t.Fatal(err)
+	}
+	if err := verifyConfined(runtime.DevicePlan{}, "", AppArmorProfile)(context.Background(), nil, nil, &armored); err != nil {
+		t.Errorf("the profile set: %v", err)
 	}
 	for _, tc := range []struct {
 		name   string
@@ -159,7 +172,7 @@ func TestConfinement(t *testing.T) {
 			*c.Linux = *s.Linux
 			c.Mounts = append([]specs.Mount(nil), s.Mounts...)
 			tc.loosen(&c)
-			err := verifyConfined(runtime.DevicePlan{}, "")(context.Background(), nil, nil, &c)
+			err := verifyConfined(runtime.DevicePlan{}, "", "")(context.Background(), nil, nil, &c)
 			if err == nil {
 				t.Fatal("loosened spec passed verification")
 			}

@@ -339,5 +339,8 @@ func (r *Runtime) specOpts(ctx context.Context, img containerd.Image, spec runti
 		opts = append(opts, att.SpecOpts(r.opts.PublicIP))
 		plan = networkPlan(plan, att)
 	}
-	return append(opts, withDevicePlan(plan), verifyConfined(plan, att.NetNS)), nil
+	if r.appArmor != "" {
+		opts = append(opts, oci.WithApparmorProfile(r.appArmor))
+	}
+	return append(opts, withDevicePlan(plan), verifyConfined(plan, att.NetNS, r.appArmor)), nil
 }
