@@ -106,3 +106,12 @@ func WorkingDirProblem(dir string) string {
 	}
 	return ""
 }
+
+// ImageWorkingDirError refuses an image whose WORKDIR WorkingDirProblem
+// refuses, as bad input naming the image field; nil when it is fine.
+func ImageWorkingDirError(dir string) error {
+	if p := WorkingDirProblem(dir); p != "" {
+		return &fieldError{field: "image", msg: "the image's " + p}
+	}
+	return nil
+}

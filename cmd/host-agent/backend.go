@@ -11,6 +11,7 @@ import (
 	containerdclient "github.com/containerd/containerd/v2/client"
 	"github.com/moby/moby/client"
 
+	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/disk"
@@ -92,7 +93,7 @@ type backend interface {
 }
 
 // newRuntime builds the chosen back end.
-func newRuntime(cfg config, name string, pub events.Publisher, devices containerd.DeviceInjector, rentalNet *network.Network, dockerNet *docker.NetworkOptions, logger *slog.Logger) (backend, error) {
+func newRuntime(cfg config, name string, pub events.Publisher, devices *cdi.Injector, rentalNet *network.Network, dockerNet *docker.NetworkOptions, logger *slog.Logger) (backend, error) {
 	if name == runtimeDocker {
 		return docker.New(docker.Options{
 			Host:        cfg.DockerHost,
@@ -102,6 +103,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices container
 			Logger:      logger,
 			LogMaxBytes: cfg.InstanceLogMaxBytes,
 			Network:     dockerNet,
+			Devices:     devices,
 		})
 	}
 	var publicIP string

@@ -258,6 +258,9 @@ func selftestBackend(ctx context.Context, cfg config, rtName string, devices con
 			Logger:   logger,
 			Scope:    selftestScope,
 		}
+		if p, ok := devices.(docker.DevicePlanner); ok {
+			opts.Devices = p
+		}
 		if rental {
 			if netErr = docker.IsolationAvailable(); netErr == nil {
 				opts.Network = dockerNetwork(cfg)

@@ -42,12 +42,13 @@ type Scope interface {
 	Open(t *testing.T, pub events.Publisher, gpus *GPUHost) runtime.Runtime
 }
 
-// GPUVerifier is implemented by a Scope whose daemon cannot show GPUs
-// inside the container (Docker's nvidia driver needs the NVIDIA Container
-// Toolkit's hook, which the tests replace by a stand-in): it answers which
-// GPU UUIDs the daemon asked for the instance.
-type GPUVerifier interface {
-	GPUsAskedFor(t *testing.T, inst runtime.Instance) []string
+// GPURefuser is implemented by a Scope whose daemon the agent must not
+// hand GPUs to (a dockerd without CDI, whose NVIDIA hook injects what the
+// agent cannot check): GPUsRefused says why, or "" where GPUs are served.
+// There a GPU rental is refused as a failed precondition naming CDI, and
+// leaves nothing behind.
+type GPURefuser interface {
+	GPUsRefused() string
 }
 
 // Networker is implemented by every Scope: it opens a back end whose

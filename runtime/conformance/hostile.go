@@ -1,6 +1,7 @@
 package conformance
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -118,8 +119,9 @@ func testHostileWorkdir(t *testing.T, h Harness) {
 	a := open(t, h.NewScope(t), nil)
 	id := uniqueID(t, "workdir")
 	_, err = a.Start(Ctx(t), runtime.InstanceSpec{ID: id, Image: img, Command: []string{"sleep", "inf"}})
-	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/proc/self/fd/7") {
-		t.Fatalf("start with WORKDIR /proc/self/fd/7: %v, want InvalidArgument naming it", err)
+	var fe interface{ ErrorField() string }
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "/proc/self/fd/7") || !errors.As(err, &fe) || fe.ErrorField() != "image" {
+		t.Fatalf("start with WORKDIR /proc/self/fd/7: %v, want InvalidArgument naming it and the image field", err)
 	}
 	assertGone(t, a, id)
 }

@@ -64,8 +64,8 @@ func withImageConfigArgs(img oci.Image, args []string) oci.SpecOpts {
 			cmd = args
 		}
 		s.Process.Args = append(append([]string{}, cfg.Config.Entrypoint...), cmd...)
-		if problem := runtime.WorkingDirProblem(cfg.Config.WorkingDir); problem != "" {
-			return fmt.Errorf("the image's %s: %w", problem, errdefs.ErrInvalidArgument)
+		if err := runtime.ImageWorkingDirError(cfg.Config.WorkingDir); err != nil {
+			return err
 		}
 		s.Process.Cwd = cfg.Config.WorkingDir
 		if s.Process.Cwd == "" {

@@ -3,6 +3,7 @@ package docker
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,8 +37,11 @@ type gpuPlan struct {
 	Request *container.DeviceRequest
 }
 
-// gpuRequest builds the device request for the reserved GPUs: CDI when the
-// daemon lists CDI spec dirs, else the nvidia driver with explicit UUIDs.
+// gpuRequest builds the device request for the reserved GPUs, by CDI
+// only, from specs the agent has checked (checkCDI). A daemon without CDI
+// (dockerd before 25, or with the cdi feature off) would hand the GPUs to
+// NVIDIA's hook, which mounts what the agent cannot see or check (the
+// persistenced socket among it): GPU rentals are refused there.
 func (r *Runtime) gpuRequest(ctx context.Context, gpus []runtime.GPU) (gpuPlan, error) {
 	if len(gpus) == 0 {
 		return gpuPlan{}, nil
@@ -53,7 +57,41 @@ func (r *Runtime) gpuRequest(ctx context.Context, gpus []runtime.GPU) (gpuPlan, 
 	if err != nil {
 		return gpuPlan{}, fmt.Errorf("ask the daemon how it injects devices: %w", convertErr(err))
 	}
-	return planFor(uuids, len(info.Info.CDISpecDirs) > 0), nil
+	if err := r.checkCDI(info.Info.CDISpecDirs, info.Info.ServerVersion, uuids); err != nil {
+		return gpuPlan{}, err
+	}
+	return planFor(uuids, true), nil
+}
+
+// checkCDI refuses GPUs unless the daemon injects them by CDI from the
+// agent's own spec directories, and the plan for uuids passes the agent's
+// policy (the containerd back end's: no sockets, no unchecked hooks, no
+// other GPU's nodes, ...).
+func (r *Runtime) checkCDI(daemonDirs []string, version string, uuids []string) error {
+	if len(daemonDirs) == 0 {
+		return fmt.Errorf("dockerd %s has no CDI: it would hand the GPUs to NVIDIA's hook, whose mounts the agent cannot check; "+
+			"turn CDI on (Docker 25 or later, daemon.json \"features\": {\"cdi\": true}) with \"cdi-spec-dirs\" set to the agent's CDI_SPEC_DIRS, "+
+			"or run the agent on containerd: %w", version, errdefs.ErrFailedPrecondition)
+	}
+	if r.opts.Devices == nil {
+		return fmt.Errorf("this agent checks no CDI specs, so it injects no GPU: %w", errdefs.ErrFailedPrecondition)
+	}
+	checked := r.opts.Devices.SpecDirs()
+	var unchecked []string
+	for _, d := range daemonDirs {
+		if !slices.Contains(checked, filepath.Clean(d)) {
+			unchecked = append(unchecked, d)
+		}
+	}
+	if len(unchecked) > 0 {
+		return fmt.Errorf("dockerd reads CDI specs from %s, which the agent does not check (CDI_SPEC_DIRS is %s): "+
+			"set dockerd's \"cdi-spec-dirs\" to the agent's directories, or the agent's CDI_SPEC_DIRS to the daemon's: %w",
+			strings.Join(unchecked, ", "), strings.Join(checked, ","), errdefs.ErrFailedPrecondition)
+	}
+	if _, err := r.opts.Devices.Plan(uuids); err != nil {
+		return fmt.Errorf("the CDI specs dockerd would inject from: %w", err)
+	}
+	return nil
 }
 
 func planFor(uuids []string, cdi bool) gpuPlan {

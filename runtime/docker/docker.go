@@ -55,11 +55,24 @@ type Options struct {
 	// ports and isolation rules; nil: rentals get no network (--network
 	// none) and no ports.
 	Network *NetworkOptions
+	// Devices checks, with the same policy as on containerd (cdi.Injector),
+	// the CDI specs the daemon injects GPUs from: a GPU rental is refused
+	// unless the daemon reads CDI specs only from Devices' directories
+	// and the plan for its GPUs passes. Nil: GPU rentals are refused.
+	Devices DevicePlanner
 	// Scope keeps a second user of the daemon's rentals apart (the
 	// self-test's test rentals): its containers carry LabelScope and a name
 	// of their own, and each back end sees, lists and reports the exits of
 	// its own scope only. Empty: the agent's rentals.
 	Scope string
+}
+
+// DevicePlanner checks the device plan of a rental's GPUs against the
+// agent's policy, reading the CDI specs of SpecDirs; cdi.Injector provides
+// it.
+type DevicePlanner interface {
+	Plan(uuids []string) (runtime.DevicePlan, error)
+	SpecDirs() []string
 }
 
 // LabelScope marks a container of a back end with Options.Scope.

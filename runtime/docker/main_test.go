@@ -14,6 +14,7 @@ import (
 
 	"github.com/moby/moby/client"
 
+	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
@@ -117,9 +118,9 @@ func newScope(t *testing.T, d *testenv.Dockerd) *scope {
 	return &scope{d: d, stateDir: t.TempDir()}
 }
 
-func (s *scope) open(t *testing.T, pub events.Publisher) *Runtime {
+func (s *scope) open(t *testing.T, pub events.Publisher, devices DevicePlanner) *Runtime {
 	t.Helper()
-	r, err := New(Options{Host: s.d.Host, AgentID: "conformance", StateDir: s.stateDir, Events: pub,
+	r, err := New(Options{Host: s.d.Host, AgentID: "conformance", StateDir: s.stateDir, Events: pub, Devices: devices,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -132,10 +133,33 @@ func (s *scope) open(t *testing.T, pub events.Publisher) *Runtime {
 // reads the CDI spec from its spec dir, 20.10's asks the (stand-in) NVIDIA
 // hook.
 func (s *scope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHost) runtime.Runtime {
+	var devices DevicePlanner
 	if gpus != nil && s.d.CDIDir != "" {
 		gpus.WriteSpec(t, s.d.CDIDir, "nvidia.json")
+		devices = checkedCDI(t, s.d.CDIDir, gpus)
 	}
-	return s.open(t, pub)
+	return s.open(t, pub, devices)
+}
+
+// checkedCDI is the agent's check of the daemon's CDI spec dir, as
+// cmd/host-agent builds it over CDI_SPEC_DIRS.
+func checkedCDI(t *testing.T, dir string, gpus *conformance.GPUHost) *cdi.Injector {
+	t.Helper()
+	inj, err := cdi.New(cdi.Config{SpecDirs: []string{dir}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DeviceMajors: []int64{conformance.FakeNodeMajor}, Inventory: gpus.Inv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inj
+}
+
+// GPUsRefused implements conformance.GPURefuser where the daemon has no
+// CDI: its NVIDIA hook would inject what the agent cannot check.
+func (s *scope) GPUsRefused() string {
+	if s.d.CDIDir == "" {
+		return "has no CDI"
+	}
+	return ""
 }
 
 // OpenNetworked implements conformance.Networker: a dockerd of the same
@@ -199,56 +223,13 @@ func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []neti
 	}}
 }
 
-// GPUsAskedFor implements conformance.GPUVerifier where the daemon has no
-// CDI: the UUIDs dockerd handed the NVIDIA hook for the container.
-func (s *scope) GPUsAskedFor(t *testing.T, inst runtime.Instance) []string {
-	rec := s.d.HookRecord()[inst.ContainerID]
-	var out []string
-	for _, kv := range strings.Fields(rec) {
-		_, v, _ := strings.Cut(kv, "=")
-		for _, u := range strings.Split(v, ",") {
-			if u != "" && !contains(out, u) {
-				out = append(out, u)
-			}
-		}
-	}
-	t.Logf("NVIDIA hook was run with %q", rec)
-	return out
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
-// cdiScope hides GPUsAskedFor: on a CDI daemon the container itself shows
-// its devices.
-type cdiScope struct{ s *scope }
-
-func (c cdiScope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHost) runtime.Runtime {
-	return c.s.Open(t, pub, gpus)
-}
-
-func (c cdiScope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr) (runtime.Runtime, conformance.NetInfo) {
-	return c.s.OpenNetworked(t, pub, blocked, hostAddr)
-}
-
 func TestConformance(t *testing.T) {
 	for _, name := range []string{debian, moby} {
 		t.Run(name, func(t *testing.T) {
 			d := needDockerd(t, name)
 			conformance.Run(t, conformance.Harness{
 				Name: name, Registry: testReg, Image: payloadRef,
-				NewScope: func(t *testing.T) conformance.Scope {
-					if d.CDIDir != "" {
-						return cdiScope{newScope(t, d)}
-					}
-					return newScope(t, d)
-				},
+				NewScope: func(t *testing.T) conformance.Scope { return newScope(t, d) },
 			})
 		})
 	}

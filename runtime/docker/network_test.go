@@ -320,7 +320,7 @@ func TestForeignNetworkRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	opts := NetworkOptions{Name: "hadf-" + tag, Bridge: "hadf" + tag, Subnet: subnet, ChainPrefix: "HADF" + strings.ToUpper(tag)}
-	be := newScope(t, d).open(t, nil)
+	be := newScope(t, d).open(t, nil, nil)
 	ctx := context.Background()
 	v4 := true
 	if _, err := be.client.NetworkCreate(ctx, opts.Name, client.NetworkCreateOptions{

@@ -107,8 +107,8 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if img.Config != nil {
 		imgUser, imgDir, imgLabels = img.Config.User, img.Config.WorkingDir, img.Config.Labels
 	}
-	if problem := runtime.WorkingDirProblem(imgDir); problem != "" {
-		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("the image's %s: %w", problem, errdefs.ErrInvalidArgument)}
+	if err := runtime.ImageWorkingDirError(imgDir); err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
 	// The daemon adds the image's labels the container lacks: sealed, an
 	// image cannot pass for the agent.
