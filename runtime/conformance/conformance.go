@@ -68,6 +68,8 @@ type NetInfo struct {
 	Subnet netip.Prefix
 	// AddrOf is a running rental's address.
 	AddrOf func(t *testing.T, inst runtime.Instance) netip.Addr
+	// Bridge is the rentals' bridge device.
+	Bridge string
 }
 
 // Agent is a back end under a Lifecycle, as cmd/host-agent builds it.

@@ -86,8 +86,12 @@ func testNetwork(t *testing.T, h Harness) {
 	}
 	userReaches(a)
 	userReaches(b)
-	// On the rentals' network too: no CAP_NET_RAW, no IPv6 address.
+	// On the rentals' network too: no CAP_NET_RAW, no IPv6 address, and
+	// every rental's port of the bridge isolated from the others.
 	checkConfinedStatus(t, waitLogs(t, &Agent{Lifecycle: l}, a.ID, "END"))
+	if open, err := network.UnisolatedPorts(info.Bridge); err != nil || len(open) > 0 {
+		t.Errorf("ports of bridge %q without isolation: %v (%v)", info.Bridge, open, err)
+	}
 	if _, err := l.Start(Ctx(t), func() runtime.InstanceSpec {
 		s := spec(h, uniqueID(t, "net-c"), "sleep", "inf")
 		s.Ports = []hostport.PortRequest{{ContainerPort: 22, Protocol: hostport.TCP}}

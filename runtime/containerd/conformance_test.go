@@ -59,7 +59,7 @@ func (s *ctdScope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []n
 			t.Fatalf("address of %s: %v", inst.ID, err)
 		}
 		return a
-	}}
+	}, Bridge: tn.cfg.Bridge}
 }
 
 func (s *ctdScope) Open(t *testing.T, pub events.Publisher, gpus *conformance.GPUHost) runtime.Runtime {

@@ -220,7 +220,7 @@ func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []neti
 			t.Fatalf("%s is not on network %s", inst.ID, opts.Name)
 		}
 		return ep.IPAddress
-	}}
+	}, Bridge: opts.Bridge}
 }
 
 func TestConformance(t *testing.T) {

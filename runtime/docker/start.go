@@ -14,6 +14,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	rentalnet "github.com/host-agent/host-agent/runtime/network"
 )
 
 // cleanupTimeout bounds the removal of a half-created instance; it runs even
@@ -81,6 +82,9 @@ func (r *Runtime) startExisting(ctx context.Context, id string, c container.Insp
 		}
 		if _, err := r.client.ContainerStart(ctx, c.ID, client.ContainerStartOptions{}); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: convertErr(err)}
+		}
+		if err := r.isolatePorts(); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
 		}
 	}
 	return r.Get(ctx, id)
@@ -181,6 +185,10 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		r.removeContainer(created.ID)
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: convertErr(err)}
 	}
+	if err := r.isolatePorts(); err != nil {
+		r.removeContainer(created.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+	}
 	return r.Get(ctx, spec.ID)
 }
 
@@ -192,6 +200,16 @@ func (r *Runtime) labels(spec runtime.InstanceSpec, hash string) map[string]stri
 		labels[LabelScope] = r.opts.Scope
 	}
 	return labels
+}
+
+// isolatePorts isolates the new rental's port of the rentals' bridge, as
+// the containerd back end's network does at CNI ADD: the daemon makes the
+// port, so the agent finds it on the bridge once the container runs.
+func (r *Runtime) isolatePorts() error {
+	if r.opts.Network == nil {
+		return nil
+	}
+	return rentalnet.IsolateBridgePorts(r.opts.Network.Bridge)
 }
 
 func (r *Runtime) cleanupCtx() (context.Context, context.CancelFunc) {
