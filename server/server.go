@@ -148,6 +148,7 @@ type Server struct {
 	drain       Drainer
 	pulls       *PullTimer
 	network     NetworkChecker
+	ready       *readiness
 	metrics     *metrics
 	echo        *echo.Echo
 	// authFailures limits each client's failed authentications.
@@ -220,6 +221,7 @@ func New(opts Options) (*Server, error) {
 		pulls:        opts.Pulls,
 		collectors:   opts.Collectors,
 		network:      opts.Network,
+		ready:        &readiness{now: time.Now},
 		authFailures: newAuthLimiter(),
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())

@@ -204,7 +204,9 @@ func convertErr(err error) error {
 	if client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
-	return err
+	// runc refusing a limit it cannot raise: the host cannot run the
+	// request (409 naming the limit), not an internal error.
+	return runtime.RlimitRefused(err)
 }
 
 func notFound(id string) error {
