@@ -285,7 +285,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		for _, g := range inv.GPUs() {
 			uuids = append(uuids, g.UUID)
 		}
-		testGPU, skipped := selftest.TestGPU(ctx, uuids, holders)
+		testGPU, skipped := selftest.ChooseTestGPU(ctx, uuids, holders)
 		checks = append(checks, selftest.RentalCheck(rt, env.image, testGPU, skipped))
 		if errors.Is(netErr, errAgentsDockerNetwork) {
 			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Skip, Detail: netErr.Error()}))

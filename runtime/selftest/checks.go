@@ -336,7 +336,7 @@ func PortRangeCheck(lo, hi int) Check {
 // RentalCheck starts a real test rental of image through rt, with GPU gpu
 // (a UUID; "": none), checks it ran and saw exactly its GPU, then removes
 // it. skipped, when set, says why it runs without a GPU on a host that has
-// some (TestGPU), and is added to its detail.
+// some (ChooseTestGPU), and is added to its detail.
 func RentalCheck(rt runtime.Runtime, image, gpu, skipped string) Check {
 	return Check{Name: "test-rental", Run: func(ctx context.Context) Result {
 		spec := runtime.InstanceSpec{Image: image, Command: []string{"ls", "/dev"}}

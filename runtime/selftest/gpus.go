@@ -90,11 +90,11 @@ func describeHolders(held map[string]string) string {
 	return strings.Join(names, ", ")
 }
 
-// TestGPU says which GPU, if any, the test rental may take. uuids are the
-// host's GPUs; a GPU that a rental holds is never taken. It returns the
+// ChooseTestGPU says which GPU, if any, the test rental may take. uuids
+// are the host's GPUs; a GPU that a rental holds is never taken. It returns the
 // free GPU's UUID, or "" and why the GPU part of the test rental is
 // skipped.
-func TestGPU(ctx context.Context, uuids []string, holders GPUHolders) (uuid, skipped string) {
+func ChooseTestGPU(ctx context.Context, uuids []string, holders GPUHolders) (uuid, skipped string) {
 	if len(uuids) == 0 {
 		return "", ""
 	}
