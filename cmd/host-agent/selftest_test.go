@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
@@ -415,5 +416,25 @@ func TestSelftestOnDocker(t *testing.T) {
 	list, err := cl.ContainerList(context.Background(), client.ContainerListOptions{All: true})
 	if err != nil || len(list.Items) != 0 {
 		t.Fatalf("containers left on the daemon: %+v %v", list.Items, err)
+	}
+
+	// The GPUs that Docker's rentals hold, which the test rental must not
+	// take, are read from their labels.
+	ctx := context.Background()
+	pull, err := cl.ImagePull(ctx, w.image, client.ImagePullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pull.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.ContainerCreate(ctx, client.ContainerCreateOptions{Image: w.image, Name: "gpu-tenant", Config: &container.Config{
+		Labels: map[string]string{runtime.LabelInstanceID: "gpu-tenant", runtime.LabelGPUs: "GPU-a,GPU-b"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.ContainerRemove(ctx, "gpu-tenant", client.ContainerRemoveOptions{Force: true})
+	held, err := selftest.DockerGPUHolders(d.Host)(ctx)
+	if err != nil || len(held) != 2 || held["GPU-a"] != "gpu-tenant" || held["GPU-b"] != "gpu-tenant" {
+		t.Fatalf("GPUs held on Docker: %v, %v; want GPU-a and GPU-b by gpu-tenant", held, err)
 	}
 }
