@@ -281,12 +281,19 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		if rtName == runtimeDocker {
 			holders = selftest.DockerGPUHolders(cfg.DockerHost)
 		}
-		uuids := make([]string, 0, inv.Len())
+		var usable []string
 		for _, g := range inv.GPUs() {
-			uuids = append(uuids, g.UUID)
+			if g.Healthy && g.MIGMode != gpu.MIGEnabled {
+				usable = append(usable, g.UUID)
+			}
 		}
-		testGPU, skipped := selftest.ChooseTestGPU(ctx, uuids, holders)
-		checks = append(checks, selftest.RentalCheck(rt, env.image, testGPU, skipped))
+		choose := func(ctx context.Context) (string, string) {
+			if inv.Len() > 0 && len(usable) == 0 {
+				return "", "the GPU part was skipped: no GPU is healthy and without MIG"
+			}
+			return selftest.ChooseTestGPU(ctx, usable, holders)
+		}
+		checks = append(checks, selftest.RentalCheck(rt, env.image, choose))
 		if errors.Is(netErr, errAgentsDockerNetwork) {
 			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Skip, Detail: netErr.Error()}))
 			break

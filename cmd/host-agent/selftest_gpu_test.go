@@ -29,8 +29,8 @@ import (
 const fakeGPUMajor = 240
 
 // The self-test's test rental takes a GPU only if no rental holds it. Beside
-// an agent whose tenants hold 7 of the host's 8 GPUs it gets the 8th; with
-// all 8 held it runs without one and says the GPU part was skipped, and
+// an agent whose tenants hold 6 of the host's 8 GPUs it gets the last free
+// one; with all 8 held it runs without one and says the GPU part was skipped, and
 // why. The agent's GPUs are known from the runtime's record of its
 // rentals, the labels, as the agent's own restore reads them.
 func TestSelftestLeavesTenantsGPUs(t *testing.T) {
@@ -121,15 +121,17 @@ func TestSelftestLeavesTenantsGPUs(t *testing.T) {
 		return result(rep, "test-rental")
 	}
 
+	// GPUs 5 and 7 are free; the agent gives the first free GPU to its
+	// next tenant, so the test rental takes the last.
 	tenant("tenant-a", gpus[:5])
-	tenant("tenant-b", gpus[5:7])
+	tenant("tenant-b", gpus[6:7])
 	free := gpus[7]
 	r := testRental()
 	if r.Status != selftest.OK || !strings.Contains(r.Detail, fmt.Sprintf("nvidia%d (%s)", free.MinorNumber, free.UUID)) {
-		t.Fatalf("test-rental with one GPU free: %+v, want it run on nvidia%d (%s)", r, free.MinorNumber, free.UUID)
+		t.Fatalf("test-rental with two GPUs free: %+v, want it run on nvidia%d (%s)", r, free.MinorNumber, free.UUID)
 	}
 
-	tenant("tenant-c", gpus[7:])
+	tenant("tenant-c", []gpu.GPU{gpus[5], gpus[7]})
 	r = testRental()
 	if r.Status != selftest.OK || !strings.Contains(r.Detail, "without a GPU") ||
 		!strings.Contains(r.Detail, "all 8 GPUs are held by rentals (tenants/tenant-a, tenants/tenant-b, tenants/tenant-c)") {

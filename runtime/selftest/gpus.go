@@ -91,9 +91,10 @@ func describeHolders(held map[string]string) string {
 }
 
 // ChooseTestGPU says which GPU, if any, the test rental may take. uuids
-// are the host's GPUs; a GPU that a rental holds is never taken. It returns the
-// free GPU's UUID, or "" and why the GPU part of the test rental is
-// skipped.
+// are the GPUs a rental could be given, by index; a GPU that a rental
+// holds is never taken, and of the others the last, since the agent gives
+// its tenants the first free ones. It returns the GPU's UUID, or "" and
+// why the GPU part of the test rental is skipped.
 func ChooseTestGPU(ctx context.Context, uuids []string, holders GPUHolders) (uuid, skipped string) {
 	if len(uuids) == 0 {
 		return "", ""
@@ -102,9 +103,9 @@ func ChooseTestGPU(ctx context.Context, uuids []string, holders GPUHolders) (uui
 	if err != nil {
 		return "", fmt.Sprintf("the GPU part was skipped: which GPUs rentals hold is unknown (%v)", err)
 	}
-	for _, u := range uuids {
-		if held[u] == "" {
-			return u, ""
+	for i := len(uuids) - 1; i >= 0; i-- {
+		if held[uuids[i]] == "" {
+			return uuids[i], ""
 		}
 	}
 	return "", fmt.Sprintf("the GPU part was skipped: all %d GPUs are held by rentals (%s)", len(uuids), describeHolders(held))
