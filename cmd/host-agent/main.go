@@ -137,6 +137,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Error("container runtime not available", "runtime", rtName, "why", why)
 	}
 	cfg.Runtime = rtName
+	if err := writeAgentRecord(cfg); err != nil {
+		logger.Warn("host-agent selftest will not find this agent's configuration", "error", err)
+	}
 	// The rentals' CNI network is containerd's; on Docker, rentals get the
 	// agent's Docker network (dockerNetwork), with ports published from
 	// the same allocator.

@@ -87,6 +87,11 @@ type Config struct {
 	ResolvConf string
 	// Logger receives what cleanup could not do.
 	Logger *slog.Logger
+	// ReadOnlyRules says the bridge and the chains belong to an agent that
+	// runs already (the self-test beside it): Init and Setup never write
+	// the chains, move the jumps to them or create the bridge; they check
+	// them instead (CheckRules) and fail when they are not as configured.
+	ReadOnlyRules bool
 }
 
 var chainPrefixRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,15}$`)

@@ -153,10 +153,16 @@ func (n *Network) ensureBridge() error {
 		if !errors.As(err, &nf) {
 			return fmt.Errorf("look up bridge %s: %w", n.cfg.Bridge, err)
 		}
+		if n.cfg.ReadOnlyRules {
+			return fmt.Errorf("the agent's bridge %s is missing: start the agent, which creates it", n.cfg.Bridge)
+		}
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.cfg.Bridge}}
 		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create bridge %s: %w", n.cfg.Bridge, err)
 		}
+	}
+	if n.cfg.ReadOnlyRules {
+		return nil
 	}
 	return n.bridgeSysctls()
 }

@@ -93,6 +93,9 @@ func iptablesRestore(ctx context.Context, input []byte) error {
 // setup, so that software that inserted its own jumps above ours since
 // (Docker does at its start) does not get ahead of the isolation.
 func (n *Network) ensureRules(ctx context.Context) error {
+	if n.cfg.ReadOnlyRules {
+		return n.CheckRules(ctx)
+	}
 	if !n.rulesWritten {
 		if err := iptablesRestore(ctx, restoreInput("filter", []string{n.forwardChain(), n.inputChain()}, n.filterRules())); err != nil {
 			return err
@@ -156,6 +159,56 @@ func ensureFirstJump(ipt *iptables.IPTables, table, chain, target string) error 
 	}
 	if err := ipt.Insert(table, chain, 1, "-j", target); err != nil {
 		return fmt.Errorf("insert jump %s %s -> %s: %w", table, chain, target, err)
+	}
+	return nil
+}
+
+// CheckRules reads the agent's chains and says how they differ from what
+// the configuration makes of them: a chain or a jump to it missing, a rule
+// missing, or rules that the configuration has not. It writes nothing.
+func (n *Network) CheckRules(ctx context.Context) error {
+	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	var errs []string
+	for _, c := range []struct {
+		table, from, chain string
+		rules              []string
+	}{
+		{"filter", "FORWARD", n.forwardChain(), n.filterRules()},
+		{"filter", "INPUT", n.inputChain(), n.filterRules()},
+		{"nat", "POSTROUTING", n.postroutingChain(), n.natRules()},
+	} {
+		if ok, err := ipt.ChainExists(c.table, c.chain); err != nil || !ok {
+			errs = append(errs, fmt.Sprintf("chain %s (%s) is missing", c.chain, c.table))
+			continue
+		}
+		if ok, err := ipt.Exists(c.table, c.from, "-j", c.chain); err != nil || !ok {
+			errs = append(errs, fmt.Sprintf("the jump from %s to %s is missing", c.from, c.chain))
+		}
+		want := 0
+		for _, r := range c.rules {
+			f := strings.Fields(r)
+			if len(f) < 2 || f[0] != "-A" || f[1] != c.chain {
+				continue
+			}
+			want++
+			if ok, err := ipt.Exists(c.table, c.chain, f[2:]...); err != nil || !ok {
+				errs = append(errs, fmt.Sprintf("%s lacks %q", c.chain, strings.Join(f[2:], " ")))
+			}
+		}
+		have, err := ipt.List(c.table, c.chain)
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("list %s: %v", c.chain, err))
+			continue
+		}
+		if got := len(have) - 1; got != want { // have[0] declares the chain
+			errs = append(errs, fmt.Sprintf("%s holds %d rules, the configuration %d", c.chain, got, want))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("the agent's rules are not as configured: %s", strings.Join(errs, "; "))
 	}
 	return nil
 }

@@ -333,14 +333,21 @@ func PortRangeCheck(lo, hi int) Check {
 	}}
 }
 
-// RentalCheck starts a real test rental of image through rt (with one GPU
-// where there are GPUs), checks it ran and saw exactly its GPU, then
-// removes it.
-func RentalCheck(rt runtime.Runtime, image string, gpuCount int) Check {
+// RentalCheck starts a real test rental of image through rt, on the GPU
+// choose picks (see ChooseTestGPU; nil or "": none), checks it ran and saw
+// exactly its GPU, then removes it. The reason choose gives for taking no
+// GPU on a host that has some is added to the check's detail.
+func RentalCheck(rt runtime.Runtime, image string, choose func(context.Context) (uuid, skipped string)) Check {
 	return Check{Name: "test-rental", Run: func(ctx context.Context) Result {
 		spec := runtime.InstanceSpec{Image: image, Command: []string{"ls", "/dev"}}
-		if gpuCount > 0 {
-			spec.GPURequest = runtime.GPURequest{Count: 1}
+		var uuid, skipped string
+		if choose != nil {
+			uuid, skipped = choose(ctx)
+		}
+		gpuCount := 0
+		if uuid != "" {
+			spec.GPURequest = runtime.GPURequest{IDs: []string{uuid}}
+			gpuCount = 1
 		}
 		fix := "see the detail: the image must be pullable (set SELFTEST_IMAGE to an image a registry here serves), runc must work, and containerd must be able to create containers"
 		id, stop, err := startTestRental(ctx, rt, spec)
@@ -365,9 +372,15 @@ func RentalCheck(rt runtime.Runtime, image string, gpuCount int) Check {
 				nvidia = append(nvidia, name)
 			}
 		}
-		if len(nvidia) != min(gpuCount, 1) {
+		if len(nvidia) != gpuCount {
 			return fail("check the CDI spec (cdi-specs above): a rental must see exactly its GPUs",
-				"the test rental saw %d GPU device(s) %v, want %d", len(nvidia), nvidia, min(gpuCount, 1))
+				"the test rental saw %d GPU device(s) %v, want %d", len(nvidia), nvidia, gpuCount)
+		}
+		if uuid != "" {
+			return ok("%s ran in %s and exited 0, seeing %d GPU(s): %s (%s)", image, id, len(nvidia), strings.Join(nvidia, " "), uuid)
+		}
+		if skipped != "" {
+			return ok("%s ran in %s and exited 0 without a GPU; %s", image, id, skipped)
 		}
 		return ok("%s ran in %s and exited 0, seeing %d GPU(s)", image, id, len(nvidia))
 	}}
