@@ -156,10 +156,15 @@ func TestSelftest(t *testing.T) {
 		!strings.Contains(r.Detail, "BLOCKED_EGRESS_CIDRS ignored") {
 		t.Errorf("configuration: %+v, want the agent's configuration read and the shell's BLOCKED_EGRESS_CIDRS ignored", r)
 	}
-	for _, name := range []string{"runtime", "runc", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
+	for _, name := range []string{"runtime", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
 		if r := result(rep, name); r.Status != selftest.OK {
 			t.Errorf("%s: %+v, want ok", name, r)
 		}
+	}
+	// Debian 12's runc says 1.1.5 and carries the CVE-2024-21626 fix: a
+	// warning naming the CVE, never a failure.
+	if r := result(rep, "runc"); r.Status != selftest.OK && (r.Status != selftest.Warn || !strings.Contains(r.Detail, "CVE-2024-21626")) {
+		t.Errorf("runc: %+v, want ok or a warning naming CVE-2024-21626", r)
 	}
 	if r := result(rep, "rental-network"); !strings.Contains(r.Detail, "reached "+inet.Addr.String()) || !strings.Contains(r.Detail, "none of 2 ") {
 		t.Errorf("rental-network: %q, want the internet peer reached and the gateway and LAN peer not", r.Detail)

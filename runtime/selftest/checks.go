@@ -107,8 +107,43 @@ func RuncCheck(inContainer bool) Check {
 			return fail("reinstall runc", "%s --version: %v", path, err)
 		}
 		first, _, _ := strings.Cut(string(out), "\n")
-		return ok("%s (%s)", path, strings.TrimSpace(first))
+		first = strings.TrimSpace(first)
+		if old := runcBeforeFix(first); old != "" {
+			return warn("check that your distribution's runc package carries the fix for CVE-2024-21626 (Debian 12's 1.1.5+ds1-1+deb12u1 does), or install runc 1.1.12 or later",
+				"%s (%s): runc %s is older than 1.1.12, the release that fixed CVE-2024-21626 (a working directory under /proc/self/fd leaks a host directory); "+
+					"distributions backport the fix without changing the version, and the agent refuses working directories under /proc whatever runc is installed", path, first, old)
+		}
+		return ok("%s (%s)", path, first)
 	}}
+}
+
+// runcBeforeFix returns runc's version from its --version line when it is
+// older than 1.1.12, which fixed CVE-2024-21626; "" when it is that or
+// later, or cannot be read.
+func runcBeforeFix(line string) string {
+	v, ok := strings.CutPrefix(line, "runc version ")
+	if !ok {
+		return ""
+	}
+	v = strings.Fields(v + " ")[0]
+	core, _, _ := strings.Cut(v, "+")
+	core, _, _ = strings.Cut(core, "-")
+	var nums [3]int
+	parts := strings.Split(core, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return ""
+		}
+		nums[i] = n
+	}
+	if nums[0] > 1 || (nums[0] == 1 && (nums[1] > 1 || (nums[1] == 1 && nums[2] >= 12))) {
+		return ""
+	}
+	return v
 }
 
 // RequiredCNIPlugins are the plugins the rentals' networking runs.
