@@ -48,16 +48,7 @@ var (
 const eventBuffer = 4096
 
 func main() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "version", "-version", "--version":
-			fmt.Println(versionLine())
-			return
-		case "selftest":
-			os.Exit(selftestMain(os.Args[2:], os.Stdout, os.Stderr))
-		}
-	}
-	os.Exit(run())
+	os.Exit(command(os.Args[1:], os.Stdout, os.Stderr, run))
 }
 
 func run() int {
