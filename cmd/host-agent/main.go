@@ -128,6 +128,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Error("container runtime not available", "runtime", rtName, "why", why)
 	}
 	cfg.Runtime = rtName
+	claimSubnet(cfg, rtName, logger)
 	// The rentals' CNI network is containerd's; on Docker, rentals get the
 	// agent's Docker network (dockerNetwork), with ports published from
 	// the same allocator.
