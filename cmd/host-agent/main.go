@@ -121,11 +121,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 
 	pulls := server.NewPullTimer(hub)
-	rtName, why, answers := chooseRuntime(ctx, cfg)
-	if answers {
-		logger.Info("container runtime chosen", "runtime", rtName, "why", why)
+	choice, err := chooseRuntime(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	rtName := choice.Name
+	if choice.Answers {
+		logger.Info("container runtime chosen", "runtime", rtName, "why", choice.Why)
 	} else {
-		logger.Error("container runtime not available", "runtime", rtName, "why", why)
+		logger.Error("container runtime not available", "runtime", rtName, "why", choice.Why)
 	}
 	cfg.Runtime = rtName
 	claimSubnet(cfg, rtName, logger)
@@ -151,11 +155,17 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if choice.Answers && choice.Held == "" {
+		// Before any rental can start on it.
+		if err := rememberRuntime(cfg, rtName); err != nil {
+			return err
+		}
+	}
 	shares, err := newShares(cfg.Share, inv.Len())
 	if err != nil {
 		return err
 	}
-	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
 			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
@@ -179,6 +189,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
 	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
+	if !choice.Answers && choice.Held == "" {
+		wg.Go(func() { rememberWhenAnswering(healthCtx, cfg, rtName, backend, logger) })
+	}
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)

@@ -192,7 +192,9 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	result := func(name string, r selftest.Result) selftest.Check {
 		return selftest.Check{Name: name, Run: func(context.Context) selftest.Result { return r }}
 	}
-	rtName, _, _ := chooseRuntime(ctx, cfg)
+	// The runtime the agent would run on, without remembering it.
+	choice, _ := chooseRuntime(ctx, cfg)
+	rtName := choice.Name
 	// The test rentals join the rentals' own network, as the agent builds
 	// it, so that the network check tests what tenants get.
 	backend, address, netNS, netErr, err := selftestBackend(ctx, cfg, rtName, devices, rental, logger)

@@ -237,3 +237,116 @@ func TestAgentAfterDockerAgent(t *testing.T) {
 		t.Fatalf("readyz with neither runtime: %d %s", code, body)
 	}
 }
+
+// TestRuntimeStaysWithItsRentals: the agent remembers the runtime it runs
+// on in STATE_DIR/runtime and does not leave it while it has rentals. With
+// containerd's rentals running, an agent whose containerd probe fails
+// while Docker answers (RUNTIME=auto) stays on containerd and /readyz says
+// why; RUNTIME=docker is refused at start, naming RUNTIME. Once the
+// rentals are gone it switches, and the same holds for Docker's rentals.
+func TestRuntimeStaysWithItsRentals(t *testing.T) {
+	w := newWorld(t)
+	bin := testenv.DebianDockerd()
+	if bin == "" {
+		testenv.Require(t, "dockerd")
+		bin = "dockerd"
+	}
+	dir, err := os.MkdirTemp("", "ha-rs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d, err := testenv.StartDockerd(dir, testenv.DockerdOptions{Bin: bin, Containerd: w.ctd.Address})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	removeDockerNetwork(t, d, w)
+	dw := &dockerWorld{world: w, d: d, dir: dir}
+	stateDir := ""
+	for _, e := range w.env {
+		if v, ok := strings.CutPrefix(e, "STATE_DIR="); ok {
+			stateDir = v
+		}
+	}
+	remembered := func() string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(stateDir, "runtime"))
+		if err != nil {
+			t.Fatalf("STATE_DIR/runtime: %v", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	stop := func(a *agentProc) {
+		_ = a.cmd.Process.Kill()
+		<-a.done
+	}
+	start := func(a *agentProc, id string) {
+		t.Helper()
+		code, body := a.call("POST", "/start_instance", map[string]any{"instance_id": id, "image": w.image, "command": []string{"sleep", "inf"}})
+		if code != http.StatusOK {
+			t.Fatalf("start %s: %d %v", id, code, body)
+		}
+	}
+	terminate := func(a *agentProc, id string) {
+		t.Helper()
+		if code, body := a.call("POST", "/terminate_instance", map[string]any{"instance_id": id}); code != http.StatusOK {
+			t.Fatalf("terminate %s: %d %v", id, code, body)
+		}
+	}
+
+	// A rental on containerd.
+	a := startAgent(t, w.bin, dw.env(true, true), w.agentLog)
+	assertRuntime(t, a, "containerd")
+	if got := remembered(); got != "containerd" {
+		t.Fatalf("STATE_DIR/runtime = %q, want containerd", got)
+	}
+	start(a, "on-ctd")
+	stop(a)
+
+	// containerd misses the probe; Docker answers. The agent waits for
+	// containerd.
+	code, body := startUnready(t, w.bin, dw.env(false, true), w.agentLog)
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "containerd unavailable") ||
+		!strings.Contains(body, "staying on containerd, not switching to docker") {
+		t.Fatalf("readyz after a missed containerd probe: %d %s", code, body)
+	}
+	if got := remembered(); got != "containerd" {
+		t.Fatalf("STATE_DIR/runtime = %q after the missed probe, want containerd", got)
+	}
+
+	// A forced switch under the rental is refused at start.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, w.bin)
+	cmd.Env = append(append([]string{"PATH=" + os.Getenv("PATH"), "LISTEN_ADDR=" + freeAddr(t)}, dw.env(true, true)...), "RUNTIME=docker")
+	cmd.Dir = t.TempDir()
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil || !strings.Contains(string(out), "RUNTIME: docker, but containerd") || !strings.Contains(string(out), "still runs 1 rental(s)") {
+		t.Fatalf("RUNTIME=docker under a containerd rental: %v\n%s", err, out)
+	}
+
+	// The rental gone, RUNTIME=docker switches; a rental on Docker.
+	a = startAgent(t, w.bin, dw.env(true, true), w.agentLog)
+	terminate(a, "on-ctd")
+	stop(a)
+	a = startAgent(t, w.bin, append(dw.env(true, true), "RUNTIME=docker"), w.agentLog)
+	assertRuntime(t, a, "docker")
+	if got := remembered(); got != "docker" {
+		t.Fatalf("STATE_DIR/runtime = %q, want docker", got)
+	}
+	start(a, "on-docker")
+	stop(a)
+
+	// containerd answers again, and auto would take it: the agent stays on
+	// Docker while its rental runs there, then switches back.
+	a = startAgent(t, w.bin, dw.env(true, true), w.agentLog)
+	assertRuntime(t, a, "docker")
+	terminate(a, "on-docker")
+	stop(a)
+	a = startAgent(t, w.bin, dw.env(true, true), w.agentLog)
+	assertRuntime(t, a, "containerd")
+	if got := remembered(); got != "containerd" {
+		t.Fatalf("STATE_DIR/runtime = %q, want containerd", got)
+	}
+}
