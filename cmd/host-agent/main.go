@@ -48,16 +48,7 @@ var (
 const eventBuffer = 4096
 
 func main() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "version", "-version", "--version":
-			fmt.Println(versionLine())
-			return
-		case "selftest":
-			os.Exit(selftestMain(os.Args[2:], os.Stdout, os.Stderr))
-		}
-	}
-	os.Exit(run())
+	os.Exit(command(os.Args[1:], os.Stdout, os.Stderr, run))
 }
 
 func run() int {
@@ -130,16 +121,21 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 
 	pulls := server.NewPullTimer(hub)
-	rtName, why, answers := chooseRuntime(ctx, cfg)
-	if answers {
-		logger.Info("container runtime chosen", "runtime", rtName, "why", why)
+	choice, err := chooseRuntime(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	rtName := choice.Name
+	if choice.Answers {
+		logger.Info("container runtime chosen", "runtime", rtName, "why", choice.Why)
 	} else {
-		logger.Error("container runtime not available", "runtime", rtName, "why", why)
+		logger.Error("container runtime not available", "runtime", rtName, "why", choice.Why)
 	}
 	cfg.Runtime = rtName
 	if err := writeAgentRecord(cfg); err != nil {
 		logger.Warn("host-agent selftest will not find this agent's configuration", "error", err)
 	}
+	claimSubnet(cfg, rtName, logger)
 	// The rentals' CNI network is containerd's; on Docker, rentals get the
 	// agent's Docker network (dockerNetwork), with ports published from
 	// the same allocator.
@@ -162,11 +158,17 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if choice.Answers && choice.Held == "" {
+		// Before any rental can start on it.
+		if err := rememberRuntime(cfg, rtName); err != nil {
+			return err
+		}
+	}
 	shares, err := newShares(cfg.Share, inv.Len())
 	if err != nil {
 		return err
 	}
-	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
 			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
@@ -190,6 +192,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
 	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
+	if !choice.Answers && choice.Held == "" {
+		wg.Go(func() { rememberWhenAnswering(healthCtx, cfg, rtName, backend, logger) })
+	}
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)

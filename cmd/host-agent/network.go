@@ -101,3 +101,28 @@ func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func
 		return info
 	}
 }
+
+// claimSubnet gives the rentals' subnet to the back end in use. The agent's
+// bridge of the other back end, left by an agent that ran on it, routes the
+// same subnet: while no rental is on it, it is taken down, since the kernel
+// would send the rentals' replies to the older of the two routes. The
+// bridge of the back end in use is brought up again on Docker, whose
+// daemon does not do so itself (on containerd the CNI plugin does).
+// Failures are logged: CheckSubnet then refuses what still conflicts.
+func claimSubnet(cfg config, rtName string, logger *slog.Logger) {
+	mine, other := networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge
+	if rtName == runtimeDocker {
+		mine, other = other, mine
+		if up, err := network.ReclaimBridge(mine); err != nil {
+			logger.Warn("the rentals' bridge could not be brought up", "bridge", mine, "error", err)
+		} else if up {
+			logger.Info("brought up the rentals' bridge", "bridge", mine)
+		}
+	}
+	if down, err := network.YieldBridge(other, cfg.Network.RentalSubnet); err != nil {
+		logger.Warn("the other back end's bridge could not be taken down", "bridge", other, "error", err)
+	} else if down {
+		logger.Info("took down the other back end's idle bridge: its route to the rentals' subnet would take their replies",
+			"bridge", other, "subnet", cfg.Network.RentalSubnet.String())
+	}
+}

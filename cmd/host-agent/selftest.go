@@ -187,7 +187,19 @@ func selftestMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("selftest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: host-agent selftest [--json]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "host-agent: selftest takes no arguments, got %q\n", fs.Arg(0))
+		fs.Usage()
 		return 2
 	}
 	lookup, source, agentOwned, err := selftestLookup(os.LookupEnv, ".env")
@@ -239,7 +251,9 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	result := func(name string, r selftest.Result) selftest.Check {
 		return selftest.Check{Name: name, Run: func(context.Context) selftest.Result { return r }}
 	}
-	rtName, _, _ := chooseRuntime(ctx, cfg)
+	// The runtime the agent would run on, without remembering it.
+	choice, _ := chooseRuntime(ctx, cfg)
+	rtName := choice.Name
 	// The test rentals join the rentals' own network, as the agent builds
 	// it, so that the network check tests what tenants get.
 	backend, address, netNS, netErr, err := selftestBackend(ctx, cfg, rtName, devices, rental, env.agentOwned, logger)
