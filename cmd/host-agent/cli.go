@@ -11,13 +11,26 @@ import (
 const usage = `Usage: host-agent [command]
 
 Commands:
-  serve       run the agent (the default when no command is given)
-  version     print the version and commit
-  selftest    check the host as the agent would use it and exit (--json for machines)
-  help        print this help
+  serve                         run the agent (the default when no command is given)
+  status [--json]               is the local agent ready; runtime, drain, rentals, free GPUs
+  ls [--json]                   list the rentals
+  inspect ID                    one rental, as the API answers it
+  logs [-f] [--tail N] ID       a rental's output; -f follows it
+  events [--since SEQ] [--json] the /ws event stream, one event a line, until ^C
+  drain [--reason R]            take no new rentals; running ones go on
+  undrain                       take rentals again
+  selftest [--json]             check the host as the agent would use it and exit
+  version                       print the version and commit
+  help                          print this help
 
 The agent is configured by environment variables and a .env file in the
-working directory (see the README).
+working directory, or the file ENV_FILE names (see the README). The client
+commands call the local agent at HOST_AGENT_URL (default: LISTEN_ADDR's
+port on 127.0.0.1, https when TLS_CERT_FILE is set) with the token of
+AGENT_TOKEN or AGENT_TOKEN_FILE (default /var/lib/host-agent/token).
+
+Exit status: 0 done; 1 the agent refused, is not ready (status) or does not
+answer; 2 a usage error.
 `
 
 // command runs the command named by args (os.Args without the program) and
@@ -45,6 +58,9 @@ func command(args []string, stdout, stderr io.Writer, serve func() int) int {
 		return 0
 	case "selftest":
 		return selftestMain(args, stdout, stderr)
+	}
+	if _, ok := clientCommands[name]; ok {
+		return runClient(name, args, stdout, stderr)
 	}
 	return usageError(stderr, fmt.Sprintf("unknown command %q", name))
 }
