@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
@@ -78,7 +77,8 @@ func loadOpenAPI(t *testing.T) *openAPIDoc {
 var pathParam = regexp.MustCompile(`\{([^}]+)\}`)
 
 // TestOpenAPIRoutesMatchServer fails when a route is served but not
-// documented, or documented but not served.
+// documented (in openapi.json, or in asyncapi.yaml for the WebSocket), or
+// documented but not served.
 func TestOpenAPIRoutesMatchServer(t *testing.T) {
 	t.Parallel()
 	doc := loadOpenAPI(t)
@@ -90,6 +90,11 @@ func TestOpenAPIRoutesMatchServer(t *testing.T) {
 				documented = append(documented, strings.ToUpper(key)+" "+pathParam.ReplaceAllString(path, ":$1"))
 			}
 		}
+	}
+	// GET /ws is a WebSocket: asyncapi.yaml describes it, as a channel
+	// whose ws binding names the handshake's method.
+	for _, ch := range loadAsyncAPI(t).Channels {
+		documented = append(documented, ch.Bindings.WS.Method+" "+ch.Address)
 	}
 	var served []string
 	for _, r := range newTestServer(t, &fakeRuntime{}).Routes() {
@@ -113,7 +118,7 @@ func TestOpenAPIRoutesMatchServer(t *testing.T) {
 }
 
 // TestOpenAPIFieldsMatchStructs fails when a JSON field of a request or
-// response body (or of a WebSocket event) is missing from its schema, when a
+// response body is missing from its schema, when a
 // schema has a property no struct has, when a type differs, or when
 // "required" differs from the fields always present (those without
 // omitempty or omitzero).
@@ -129,7 +134,6 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"InstanceList":              reflect.TypeFor[ListInstancesResponse](),
 		"Status":                    reflect.TypeFor[StatusResponse](),
 		"Error":                     reflect.TypeFor[errorResponse](),
-		"Event":                     reflect.TypeFor[events.Event](),
 		"GPUHeld":                   reflect.TypeFor[GPUResponse](),
 		"GPU":                       reflect.TypeFor[gpu.GPU](),
 		"GPUList":                   reflect.TypeFor[GPUListResponse](),
@@ -368,26 +372,6 @@ func checkEnum(t *testing.T, where string, s *schema, consts map[string]string) 
 			t.Errorf("%s: enum value %q is no constant", where, v)
 		}
 	}
-}
-
-// TestOpenAPIEventTypesMatchConstants fails when an event type constant of
-// runtime/events is missing from the Event schema's type enum, or the enum
-// lists a type no constant names.
-func TestOpenAPIEventTypesMatchConstants(t *testing.T) {
-	t.Parallel()
-	doc := loadOpenAPI(t)
-	consts := stringConsts(t, "../runtime/events/event.go", "Type")
-	// Spot-check that parsing found the constants the code uses.
-	for name, v := range map[string]string{"TypeInstanceOrphan": events.TypeInstanceOrphan, "TypeInstanceMissing": events.TypeInstanceMissing} {
-		if consts[name] != v {
-			t.Errorf("parsed %s = %q, want %q", name, consts[name], v)
-		}
-	}
-	event := doc.Components.Schemas["Event"]
-	if event == nil || event.Properties["type"] == nil {
-		t.Fatal("no Event.type schema")
-	}
-	checkEnum(t, "Event.type", event.Properties["type"], consts)
 }
 
 // TestOpenAPIWebhooksMatchReporter fails when the outbound protocol the
