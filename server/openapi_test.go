@@ -1,11 +1,15 @@
 package server
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
+	"net"
+	"net/http"
 	"reflect"
 	"regexp"
 	"slices"
@@ -450,6 +454,55 @@ func TestOpenAPIWebhooksMatchReporter(t *testing.T) {
 		}
 		if !strings.Contains(heartbeat.Description, d.text) {
 			t.Errorf("webhook agentHeartbeat: the description does not say %q", d.text)
+		}
+	}
+}
+
+// TestMalformedRequestsAnswerPlainText holds the Malformed response of
+// openapi.json, the only 4xx of the health probes, to the server: the HTTP
+// server answers a request it cannot parse with 400, and headers over 1 MiB
+// with 431, in plain text, before any route runs.
+func TestMalformedRequestsAnswerPlainText(t *testing.T) {
+	t.Parallel()
+	addr := serveOn(t, newTestServer(t, &fakeRuntime{}))
+	for _, c := range []struct {
+		name, request string
+		status        int
+	}{
+		{"headers over 1 MiB", "GET /healthz HTTP/1.1\r\nHost: agent\r\nX-Big: " + strings.Repeat("a", 1<<20+8192) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"a malformed request line", "GET /readyz HTTP/1.1 and more\r\nHost: agent\r\n\r\n", http.StatusBadRequest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			// The server may answer before it has read everything.
+			go func() { _, _ = io.WriteString(conn, c.request) }()
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != c.status || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+				t.Errorf("answered %d %q, want %d in text/plain", resp.StatusCode, resp.Header.Get("Content-Type"), c.status)
+			}
+		})
+	}
+	doc := loadOpenAPI(t)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		var get struct {
+			Responses map[string]struct {
+				Ref string `json:"$ref"`
+			} `json:"responses"`
+		}
+		if err := json.Unmarshal(doc.Paths[path]["get"], &get); err != nil {
+			t.Fatal(err)
+		}
+		if r := get.Responses["4XX"]; r.Ref != "#/components/responses/Malformed" {
+			t.Errorf("GET %s: 4XX is %q, want the Malformed response", path, r.Ref)
 		}
 	}
 }
