@@ -23,6 +23,10 @@ echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
 echo "== dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
+echo "== OpenAPI lint (redocly, spectral)"
+bash deploy/ci-checks.sh openapi
+echo "== AsyncAPI validation"
+bash deploy/ci-checks.sh asyncapi
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 echo "== fuzz targets, briefly"

@@ -242,6 +242,7 @@ func New(opts Options) (*Server, error) {
 	e.GET(healthPath, s.healthz)
 	e.GET(readinessPath, s.readyz)
 	e.GET("/openapi.json", s.openAPI)
+	e.GET("/asyncapi.yaml", s.asyncAPI)
 	e.POST("/start_instance", s.startInstance)
 	e.POST("/terminate_instance", s.terminateInstance)
 	e.GET("/instances", s.listInstances)
