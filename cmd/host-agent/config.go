@@ -81,10 +81,18 @@ type configError struct {
 func (e *configError) Error() string { return e.Var + ": " + e.Msg }
 
 // loadConfig reads the configuration. lookup is os.LookupEnv outside tests;
-// dotenv is the path of the .env file, which may be absent.
+// dotenv is the path of the .env file, which may be absent. ENV_FILE in the
+// environment names another file read instead (the systemd unit sets it to
+// /etc/host-agent/env, so that the agent itself checks that file's mode, as
+// it does .env's, rather than systemd reading it); a file named there must
+// exist.
 func loadConfig(lookup func(string) (string, bool), dotenv string) (config, error) {
-	if err := checkSecretFile(dotenv); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return config{}, &configError{".env", err.Error()}
+	fileVar := ".env"
+	if f, ok := lookup("ENV_FILE"); ok && strings.TrimSpace(f) != "" {
+		dotenv, fileVar = strings.TrimSpace(f), "ENV_FILE"
+	}
+	if err := checkSecretFile(dotenv); err != nil && (fileVar == "ENV_FILE" || !errors.Is(err, os.ErrNotExist)) {
+		return config{}, &configError{fileVar, err.Error()}
 	}
 	file, err := godotenv.Read(dotenv)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
