@@ -21,6 +21,8 @@ echo "== actionlint"
 bash deploy/ci-checks.sh actionlint
 echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
+echo "== packages: .deb install test on a clean Debian root, systemd-analyze verify"
+bash deploy/ci-checks.sh package
 echo "== dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
 echo "== go test -race"
