@@ -43,7 +43,9 @@ package)
   export PATH="$PATH:/usr/sbin:/sbin"
   fail() { echo "package: $*" >&2; exit 1; }
   version="0.0.0+ci"
-  deb=$(bash deploy/package.sh "$version" amd64 | grep '\.deb$')
+  built=$(bash deploy/package.sh "$version" amd64)
+  deb=$(grep '\.deb$' <<<"$built")
+  rpm=$(grep '\.rpm$' <<<"$built")
   work=$(mktemp -d /tmp/host-agent-package.XXXXXX)
   trap 'rm -rf "$work"' EXIT
 
@@ -121,6 +123,20 @@ package)
   chroot "$root" dpkg -P host-agent >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log" >&2; fail "dpkg -P failed"; }
   [ ! -e "$root/etc/host-agent" ] && [ ! -e "$root/var/lib/host-agent" ] || fail "purge left /etc/host-agent or /var/lib/host-agent"
   echo "package: $deb installs on a clean Debian root, upgrades keeping its configuration, and removes"
+
+  # The .rpm holds the same, read with rpm's own query tool.
+  command -v rpm >/dev/null || fail "rpm missing (deploy/setup-ci.sh installs it)"
+  rpm -qp --requires "$rpm" | grep -Eqx 'glibc >= 2\.[0-9]+' || fail "$rpm does not require glibc by version"
+  files=$(rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm")
+  for want in "-rwxr-xr-x root:root  /usr/bin/host-agent" \
+    "-rw-r--r-- root:root  /usr/lib/systemd/system/host-agent.service" \
+    "-rw------- root:root cn /etc/host-agent/env" \
+    "drwx------ root:root  /var/lib/host-agent"; do
+    grep -qxF -- "$want" <<<"$files" || fail "$rpm lacks '$want'; it holds:
+$files"
+  done
+  rpm -qp --scripts "$rpm" | grep -q 'systemctl enable' || fail "$rpm has no postinstall enabling the unit"
+  echo "package: $rpm holds the binary, the unit, the env file (config, noreplace, 600) and the state directory (700)"
   ;;
 *)
   echo "usage: $0 actionlint|cross-arm64|package" >&2

@@ -8,7 +8,7 @@
 # package tests' clean Debian roots; Debian's dockerd 20.10 (API 1.41, no
 # CDI), one of the two dockerds the Docker back end is tested against
 # (deploy/build-dockerd.sh builds the other); systemd-analyze for the unit
-# check. Idempotent.
+# check and rpm to read the .rpm. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,6 +34,7 @@ command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 [ -x /usr/sbin/dockerd ] || need_pkgs+=(docker.io)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v readelf >/dev/null || need_pkgs+=(binutils)
+command -v rpm >/dev/null || need_pkgs+=(rpm)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
