@@ -87,10 +87,7 @@ func (e *configError) Error() string { return e.Var + ": " + e.Msg }
 // it does .env's, rather than systemd reading it); a file named there must
 // exist.
 func loadConfig(lookup func(string) (string, bool), dotenv string) (config, error) {
-	fileVar := ".env"
-	if f, ok := lookup("ENV_FILE"); ok && strings.TrimSpace(f) != "" {
-		dotenv, fileVar = strings.TrimSpace(f), "ENV_FILE"
-	}
+	dotenv, fileVar := envFile(lookup, dotenv)
 	if err := checkSecretFile(dotenv); err != nil && (fileVar == "ENV_FILE" || !errors.Is(err, os.ErrNotExist)) {
 		return config{}, &configError{fileVar, err.Error()}
 	}
@@ -262,6 +259,28 @@ func isLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// envFile returns the configuration file loadConfig reads, and the name
+// its errors are reported under: ENV_FILE's when the environment sets it,
+// else dotenv (.env).
+func envFile(lookup func(string) (string, bool), dotenv string) (path, name string) {
+	if f, ok := lookup("ENV_FILE"); ok && strings.TrimSpace(f) != "" {
+		return strings.TrimSpace(f), "ENV_FILE"
+	}
+	return dotenv, ".env"
+}
+
+// envFileSets says whether the configuration file loadConfig would read
+// sets name. A file that cannot be read sets nothing; loadConfig reports it.
+func envFileSets(lookup func(string) (string, bool), dotenv, name string) bool {
+	path, _ := envFile(lookup, dotenv)
+	file, err := godotenv.Read(path)
+	if err != nil {
+		return false
+	}
+	_, ok := file[name]
+	return ok
 }
 
 // readTokenFile reads a token from a file only the agent's user (or root)

@@ -247,3 +247,37 @@ func TestEnvFile(t *testing.T) {
 		t.Fatalf("ENV_FILE naming a missing file: err = %v, want a configError on ENV_FILE naming it", err)
 	}
 }
+
+// TestSelftestConfigWithEnvFile: `host-agent selftest` reads the same file
+// the service does; its stand-in token does not clash with an
+// AGENT_TOKEN_FILE set there (the packages' /etc/host-agent/env sets one).
+func TestSelftestConfigWithEnvFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(goodToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	envFile := filepath.Join(dir, "env")
+	if err := os.WriteFile(envFile, []byte("AGENT_TOKEN_FILE="+tokenFile+"\nCONTAINERD_NAMESPACE=file-ns\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := selftestConfig(envOf(map[string]string{"ENV_FILE": envFile}))
+	if err != nil {
+		t.Fatalf("selftest with ENV_FILE=%s: %v", envFile, err)
+	}
+	if c.Token != goodToken || c.ContainerdNamespace != "file-ns" || c.AgentID != "selftest" {
+		t.Fatalf("selftest config: token %q, namespace %q, agent %q; want the file's token and namespace", c.Token, c.ContainerdNamespace, c.AgentID)
+	}
+	// Without any token setting the stand-in still serves.
+	if _, err := selftestConfig(envOf(map[string]string{"ENV_FILE": filepath.Join(dir, "none")})); err == nil {
+		t.Fatal("selftest with ENV_FILE naming a missing file: no error")
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := selftestConfig(envOf(map[string]string{"ENV_FILE": empty})); err != nil {
+		t.Fatalf("selftest with an empty env file: %v", err)
+	}
+}
