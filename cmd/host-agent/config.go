@@ -81,10 +81,15 @@ type configError struct {
 func (e *configError) Error() string { return e.Var + ": " + e.Msg }
 
 // loadConfig reads the configuration. lookup is os.LookupEnv outside tests;
-// dotenv is the path of the .env file, which may be absent.
+// dotenv is the path of the .env file, which may be absent. ENV_FILE in the
+// environment names another file read instead (the systemd unit sets it to
+// /etc/host-agent/env, so that the agent itself checks that file's mode, as
+// it does .env's, rather than systemd reading it); a file named there must
+// exist.
 func loadConfig(lookup func(string) (string, bool), dotenv string) (config, error) {
-	if err := checkSecretFile(dotenv); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return config{}, &configError{".env", err.Error()}
+	dotenv, fileVar := envFile(lookup, dotenv)
+	if err := checkSecretFile(dotenv); err != nil && (fileVar == "ENV_FILE" || !errors.Is(err, os.ErrNotExist)) {
+		return config{}, &configError{fileVar, err.Error()}
 	}
 	file, err := godotenv.Read(dotenv)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -254,6 +259,28 @@ func isLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// envFile returns the configuration file loadConfig reads, and the name
+// its errors are reported under: ENV_FILE's when the environment sets it,
+// else dotenv (.env).
+func envFile(lookup func(string) (string, bool), dotenv string) (path, name string) {
+	if f, ok := lookup("ENV_FILE"); ok && strings.TrimSpace(f) != "" {
+		return strings.TrimSpace(f), "ENV_FILE"
+	}
+	return dotenv, ".env"
+}
+
+// envFileSets says whether the configuration file loadConfig would read
+// sets name. A file that cannot be read sets nothing; loadConfig reports it.
+func envFileSets(lookup func(string) (string, bool), dotenv, name string) bool {
+	path, _ := envFile(lookup, dotenv)
+	file, err := godotenv.Read(path)
+	if err != nil {
+		return false
+	}
+	_, ok := file[name]
+	return ok
 }
 
 // readTokenFile reads a token from a file only the agent's user (or root)

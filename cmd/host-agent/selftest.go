@@ -124,11 +124,15 @@ func parseProbes(s string) ([]netip.AddrPort, error) {
 // needs no identity or token of its own: a provider runs it before the host
 // has either.
 func selftestConfig(lookup func(string) (string, bool)) (config, error) {
+	// A token file named in the configuration file counts as much as one
+	// in the environment: the stand-in token must not clash with it.
+	tokenFileInFile := envFileSets(lookup, ".env", "AGENT_TOKEN_FILE")
 	withDefaults := func(k string) (string, bool) {
 		if v, ok := lookup(k); ok {
 			return v, ok
 		}
 		_, hasFile := lookup("AGENT_TOKEN_FILE")
+		hasFile = hasFile || tokenFileInFile
 		switch {
 		case k == "AGENT_ID":
 			return "selftest", true
