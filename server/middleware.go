@@ -31,7 +31,7 @@ func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		req := c.Request()
 		took := time.Since(start)
 		s.metrics.observe(req.Method, c.Path(), status, took)
-		s.log.LogAttrs(req.Context(), slog.LevelInfo, "request",
+		s.log.LogAttrs(req.Context(), requestLogLevel(req.Method, c.Path(), status), "request",
 			slog.String("method", req.Method),
 			slog.String("path", req.URL.Path),
 			slog.String("route", c.Path()),
@@ -42,6 +42,21 @@ func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		)
 		return nil
 	}
+}
+
+// requestLogLevel is info, but debug for a probe that succeeded: load
+// balancers, supervisors and Prometheus call the health checks and the
+// metrics every few seconds, and their lines would drown the rest. A probe
+// that fails (any status from 400, including a handler's error written as
+// one) is logged at info like any request.
+func requestLogLevel(method, route string, status int) slog.Level {
+	if method == http.MethodGet && status > 0 && status < http.StatusBadRequest {
+		switch route {
+		case healthPath, readinessPath, metricsPath:
+			return slog.LevelDebug
+		}
+	}
+	return slog.LevelInfo
 }
 
 // recoverPanics turns a handler's panic into a 500, so that one bad request
