@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -305,5 +307,45 @@ func TestMetricsPassPromtool(t *testing.T) {
 	cmd.Stdin = in
 	if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "" {
 		t.Fatalf("promtool check metrics: %v\n%s", err, out)
+	}
+}
+
+// The disk collector reads the free space at each scrape, next to the
+// reserve; an unreadable path has no value.
+func TestDiskCollector(t *testing.T) {
+	t.Parallel()
+	var free uint64 = 5 << 30
+	var freeErr error
+	var mu sync.Mutex
+	readFree := func(path string) (uint64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if path != "/var/lib/containerd" {
+			t.Errorf("free asked about %q", path)
+		}
+		return free, freeErr
+	}
+	ts := newTestServer(t, &fakeRuntime{list: func(context.Context) ([]runtime.Instance, error) { return nil, nil }},
+		func(o *Options) {
+			o.Collectors = []prometheus.Collector{DiskCollector("/var/lib/containerd", 10<<30, readFree)}
+		})
+	body := ts.scrape(t)
+	if v, _ := sample(body, "host_agent_disk_free_bytes"); v != 5<<30 {
+		t.Errorf("free = %v, want %v", v, 5<<30)
+	}
+	if v, _ := sample(body, "host_agent_disk_reserve_bytes"); v != 10<<30 {
+		t.Errorf("reserve = %v, want %v", v, 10<<30)
+	}
+	mu.Lock()
+	free = 20 << 30
+	mu.Unlock()
+	if v, _ := sample(ts.scrape(t), "host_agent_disk_free_bytes"); v != 20<<30 {
+		t.Errorf("free after it changed = %v, want %v", v, 20<<30)
+	}
+	mu.Lock()
+	freeErr = errors.New("statfs: no such file or directory")
+	mu.Unlock()
+	if _, ok := sample(ts.scrape(t), "host_agent_disk_free_bytes"); ok {
+		t.Errorf("free reported for an unreadable path")
 	}
 }
