@@ -58,6 +58,14 @@ func newMetrics(s *Server) *metrics {
 			Help: "Open GET /ws event streams.",
 		}, func() float64 { return float64(s.openStreams.Load()) }),
 	)
+	// Both results from the start, so that the series are there before
+	// the first start and rate() sees it.
+	for _, r := range []string{"ok", "error"} {
+		m.starts.WithLabelValues(r)
+		if s.pulls != nil {
+			s.pulls.histogram.WithLabelValues(r)
+		}
+	}
 	ops, opsCollectors := newOpsMetrics(s)
 	m.ops = ops
 	m.registry.MustRegister(opsCollectors...)
