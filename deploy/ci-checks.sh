@@ -4,6 +4,11 @@
 #   deploy/ci-checks.sh actionlint    lint .github/workflows with actionlint
 #   deploy/ci-checks.sh cross-arm64   the agent compiles for linux/arm64 (cgo,
 #                                     Debian's aarch64 cross gcc)
+#   deploy/ci-checks.sh promtool      the alert rules pass promtool check rules
+#                                     and their tests (promtool test rules);
+#                                     installs promtool (Debian's prometheus),
+#                                     which the Go tests then use on the
+#                                     agent's /metrics and the dashboard
 #
 # Tools built from the Go module proxy are cached outside the clone, keyed
 # by version, under HOST_AGENT_CI_CACHE (default /var/cache/host-agent-ci).
@@ -33,8 +38,18 @@ cross-arm64)
   file "$out/host-agent" 2>/dev/null || true
   echo "linux/arm64 build: ok"
   ;;
+promtool)
+  if ! command -v promtool >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends prometheus >/dev/null ||
+      { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }
+  fi
+  promtool --version 2>&1 | head -1
+  promtool check rules deploy/prometheus/alerts.yml
+  (cd deploy/prometheus && promtool test rules alerts_test.yml)
+  ;;
 *)
-  echo "usage: $0 actionlint|cross-arm64" >&2
+  echo "usage: $0 actionlint|cross-arm64|promtool" >&2
   exit 2
   ;;
 esac

@@ -23,6 +23,8 @@ echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
 echo "== dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
+echo "== alert rules (promtool)"
+bash deploy/ci-checks.sh promtool
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 echo "== fuzz targets, briefly"
