@@ -14,6 +14,11 @@
 #                                     modes, unit enabled, the binary runs),
 #                                     upgrades keeping its configuration and
 #                                     removes; systemd-analyze verify of the unit
+#   deploy/ci-checks.sh promtool      the alert rules pass promtool check rules
+#                                     and their tests (promtool test rules);
+#                                     installs promtool (Debian's prometheus),
+#                                     which the Go tests then use on the
+#                                     agent's /metrics and the dashboard
 #
 # Tools built from the Go module proxy, and npm packages, are cached outside
 # the clone, keyed by version, under HOST_AGENT_CI_CACHE (default
@@ -201,8 +206,18 @@ $files"
   rpm -qp --scripts "$rpm" | grep -q 'systemctl enable' || fail "$rpm has no postinstall enabling the unit"
   echo "package: $rpm holds the binary, the unit, the env file (config, noreplace, 600) and the state directory (700)"
   ;;
+promtool)
+  if ! command -v promtool >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends prometheus >/dev/null ||
+      { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }
+  fi
+  promtool --version 2>&1 | head -1
+  promtool check rules deploy/prometheus/alerts.yml
+  (cd deploy/prometheus && promtool test rules alerts_test.yml)
+  ;;
 *)
-  echo "usage: $0 actionlint|cross-arm64|openapi|asyncapi|package" >&2
+  echo "usage: $0 actionlint|cross-arm64|openapi|asyncapi|package|promtool" >&2
   exit 2
   ;;
 esac

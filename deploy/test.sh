@@ -29,6 +29,8 @@ echo "== OpenAPI lint (redocly, spectral)"
 bash deploy/ci-checks.sh openapi
 echo "== AsyncAPI validation"
 bash deploy/ci-checks.sh asyncapi
+echo "== alert rules (promtool)"
+bash deploy/ci-checks.sh promtool
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 echo "== fuzz targets, briefly"

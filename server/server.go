@@ -39,6 +39,7 @@ const (
 	maxStopTimeoutSeconds     = 3600
 	maxBodyBytes              = 1 << 20
 	healthPath, readinessPath = "/healthz", "/readyz"
+	metricsPath               = "/metrics"
 )
 
 // Options are a Server's dependencies and settings.
@@ -52,6 +53,14 @@ type Options struct {
 	// Token is the bearer token every route but the health checks demands.
 	// Required: the agent never serves its API unauthenticated.
 	Token string
+	// MetricsToken, when set, is a second bearer token that GET /metrics
+	// accepts and every other route refuses, so that a Prometheus server
+	// can scrape the agent without holding the token that starts
+	// containers. Token is accepted on GET /metrics as well.
+	MetricsToken string
+	// Version and Commit label host_agent_build_info.
+	Version string
+	Commit  string
 	// AgentID names this agent in logs and in GET /healthz.
 	AgentID string
 	// Logger receives request logs and the causes of failed requests
@@ -137,6 +146,9 @@ type Server struct {
 	runtimeName string
 	hub         *events.Hub
 	token       string
+	metricsTok  string
+	version     string
+	commit      string
 	agentID     string
 	log         *slog.Logger
 	ping        time.Duration
@@ -176,6 +188,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Token == "" {
 		return nil, errors.New("server: Options.Token is required")
 	}
+	if opts.MetricsToken != "" && opts.MetricsToken == opts.Token {
+		return nil, errors.New("server: Options.MetricsToken must differ from Options.Token")
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -208,6 +223,9 @@ func New(opts Options) (*Server, error) {
 		runtimeName: opts.RuntimeName,
 		hub:         opts.Hub,
 		token:       opts.Token,
+		metricsTok:  opts.MetricsToken,
+		version:     opts.Version,
+		commit:      opts.Commit,
 		agentID:     opts.AgentID,
 		log:         opts.Logger,
 		ping:        opts.PingInterval,
@@ -226,6 +244,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
+	s.countExits()
 
 	e := echo.NewWithConfig(echo.Config{
 		Logger:           opts.Logger,
@@ -251,7 +270,7 @@ func New(opts Options) (*Server, error) {
 	e.GET("/ws", s.streamEvents)
 	e.GET("/gpus", s.listGPUs)
 	e.GET("/host", s.hostReport)
-	e.GET("/metrics", s.serveMetrics)
+	e.GET(metricsPath, s.serveMetrics)
 	e.GET("/debug/pprof/:profile", s.serveProfile)
 	e.POST("/drain", s.drainHost)
 	e.POST("/undrain", s.undrainHost)

@@ -31,7 +31,10 @@ type config struct {
 	// is Token, and APIServerTokenShared says so, for a warning at start.
 	APIServerToken       string
 	APIServerTokenShared bool
-	ListenAddr           string
+	// MetricsToken opens GET /metrics only (METRICS_TOKEN /
+	// METRICS_TOKEN_FILE); empty: the agent's token alone does.
+	MetricsToken string
+	ListenAddr   string
 	// Runtime is auto, containerd or docker (RUNTIME); auto is resolved
 	// at start by chooseRuntime.
 	Runtime             string
@@ -152,6 +155,24 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		apiToken, c.APIServerTokenShared = token, true
 	}
 	c.APIServerToken = apiToken
+
+	metricsToken, metricsTokenFile := get("METRICS_TOKEN", ""), get("METRICS_TOKEN_FILE", "")
+	switch {
+	case metricsToken != "" && metricsTokenFile != "":
+		return c, &configError{"METRICS_TOKEN", "set either METRICS_TOKEN or METRICS_TOKEN_FILE, not both"}
+	case metricsTokenFile != "":
+		if metricsToken, err = readTokenFile(metricsTokenFile); err != nil {
+			return c, &configError{"METRICS_TOKEN_FILE", err.Error()}
+		}
+	}
+	switch {
+	case metricsToken == "":
+	case len(metricsToken) < minTokenLength:
+		return c, &configError{"METRICS_TOKEN", fmt.Sprintf("too short: use at least %d characters", minTokenLength)}
+	case metricsToken == token:
+		return c, &configError{"METRICS_TOKEN", "must differ from AGENT_TOKEN: it is handed to Prometheus, and opens GET /metrics only"}
+	}
+	c.MetricsToken = metricsToken
 
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		return c, &configError{"LISTEN_ADDR", fmt.Sprintf("want host:port, got %q", c.ListenAddr)}

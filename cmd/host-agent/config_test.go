@@ -281,3 +281,55 @@ func TestSelftestConfigWithEnvFile(t *testing.T) {
 		t.Fatalf("selftest with an empty env file: %v", err)
 	}
 }
+
+// TestMetricsToken: METRICS_TOKEN or METRICS_TOKEN_FILE (private, like the
+// agent's token file), never both, never short, never the agent's token.
+func TestMetricsToken(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const metricsToken = "metrics-token-0123456789"
+	file := filepath.Join(dir, "metrics-token")
+	if err := os.WriteFile(file, []byte(metricsToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func(extra map[string]string) (config, error) {
+		env := map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN": goodToken}
+		for k, v := range extra {
+			env[k] = v
+		}
+		return loadConfig(envOf(env), filepath.Join(dir, "no.env"))
+	}
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		want  string // the token, when accepted
+		error string // the variable named, when refused
+	}{
+		{"unset", nil, "", ""},
+		{"in the environment", map[string]string{"METRICS_TOKEN": metricsToken}, metricsToken, ""},
+		{"in a file", map[string]string{"METRICS_TOKEN_FILE": file}, metricsToken, ""},
+		{"both", map[string]string{"METRICS_TOKEN": metricsToken, "METRICS_TOKEN_FILE": file}, "", "METRICS_TOKEN"},
+		{"too short", map[string]string{"METRICS_TOKEN": "short"}, "", "METRICS_TOKEN"},
+		{"the agent's token", map[string]string{"METRICS_TOKEN": goodToken}, "", "METRICS_TOKEN"},
+		{"missing file", map[string]string{"METRICS_TOKEN_FILE": filepath.Join(dir, "none")}, "", "METRICS_TOKEN_FILE"},
+	} {
+		c, err := load(tc.env)
+		var ce *configError
+		switch {
+		case tc.error == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.error == "" && c.MetricsToken != tc.want:
+			t.Errorf("%s: metrics token %q, want %q", tc.name, c.MetricsToken, tc.want)
+		case tc.error != "" && (!errors.As(err, &ce) || ce.Var != tc.error):
+			t.Errorf("%s: err = %v, want one naming %s", tc.name, err, tc.error)
+		}
+	}
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := load(map[string]string{"METRICS_TOKEN_FILE": file})
+	var ce *configError
+	if !errors.As(err, &ce) || ce.Var != "METRICS_TOKEN_FILE" || !strings.Contains(err.Error(), "0644") {
+		t.Fatalf("metrics token file with mode 0644: err = %v", err)
+	}
+}

@@ -211,6 +211,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Warn("API_SERVER_TOKEN is unset: the agent presents its own API token to the central server; " +
 			"set API_SERVER_TOKEN so that the server never holds the token guarding this agent")
 	}
+	heartbeats := server.NewHeartbeatMetrics()
 	// Built even without API_SERVER_URL: it also serves GET /host, and in
 	// that case Run says once that nothing is reported.
 	rep, err := reporter.New(reporter.Options{
@@ -231,6 +232,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Commit:      commit,
 		Drain:       backend,
 		Sharing:     shares,
+
+		ObserveHeartbeat: heartbeats.Observe,
 	})
 	if err != nil {
 		return fmt.Errorf("reporter: %w", err)
@@ -250,7 +253,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Drain:       backend,
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet),
-		Collectors:  backendCollectors(backend),
+		Collectors:  agentCollectors(cfg, backend, heartbeats),
+
+		MetricsToken: cfg.MetricsToken,
+		Version:      version,
+		Commit:       commit,
 	})
 	if err != nil {
 		return err
@@ -272,6 +279,13 @@ func reservationKinds(gpus runtime.GPUAllocator, shares runtime.ReservationKind,
 		kinds = append(kinds, runtime.PortReservations{Alloc: ports})
 	}
 	return kinds
+}
+
+// agentCollectors are the metrics of GET /metrics that the server does not
+// keep itself: the back end's, the heartbeats' and the runtime's disk.
+func agentCollectors(cfg config, backend any, heartbeats *server.HeartbeatMetrics) []prometheus.Collector {
+	return append(backendCollectors(backend), heartbeats,
+		server.DiskCollector(cfg.ContainerdRoot, cfg.DiskReserveGB<<30, disk.Free))
 }
 
 // backendCollectors are the runtime back end's metrics, where it has any
