@@ -1,0 +1,221 @@
+package network
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
+)
+
+func TestNormalizeRule(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ written, printed string }{
+		{"-A X -i br -d 10.0.0.0/8 -j REJECT --reject-with icmp-admin-prohibited", "-A X -d 10.0.0.0/8 -i br -j REJECT --reject-with icmp-admin-prohibited"},
+		{"-A X -i br ! -s 10.1.0.0/24 -j DROP", "-A X ! -s 10.1.0.0/24 -i br -j DROP"},
+		{"-A X -i br -d 10.2.3.4/32 -p udp --dport 53 -j ACCEPT", "-A X -d 10.2.3.4/32 -i br -p udp -m udp --dport 53 -j ACCEPT"},
+	} {
+		if a, b := normalizeRule(tc.written), normalizeRule(tc.printed); a != b {
+			t.Errorf("%q -> %q, %q -> %q", tc.written, a, tc.printed, b)
+		}
+	}
+	for _, tc := range [][2]string{
+		{"-A X -i br -j ACCEPT", "-A X -i br -j DROP"},
+		{"-A X -i br ! -s 10.1.0.0/24 -j DROP", "-A X -i br -s 10.1.0.0/24 -j DROP"},
+		{"-A X -i br -d 10.2.3.4/32 -p udp --dport 53 -j ACCEPT", "-A X -d 10.2.3.4/32 -i br -p tcp -m tcp --dport 53 -j ACCEPT"},
+	} {
+		if normalizeRule(tc[0]) == normalizeRule(tc[1]) {
+			t.Errorf("%q and %q compare equal", tc[0], tc[1])
+		}
+	}
+}
+
+// serveEcho runs a TCP server in namespace path (the host's when empty) on
+// addr that sends back every line it reads, and returns its port.
+func serveEcho(t *testing.T, path, addr string) int {
+	t.Helper()
+	var l net.Listener
+	listen := func() {
+		var err error
+		if l, err = net.Listen("tcp4", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if path == "" {
+		listen()
+	} else {
+		testenv.InNetNS(t, path, listen)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := c.Write([]byte(line)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// echoes sends a line on c and says whether it came back.
+func echoes(c net.Conn, line string) bool {
+	_ = c.SetDeadline(time.Now().Add(dialTimeout))
+	if _, err := fmt.Fprintln(c, line); err != nil {
+		return false
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.TrimSpace(got) == line
+}
+
+func counterValue(t *testing.T, c prometheus.Collector) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 1)
+	c.Collect(ch)
+	var m dto.Metric
+	if err := (<-ch).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
+
+// After an operator's iptables -F of each of the agent's chains, and after
+// an ACCEPT put first in FORWARD or INPUT, the rules differ (Check fails,
+// as /readyz does) until Rules.Run puts them back, within 10 seconds; then
+// a rental's probes of the metadata address and of the host fail again,
+// and a connection the rental opened to them during the gap is cut. Each
+// repair is counted.
+func TestRulesRepairedAfterFlushAndReorder(t *testing.T) {
+	tn := newTestNet(t, "10.215.74.0/24", nil)
+	ctx := context.Background()
+	meta := tn.addPeer("metadata", "169.254.214.1", "169.254.214.2", 30, "169.254.169.254")
+	metaAddr := netip.MustParseAddr("169.254.169.254")
+	testenv.MustRouteInto(t, metaAddr, meta.hostIf)
+	metaPort := serveEcho(t, meta.ns, "0.0.0.0:0")
+	hostPort := serveEcho(t, "", "0.0.0.0:0")
+
+	a, err := tn.net.Setup(ctx, "repair-a", nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tn.net.Teardown(context.Background(), "repair-a", nil) })
+	testenv.MustRouteInto(t, a.Gateway, tn.net.cfg.Bridge)
+	targets := []struct {
+		name string
+		addr netip.Addr
+		port int
+	}{
+		{"the metadata address", metaAddr, metaPort},
+		{"the host", a.Gateway, hostPort},
+	}
+	// dial opens a connection from the rental.
+	dial := func(addr netip.Addr, port int) (net.Conn, error) {
+		var c net.Conn
+		var err error
+		testenv.InNetNS(t, a.NetNS, func() {
+			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, uint16(port)).String(), dialTimeout)
+		})
+		return c, err
+	}
+	blocked := func(when string) {
+		t.Helper()
+		for _, tg := range targets {
+			if c, err := dial(tg.addr, tg.port); err == nil {
+				ok := echoes(c, "probe")
+				c.Close()
+				if ok {
+					t.Errorf("%s: the rental reached %s", when, tg.name)
+				}
+			}
+		}
+	}
+	blocked("before any change")
+
+	rules := tn.net.Rules()
+	br := tn.net.cfg.Bridge
+	repairs := 0.0
+	for _, tc := range []struct {
+		name string
+		args []string
+		gap  bool // the change opens the filter: the rental gets through
+	}{
+		{"flush FORWARD chain", []string{"-F", tn.net.forwardChain()}, true},
+		{"flush INPUT chain", []string{"-F", tn.net.inputChain()}, true},
+		{"flush POSTROUTING chain", []string{"-t", "nat", "-F", tn.net.postroutingChain()}, false},
+		{"ACCEPT first in FORWARD", []string{"-I", "FORWARD", "1", "-i", br, "-j", "ACCEPT"}, true},
+		{"ACCEPT first in INPUT", []string{"-I", "INPUT", "1", "-i", br, "-j", "ACCEPT"}, true},
+		{"jump deleted", []string{"-D", "FORWARD", "-j", tn.net.forwardChain()}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out, err := exec.Command("iptables", append([]string{"-w"}, tc.args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("iptables %v: %v: %s", tc.args, err, out)
+			}
+			if err := tn.net.Check(ctx); err == nil {
+				t.Fatal("Check passes with the rules changed")
+			}
+			// Connections opened in the gap, which works both ways.
+			var open []net.Conn
+			if tc.gap {
+				for _, tg := range targets {
+					c, err := dial(tg.addr, tg.port)
+					if err != nil {
+						continue // this change opens the other target only
+					}
+					t.Cleanup(func() { c.Close() })
+					if echoes(c, "in the gap") {
+						open = append(open, c)
+					}
+				}
+				if len(open) == 0 {
+					t.Fatal("the change opened no gap: the test cannot see a cut")
+				}
+			}
+			runCtx, stop := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { defer close(done); rules.Run(runCtx, DefaultRecheckInterval) }()
+			deadline := time.Now().Add(10 * time.Second)
+			for tn.net.Check(ctx) != nil {
+				if time.Now().After(deadline) {
+					stop()
+					<-done
+					t.Fatalf("rules not repaired within 10s: %v", tn.net.Check(ctx))
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			stop()
+			<-done
+			repairs++
+			if got := counterValue(t, rules.Collector()); got != repairs {
+				t.Errorf("%s = %v, want %v", RuleRepairsMetric, got, repairs)
+			}
+			blocked("after the repair")
+			for _, c := range open {
+				if echoes(c, "after the repair") {
+					t.Errorf("a connection opened in the gap to %s survived the repair", c.RemoteAddr())
+				}
+			}
+		})
+	}
+}
