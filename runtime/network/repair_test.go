@@ -1,13 +1,10 @@
 package network
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -39,57 +36,6 @@ func TestNormalizeRule(t *testing.T) {
 	}
 }
 
-// serveEcho runs a TCP server in namespace path (the host's when empty) on
-// addr that sends back every line it reads, and returns its port.
-func serveEcho(t *testing.T, path, addr string) int {
-	t.Helper()
-	var l net.Listener
-	listen := func() {
-		var err error
-		if l, err = net.Listen("tcp4", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if path == "" {
-		listen()
-	} else {
-		testenv.InNetNS(t, path, listen)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write([]byte(line)); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// echoes sends a line on c and says whether it came back.
-func echoes(c net.Conn, line string) bool {
-	_ = c.SetDeadline(time.Now().Add(dialTimeout))
-	if _, err := fmt.Fprintln(c, line); err != nil {
-		return false
-	}
-	got, err := bufio.NewReader(c).ReadString('\n')
-	return err == nil && strings.TrimSpace(got) == line
-}
-
 func counterValue(t *testing.T, c prometheus.Collector) float64 {
 	t.Helper()
 	ch := make(chan prometheus.Metric, 1)
@@ -113,8 +59,8 @@ func TestRulesRepairedAfterFlushAndReorder(t *testing.T) {
 	meta := tn.addPeer("metadata", "169.254.214.1", "169.254.214.2", 30, "169.254.169.254")
 	metaAddr := netip.MustParseAddr("169.254.169.254")
 	testenv.MustRouteInto(t, metaAddr, meta.hostIf)
-	metaPort := serveEcho(t, meta.ns, "0.0.0.0:0")
-	hostPort := serveEcho(t, "", "0.0.0.0:0")
+	metaPort := testenv.ServeEcho(t, meta.ns, "0.0.0.0:0")
+	hostPort := testenv.ServeEcho(t, "", "0.0.0.0:0")
 
 	a, err := tn.net.Setup(ctx, "repair-a", nil, "")
 	if err != nil {
@@ -131,19 +77,12 @@ func TestRulesRepairedAfterFlushAndReorder(t *testing.T) {
 		{"the host", a.Gateway, hostPort},
 	}
 	// dial opens a connection from the rental.
-	dial := func(addr netip.Addr, port int) (net.Conn, error) {
-		var c net.Conn
-		var err error
-		testenv.InNetNS(t, a.NetNS, func() {
-			c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, uint16(port)).String(), dialTimeout)
-		})
-		return c, err
-	}
+	dial := func(addr netip.Addr, port int) (net.Conn, error) { return testenv.DialIn(t, a.NetNS, addr, port) }
 	blocked := func(when string) {
 		t.Helper()
 		for _, tg := range targets {
 			if c, err := dial(tg.addr, tg.port); err == nil {
-				ok := echoes(c, "probe")
+				ok := testenv.Echoes(c, "probe")
 				c.Close()
 				if ok {
 					t.Errorf("%s: the rental reached %s", when, tg.name)
@@ -184,7 +123,7 @@ func TestRulesRepairedAfterFlushAndReorder(t *testing.T) {
 						continue // this change opens the other target only
 					}
 					t.Cleanup(func() { c.Close() })
-					if echoes(c, "in the gap") {
+					if testenv.Echoes(c, "in the gap") {
 						open = append(open, c)
 					}
 				}
@@ -212,7 +151,7 @@ func TestRulesRepairedAfterFlushAndReorder(t *testing.T) {
 			}
 			blocked("after the repair")
 			for _, c := range open {
-				if echoes(c, "after the repair") {
+				if testenv.Echoes(c, "after the repair") {
 					t.Errorf("a connection opened in the gap to %s survived the repair", c.RemoteAddr())
 				}
 			}
