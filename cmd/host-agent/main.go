@@ -159,6 +159,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	rules := networkRules(ctx, rentalNet, backend, logger)
 	shares, err := newShares(cfg.Share, inv.Len())
 	if err != nil {
 		return err
@@ -187,6 +188,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
 	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
+	if rules != nil {
+		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
+	}
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
@@ -241,8 +245,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Host:        rep,
 		Drain:       backend,
 		Pulls:       pulls,
-		Network:     networkChecker(rentalNet),
-		Collectors:  backendCollectors(backend),
+		Network:     networkChecker(rentalNet, rules),
+		Collectors:  append(backendCollectors(backend), ruleCollectors(rules)...),
 	})
 	if err != nil {
 		return err
@@ -273,14 +277,6 @@ func backendCollectors(backend any) []prometheus.Collector {
 		return []prometheus.Collector{c.Collector()}
 	}
 	return nil
-}
-
-// networkChecker keeps a missing network a nil interface.
-func networkChecker(n *network.Network) server.NetworkChecker {
-	if n == nil {
-		return nil
-	}
-	return n
 }
 
 // listen opens the API's listener, with TLS when a certificate is

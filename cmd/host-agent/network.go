@@ -7,9 +7,12 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
@@ -78,6 +81,45 @@ func dockerNetwork(cfg config) *docker.NetworkOptions {
 		o.PublicIP = cfg.Network.PublicIP.String()
 	}
 	return o
+}
+
+// networkRules is the owner of the rentals' iptables rules on either back
+// end, nil when rentals get no network of the agent's. On Docker the rules
+// are written here, so that rentals running from before the agent's start
+// are isolated before the next start.
+func networkRules(ctx context.Context, rentalNet *network.Network, backend any, logger *slog.Logger) *network.Rules {
+	if rentalNet != nil {
+		return rentalNet.Rules()
+	}
+	d, ok := backend.(*docker.Runtime)
+	if !ok || d.NetworkRules() == nil {
+		return nil
+	}
+	if _, err := d.NetworkRules().Ensure(ctx); err != nil {
+		logger.Error("writing the rentals' iptables rules on Docker", "error", err)
+	}
+	return d.NetworkRules()
+}
+
+// networkChecker is what /readyz checks of the rentals' network: on
+// containerd the CNI network (plugins and rules), on Docker the rules; a
+// nil interface without a network.
+func networkChecker(n *network.Network, rules *network.Rules) server.NetworkChecker {
+	if n != nil {
+		return n
+	}
+	if rules != nil {
+		return rules
+	}
+	return nil
+}
+
+// ruleCollectors is the repairs counter, where rules are kept.
+func ruleCollectors(rules *network.Rules) []prometheus.Collector {
+	if rules == nil {
+		return nil
+	}
+	return []prometheus.Collector{rules.Collector()}
 }
 
 // networkInfo describes the rentals' network for the host report; nil

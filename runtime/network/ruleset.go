@@ -136,8 +136,11 @@ func (r *Rules) Diff(ctx context.Context) ([]string, error) {
 }
 
 // Check says how the kernel's rules differ from the agent's, for
-// readiness: nil when they are the same.
+// readiness: nil when they are the same. It waits for a repair under way,
+// so that ready means the repair is over, connections cut included.
 func (r *Rules) Check(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	d, err := r.Diff(ctx)
 	if err != nil {
 		return err
