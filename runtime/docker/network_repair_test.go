@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	mnetwork "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -24,7 +25,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
-// On a dockerd that manages iptables: after iptables -F of each of the
+// On each dockerd, managing iptables: after iptables -F of each of the
 // agent's chains, after an ACCEPT put first in DOCKER-USER or INPUT, and
 // after the jump's deletion, the rules differ (the readiness check fails)
 // until the rules' Run loop puts them back, within 10 seconds; then a
@@ -32,19 +33,20 @@ import (
 // a connection it opened to them during the gap is cut. Each repair is
 // counted.
 func TestNetworkRulesRepaired(t *testing.T) {
-	testenv.Require(t, integrationBinaries...)
-	bin := testenv.DebianDockerd()
-	if bin == "" || testReg == nil {
-		if os.Getenv(testenv.RequireEnv) == "require" {
-			t.Fatalf("Debian's dockerd or the test registry is missing: %s", setupErr)
-		}
-		t.Skip("Debian's dockerd is not installed")
+	for _, name := range []string{debian, moby} {
+		t.Run(name, func(t *testing.T) { testNetworkRulesRepaired(t, needDockerd(t, name)) })
+	}
+}
+
+func testNetworkRulesRepaired(t *testing.T, shared *testenv.Dockerd) {
+	if testReg == nil {
+		t.Fatalf("the test registry is missing: %s", setupErr)
 	}
 	testenv.LockHostNetwork(t)
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
 	tag := hex.EncodeToString(b)
-	subnet := netip.MustParsePrefix(fmt.Sprintf("10.220.%d.0/24", b[0]))
+	subnet := netip.MustParsePrefix(fmt.Sprintf("10.221.%d.0/24", b[0]))
 	if err := network.CheckSubnet(subnet); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +66,10 @@ func TestNetworkRulesRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	d, err := testenv.StartDockerd(dir, testenv.DockerdOptions{Bin: bin, Containerd: containerd.Address, IPTables: true})
+	// The same daemon as the shared one, managing iptables.
+	o := shared.Options()
+	o.IPTables = true
+	d, err := testenv.StartDockerd(dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,6 +192,36 @@ func TestNetworkRulesRepaired(t *testing.T) {
 			}
 		})
 	}
+	// A daemon's network event triggers a check at once: with the
+	// periodic check an hour away, creating a network repairs the rules.
+	t.Run("network event", func(t *testing.T) {
+		runCtx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); rules.Run(runCtx, time.Hour) }()
+		defer func() { stop(); <-done }()
+		time.Sleep(200 * time.Millisecond) // a trigger left from the connection is used up
+		iptables := exec.Command("iptables", "-w", "-F", opts.forwardChain())
+		if out, err := iptables.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		if err := rules.Check(ctx); err == nil {
+			t.Fatal("Check passes with the chain flushed")
+		}
+		other := "hadr-ev-" + tag
+		if _, err := be.client.NetworkCreate(ctx, other, client.NetworkCreateOptions{Driver: "bridge",
+			IPAM:    &mnetwork.IPAM{Config: []mnetwork.IPAMConfig{{Subnet: netip.MustParsePrefix(fmt.Sprintf("10.222.%d.0/24", b[0]))}}},
+			Options: map[string]string{optBridgeName: "hadre" + tag}}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = be.client.NetworkRemove(context.Background(), other, client.NetworkRemoveOptions{}) })
+		deadline := time.Now().Add(10 * time.Second)
+		for rules.Check(ctx) != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("rules not repaired within 10s of a network event: %v", rules.Check(ctx))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 }
 
 func counterValue(t *testing.T, c prometheus.Collector) float64 {
