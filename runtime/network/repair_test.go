@@ -36,6 +36,24 @@ func TestNormalizeRule(t *testing.T) {
 	}
 }
 
+// A jump is inserted first and its old copies deleted after, by their
+// positions once the insertion has moved them, in one transaction.
+func TestRestoreInputInsertsBeforeDeleting(t *testing.T) {
+	t.Parallel()
+	d := &diff{
+		chains:  []Chain{{Table: "filter", Name: "HA-FORWARD", Rules: []string{"-A HA-FORWARD -i br -j DROP"}}},
+		jumps:   []Jump{{Table: "filter", From: "FORWARD", To: "HA-FORWARD"}},
+		deletes: map[[2]string][]int{{"filter", "FORWARD"}: {2, 5}},
+	}
+	want := "*filter\n:HA-FORWARD - [0:0]\n-A HA-FORWARD -i br -j DROP\n-I FORWARD 1 -j HA-FORWARD\n-D FORWARD 6\n-D FORWARD 3\nCOMMIT\n"
+	if got := string(d.restoreInput("filter")); got != want {
+		t.Errorf("restore input:\n%s\nwant:\n%s", got, want)
+	}
+	if got := string(d.restoreInput("nat")); got != "*nat\nCOMMIT\n" {
+		t.Errorf("nat restore input: %q", got)
+	}
+}
+
 func counterValue(t *testing.T, c prometheus.Collector) float64 {
 	t.Helper()
 	ch := make(chan prometheus.Metric, 1)

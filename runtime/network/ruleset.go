@@ -76,7 +76,10 @@ type Rules struct {
 	armed bool       // written once: a difference from now on is a repair
 }
 
-var ownChainRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,28}$`)
+var (
+	ownChainRE   = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,28}$`)
+	otherChainRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,28}$`)
+)
 
 // NewRules checks the rule set's names: every chain and jump of the agent
 // is named so that it can be told from anyone else's.
@@ -101,7 +104,7 @@ func NewRules(opts RulesOptions) (*Rules, error) {
 		if !own[j.Table+" "+j.To] {
 			errs = append(errs, fmt.Errorf("jump from %s %s to %s, which is not one of the rule set's chains", j.Table, j.From, j.To))
 		}
-		if !regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,28}$`).MatchString(j.From) {
+		if !otherChainRE.MatchString(j.From) {
 			errs = append(errs, fmt.Errorf("chain %q", j.From))
 		}
 	}
@@ -195,6 +198,19 @@ func (r *Rules) ensureLocked(ctx context.Context) (bool, error) {
 // changed since; before the first Ensure, and after Remove, it does
 // nothing. It returns whether it repaired anything.
 func (r *Rules) Reconcile(ctx context.Context) (bool, error) {
+	r.mu.Lock()
+	armed := r.armed
+	r.mu.Unlock()
+	if !armed {
+		return false, nil
+	}
+	// Compared first without Lock, which a CNI call in flight holds for
+	// seconds: a repair is rare, a check every few seconds.
+	if d, err := r.diff(ctx); err != nil {
+		return false, err
+	} else if d.empty() {
+		return false, nil
+	}
 	if r.opts.Lock != nil {
 		unlock, err := r.opts.Lock(ctx)
 		if err != nil {
@@ -354,7 +370,6 @@ var tolerated = regexp.MustCompile(`^HA[A-Z0-9_-]*-(FORWARD|INPUT|POSTROUTING|DF
 
 // diff is what Ensure has to write.
 type diff struct {
-	set    RuleSet
 	chains []Chain // to write whole
 	// jumps to insert first, and the positions (1-based, before the
 	// insertion) of the old ones to delete, by table and chain.
@@ -428,7 +443,7 @@ func (d *diff) restoreInput(table string) []byte {
 }
 
 func (r *Rules) diff(ctx context.Context) (*diff, error) {
-	d := &diff{set: r.opts.Set, deletes: map[[2]string][]int{}}
+	d := &diff{deletes: map[[2]string][]int{}}
 	tables := map[string]table{}
 	for _, name := range append(r.tables(), r.jumpTables()...) {
 		if _, ok := tables[name]; ok {
