@@ -73,6 +73,12 @@ func run() int {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	logger = logger.With("agent_id", cfg.AgentID)
 	slog.SetDefault(logger)
+	release, err := claimPorts(cfg, logger)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	defer release()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -33,6 +34,26 @@ func newNetwork(ctx context.Context, cfg config, logger *slog.Logger) (*network.
 	return n, nil
 }
 
+// claimPorts records this agent's port range for the other agents on the
+// host, and refuses a range that overlaps a running agent's of another
+// network (neither would see the ports the other publishes) or a second
+// agent of the same network. Where the claim cannot be written at all, the
+// agent starts and says so.
+func claimPorts(cfg config, logger *slog.Logger) (func(), error) {
+	name := networkConfig(cfg).NetworkName
+	release, err := network.ClaimPortRange(network.DefaultClaimDir, name, cfg.Network.HostPortRange)
+	switch {
+	case errors.Is(err, network.ErrPortRangeOverlap):
+		return nil, &configError{"HOST_PORT_RANGE", err.Error()}
+	case errors.Is(err, network.ErrNetworkInUse):
+		return nil, &configError{"RENTAL_NETWORK_NAME", err.Error()}
+	case err != nil:
+		logger.Warn("host port range not recorded: another agent on this host cannot see it", "dir", network.DefaultClaimDir, "error", err)
+		return func() {}, nil
+	}
+	return release, nil
+}
+
 // networkConfig is the rentals' network as configured.
 func networkConfig(cfg config) network.Config {
 	nc := network.Config{
@@ -52,6 +73,9 @@ func networkConfig(cfg config) network.Config {
 		// Not under the default prefix: the default agent's sweep takes
 		// every namespace under it for one of its own.
 		nc.NetNSPrefix = "hagent-" + name + "-"
+		// Its journal and files apart from the default agent's, whose
+		// sweep takes every one in STATE_DIR/network for one of its own.
+		nc.StateDir = filepath.Join(cfg.StateDir, "network", nc.NetworkName)
 	}
 	return nc
 }
