@@ -146,6 +146,7 @@ func (o *NetworkOptions) newRules(logger *slog.Logger) (*rentalnet.Rules, error)
 	return rentalnet.NewRules(rentalnet.RulesOptions{
 		Name:   "docker",
 		Set:    o.ruleSet(),
+		Bridge: o.Bridge,
 		Egress: &rentalnet.EgressPolicy{Subnet: o.Subnet, Blocked: o.BlockedEgress, Allowed: o.AllowedEgress},
 		Logger: logger,
 	})

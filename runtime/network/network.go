@@ -77,8 +77,9 @@ func New(cfg Config) (*Network, error) {
 		}
 	}
 	n.rules, err = NewRules(RulesOptions{
-		Name: "cni",
-		Set:  n.ruleSet(),
+		Name:   "cni",
+		Set:    n.ruleSet(),
+		Bridge: cfg.Bridge,
 		Egress: &EgressPolicy{
 			Subnet: cfg.Subnet, Blocked: cfg.BlockedEgress, Allowed: cfg.AllowedEgress, DNS: n.dns,
 		},

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,5 +175,45 @@ func TestRulesRepairedAfterFlushAndReorder(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Two agents on the host (their own network names, bridges and chains)
+// each keep their jump first in the same built-in chains: each tolerates
+// the other's above its own, so neither repairs forever. A chain named
+// like an agent's that is not bound to another bridge (it could accept the
+// rentals' traffic) is not tolerated.
+func TestPeerAgentsJumpsTolerated(t *testing.T) {
+	a := newTestNet(t, "10.215.75.0/24", nil)
+	b := anotherTestNet(t, "10.215.76.0/24", nil)
+	ctx := context.Background()
+	// b's Init put its jumps above a's.
+	for _, tn := range []*testNet{a, b} {
+		if err := tn.net.Check(ctx); err != nil {
+			t.Fatalf("%s: %v", tn.net.cfg.NetworkName, err)
+		}
+		if repaired, err := tn.net.Rules().Reconcile(ctx); repaired || err != nil {
+			t.Fatalf("%s repaired (%v) with the other agent's jumps above its own: %v", tn.net.cfg.NetworkName, repaired, err)
+		}
+	}
+	impostor := "HA" + strings.ToUpper(a.tag) + "X-FORWARD"
+	for _, args := range [][]string{{"-N", impostor}, {"-A", impostor, "-j", "ACCEPT"}, {"-I", "FORWARD", "1", "-j", impostor}} {
+		if out, err := exec.Command("iptables", append([]string{"-w"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v: %v: %s", args, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("iptables", "-w", "-D", "FORWARD", "-j", impostor).Run()
+		_ = exec.Command("iptables", "-w", "-F", impostor).Run()
+		_ = exec.Command("iptables", "-w", "-X", impostor).Run()
+	})
+	if err := a.net.Check(ctx); err == nil || !strings.Contains(err.Error(), impostor) {
+		t.Fatalf("Check with an unbound agent-like chain first: %v", err)
+	}
+	if repaired, err := a.net.Rules().Reconcile(ctx); !repaired || err != nil {
+		t.Fatalf("Reconcile: repaired %v, %v", repaired, err)
+	}
+	if err := a.net.Check(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

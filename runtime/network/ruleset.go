@@ -53,6 +53,10 @@ type RulesOptions struct {
 	// Name says whose rules they are in logs ("cni", "docker").
 	Name string
 	Set  RuleSet
+	// Bridge is the interface the rules act on: another agent's jumps
+	// first in the same chains, whose rules act on other interfaces only,
+	// may stay above the rule set's own.
+	Bridge string
 	// Egress, when set, is the policy the rules enforce: after every
 	// write, the connections it forbids that the kernel still tracks
 	// (opened while the rules were missing) are cut.
@@ -363,10 +367,36 @@ func listTable(ctx context.Context, name string) (table, error) {
 	return t, sc.Err()
 }
 
-// tolerated are jumps another agent on the host (RENTAL_NETWORK_NAME) keeps
-// first in the same built-in chains: they act on its own bridge only, so
+// agentChain names the chains of the agents on the host (another one's
+// RENTAL_NETWORK_NAME gives it prefix HA<NAME>).
+var agentChain = regexp.MustCompile(`^(HOSTAGENT|HA[A-Z0-9]{1,8})-(FORWARD|INPUT|POSTROUTING|DFWD|DIN)$`)
+
+// isPeerJump says whether line jumps to another agent's chain, which each
+// agent keeps first in the same built-in chains: one whose every rule is
+// bound to an interface other than bridge acts on its own bridge only, so
 // that the agents' jumps may sit above each other's without a fight.
-var tolerated = regexp.MustCompile(`^HA[A-Z0-9_-]*-(FORWARD|INPUT|POSTROUTING|DFWD|DIN)$`)
+func isPeerJump(line, from, bridge string, t table) bool {
+	to, ok := strings.CutPrefix(line, "-A "+from+" -j ")
+	if !ok || strings.Contains(to, " ") || !agentChain.MatchString(to) || bridge == "" {
+		return false
+	}
+	for _, r := range t.rules[to] {
+		f := strings.Fields(r)
+		bound := false
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "-i" || f[i] == "-o" {
+				if f[i+1] == bridge {
+					return false
+				}
+				bound = true
+			}
+		}
+		if !bound {
+			return false
+		}
+	}
+	return true
+}
 
 // diff is what Ensure has to write.
 type diff struct {
@@ -502,7 +532,7 @@ func (r *Rules) diff(ctx context.Context) (*diff, error) {
 				why = append(why, fmt.Sprintf("the jump from %s %s to %s is there %d times", j.Table, j.From, j.To, n))
 			default:
 				for _, l := range rules[:firstAt] {
-					if !isAgentJump(l, j.From) {
+					if !isPeerJump(l, j.From, r.opts.Bridge, t) {
 						ok = false
 						why = append(why, fmt.Sprintf("the jump from %s %s to %s is not first: %q comes before it", j.Table, j.From, j.To, l))
 						break
@@ -546,11 +576,6 @@ func (r *Rules) jumpSourcesAll() [][2]string {
 }
 
 func isJump(line, from, to string) bool { return line == "-A "+from+" -j "+to }
-
-func isAgentJump(line, from string) bool {
-	t, ok := strings.CutPrefix(line, "-A "+from+" -j ")
-	return ok && !strings.Contains(t, " ") && tolerated.MatchString(t)
-}
 
 // compareChain says how a chain's rules differ from c's, "" when they do
 // not.
