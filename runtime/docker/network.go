@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -57,8 +56,6 @@ type NetworkOptions struct {
 	PublicIP string
 }
 
-var chainPrefixRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,15}$`)
-
 func (o *NetworkOptions) validate() error {
 	var problems []string
 	if o.Name == "" {
@@ -70,7 +67,7 @@ func (o *NetworkOptions) validate() error {
 	if !o.Subnet.IsValid() || !o.Subnet.Addr().Is4() || o.Subnet.Bits() > 29 || o.Subnet.Bits() < 8 {
 		problems = append(problems, fmt.Sprintf("subnet %s: want IPv4 between /8 and /29", o.Subnet))
 	}
-	if !chainPrefixRE.MatchString(o.ChainPrefix) {
+	if !rentalnet.ValidChainPrefix(o.ChainPrefix) {
 		problems = append(problems, fmt.Sprintf("chain prefix %q", o.ChainPrefix))
 	}
 	for _, a := range o.HostAddrs {

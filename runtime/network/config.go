@@ -91,6 +91,11 @@ type Config struct {
 
 var chainPrefixRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,15}$`)
 
+// ValidChainPrefix says whether p may start the names of the agent's
+// chains (on either back end): upper-case letters, digits, '_' and '-',
+// at most 16, so that every chain name stays within iptables' limit.
+func ValidChainPrefix(p string) bool { return chainPrefixRE.MatchString(p) }
+
 func (c *Config) setDefaults() error {
 	if !c.Subnet.IsValid() {
 		c.Subnet = DefaultSubnet
@@ -138,7 +143,7 @@ func (c *Config) setDefaults() error {
 	if len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/ \t\n") {
 		errs = append(errs, fmt.Errorf("bridge name %q: at most 15 bytes, no slashes or spaces", c.Bridge))
 	}
-	if !chainPrefixRE.MatchString(c.ChainPrefix) {
+	if !ValidChainPrefix(c.ChainPrefix) {
 		errs = append(errs, fmt.Errorf("chain prefix %q: upper-case letters, digits, '_' and '-', at most 16", c.ChainPrefix))
 	}
 	for _, p := range slices.Concat(c.BlockedEgress, c.AllowedEgress) {
