@@ -2,7 +2,9 @@
 // CNI bridge, publishes its ports through CNI's portmap plugin, and walls
 // tenants off from each other, from the host and from the provider's LAN
 // with the agent's own iptables chains. It also writes the rental's
-// resolv.conf, hosts and hostname files.
+// resolv.conf, hosts and hostname files. Rules owns iptables rule sets,
+// this network's and the Docker back end's: it keeps them as written,
+// repairing what a flush, a firewall reload or another tool changes.
 //
 // The lifecycle layer imports it: Setup after an instance's ports are
 // reserved and recorded, Teardown before they are released, Sweep when the
