@@ -37,7 +37,7 @@ type claim struct {
 // the other publishes, and both would hand out the same. The claim is a
 // file in dir, locked for as long as the agent runs (release unlocks and
 // removes it); a claim whose agent is gone (its lock released, a crash
-// included) is ignored.
+// included) is ignored and removed.
 func ClaimPortRange(dir, network string, r hostport.Range) (release func(), err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -59,7 +59,14 @@ func ClaimPortRange(dir, network string, r hostport.Range) (release func(), err 
 			continue
 		}
 		c, live, err := readClaim(p)
-		if err != nil || !live || c.Network == network {
+		if err == nil && !live {
+			// Its agent is gone (a crash, a kill): no one else takes
+			// the guard's lock without holding its own claim's, so the
+			// file is stale.
+			_ = os.Remove(p)
+			continue
+		}
+		if err != nil || c.Network == network {
 			continue
 		}
 		other, err := hostport.ParseRange(c.PortRange)

@@ -73,5 +73,8 @@ func TestClaimOfDeadAgentIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a dead agent's claim refused a start: %v", err)
 	}
-	rel()
+	defer rel()
+	if _, err := os.Stat(filepath.Join(dir, "host-agent.json")); !os.IsNotExist(err) {
+		t.Errorf("the dead agent's claim is still there: %v", err)
+	}
 }
