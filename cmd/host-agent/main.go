@@ -64,6 +64,12 @@ func run() int {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	logger = logger.With("agent_id", cfg.AgentID)
 	slog.SetDefault(logger)
+	release, err := claimPorts(cfg, logger)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	defer release()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -164,6 +170,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 			return err
 		}
 	}
+	rules := networkRules(ctx, rentalNet, backend, logger)
 	shares, err := newShares(cfg.Share, inv.Len())
 	if err != nil {
 		return err
@@ -194,6 +201,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
 	if !choice.Answers && choice.Held == "" {
 		wg.Go(func() { rememberWhenAnswering(healthCtx, cfg, rtName, backend, logger) })
+	}
+	if rules != nil {
+		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
 	}
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
@@ -252,8 +262,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Host:        rep,
 		Drain:       backend,
 		Pulls:       pulls,
-		Network:     networkChecker(rentalNet),
-		Collectors:  agentCollectors(cfg, backend, heartbeats),
+		Network:     networkChecker(rentalNet, rules),
+		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
 
 		MetricsToken: cfg.MetricsToken,
 		Version:      version,
@@ -283,9 +293,9 @@ func reservationKinds(gpus runtime.GPUAllocator, shares runtime.ReservationKind,
 
 // agentCollectors are the metrics of GET /metrics that the server does not
 // keep itself: the back end's, the heartbeats' and the runtime's disk.
-func agentCollectors(cfg config, backend any, heartbeats *server.HeartbeatMetrics) []prometheus.Collector {
-	return append(backendCollectors(backend), heartbeats,
-		server.DiskCollector(cfg.ContainerdRoot, cfg.DiskReserveGB<<30, disk.Free))
+func agentCollectors(cfg config, backend any, heartbeats *server.HeartbeatMetrics, rules *network.Rules) []prometheus.Collector {
+	return append(append(backendCollectors(backend), heartbeats,
+		server.DiskCollector(cfg.ContainerdRoot, cfg.DiskReserveGB<<30, disk.Free)), ruleCollectors(rules)...)
 }
 
 // backendCollectors are the runtime back end's metrics, where it has any
@@ -295,14 +305,6 @@ func backendCollectors(backend any) []prometheus.Collector {
 		return []prometheus.Collector{c.Collector()}
 	}
 	return nil
-}
-
-// networkChecker keeps a missing network a nil interface.
-func networkChecker(n *network.Network) server.NetworkChecker {
-	if n == nil {
-		return nil
-	}
-	return n
 }
 
 // listen opens the API's listener, with TLS when a certificate is
