@@ -23,8 +23,8 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/testenv"
 	"github.com/host-agent/host-agent/server"
 )
