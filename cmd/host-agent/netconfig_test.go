@@ -100,7 +100,9 @@ func TestNetworkConfigNames(t *testing.T) {
 		strings.HasPrefix(named.NetNSPrefix, network.DefaultNetNSPrefix) {
 		t.Fatalf("names of a second network: %+v", named)
 	}
-	if named.StateDir != filepath.Join("/s", "network") {
-		t.Fatalf("state dir %q", named.StateDir)
+	// A second agent's journal and files apart from the first's, which
+	// sweeps only its own.
+	if def.StateDir != filepath.Join("/s", "network") || named.StateDir != filepath.Join("/s", "network", named.NetworkName) {
+		t.Fatalf("state dirs %q and %q", def.StateDir, named.StateDir)
 	}
 }

@@ -90,13 +90,32 @@ func TestAgentRepairsNetworkRules(t *testing.T) {
 	fwd, in := w.net.cfg.ChainPrefix+"-FORWARD", w.net.cfg.ChainPrefix+"-INPUT"
 	// The first repair also tells the test when the agent has just
 	// checked: the next check is an interval away.
+	// /readyz answers are up to a second old (server.readinessTTL): the
+	// test waits for the repair in the log, and for a fresh 503.
+	repairs := func() int {
+		log, _ := os.ReadFile(w.agentLog)
+		return strings.Count(string(log), "repaired the rentals' iptables rules")
+	}
+	waitRepairs := func(n int, what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); repairs() < n; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: no repair within 10s", what)
+			}
+		}
+	}
 	iptables("-F", fwd)
+	waitRepairs(1, "after iptables -F "+fwd)
 	waitReady("after iptables -F " + fwd)
 	blocked("after the first repair")
 
 	iptables("-I", "FORWARD", "1", "-i", w.net.cfg.Bridge, "-j", "ACCEPT")
 	iptables("-F", in)
 	code, body := agent.call("GET", "/readyz", nil)
+	for deadline := time.Now().Add(3 * time.Second); code != http.StatusServiceUnavailable && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		code, body = agent.call("GET", "/readyz", nil)
+	}
 	if code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body["error"]), "iptables") {
 		t.Fatalf("readyz with the rules changed: %d %v, want 503 naming the rules", code, body)
 	}
@@ -112,6 +131,7 @@ func TestAgentRepairsNetworkRules(t *testing.T) {
 		}
 		open = append(open, c)
 	}
+	waitRepairs(2, "after an ACCEPT first in FORWARD and iptables -F "+in)
 	waitReady("after an ACCEPT first in FORWARD and iptables -F " + in)
 	blocked("after the second repair")
 	for _, c := range open {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -176,6 +177,10 @@ func startUnready(t *testing.T, bin string, env []string, logPath string) (int, 
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		// Stopped before the next agent starts: two agents of one network
+		// never run at once (the second is refused).
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-done
 		return resp.StatusCode, string(b)
 	}
 	t.Fatal("agent did not answer /readyz in time")
