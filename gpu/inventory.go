@@ -48,7 +48,10 @@ type GPU struct {
 	PCIeWidthMax      int     `json:"pcie_width_max"`
 	PowerLimitWatts   int     `json:"power_limit_watts"`
 	MIGMode           MIGMode `json:"mig_mode"`
-	Healthy           bool    `json:"healthy"`
+	// NUMANode is the NUMA node the GPU is attached to, -1 where NVML
+	// cannot tell.
+	NUMANode int  `json:"numa_node"`
+	Healthy  bool `json:"healthy"`
 	// UnhealthyReason is why the GPU was taken out of service, e.g. "xid 79"
 	// or "gpu lost"; empty while Healthy.
 	UnhealthyReason string `json:"unhealthy_reason"`
@@ -76,6 +79,10 @@ type Inventory struct {
 	cudaDriverVersion string
 	gpus              []*gpuState // ordered by index; immutable after Open
 	byUUID            map[string]*gpuState
+	// links[i][j] is how gpus[i] and gpus[j] are connected, and ranks the
+	// distinct link ranks present, best first; immutable after Open.
+	links [][]pairLink
+	ranks []int
 
 	mu       sync.Mutex
 	pub      events.Publisher // set by WatchHealth
@@ -91,6 +98,7 @@ type Inventory struct {
 type gpuState struct {
 	info GPU // Healthy, UnhealthyReason and HeldBy are filled in on copy
 	dev  nvml.Device
+	pos  int // index into Inventory.gpus and links
 
 	// unhealthy is guarded by Inventory.mu. Once set it stays set: the
 	// errors that set it need a GPU reset or service. With RememberHealth
@@ -175,6 +183,7 @@ func Open(lib nvml.Interface, logger *slog.Logger) (inv *Inventory, err error) {
 		inv.gpus = append(inv.gpus, g)
 		inv.byUUID[g.info.UUID] = g
 	}
+	inv.readTopology()
 	logger.Info("GPU inventory", "gpus", len(inv.gpus), "driver", inv.driverVersion, "cuda", inv.cudaDriverVersion)
 	return inv, nil
 }
