@@ -114,6 +114,7 @@ func (g *gpuState) device() Device {
 // holds a GPU, for GET /gpus and for naming the instance in a health event.
 type holderLookup interface {
 	holderOf(uuid string) string
+	BestFree() []BestFree
 }
 
 // Open enumerates the GPUs through lib, which must not be initialised yet;

@@ -166,6 +166,26 @@ type BestFree struct {
 // bestFreeSizes are the set sizes BestFree reports.
 var bestFreeSizes = []int{1, 2, 4, 8}
 
+// BestFree says, for sets of 1, 2, 4 and 8 GPUs, whether that many are
+// free and how well connected the best such set is. Without an allocator
+// every healthy GPU counts as free.
+func (inv *Inventory) BestFree() []BestFree {
+	inv.mu.Lock()
+	holders := inv.holders
+	inv.mu.Unlock()
+	// Asked outside inv.mu, as in GPUs.
+	if holders != nil {
+		return holders.BestFree()
+	}
+	var free []*gpuState
+	for _, g := range inv.gpus {
+		if inv.unhealthyReason(g) == "" && g.info.MIGMode != MIGEnabled {
+			free = append(free, g)
+		}
+	}
+	return inv.bestFree(free)
+}
+
 func (inv *Inventory) bestFree(free []*gpuState) []BestFree {
 	out := make([]BestFree, 0, len(bestFreeSizes))
 	for _, size := range bestFreeSizes {

@@ -113,6 +113,8 @@ type HostReporter interface {
 // GPUInventory is what GET /gpus shows; gpu.Inventory provides it.
 type GPUInventory interface {
 	GPUs() []gpu.GPU
+	Topology() gpu.Topology
+	BestFree() []gpu.BestFree
 	DriverVersion() string
 	CUDADriverVersion() string
 }

@@ -41,6 +41,8 @@ var _ Runtime = runtime.Runtime(nil)
 type GPUs interface {
 	GPUs() []gpu.GPU
 	Usages() []gpu.Usage
+	BestFree() []gpu.BestFree
+	Topology() gpu.Topology
 	DriverVersion() string
 	CUDADriverVersion() string
 }

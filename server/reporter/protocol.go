@@ -100,6 +100,10 @@ type HeartbeatRequest struct {
 	RuntimeError string          `json:"runtime_error,omitempty"`
 	// GPUUsage samples every GPU; empty on a host without GPUs.
 	GPUUsage []gpu.Usage `json:"gpu_usage"`
+	// GPUFreeSets says, for rentals of 1, 2, 4 and 8 GPUs, whether the host
+	// can serve one now and how well connected its GPUs would be; empty on
+	// a host without GPUs.
+	GPUFreeSets []gpu.BestFree `json:"gpu_free_sets"`
 	// Orphans and Missing are the discrepancies found against the previous
 	// answer's expected_instances: instances on this host the server did
 	// not expect, and expected ones that are not here. Both are empty when

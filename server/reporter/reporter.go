@@ -201,6 +201,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		SentAt:               r.opts.Now().UTC(),
 		InventoryFingerprint: snap.fingerprint,
 		GPUUsage:             nonNil(snap.usage),
+		GPUFreeSets:          nonNil(snap.freeSets),
 		Orphans:              nonNil(r.pending.orphans),
 		Missing:              nonNil(r.pending.missing),
 		Resources:            r.resourcesInfo(),
