@@ -176,6 +176,7 @@ func (a *Allocator) Release(instanceID string) {
 		delete(a.holder, g.info.UUID)
 	}
 	delete(a.held, instanceID)
+	a.inv.forgetFaults(instanceID)
 	a.logger.Info("released GPUs", "instance", instanceID, "gpus", uuids(have))
 }
 

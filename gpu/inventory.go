@@ -92,6 +92,9 @@ type Inventory struct {
 	// healthPath and benched are set by RememberHealth.
 	healthPath string
 	benched    map[string]benchedGPU
+	// faults are the GPU faults of each instance holding GPUs, by
+	// instance ID (see reportFault).
+	faults map[string][]events.GPUFault
 }
 
 // gpuState is one GPU's static description, its NVML handle, and its health.

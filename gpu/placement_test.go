@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/NVIDIA/go-gpuallocator/gpuallocator"
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 
 	"github.com/host-agent/host-agent/gpu/gpumock"
 )
@@ -284,7 +283,7 @@ func TestPlaceStrandsFewerThanGPUAllocator(t *testing.T) {
 	}
 }
 
-func gpuAllocatorDevices(t *testing.T, srv *server.Server) []*gpuallocator.Device {
+func gpuAllocatorDevices(t *testing.T, srv *gpumock.Machine) []*gpuallocator.Device {
 	t.Helper()
 	devices, err := gpuallocator.NewDevices(gpuallocator.WithNvmlLib(srv))
 	if err != nil {

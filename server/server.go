@@ -115,6 +115,7 @@ type GPUInventory interface {
 	GPUs() []gpu.GPU
 	Topology() gpu.Topology
 	BestFree() []gpu.BestFree
+	Faults(instanceID string) []events.GPUFault
 	DriverVersion() string
 	CUDADriverVersion() string
 }

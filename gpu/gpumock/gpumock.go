@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 )
@@ -88,10 +90,19 @@ func Names() []string {
 	return out
 }
 
+// Machine is a mock GPU machine: go-nvml's mock NVML, completed, with an
+// event source for health events.
+type Machine struct {
+	*server.Server
+	// Name is the name New was given.
+	Name   string
+	events chan nvml.EventData
+}
+
 // New builds the named mock machine; its NVML is not initialised yet. The
 // GPUs' UUIDs derive from the machine's name and the GPU's index, so that a
 // restarted agent finds the GPUs its rentals' labels name.
-func New(name string) (*server.Server, error) {
+func New(name string) (*Machine, error) {
 	m, ok := machines[name]
 	if !ok {
 		return nil, fmt.Errorf("unknown mock GPU machine %q (known: %v)", name, Names())
@@ -114,7 +125,42 @@ func New(name string) (*server.Server, error) {
 	for i, d := range devs {
 		complete(m, devs, i, d)
 	}
-	return s, nil
+	mm := &Machine{Server: s, Name: name, events: make(chan nvml.EventData, 64)}
+	mm.completeEvents(devs)
+	return mm, nil
+}
+
+// InjectXid makes the GPU at index report Xid xid, as the driver does
+// through NVML's events; a health watcher waiting on the machine gets it.
+func (m *Machine) InjectXid(index int, xid uint64) {
+	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid}
+}
+
+// InjectDoubleBitECC makes the GPU at index report a double-bit ECC error.
+func (m *Machine) InjectDoubleBitECC(index int) {
+	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeDoubleBitEccError}
+}
+
+// completeEvents gives the machine NVML's event sets: every GPU supports
+// the Xid and ECC events, and a wait returns an injected event or times
+// out as NVML's does.
+func (m *Machine) completeEvents(devs []*server.Device) {
+	m.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return &mock.EventSet{}, nvml.SUCCESS }
+	m.EventSetFreeFunc = func(nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+	m.EventSetWaitFunc = func(_ nvml.EventSet, timeoutMs uint32) (nvml.EventData, nvml.Return) {
+		select {
+		case e := <-m.events:
+			return e, nvml.SUCCESS
+		case <-time.After(time.Duration(timeoutMs) * time.Millisecond):
+			return nvml.EventData{}, nvml.ERROR_TIMEOUT
+		}
+	}
+	for _, d := range devs {
+		d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
+			return uint64(nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError), nvml.SUCCESS
+		}
+		d.RegisterEventsFunc = func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+	}
 }
 
 // stableUUID makes a GPU UUID of NVML's form from name and index.
