@@ -77,6 +77,7 @@ type Inventory struct {
 
 	driverVersion     string
 	cudaDriverVersion string
+	mock              string      // set once by MarkMock, before use
 	gpus              []*gpuState // ordered by index; immutable after Open
 	byUUID            map[string]*gpuState
 	// links[i][j] is how gpus[i] and gpus[j] are connected, and ranks the
@@ -310,6 +311,13 @@ func memoryFault(p *probe, dev nvml.Device) string {
 	}
 	return ""
 }
+
+// MarkMock records that the inventory is a mock GPU machine's (GPU_MOCK),
+// named name, so that every report of it says so. Call it right after Open.
+func (inv *Inventory) MarkMock(name string) { inv.mock = name }
+
+// Mock is the mock GPU machine the inventory reads, or "" for real GPUs.
+func (inv *Inventory) Mock() string { return inv.mock }
 
 // Available reports whether NVML was loaded; false on a host without the
 // NVIDIA driver, where the inventory is empty.

@@ -18,6 +18,9 @@ type GPUListResponse struct {
 	// FreeSets says, for rentals of 1, 2, 4 and 8 GPUs, whether one can be
 	// served now and how well connected its GPUs would be.
 	FreeSets []gpu.BestFree `json:"free_sets"`
+	// Mock names the mock GPU machine (GPU_MOCK) the GPUs are; absent on
+	// real GPUs.
+	Mock string `json:"mock,omitempty"`
 }
 
 // listGPUs shows the host's GPUs with their health and holders. A host
@@ -34,6 +37,7 @@ func (s *Server) listGPUs(c *echo.Context) error {
 		if g := s.gpus.GPUs(); g != nil {
 			resp.GPUs = g
 		}
+		resp.Mock = s.gpuMock()
 		if len(resp.GPUs) > 0 {
 			resp.Topology = s.gpus.Topology()
 			resp.FreeSets = s.gpus.BestFree()

@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/host-agent/host-agent/cdi"
@@ -87,7 +86,10 @@ func run() int {
 func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	hub := events.NewHub(eventBuffer, time.Now)
 
-	lib := nvml.New()
+	lib, mock, logger, err := openNVML(cfg, logger)
+	if err != nil {
+		return err
+	}
 	inv, err := gpu.Open(lib, logger)
 	if err != nil {
 		// Not fatal: a restart would fail the same way, and a restart loop
@@ -115,7 +117,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	// The injector compares every injection with the inventory (minors,
 	// driver) and regenerates a stale spec through NVML.
-	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, Inventory: inv, NVML: lib})
+	cdiCfg := cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, Inventory: inv, NVML: lib}
+	if mock != nil {
+		if cdiCfg, err = useGPUMock(cfg.StateDir, mock, inv, cdiCfg); err != nil {
+			return err
+		}
+		lib = nil // the mock's spec is written: nothing to generate
+	}
+	injector, err := cdi.New(cdiCfg)
 	if err != nil {
 		return fmt.Errorf("CDI: %w", err)
 	}

@@ -42,6 +42,9 @@ type HostReport struct {
 	GPUFreeSets []gpu.BestFree `json:"gpu_free_sets"`
 	// GPUTopology is the GPUs' interconnect; absent on a host without GPUs.
 	GPUTopology *gpu.Topology `json:"gpu_topology,omitempty"`
+	// GPUMock names the mock GPU machine (GPU_MOCK) the GPUs are: a host
+	// for integrating against, not for renting out. Absent on real GPUs.
+	GPUMock string `json:"gpu_mock,omitempty"`
 	// DriverVersion is the NVIDIA driver's, e.g. "550.54.15"; CUDAVersion the
 	// highest CUDA version it supports, e.g. "12.4". Empty without NVML.
 	DriverVersion string `json:"driver_version"`
@@ -199,6 +202,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 			rep.GPUFreeSets = r.opts.GPUs.BestFree()
 			topo := r.opts.GPUs.Topology()
 			rep.GPUTopology = &topo
+		}
+		if m, ok := r.opts.GPUs.(interface{ Mock() string }); ok {
+			rep.GPUMock = m.Mock()
 		}
 		rep.DriverVersion = r.opts.GPUs.DriverVersion()
 		rep.CUDAVersion = r.opts.GPUs.CUDADriverVersion()
