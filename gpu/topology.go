@@ -151,6 +151,15 @@ func (inv *Inventory) readTopology() {
 	slices.Sort(inv.ranks)
 }
 
+// NUMANodeOf is the NUMA node of the GPU with uuid, -1 when unknown or when
+// no such GPU is in the inventory.
+func (inv *Inventory) NUMANodeOf(uuid string) int {
+	if g, ok := inv.byUUID[uuid]; ok {
+		return g.info.NUMANode
+	}
+	return -1
+}
+
 // Topology is the host's GPU interconnect, as `nvidia-smi topo -m` shows it.
 type Topology struct {
 	// GPUs are the NVML indexes of the matrix's rows and columns.

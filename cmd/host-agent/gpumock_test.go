@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,8 +14,12 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	ctdclient "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/numa"
 )
 
 func TestGPUMockConfig(t *testing.T) {
@@ -108,7 +113,7 @@ func TestAgentGPUMockEndToEnd(t *testing.T) {
 		m := g.(map[string]any)
 		holders[m["index"].(float64)] = m["held_by"].(string)
 	}
-	numa := map[float64]bool{}
+	numaSeen := map[float64]bool{}
 	for _, g := range held {
 		m := g.(map[string]any)
 		idx := m["index"].(float64)
@@ -117,13 +122,28 @@ func TestAgentGPUMockEndToEnd(t *testing.T) {
 		}
 		for _, gg := range list["gpus"].([]any) {
 			if x := gg.(map[string]any); x["index"] == idx {
-				numa[x["numa_node"].(float64)] = true
+				numaSeen[x["numa_node"].(float64)] = true
 				minors = append(minors, fmt.Sprintf("nvidia%v", x["minor_number"]))
 			}
 		}
 	}
-	if len(numa) != 1 {
-		t.Errorf("2-GPU rental spans NUMA nodes %v", numa)
+	if len(numaSeen) != 1 {
+		t.Errorf("2-GPU rental spans NUMA nodes %v", numaSeen)
+	}
+	// Its GPUs are on the mock's NUMA node 0, which this host has: its CPUs
+	// and memory are pinned there, in the OCI spec containerd runs.
+	if numaSeen[0] {
+		nodes, err := numaNodes("/sys")
+		if err != nil || len(nodes) == 0 {
+			t.Fatalf("host NUMA nodes: %v %v", nodes, err)
+		}
+		cpu, labels := containerCPU(t, w.ctd.Address, "mock-gpu")
+		if cpu == nil || cpu.Cpus != nodes[0].CPUList || cpu.Mems != "0" {
+			t.Errorf("container's cpuset = %+v, want CPUs %s mems 0", cpu, nodes[0].CPUList)
+		}
+		if labels[numa.LabelNode] != "0" {
+			t.Errorf("container labels = %v, want %s=0", labels, numa.LabelNode)
+		}
 	}
 
 	// The container sees its two stand-in nodes and no other GPU's, and is
@@ -161,6 +181,36 @@ func TestAgentGPUMockEndToEnd(t *testing.T) {
 		t.Errorf("after terminate free_sets = %v, want all 8 free", list["free_sets"])
 	}
 }
+
+// containerCPU reads the CPU resources of an instance's OCI spec, and its
+// labels, from containerd.
+func containerCPU(t *testing.T, addr, id string) (*specs.LinuxCPU, map[string]string) {
+	t.Helper()
+	cl, err := ctdclient.New(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := namespaces.WithNamespace(context.Background(), "rentals")
+	c, err := cl.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Spec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	labels, err := c.Labels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Linux == nil || s.Linux.Resources == nil {
+		return nil, labels
+	}
+	return s.Linux.Resources.CPU, labels
+}
+
+func numaNodes(sys string) ([]numa.Node, error) { return numa.ReadNodes(sys) }
 
 func agentLogs(t *testing.T, a *agentProc, id string) string {
 	t.Helper()

@@ -172,10 +172,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	numaKinds, err := numaAlignment(cfg, "/sys", inv, logger)
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
+		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
+			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
 		Events: hub,
 		Logger: logger,
 	})
