@@ -1,13 +1,16 @@
 package reporter
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/gpu/gpumock"
+	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // TestFreeSetsInRegistrationAndHeartbeat runs the reporter on the mock PCIe
@@ -55,5 +58,54 @@ func TestFreeSetsInRegistrationAndHeartbeat(t *testing.T) {
 	}
 	if hb := calls[1].heartbeat(t); !slices.Equal(hb.GPUFreeSets, want) {
 		t.Errorf("heartbeat gpu_free_sets = %+v, want %+v", hb.GPUFreeSets, want)
+	}
+}
+
+// TestGPUFaultInHeartbeat: an Xid on a GPU an instance holds, injected on
+// the mock machine and seen by the health watcher, is in the next
+// heartbeat's entry for that instance, and in no other.
+func TestGPUFaultInHeartbeat(t *testing.T) {
+	t.Parallel()
+	machine, err := gpumock.New(gpumock.DGXA100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := gpu.Open(machine, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	alloc := gpu.NewAllocator(inv)
+	held, err := alloc.Reserve("a", gpu.Request{Count: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- inv.WatchHealth(ctx, &publisher{}) }()
+	machine.InjectXid(held[0].Index, 79)
+	for inv.Faults("a") == nil {
+		time.Sleep(10 * time.Millisecond) // waiting for the watcher, not timing it
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	h := newHarness(t, nil, testInstances()...)
+	opts := h.options()
+	opts.GPUs = inv
+	h.run(opts, h.heartbeatsAtLeast(1))
+	calls := h.server.recorded()
+	if len(calls) < 2 {
+		t.Fatalf("calls = %v", kinds(calls))
+	}
+	got := byID(calls[1].heartbeat(t))
+	f := got["a"].GPUFaults
+	if len(f) != 1 || f[0].Xid != 79 || !f[0].Benched || f[0].GPU != held[0].UUID || f[0].Kind != events.FaultXid {
+		t.Errorf("instance a's gpu_faults = %+v", f)
+	}
+	if len(got["b"].GPUFaults) != 0 {
+		t.Errorf("instance b's gpu_faults = %+v", got["b"].GPUFaults)
 	}
 }

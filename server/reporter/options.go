@@ -43,6 +43,7 @@ type GPUs interface {
 	Usages() []gpu.Usage
 	BestFree() []gpu.BestFree
 	Topology() gpu.Topology
+	Faults(instanceID string) []events.GPUFault
 	DriverVersion() string
 	CUDADriverVersion() string
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -139,6 +140,9 @@ type InstanceState struct {
 	CreatedAt  *time.Time         `json:"created_at,omitempty"`
 	StartedAt  *time.Time         `json:"started_at,omitempty"`
 	FinishedAt *time.Time         `json:"finished_at,omitempty"`
+	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
+	// them, as instance.gpu_fault events told; absent when none.
+	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
 }
 
 // GPURef names a GPU an instance holds.

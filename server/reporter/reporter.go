@@ -212,7 +212,11 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		held := heldGPUs(snap.gpus)
 		req.Instances = make([]InstanceState, 0, len(snap.instances))
 		for _, inst := range snap.instances {
-			req.Instances = append(req.Instances, instanceState(inst, held))
+			st := instanceState(inst, held)
+			if r.opts.GPUs != nil {
+				st.GPUFaults = r.opts.GPUs.Faults(inst.ID)
+			}
+			req.Instances = append(req.Instances, st)
 		}
 	}
 	if d, err := r.drainInfo(ctx); err != nil {
