@@ -39,6 +39,17 @@ RUN apt-get update \
       ! -name host-local ! -name loopback ! -name tuning -delete \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc /usr/share/man
 COPY --from=build /out/host-agent /usr/local/bin/host-agent
+ARG VERSION=dev
+ARG COMMIT=
+ARG SOURCE=https://github.com/host-agent/host-agent
+LABEL org.opencontainers.image.title="host-agent" \
+      org.opencontainers.image.description="Rents this machine's GPUs out as isolated containers on the host's containerd or Docker" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${COMMIT}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.url="${SOURCE}" \
+      org.opencontainers.image.documentation="${SOURCE}#readme" \
+      org.opencontainers.image.licenses="MIT"
 ENV LISTEN_ADDR=:8080 \
     CONTAINERD_ADDRESS=/run/containerd/containerd.sock \
     CONTAINERD_NAMESPACE=rentals \

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup-host.sh
+bash deploy/setup-build.sh
 export PATH="/usr/local/go/bin:/usr/local/bin:${PATH}" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 export CGO_CFLAGS="-Wno-deprecated-declarations"
 go test -run '^$' -bench 'StartTerminate' -benchtime "${1:-30}x" -count 1 ./runtime/containerd/

@@ -22,7 +22,7 @@ CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
 RUNC_VERSION="${RUNC_VERSION:-v1.3.7}"
 
 export PATH="/usr/local/go/bin:/usr/local/bin:${PATH}" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
-command -v go >/dev/null && command -v gcc >/dev/null || bash deploy/setup-host.sh
+command -v go >/dev/null && command -v gcc >/dev/null || bash deploy/setup-build.sh
 need=()
 [ -e /usr/lib/x86_64-linux-gnu/libseccomp.a ] || need+=(libseccomp-dev)
 [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)

@@ -24,7 +24,7 @@ log() { printf '[image-test] %s\n' "$*" >&2; }
 
 [ "$(id -u)" -eq 0 ] || { echo "image-test.sh must run as root" >&2; exit 1; }
 for b in docker containerd containerd-shim-runc-v2 runc ctr debootstrap; do
-  command -v "$b" >/dev/null || { echo "image-test.sh: $b missing (deploy/setup-host.sh installs it)" >&2; exit 1; }
+  command -v "$b" >/dev/null || { echo "image-test.sh: $b missing (deploy/setup-ci.sh installs it)" >&2; exit 1; }
 done
 mkdir -p "$CACHE"
 

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Runs the agent against the host's containerd, setting containerd up first
-# if it is missing. Configuration comes from the environment or ./.env (see
-# README.md); without a token, one is generated into $STATE_DIR/token.
+# Builds the agent from this checkout and runs it against the host's
+# containerd, setting up first what the host needs (deploy/setup-host.sh,
+# which also starts containerd) and what the build needs
+# (deploy/setup-build.sh). Configuration comes from the environment or
+# ./.env (see README.md); without a token, one is generated into
+# $STATE_DIR/token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/setup-host.sh --start-containerd
+bash deploy/setup-build.sh
 export PATH="/usr/local/go/bin:/usr/local/bin:${PATH}" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 
 mkdir -p bin

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite as root: installs what the integration tests
-# need (runc, containerd, CNI plugins, Go), checks formatting and vet, and
+# Runs the whole test suite as root: installs what the tests need
+# (deploy/setup-ci.sh: runc, containerd, CNI plugins, Go, ...), checks formatting and vet, and
 # runs every test with the race detector. Integration tests start their own
 # containerd and registry on 127.0.0.1; here they must run, not skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash deploy/setup-host.sh
+bash deploy/setup-ci.sh
 export PATH="/usr/local/go/bin:/usr/local/bin:${PATH}" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 export CGO_ENABLED=1 CGO_CFLAGS="-Wno-deprecated-declarations"
 export HOST_AGENT_INTEGRATION=require
@@ -21,8 +21,16 @@ echo "== actionlint"
 bash deploy/ci-checks.sh actionlint
 echo "== arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
+echo "== packages: .deb install test on a clean Debian root, systemd-analyze verify"
+bash deploy/ci-checks.sh package
 echo "== dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
+echo "== OpenAPI lint (redocly, spectral)"
+bash deploy/ci-checks.sh openapi
+echo "== AsyncAPI validation"
+bash deploy/ci-checks.sh asyncapi
+echo "== alert rules (promtool)"
+bash deploy/ci-checks.sh promtool
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...
 echo "== fuzz targets, briefly"

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -163,9 +164,13 @@ func (l *Lifecycle) Restore(ctx context.Context) error {
 }
 
 // Start implements Runtime: reserve, record in labels, create, start. The
-// instance's ID is checked first, before anything is reserved or pulled.
+// instance's ID and limits are checked first, before anything is reserved
+// or pulled.
 func (l *Lifecycle) Start(ctx context.Context, spec InstanceSpec) (Instance, error) {
 	if err := ValidateInstanceID(spec.ID); err != nil {
+		return Instance{}, err
+	}
+	if err := validateUlimits(spec.Ulimits); err != nil {
 		return Instance{}, err
 	}
 	if len(spec.Ports) > 0 && !l.publishes() {
@@ -206,6 +211,21 @@ func (l *Lifecycle) publishes() bool {
 		}
 	}
 	return false
+}
+
+// validateUlimits refuses the first limit (by name) ValidateUlimit does.
+func validateUlimits(limits map[string]int64) error {
+	names := make([]string, 0, len(limits))
+	for name := range limits {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if err := ValidateUlimit(name, limits[name]); err != nil {
+			return &fieldError{field: "ulimits." + name, msg: err.Error()}
+		}
+	}
+	return nil
 }
 
 // fieldError refuses a request because of one of its fields.

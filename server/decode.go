@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/containerd/errdefs"
 	"github.com/labstack/echo/v5"
@@ -50,7 +52,8 @@ func decodeJSON(data []byte, dst any) error {
 	case tok != json.Delim('{'):
 		return &FieldError{Msg: "request body must be a JSON object"}
 	}
-	if err := checkObject(dec, reflect.TypeOf(dst).Elem(), ""); err != nil {
+	w := &walker{dec: dec, data: data}
+	if err := w.object(reflect.TypeOf(dst).Elem(), ""); err != nil {
 		return err
 	}
 	if _, err := dec.Token(); err != io.EOF {
@@ -75,12 +78,44 @@ func syntaxError(err error) error {
 	return &FieldError{Msg: "invalid JSON: " + strings.TrimPrefix(err.Error(), "json: ")}
 }
 
-// checkValue reads one value from dec and checks that it fits t. null fits
+// walker checks a body token by token against a request struct. It keeps
+// the raw body so that each string can be checked as it was written:
+// encoding/json turns bytes that are not UTF-8, and a UTF-16 surrogate
+// escape without its pair, into U+FFFD without a word, and a container
+// would be created from the changed value.
+type walker struct {
+	dec  *json.Decoder
+	data []byte
+}
+
+// token reads the next token and, when it is a string, the string's
+// literal as written, quotes included.
+func (w *walker) token() (json.Token, []byte, error) {
+	from := w.dec.InputOffset()
+	tok, err := w.dec.Token()
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, ok := tok.(string); !ok {
+		return tok, nil, nil
+	}
+	// Between the previous token and this one lie only white space, ':'
+	// and ',': the first quote opens the string.
+	raw := w.data[from:w.dec.InputOffset()]
+	return tok, raw[bytes.IndexByte(raw, '"'):], nil
+}
+
+// checkValue reads one value and checks that it fits t. null fits
 // anything: the field keeps its zero value.
-func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
-	tok, err := dec.Token()
+func (w *walker) checkValue(t reflect.Type, path string) error {
+	tok, raw, err := w.token()
 	if err != nil {
 		return syntaxError(err)
+	}
+	if raw != nil {
+		if problem := unmeantString(raw); problem != "" {
+			return fieldErr(path, "%s", problem)
+		}
 	}
 	if tok == nil {
 		return nil
@@ -94,19 +129,19 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
 			return fieldErr(path, "must be an object")
 		}
 		if t.Kind() == reflect.Map {
-			return checkMap(dec, t, path)
+			return w.checkMap(t, path)
 		}
-		return checkObject(dec, t, path)
+		return w.object(t, path)
 	case reflect.Slice:
 		if tok != json.Delim('[') {
 			return fieldErr(path, "must be an array")
 		}
-		for i := 0; dec.More(); i++ {
-			if err := checkValue(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
+		for i := 0; w.dec.More(); i++ {
+			if err := w.checkValue(t.Elem(), fmt.Sprintf("%s[%d]", path, i)); err != nil {
 				return err
 			}
 		}
-		return closing(dec)
+		return w.closing()
 	case reflect.String:
 		if _, ok := tok.(string); !ok {
 			return fieldErr(path, "must be a string")
@@ -147,12 +182,12 @@ func checkValue(dec *json.Decoder, t reflect.Type, path string) error {
 	return nil
 }
 
-// checkObject checks the members of an object whose '{' has been read
-// against struct type t.
-func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
+// object checks the members of an object whose '{' has been read against
+// struct type t.
+func (w *walker) object(t reflect.Type, path string) error {
 	seen := map[string]bool{}
-	for dec.More() {
-		key, err := objectKey(dec)
+	for w.dec.More() {
+		key, err := w.objectKey(path)
 		if err != nil {
 			return err
 		}
@@ -165,19 +200,19 @@ func checkObject(dec *json.Decoder, t reflect.Type, path string) error {
 			return fieldErr(fieldPath, "appears more than once")
 		}
 		seen[key] = true
-		if err := checkValue(dec, f.Type, fieldPath); err != nil {
+		if err := w.checkValue(f.Type, fieldPath); err != nil {
 			return err
 		}
 	}
-	return closing(dec)
+	return w.closing()
 }
 
 // checkMap checks the members of an object whose '{' has been read against
 // map type t, whose keys are the caller's own.
-func checkMap(dec *json.Decoder, t reflect.Type, path string) error {
+func (w *walker) checkMap(t reflect.Type, path string) error {
 	seen := map[string]bool{}
-	for dec.More() {
-		key, err := objectKey(dec)
+	for w.dec.More() {
+		key, err := w.objectKey(path)
 		if err != nil {
 			return err
 		}
@@ -186,15 +221,19 @@ func checkMap(dec *json.Decoder, t reflect.Type, path string) error {
 			return fieldErr(keyPath, "appears more than once")
 		}
 		seen[key] = true
-		if err := checkValue(dec, t.Elem(), keyPath); err != nil {
+		if err := w.checkValue(t.Elem(), keyPath); err != nil {
 			return err
 		}
 	}
-	return closing(dec)
+	return w.closing()
 }
 
-func objectKey(dec *json.Decoder) (string, error) {
-	tok, err := dec.Token()
+// objectKey reads the key of a member of the object at path. A key that
+// is not text is refused under the path of the key as it was written
+// (env.A\ud800, env.A\xff), since its decoded form is not what the caller
+// wrote.
+func (w *walker) objectKey(path string) (string, error) {
+	tok, raw, err := w.token()
 	if err != nil {
 		return "", syntaxError(err)
 	}
@@ -202,15 +241,75 @@ func objectKey(dec *json.Decoder) (string, error) {
 	if !ok {
 		return "", &FieldError{Msg: "invalid JSON: object key is not a string"}
 	}
+	if problem := unmeantString(raw); problem != "" {
+		return "", fieldErr(joinPath(path, asWritten(raw)), "key %s", problem)
+	}
 	return key, nil
 }
 
 // closing reads the '}' or ']' that ends the current object or array.
-func closing(dec *json.Decoder) error {
-	if _, err := dec.Token(); err != nil {
+func (w *walker) closing() error {
+	if _, err := w.dec.Token(); err != nil {
 		return syntaxError(err)
 	}
 	return nil
+}
+
+// unmeantString says why the JSON string literal raw, which the decoder
+// has accepted, holds no text the caller can have meant, or "" when it
+// does: bytes that are not UTF-8 (RFC 8259 requires it), or an escaped
+// UTF-16 surrogate that is not the high half of a pair followed by the
+// low half. encoding/json would put U+FFFD in their place.
+func unmeantString(raw []byte) string {
+	if !utf8.Valid(raw) {
+		return "must be valid UTF-8"
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++
+		if raw[i] != 'u' {
+			continue
+		}
+		r := hexRune(raw[i+1 : i+5])
+		i += 4
+		if !utf16.IsSurrogate(r) {
+			continue
+		}
+		if r < 0xdc00 && i+6 < len(raw) && raw[i+1] == '\\' && raw[i+2] == 'u' {
+			if lo := hexRune(raw[i+3 : i+7]); lo >= 0xdc00 && lo <= 0xdfff {
+				i += 6
+				continue
+			}
+		}
+		return "must not hold an unpaired UTF-16 surrogate (\\ud800-\\udfff)"
+	}
+	return ""
+}
+
+// hexRune reads the four hex digits of a \u escape the decoder accepted.
+func hexRune(digits []byte) rune {
+	n, _ := strconv.ParseUint(string(digits), 16, 32)
+	return rune(n)
+}
+
+// asWritten is the text between the quotes of the string literal raw,
+// escapes as the caller wrote them, and each byte that is not UTF-8 as
+// \xNN, so that an error can name a key whose decoded form would hide it.
+func asWritten(raw []byte) string {
+	raw = raw[1 : len(raw)-1]
+	var b strings.Builder
+	for len(raw) > 0 {
+		r, size := utf8.DecodeRune(raw)
+		if r == utf8.RuneError && size == 1 {
+			fmt.Fprintf(&b, "\\x%02x", raw[0])
+		} else {
+			b.Write(raw[:size])
+		}
+		raw = raw[size:]
+	}
+	return b.String()
 }
 
 func joinPath(path, key string) string {

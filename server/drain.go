@@ -56,6 +56,7 @@ func (s *Server) drainHost(c *echo.Context) error {
 	if err := s.drain.SetDrain(c.Request().Context(), req.Reason, time.Now()); err != nil {
 		return err
 	}
+	s.ready.forget()
 	s.log.Info("host drained: new rentals are refused", "reason", req.Reason)
 	return s.answerDrain(c)
 }
@@ -67,6 +68,7 @@ func (s *Server) undrainHost(c *echo.Context) error {
 	if err := s.drain.ClearDrain(c.Request().Context()); err != nil {
 		return err
 	}
+	s.ready.forget()
 	s.log.Info("host undrained: new rentals are accepted")
 	return s.answerDrain(c)
 }

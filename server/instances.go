@@ -22,7 +22,15 @@ const (
 // startInstance starts a rental. The runtime makes it idempotent: starting
 // the same spec again answers the running instance, a different spec under
 // the same ID is a conflict.
-func (s *Server) startInstance(c *echo.Context) error {
+func (s *Server) startInstance(c *echo.Context) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			// recoverPanics answers it with a 500.
+			s.metrics.ops.startsTotal.WithLabelValues(startError).Inc()
+			panic(r)
+		}
+		s.metrics.ops.startsTotal.WithLabelValues(startResult(err)).Inc()
+	}()
 	var req StartInstanceRequest
 	if err := decodeBody(c, &req); err != nil {
 		return err

@@ -390,6 +390,8 @@ func TestHealth(t *testing.T) {
 		defer mu.Unlock()
 		return pingErr
 	}})
+	clock := &manualClock{now: time.Unix(1e9, 0)}
+	ts.ready.now = clock.Now
 	for _, path := range []string{"/healthz", "/readyz"} {
 		rec := ts.do(t, http.MethodGet, path, "", "")
 		var resp StatusResponse
@@ -402,6 +404,7 @@ func TestHealth(t *testing.T) {
 	mu.Lock()
 	pingErr = errors.New("dial unix /run/containerd/containerd.sock: connect: no such file")
 	mu.Unlock()
+	clock.Advance(readinessTTL)
 	rec := ts.do(t, http.MethodGet, "/readyz", "", "")
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("readyz with the runtime down: %d", rec.Code)

@@ -25,6 +25,7 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	// starts times POST /start_instance's runtime call by result.
 	starts *prometheus.HistogramVec
+	ops    *opsMetrics
 }
 
 func newMetrics(s *Server) *metrics {
@@ -57,6 +58,17 @@ func newMetrics(s *Server) *metrics {
 			Help: "Open GET /ws event streams.",
 		}, func() float64 { return float64(s.openStreams.Load()) }),
 	)
+	// Both results from the start, so that the series are there before
+	// the first start and rate() sees it.
+	for _, r := range []string{"ok", "error"} {
+		m.starts.WithLabelValues(r)
+		if s.pulls != nil {
+			s.pulls.histogram.WithLabelValues(r)
+		}
+	}
+	ops, opsCollectors := newOpsMetrics(s)
+	m.ops = ops
+	m.registry.MustRegister(opsCollectors...)
 	if s.pulls != nil {
 		m.registry.MustRegister(s.pulls.histogram)
 	}

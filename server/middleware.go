@@ -31,7 +31,7 @@ func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		req := c.Request()
 		took := time.Since(start)
 		s.metrics.observe(req.Method, c.Path(), status, took)
-		s.log.LogAttrs(req.Context(), slog.LevelInfo, "request",
+		s.log.LogAttrs(req.Context(), requestLogLevel(req.Method, c.Path(), status), "request",
 			slog.String("method", req.Method),
 			slog.String("path", req.URL.Path),
 			slog.String("route", c.Path()),
@@ -42,6 +42,21 @@ func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 		)
 		return nil
 	}
+}
+
+// requestLogLevel is info, but debug for a probe that succeeded: load
+// balancers, supervisors and Prometheus call the health checks and the
+// metrics every few seconds, and their lines would drown the rest. A probe
+// that fails (any status from 400, including a handler's error written as
+// one) is logged at info like any request.
+func requestLogLevel(method, route string, status int) slog.Level {
+	if method == http.MethodGet && status > 0 && status < http.StatusBadRequest {
+		switch route {
+		case healthPath, readinessPath, metricsPath:
+			return slog.LevelDebug
+		}
+	}
+	return slog.LevelInfo
 }
 
 // recoverPanics turns a handler's panic into a 500, so that one bad request
@@ -70,21 +85,32 @@ func (s *Server) recoverPanics(next echo.HandlerFunc) echo.HandlerFunc {
 // 404: a caller without the token learns nothing about which routes exist.
 // A token in the URL is refused even when the header is right, and a
 // client's failures are rate-limited (authLimiter).
+//
+// The metrics token, when configured, is accepted on GET /metrics only: on
+// any other route it is refused as any wrong token is.
 func (s *Server) authenticate(next echo.HandlerFunc) echo.HandlerFunc {
 	// Comparing digests keeps the comparison constant-time even in the
 	// token's length.
 	want := sha256.Sum256([]byte(s.token))
+	wantMetrics := sha256.Sum256([]byte(s.metricsTok))
 	return func(c *echo.Context) error {
-		if ri := c.RouteInfo(); ri.Method == http.MethodGet && (ri.Path == healthPath || ri.Path == readinessPath) {
+		ri := c.RouteInfo()
+		if ri.Method == http.MethodGet && (ri.Path == healthPath || ri.Path == readinessPath) {
 			return next(c)
 		}
 		req := c.Request()
 		header := req.Header.Get(echo.HeaderAuthorization)
 		scheme, token, ok := strings.Cut(header, " ")
 		got := sha256.Sum256([]byte(strings.TrimLeft(token, " ")))
-		valid := ok && len(header) <= maxAuthHeaderBytes && strings.EqualFold(scheme, "Bearer") &&
-			subtle.ConstantTimeCompare(got[:], want[:]) == 1
-		inQuery := tokenInQuery(req, s.token)
+		bearer := ok && len(header) <= maxAuthHeaderBytes && strings.EqualFold(scheme, "Bearer")
+		valid := bearer && subtle.ConstantTimeCompare(got[:], want[:]) == 1
+		// Both comparisons always run, so that the time taken does not
+		// tell which token a guess came close to.
+		validMetrics := bearer && s.metricsTok != "" && subtle.ConstantTimeCompare(got[:], wantMetrics[:]) == 1
+		if validMetrics && ri.Method == http.MethodGet && ri.Path == metricsPath {
+			valid = true
+		}
+		inQuery := tokenInQuery(req, s.token) || (s.metricsTok != "" && tokenInQuery(req, s.metricsTok))
 		if valid && !inQuery {
 			return next(c)
 		}

@@ -13,6 +13,17 @@ import (
 //go:embed openapi.json
 var openAPIDocument []byte
 
+// asyncAPIDocument describes GET /ws: the stream, its authentication and
+// resumption, and one message per event type. Tests compare it with the
+// event types and fields the code publishes.
+//
+//go:embed asyncapi.yaml
+var asyncAPIDocument []byte
+
 func (s *Server) openAPI(c *echo.Context) error {
 	return c.Blob(http.StatusOK, echo.MIMEApplicationJSON, openAPIDocument)
+}
+
+func (s *Server) asyncAPI(c *echo.Context) error {
+	return c.Blob(http.StatusOK, "application/yaml", asyncAPIDocument)
 }

@@ -1,11 +1,15 @@
 package server
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
+	"net"
+	"net/http"
 	"reflect"
 	"regexp"
 	"slices"
@@ -16,7 +20,6 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
@@ -78,7 +81,8 @@ func loadOpenAPI(t *testing.T) *openAPIDoc {
 var pathParam = regexp.MustCompile(`\{([^}]+)\}`)
 
 // TestOpenAPIRoutesMatchServer fails when a route is served but not
-// documented, or documented but not served.
+// documented (in openapi.json, or in asyncapi.yaml for the WebSocket), or
+// documented but not served.
 func TestOpenAPIRoutesMatchServer(t *testing.T) {
 	t.Parallel()
 	doc := loadOpenAPI(t)
@@ -90,6 +94,11 @@ func TestOpenAPIRoutesMatchServer(t *testing.T) {
 				documented = append(documented, strings.ToUpper(key)+" "+pathParam.ReplaceAllString(path, ":$1"))
 			}
 		}
+	}
+	// GET /ws is a WebSocket: asyncapi.yaml describes it, as a channel
+	// whose ws binding names the handshake's method.
+	for _, ch := range loadAsyncAPI(t).Channels {
+		documented = append(documented, ch.Bindings.WS.Method+" "+ch.Address)
 	}
 	var served []string
 	for _, r := range newTestServer(t, &fakeRuntime{}).Routes() {
@@ -113,7 +122,7 @@ func TestOpenAPIRoutesMatchServer(t *testing.T) {
 }
 
 // TestOpenAPIFieldsMatchStructs fails when a JSON field of a request or
-// response body (or of a WebSocket event) is missing from its schema, when a
+// response body is missing from its schema, when a
 // schema has a property no struct has, when a type differs, or when
 // "required" differs from the fields always present (those without
 // omitempty or omitzero).
@@ -129,7 +138,6 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"InstanceList":              reflect.TypeFor[ListInstancesResponse](),
 		"Status":                    reflect.TypeFor[StatusResponse](),
 		"Error":                     reflect.TypeFor[errorResponse](),
-		"Event":                     reflect.TypeFor[events.Event](),
 		"GPUHeld":                   reflect.TypeFor[GPUResponse](),
 		"GPU":                       reflect.TypeFor[gpu.GPU](),
 		"GPUList":                   reflect.TypeFor[GPUListResponse](),
@@ -370,26 +378,6 @@ func checkEnum(t *testing.T, where string, s *schema, consts map[string]string) 
 	}
 }
 
-// TestOpenAPIEventTypesMatchConstants fails when an event type constant of
-// runtime/events is missing from the Event schema's type enum, or the enum
-// lists a type no constant names.
-func TestOpenAPIEventTypesMatchConstants(t *testing.T) {
-	t.Parallel()
-	doc := loadOpenAPI(t)
-	consts := stringConsts(t, "../runtime/events/event.go", "Type")
-	// Spot-check that parsing found the constants the code uses.
-	for name, v := range map[string]string{"TypeInstanceOrphan": events.TypeInstanceOrphan, "TypeInstanceMissing": events.TypeInstanceMissing} {
-		if consts[name] != v {
-			t.Errorf("parsed %s = %q, want %q", name, consts[name], v)
-		}
-	}
-	event := doc.Components.Schemas["Event"]
-	if event == nil || event.Properties["type"] == nil {
-		t.Fatal("no Event.type schema")
-	}
-	checkEnum(t, "Event.type", event.Properties["type"], consts)
-}
-
 // TestOpenAPIWebhooksMatchReporter fails when the outbound protocol the
 // document describes under webhooks differs from what server/reporter does:
 // its paths, bodies, registration reasons and timings.
@@ -466,6 +454,55 @@ func TestOpenAPIWebhooksMatchReporter(t *testing.T) {
 		}
 		if !strings.Contains(heartbeat.Description, d.text) {
 			t.Errorf("webhook agentHeartbeat: the description does not say %q", d.text)
+		}
+	}
+}
+
+// TestMalformedRequestsAnswerPlainText holds the Malformed response of
+// openapi.json, the only 4xx of the health probes, to the server: the HTTP
+// server answers a request it cannot parse with 400, and headers over 1 MiB
+// with 431, in plain text, before any route runs.
+func TestMalformedRequestsAnswerPlainText(t *testing.T) {
+	t.Parallel()
+	addr := serveOn(t, newTestServer(t, &fakeRuntime{}))
+	for _, c := range []struct {
+		name, request string
+		status        int
+	}{
+		{"headers over 1 MiB", "GET /healthz HTTP/1.1\r\nHost: agent\r\nX-Big: " + strings.Repeat("a", 1<<20+8192) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"a malformed request line", "GET /readyz HTTP/1.1 and more\r\nHost: agent\r\n\r\n", http.StatusBadRequest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+			// The server may answer before it has read everything.
+			go func() { _, _ = io.WriteString(conn, c.request) }()
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != c.status || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+				t.Errorf("answered %d %q, want %d in text/plain", resp.StatusCode, resp.Header.Get("Content-Type"), c.status)
+			}
+		})
+	}
+	doc := loadOpenAPI(t)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		var get struct {
+			Responses map[string]struct {
+				Ref string `json:"$ref"`
+			} `json:"responses"`
+		}
+		if err := json.Unmarshal(doc.Paths[path]["get"], &get); err != nil {
+			t.Fatal(err)
+		}
+		if r := get.Responses["4XX"]; r.Ref != "#/components/responses/Malformed" {
+			t.Errorf("GET %s: 4XX is %q, want the Malformed response", path, r.Ref)
 		}
 	}
 }

@@ -39,6 +39,7 @@ const (
 	maxStopTimeoutSeconds     = 3600
 	maxBodyBytes              = 1 << 20
 	healthPath, readinessPath = "/healthz", "/readyz"
+	metricsPath               = "/metrics"
 )
 
 // Options are a Server's dependencies and settings.
@@ -52,6 +53,14 @@ type Options struct {
 	// Token is the bearer token every route but the health checks demands.
 	// Required: the agent never serves its API unauthenticated.
 	Token string
+	// MetricsToken, when set, is a second bearer token that GET /metrics
+	// accepts and every other route refuses, so that a Prometheus server
+	// can scrape the agent without holding the token that starts
+	// containers. Token is accepted on GET /metrics as well.
+	MetricsToken string
+	// Version and Commit label host_agent_build_info.
+	Version string
+	Commit  string
 	// AgentID names this agent in logs and in GET /healthz.
 	AgentID string
 	// Logger receives request logs and the causes of failed requests
@@ -140,6 +149,9 @@ type Server struct {
 	runtimeName string
 	hub         *events.Hub
 	token       string
+	metricsTok  string
+	version     string
+	commit      string
 	agentID     string
 	log         *slog.Logger
 	ping        time.Duration
@@ -151,6 +163,7 @@ type Server struct {
 	drain       Drainer
 	pulls       *PullTimer
 	network     NetworkChecker
+	ready       *readiness
 	metrics     *metrics
 	echo        *echo.Echo
 	// authFailures limits each client's failed authentications.
@@ -177,6 +190,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Token == "" {
 		return nil, errors.New("server: Options.Token is required")
+	}
+	if opts.MetricsToken != "" && opts.MetricsToken == opts.Token {
+		return nil, errors.New("server: Options.MetricsToken must differ from Options.Token")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -210,6 +226,9 @@ func New(opts Options) (*Server, error) {
 		runtimeName: opts.RuntimeName,
 		hub:         opts.Hub,
 		token:       opts.Token,
+		metricsTok:  opts.MetricsToken,
+		version:     opts.Version,
+		commit:      opts.Commit,
 		agentID:     opts.AgentID,
 		log:         opts.Logger,
 		ping:        opts.PingInterval,
@@ -223,10 +242,12 @@ func New(opts Options) (*Server, error) {
 		pulls:        opts.Pulls,
 		collectors:   opts.Collectors,
 		network:      opts.Network,
+		ready:        &readiness{now: time.Now},
 		authFailures: newAuthLimiter(),
 	}
 	s.streamsCtx, s.stopStreams = context.WithCancel(context.Background())
 	s.metrics = newMetrics(s)
+	s.countExits()
 
 	e := echo.NewWithConfig(echo.Config{
 		Logger:           opts.Logger,
@@ -243,6 +264,7 @@ func New(opts Options) (*Server, error) {
 	e.GET(healthPath, s.healthz)
 	e.GET(readinessPath, s.readyz)
 	e.GET("/openapi.json", s.openAPI)
+	e.GET("/asyncapi.yaml", s.asyncAPI)
 	e.POST("/start_instance", s.startInstance)
 	e.POST("/terminate_instance", s.terminateInstance)
 	e.GET("/instances", s.listInstances)
@@ -251,7 +273,7 @@ func New(opts Options) (*Server, error) {
 	e.GET("/ws", s.streamEvents)
 	e.GET("/gpus", s.listGPUs)
 	e.GET("/host", s.hostReport)
-	e.GET("/metrics", s.serveMetrics)
+	e.GET(metricsPath, s.serveMetrics)
 	e.GET("/debug/pprof/:profile", s.serveProfile)
 	e.POST("/drain", s.drainHost)
 	e.POST("/undrain", s.undrainHost)

@@ -171,6 +171,17 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "port upper case protocol", body: obj(`"ports":[{"container_port":22,"protocol":"TCP"}]`), field: "ports[0].protocol"},
 		{name: "port string", body: obj(`"ports":[{"container_port":"22"}]`), field: "ports[0].container_port"},
 		{name: "port host_port", body: obj(`"ports":[{"container_port":22,"host_port":40000}]`), field: "ports[0].host_port"},
+
+		// Strings that are not text are refused, never turned into U+FFFD.
+		{name: "command not UTF-8", body: obj(`"command":["ok","a` + "\xff" + `"]`), field: "command[1]"},
+		{name: "env value lone surrogate", body: obj(`"env":{"FOO":"x\ud800"}`), field: "env.FOO"},
+		{name: "env value reversed pair", body: obj(`"env":{"FOO":"\ude00\ud83d"}`), field: "env.FOO"},
+		{name: "env value high then high", body: obj(`"env":{"FOO":"\ud83d\ud83d\ude00"}`), field: "env.FOO"},
+		{name: "env name not UTF-8", body: obj(`"env":{"A` + "\xc3" + `":"x"}`), field: `env.A\xc3`},
+		{name: "label key lone surrogate", body: obj(`"labels":{"k\udfff":"x"}`), field: `labels.k\udfff`},
+		{name: "top-level key not UTF-8", body: obj(`"image` + "\xff" + `":"x"`), field: `image\xff`},
+		{name: "id lone surrogate", body: `{"instance_id":"a\ud800","image":"nginx"}`, field: "instance_id"},
+		{name: "surrogate pair", ok: true, body: obj(`"env":{"FOO":"\ud83d\ude00 caf\u00e9 \\ud800 \ufffd"},"labels":{"k":"` + "\xef\xbf\xbd" + `"}`)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -31,35 +31,87 @@ const (
 // probeTimeout bounds the check of whether a daemon's socket answers.
 const probeTimeout = 3 * time.Second
 
+// runtimeChoice is the runtime back end the agent runs on, and why.
+type runtimeChoice struct {
+	Name string
+	Why  string
+	// Answers is whether its daemon answered at start.
+	Answers bool
+	// Held, when set, says why the agent stays on Name rather than switch
+	// to the runtime RUNTIME=auto would take: /readyz says it while Name
+	// does not answer.
+	Held string
+}
+
 // chooseRuntime resolves RUNTIME: auto takes containerd when its socket
 // answers, else Docker when its socket does. A forced runtime, or auto with
 // neither answering, is kept (containerd for auto) and said plainly in the
 // log: the back end reconnects when its daemon comes up, and until then
-// /readyz answers 503 naming it. It returns the runtime and why.
-func chooseRuntime(ctx context.Context, cfg config) (name, why string, ok bool) {
+// /readyz answers 503 naming it.
+//
+// The runtime the agent last ran on (STATE_DIR/runtime) is left only when
+// it has no rentals: their GPUs and ports would be handed out again, and
+// they would vanish from the heartbeats. Under auto the agent stays on it
+// (and waits for its daemon); a forced RUNTIME naming the other one is an
+// error. Reading it and probing change nothing; the caller remembers the
+// choice.
+func chooseRuntime(ctx context.Context, cfg config) (runtimeChoice, error) {
+	last, err := rememberedRuntime(cfg)
+	if err != nil {
+		return runtimeChoice{}, err
+	}
+	c := probeRuntimes(ctx, cfg)
+	if last == "" || last == c.Name {
+		return c, nil
+	}
+	n, err := countRentals(ctx, cfg, last)
+	if err == nil && n == 0 {
+		c.Why += fmt.Sprintf("; the agent last ran on %s (%s), which has no rentals left", last, runtimeFile(cfg))
+		return c, nil
+	}
+	var reason string
+	if err != nil {
+		reason = fmt.Sprintf("%s, which the agent last ran on (%s), does not answer, so whether it still runs rentals is unknown (%v)",
+			last, runtimeFile(cfg), err)
+	} else {
+		reason = fmt.Sprintf("%s, which the agent last ran on (%s), still runs %d rental(s)", last, runtimeFile(cfg), n)
+	}
+	if cfg.Runtime != runtimeAuto {
+		return runtimeChoice{Name: last}, &configError{"RUNTIME", fmt.Sprintf(
+			"%s, but %s: the agent does not switch runtimes under rentals, whose GPUs and ports would be handed out again; "+
+				"set RUNTIME=%s (or auto), or terminate them and, if %s no longer answers, remove %s",
+			cfg.Runtime, reason, last, last, runtimeFile(cfg))}
+	}
+	held := fmt.Sprintf("RUNTIME=auto: staying on %s, not switching to %s: %s", last, c.Name, reason)
+	answers := err == nil
+	return runtimeChoice{Name: last, Why: held, Answers: answers, Held: held}, nil
+}
+
+// probeRuntimes is RUNTIME's choice among the daemons that answer now.
+func probeRuntimes(ctx context.Context, cfg config) runtimeChoice {
 	ctdErr := probeContainerd(ctx, cfg.ContainerdAddress)
 	switch cfg.Runtime {
 	case runtimeContainerd:
 		if ctdErr != nil {
-			return runtimeContainerd, fmt.Sprintf("RUNTIME=containerd, but containerd does not answer at %s: %v", cfg.ContainerdAddress, ctdErr), false
+			return runtimeChoice{runtimeContainerd, fmt.Sprintf("RUNTIME=containerd, but containerd does not answer at %s: %v", cfg.ContainerdAddress, ctdErr), false, ""}
 		}
-		return runtimeContainerd, "RUNTIME=containerd", true
+		return runtimeChoice{runtimeContainerd, "RUNTIME=containerd", true, ""}
 	case runtimeDocker:
 		if err := probeDocker(ctx, cfg.DockerHost); err != nil {
-			return runtimeDocker, fmt.Sprintf("RUNTIME=docker, but Docker does not answer at %s: %v", cfg.DockerHost, err), false
+			return runtimeChoice{runtimeDocker, fmt.Sprintf("RUNTIME=docker, but Docker does not answer at %s: %v", cfg.DockerHost, err), false, ""}
 		}
-		return runtimeDocker, "RUNTIME=docker", true
+		return runtimeChoice{runtimeDocker, "RUNTIME=docker", true, ""}
 	}
 	if ctdErr == nil {
-		return runtimeContainerd, fmt.Sprintf("RUNTIME=auto: containerd answers at %s", cfg.ContainerdAddress), true
+		return runtimeChoice{runtimeContainerd, fmt.Sprintf("RUNTIME=auto: containerd answers at %s", cfg.ContainerdAddress), true, ""}
 	}
 	dockerErr := probeDocker(ctx, cfg.DockerHost)
 	if dockerErr == nil {
-		return runtimeDocker, fmt.Sprintf("RUNTIME=auto: containerd does not answer at %s (%v); Docker answers at %s",
-			cfg.ContainerdAddress, ctdErr, cfg.DockerHost), true
+		return runtimeChoice{runtimeDocker, fmt.Sprintf("RUNTIME=auto: containerd does not answer at %s (%v); Docker answers at %s",
+			cfg.ContainerdAddress, ctdErr, cfg.DockerHost), true, ""}
 	}
-	return runtimeContainerd, fmt.Sprintf("RUNTIME=auto: neither containerd at %s (%v) nor Docker at %s (%v) answers; "+
-		"waiting for containerd, rentals are refused until it answers", cfg.ContainerdAddress, ctdErr, cfg.DockerHost, dockerErr), false
+	return runtimeChoice{runtimeContainerd, fmt.Sprintf("RUNTIME=auto: neither containerd at %s (%v) nor Docker at %s (%v) answers; "+
+		"waiting for containerd, rentals are refused until it answers", cfg.ContainerdAddress, ctdErr, cfg.DockerHost, dockerErr), false, ""}
 }
 
 func probeContainerd(ctx context.Context, addr string) error {

@@ -33,7 +33,10 @@ type config struct {
 	// is Token, and APIServerTokenShared says so, for a warning at start.
 	APIServerToken       string
 	APIServerTokenShared bool
-	ListenAddr           string
+	// MetricsToken opens GET /metrics only (METRICS_TOKEN /
+	// METRICS_TOKEN_FILE); empty: the agent's token alone does.
+	MetricsToken string
+	ListenAddr   string
 	// Runtime is auto, containerd or docker (RUNTIME); auto is resolved
 	// at start by chooseRuntime.
 	Runtime             string
@@ -89,10 +92,15 @@ type configError struct {
 func (e *configError) Error() string { return e.Var + ": " + e.Msg }
 
 // loadConfig reads the configuration. lookup is os.LookupEnv outside tests;
-// dotenv is the path of the .env file, which may be absent.
+// dotenv is the path of the .env file, which may be absent. ENV_FILE in the
+// environment names another file read instead (the systemd unit sets it to
+// /etc/host-agent/env, so that the agent itself checks that file's mode, as
+// it does .env's, rather than systemd reading it); a file named there must
+// exist.
 func loadConfig(lookup func(string) (string, bool), dotenv string) (config, error) {
-	if err := checkSecretFile(dotenv); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return config{}, &configError{".env", err.Error()}
+	dotenv, fileVar := envFile(lookup, dotenv)
+	if err := checkSecretFile(dotenv); err != nil && (fileVar == "ENV_FILE" || !errors.Is(err, os.ErrNotExist)) {
+		return config{}, &configError{fileVar, err.Error()}
 	}
 	file, err := godotenv.Read(dotenv)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -155,6 +163,24 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		apiToken, c.APIServerTokenShared = token, true
 	}
 	c.APIServerToken = apiToken
+
+	metricsToken, metricsTokenFile := get("METRICS_TOKEN", ""), get("METRICS_TOKEN_FILE", "")
+	switch {
+	case metricsToken != "" && metricsTokenFile != "":
+		return c, &configError{"METRICS_TOKEN", "set either METRICS_TOKEN or METRICS_TOKEN_FILE, not both"}
+	case metricsTokenFile != "":
+		if metricsToken, err = readTokenFile(metricsTokenFile); err != nil {
+			return c, &configError{"METRICS_TOKEN_FILE", err.Error()}
+		}
+	}
+	switch {
+	case metricsToken == "":
+	case len(metricsToken) < minTokenLength:
+		return c, &configError{"METRICS_TOKEN", fmt.Sprintf("too short: use at least %d characters", minTokenLength)}
+	case metricsToken == token:
+		return c, &configError{"METRICS_TOKEN", "must differ from AGENT_TOKEN: it is handed to Prometheus, and opens GET /metrics only"}
+	}
+	c.MetricsToken = metricsToken
 
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		return c, &configError{"LISTEN_ADDR", fmt.Sprintf("want host:port, got %q", c.ListenAddr)}
@@ -271,6 +297,28 @@ func isLoopbackHost(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// envFile returns the configuration file loadConfig reads, and the name
+// its errors are reported under: ENV_FILE's when the environment sets it,
+// else dotenv (.env).
+func envFile(lookup func(string) (string, bool), dotenv string) (path, name string) {
+	if f, ok := lookup("ENV_FILE"); ok && strings.TrimSpace(f) != "" {
+		return strings.TrimSpace(f), "ENV_FILE"
+	}
+	return dotenv, ".env"
+}
+
+// envFileSets says whether the configuration file loadConfig would read
+// sets name. A file that cannot be read sets nothing; loadConfig reports it.
+func envFileSets(lookup func(string) (string, bool), dotenv, name string) bool {
+	path, _ := envFile(lookup, dotenv)
+	file, err := godotenv.Read(path)
+	if err != nil {
+		return false
+	}
+	_, ok := file[name]
+	return ok
 }
 
 // readTokenFile reads a token from a file only the agent's user (or root)

@@ -204,3 +204,132 @@ func TestAPIServerTokenIsSeparate(t *testing.T) {
 		t.Fatalf("config without API_SERVER_TOKEN = %+v", c)
 	}
 }
+
+// TestEnvFile: ENV_FILE names the file read instead of ./.env (the systemd
+// unit points it at /etc/host-agent/env). It is held to the same mode check
+// as .env, and a file named explicitly must exist.
+func TestEnvFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dotenv := filepath.Join(dir, ".env")
+	if err := os.WriteFile(dotenv, []byte("AGENT_ID=from-dotenv\nAGENT_TOKEN="+goodToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	envFile := filepath.Join(dir, "env")
+	if err := os.WriteFile(envFile, []byte("AGENT_ID=from-env-file\nAGENT_TOKEN="+goodToken+"\nCONTAINERD_NAMESPACE=file-ns\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := loadConfig(envOf(map[string]string{"ENV_FILE": envFile}), dotenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AgentID != "from-env-file" || c.ContainerdNamespace != "file-ns" {
+		t.Fatalf("ENV_FILE=%s: AGENT_ID %q, namespace %q; want the named file's values, not .env's", envFile, c.AgentID, c.ContainerdNamespace)
+	}
+	c, err = loadConfig(envOf(map[string]string{"ENV_FILE": envFile, "AGENT_ID": "from-environment"}), dotenv)
+	if err != nil || c.AgentID != "from-environment" {
+		t.Fatalf("the real environment must win over ENV_FILE: AGENT_ID %q, err %v", c.AgentID, err)
+	}
+
+	if err := os.Chmod(envFile, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	_, err = loadConfig(envOf(map[string]string{"ENV_FILE": envFile}), dotenv)
+	var ce *configError
+	if !errors.As(err, &ce) || ce.Var != "ENV_FILE" || !strings.Contains(err.Error(), envFile) || !strings.Contains(err.Error(), "0640") {
+		t.Fatalf("ENV_FILE readable by group: err = %v, want a configError on ENV_FILE naming %s and its mode", err, envFile)
+	}
+
+	missing := filepath.Join(dir, "missing")
+	_, err = loadConfig(envOf(map[string]string{"ENV_FILE": missing}), dotenv)
+	if !errors.As(err, &ce) || ce.Var != "ENV_FILE" || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("ENV_FILE naming a missing file: err = %v, want a configError on ENV_FILE naming it", err)
+	}
+}
+
+// TestSelftestConfigWithEnvFile: `host-agent selftest` reads the same file
+// the service does; its stand-in token does not clash with an
+// AGENT_TOKEN_FILE set there (the packages' /etc/host-agent/env sets one).
+func TestSelftestConfigWithEnvFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(goodToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	envFile := filepath.Join(dir, "env")
+	if err := os.WriteFile(envFile, []byte("AGENT_TOKEN_FILE="+tokenFile+"\nCONTAINERD_NAMESPACE=file-ns\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := selftestConfig(envOf(map[string]string{"ENV_FILE": envFile}))
+	if err != nil {
+		t.Fatalf("selftest with ENV_FILE=%s: %v", envFile, err)
+	}
+	if c.Token != goodToken || c.ContainerdNamespace != "file-ns" || c.AgentID != "selftest" {
+		t.Fatalf("selftest config: token %q, namespace %q, agent %q; want the file's token and namespace", c.Token, c.ContainerdNamespace, c.AgentID)
+	}
+	// Without any token setting the stand-in still serves.
+	if _, err := selftestConfig(envOf(map[string]string{"ENV_FILE": filepath.Join(dir, "none")})); err == nil {
+		t.Fatal("selftest with ENV_FILE naming a missing file: no error")
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := selftestConfig(envOf(map[string]string{"ENV_FILE": empty})); err != nil {
+		t.Fatalf("selftest with an empty env file: %v", err)
+	}
+}
+
+// TestMetricsToken: METRICS_TOKEN or METRICS_TOKEN_FILE (private, like the
+// agent's token file), never both, never short, never the agent's token.
+func TestMetricsToken(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const metricsToken = "metrics-token-0123456789"
+	file := filepath.Join(dir, "metrics-token")
+	if err := os.WriteFile(file, []byte(metricsToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func(extra map[string]string) (config, error) {
+		env := map[string]string{"AGENT_ID": "host-1", "AGENT_TOKEN": goodToken}
+		for k, v := range extra {
+			env[k] = v
+		}
+		return loadConfig(envOf(env), filepath.Join(dir, "no.env"))
+	}
+	for _, tc := range []struct {
+		name  string
+		env   map[string]string
+		want  string // the token, when accepted
+		error string // the variable named, when refused
+	}{
+		{"unset", nil, "", ""},
+		{"in the environment", map[string]string{"METRICS_TOKEN": metricsToken}, metricsToken, ""},
+		{"in a file", map[string]string{"METRICS_TOKEN_FILE": file}, metricsToken, ""},
+		{"both", map[string]string{"METRICS_TOKEN": metricsToken, "METRICS_TOKEN_FILE": file}, "", "METRICS_TOKEN"},
+		{"too short", map[string]string{"METRICS_TOKEN": "short"}, "", "METRICS_TOKEN"},
+		{"the agent's token", map[string]string{"METRICS_TOKEN": goodToken}, "", "METRICS_TOKEN"},
+		{"missing file", map[string]string{"METRICS_TOKEN_FILE": filepath.Join(dir, "none")}, "", "METRICS_TOKEN_FILE"},
+	} {
+		c, err := load(tc.env)
+		var ce *configError
+		switch {
+		case tc.error == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.error == "" && c.MetricsToken != tc.want:
+			t.Errorf("%s: metrics token %q, want %q", tc.name, c.MetricsToken, tc.want)
+		case tc.error != "" && (!errors.As(err, &ce) || ce.Var != tc.error):
+			t.Errorf("%s: err = %v, want one naming %s", tc.name, err, tc.error)
+		}
+	}
+	if err := os.Chmod(file, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := load(map[string]string{"METRICS_TOKEN_FILE": file})
+	var ce *configError
+	if !errors.As(err, &ce) || ce.Var != "METRICS_TOKEN_FILE" || !strings.Contains(err.Error(), "0644") {
+		t.Fatalf("metrics token file with mode 0644: err = %v", err)
+	}
+}

@@ -47,16 +47,7 @@ var (
 const eventBuffer = 4096
 
 func main() {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case "version", "-version", "--version":
-			fmt.Println(versionLine())
-			return
-		case "selftest":
-			os.Exit(selftestMain(os.Args[2:], os.Stdout, os.Stderr))
-		}
-	}
-	os.Exit(run())
+	os.Exit(command(os.Args[1:], os.Stdout, os.Stderr, run))
 }
 
 func run() int {
@@ -72,6 +63,12 @@ func run() int {
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	logger = logger.With("agent_id", cfg.AgentID)
 	slog.SetDefault(logger)
+	release, err := claimPorts(cfg, logger)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	defer release()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -139,13 +136,21 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	}
 
 	pulls := server.NewPullTimer(hub)
-	rtName, why, answers := chooseRuntime(ctx, cfg)
-	if answers {
-		logger.Info("container runtime chosen", "runtime", rtName, "why", why)
+	choice, err := chooseRuntime(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	rtName := choice.Name
+	if choice.Answers {
+		logger.Info("container runtime chosen", "runtime", rtName, "why", choice.Why)
 	} else {
-		logger.Error("container runtime not available", "runtime", rtName, "why", why)
+		logger.Error("container runtime not available", "runtime", rtName, "why", choice.Why)
 	}
 	cfg.Runtime = rtName
+	if err := writeAgentRecord(cfg); err != nil {
+		logger.Warn("host-agent selftest will not find this agent's configuration", "error", err)
+	}
+	claimSubnet(cfg, rtName, logger)
 	// The rentals' CNI network is containerd's; on Docker, rentals get the
 	// agent's Docker network (dockerNetwork), with ports published from
 	// the same allocator.
@@ -168,6 +173,13 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if choice.Answers && choice.Held == "" {
+		// Before any rental can start on it.
+		if err := rememberRuntime(cfg, rtName); err != nil {
+			return err
+		}
+	}
+	rules := networkRules(ctx, rentalNet, backend, logger)
 	shares, err := newShares(cfg.Share, inv.Len())
 	if err != nil {
 		return err
@@ -176,7 +188,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
+	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
 			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
@@ -200,6 +212,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	healthCtx, stopHealth := context.WithCancel(ctx)
 	defer stopHealth()
 	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
+	if !choice.Answers && choice.Held == "" {
+		wg.Go(func() { rememberWhenAnswering(healthCtx, cfg, rtName, backend, logger) })
+	}
+	if rules != nil {
+		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
+	}
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
@@ -216,6 +234,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Warn("API_SERVER_TOKEN is unset: the agent presents its own API token to the central server; " +
 			"set API_SERVER_TOKEN so that the server never holds the token guarding this agent")
 	}
+	heartbeats := server.NewHeartbeatMetrics()
 	// Built even without API_SERVER_URL: it also serves GET /host, and in
 	// that case Run says once that nothing is reported.
 	rep, err := reporter.New(reporter.Options{
@@ -236,6 +255,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Commit:      commit,
 		Drain:       backend,
 		Sharing:     shares,
+
+		ObserveHeartbeat: heartbeats.Observe,
 	})
 	if err != nil {
 		return fmt.Errorf("reporter: %w", err)
@@ -254,8 +275,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Host:        rep,
 		Drain:       backend,
 		Pulls:       pulls,
-		Network:     networkChecker(rentalNet),
-		Collectors:  backendCollectors(backend),
+		Network:     networkChecker(rentalNet, rules),
+		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
+
+		MetricsToken: cfg.MetricsToken,
+		Version:      version,
+		Commit:       commit,
 	})
 	if err != nil {
 		return err
@@ -279,6 +304,13 @@ func reservationKinds(gpus runtime.GPUAllocator, shares runtime.ReservationKind,
 	return kinds
 }
 
+// agentCollectors are the metrics of GET /metrics that the server does not
+// keep itself: the back end's, the heartbeats' and the runtime's disk.
+func agentCollectors(cfg config, backend any, heartbeats *server.HeartbeatMetrics, rules *network.Rules) []prometheus.Collector {
+	return append(append(backendCollectors(backend), heartbeats,
+		server.DiskCollector(cfg.ContainerdRoot, cfg.DiskReserveGB<<30, disk.Free)), ruleCollectors(rules)...)
+}
+
 // backendCollectors are the runtime back end's metrics, where it has any
 // (containerd's call durations).
 func backendCollectors(backend any) []prometheus.Collector {
@@ -286,14 +318,6 @@ func backendCollectors(backend any) []prometheus.Collector {
 		return []prometheus.Collector{c.Collector()}
 	}
 	return nil
-}
-
-// networkChecker keeps a missing network a nil interface.
-func networkChecker(n *network.Network) server.NetworkChecker {
-	if n == nil {
-		return nil
-	}
-	return n
 }
 
 // listen opens the API's listener, with TLS when a certificate is

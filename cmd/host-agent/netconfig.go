@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -35,6 +36,9 @@ type netConfig struct {
 	// Name tells this agent's network apart from another agent's on the
 	// same host (RENTAL_NETWORK_NAME); empty: the default names.
 	Name string
+	// RecheckInterval is how often the agent compares its iptables rules
+	// with the kernel's and repairs them (NETWORK_RECHECK_INTERVAL).
+	RecheckInterval time.Duration
 }
 
 // networkNameRE keeps every name derived from RENTAL_NETWORK_NAME within
@@ -92,6 +96,11 @@ func loadNetConfig(get func(name, def string) string, listenAddr string) (netCon
 			return c, &configError{"PUBLIC_IP", fmt.Sprintf("want the host's public IP address, got %q", s)}
 		}
 		c.PublicIP = a
+	}
+
+	ri := get("NETWORK_RECHECK_INTERVAL", network.DefaultRecheckInterval.String())
+	if c.RecheckInterval, err = time.ParseDuration(ri); err != nil || c.RecheckInterval < 100*time.Millisecond || c.RecheckInterval > 10*time.Minute {
+		return c, &configError{"NETWORK_RECHECK_INTERVAL", fmt.Sprintf("want a duration between 100ms and 10m such as 2s, got %q", ri)}
 	}
 
 	if c.RentalDNS, err = network.ParseAddrs(get("RENTAL_DNS", "")); err != nil {

@@ -49,6 +49,9 @@ func TestLoadNetConfig(t *testing.T) {
 		{"dns", base(map[string]string{"RENTAL_DNS": "1.1.1.1,9.9.9.9"}), ""},
 		{"dns stub", base(map[string]string{"RENTAL_DNS": "127.0.0.53"}), "RENTAL_DNS"},
 		{"dns name", base(map[string]string{"RENTAL_DNS": "dns.example"}), "RENTAL_DNS"},
+		{"recheck interval", base(map[string]string{"NETWORK_RECHECK_INTERVAL": "500ms"}), ""},
+		{"recheck interval garbage", base(map[string]string{"NETWORK_RECHECK_INTERVAL": "2"}), "NETWORK_RECHECK_INTERVAL"},
+		{"recheck interval too short", base(map[string]string{"NETWORK_RECHECK_INTERVAL": "1ms"}), "NETWORK_RECHECK_INTERVAL"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -31,6 +31,13 @@ type testNetwork struct {
 func newTestNetwork(t *testing.T, stateDir string) *testNetwork {
 	t.Helper()
 	testenv.LockHostNetwork(t)
+	return anotherTestNetwork(t, stateDir)
+}
+
+// anotherTestNetwork is newTestNetwork for a test that holds the host's
+// network already: a second agent's.
+func anotherTestNetwork(t *testing.T, stateDir string) *testNetwork {
+	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	tag := hex.EncodeToString(b)

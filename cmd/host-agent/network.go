@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
@@ -28,6 +32,26 @@ func newNetwork(ctx context.Context, cfg config, logger *slog.Logger) (*network.
 		return nil, fmt.Errorf("rentals' network: %w", err)
 	}
 	return n, nil
+}
+
+// claimPorts records this agent's port range for the other agents on the
+// host, and refuses a range that overlaps a running agent's of another
+// network (neither would see the ports the other publishes) or a second
+// agent of the same network. Where the claim cannot be written at all, the
+// agent starts and says so.
+func claimPorts(cfg config, logger *slog.Logger) (func(), error) {
+	name := networkConfig(cfg).NetworkName
+	release, err := network.ClaimPortRange(network.DefaultClaimDir, name, cfg.Network.HostPortRange)
+	switch {
+	case errors.Is(err, network.ErrPortRangeOverlap):
+		return nil, &configError{"HOST_PORT_RANGE", err.Error()}
+	case errors.Is(err, network.ErrNetworkInUse):
+		return nil, &configError{"RENTAL_NETWORK_NAME", err.Error()}
+	case err != nil:
+		logger.Warn("host port range not recorded: another agent on this host cannot see it", "dir", network.DefaultClaimDir, "error", err)
+		return func() {}, nil
+	}
+	return release, nil
 }
 
 // networkConfig is the rentals' network as configured.
@@ -49,6 +73,9 @@ func networkConfig(cfg config) network.Config {
 		// Not under the default prefix: the default agent's sweep takes
 		// every namespace under it for one of its own.
 		nc.NetNSPrefix = "hagent-" + name + "-"
+		// Its journal and files apart from the default agent's, whose
+		// sweep takes every one in STATE_DIR/network for one of its own.
+		nc.StateDir = filepath.Join(cfg.StateDir, "network", nc.NetworkName)
 	}
 	return nc
 }
@@ -80,6 +107,45 @@ func dockerNetwork(cfg config) *docker.NetworkOptions {
 	return o
 }
 
+// networkRules is the owner of the rentals' iptables rules on either back
+// end, nil when rentals get no network of the agent's. On Docker the rules
+// are written here, so that rentals running from before the agent's start
+// are isolated before the next start.
+func networkRules(ctx context.Context, rentalNet *network.Network, backend any, logger *slog.Logger) *network.Rules {
+	if rentalNet != nil {
+		return rentalNet.Rules()
+	}
+	d, ok := backend.(*docker.Runtime)
+	if !ok || d.NetworkRules() == nil {
+		return nil
+	}
+	if _, err := d.NetworkRules().Ensure(ctx); err != nil {
+		logger.Error("writing the rentals' iptables rules on Docker", "error", err)
+	}
+	return d.NetworkRules()
+}
+
+// networkChecker is what /readyz checks of the rentals' network: on
+// containerd the CNI network (plugins and rules), on Docker the rules; a
+// nil interface without a network.
+func networkChecker(n *network.Network, rules *network.Rules) server.NetworkChecker {
+	if n != nil {
+		return n
+	}
+	if rules != nil {
+		return rules
+	}
+	return nil
+}
+
+// ruleCollectors is the repairs counter, where rules are kept.
+func ruleCollectors(rules *network.Rules) []prometheus.Collector {
+	if rules == nil {
+		return nil
+	}
+	return []prometheus.Collector{rules.Collector()}
+}
+
 // networkInfo describes the rentals' network for the host report; nil
 // (no network in the report) when rentals get none of the agent's.
 func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func() *reporter.NetworkInfo {
@@ -99,5 +165,30 @@ func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func
 			info.PublicIP = cfg.Network.PublicIP.String()
 		}
 		return info
+	}
+}
+
+// claimSubnet gives the rentals' subnet to the back end in use. The agent's
+// bridge of the other back end, left by an agent that ran on it, routes the
+// same subnet: while no rental is on it, it is taken down, since the kernel
+// would send the rentals' replies to the older of the two routes. The
+// bridge of the back end in use is brought up again on Docker, whose
+// daemon does not do so itself (on containerd the CNI plugin does).
+// Failures are logged: CheckSubnet then refuses what still conflicts.
+func claimSubnet(cfg config, rtName string, logger *slog.Logger) {
+	mine, other := networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge
+	if rtName == runtimeDocker {
+		mine, other = other, mine
+		if up, err := network.ReclaimBridge(mine); err != nil {
+			logger.Warn("the rentals' bridge could not be brought up", "bridge", mine, "error", err)
+		} else if up {
+			logger.Info("brought up the rentals' bridge", "bridge", mine)
+		}
+	}
+	if down, err := network.YieldBridge(other, cfg.Network.RentalSubnet); err != nil {
+		logger.Warn("the other back end's bridge could not be taken down", "bridge", other, "error", err)
+	} else if down {
+		logger.Info("took down the other back end's idle bridge: its route to the rentals' subnet would take their replies",
+			"bridge", other, "subnet", cfg.Network.RentalSubnet.String())
 	}
 }

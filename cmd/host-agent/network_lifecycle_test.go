@@ -361,14 +361,26 @@ func TestAgentReadyzNeedsPlugins(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, "portmap")); err != nil {
 		t.Fatal(err)
 	}
-	code, body := agent.call("GET", "/readyz", nil)
-	if code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body["error"]), "portmap") {
+	// The agent keeps a readiness answer for a second: the change shows
+	// on a later one.
+	if code, body := readyzBecomes(agent, http.StatusServiceUnavailable); code != http.StatusServiceUnavailable || !strings.Contains(fmt.Sprint(body["error"]), "portmap") {
 		t.Fatalf("readyz without portmap: %d %v", code, body)
 	}
 	if err := os.Symlink("/usr/lib/cni/portmap", filepath.Join(dir, "portmap")); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := agent.call("GET", "/readyz", nil); code != http.StatusOK {
+	if code, body := readyzBecomes(agent, http.StatusOK); code != http.StatusOK {
 		t.Fatalf("readyz with portmap back: %d %v", code, body)
+	}
+}
+
+// readyzBecomes asks GET /readyz until it answers want, for at most 10
+// seconds, and returns the last answer.
+func readyzBecomes(a *agentProc, want int) (int, map[string]any) {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		code, body := a.call("GET", "/readyz", nil)
+		if code == want || time.Now().After(deadline) {
+			return code, body
+		}
 	}
 }

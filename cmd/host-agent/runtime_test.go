@@ -39,7 +39,11 @@ func TestRuntimeAutoPicksEachBackEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.Close)
-	base := []string{"AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "DOCKER_HOST=" + d.Host}
+	// The rentals' network under the test's names: where a dockerd manages
+	// iptables (DOCKER-USER exists), the agent on Docker makes its Docker
+	// network, whose bridge would outlive the daemon.
+	removeDockerNetwork(t, d, w)
+	base := append([]string{"AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "DOCKER_HOST=" + d.Host}, w.net.env()...)
 
 	t.Run("containerd", func(t *testing.T) {
 		a := startAgent(t, w.bin, append(base, "CONTAINERD_ADDRESS="+w.ctd.Address, "STATE_DIR="+t.TempDir()), w.agentLog)
@@ -84,6 +88,7 @@ func TestRuntimeAutoPicksEachBackEnd(t *testing.T) {
 		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "AGENT_ID=e2e-host", "AGENT_TOKEN=" + e2eToken, "LISTEN_ADDR=" + addr,
 			"STATE_DIR=" + t.TempDir(), "CONTAINERD_ADDRESS=" + filepath.Join(dir, "no-containerd.sock"),
 			"DOCKER_HOST=unix://" + filepath.Join(dir, "no-docker.sock")}
+		cmd.Env = append(cmd.Env, w.net.env()...)
 		cmd.Dir, cmd.Stdout, cmd.Stderr = t.TempDir(), logf, logf
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,11 +11,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/joho/godotenv"
 
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
@@ -54,6 +57,15 @@ type selftestEnv struct {
 	blockedSet bool
 	egress     []netip.AddrPort
 	nvmlLoader func() nvml.Interface
+	// source says where the configuration came from, for the report.
+	// agentOwned says the rentals' network and GPUs are an agent's that
+	// runs (its configuration was found, or the self-test runs inside it):
+	// the self-test then checks the agent's rules and never writes them.
+	source     string
+	agentOwned bool
+	// deviceMajors, when set, are the CDI injector's device majors (the
+	// tests' fake GPU nodes); empty: the NVIDIA driver's.
+	deviceMajors []int64
 }
 
 func loadSelftestEnv(lookup func(string) (string, bool)) (selftestEnv, error) {
@@ -112,11 +124,15 @@ func parseProbes(s string) ([]netip.AddrPort, error) {
 // needs no identity or token of its own: a provider runs it before the host
 // has either.
 func selftestConfig(lookup func(string) (string, bool)) (config, error) {
+	// A token file named in the configuration file counts as much as one
+	// in the environment: the stand-in token must not clash with it.
+	tokenFileInFile := envFileSets(lookup, ".env", "AGENT_TOKEN_FILE")
 	withDefaults := func(k string) (string, bool) {
 		if v, ok := lookup(k); ok {
 			return v, ok
 		}
 		_, hasFile := lookup("AGENT_TOKEN_FILE")
+		hasFile = hasFile || tokenFileInFile
 		switch {
 		case k == "AGENT_ID":
 			return "selftest", true
@@ -128,24 +144,84 @@ func selftestConfig(lookup func(string) (string, bool)) (config, error) {
 	return loadConfig(withDefaults, ".env")
 }
 
+// defaultStateDir is STATE_DIR's default (loadConfig).
+const defaultStateDir = "/var/lib/host-agent"
+
+// selftestLookup is where `host-agent selftest` reads its settings: the
+// running agent's configuration (agentConfigFile in STATE_DIR) first, the
+// shell's environment only for what that does not hold. A shell rarely has
+// the agent's environment: taking it for the agent's rewrote the agent's
+// rules with the defaults for whatever the shell lacked. source says which
+// was read, and which of the shell's settings were ignored.
+func selftestLookup(shell func(string) (string, bool), dotenv string) (lookup func(string) (string, bool), source string, agentOwned bool, err error) {
+	stateDir := defaultStateDir
+	if v, ok := shell("STATE_DIR"); ok && strings.TrimSpace(v) != "" {
+		stateDir = strings.TrimSpace(v)
+	} else if file, err := godotenv.Read(dotenv); err == nil && strings.TrimSpace(file["STATE_DIR"]) != "" {
+		stateDir = strings.TrimSpace(file["STATE_DIR"])
+	}
+	rec, path, ok, err := readAgentRecord(stateDir)
+	if err != nil {
+		return nil, "", false, &configError{"STATE_DIR", "read the running agent's configuration: " + err.Error()}
+	}
+	if !ok {
+		return shell, fmt.Sprintf("the environment: no agent's configuration at %s (set STATE_DIR to the agent's)", path), false, nil
+	}
+	var ignored []string
+	for k, v := range rec.Env {
+		if sv, set := shell(k); set && strings.TrimSpace(sv) != v {
+			ignored = append(ignored, k)
+		}
+	}
+	sort.Strings(ignored)
+	source = fmt.Sprintf("the agent's configuration %s, written %s by pid %d", path, rec.WrittenAt.Format(time.RFC3339), rec.PID)
+	if len(ignored) > 0 {
+		source += "; the environment's " + strings.Join(ignored, ", ") + " ignored"
+	}
+	return func(k string) (string, bool) {
+		if v, ok := rec.Env[k]; ok {
+			return v, true
+		}
+		return shell(k)
+	}, source, true, nil
+}
+
 // selftestMain is `host-agent selftest [--json]`.
 func selftestMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("selftest", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: host-agent selftest [--json]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
-	cfg, err := selftestConfig(os.LookupEnv)
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "host-agent: selftest takes no arguments, got %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	lookup, source, agentOwned, err := selftestLookup(os.LookupEnv, ".env")
 	if err != nil {
 		fmt.Fprintf(stderr, "host-agent: configuration: %v\n", err)
 		return 2
 	}
-	env, err := loadSelftestEnv(os.LookupEnv)
+	cfg, err := selftestConfig(lookup)
 	if err != nil {
 		fmt.Fprintf(stderr, "host-agent: configuration: %v\n", err)
 		return 2
 	}
+	env, err := loadSelftestEnv(lookup)
+	if err != nil {
+		fmt.Fprintf(stderr, "host-agent: configuration: %v\n", err)
+		return 2
+	}
+	env.source, env.agentOwned = source, agentOwned
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	rep := runSelftest(context.Background(), cfg, env, logger, true)
 	if *asJSON {
@@ -171,7 +247,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	if !inv.Available() {
 		lib = nil
 	}
-	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger})
+	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, DeviceMajors: env.deviceMajors})
 	var devices containerd.DeviceInjector
 	if err == nil && inv.Len() > 0 {
 		devices = injector
@@ -179,11 +255,13 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	result := func(name string, r selftest.Result) selftest.Check {
 		return selftest.Check{Name: name, Run: func(context.Context) selftest.Result { return r }}
 	}
-	rtName, _, _ := chooseRuntime(ctx, cfg)
+	// The runtime the agent would run on, without remembering it.
+	choice, _ := chooseRuntime(ctx, cfg)
+	rtName := choice.Name
 	// The test rentals join the rentals' own network, as the agent builds
 	// it, so that the network check tests what tenants get.
-	backend, address, netNS, netErr, err := selftestBackend(ctx, cfg, rtName, devices, rental, logger)
-	checks := []selftest.Check{}
+	backend, address, netNS, netErr, err := selftestBackend(ctx, cfg, rtName, devices, rental, env.agentOwned, logger)
+	checks := []selftest.Check{result("configuration", selftest.Result{Status: selftest.OK, Detail: "read from " + env.source})}
 	if err != nil {
 		checks = append(checks, result("runtime", selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "check CONTAINERD_ADDRESS, DOCKER_HOST and STATE_DIR"}))
 	} else {
@@ -215,10 +293,35 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 			Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
 			Logger: logger,
 		})
-		checks = append(checks, selftest.RentalCheck(rt, env.image, inv.Len()))
+		// The allocator knows only the test rentals: the GPU comes from
+		// the runtime's own record of what every rental holds.
+		holders := selftest.ContainerdGPUHolders(cfg.ContainerdAddress)
+		if rtName == runtimeDocker {
+			holders = selftest.DockerGPUHolders(cfg.DockerHost)
+		}
+		var usable []string
+		for _, g := range inv.GPUs() {
+			if g.Healthy && g.MIGMode != gpu.MIGEnabled {
+				usable = append(usable, g.UUID)
+			}
+		}
+		choose := func(ctx context.Context) (string, string) {
+			if inv.Len() > 0 && len(usable) == 0 {
+				return "", "the GPU part was skipped: no GPU is healthy and without MIG"
+			}
+			return selftest.ChooseTestGPU(ctx, usable, holders)
+		}
+		checks = append(checks, selftest.RentalCheck(rt, env.image, choose))
+		if errors.Is(netErr, errAgentsDockerNetwork) {
+			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Skip, Detail: netErr.Error()}))
+			break
+		}
 		if netErr != nil {
-			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Fail, Detail: netErr.Error(),
-				Fix: "see the detail: RENTAL_SUBNET must not overlap a route of the host, the agent needs iptables and (on containerd) the CNI plugins, and dockerd must manage iptables"}))
+			fix := "see the detail: RENTAL_SUBNET must not overlap a route of the host, the agent needs iptables and (on containerd) the CNI plugins, and dockerd must manage iptables"
+			if env.agentOwned {
+				fix = "restart the agent, which writes its bridge and rules at start (the self-test never writes a running agent's); if they go missing again, find what flushes them (a firewall reload)"
+			}
+			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Fail, Detail: netErr.Error(), Fix: fix}))
 			break
 		}
 		no := selftest.NetworkOptions{
@@ -238,12 +341,19 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	return selftest.Run(ctx, checks, selftestCheckTimeout)
 }
 
+// errAgentsDockerNetwork: on Docker, a test rental on the agent's network
+// would have the Docker back end write the agent's chains.
+var errAgentsDockerNetwork = errors.New("not run beside a running agent on Docker: a test rental on the agent's Docker network would rewrite the agent's rules; run host-agent selftest before the agent starts, or see GET /readyz")
+
 // selftestBackend opens the self-test's back end on the chosen runtime,
 // apart from the agent's rentals (containerd namespace host-agent-selftest;
-// Docker scope selftest), on the rentals' network when rental is set. It
-// returns the runtime's address, how to find a test rental's network
-// namespace (nil: its labels), and why the rentals' network is not there.
-func selftestBackend(ctx context.Context, cfg config, rtName string, devices containerd.DeviceInjector, rental bool, logger *slog.Logger) (
+// Docker scope selftest), on the rentals' network when rental is set. When
+// agentOwned, that network is a running agent's: on containerd its rules
+// are checked and never written, on Docker the test rentals get no
+// network. It returns the runtime's address, how to find a test rental's
+// network namespace (nil: its labels), and why the rentals' network is not
+// there.
+func selftestBackend(ctx context.Context, cfg config, rtName string, devices containerd.DeviceInjector, rental, agentOwned bool, logger *slog.Logger) (
 	be interface {
 		runtime.Runtime
 		selftest.Pinger
@@ -261,7 +371,10 @@ func selftestBackend(ctx context.Context, cfg config, rtName string, devices con
 		if p, ok := devices.(docker.DevicePlanner); ok {
 			opts.Devices = p
 		}
-		if rental {
+		switch {
+		case rental && agentOwned:
+			netErr = errAgentsDockerNetwork
+		case rental:
 			if netErr = docker.IsolationAvailable(); netErr == nil {
 				opts.Network = dockerNetwork(cfg)
 			} else {
@@ -283,7 +396,22 @@ func selftestBackend(ctx context.Context, cfg config, rtName string, devices con
 		Logger:    logger,
 		Devices:   devices,
 	}
-	if rental {
+	switch {
+	case rental && agentOwned:
+		// The agent's own network: its rules are checked, here and before
+		// each test rental's setup, and never written.
+		nc := networkConfig(cfg)
+		nc.Logger, nc.ReadOnlyRules = logger, true
+		var n *network.Network
+		if n, netErr = network.New(nc); netErr == nil {
+			if netErr = n.CheckRules(ctx); netErr == nil {
+				opts.Network = selftestNetwork{n}
+			}
+		}
+		if netErr != nil {
+			netErr = fmt.Errorf("the running agent's network: %w", netErr)
+		}
+	case rental:
 		if netErr = network.CheckSubnet(cfg.Network.RentalSubnet, networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge); netErr == nil {
 			var n *network.Network
 			if n, netErr = newNetwork(ctx, cfg, logger); netErr == nil {
@@ -332,6 +460,8 @@ func logSelftest(ctx context.Context, cfg config, logger *slog.Logger) {
 		logger.Error("self-test not run", "error", err)
 		return
 	}
+	// The agent's network is written already, by the agent itself.
+	env.source, env.agentOwned = "the agent's own configuration", true
 	rep := runSelftest(ctx, cfg, env, logger.With("component", "selftest"), env.imageSet)
 	attrs := []any{"passed", rep.Passed}
 	for _, r := range rep.Results {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
@@ -76,12 +77,16 @@ func result(rep selftest.Report, name string) selftest.Result {
 }
 
 // TestSelftest runs `host-agent selftest --json` against a real containerd
-// and the CNI plugins of this host, on the same state directory and rentals'
-// network as a running agent with a tenant: it passes, with the GPU checks
-// skipped for want of a driver and a test rental that reaches the
-// "internet" but neither the host nor a LAN address, and leaves the
-// tenant's network alone. It fails, saying how to fix it, with containerd
-// stopped, a broken CDI spec, the CNI plugins missing, a LAN address left
+// and the CNI plugins of this host, from a shell that has little of the
+// running agent's environment (its custom BLOCKED_EGRESS_CIDRS and
+// RENTAL_DNS lost), beside that agent and its tenant: the self-test reads
+// the agent's configuration from STATE_DIR and says so, leaves the agent's
+// rules exactly as they were (it checks them and writes none), passes with
+// the GPU checks skipped for want of a driver and a test rental that
+// reaches the "internet" but neither the host nor a LAN address, and leaves
+// the tenant and its network alone. It fails, saying how to fix it, with
+// containerd stopped, a broken CDI spec, the agent's rules flushed and,
+// before any agent runs, with the CNI plugins missing, a LAN address left
 // out of BLOCKED_EGRESS_CIDRS, or no internet.
 func TestSelftest(t *testing.T) {
 	w := newWorld(t)
@@ -92,22 +97,35 @@ func TestSelftest(t *testing.T) {
 		testenv.MustRouteInto(t, p.Addr, p.HostIf)
 	}
 	cdiDir := t.TempDir()
-	base := append(slices.Clone(w.env),
-		"SELFTEST_IMAGE="+w.image, "CDI_SPEC_DIRS="+cdiDir,
-		"CONTAINERD_ROOT="+t.TempDir(), "DISK_RESERVE_GB=1", "HOST_PORT_RANGE="+freeRange(t),
+	// The agent's own settings: a blocked range and an allowed exception
+	// of the provider's beyond the defaults (RENTAL_DNS comes with w.env).
+	agentEnv := append(slices.Clone(w.env),
+		"CDI_SPEC_DIRS="+cdiDir, "CONTAINERD_ROOT="+t.TempDir(), "DISK_RESERVE_GB=1", "HOST_PORT_RANGE="+freeRange(t),
 		"CNI_PLUGIN_DIRS=/usr/lib/cni:/opt/cni/bin",
+		"BLOCKED_EGRESS_CIDRS=10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16,203.0.113.0/24",
+		"ALLOWED_EGRESS_CIDRS=10.217.99.0/24",
 		// containerd, even where a Docker answers at the default socket.
 		"DOCKER_HOST=unix:///nonexistent/docker.sock",
-		// Only the test's own namespaces: not the host's other addresses.
-		"SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7000).String(),
-		"SELFTEST_BLOCKED_PROBE="+netip.AddrPortFrom(lan.Addr, 7000).String(),
 	)
+	// The operator's shell: where the agent keeps its state, its network's
+	// names, an older blocked list, and the self-test's own settings.
+	probes := []string{
+		"SELFTEST_IMAGE=" + w.image,
+		// Only the test's own namespaces: not the host's other addresses.
+		"SELFTEST_EGRESS_PROBE=" + netip.AddrPortFrom(inet.Addr, 7000).String(),
+		"SELFTEST_BLOCKED_PROBE=" + netip.AddrPortFrom(lan.Addr, 7000).String(),
+	}
+	shell := append([]string{
+		"STATE_DIR=" + envValue(w.env, "STATE_DIR"), "CONTAINERD_ADDRESS=" + w.ctd.Address,
+		"RENTAL_NETWORK_NAME=" + w.net.name, "RENTAL_SUBNET=" + w.net.subnet.String(),
+		"BLOCKED_EGRESS_CIDRS=10.0.0.0/8", "DOCKER_HOST=unix:///nonexistent/docker.sock",
+	}, probes...)
 
 	// A tenant of the agent on the same network: the self-test's rentals
 	// must leave it alone (the self-test's back end sees only its own
 	// containerd namespace, so a sweep there would take the tenant's
 	// network for a leftover).
-	agent := startAgent(t, w.bin, w.env, w.agentLog)
+	agent := startAgent(t, w.bin, agentEnv, w.agentLog)
 	if code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "tenant", "image": w.image, "command": []string{"sleep", "inf"}}); code != http.StatusOK {
 		t.Fatalf("start the tenant: %d %v", code, body)
 	}
@@ -122,15 +140,31 @@ func TestSelftest(t *testing.T) {
 		}
 	}
 	tenantReachesInternet()
+	rules := agentRules(t, w.net.cfg.ChainPrefix)
+	if !strings.Contains(rules, "203.0.113.0/24") || !strings.Contains(rules, "198.51.100.53/32") {
+		t.Fatalf("the agent's rules lack its own settings:\n%s", rules)
+	}
 
-	code, rep, out := runSelftestBinary(t, w.bin, base...)
+	code, rep, out := runSelftestBinary(t, w.bin, shell...)
+	if after := agentRules(t, w.net.cfg.ChainPrefix); after != rules {
+		t.Fatalf("the self-test changed the agent's rules from\n%s\nto\n%s", rules, after)
+	}
 	if code != 0 || !rep.Passed {
 		t.Fatalf("self-test on a working host: exit %d\n%s", code, out)
 	}
-	for _, name := range []string{"runtime", "runc", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
+	if r := result(rep, "configuration"); r.Status != selftest.OK || !strings.Contains(r.Detail, filepath.Join(envValue(w.env, "STATE_DIR"), "agent-config.json")) ||
+		!strings.Contains(r.Detail, "BLOCKED_EGRESS_CIDRS ignored") {
+		t.Errorf("configuration: %+v, want the agent's configuration read and the shell's BLOCKED_EGRESS_CIDRS ignored", r)
+	}
+	for _, name := range []string{"runtime", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
 		if r := result(rep, name); r.Status != selftest.OK {
 			t.Errorf("%s: %+v, want ok", name, r)
 		}
+	}
+	// Debian 12's runc says 1.1.5 and carries the CVE-2024-21626 fix: a
+	// warning naming the CVE, never a failure.
+	if r := result(rep, "runc"); r.Status != selftest.OK && (r.Status != selftest.Warn || !strings.Contains(r.Detail, "CVE-2024-21626")) {
+		t.Errorf("runc: %+v, want ok or a warning naming CVE-2024-21626", r)
 	}
 	if r := result(rep, "rental-network"); !strings.Contains(r.Detail, "reached "+inet.Addr.String()) || !strings.Contains(r.Detail, "none of 2 ") {
 		t.Errorf("rental-network: %q, want the internet peer reached and the gateway and LAN peer not", r.Detail)
@@ -151,34 +185,33 @@ func TestSelftest(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.Remove(bad)
-		code, rep, out := runSelftestBinary(t, w.bin, base...)
+		code, rep, out := runSelftestBinary(t, w.bin, shell...)
 		r := result(rep, "cdi-specs")
 		if code == 0 || rep.Passed || r.Status != selftest.Fail || !strings.Contains(r.Detail, bad) || r.Fix == "" {
 			t.Fatalf("with a broken spec: exit %d, cdi-specs %+v\n%s", code, r, out)
 		}
 	})
-	t.Run("CNI plugins missing", func(t *testing.T) {
-		env := append(slices.Clone(base), "CNI_PLUGIN_DIRS="+t.TempDir())
-		code, rep, out := runSelftestBinary(t, w.bin, env...)
-		r := result(rep, "cni-plugins")
-		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, "bridge") || !strings.Contains(r.Fix, "containernetworking-plugins") {
-			t.Fatalf("without CNI plugins: exit %d, cni-plugins %+v\n%s", code, r, out)
-		}
-	})
-	t.Run("a LAN address not blocked", func(t *testing.T) {
-		env := append(slices.Clone(base), "BLOCKED_EGRESS_CIDRS=192.168.0.0/16")
-		code, rep, out := runSelftestBinary(t, w.bin, env...)
-		r := result(rep, "rental-network")
-		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, lan.Addr.String()) || !strings.Contains(r.Fix, "BLOCKED_EGRESS_CIDRS") {
-			t.Fatalf("with the LAN reachable: exit %d, rental-network %+v\n%s", code, r, out)
-		}
-	})
 	t.Run("no internet", func(t *testing.T) {
-		env := append(slices.Clone(base), "SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7001).String())
+		env := append(slices.Clone(shell), "SELFTEST_EGRESS_PROBE="+netip.AddrPortFrom(inet.Addr, 7001).String())
 		code, rep, out := runSelftestBinary(t, w.bin, env...)
 		r := result(rep, "rental-network")
 		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, "no internet") || !strings.Contains(r.Fix, "SELFTEST_EGRESS_PROBE") {
 			t.Fatalf("without internet: exit %d, rental-network %+v\n%s", code, r, out)
+		}
+	})
+	t.Run("the agent's rules flushed", func(t *testing.T) {
+		forward := w.net.cfg.ChainPrefix + "-FORWARD"
+		if out, err := exec.Command("iptables", "-w", "5", "-F", forward).CombinedOutput(); err != nil {
+			t.Fatalf("flush %s: %v: %s", forward, err, out)
+		}
+		flushed := agentRules(t, w.net.cfg.ChainPrefix)
+		code, rep, out := runSelftestBinary(t, w.bin, shell...)
+		r := result(rep, "rental-network")
+		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, forward) || !strings.Contains(r.Fix, "restart the agent") {
+			t.Fatalf("with the agent's rules flushed: exit %d, rental-network %+v\n%s", code, r, out)
+		}
+		if after := agentRules(t, w.net.cfg.ChainPrefix); after != flushed {
+			t.Fatalf("the self-test wrote the agent's flushed rules:\n%s", after)
 		}
 	})
 	t.Run("containerd stopped", func(t *testing.T) {
@@ -190,12 +223,73 @@ func TestSelftest(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-		code, rep, out := runSelftestBinary(t, w.bin, base...)
+		code, rep, out := runSelftestBinary(t, w.bin, shell...)
 		r := result(rep, "runtime")
 		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, "does not answer") || !strings.Contains(r.Fix, "start containerd") {
 			t.Fatalf("with containerd stopped: exit %d, runtime %+v\n%s", code, r, out)
 		}
 	})
+
+	// Before any agent runs (a state directory without an agent's
+	// configuration), the self-test reads the environment and sets up the
+	// rentals' network itself: a network of its own here, apart from the
+	// agent's.
+	preState := t.TempDir()
+	pre := &testNetwork{name: "s" + w.net.name, subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 216, w.net.subnet.Addr().As4()[2] ^ 0x80, 0}), 24)}
+	pre.cfg = networkConfig(config{StateDir: preState, Network: netConfig{Name: pre.name, RentalSubnet: pre.subnet}})
+	t.Cleanup(func() { pre.remove(t) })
+	preEnv := append([]string{"STATE_DIR=" + preState, "CONTAINERD_ADDRESS=" + w.ctd.Address,
+		"RENTAL_NETWORK_NAME=" + pre.name, "RENTAL_SUBNET=" + pre.subnet.String(), "RENTAL_DNS=198.51.100.53",
+		"CDI_SPEC_DIRS=" + cdiDir, "CONTAINERD_ROOT=" + t.TempDir(), "DISK_RESERVE_GB=1", "HOST_PORT_RANGE=" + freeRange(t),
+		"CNI_PLUGIN_DIRS=/usr/lib/cni:/opt/cni/bin", "DOCKER_HOST=unix:///nonexistent/docker.sock"}, probes...)
+	t.Run("before the agent: CNI plugins missing", func(t *testing.T) {
+		env := append(slices.Clone(preEnv), "CNI_PLUGIN_DIRS="+t.TempDir())
+		code, rep, out := runSelftestBinary(t, w.bin, env...)
+		r := result(rep, "cni-plugins")
+		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, "bridge") || !strings.Contains(r.Fix, "containernetworking-plugins") {
+			t.Fatalf("without CNI plugins: exit %d, cni-plugins %+v\n%s", code, r, out)
+		}
+		if r := result(rep, "configuration"); !strings.Contains(r.Detail, "the environment") {
+			t.Errorf("configuration: %+v, want the environment read", r)
+		}
+	})
+	t.Run("before the agent: a LAN address not blocked", func(t *testing.T) {
+		env := append(slices.Clone(preEnv), "BLOCKED_EGRESS_CIDRS=192.168.0.0/16")
+		code, rep, out := runSelftestBinary(t, w.bin, env...)
+		r := result(rep, "rental-network")
+		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, lan.Addr.String()) || !strings.Contains(r.Fix, "BLOCKED_EGRESS_CIDRS") {
+			t.Fatalf("with the LAN reachable: exit %d, rental-network %+v\n%s", code, r, out)
+		}
+	})
+}
+
+// agentRules is what iptables-save shows of the chains under prefix and
+// the jumps to them.
+func agentRules(t *testing.T, prefix string) string {
+	t.Helper()
+	var lines []string
+	for _, table := range []string{"filter", "nat"} {
+		out, err := exec.Command("iptables-save", "-t", table).Output()
+		if err != nil {
+			t.Fatalf("iptables-save -t %s: %v", table, err)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, prefix+"-") {
+				lines = append(lines, table+": "+l)
+			}
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// envValue is name's value in env (NAME=value entries).
+func envValue(env []string, name string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, name+"="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 // TestSelftestTable checks the human-readable form names each failure's fix.
@@ -327,5 +421,25 @@ func TestSelftestOnDocker(t *testing.T) {
 	list, err := cl.ContainerList(context.Background(), client.ContainerListOptions{All: true})
 	if err != nil || len(list.Items) != 0 {
 		t.Fatalf("containers left on the daemon: %+v %v", list.Items, err)
+	}
+
+	// The GPUs that Docker's rentals hold, which the test rental must not
+	// take, are read from their labels.
+	ctx := context.Background()
+	pull, err := cl.ImagePull(ctx, w.image, client.ImagePullOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pull.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.ContainerCreate(ctx, client.ContainerCreateOptions{Image: w.image, Name: "gpu-tenant", Config: &container.Config{
+		Labels: map[string]string{runtime.LabelInstanceID: "gpu-tenant", runtime.LabelGPUs: "GPU-a,GPU-b"}}}); err != nil {
+		t.Fatal(err)
+	}
+	defer cl.ContainerRemove(ctx, "gpu-tenant", client.ContainerRemoveOptions{Force: true})
+	held, err := selftest.DockerGPUHolders(d.Host)(ctx)
+	if err != nil || len(held) != 2 || held["GPU-a"] != "gpu-tenant" || held["GPU-b"] != "gpu-tenant" {
+		t.Fatalf("GPUs held on Docker: %v, %v; want GPU-a and GPU-b by gpu-tenant", held, err)
 	}
 }

@@ -120,6 +120,7 @@ func Run(t *testing.T, h Harness) {
 		{"Confinement", testConfinement},
 		{"HostileImageLabels", testHostileImageLabels},
 		{"HostileWorkdir", testHostileWorkdir},
+		{"RealTimePriorityRefused", testRealTimePriority},
 		{"GPUsByUUID", testGPUs},
 		{"PublishedPortsAndIsolation", testNetwork},
 	}

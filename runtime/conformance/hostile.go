@@ -125,3 +125,18 @@ func testHostileWorkdir(t *testing.T, h Harness) {
 	}
 	assertGone(t, a, id)
 }
+
+// testRealTimePriority: a rental asking for real-time priority, which
+// would let its busy loops starve the host outside its CPU limit, is
+// refused as bad input naming the limit, and leaves nothing behind.
+func testRealTimePriority(t *testing.T, h Harness) {
+	a := open(t, h.NewScope(t), nil)
+	id := uniqueID(t, "rtprio")
+	s := spec(h, id, "sleep", "inf")
+	s.Ulimits = map[string]int64{"rtprio": 99}
+	_, err := a.Start(Ctx(t), s)
+	if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "rtprio") {
+		t.Fatalf("start with ulimits.rtprio 99: %v, want InvalidArgument naming rtprio", err)
+	}
+	assertGone(t, a, id)
+}

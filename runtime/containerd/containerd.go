@@ -15,6 +15,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	ctrevents "github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,9 @@ import (
 
 // RuncRuntime is the only OCI runtime tenants' containers run under.
 const RuncRuntime = "io.containerd.runc.v2"
+
+// DefaultResyncInterval is Options.ResyncInterval's default.
+const DefaultResyncInterval = 30 * time.Second
 
 var _ runtime.Runtime = (*Runtime)(nil)
 
@@ -82,10 +86,18 @@ type Options struct {
 	// PublicIP is the host's public address, announced to tenants as
 	// PUBLIC_IP; empty: not announced.
 	PublicIP string
+	// ResyncInterval is how often the task cache is checked against
+	// containerd's own listing, and exits the event stream missed are
+	// reported (default DefaultResyncInterval).
+	ResyncInterval time.Duration
 	// Fault, when set, is called at each named step of a start and a
 	// terminate (see fault.go); the fault-matrix tests make the agent kill
 	// itself there. Nil in production.
 	Fault func(step string)
+
+	// subscribe, when set, replaces the client's Subscribe: tests delay
+	// the subscription or lose its events.
+	subscribe func(ctx context.Context, filters ...string) (<-chan *ctrevents.Envelope, <-chan error)
 }
 
 // DeviceInjector turns the UUIDs of the GPUs reserved for an instance
@@ -153,6 +165,9 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.LogMaxBytes == 0 {
 		opts.LogMaxBytes = 100 << 20
+	}
+	if opts.ResyncInterval <= 0 {
+		opts.ResyncInterval = DefaultResyncInterval
 	}
 	if opts.LogCheckInterval == 0 {
 		opts.LogCheckInterval = 30 * time.Second

@@ -8,6 +8,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"google.golang.org/grpc/status"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // convertErr turns a raw gRPC error from containerd, a lost connection
@@ -23,7 +25,10 @@ func convertErr(err error) error {
 	if _, ok := status.FromError(err); ok {
 		err = errgrpc.ToNative(err)
 	}
-	return timedOut(err)
+	// runc refusing a limit it cannot raise (no CAP_SYS_RESOURCE): the
+	// host cannot run the request, a 409 naming the limit, not an
+	// internal error.
+	return runtime.RlimitRefused(timedOut(err))
 }
 
 // timedOut gives an error of unknown kind that ends in a timeout the kind

@@ -30,6 +30,12 @@ func TestConvertErrKinds(t *testing.T) {
 		{"unknown stays unknown", status.Error(codes.Unknown, "shim exploded"), func(err error) bool {
 			return !errors.Is(err, context.DeadlineExceeded)
 		}},
+		{"runc refusing a limit is a failed precondition naming it", status.Error(codes.Unknown,
+			"failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: error during container init: error setting rlimit type 7: operation not permitted"),
+			func(err error) bool {
+				var fe interface{ ErrorField() string }
+				return errdefs.IsFailedPrecondition(err) && errors.As(err, &fe) && fe.ErrorField() == "ulimits.nofile"
+			}},
 	} {
 		if got := convertErr(tc.err); !tc.is(got) {
 			t.Errorf("%s: convertErr = %v (%T)", tc.name, got, errdefs.Resolve(got))

@@ -3,11 +3,15 @@ package containerd
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"errors"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/crypto/ssh"
 
 	"github.com/host-agent/host-agent/runtime"
@@ -140,5 +144,56 @@ func TestSSHAuthorizedKeysReadOnly(t *testing.T) {
 	}
 	if _, err := os.Stat(files); !os.IsNotExist(err) {
 		t.Errorf("instance files left after terminate: %v", err)
+	}
+}
+
+// A limit above the agent's own hard limit, where runc cannot raise
+// limits, is refused before anything is made, naming the limit and the
+// ceiling; a limit that still reaches runc and is refused there is the
+// same kind of error. Where runc can raise limits, the start goes through.
+func TestUlimitAboveCeiling(t *testing.T) {
+	needDaemon(t)
+	// Not parallel: its probes share the probe container's ID with
+	// TestProbesLeaveTenantsAlone's.
+	hard, ok := runtime.UlimitCeiling("nofile")
+	if !ok || hard == runtime.RlimitInfinity || hard >= runtime.MaxNofile {
+		t.Skipf("this process's hard nofile (%d) leaves no valid value above it", hard)
+	}
+	ns := testNamespace(t)
+	r := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
+	can, err := r.be.probeRaise(ctx(t))
+	if err != nil {
+		t.Fatalf("memlock probe: %v", err)
+	}
+	spec := payloadSpec("many-files", "sleep", "inf")
+	spec.Ulimits = map[string]int64{"nofile": int64(hard) + 1}
+	_, err = r.Start(ctx(t), spec)
+	if can {
+		t.Logf("runc can raise limits here: nofile %d goes through", hard+1)
+		if err != nil {
+			t.Fatalf("start with nofile %d where runc can raise it: %v", hard+1, err)
+		}
+		return
+	}
+	var ue *runtime.UlimitError
+	if !errors.As(err, &ue) || !errdefs.IsFailedPrecondition(err) || ue.ErrorField() != "ulimits.nofile" || ue.Ceiling != hard || ue.Cause != nil {
+		t.Fatalf("start with nofile %d above the ceiling of %d: %v, want it refused up front", hard+1, hard, err)
+	}
+	cl, cctx := rawClient(t, daemon.Address, ns)
+	if left, err := cl.Containers(cctx); err != nil || len(left) != 0 {
+		t.Fatalf("left after the refusal: %d containers (%v)", len(left), err)
+	}
+	if _, err := r.Get(ctx(t), "many-files"); !errdefs.IsNotFound(err) {
+		t.Fatalf("instance after the refusal: %v", err)
+	}
+	// Were it to reach runc, its refusal is classified alike.
+	err = convertErr(r.be.probeTask(ctx(t), oci.WithRlimit(&specs.POSIXRlimit{Type: "RLIMIT_NOFILE", Hard: hard + 1, Soft: hard + 1})))
+	if !errors.As(err, &ue) || !errdefs.IsFailedPrecondition(err) || ue.ErrorField() != "ulimits.nofile" || ue.Cause == nil {
+		t.Fatalf("runc refusing nofile %d: %v", hard+1, err)
+	}
+	// Within the ceiling, the same start goes through.
+	spec.Ulimits["nofile"] = int64(hard)
+	if _, err := r.Start(ctx(t), spec); err != nil {
+		t.Fatalf("start with nofile %d: %v", hard, err)
 	}
 }

@@ -40,6 +40,15 @@ func (r *Runtime) probeRaise(ctx context.Context) (bool, error) {
 	return false, fmt.Errorf("probe task: %w", err)
 }
 
+// grantable refuses a limit above the agent's own where the runtime cannot
+// raise limits (runtime.CheckUlimitsGrantable), asking the runtime once
+// when the agent's capabilities do not tell.
+func (r *Runtime) grantable(ctx context.Context, spec runtime.InstanceSpec) error {
+	return runtime.CheckUlimitsGrantable(spec.Ulimits, func() (bool, bool) {
+		return r.raise.Ask(r.log, "runtime", func() (bool, error) { return r.probeRaise(ctx) })
+	})
+}
+
 // ulimits returns the limits a spec gets: its own, and the GPU defaults
 // where the runtime allows raising them.
 func (r *Runtime) ulimits(ctx context.Context, spec runtime.InstanceSpec) map[string]int64 {

@@ -114,6 +114,10 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 // when the start was called off, so a cancelled pull leaves nothing behind
 // for the garbage collector to wait on.
 func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+	// Before the pull: a limit the runtime cannot grant fails any start.
+	if err := r.grantable(ctx, spec); err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
 	// The lease's name is chosen here and it is created and deleted with
 	// fresh contexts: a start called off while the lease is being created
 	// cannot leave one the agent does not know of.

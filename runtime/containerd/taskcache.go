@@ -20,10 +20,19 @@ import (
 // were queued before the snapshot are applied on top of it, so an update
 // never moves a task back: for one process (one pid) the state only goes
 // forward, created, running or paused, stopped, deleted.
+//
+// Events can still be missed (an exit before containerd has registered the
+// subscription, an event the shim gave up publishing), so the watcher also
+// corrects the cache from a fresh listing now and then (correct).
 type taskCache struct {
 	mu    sync.Mutex
 	live  bool
 	procs map[string]*task.Process
+	// seq counts the changes; changed holds the seq of each container's
+	// last change (a removal included), so that a correction keeps what
+	// changed while its listing was taken.
+	seq     uint64
+	changed map[string]uint64
 }
 
 // reset replaces the state with a full listing and makes the cache live.
@@ -34,14 +43,78 @@ func (c *taskCache) reset(procs []*task.Process) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.procs, c.live = m, true
+	c.procs, c.live, c.changed = m, true, nil
 }
 
 // drop makes the cache stale: the event stream ended.
 func (c *taskCache) drop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.procs, c.live = nil, false
+	c.procs, c.live, c.changed = nil, false, nil
+}
+
+// mark returns the change count, to be passed to correct with a listing
+// taken after it.
+func (c *taskCache) mark() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seq
+}
+
+// correct brings a live cache in line with a full listing of the tasks
+// taken after mark returned since, and returns the containers whose entry
+// it changed. The listing wins over what the cache had before since: the
+// caller applies no event while it lists, so every event applied before
+// is older than the listing, and those still queued are applied after the
+// correction as they are after a reset. What changed after since (the
+// start of a task, recorded as it happens) is kept: the listing may be
+// older.
+func (c *taskCache) correct(procs []*task.Process, since uint64) []string {
+	listed := make(map[string]*task.Process, len(procs))
+	for _, p := range procs {
+		listed[taskContainerID(p)] = p
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.live {
+		return nil
+	}
+	var fixed []string
+	for id, p := range listed {
+		if c.changed[id] > since {
+			continue
+		}
+		if old := c.procs[id]; old == nil || !sameProc(old, p) {
+			c.procs[id] = p
+			fixed = append(fixed, id)
+		}
+	}
+	for id := range c.procs {
+		if listed[id] == nil && c.changed[id] <= since {
+			delete(c.procs, id)
+			fixed = append(fixed, id)
+		}
+	}
+	for id, seq := range c.changed {
+		if seq <= since {
+			delete(c.changed, id)
+		}
+	}
+	return fixed
+}
+
+// sameProc says whether two entries tell the same state.
+func sameProc(a, b *task.Process) bool {
+	return a.Pid == b.Pid && a.Status == b.Status && a.ExitStatus == b.ExitStatus
+}
+
+// touch records a change of container id's entry; c.mu is held.
+func (c *taskCache) touch(id string) {
+	c.seq++
+	if c.changed == nil {
+		c.changed = map[string]uint64{}
+	}
+	c.changed[id] = c.seq
 }
 
 // snapshot returns a copy of the tasks by container ID, or false when the
@@ -90,6 +163,7 @@ func (c *taskCache) set(id string, pid uint32, s task.Status, exit uint32, at ti
 		return // its deletion was seen already
 	}
 	c.procs[id] = newProc(id, pid, s, exit, at)
+	c.touch(id)
 }
 
 func newProc(id string, pid uint32, s task.Status, exit uint32, at time.Time) *task.Process {
@@ -107,6 +181,7 @@ func (c *taskCache) remove(id string, pid uint32) {
 	defer c.mu.Unlock()
 	if old := c.procs[id]; old != nil && (pid == 0 || old.Pid == pid) {
 		delete(c.procs, id)
+		c.touch(id)
 	}
 }
 
@@ -123,6 +198,7 @@ func (c *taskCache) pause(id string, paused bool) {
 		s = task.Status_PAUSED
 	}
 	c.procs[id] = newProc(id, old.Pid, s, 0, time.Time{})
+	c.touch(id)
 }
 
 // apply updates the cache from one containerd task event; it reports

@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"fmt"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -73,6 +74,58 @@ func TestTaskCacheReplaysEventsOverItsSnapshot(t *testing.T) {
 	c.drop()
 	if _, live := c.snapshot(); live {
 		t.Fatal("cache live after its stream ended")
+	}
+}
+
+// A correction from a fresh listing repairs what the events missed, but
+// keeps what changed while the listing was taken.
+func TestTaskCacheCorrection(t *testing.T) {
+	var c taskCache
+	if fixed := c.correct([]*task.Process{{ID: "a", Pid: 1}}, c.mark()); fixed != nil {
+		t.Fatalf("a cache that is not live was corrected: %v", fixed)
+	}
+	c.reset([]*task.Process{
+		{ID: "a", Pid: 10, Status: task.Status_RUNNING},
+		{ID: "b", Pid: 20, Status: task.Status_RUNNING},
+		{ID: "c", Pid: 30, Status: task.Status_RUNNING},
+		{ID: "f", Pid: 60, Status: task.Status_RUNNING},
+	})
+	c.apply(&apievents.TaskPaused{ContainerID: "f"})
+	since := c.mark()
+	// While the listing is taken, d starts and f resumes.
+	c.set("d", 40, task.Status_RUNNING, 0, time.Time{})
+	c.apply(&apievents.TaskResumed{ContainerID: "f"})
+	fixed := c.correct([]*task.Process{
+		{ID: "a", Pid: 10, Status: task.Status_STOPPED, ExitStatus: 3}, // its exit was missed
+		// b's deletion was missed
+		{ID: "c", Pid: 30, Status: task.Status_RUNNING},
+		// d is not listed yet
+		{ID: "e", Pid: 50, Status: task.Status_RUNNING}, // its start was missed
+		{ID: "f", Pid: 60, Status: task.Status_PAUSED},
+	}, since)
+	slices.Sort(fixed)
+	if fmt.Sprint(fixed) != "[a b e]" {
+		t.Errorf("corrected %v, want [a b e]", fixed)
+	}
+	// Events queued before the listing come after it.
+	c.apply(&apievents.TaskStart{ContainerID: "a", Pid: 10})
+	c.apply(&apievents.TaskCreate{ContainerID: "e", Pid: 50})
+	got, _ := c.snapshot()
+	want := map[string]string{"a": "10 STOPPED 3", "c": "30 RUNNING 0", "d": "40 RUNNING 0",
+		"e": "50 RUNNING 0", "f": "60 RUNNING 0"}
+	if len(got) != len(want) {
+		t.Fatalf("cache holds %d tasks, want %d: %v", len(got), len(want), got)
+	}
+	for id, w := range want {
+		if p := got[id]; p == nil || fmt.Sprint(p.Pid, " ", p.Status, " ", p.ExitStatus) != w {
+			t.Errorf("task %s = %v, want %s", id, p, w)
+		}
+	}
+	// A second correction with a newer listing moves d and f too.
+	if fixed := c.correct([]*task.Process{{ID: "a", Pid: 10, Status: task.Status_STOPPED, ExitStatus: 3},
+		{ID: "c", Pid: 30, Status: task.Status_RUNNING}, {ID: "e", Pid: 50, Status: task.Status_RUNNING},
+		{ID: "f", Pid: 60, Status: task.Status_STOPPED, ExitStatus: 1}}, c.mark()); fmt.Sprint(len(fixed)) != "2" {
+		t.Errorf("second correction changed %v, want d and f", fixed)
 	}
 }
 

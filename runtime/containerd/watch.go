@@ -12,6 +12,7 @@ import (
 	ctrevents "github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
@@ -24,12 +25,17 @@ func (r *Runtime) watch(ctx context.Context) {
 		Name: "containerd", Where: []any{"address", r.opts.Address}, Log: r.log, Pub: r.pub,
 		Connect: func(ctx, sub context.Context) (func() error, error) {
 			r.tasks.drop()
-			filters := make([]string, 0, len(taskTopics))
+			filters := make([]string, 0, len(taskTopics)+1)
 			for _, topic := range taskTopics {
 				filters = append(filters, fmt.Sprintf(`topic==%q,namespace==%q`, topic, r.opts.Namespace))
 			}
-			envC, errC := r.client.Subscribe(sub, filters...)
-			if err := r.reconcile(ctx); err != nil {
+			filters = append(filters, fmt.Sprintf(`topic==%q,namespace==%q`, syncTopic, r.opts.Namespace))
+			subscribe := r.client.Subscribe
+			if r.opts.subscribe != nil {
+				subscribe = r.opts.subscribe
+			}
+			envC, errC := subscribe(sub, filters...)
+			if _, err := r.resync(ctx, nil); err != nil {
 				return nil, err
 			}
 			r.dropStartLeases(ctx)
@@ -46,8 +52,44 @@ func (r *Runtime) watch(ctx context.Context) {
 var taskTopics = []string{"/tasks/exit", "/tasks/oom", "/tasks/create", "/tasks/start",
 	"/tasks/delete", "/tasks/paused", "/tasks/resumed"}
 
-// follow handles exit events until the subscription fails.
+// syncTopic carries the marker the watcher publishes in its namespace until
+// its subscription delivers an event (see follow).
+const syncTopic = "/host-agent/sync"
+
+const (
+	// syncRetry is how often the marker is published again, and a failed
+	// resync tried again.
+	syncRetry = time.Second
+	// syncTries bounds the markers published for one subscription; past
+	// it, the periodic resync alone catches what the stream missed.
+	syncTries = 30
+)
+
+// follow handles the events until the subscription fails.
+//
+// containerd's Subscribe returns before containerd has registered the
+// subscription, so the snapshot the watcher took after subscribing may be
+// older than the first event the stream delivers: a task that exits in
+// between is in neither. Only an event proves the registration; until one
+// arrives, follow publishes a marker on syncTopic, and on the first event
+// it resyncs, which catches whatever fell into the gap. After that it
+// resyncs every ResyncInterval, for events that are lost all the same (a
+// shim gives up publishing an event that containerd did not take in time).
 func (r *Runtime) follow(ctx context.Context, envC <-chan *ctrevents.Envelope, errC <-chan error) error {
+	retry := time.NewTicker(syncRetry)
+	defer retry.Stop()
+	periodic := time.NewTicker(r.opts.ResyncInterval)
+	defer periodic.Stop()
+	confirmed, due, tries := false, false, 1
+	r.publishSync(ctx)
+	gone := map[string]bool{}
+	resync := func() {
+		var err error
+		if gone, err = r.resync(ctx, gone); err != nil {
+			r.log.Warn("resync with containerd; retrying", "error", err)
+		}
+		due = err != nil
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -57,53 +99,104 @@ func (r *Runtime) follow(ctx context.Context, envC <-chan *ctrevents.Envelope, e
 				err = fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
 			}
 			return convertErr(err)
+		case <-retry.C:
+			switch {
+			case confirmed:
+			case tries < syncTries:
+				tries++
+				r.publishSync(ctx)
+			case tries == syncTries:
+				tries++
+				r.log.Warn("containerd's event stream delivered nothing yet; relying on the periodic resync", "interval", r.opts.ResyncInterval)
+			}
+			if due {
+				resync()
+			}
+		case <-periodic.C:
+			resync()
 		case env := <-envC:
 			if env == nil {
 				continue
 			}
-			ev, err := typeurl.UnmarshalAny(env.Event)
-			if err != nil {
-				r.log.Warn("undecodable containerd event", "topic", env.Topic, "error", err)
-				continue
+			if env.Topic != syncTopic {
+				r.handleEvent(ctx, env)
 			}
-			r.tasks.apply(ev)
-			if oom, ok := ev.(*apievents.TaskOOM); ok {
-				r.recordOOM(ctx, oom.ContainerID)
-				continue
+			if !confirmed {
+				confirmed = true
+				resync()
 			}
-			exit, ok := ev.(*apievents.TaskExit)
-			// Only the init process's exit ends an instance.
-			if !ok || (exit.ID != "" && exit.ID != exit.ContainerID) {
-				continue
-			}
-			var at time.Time
-			if exit.ExitedAt != nil {
-				at = exit.ExitedAt.AsTime()
-			}
-			r.recordExit(ctx, exit.ContainerID, int(exit.ExitStatus), at)
 		}
 	}
 }
 
-// reconcile reports every exit the agent has not recorded yet: stopped
-// tasks, and started instances whose task is gone. containerd removes a task
-// that exited while containerd itself was down when it starts again, and its
-// exit code with it; such an exit is reported with its code unknown rather
-// than not at all.
-func (r *Runtime) reconcile(ctx context.Context) error {
+// publishSync publishes the marker that tells follow its subscription is
+// registered. A failure only delays that: the marker is published again.
+func (r *Runtime) publishSync(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, syncRetry)
+	defer cancel()
+	if err := r.client.EventService().Publish(ctx, syncTopic, &emptypb.Empty{}); err != nil {
+		r.log.Debug("publish event stream marker", "error", err)
+	}
+}
+
+// handleEvent applies one task event to the cache and reports the exits
+// and OOM kills it tells.
+func (r *Runtime) handleEvent(ctx context.Context, env *ctrevents.Envelope) {
+	ev, err := typeurl.UnmarshalAny(env.Event)
+	if err != nil {
+		r.log.Warn("undecodable containerd event", "topic", env.Topic, "error", err)
+		return
+	}
+	r.tasks.apply(ev)
+	if oom, ok := ev.(*apievents.TaskOOM); ok {
+		r.recordOOM(ctx, oom.ContainerID)
+		return
+	}
+	exit, ok := ev.(*apievents.TaskExit)
+	// Only the init process's exit ends an instance.
+	if !ok || (exit.ID != "" && exit.ID != exit.ContainerID) {
+		return
+	}
+	var at time.Time
+	if exit.ExitedAt != nil {
+		at = exit.ExitedAt.AsTime()
+	}
+	r.recordExit(ctx, exit.ContainerID, int(exit.ExitStatus), at)
+}
+
+// resync lists the containers and tasks from containerd, not from the
+// cache, brings the task cache in line (resetting it when it is not live,
+// correcting it otherwise), and reports every exit the agent has not
+// recorded yet: stopped tasks, and started instances whose task is gone.
+// containerd removes a task that exited while containerd itself was down
+// when it starts again, and its exit code with it; such an exit is reported
+// with its code unknown rather than not at all.
+//
+// While the event stream is up (gone not nil), no event is applied during
+// a resync, and an exit the agent caused itself may still be queued with
+// its code: a started instance whose task is gone is then reported only
+// when its task was gone at the previous resync already. The instances
+// whose task is gone are returned for the next resync.
+func (r *Runtime) resync(ctx context.Context, gone map[string]bool) (map[string]bool, error) {
+	since := r.tasks.mark()
 	infos, err := r.client.ContainerService().List(ctx, rentalFilter)
 	if err != nil {
-		return convertErr(err)
+		return gone, convertErr(err)
 	}
 	resp, err := r.client.TaskService().List(ctx, &tasksapi.ListTasksRequest{})
 	if err != nil {
-		return convertErr(err)
+		return gone, convertErr(err)
 	}
 	procs := map[string]*task.Process{}
 	for _, p := range resp.Tasks {
 		procs[taskContainerID(p)] = p
 	}
-	r.tasks.reset(resp.Tasks)
+	if gone == nil {
+		r.tasks.reset(resp.Tasks)
+	} else if fixed := r.tasks.correct(resp.Tasks, since); len(fixed) > 0 {
+		r.log.Info("task cache corrected from containerd", "containers", fixed)
+	}
+	nowGone := map[string]bool{}
 	for _, info := range infos {
 		if info.Labels[runtime.LabelExitCode] != "" {
 			continue
@@ -117,10 +210,14 @@ func (r *Runtime) reconcile(ctx context.Context) error {
 			}
 			r.recordExit(ctx, info.ID, int(p.ExitStatus), at)
 		case p == nil && info.Labels[runtime.LabelStartedAt] != "":
+			if gone != nil && !gone[info.ID] {
+				nowGone[info.ID] = true
+				continue
+			}
 			r.recordExit(ctx, info.ID, exitCodeUnknown, time.Time{})
 		}
 	}
-	return nil
+	return nowGone, nil
 }
 
 // exitCodeUnknown stands for an exit whose code containerd no longer knows.

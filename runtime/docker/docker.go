@@ -19,6 +19,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	rentalnet "github.com/host-agent/host-agent/runtime/network"
 )
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -90,7 +91,8 @@ type Runtime struct {
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
-	rulesMu sync.Mutex
+	// rules owns the network's iptables rules; nil without a network.
+	rules *rentalnet.Rules
 
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -149,6 +151,11 @@ func New(opts Options) (*Runtime, error) {
 
 		raise: runtime.NewRaiseProbe(),
 	}
+	if opts.Network != nil {
+		if r.rules, err = opts.Network.newRules(r.log); err != nil {
+			return nil, fmt.Errorf("docker network: %w", err)
+		}
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Go(func() { r.watch(r.ctx) })
 	return r, nil
@@ -204,7 +211,9 @@ func convertErr(err error) error {
 	if client.IsErrConnectionFailed(err) {
 		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
-	return err
+	// runc refusing a limit it cannot raise: the host cannot run the
+	// request (409 naming the limit), not an internal error.
+	return runtime.RlimitRefused(err)
 }
 
 func notFound(id string) error {

@@ -1,15 +1,13 @@
 package docker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/netip"
 	"os"
-	"os/exec"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -58,8 +56,6 @@ type NetworkOptions struct {
 	PublicIP string
 }
 
-var chainPrefixRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,15}$`)
-
 func (o *NetworkOptions) validate() error {
 	var problems []string
 	if o.Name == "" {
@@ -71,7 +67,7 @@ func (o *NetworkOptions) validate() error {
 	if !o.Subnet.IsValid() || !o.Subnet.Addr().Is4() || o.Subnet.Bits() > 29 || o.Subnet.Bits() < 8 {
 		problems = append(problems, fmt.Sprintf("subnet %s: want IPv4 between /8 and /29", o.Subnet))
 	}
-	if !chainPrefixRE.MatchString(o.ChainPrefix) {
+	if !rentalnet.ValidChainPrefix(o.ChainPrefix) {
 		problems = append(problems, fmt.Sprintf("chain prefix %q", o.ChainPrefix))
 	}
 	for _, a := range o.HostAddrs {
@@ -118,19 +114,45 @@ func (o *NetworkOptions) filterRules() []string {
 	return r
 }
 
-func restoreInput(chains, rules []string) []byte {
-	var b bytes.Buffer
-	b.WriteString("*filter\n")
-	for _, c := range chains {
-		// With --noflush, declaring a chain creates or flushes it.
-		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+// ruleSet is the Docker network's rule set: its chains, jumped to from the
+// top of DOCKER-USER and INPUT.
+func (o *NetworkOptions) ruleSet() rentalnet.RuleSet {
+	var fwd, in []string
+	for _, r := range o.filterRules() {
+		if strings.HasPrefix(r, "-A "+o.forwardChain()+" ") {
+			fwd = append(fwd, r)
+		} else {
+			in = append(in, r)
+		}
 	}
-	for _, r := range rules {
-		b.WriteString(r + "\n")
+	return rentalnet.RuleSet{
+		Chains: []rentalnet.Chain{
+			{Table: "filter", Name: o.forwardChain(), Rules: fwd},
+			{Table: "filter", Name: o.inputChain(), Rules: in},
+		},
+		Jumps: []rentalnet.Jump{
+			{Table: "filter", From: dockerUserChain, To: o.forwardChain()},
+			{Table: "filter", From: "INPUT", To: o.inputChain()},
+		},
 	}
-	b.WriteString("COMMIT\n")
-	return b.Bytes()
 }
+
+// newRules is the owner of the network's rules; the connections it cuts
+// after a repair are those filterRules refuse.
+func (o *NetworkOptions) newRules(logger *slog.Logger) (*rentalnet.Rules, error) {
+	return rentalnet.NewRules(rentalnet.RulesOptions{
+		Name:   "docker",
+		Set:    o.ruleSet(),
+		Bridge: o.Bridge,
+		Egress: &rentalnet.EgressPolicy{Subnet: o.Subnet, Blocked: o.BlockedEgress, Allowed: o.AllowedEgress},
+		Logger: logger,
+	})
+}
+
+// NetworkRules is the owner of the rentals' iptables rules, nil without a
+// network: run its Run loop for as long as the agent serves (the daemon's
+// network events and reconnections trigger it too).
+func (r *Runtime) NetworkRules() *rentalnet.Rules { return r.rules }
 
 // IsolationAvailable reports why rentals on Docker cannot be isolated by the
 // agent's rules here: nil when the DOCKER-USER chain exists, which a dockerd
@@ -146,59 +168,16 @@ func IsolationAvailable() error {
 	return nil
 }
 
-// ensureRules writes the agent's chains whole and puts the jumps to them
-// first in DOCKER-USER and INPUT. Idempotent; run before each start, so
-// that a dockerd restarted since (it re-inserts its own jumps) does not
-// get ahead of the isolation.
+// ensureRules writes what differs of the agent's chains and the jumps to
+// them, first in DOCKER-USER and INPUT. Run before each start, so that a
+// dockerd restarted since (it re-inserts its own jumps) does not get ahead
+// of the isolation; the rules' Run loop keeps them in between.
 func (r *Runtime) ensureRules(ctx context.Context) error {
-	o := r.opts.Network
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
 	if err := IsolationAvailable(); err != nil {
 		return err
 	}
-	r.rulesMu.Lock()
-	defer r.rulesMu.Unlock()
-	cmd := exec.CommandContext(ctx, "iptables-restore", "-w", "5", "--noflush")
-	cmd.Stdin = bytes.NewReader(restoreInput([]string{o.forwardChain(), o.inputChain()}, o.filterRules()))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("iptables-restore: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	for _, j := range [][2]string{{dockerUserChain, o.forwardChain()}, {"INPUT", o.inputChain()}} {
-		if err := ensureFirstJump(ipt, j[0], j[1]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func ensureFirstJump(ipt *iptables.IPTables, chain, target string) error {
-	rules, err := ipt.List("filter", chain)
-	if err != nil {
-		return fmt.Errorf("list %s: %w", chain, err)
-	}
-	want := fmt.Sprintf("-A %s -j %s", chain, target)
-	count := 0
-	for _, l := range rules {
-		if l == want {
-			count++
-		}
-	}
-	// rules[0] is the policy or chain declaration.
-	if count == 1 && len(rules) > 1 && rules[1] == want {
-		return nil
-	}
-	for range count {
-		if err := ipt.Delete("filter", chain, "-j", target); err != nil {
-			return fmt.Errorf("delete jump %s -> %s: %w", chain, target, err)
-		}
-	}
-	if err := ipt.Insert("filter", chain, 1, "-j", target); err != nil {
-		return fmt.Errorf("insert jump %s -> %s: %w", chain, target, err)
-	}
-	return nil
+	_, err := r.rules.Ensure(ctx)
+	return err
 }
 
 // RemoveNetwork deletes the agent's chains and the jumps to them, and the
@@ -213,28 +192,8 @@ func (r *Runtime) RemoveNetwork(ctx context.Context) error {
 	if _, err := r.client.NetworkRemove(ctx, o.Name, client.NetworkRemoveOptions{}); err != nil && !errdefs.IsNotFound(err) {
 		errs = append(errs, "remove docker network: "+err.Error())
 	}
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	r.rulesMu.Lock()
-	defer r.rulesMu.Unlock()
-	for _, j := range [][2]string{{dockerUserChain, o.forwardChain()}, {"INPUT", o.inputChain()}} {
-		for {
-			ok, err := ipt.Exists("filter", j[0], "-j", j[1])
-			if err != nil || !ok {
-				break
-			}
-			if err := ipt.Delete("filter", j[0], "-j", j[1]); err != nil {
-				errs = append(errs, err.Error())
-				break
-			}
-		}
-		if ok, _ := ipt.ChainExists("filter", j[1]); ok {
-			if err := ipt.ClearAndDeleteChain("filter", j[1]); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
+	if err := r.rules.Remove(ctx); err != nil {
+		errs = append(errs, err.Error())
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("remove rentals' network: %s", strings.Join(errs, "; "))

@@ -17,6 +17,15 @@ import (
 // probeTimeout bounds the memlock probe.
 const probeTimeout = 30 * time.Second
 
+// grantable refuses a limit above the agent's own where the daemon cannot
+// raise limits (runtime.CheckUlimitsGrantable), asking the daemon once,
+// with the rental's image, when the agent's capabilities do not tell.
+func (r *Runtime) grantable(ctx context.Context, ref string, spec runtime.InstanceSpec) error {
+	return runtime.CheckUlimitsGrantable(spec.Ulimits, func() (bool, bool) {
+		return r.raise.Ask(r.log, "daemon", func() (bool, error) { return r.probeRaise(ctx, ref) })
+	})
+}
+
 // ulimits returns the limits a spec gets: its own, and the GPU defaults
 // where the daemon allows raising them.
 func (r *Runtime) ulimits(ctx context.Context, ref string, spec runtime.InstanceSpec) map[string]int64 {

@@ -97,6 +97,11 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
 	}
+	// The daemon's probe needs an image: after the pull, before anything
+	// of the rental's is made.
+	if err := r.grantable(ctx, ref, spec); err != nil {
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
+	}
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
 	gpus, err := r.gpuRequest(ctx, spec.GPUs)
 	if err != nil {

@@ -17,23 +17,33 @@ import (
 )
 
 // watch follows the rentals' exits ("die" events) for as long as ctx
-// lives (runtime.Watch).
+// lives (runtime.Watch), and with a network, the daemon's network events,
+// after which (and after each reconnection: a restarted dockerd re-inserts
+// its jumps) the agent's rules are checked at once.
 func (r *Runtime) watch(ctx context.Context) {
 	runtime.Watch(ctx, runtime.Watcher{
 		Name: "docker", Where: []any{"host", r.opts.Host}, Log: r.log, Pub: r.pub,
 		Connect: func(ctx, sub context.Context) (func() error, error) {
 			filters := r.rentalFilter().Add("type", "container").Add("event", "die")
 			stream := r.client.Events(sub, client.EventsListOptions{Filters: filters})
+			var nets client.EventsResult
+			if r.rules != nil {
+				nets = r.client.Events(sub, client.EventsListOptions{Filters: make(client.Filters).Add("type", "network")})
+			}
 			if err := r.reconcile(ctx); err != nil {
 				return nil, err
 			}
-			return func() error { return r.follow(ctx, stream) }, nil
+			if r.rules != nil {
+				r.rules.Trigger()
+			}
+			return func() error { return r.follow(ctx, stream, nets) }, nil
 		},
 	})
 }
 
-// follow handles die events until the stream fails.
-func (r *Runtime) follow(ctx context.Context, stream client.EventsResult) error {
+// follow handles die events, and network events (nil channels without a
+// network), until a stream fails.
+func (r *Runtime) follow(ctx context.Context, stream, nets client.EventsResult) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -43,6 +53,13 @@ func (r *Runtime) follow(ctx context.Context, stream client.EventsResult) error 
 				err = fmt.Errorf("event stream closed: %w", errdefs.ErrUnavailable)
 			}
 			return convertErr(err)
+		case err, ok := <-nets.Err:
+			if !ok || err == nil || errors.Is(err, io.EOF) {
+				err = fmt.Errorf("network event stream closed: %w", errdefs.ErrUnavailable)
+			}
+			return convertErr(err)
+		case <-nets.Messages:
+			r.rules.Trigger()
 		case msg := <-stream.Messages:
 			if msg.Actor.ID == "" {
 				continue

@@ -2,11 +2,8 @@ package network
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
-
-	"github.com/coreos/go-iptables/iptables"
 )
 
 // Status is what the host report and /host show of the rentals' network.
@@ -28,8 +25,8 @@ func (n *Network) Status() Status {
 
 // Check says why rentals cannot be given a network now, for readiness:
 // a plugin or tool missing (removed since the start), or the agent's
-// chains or the jumps to them gone (flushed by an operator or a firewall
-// reload). Init or the next Setup writes the rules again.
+// rules differing from what the agent wrote (flushed or reordered by an
+// operator, a firewall reload or another tool) until Rules.Run repairs them.
 func (n *Network) Check(ctx context.Context) error {
 	if err := FindPlugins(n.cfg.PluginDirs); err != nil {
 		return err
@@ -39,20 +36,5 @@ func (n *Network) Check(ctx context.Context) error {
 			return fmt.Errorf("%s not found", tool)
 		}
 	}
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	var errs []error
-	for _, j := range []struct{ table, chain, target string }{
-		{"filter", "FORWARD", n.forwardChain()},
-		{"filter", "INPUT", n.inputChain()},
-		{"nat", "POSTROUTING", n.postroutingChain()},
-	} {
-		ok, err := ipt.Exists(j.table, j.chain, "-j", j.target)
-		if err != nil || !ok {
-			errs = append(errs, fmt.Errorf("the jump from %s %s to %s is missing", j.table, j.chain, j.target))
-		}
-	}
-	return errors.Join(errs...)
+	return n.rules.Check(ctx)
 }

@@ -2,7 +2,9 @@
 // CNI bridge, publishes its ports through CNI's portmap plugin, and walls
 // tenants off from each other, from the host and from the provider's LAN
 // with the agent's own iptables chains. It also writes the rental's
-// resolv.conf, hosts and hostname files.
+// resolv.conf, hosts and hostname files. Rules owns iptables rule sets,
+// this network's and the Docker back end's: it keeps them as written,
+// repairing what a flush, a firewall reload or another tool changes.
 //
 // The lifecycle layer imports it: Setup after an instance's ports are
 // reserved and recorded, Teardown before they are released, Sweep when the
@@ -87,9 +89,19 @@ type Config struct {
 	ResolvConf string
 	// Logger receives what cleanup could not do.
 	Logger *slog.Logger
+	// ReadOnlyRules says the bridge and the chains belong to an agent that
+	// runs already (the self-test beside it): Init and Setup never write
+	// the chains, move the jumps to them or create the bridge; they check
+	// them instead (CheckRules) and fail when they are not as configured.
+	ReadOnlyRules bool
 }
 
 var chainPrefixRE = regexp.MustCompile(`^[A-Z][A-Z0-9_-]{0,15}$`)
+
+// ValidChainPrefix says whether p may start the names of the agent's
+// chains (on either back end): upper-case letters, digits, '_' and '-',
+// at most 16, so that every chain name stays within iptables' limit.
+func ValidChainPrefix(p string) bool { return chainPrefixRE.MatchString(p) }
 
 func (c *Config) setDefaults() error {
 	if !c.Subnet.IsValid() {
@@ -138,7 +150,7 @@ func (c *Config) setDefaults() error {
 	if len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/ \t\n") {
 		errs = append(errs, fmt.Errorf("bridge name %q: at most 15 bytes, no slashes or spaces", c.Bridge))
 	}
-	if !chainPrefixRE.MatchString(c.ChainPrefix) {
+	if !ValidChainPrefix(c.ChainPrefix) {
 		errs = append(errs, fmt.Errorf("chain prefix %q: upper-case letters, digits, '_' and '-', at most 16", c.ChainPrefix))
 	}
 	for _, p := range slices.Concat(c.BlockedEgress, c.AllowedEgress) {

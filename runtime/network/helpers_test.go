@@ -66,6 +66,13 @@ func newTestNet(t *testing.T, subnet string, mod func(*Config)) *testNet {
 	t.Helper()
 	requireRoot(t)
 	testenv.LockHostNetwork(t)
+	return anotherTestNet(t, subnet, mod)
+}
+
+// anotherTestNet is newTestNet for a test that holds the host's network
+// already: a second agent's network.
+func anotherTestNet(t *testing.T, subnet string, mod func(*Config)) *testNet {
+	t.Helper()
 	tag := randHex(3)
 	state := t.TempDir()
 	cfg := Config{

@@ -28,8 +28,8 @@ type Network struct {
 	dns    []netip.Addr
 	search []string
 
-	mu           sync.Mutex // held for every CNI operation and rule change
-	rulesWritten bool
+	mu    sync.Mutex // held for every CNI operation and rule change
+	rules *Rules
 }
 
 // Attachment is an instance's place on the network.
@@ -70,11 +70,26 @@ func New(cfg Config) (*Network, error) {
 		return nil, err
 	}
 	n := &Network{cfg: cfg, dns: cfg.DNS}
+	var err error
 	if len(n.dns) == 0 {
-		var err error
 		if n.dns, n.search, err = hostResolvers(cfg.ResolvConf); err != nil {
 			return nil, err
 		}
+	}
+	n.rules, err = NewRules(RulesOptions{
+		Name:   "cni",
+		Set:    n.ruleSet(),
+		Bridge: cfg.Bridge,
+		Egress: &EgressPolicy{
+			Subnet: cfg.Subnet, Blocked: cfg.BlockedEgress, Allowed: cfg.AllowedEgress, DNS: n.dns,
+		},
+		// Repairs wait for a CNI call in flight: plugins racing on
+		// iptables fail.
+		Lock:   n.lock,
+		Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
 	}
 	conf, err := n.confList()
 	if err != nil {
@@ -109,7 +124,6 @@ func (n *Network) Init(ctx context.Context) error {
 	if err := n.ensureBridge(); err != nil {
 		return err
 	}
-	n.rulesWritten = false
 	return n.ensureRules(ctx)
 }
 
@@ -153,10 +167,16 @@ func (n *Network) ensureBridge() error {
 		if !errors.As(err, &nf) {
 			return fmt.Errorf("look up bridge %s: %w", n.cfg.Bridge, err)
 		}
+		if n.cfg.ReadOnlyRules {
+			return fmt.Errorf("the agent's bridge %s is missing: start the agent, which creates it", n.cfg.Bridge)
+		}
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.cfg.Bridge}}
 		if err := netlink.LinkAdd(br); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("create bridge %s: %w", n.cfg.Bridge, err)
 		}
+	}
+	if n.cfg.ReadOnlyRules {
+		return nil
 	}
 	return n.bridgeSysctls()
 }

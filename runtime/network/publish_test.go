@@ -148,7 +148,6 @@ func TestSetupRewritesRemovedRules(t *testing.T) {
 	tn := newTestNet(t, "10.215.73.0/24", nil)
 	ctx := context.Background()
 	must(t, tn.net.RemoveRules(ctx))
-	tn.net.rulesWritten = true // as if written at start, then removed behind the agent's back
 	if _, err := tn.net.Setup(ctx, "after-flush", nil, ""); err != nil {
 		t.Fatalf("Setup after the rules were removed: %v", err)
 	}

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os/exec"
 	"strings"
-
-	"github.com/coreos/go-iptables/iptables"
 )
 
 // The agent's own chains. They are rewritten whole, atomically per table,
@@ -64,18 +62,32 @@ func (n *Network) natRules() []string {
 	return []string{fmt.Sprintf("-A %s -s %s ! -o %s -j MASQUERADE", n.postroutingChain(), n.cfg.Subnet, n.cfg.Bridge)}
 }
 
-func restoreInput(table string, chains, rules []string) []byte {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "*%s\n", table)
-	for _, c := range chains {
-		// With --noflush, declaring a chain creates or flushes it.
-		fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+// ruleSet is the CNI network's rule set: its chains, jumped to from the
+// top of INPUT, FORWARD and POSTROUTING.
+func (n *Network) ruleSet() RuleSet {
+	return RuleSet{
+		Chains: []Chain{
+			{Table: "filter", Name: n.forwardChain(), Rules: n.chainRules(n.forwardChain())},
+			{Table: "filter", Name: n.inputChain(), Rules: n.chainRules(n.inputChain())},
+			{Table: "nat", Name: n.postroutingChain(), Rules: n.natRules()},
+		},
+		Jumps: []Jump{
+			{Table: "filter", From: "FORWARD", To: n.forwardChain()},
+			{Table: "filter", From: "INPUT", To: n.inputChain()},
+			{Table: "nat", From: "POSTROUTING", To: n.postroutingChain()},
+		},
 	}
-	for _, r := range rules {
-		b.WriteString(r + "\n")
+}
+
+// chainRules are filterRules' rules of one chain.
+func (n *Network) chainRules(chain string) []string {
+	var out []string
+	for _, r := range n.filterRules() {
+		if strings.HasPrefix(r, "-A "+chain+" ") {
+			out = append(out, r)
+		}
 	}
-	b.WriteString("COMMIT\n")
-	return b.Bytes()
+	return out
 }
 
 func iptablesRestore(ctx context.Context, input []byte) error {
@@ -88,74 +100,33 @@ func iptablesRestore(ctx context.Context, input []byte) error {
 	return nil
 }
 
-// ensureRules writes the agent's chains and puts the jumps to them first in
-// INPUT, FORWARD and POSTROUTING. Idempotent; run at start and before each
-// setup, so that software that inserted its own jumps above ours since
-// (Docker does at its start) does not get ahead of the isolation.
+// ensureRules writes what differs of the agent's chains and the jumps to
+// them, first in INPUT, FORWARD and POSTROUTING. Run at start and before
+// each setup, so that software that inserted its own jumps above ours
+// since (Docker does at its start) does not get ahead of the isolation;
+// Rules.Run keeps them in between.
 func (n *Network) ensureRules(ctx context.Context) error {
-	if !n.rulesWritten {
-		if err := iptablesRestore(ctx, restoreInput("filter", []string{n.forwardChain(), n.inputChain()}, n.filterRules())); err != nil {
-			return err
-		}
-		if err := iptablesRestore(ctx, restoreInput("nat", []string{n.postroutingChain()}, n.natRules())); err != nil {
-			return err
-		}
-		n.rulesWritten = true
+	if n.cfg.ReadOnlyRules {
+		return n.CheckRules(ctx)
 	}
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	for _, j := range []struct{ table, chain, target string }{
-		{"filter", "FORWARD", n.forwardChain()},
-		{"filter", "INPUT", n.inputChain()},
-		{"nat", "POSTROUTING", n.postroutingChain()},
-	} {
-		if err := ensureFirstJump(ipt, j.table, j.chain, j.target); err != nil {
-			if n.rulesWritten {
-				// The chain was deleted by someone else since it was
-				// written: write it again, once.
-				n.rulesWritten = false
-				return n.ensureRules(ctx)
-			}
-			return err
-		}
-	}
-	return nil
+	_, err := n.rules.Ensure(ctx)
+	return err
 }
 
-func ensureFirstJump(ipt *iptables.IPTables, table, chain, target string) error {
-	rules, err := ipt.List(table, chain)
+// Rules is the owner of the network's iptables rules: run its Run loop for
+// as long as the agent serves.
+func (n *Network) Rules() *Rules { return n.rules }
+
+// CheckRules reads the agent's chains and says how they differ from what
+// the configuration makes of them: a chain or a jump to it missing, a rule
+// missing, or rules that the configuration has not. It writes nothing.
+func (n *Network) CheckRules(ctx context.Context) error {
+	diff, err := n.rules.Diff(ctx)
 	if err != nil {
-		return fmt.Errorf("list %s %s: %w", table, chain, err)
+		return err
 	}
-	want := fmt.Sprintf("-A %s -j %s", chain, target)
-	// rules[0] is the policy line.
-	if len(rules) > 1 && rules[1] == want {
-		count := 0
-		for _, r := range rules {
-			if r == want {
-				count++
-			}
-		}
-		if count == 1 {
-			return nil
-		}
-	}
-	for {
-		exists, err := ipt.Exists(table, chain, "-j", target)
-		if err != nil {
-			return fmt.Errorf("check jump %s %s -> %s: %w", table, chain, target, err)
-		}
-		if !exists {
-			break
-		}
-		if err := ipt.Delete(table, chain, "-j", target); err != nil {
-			return fmt.Errorf("delete jump %s %s -> %s: %w", table, chain, target, err)
-		}
-	}
-	if err := ipt.Insert(table, chain, 1, "-j", target); err != nil {
-		return fmt.Errorf("insert jump %s %s -> %s: %w", table, chain, target, err)
+	if len(diff) > 0 {
+		return fmt.Errorf("the rentals' iptables rules differ from the agent's: %s", strings.Join(diff, "; "))
 	}
 	return nil
 }
@@ -164,35 +135,8 @@ func ensureFirstJump(ipt *iptables.IPTables, table, chain, target string) error 
 // operator does by hand with the commands in the README. Rentals lose their
 // isolation and outbound traffic until the rules are written again.
 func (n *Network) RemoveRules(ctx context.Context) error {
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	n.rulesWritten = false
-	var errs []string
-	for _, j := range []struct{ table, chain, target string }{
-		{"filter", "FORWARD", n.forwardChain()},
-		{"filter", "INPUT", n.inputChain()},
-		{"nat", "POSTROUTING", n.postroutingChain()},
-	} {
-		for {
-			exists, err := ipt.Exists(j.table, j.chain, "-j", j.target)
-			if err != nil || !exists {
-				break
-			}
-			if err := ipt.Delete(j.table, j.chain, "-j", j.target); err != nil {
-				errs = append(errs, err.Error())
-				break
-			}
-		}
-		if ok, _ := ipt.ChainExists(j.table, j.target); ok {
-			if err := ipt.ClearAndDeleteChain(j.table, j.target); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("remove rules: %s", strings.Join(errs, "; "))
+	if err := n.rules.Remove(ctx); err != nil {
+		return fmt.Errorf("remove rules: %w", err)
 	}
 	return nil
 }

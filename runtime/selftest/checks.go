@@ -107,8 +107,43 @@ func RuncCheck(inContainer bool) Check {
 			return fail("reinstall runc", "%s --version: %v", path, err)
 		}
 		first, _, _ := strings.Cut(string(out), "\n")
-		return ok("%s (%s)", path, strings.TrimSpace(first))
+		first = strings.TrimSpace(first)
+		if old := runcBeforeFix(first); old != "" {
+			return warn("check that your distribution's runc package carries the fix for CVE-2024-21626 (Debian 12's 1.1.5+ds1-1+deb12u1 does), or install runc 1.1.12 or later",
+				"%s (%s): runc %s is older than 1.1.12, the release that fixed CVE-2024-21626 (a working directory under /proc/self/fd leaks a host directory); "+
+					"distributions backport the fix without changing the version, and the agent refuses working directories under /proc whatever runc is installed", path, first, old)
+		}
+		return ok("%s (%s)", path, first)
 	}}
+}
+
+// runcBeforeFix returns runc's version from its --version line when it is
+// older than 1.1.12, which fixed CVE-2024-21626; "" when it is that or
+// later, or cannot be read.
+func runcBeforeFix(line string) string {
+	v, ok := strings.CutPrefix(line, "runc version ")
+	if !ok {
+		return ""
+	}
+	v = strings.Fields(v + " ")[0]
+	core, _, _ := strings.Cut(v, "+")
+	core, _, _ = strings.Cut(core, "-")
+	var nums [3]int
+	parts := strings.Split(core, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return ""
+		}
+		nums[i] = n
+	}
+	if nums[0] > 1 || (nums[0] == 1 && (nums[1] > 1 || (nums[1] == 1 && nums[2] >= 12))) {
+		return ""
+	}
+	return v
 }
 
 // RequiredCNIPlugins are the plugins the rentals' networking runs.
@@ -333,14 +368,21 @@ func PortRangeCheck(lo, hi int) Check {
 	}}
 }
 
-// RentalCheck starts a real test rental of image through rt (with one GPU
-// where there are GPUs), checks it ran and saw exactly its GPU, then
-// removes it.
-func RentalCheck(rt runtime.Runtime, image string, gpuCount int) Check {
+// RentalCheck starts a real test rental of image through rt, on the GPU
+// choose picks (see ChooseTestGPU; nil or "": none), checks it ran and saw
+// exactly its GPU, then removes it. The reason choose gives for taking no
+// GPU on a host that has some is added to the check's detail.
+func RentalCheck(rt runtime.Runtime, image string, choose func(context.Context) (uuid, skipped string)) Check {
 	return Check{Name: "test-rental", Run: func(ctx context.Context) Result {
 		spec := runtime.InstanceSpec{Image: image, Command: []string{"ls", "/dev"}}
-		if gpuCount > 0 {
-			spec.GPURequest = runtime.GPURequest{Count: 1}
+		var uuid, skipped string
+		if choose != nil {
+			uuid, skipped = choose(ctx)
+		}
+		gpuCount := 0
+		if uuid != "" {
+			spec.GPURequest = runtime.GPURequest{IDs: []string{uuid}}
+			gpuCount = 1
 		}
 		fix := "see the detail: the image must be pullable (set SELFTEST_IMAGE to an image a registry here serves), runc must work, and containerd must be able to create containers"
 		id, stop, err := startTestRental(ctx, rt, spec)
@@ -365,9 +407,15 @@ func RentalCheck(rt runtime.Runtime, image string, gpuCount int) Check {
 				nvidia = append(nvidia, name)
 			}
 		}
-		if len(nvidia) != min(gpuCount, 1) {
+		if len(nvidia) != gpuCount {
 			return fail("check the CDI spec (cdi-specs above): a rental must see exactly its GPUs",
-				"the test rental saw %d GPU device(s) %v, want %d", len(nvidia), nvidia, min(gpuCount, 1))
+				"the test rental saw %d GPU device(s) %v, want %d", len(nvidia), nvidia, gpuCount)
+		}
+		if uuid != "" {
+			return ok("%s ran in %s and exited 0, seeing %d GPU(s): %s (%s)", image, id, len(nvidia), strings.Join(nvidia, " "), uuid)
+		}
+		if skipped != "" {
+			return ok("%s ran in %s and exited 0 without a GPU; %s", image, id, skipped)
 		}
 		return ok("%s ran in %s and exited 0, seeing %d GPU(s)", image, id, len(nvidia))
 	}}

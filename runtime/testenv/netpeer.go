@@ -205,3 +205,68 @@ func Greeting(t testing.TB, path, proto string, addr netip.Addr, port int) (stri
 	}
 	return "", err
 }
+
+// ServeEcho runs a TCP server in namespace path (the host's when empty) on
+// addr that sends back every line it reads, for connections that must stay
+// open (one cut by the rules shows as an echo that never comes). It
+// returns the port.
+func ServeEcho(t testing.TB, path, addr string) int {
+	t.Helper()
+	var l net.Listener
+	listen := func() {
+		var err error
+		if l, err = net.Listen("tcp4", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if path == "" {
+		listen()
+	} else {
+		InNetNS(t, path, listen)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := c.Write([]byte(line)); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// DialIn opens a TCP connection from namespace path to addr:port.
+func DialIn(t testing.TB, path string, addr netip.Addr, port int) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	InNetNS(t, path, func() {
+		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, uint16(port)).String(), DialTimeout)
+	})
+	return c, err
+}
+
+// Echoes sends a line on c (to a ServeEcho server) and says whether it
+// came back within DialTimeout.
+func Echoes(c net.Conn, line string) bool {
+	_ = c.SetDeadline(time.Now().Add(DialTimeout))
+	if _, err := fmt.Fprintln(c, line); err != nil {
+		return false
+	}
+	got, err := bufio.NewReader(c).ReadString('\n')
+	return err == nil && strings.TrimSpace(got) == line
+}

@@ -126,7 +126,34 @@ type Options struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Now is the clock for timestamps; default time.Now.
 	Now func() time.Time
+	// ObserveHeartbeat, when set, is told the outcome of every round
+	// (registration when due, then the heartbeat) as it ends: one of the
+	// Heartbeat* results, and the time it ended. It runs on Run's
+	// goroutine and must not block; the agent counts rounds with it for
+	// its metrics.
+	ObserveHeartbeat func(result string, at time.Time)
 }
+
+// Heartbeat results as ObserveHeartbeat receives them: a fixed set, one
+// per way a round can end, so that they can label a metric.
+const (
+	HeartbeatOK = "ok"
+	// HeartbeatUnreachable: no answer, or one that says to retry (5xx,
+	// 408, 429).
+	HeartbeatUnreachable = "unreachable"
+	// HeartbeatUnauthorized: the server refused the agent's token (401,
+	// 403).
+	HeartbeatUnauthorized = "unauthorized"
+	// HeartbeatRejected: the server refused the request itself (another
+	// 4xx).
+	HeartbeatRejected = "rejected"
+	// HeartbeatUnknownAgent: the server does not know this agent (404 to
+	// a heartbeat); the agent registers again.
+	HeartbeatUnknownAgent = "unknown_agent"
+)
+
+// HeartbeatResults lists every result ObserveHeartbeat may receive.
+var HeartbeatResults = []string{HeartbeatOK, HeartbeatUnreachable, HeartbeatUnauthorized, HeartbeatRejected, HeartbeatUnknownAgent}
 
 // refuseRedirect keeps the token where API_SERVER_URL says. Go's client
 // follows 307 and 308 by re-sending the body and, to the same host name on

@@ -219,6 +219,22 @@ const (
 	failUnknownAgent         // register again, with backoff
 )
 
+// result names the failure as ObserveHeartbeat receives it.
+func (f failure) result() string {
+	switch f {
+	case failNone:
+		return HeartbeatOK
+	case failAuth:
+		return HeartbeatUnauthorized
+	case failRejected:
+		return HeartbeatRejected
+	case failUnknownAgent:
+		return HeartbeatUnknownAgent
+	default:
+		return HeartbeatUnreachable
+	}
+}
+
 func classify(op string, err error) failure {
 	var ce *callError
 	if !errors.As(err, &ce) || ce.status == 0 {

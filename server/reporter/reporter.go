@@ -110,6 +110,7 @@ func (r *Reporter) round(ctx context.Context, s *session) time.Duration {
 		return r.failed(ctx, s, "heartbeat", err)
 	}
 	r.recovered(s)
+	r.observe(HeartbeatOK)
 	r.reconcile(ctx, snap, resp)
 	if resp.Reregister {
 		s.registered, s.reason = false, ReasonServerRequest
@@ -125,6 +126,7 @@ func (r *Reporter) failed(ctx context.Context, s *session, op string, err error)
 		return 0
 	}
 	kind := classify(op, err)
+	r.observe(kind.result())
 	if s.streak == failNone {
 		s.downSince = r.opts.Now()
 	}
@@ -169,6 +171,13 @@ func (r *Reporter) failed(ctx context.Context, s *session, op string, err error)
 				"failures", s.failures, "retry_in", wait)
 		}
 		return wait
+	}
+}
+
+// observe tells ObserveHeartbeat how a round ended.
+func (r *Reporter) observe(result string) {
+	if r.opts.ObserveHeartbeat != nil {
+		r.opts.ObserveHeartbeat(result, r.opts.Now())
 	}
 }
 
