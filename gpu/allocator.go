@@ -47,8 +47,10 @@ func NewAllocator(inv *Inventory) *Allocator {
 	return a
 }
 
-// Reserve gives instanceID the GPUs req asks for, lowest index first, or
-// fails without reserving anything. Asking again with the same request
+// Reserve gives instanceID the GPUs req asks for, or fails without
+// reserving anything. A count gets the best-connected free set that leaves
+// the best sets for later requests (see place); named GPUs are given as
+// named. Asking again with the same request
 // returns what the instance already holds (even a GPU that has since turned
 // unhealthy: the holder learns that from the gpu.health event), so a retried
 // start is harmless; asking for something else while holding GPUs is a
@@ -87,7 +89,7 @@ func (a *Allocator) Reserve(instanceID string, req Request) ([]Device, error) {
 			return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
 				"requested %s, %d free", plural(req.Count, "GPU"), len(free)))
 		}
-		wanted = free[:req.Count]
+		wanted = a.inv.place(free, req.Count)
 	} else {
 		for _, g := range wanted {
 			if h := a.holder[g.info.UUID]; h != "" {
@@ -174,6 +176,7 @@ func (a *Allocator) Release(instanceID string) {
 		delete(a.holder, g.info.UUID)
 	}
 	delete(a.held, instanceID)
+	a.inv.forgetFaults(instanceID)
 	a.logger.Info("released GPUs", "instance", instanceID, "gpus", uuids(have))
 }
 
@@ -238,6 +241,14 @@ func (a *Allocator) Counts() (free, total int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.freeLocked()), len(a.inv.gpus)
+}
+
+// BestFree says, for sets of 1, 2, 4 and 8 GPUs, whether that many are
+// free and how well connected the best such set is.
+func (a *Allocator) BestFree() []BestFree {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inv.bestFree(a.freeLocked())
 }
 
 // holderOf implements holderLookup.

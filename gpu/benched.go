@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // HealthFileName is the file, under STATE_DIR, that remembers benched GPUs
@@ -17,12 +19,16 @@ const HealthFileName = "gpu-health.json"
 
 // healthFile is the on-disk form of the benched GPUs:
 //
-//	{"benched": {"GPU-5e2c…": {"reason": "xid 79", "since": "2025-01-02T03:04:05Z"}}}
+//	{"benched": {"GPU-5e2c…": {"reason": "xid 79", "since": "2025-01-02T03:04:05Z"}},
+//	 "faults": {"rental-1": [{"gpu": "GPU-5e2c…", "index": 0, "kind": "xid", "xid": 79, …}]}}
 //
 // An operator returns a GPU to service, after resetting or replacing it,
-// by removing its entry (or the file) and restarting the agent.
+// by removing its entry (or the file) and restarting the agent. Faults are
+// the GPU faults of each instance still holding the GPUs, which GET
+// /instances/{id} shows; they are dropped when the instance releases them.
 type healthFile struct {
-	Benched map[string]benchedGPU `json:"benched"`
+	Benched map[string]benchedGPU        `json:"benched"`
+	Faults  map[string][]events.GPUFault `json:"faults,omitempty"`
 }
 
 type benchedGPU struct {
@@ -52,6 +58,7 @@ func (inv *Inventory) RememberHealth(path string) error {
 	inv.mu.Lock()
 	inv.healthPath = path
 	inv.benched = f.Benched
+	inv.faults = f.Faults
 	var restored []*gpuState
 	for uuid, b := range f.Benched {
 		g, ok := inv.byUUID[uuid]
@@ -99,10 +106,23 @@ func (inv *Inventory) rememberLocked(g *gpuState, reason string) {
 		return
 	}
 	inv.benched[g.info.UUID] = benchedGPU{Reason: reason, Since: time.Now().UTC()}
-	if err := writeHealthFile(inv.healthPath, healthFile{Benched: inv.benched}); err != nil {
+	if err := inv.writeHealthLocked(); err != nil {
 		inv.logger.Error("could not record the benched GPU; it will be back in service after a restart",
 			"gpu", g.info.UUID, "file", inv.healthPath, "err", err)
 	}
+}
+
+// writeHealthLocked writes the health file, when one is set; inv.mu is
+// held. A failure is returned and logged.
+func (inv *Inventory) writeHealthLocked() error {
+	if inv.healthPath == "" {
+		return nil
+	}
+	err := writeHealthFile(inv.healthPath, healthFile{Benched: inv.benched, Faults: inv.faults})
+	if err != nil {
+		inv.logger.Error("could not write the GPU health file", "file", inv.healthPath, "err", err)
+	}
+	return err
 }
 
 // writeHealthFile replaces path atomically, mode 0600.

@@ -82,7 +82,21 @@ func TestHandleEvent(t *testing.T) {
 				inv.handleEvent(nvml.EventData{Device: h.Devices[2], EventType: tt.eventType, EventData: tt.data})
 
 				g := inv.GPUs()[2]
-				got := rec.all()
+				var got, faults []events.Event
+				for _, e := range rec.all() {
+					if e.Type == events.TypeInstanceGPUFault {
+						faults = append(faults, e)
+					} else {
+						got = append(got, e)
+					}
+				}
+				// The holder hears of every Xid and double-bit ECC error
+				// on its GPU, benching or not.
+				wantFault := held && tt.eventType != nvml.EventTypeSingleBitEccError
+				if wantFault != (len(faults) == 1) || len(faults) > 1 ||
+					wantFault && (faults[0].InstanceID != holder || faults[0].Fault.Benched != (tt.reason != "")) {
+					t.Errorf("instance.gpu_fault events %+v; want one: %v", faults, wantFault)
+				}
 				if tt.reason == "" {
 					if !g.Healthy || len(got) != 0 {
 						t.Errorf("GPU %+v, events %v; want it healthy and no event", g, got)
@@ -140,9 +154,19 @@ func TestWatchHealth(t *testing.T) {
 
 	h.xid(3, 13) // the application's fault: GPU 3 stays in service
 	h.xid(2, 79) // GPU 2, held by inst-a, fell off the bus
-	h.xid(2, 79) // NVML repeats itself; reported once
+	h.xid(2, 79) // NVML repeats itself; benched once, each told to inst-a
 	h.xid(5, 48) // GPU 5, free, has a double-bit error
-	got := rec.waitFor(t, 2)
+	var got, faults []events.Event
+	for _, e := range rec.waitFor(t, 4) {
+		if e.Type == events.TypeInstanceGPUFault {
+			faults = append(faults, e)
+		} else {
+			got = append(got, e)
+		}
+	}
+	if len(faults) != 2 || faults[0].InstanceID != "inst-a" || faults[1].Fault.Xid != 79 || !faults[1].Fault.Benched {
+		t.Errorf("instance.gpu_fault events = %+v, want two for inst-a", faults)
+	}
 
 	if len(got) != 2 {
 		t.Fatalf("events = %+v, want two", got)

@@ -48,7 +48,10 @@ type GPU struct {
 	PCIeWidthMax      int     `json:"pcie_width_max"`
 	PowerLimitWatts   int     `json:"power_limit_watts"`
 	MIGMode           MIGMode `json:"mig_mode"`
-	Healthy           bool    `json:"healthy"`
+	// NUMANode is the NUMA node the GPU is attached to, -1 where NVML
+	// cannot tell.
+	NUMANode int  `json:"numa_node"`
+	Healthy  bool `json:"healthy"`
 	// UnhealthyReason is why the GPU was taken out of service, e.g. "xid 79"
 	// or "gpu lost"; empty while Healthy.
 	UnhealthyReason string `json:"unhealthy_reason"`
@@ -74,8 +77,13 @@ type Inventory struct {
 
 	driverVersion     string
 	cudaDriverVersion string
+	mock              string      // set once by MarkMock, before use
 	gpus              []*gpuState // ordered by index; immutable after Open
 	byUUID            map[string]*gpuState
+	// links[i][j] is how gpus[i] and gpus[j] are connected, and ranks the
+	// distinct link ranks present, best first; immutable after Open.
+	links [][]pairLink
+	ranks []int
 
 	mu       sync.Mutex
 	pub      events.Publisher // set by WatchHealth
@@ -85,12 +93,16 @@ type Inventory struct {
 	// healthPath and benched are set by RememberHealth.
 	healthPath string
 	benched    map[string]benchedGPU
+	// faults are the GPU faults of each instance holding GPUs, by
+	// instance ID (see reportFault).
+	faults map[string][]events.GPUFault
 }
 
 // gpuState is one GPU's static description, its NVML handle, and its health.
 type gpuState struct {
 	info GPU // Healthy, UnhealthyReason and HeldBy are filled in on copy
 	dev  nvml.Device
+	pos  int // index into Inventory.gpus and links
 
 	// unhealthy is guarded by Inventory.mu. Once set it stays set: the
 	// errors that set it need a GPU reset or service. With RememberHealth
@@ -106,6 +118,7 @@ func (g *gpuState) device() Device {
 // holds a GPU, for GET /gpus and for naming the instance in a health event.
 type holderLookup interface {
 	holderOf(uuid string) string
+	BestFree() []BestFree
 }
 
 // Open enumerates the GPUs through lib, which must not be initialised yet;
@@ -175,6 +188,7 @@ func Open(lib nvml.Interface, logger *slog.Logger) (inv *Inventory, err error) {
 		inv.gpus = append(inv.gpus, g)
 		inv.byUUID[g.info.UUID] = g
 	}
+	inv.readTopology()
 	logger.Info("GPU inventory", "gpus", len(inv.gpus), "driver", inv.driverVersion, "cuda", inv.cudaDriverVersion)
 	return inv, nil
 }
@@ -297,6 +311,13 @@ func memoryFault(p *probe, dev nvml.Device) string {
 	}
 	return ""
 }
+
+// MarkMock records that the inventory is a mock GPU machine's (GPU_MOCK),
+// named name, so that every report of it says so. Call it right after Open.
+func (inv *Inventory) MarkMock(name string) { inv.mock = name }
+
+// Mock is the mock GPU machine the inventory reads, or "" for real GPUs.
+func (inv *Inventory) Mock() string { return inv.mock }
 
 // Available reports whether NVML was loaded; false on a host without the
 // NVIDIA driver, where the inventory is empty.

@@ -167,6 +167,7 @@ func TestInventoryDGXA100(t *testing.T) {
 			PCIeWidthMax:      16,
 			PowerLimitWatts:   400,
 			MIGMode:           MIGDisabled,
+			NUMANode:          -1, // the fake does not say
 			Healthy:           true,
 		}
 		if g != want {
@@ -187,7 +188,7 @@ func TestGPUJSON(t *testing.T) {
 	}
 	want := []string{"index", "uuid", "name", "memory_total_mib", "memory_total_bytes", "pci_bus_id",
 		"minor_number", "compute_capability", "pcie_gen_current", "pcie_gen_max", "pcie_width_current",
-		"pcie_width_max", "power_limit_watts", "mig_mode", "healthy", "unhealthy_reason", "held_by"}
+		"pcie_width_max", "power_limit_watts", "mig_mode", "numa_node", "healthy", "unhealthy_reason", "held_by"}
 	var got []string
 	for k := range m {
 		got = append(got, k)

@@ -56,6 +56,12 @@ type Resources struct {
 	MemoryMB int64
 	Pids     int64
 	ShmMB    int64
+	// CPUSetCPUs and CPUSetMems pin the instance to CPUs and memory nodes
+	// (kernel list syntax, "0-15,32-47"); empty: anywhere. runtime/numa
+	// sets them in Limits. Omitted from Hash when empty, so that the hash
+	// of a spec without them is what it was before they existed.
+	CPUSetCPUs string `json:",omitempty"`
+	CPUSetMems string `json:",omitempty"`
 }
 
 // DefaultPids is the pids limit of an instance that names none: every

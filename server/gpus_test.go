@@ -6,14 +6,17 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
-
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/gpu/gpumock"
 )
 
 func TestListGPUs(t *testing.T) {
 	t.Parallel()
-	inv, err := gpu.Open(dgxa100.New(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, err := gpumock.New(gpumock.DGXA100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := gpu.Open(srv, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,10 +45,20 @@ func TestListGPUs(t *testing.T) {
 		}
 	}
 
-	// A host without GPUs answers an empty list, not null.
+	// The matrix of a DGX A100: NVSwitch between every pair, two sockets.
+	if len(resp.Topology.Links) != 8 || resp.Topology.Links[0][0] != gpu.LinkSelf || resp.Topology.Links[0][7] != gpu.LinkNVLink ||
+		resp.Topology.NUMANodes[0] != 0 || resp.Topology.NUMANodes[7] != 1 {
+		t.Errorf("topology = %+v", resp.Topology)
+	}
+	if len(resp.FreeSets) != 4 || resp.FreeSets[2] != (gpu.BestFree{Size: 4, Available: true, Link: gpu.LinkNVLink}) ||
+		resp.FreeSets[3].Available {
+		t.Errorf("free sets with one GPU held = %+v", resp.FreeSets)
+	}
+
+	// A host without GPUs answers empty lists, not null.
 	ts = newTestServer(t, &fakeRuntime{})
 	rec = ts.do(t, http.MethodGet, "/gpus", "")
-	if rec.Code != http.StatusOK || rec.Body.String() != `{"driver_version":"","cuda_driver_version":"","gpus":[]}`+"\n" {
+	if rec.Code != http.StatusOK || rec.Body.String() != `{"driver_version":"","cuda_driver_version":"","gpus":[],"topology":{"gpus":[],"links":[],"numa_nodes":[]},"free_sets":[]}`+"\n" {
 		t.Fatalf("GET /gpus without GPUs: %d %q", rec.Code, rec.Body)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // Bounds of GET /instances/{id}/logs?tail=N.
@@ -104,7 +105,9 @@ func (s *Server) listInstances(c *echo.Context) error {
 	}
 	out := ListInstancesResponse{Instances: make([]InstanceResponse, 0, len(list))}
 	for _, inst := range list {
-		out.Instances = append(out.Instances, instanceResponse(inst))
+		resp := instanceResponse(inst)
+		resp.GPUFaults = s.gpuFaults(inst.ID)
+		out.Instances = append(out.Instances, resp)
 	}
 	sort.Slice(out.Instances, func(i, j int) bool {
 		return out.Instances[i].InstanceID < out.Instances[j].InstanceID
@@ -121,7 +124,17 @@ func (s *Server) getInstance(c *echo.Context) error {
 	if err != nil {
 		return err
 	}
-	return c.JSON(http.StatusOK, instanceResponse(inst))
+	resp := instanceResponse(inst)
+	resp.GPUFaults = s.gpuFaults(inst.ID)
+	return c.JSON(http.StatusOK, resp)
+}
+
+// gpuFaults lists the GPU faults of instance id; nil on a host without GPUs.
+func (s *Server) gpuFaults(id string) []events.GPUFault {
+	if s.gpus == nil {
+		return nil
+	}
+	return s.gpus.Faults(id)
 }
 
 // headerLogTruncated says that the lines asked for were more than

@@ -23,7 +23,21 @@ var (
 	dcgmTemp    = prometheus.NewDesc("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C).", gpuLabels, nil)
 	dcgmPower   = prometheus.NewDesc("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", gpuLabels, nil)
 	dcgmXid     = prometheus.NewDesc("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered (0: none since the agent started).", gpuLabels, nil)
+	gpuMockDesc = prometheus.NewDesc("host_agent_gpu_mock", "1 when the GPUs are a mock machine's (GPU_MOCK), named by machine; absent on real GPUs.", []string{"machine"}, nil)
 )
+
+// gpuMocker is the part of the inventory that says it is a mock machine's.
+type gpuMocker interface {
+	Mock() string
+}
+
+// gpuMock is the mock GPU machine s serves, or "".
+func (s *Server) gpuMock() string {
+	if m, ok := s.gpus.(gpuMocker); ok && s.gpus != nil {
+		return m.Mock()
+	}
+	return ""
+}
 
 // gpuSampler is the part of the inventory that reads utilisation; the
 // server's GPUInventory may lack it (a host without NVML), and then the
@@ -36,7 +50,7 @@ type gpuSampler interface {
 type gpuCollector struct{ s *Server }
 
 func (c *gpuCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{dcgmGPUUtil, dcgmFBUsed, dcgmFBFree, dcgmTemp, dcgmPower, dcgmXid} {
+	for _, d := range []*prometheus.Desc{dcgmGPUUtil, dcgmFBUsed, dcgmFBFree, dcgmTemp, dcgmPower, dcgmXid, gpuMockDesc} {
 		ch <- d
 	}
 }
@@ -45,6 +59,9 @@ func (c *gpuCollector) Collect(ch chan<- prometheus.Metric) {
 	sampler, ok := c.s.gpus.(gpuSampler)
 	if c.s.gpus == nil || !ok {
 		return
+	}
+	if m := c.s.gpuMock(); m != "" {
+		ch <- prometheus.MustNewConstMetric(gpuMockDesc, prometheus.GaugeValue, 1, m)
 	}
 	byUUID := map[string]gpu.GPU{}
 	for _, g := range c.s.gpus.GPUs() {

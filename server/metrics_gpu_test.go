@@ -175,3 +175,31 @@ func TestStartAndPullHistograms(t *testing.T) {
 		t.Errorf("pull histogram counts = %v, want ok 2, error 1", got)
 	}
 }
+
+// TestGPUMockMetric: a mock GPU machine's inventory is labelled so on
+// /metrics, and GET /gpus names it; real GPUs have neither.
+func TestGPUMockMetric(t *testing.T) {
+	t.Parallel()
+	rt := &fakeRuntime{list: func(context.Context) ([]runtime.Instance, error) { return nil, nil }}
+	for _, mock := range []string{"", "pcie8x4090"} {
+		inv := mockGPUs(t)
+		if mock != "" {
+			inv.MarkMock(mock)
+		}
+		ts := newTestServer(t, rt, func(o *Options) { o.GPUs = inv })
+		fams := parseMetrics(t, ts.do(t, http.MethodGet, "/metrics", "").Body.String())
+		fam := fams["host_agent_gpu_mock"]
+		switch {
+		case mock == "" && fam != nil:
+			t.Errorf("real GPUs report host_agent_gpu_mock: %v", fam)
+		case mock != "" && (fam == nil || len(fam.Metric) != 1 || labelsOf(fam.Metric[0])["machine"] != mock ||
+			fam.Metric[0].GetGauge().GetValue() != 1):
+			t.Errorf("host_agent_gpu_mock = %v, want machine %q 1", fam, mock)
+		}
+		var list GPUListResponse
+		decodeInto(t, ts.do(t, http.MethodGet, "/gpus", ""), &list)
+		if list.Mock != mock {
+			t.Errorf("GET /gpus mock = %q, want %q", list.Mock, mock)
+		}
+	}
+}

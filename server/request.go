@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -126,6 +127,10 @@ type InstanceResponse struct {
 	Labels     map[string]string `json:"labels"`
 	GPUs       []GPUResponse     `json:"gpus"`
 	Ports      []PortResponse    `json:"ports"`
+	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
+	// them, oldest first (as instance.gpu_fault events told); absent when
+	// none.
+	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
 }
 
 // ListInstancesResponse answers GET /instances.

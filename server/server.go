@@ -122,6 +122,9 @@ type HostReporter interface {
 // GPUInventory is what GET /gpus shows; gpu.Inventory provides it.
 type GPUInventory interface {
 	GPUs() []gpu.GPU
+	Topology() gpu.Topology
+	BestFree() []gpu.BestFree
+	Faults(instanceID string) []events.GPUFault
 	DriverVersion() string
 	CUDADriverVersion() string
 }

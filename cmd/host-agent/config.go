@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"github.com/joho/godotenv"
 	"github.com/moby/moby/client"
 
+	"github.com/host-agent/host-agent/gpu/gpumock"
 	"github.com/host-agent/host-agent/runtime/docker"
 )
 
@@ -47,6 +49,12 @@ type config struct {
 	HeartbeatInterval   time.Duration
 	ContainerdRoot      string
 	CDISpecDirs         []string
+	// GPUMock names a mock GPU machine to run on instead of NVML
+	// (GPU_MOCK; empty: the host's real GPUs).
+	GPUMock string
+	// NUMAAlign pins a GPU rental's CPUs and memory to its GPUs' NUMA
+	// node when its share fits there (NUMA_ALIGN, default true).
+	NUMAAlign           bool
 	InstanceLogMaxBytes int64
 	TLSCertFile         string
 	TLSKeyFile          string
@@ -233,6 +241,15 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		if !filepath.IsAbs(d) {
 			return c, &configError{"CDI_SPEC_DIRS", fmt.Sprintf("want absolute directories separated by ':', got %q", d)}
 		}
+	}
+	if c.GPUMock = get("GPU_MOCK", ""); c.GPUMock != "" && !slices.Contains(gpumock.Names(), c.GPUMock) {
+		return c, &configError{"GPU_MOCK", fmt.Sprintf("want one of %s, got %q", strings.Join(gpumock.Names(), ", "), c.GPUMock)}
+	}
+	switch v := get("NUMA_ALIGN", "true"); v {
+	case "true", "false":
+		c.NUMAAlign = v == "true"
+	default:
+		return c, &configError{"NUMA_ALIGN", fmt.Sprintf("want true or false, got %q", v)}
 	}
 	logMax, err := strconv.ParseInt(get("INSTANCE_LOG_MAX_MB", "100"), 10, 64)
 	if err != nil || logMax < 1 || logMax > 1<<20 {

@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/host-agent/host-agent/cdi"
@@ -84,7 +83,10 @@ func run() int {
 func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	hub := events.NewHub(eventBuffer, time.Now)
 
-	lib := nvml.New()
+	lib, mock, logger, err := openNVML(cfg, logger)
+	if err != nil {
+		return err
+	}
 	inv, err := gpu.Open(lib, logger)
 	if err != nil {
 		// Not fatal: a restart would fail the same way, and a restart loop
@@ -112,7 +114,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 
 	// The injector compares every injection with the inventory (minors,
 	// driver) and regenerates a stale spec through NVML.
-	injector, err := cdi.New(cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, Inventory: inv, NVML: lib})
+	cdiCfg := cdi.Config{SpecDirs: cfg.CDISpecDirs, Logger: logger, Inventory: inv, NVML: lib}
+	if mock != nil {
+		if cdiCfg, err = useGPUMock(cfg.StateDir, mock, inv, cdiCfg); err != nil {
+			return err
+		}
+		lib = nil // the mock's spec is written: nothing to generate
+	}
+	injector, err := cdi.New(cdiCfg)
 	if err != nil {
 		return fmt.Errorf("CDI: %w", err)
 	}
@@ -175,10 +184,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	numaKinds, err := numaAlignment(cfg, "/sys", inv, logger)
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}),
+		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
+			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
 		Events: hub,
 		Logger: logger,
 	})

@@ -76,6 +76,12 @@ func withResources(res runtime.Resources) oci.SpecOpts {
 	if res.ShmMB > 0 {
 		opts = append(opts, oci.WithDevShmSize(res.ShmMB<<10))
 	}
+	if res.CPUSetCPUs != "" {
+		opts = append(opts, oci.WithCPUs(res.CPUSetCPUs))
+	}
+	if res.CPUSetMems != "" {
+		opts = append(opts, oci.WithCPUsMems(res.CPUSetMems))
+	}
 	return oci.Compose(opts...)
 }
 

@@ -42,6 +42,11 @@ func TestWithResources(t *testing.T) {
 				t.Errorf("pids = %d", *p.Limit)
 			}
 		}},
+		{"cpuset", runtime.Resources{CPUs: 2, CPUSetCPUs: "0-15,32-47", CPUSetMems: "0"}, func(t *testing.T, s *oci.Spec) {
+			if c := s.Linux.Resources.CPU; c.Cpus != "0-15,32-47" || c.Mems != "0" || *c.Quota != 200000 {
+				t.Errorf("cpu = %+v", c)
+			}
+		}},
 		{"shm", runtime.Resources{ShmMB: 256}, func(t *testing.T, s *oci.Spec) {
 			for _, m := range s.Mounts {
 				if m.Destination == "/dev/shm" {

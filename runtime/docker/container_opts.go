@@ -162,6 +162,7 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 	if res.CPUs > 0 {
 		host.NanoCPUs = int64(res.CPUs * 1e9)
 	}
+	host.CpusetCpus, host.CpusetMems = res.CPUSetCPUs, res.CPUSetMems
 	if res.MemoryMB > 0 {
 		host.Memory = res.MemoryMB << 20
 		// Swap equal to the limit means no swap on top of it.

@@ -167,9 +167,10 @@ func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
 // and ulimits go to the daemon soft and hard alike.
 func TestContainerConfigEnforcedLimits(t *testing.T) {
 	t.Parallel()
-	spec := runtime.InstanceSpec{ID: "share", Limits: runtime.Resources{CPUs: 2, MemoryMB: 1000, ShmMB: 500}}
+	spec := runtime.InstanceSpec{ID: "share", Limits: runtime.Resources{CPUs: 2, MemoryMB: 1000, ShmMB: 500, CPUSetCPUs: "0-3", CPUSetMems: "0"}}
 	_, host := containerConfig("img", spec, nil, gpuPlan{}, 0)
-	if host.NanoCPUs != 2e9 || host.Memory != 1000<<20 || host.ShmSize != 500<<20 || host.PidsLimit == nil || *host.PidsLimit != runtime.DefaultPids {
+	if host.NanoCPUs != 2e9 || host.Memory != 1000<<20 || host.ShmSize != 500<<20 || host.PidsLimit == nil || *host.PidsLimit != runtime.DefaultPids ||
+		host.CpusetCpus != "0-3" || host.CpusetMems != "0" {
 		t.Errorf("limits %+v", host.Resources)
 	}
 	spec = runtime.InstanceSpec{ID: "gpu", GPUs: []runtime.GPU{{UUID: "GPU-a"}}, Ulimits: map[string]int64{"nofile": 4096}}

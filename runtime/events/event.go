@@ -31,6 +31,11 @@ const (
 	// TypeGPUHealth reports a GPU taken out of service (Status "unhealthy",
 	// GPU its UUID); InstanceID is set when an instance holds that GPU.
 	TypeGPUHealth = "gpu.health"
+	// TypeInstanceGPUFault tells the instance holding a GPU that it
+	// reported an Xid or an ECC error: Fault says which, what it means and
+	// whether the GPU was taken out of service. Status is empty: the
+	// instance itself may run on.
+	TypeInstanceGPUFault = "instance.gpu_fault"
 	// TypeInstanceOrphan reports an instance present on this host that the
 	// central server does not expect; TypeInstanceMissing one the server
 	// expects that is not here. Each is published once when the discrepancy
@@ -58,6 +63,31 @@ type Event struct {
 	GPU string `json:"gpu,omitempty"`
 	// Ports are an instance.running instance's published ports.
 	Ports []hostport.Mapping `json:"ports,omitempty"`
+	// Fault is an instance.gpu_fault event's fault.
+	Fault *GPUFault `json:"fault,omitempty"`
+}
+
+// GPU fault kinds, as in GPUFault.Kind.
+const (
+	FaultXid = "xid"
+	FaultECC = "ecc"
+)
+
+// GPUFault is an error a GPU reported while an instance held it.
+type GPUFault struct {
+	// GPU is the GPU's UUID, Index its NVML index.
+	GPU   string `json:"gpu"`
+	Index int    `json:"index"`
+	// Kind is FaultXid or FaultECC (a double-bit ECC error).
+	Kind string `json:"kind"`
+	// Xid is the Xid's number; 0 for an ECC error.
+	Xid uint64 `json:"xid"`
+	// Meaning says what the fault means, e.g. "GPU has fallen off the bus".
+	Meaning string `json:"meaning"`
+	// Benched says whether the GPU is out of service: it is not handed to
+	// a new rental until it has been reset or serviced.
+	Benched bool      `json:"benched"`
+	Time    time.Time `json:"time"`
 }
 
 // PullProgress is how far an image pull has come, in bytes.

@@ -116,6 +116,37 @@ func (f *fakeGPUs) GPUs() []gpu.GPU {
 	return slices.Clone(f.gpus)
 }
 
+func (f *fakeGPUs) BestFree() []gpu.BestFree {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	free := 0
+	for _, g := range f.gpus {
+		if g.Healthy && g.HeldBy == "" {
+			free++
+		}
+	}
+	return []gpu.BestFree{{Size: 1, Available: free >= 1, Link: gpu.LinkSelf}}
+}
+
+func (f *fakeGPUs) Faults(string) []events.GPUFault { return nil }
+
+func (f *fakeGPUs) Topology() gpu.Topology {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := gpu.Topology{}
+	for i, g := range f.gpus {
+		t.GPUs = append(t.GPUs, g.Index)
+		t.NUMANodes = append(t.NUMANodes, -1)
+		row := make([]gpu.Link, len(f.gpus))
+		for j := range row {
+			row[j] = gpu.LinkSYS
+		}
+		row[i] = gpu.LinkSelf
+		t.Links = append(t.Links, row)
+	}
+	return t
+}
+
 func (f *fakeGPUs) Usages() []gpu.Usage {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -36,6 +36,15 @@ type HostReport struct {
 	// GPUs is the NVML inventory with each GPU's health and holder; empty,
 	// never null, on a host without GPUs.
 	GPUs []gpu.GPU `json:"gpus"`
+	// GPUFreeSets says, for rentals of 1, 2, 4 and 8 GPUs, whether the host
+	// can serve one now and how well connected its GPUs would be; empty,
+	// never null, on a host without GPUs.
+	GPUFreeSets []gpu.BestFree `json:"gpu_free_sets"`
+	// GPUTopology is the GPUs' interconnect; absent on a host without GPUs.
+	GPUTopology *gpu.Topology `json:"gpu_topology,omitempty"`
+	// GPUMock names the mock GPU machine (GPU_MOCK) the GPUs are: a host
+	// for integrating against, not for renting out. Absent on real GPUs.
+	GPUMock string `json:"gpu_mock,omitempty"`
 	// DriverVersion is the NVIDIA driver's, e.g. "550.54.15"; CUDAVersion the
 	// highest CUDA version it supports, e.g. "12.4". Empty without NVML.
 	DriverVersion string `json:"driver_version"`
@@ -140,6 +149,7 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 		PublicURL:    r.opts.PublicURL,
 		CollectedAt:  r.opts.Now().UTC(),
 		GPUs:         []gpu.GPU{},
+		GPUFreeSets:  []gpu.BestFree{},
 	}
 	var errs []error
 	fail := func(what string, err error) {
@@ -187,6 +197,14 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 	if r.opts.GPUs != nil {
 		if gs := r.opts.GPUs.GPUs(); gs != nil {
 			rep.GPUs = gs
+		}
+		if len(rep.GPUs) > 0 {
+			rep.GPUFreeSets = r.opts.GPUs.BestFree()
+			topo := r.opts.GPUs.Topology()
+			rep.GPUTopology = &topo
+		}
+		if m, ok := r.opts.GPUs.(interface{ Mock() string }); ok {
+			rep.GPUMock = m.Mock()
 		}
 		rep.DriverVersion = r.opts.GPUs.DriverVersion()
 		rep.CUDAVersion = r.opts.GPUs.CUDADriverVersion()

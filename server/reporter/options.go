@@ -41,6 +41,9 @@ var _ Runtime = runtime.Runtime(nil)
 type GPUs interface {
 	GPUs() []gpu.GPU
 	Usages() []gpu.Usage
+	BestFree() []gpu.BestFree
+	Topology() gpu.Topology
+	Faults(instanceID string) []events.GPUFault
 	DriverVersion() string
 	CUDADriverVersion() string
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -100,6 +101,10 @@ type HeartbeatRequest struct {
 	RuntimeError string          `json:"runtime_error,omitempty"`
 	// GPUUsage samples every GPU; empty on a host without GPUs.
 	GPUUsage []gpu.Usage `json:"gpu_usage"`
+	// GPUFreeSets says, for rentals of 1, 2, 4 and 8 GPUs, whether the host
+	// can serve one now and how well connected its GPUs would be; empty on
+	// a host without GPUs.
+	GPUFreeSets []gpu.BestFree `json:"gpu_free_sets"`
 	// Orphans and Missing are the discrepancies found against the previous
 	// answer's expected_instances: instances on this host the server did
 	// not expect, and expected ones that are not here. Both are empty when
@@ -135,6 +140,9 @@ type InstanceState struct {
 	CreatedAt  *time.Time         `json:"created_at,omitempty"`
 	StartedAt  *time.Time         `json:"started_at,omitempty"`
 	FinishedAt *time.Time         `json:"finished_at,omitempty"`
+	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
+	// them, as instance.gpu_fault events told; absent when none.
+	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
 }
 
 // GPURef names a GPU an instance holds.

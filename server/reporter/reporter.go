@@ -210,6 +210,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		SentAt:               r.opts.Now().UTC(),
 		InventoryFingerprint: snap.fingerprint,
 		GPUUsage:             nonNil(snap.usage),
+		GPUFreeSets:          nonNil(snap.freeSets),
 		Orphans:              nonNil(r.pending.orphans),
 		Missing:              nonNil(r.pending.missing),
 		Resources:            r.resourcesInfo(),
@@ -220,7 +221,11 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		held := heldGPUs(snap.gpus)
 		req.Instances = make([]InstanceState, 0, len(snap.instances))
 		for _, inst := range snap.instances {
-			req.Instances = append(req.Instances, instanceState(inst, held))
+			st := instanceState(inst, held)
+			if r.opts.GPUs != nil {
+				st.GPUFaults = r.opts.GPUs.Faults(inst.ID)
+			}
+			req.Instances = append(req.Instances, st)
 		}
 	}
 	if d, err := r.drainInfo(ctx); err != nil {

@@ -15,6 +15,7 @@ type snapshot struct {
 	listErr     error
 	usage       []gpu.Usage
 	gpus        []gpu.GPU
+	freeSets    []gpu.BestFree
 	fingerprint string
 }
 
@@ -25,6 +26,9 @@ func (r *Reporter) snapshot(ctx context.Context) snapshot {
 		// and the fingerprint below should already see it.
 		s.usage = r.opts.GPUs.Usages()
 		s.gpus = r.opts.GPUs.GPUs()
+		if len(s.gpus) > 0 {
+			s.freeSets = r.opts.GPUs.BestFree()
+		}
 	}
 	s.fingerprint = inventoryFingerprint(s.gpus)
 	listCtx, cancel := context.WithTimeout(ctx, r.opts.RequestTimeout)

@@ -1,0 +1,29 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/numa"
+)
+
+// numaAlignment is the reservation kind that pins GPU rentals to their
+// GPUs' NUMA node, placed after the share kind that sizes them; none with
+// NUMA_ALIGN=false or on a host without GPUs or NUMA nodes in sysRoot.
+func numaAlignment(cfg config, sysRoot string, inv *gpu.Inventory, logger *slog.Logger) ([]runtime.ReservationKind, error) {
+	if !cfg.NUMAAlign || inv.Len() == 0 {
+		return nil, nil
+	}
+	nodes, err := numa.ReadNodes(sysRoot)
+	if err != nil {
+		return nil, fmt.Errorf("NUMA nodes: %w", err)
+	}
+	if len(nodes) == 0 {
+		logger.Info("the host reports no NUMA nodes; GPU rentals are not pinned to their GPUs' node")
+		return nil, nil
+	}
+	logger.Info("GPU rentals are pinned to their GPUs' NUMA node when their share fits there", "nodes", len(nodes))
+	return []runtime.ReservationKind{numa.New(nodes, inv.NUMANodeOf, logger)}, nil
+}
