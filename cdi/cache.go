@@ -66,7 +66,7 @@ func (in *Injector) read(op func() error) {
 		return op()
 	}()
 	if err != nil {
-		in.logger.Warn("some CDI specs could not be used", "err", err)
+		in.logger.Warn("some CDI specs could not be used", "error", err)
 	}
 }
 

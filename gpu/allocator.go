@@ -111,7 +111,7 @@ func (a *Allocator) Reserve(instanceID string, req Request) ([]Device, error) {
 		a.holder[g.info.UUID] = instanceID
 	}
 	a.held[instanceID] = wanted
-	a.logger.Info("reserved GPUs", "instance", instanceID, "gpus", uuids(wanted))
+	a.logger.Info("reserved GPUs", "instance_id", instanceID, "gpus", uuids(wanted))
 	return devices(wanted), nil
 }
 
@@ -177,7 +177,7 @@ func (a *Allocator) Release(instanceID string) {
 	}
 	delete(a.held, instanceID)
 	a.inv.forgetFaults(instanceID)
-	a.logger.Info("released GPUs", "instance", instanceID, "gpus", uuids(have))
+	a.logger.Info("released GPUs", "instance_id", instanceID, "gpus", uuids(have))
 }
 
 // Held lists the GPUs instanceID holds, by index; nil if none.
@@ -211,7 +211,7 @@ func (a *Allocator) Restore(instanceID string, uuidList []string) error {
 		g, ok := a.inv.byUUID[u]
 		if !ok {
 			a.logger.Warn("restored instance names a GPU that is not in the inventory; leaving it out",
-				"instance", instanceID, "gpu", u)
+				"instance_id", instanceID, "gpu", u)
 			continue
 		}
 		switch h := a.holder[u]; h {

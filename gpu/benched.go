@@ -108,7 +108,7 @@ func (inv *Inventory) rememberLocked(g *gpuState, reason string) {
 	inv.benched[g.info.UUID] = benchedGPU{Reason: reason, Since: time.Now().UTC()}
 	if err := inv.writeHealthLocked(); err != nil {
 		inv.logger.Error("could not record the benched GPU; it will be back in service after a restart",
-			"gpu", g.info.UUID, "file", inv.healthPath, "err", err)
+			"gpu", g.info.UUID, "file", inv.healthPath, "error", err)
 	}
 }
 
@@ -120,7 +120,7 @@ func (inv *Inventory) writeHealthLocked() error {
 	}
 	err := writeHealthFile(inv.healthPath, healthFile{Benched: inv.benched, Faults: inv.faults})
 	if err != nil {
-		inv.logger.Error("could not write the GPU health file", "file", inv.healthPath, "err", err)
+		inv.logger.Error("could not write the GPU health file", "file", inv.healthPath, "error", err)
 	}
 	return err
 }

@@ -71,7 +71,7 @@ func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning 
 	if f.Benched {
 		msg += "; the GPU is out of service"
 	}
-	inv.logger.Warn("GPU fault on a rented GPU", "instance", holder, "gpu", g.info.UUID, "index", g.info.Index,
+	inv.logger.Warn("GPU fault on a rented GPU", "instance_id", holder, "gpu", g.info.UUID, "index", g.info.Index,
 		"kind", kind, "xid", xid, "benched", f.Benched, "recorded", kept)
 	if pub != nil {
 		pub.Publish(events.Event{

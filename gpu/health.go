@@ -108,7 +108,7 @@ func (inv *Inventory) WatchHealth(ctx context.Context, pub events.Publisher) (er
 			backoff = nextBackoff(backoff)
 		default:
 			if backoff == 0 {
-				inv.logger.Warn("waiting for GPU events failed; retrying", "err", ret.Error())
+				inv.logger.Warn("waiting for GPU events failed; retrying", "error", ret.Error())
 			}
 			backoff = nextBackoff(backoff)
 		}
@@ -145,7 +145,7 @@ func (inv *Inventory) register(set nvml.EventSet) int {
 		case nvml.ERROR_GPU_IS_LOST:
 			inv.markUnhealthy(g, ReasonGPULost)
 		default:
-			log.Warn("registering GPU health events failed", "err", ret.Error())
+			log.Warn("registering GPU health events failed", "error", ret.Error())
 		}
 	}
 	return n
@@ -168,7 +168,7 @@ func (inv *Inventory) handleEvent(e nvml.EventData) {
 				holder = h.holderOf(g.info.UUID)
 			}
 			inv.logger.Info("Xid on GPU that needs no reset; GPU stays in service",
-				"gpu", g.info.UUID, "index", g.info.Index, "xid", xid, "instance", holder)
+				"gpu", g.info.UUID, "index", g.info.Index, "xid", xid, "instance_id", holder)
 			inv.reportFault(g, events.FaultXid, xid, xidMeaning(xid))
 			return
 		}
@@ -193,7 +193,7 @@ func (inv *Inventory) eventGPU(e nvml.EventData) *gpuState {
 	uuid, ret := e.Device.GetUUID()
 	if ret != nvml.SUCCESS {
 		inv.logger.Warn("cannot tell which GPU an NVML event is for; ignoring it",
-			"type", e.EventType, "data", e.EventData, "err", ret.Error())
+			"type", e.EventType, "data", e.EventData, "error", ret.Error())
 		return nil
 	}
 	g, ok := inv.byUUID[uuid]
@@ -257,7 +257,7 @@ func (inv *Inventory) markUnhealthy(g *gpuState, reason string) {
 		msg += "; held by instance " + holder
 	}
 	inv.logger.Warn("GPU taken out of service", "gpu", g.info.UUID, "index", g.info.Index,
-		"reason", reason, "instance", holder)
+		"reason", reason, "instance_id", holder)
 	if pub != nil {
 		pub.Publish(events.Event{
 			Type:       events.TypeGPUHealth,

@@ -182,7 +182,7 @@ func Open(lib nvml.Interface, logger *slog.Logger) (inv *Inventory, err error) {
 	for i := range n {
 		g, err := inv.readGPU(i)
 		if err != nil {
-			logger.Warn("leaving GPU out of the inventory", "index", i, "err", err)
+			logger.Warn("leaving GPU out of the inventory", "index", i, "error", err)
 			continue
 		}
 		inv.gpus = append(inv.gpus, g)

@@ -38,7 +38,7 @@ func query[T any](p *probe, field string, f func() (T, nvml.Return)) (v T, ok bo
 	case nvml.ERROR_GPU_IS_LOST:
 		p.lost = true
 	default:
-		p.logger.Log(context.Background(), p.level, "NVML query failed", "field", field, "err", ret.Error())
+		p.logger.Log(context.Background(), p.level, "NVML query failed", "field", field, "error", ret.Error())
 	}
 	var zero T
 	return zero, false

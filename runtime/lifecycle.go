@@ -145,7 +145,7 @@ func (l *Lifecycle) Restore(ctx context.Context) error {
 	for _, inst := range list {
 		for _, k := range l.kinds {
 			if err := k.Restore(inst.ID, inst.AgentLabels); err != nil {
-				l.log.Error("restore reservation", "kind", k.Name(), "instance", inst.ID, "error", err)
+				l.log.Error("restore reservation", "kind", k.Name(), "instance_id", inst.ID, "error", err)
 			}
 		}
 	}
@@ -328,7 +328,7 @@ func (l *Lifecycle) settleFailedStart(id string) {
 		l.releaseAll(id)
 	case err != nil:
 		l.log.Warn("cannot tell whether a failed start left its container; its reservations stay until reconciled",
-			"instance", id, "error", err)
+			"instance_id", id, "error", err)
 	}
 }
 
@@ -388,7 +388,7 @@ func (l *Lifecycle) terminate(id string, timeout time.Duration, calledOff bool) 
 		// Nothing to stop; whatever is still held for it is free.
 		l.releaseAll(id)
 		if calledOff {
-			l.log.Info("start called off by terminate", "instance", id)
+			l.log.Info("start called off by terminate", "instance_id", id)
 			l.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 			return nil
 		}
@@ -451,7 +451,7 @@ func (l *Lifecycle) reconcileOne(ctx context.Context, id string) bool {
 	if !errdefs.IsNotFound(err) {
 		return false
 	}
-	l.log.Warn("releasing reservations of an instance without a container", "instance", id)
+	l.log.Warn("releasing reservations of an instance without a container", "instance_id", id)
 	l.releaseAll(id)
 	return true
 }
@@ -463,9 +463,9 @@ func (l *Lifecycle) restoreOne(ctx context.Context, k ReservationKind, id string
 	if err != nil || len(k.Holdings()[id]) > 0 {
 		return
 	}
-	l.log.Warn("restoring a reservation its container records", "kind", k.Name(), "instance", id)
+	l.log.Warn("restoring a reservation its container records", "kind", k.Name(), "instance_id", id)
 	if err := k.Restore(id, inst.AgentLabels); err != nil {
-		l.log.Warn("restore reservation", "kind", k.Name(), "instance", id, "error", err)
+		l.log.Warn("restore reservation", "kind", k.Name(), "instance_id", id, "error", err)
 	}
 }
 

@@ -207,17 +207,17 @@ func publicCause(fallback string, err error) string {
 func (s *Server) handleError(c *echo.Context, err error) {
 	if resp, uerr := echo.UnwrapResponse(c.Response()); uerr == nil && resp.Committed {
 		s.log.Warn("error after the response was sent", "method", c.Request().Method,
-			"path", c.Request().URL.Path, "err", err)
+			"path", c.Request().URL.Path, "error", err)
 		return
 	}
 	status, body := classify(err)
 	switch {
 	case status >= 500 && !errors.Is(err, context.Canceled):
 		s.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path,
-			"status", status, "err", err)
+			"status", status, "error", err)
 	default:
 		s.log.Debug("request rejected", "method", c.Request().Method, "path", c.Request().URL.Path,
-			"status", status, "err", err)
+			"status", status, "error", err)
 	}
 	if status == http.StatusUnauthorized {
 		c.Response().Header().Set(echo.HeaderWWWAuthenticate, "Bearer")
@@ -227,6 +227,6 @@ func (s *Server) handleError(c *echo.Context, err error) {
 		c.Response().Header().Set(echo.HeaderRetryAfter, limited.retryAfterSeconds())
 	}
 	if werr := c.JSON(status, body); werr != nil {
-		s.log.Debug("writing error response", "err", werr)
+		s.log.Debug("writing error response", "error", werr)
 	}
 }

@@ -60,7 +60,7 @@ func (s *Server) followLogs(c *echo.Context, id string, tail int, tailGiven bool
 	next, truncated, err := lf.FollowLogs(ctx, id, from, tail, runtime.MaxFollowBytes, w, flush)
 	if err != nil {
 		// The status is sent; the stream just ends, and the cause is logged.
-		s.log.Warn("following logs ended with an error", "instance", id, "error", err)
+		s.log.Warn("following logs ended with an error", "instance_id", id, "error", err)
 	}
 	h.Set(headerLogOffset, strconv.FormatInt(next, 10))
 	if truncated {

@@ -37,7 +37,7 @@ func (s *Server) logRequests(next echo.HandlerFunc) echo.HandlerFunc {
 			slog.String("route", c.Path()),
 			slog.Int("status", status),
 			slog.Int64("bytes", size),
-			slog.Duration("duration", took),
+			slog.Float64("duration_seconds", took.Seconds()),
 			slog.String("remote", req.RemoteAddr),
 		)
 		return nil

@@ -62,7 +62,7 @@ func (s *Server) streamEvents(c *echo.Context) error {
 		if resp != nil {
 			resp.Committed = true
 		}
-		s.log.Debug("websocket handshake failed after hijack", "err", err)
+		s.log.Debug("websocket handshake failed after hijack", "error", err)
 		return nil
 	}
 	if resp != nil {

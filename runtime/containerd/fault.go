@@ -58,7 +58,7 @@ func (r *Runtime) dropStartLeases(ctx context.Context) {
 			r.log.Warn("delete a start lease no start holds", "lease", l.ID, "error", err)
 			continue
 		}
-		r.log.Info("deleted a start lease no start holds", "lease", l.ID, "instance", l.Labels["host-agent.io/instance-id"])
+		r.log.Info("deleted a start lease no start holds", "lease", l.ID, "instance_id", l.Labels["host-agent.io/instance-id"])
 	}
 }
 

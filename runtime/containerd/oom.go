@@ -29,9 +29,9 @@ func (r *Runtime) recordOOM(ctx context.Context, id string) {
 	if err != nil || labels[runtime.LabelInstanceID] == "" || labels[runtime.LabelOOMKilled] == "true" {
 		return
 	}
-	r.log.Warn("instance hit its memory limit; the kernel killed a process", "instance", id)
+	r.log.Warn("instance hit its memory limit; the kernel killed a process", "instance_id", id)
 	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelOOMKilled: "true"}); err != nil && !errdefs.IsNotFound(err) {
-		r.log.Warn("record OOM kill", "instance", id, "error", err)
+		r.log.Warn("record OOM kill", "instance_id", id, "error", err)
 	}
 }
 

@@ -87,6 +87,6 @@ func imageKeysPaths(ctx context.Context, img containerd.Image) ([]string, error)
 // removeFiles removes what writeAuthorizedKeys and the like wrote.
 func (r *Runtime) removeFiles(id string) {
 	if err := os.RemoveAll(r.filesDir(id)); err != nil {
-		r.log.Warn("remove instance files", "instance", id, "error", err)
+		r.log.Warn("remove instance files", "instance_id", id, "error", err)
 	}
 }

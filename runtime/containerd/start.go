@@ -53,11 +53,11 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 		if errors.As(err, &se) {
 			step = se.Step
 		}
-		r.log.Warn("start failed", "instance", spec.ID, "step", step, "error", err)
+		r.log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
 		return runtime.Instance{}, err
 	}
-	r.log.Info("instance running", "instance", spec.ID, "image", spec.Image, "pid", inst.Pid)
+	r.log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
 	return inst, nil
 }
@@ -128,7 +128,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		defer cancel()
 		if err := r.client.LeasesService().Delete(ctx, lease); err != nil && !errdefs.IsNotFound(err) {
 			// Deleted when the watcher next connects (dropStartLeases).
-			r.log.Error("delete lease; retried when containerd is back", "instance", spec.ID, "lease", lease.ID, "error", err)
+			r.log.Error("delete lease; retried when containerd is back", "instance_id", spec.ID, "lease", lease.ID, "error", err)
 		}
 		r.startLeases.remove(lease.ID)
 	}()
@@ -177,7 +177,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 			cctx, cancel := r.cleanupCtx()
 			defer cancel()
 			if err := r.teardownNetwork(cctx, spec.ID, labels); err != nil {
-				r.log.Error("tear down network of failed start", "instance", spec.ID, "error", err)
+				r.log.Error("tear down network of failed start", "instance_id", spec.ID, "error", err)
 			}
 		}
 	}()
@@ -257,7 +257,7 @@ func (r *Runtime) runTask(ctx context.Context, c containerd.Container, task cont
 	r.tasks.set(c.ID(), task.Pid(), tasktypes.Status_RUNNING, 0, time.Time{})
 	r.fault(FaultAfterTaskStart)
 	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelStartedAt: time.Now().UTC().Format(time.RFC3339Nano)}); err != nil {
-		r.log.Warn("record start time", "instance", c.ID(), "error", err)
+		r.log.Warn("record start time", "instance_id", c.ID(), "error", err)
 	}
 	r.wg.Add(1)
 	go func() {
@@ -283,7 +283,7 @@ func (r *Runtime) deleteTask(task containerd.Task) {
 	ctx, cancel := r.cleanupCtx()
 	defer cancel()
 	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-		r.log.Error("remove task of failed start", "instance", task.ID(), "error", err)
+		r.log.Error("remove task of failed start", "instance_id", task.ID(), "error", err)
 	}
 }
 
@@ -294,15 +294,15 @@ func (r *Runtime) removeContainer(c containerd.Container) {
 		if err := r.teardownNetwork(ctx, c.ID(), labels); err != nil {
 			// The container stays: it keeps recording the ports its
 			// network still publishes, and a terminate retries.
-			r.log.Error("tear down network of failed start; the container is kept", "instance", c.ID(), "error", err)
+			r.log.Error("tear down network of failed start; the container is kept", "instance_id", c.ID(), "error", err)
 			return
 		}
 	}
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-		r.log.Error("remove container of failed start", "instance", c.ID(), "error", err)
+		r.log.Error("remove container of failed start", "instance_id", c.ID(), "error", err)
 	}
 	if err := os.Remove(r.logPath(c.ID())); err != nil && !os.IsNotExist(err) {
-		r.log.Warn("remove log", "instance", c.ID(), "error", err)
+		r.log.Warn("remove log", "instance_id", c.ID(), "error", err)
 	}
 	r.removeFiles(c.ID())
 }

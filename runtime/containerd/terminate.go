@@ -56,10 +56,10 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 		return err
 	}
 	if err := os.Remove(r.logPath(id)); err != nil && !os.IsNotExist(err) {
-		r.log.Warn("remove log", "instance", id, "error", err)
+		r.log.Warn("remove log", "instance_id", id, "error", err)
 	}
 	r.removeFiles(id)
-	r.log.Info("instance terminated", "instance", id)
+	r.log.Info("instance terminated", "instance_id", id)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil
 }
@@ -91,7 +91,7 @@ func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout 
 		select {
 		case <-exitC:
 		case <-time.After(timeout):
-			r.log.Info("instance ignored SIGTERM; killing", "instance", c.ID(), "timeout", timeout)
+			r.log.Info("instance ignored SIGTERM; killing", "instance_id", c.ID(), "timeout", timeout)
 			if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("send SIGKILL: %w", convertErr(err))
 			}

@@ -246,10 +246,10 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 			return
 		}
 		if attempt == exitRetries {
-			r.log.Error("record exit: giving up; the next agent start reports it", "instance", id, "published", published, "error", err)
+			r.log.Error("record exit: giving up; the next agent start reports it", "instance_id", id, "published", published, "error", err)
 			return
 		}
-		r.log.Warn("record exit; retrying", "instance", id, "published", published, "error", err)
+		r.log.Warn("record exit; retrying", "instance_id", id, "published", published, "error", err)
 		select {
 		case <-time.After(time.Second << attempt):
 		case <-r.ctx.Done():
@@ -289,7 +289,7 @@ func (r *Runtime) tryRecordExit(ctx context.Context, id string, code int, at tim
 		label = strconv.Itoa(code)
 	}
 	if !*published {
-		r.log.Info("instance exited", "instance", id, "exit_code", label, "oom_killed", ev.OOMKilled)
+		r.log.Info("instance exited", "instance_id", id, "exit_code", label, "oom_killed", ev.OOMKilled)
 		r.pub.Publish(ev)
 		*published = true
 	}

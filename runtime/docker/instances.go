@@ -148,7 +148,7 @@ func (r *Runtime) filesDir(id string) string {
 // removeFiles removes what was written for instance id.
 func (r *Runtime) removeFiles(id string) {
 	if err := os.RemoveAll(r.filesDir(id)); err != nil {
-		r.log.Warn("remove instance files", "instance", id, "error", err)
+		r.log.Warn("remove instance files", "instance_id", id, "error", err)
 	}
 }
 

@@ -42,11 +42,11 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 		if errors.As(err, &se) {
 			step = se.Step
 		}
-		r.log.Warn("start failed", "instance", spec.ID, "step", step, "error", err)
+		r.log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
 		return runtime.Instance{}, err
 	}
-	r.log.Info("instance running", "instance", spec.ID, "image", spec.Image, "pid", inst.Pid)
+	r.log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
 	return inst, nil
 }

@@ -38,7 +38,7 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 	}
 	r.forgetExit(c.ID)
 	r.removeFiles(id)
-	r.log.Info("instance terminated", "instance", id)
+	r.log.Info("instance terminated", "instance_id", id)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil
 }

@@ -58,7 +58,7 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
 			if terr := n.teardownLocked(cctx, id, ports); terr != nil {
-				n.cfg.Logger.Error("cleaning up a failed network setup", "instance", id, "err", terr)
+				n.cfg.Logger.Error("cleaning up a failed network setup", "instance_id", id, "error", terr)
 			}
 		}
 	}()

@@ -182,7 +182,7 @@ func (r *Reservations) Reserve(spec *runtime.InstanceSpec) (map[string]string, e
 		why = fmt.Sprintf("%d MiB do not fit in the %d MiB left on node %d", res.MemoryMB, n.MemoryMB-usedMem, node)
 	}
 	if why != "" {
-		r.logger.Info("rental not aligned with its GPUs' NUMA node; it runs on any CPU", "instance", spec.ID, "why", why)
+		r.logger.Info("rental not aligned with its GPUs' NUMA node; it runs on any CPU", "instance_id", spec.ID, "why", why)
 		return nil, nil
 	}
 	if spec.Limits == (runtime.Resources{}) {
