@@ -173,6 +173,31 @@ func TestCLIAgainstARunningAgent(t *testing.T) {
 // with ^C and checks it exits 0.
 func untilLine(t *testing.T, cmd *exec.Cmd, want string) <-chan string {
 	t.Helper()
+	out := make(chan string, 1)
+	lines := readLines(t, cmd, func(_ int, line string) bool { return strings.Contains(line, want) })
+	go func() {
+		got := <-lines
+		if i := strings.LastIndex(strings.TrimSuffix(got, "\n"), "\n"); i >= 0 {
+			got = got[i+1:]
+		}
+		out <- strings.TrimSuffix(got, "\n")
+	}()
+	return out
+}
+
+// firstLines starts cmd, returns its first n lines of output, then
+// interrupts it as a person would with ^C and checks it exits 0.
+func firstLines(t *testing.T, cmd *exec.Cmd, n int) string {
+	t.Helper()
+	return <-readLines(t, cmd, func(i int, _ string) bool { return i == n })
+}
+
+// readLines starts cmd and sends its output up to the line for which stop
+// (given the line's number from 1, and the line) is true, or "" when none
+// comes in 30 seconds; then it interrupts cmd with SIGINT, as ^C does,
+// and checks it exits 0.
+func readLines(t *testing.T, cmd *exec.Cmd, stop func(int, string) bool) <-chan string {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -186,9 +211,11 @@ func untilLine(t *testing.T, cmd *exec.Cmd, want string) <-chan string {
 	found := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), want) {
-				found <- sc.Text()
+		var got strings.Builder
+		for i := 1; sc.Scan(); i++ {
+			got.WriteString(sc.Text() + "\n")
+			if stop(i, sc.Text()) {
+				found <- got.String()
 				break
 			}
 		}
@@ -219,45 +246,4 @@ func wsRequests(t *testing.T, log string) int {
 		t.Fatal(err)
 	}
 	return strings.Count(string(b), `"path":"/ws"`)
-}
-
-// firstLines starts cmd, returns its first n lines of output, then
-// interrupts it as a person would with ^C and checks it exits 0.
-func firstLines(t *testing.T, cmd *exec.Cmd, n int) string {
-	t.Helper()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill() })
-	lines := make(chan string, 1)
-	go func() {
-		r := bufio.NewReader(stdout)
-		var got strings.Builder
-		for i := 0; i < n; i++ {
-			l, err := r.ReadString('\n')
-			got.WriteString(l)
-			if err != nil {
-				break
-			}
-		}
-		lines <- got.String()
-		_, _ = io.Copy(io.Discard, r)
-	}()
-	var got string
-	select {
-	case got = <-lines:
-	case <-time.After(20 * time.Second):
-		t.Errorf("%v: no %d lines in time (stderr %q)", cmd.Args, n, stderr.String())
-	}
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	if err := cmd.Wait(); err != nil {
-		t.Errorf("%v after ^C: %v (stderr %q)", cmd.Args, err, stderr.String())
-	}
-	return got
 }
