@@ -319,7 +319,7 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		if netErr != nil {
 			fix := "see the detail: RENTAL_SUBNET must not overlap a route of the host, the agent needs iptables and (on containerd) the CNI plugins, and dockerd must manage iptables"
 			if env.agentOwned {
-				fix = "restart the agent, which writes its bridge and rules at start (the self-test never writes a running agent's); if they go missing again, find what flushes them (a firewall reload)"
+				fix = "the agent compares and repairs its rules every NETWORK_RECHECK_INTERVAL (the self-test never writes a running agent's): run the self-test again in a few seconds; if they stay wrong, restart the agent, and find what flushes them (a firewall reload)"
 			}
 			checks = append(checks, result("rental-network", selftest.Result{Status: selftest.Fail, Detail: netErr.Error(), Fix: fix}))
 			break

@@ -119,6 +119,9 @@ func TestSelftest(t *testing.T) {
 		"STATE_DIR=" + envValue(w.env, "STATE_DIR"), "CONTAINERD_ADDRESS=" + w.ctd.Address,
 		"RENTAL_NETWORK_NAME=" + w.net.name, "RENTAL_SUBNET=" + w.net.subnet.String(),
 		"BLOCKED_EGRESS_CIDRS=10.0.0.0/8", "DOCKER_HOST=unix:///nonexistent/docker.sock",
+		// The agent repairs its rules on this period: longer than the
+		// test, so that the self-test is seen finding them changed.
+		"NETWORK_RECHECK_INTERVAL=10m",
 	}, probes...)
 
 	// A tenant of the agent on the same network: the self-test's rentals
@@ -207,7 +210,7 @@ func TestSelftest(t *testing.T) {
 		flushed := agentRules(t, w.net.cfg.ChainPrefix)
 		code, rep, out := runSelftestBinary(t, w.bin, shell...)
 		r := result(rep, "rental-network")
-		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, forward) || !strings.Contains(r.Fix, "restart the agent") {
+		if code == 0 || r.Status != selftest.Fail || !strings.Contains(r.Detail, forward) || !strings.Contains(r.Fix, "restart the agent") || !strings.Contains(r.Fix, "NETWORK_RECHECK_INTERVAL") {
 			t.Fatalf("with the agent's rules flushed: exit %d, rental-network %+v\n%s", code, r, out)
 		}
 		if after := agentRules(t, w.net.cfg.ChainPrefix); after != flushed {

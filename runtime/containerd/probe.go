@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -99,16 +100,19 @@ func (r *Runtime) probeTask(ctx context.Context, extra ...oci.SpecOpts) error {
 	if err := os.MkdirAll(rootfs, 0o700); err != nil {
 		return fmt.Errorf("probe rootfs: %w", err)
 	}
-	r.removeProbe(ctx)
+	r.removeStaleProbes(ctx)
+	// An ID of its own: probes of this agent (readiness, limits) and of
+	// another agent on the same containerd may run at once.
+	id := probeID + "-" + strings.ToLower(rand.Text()[:12])
 	opts := append([]oci.SpecOpts{oci.WithRootFSPath(rootfs), oci.WithProcessArgs(probeProcess)}, extra...)
-	c, err := r.client.NewContainer(ctx, probeID,
+	c, err := r.client.NewContainer(ctx, id,
 		containerd.WithRuntime(RuncRuntime, r.runcOptions()),
 		containerd.WithNewSpec(opts...),
 		containerd.WithContainerLabels(map[string]string{labelProbe: "true"}))
 	if err != nil {
 		return fmt.Errorf("create the probe container: %w", convertErr(err))
 	}
-	defer r.removeProbe(ctx)
+	defer r.removeProbe(ctx, c)
 	task, err := c.NewTask(ctx, cio.NullIO)
 	if err == nil {
 		// A runtime that checks the process only at start still works.
@@ -123,17 +127,30 @@ func (r *Runtime) probeTask(ctx context.Context, extra ...oci.SpecOpts) error {
 	return err
 }
 
-// removeProbe deletes a probe container and its task, left over or not.
-func (r *Runtime) removeProbe(ctx context.Context) {
-	c, err := r.client.LoadContainer(ctx, probeID)
-	if err != nil {
-		return
-	}
+// removeProbe deletes a probe container and its task.
+func (r *Runtime) removeProbe(ctx context.Context, c containerd.Container) {
 	if t, err := c.Task(ctx, nil); err == nil {
 		_, _ = t.Delete(ctx, containerd.WithProcessKill)
 	}
 	if err := c.Delete(ctx); err != nil && !errdefs.IsNotFound(err) {
 		r.log.Warn("remove the probe container", "error", err)
+	}
+}
+
+// removeStaleProbes deletes probe containers left by a probe that was cut
+// short (the agent died in it): those older than a probe can last, so that
+// a probe in progress elsewhere is never touched.
+func (r *Runtime) removeStaleProbes(ctx context.Context) {
+	cs, err := r.client.Containers(ctx, fmt.Sprintf("labels.%q==true", labelProbe))
+	if err != nil {
+		return
+	}
+	for _, c := range cs {
+		info, err := c.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil || time.Since(info.CreatedAt) < 2*probeTimeout {
+			continue
+		}
+		r.removeProbe(ctx, c)
 	}
 }
 
