@@ -17,6 +17,7 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // inventoryOf gives uuids[i] minor number minors[i].
@@ -55,6 +56,7 @@ func listenUnix(t *testing.T, path string) {
 // nvidia-persistenced and nvidia-fabricmanager listen, the generated spec,
 // and so every GPU container, gets neither socket.
 func TestGeneratedSpecMountsNoDaemonSockets(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	lib := newMockNVML()
 	root := newDriverRoot(t, len(lib.Devices), "550.54.15")
@@ -93,6 +95,7 @@ func TestGeneratedSpecMountsNoDaemonSockets(t *testing.T) {
 // GPUs' NVIDIA nodes and read-only driver files reaches a container; each
 // refusal names what it refused.
 func TestHandWrittenSpecRefusals(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	uuids := fakeUUIDs()
 	sockDir := t.TempDir()
@@ -188,6 +191,7 @@ func TestHandWrittenSpecRefusals(t *testing.T) {
 // minors would hand each tenant the other's GPU; the injection is refused
 // and no plan comes out.
 func TestSwappedMinorsRefused(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	uuids := fakeUUIDs()[:2]
 	dir := t.TempDir()
@@ -214,6 +218,7 @@ func TestSwappedMinorsRefused(t *testing.T) {
 // changed since the agent started, and driver files gone from disk each
 // stop the injection with an error that says so.
 func TestDriverChangeNoticed(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	uuids := fakeUUIDs()[:1]
 	spec := func(t *testing.T) string {

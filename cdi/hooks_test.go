@@ -8,6 +8,8 @@ import (
 	"github.com/containerd/errdefs"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 func TestUnsafeHooksAreRefused(t *testing.T) {
@@ -84,6 +86,7 @@ func TestUnsafeHooksAreRefused(t *testing.T) {
 // TestUnsafeHookOfAnotherDevice: only what would be injected is judged, so
 // a bad hook on a GPU that is not requested does not block the others.
 func TestUnsafeHookOfAnotherDevice(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	raw := gpuSpec(fakeUUIDs())
@@ -100,6 +103,7 @@ func TestUnsafeHookOfAnotherDevice(t *testing.T) {
 }
 
 func TestConfiguredHookAllowlist(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	raw := gpuSpec(fakeUUIDs())

@@ -12,9 +12,12 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 func TestSpecOptsInjectsExactlyTheAllocatedGPUs(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	uuids := fakeUUIDs()
 	dir := t.TempDir()
@@ -163,6 +166,7 @@ func TestSpecOptsWithoutSpecsStillSanitises(t *testing.T) {
 }
 
 func TestSpecOptsSeesSpecsWrittenLater(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	in, _, _ := newTestInjector(t, []string{dir})
@@ -182,6 +186,7 @@ func TestSpecOptsSeesSpecsWrittenLater(t *testing.T) {
 // TestSpecOptsConcurrent runs injections side by side; with -race it shows
 // that an injection does not write to specs the cache shares.
 func TestSpecOptsConcurrent(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	writeSpec(t, dir, "nvidia.json", gpuSpec(fakeUUIDs()))
@@ -218,6 +223,7 @@ func TestSpecOptsConcurrent(t *testing.T) {
 }
 
 func TestReport(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	static, dynamic := t.TempDir(), t.TempDir()
 	path := writeSpec(t, dynamic, "nvidia.json", gpuSpec(fakeUUIDs()[:2]))

@@ -11,11 +11,14 @@ import (
 
 	"github.com/containerd/errdefs"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // TestEnsureNVIDIASpecAndForeignSpecs: a spec the agent did not write is
 // used when it fits, and never overwritten or deleted when it does not.
 func TestEnsureNVIDIASpecAndForeignSpecs(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	lib := newMockNVML()
 	inv := openInventory(t, lib)

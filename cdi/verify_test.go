@@ -8,9 +8,12 @@ import (
 	"github.com/containerd/errdefs"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 func TestVerifyRefusesAnotherGPU(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	uuids := fakeUUIDs()
 	extraNode := func(path, host string) func(*cdispec.Spec) {
@@ -73,6 +76,7 @@ func TestVerifyRefusesAnotherGPU(t *testing.T) {
 // TestVerifyWithoutSpecs: on a host without any spec the static NVIDIA rules
 // still keep GPUs out of a container that was allocated none.
 func TestVerifyWithoutSpecs(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	minor := func(n int64) *int64 { return &n }
 	major := minor(nvidiaMajor)
@@ -133,6 +137,7 @@ func TestVerifyMissingNode(t *testing.T) {
 // TestOptionIsLast documents the contract with the runtime: options after
 // this one could undo it, which is why it must come last.
 func TestOptionIsLast(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	writeSpec(t, dir, "nvidia.json", gpuSpec(fakeUUIDs()))
@@ -155,6 +160,7 @@ func TestOptionIsLast(t *testing.T) {
 // TestVerifyAcceptsAliases: the shapes of real specs that repeat the
 // injected GPUs' nodes must not be mistaken for another GPU.
 func TestVerifyAcceptsAliases(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	uuids := fakeUUIDs()
 	tests := []struct {
@@ -211,6 +217,7 @@ func TestVerifyAcceptsAliases(t *testing.T) {
 // TestVerifySingleGPUHost: with one GPU nothing is "shared", so a container
 // allocated none still may not get it.
 func TestVerifySingleGPUHost(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	writeSpec(t, dir, "nvidia.json", gpuSpec(fakeUUIDs()[:1]))

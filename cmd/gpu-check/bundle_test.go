@@ -22,10 +22,7 @@ const bundleLimit = 50 * 1000 * 1000
 // the fake GPU nodes through the agent's start path. Slow (it builds
 // containerd and runc): skipped with -short.
 func TestBundle(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds containerd and runc; skipped with -short")
-	}
-	testenv.Require(t, "gcc")
+	testenv.Require(t, "gcc") // and slow: it builds containerd and runc
 	dir := t.TempDir()
 	archive := filepath.Join(dir, "gpu-check.tar.xz")
 	build := exec.Command("bash", "../../deploy/build-gpu-check.sh", archive)

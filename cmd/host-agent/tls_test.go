@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 with the given
@@ -63,6 +65,7 @@ func writeCert(t *testing.T, certFile, keyFile string, serial int64) *x509.Certi
 // TLS only, even while containerd is unreachable, and picks up a renewed
 // certificate without a restart.
 func TestAgentServesTLS(t *testing.T) {
+	testenv.Require(t) // root: the agent sets up the rentals' network
 	bin := buildAgent(t)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")

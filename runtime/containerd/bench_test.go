@@ -20,9 +20,7 @@ import (
 // difference is what the agent adds (labels, confinement, exit tracking,
 // log files). The image is pulled before timing starts.
 func BenchmarkStartTerminate(b *testing.B) {
-	if daemon == nil {
-		b.Skipf("no containerd: %s", setupErr)
-	}
+	needDaemon(b)
 	b.Run("agent", func(b *testing.B) {
 		ns := "bench-agent"
 		r, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "bench", LogDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})

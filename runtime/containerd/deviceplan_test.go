@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // buildFinal runs the back end's option list tail on a default spec: the
@@ -36,6 +37,7 @@ func buildFinal(t *testing.T, plan runtime.DevicePlan, extra ...oci.SpecOpts) (*
 // final spec, device plan included; only the plan's read-only driver files
 // may be bind-mounted, and only its devices and hooks reach the spec.
 func TestFinalSpecVerifiedAfterDevicePlan(t *testing.T) {
+	testenv.Require(t) // root: only root-owned driver files are trusted
 	t.Parallel()
 	dir := t.TempDir()
 	lib := filepath.Join(dir, "libcuda.so.550.54.15")

@@ -21,6 +21,7 @@ import (
 // space is free again for the next start.
 func TestPullFillingTheDiskLeavesNothing(t *testing.T) {
 	testenv.Require(t, "containerd", "containerd-shim-runc-v2", "runc")
+	needPayload(t)
 	t.Parallel()
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root")

@@ -17,54 +17,65 @@ import (
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
-// The shared daemon and image of this package's integration tests; tests
-// that restart containerd start their own daemon.
+// The shared daemon and image of this package's integration tests, started
+// by the first test that needs them (needDaemon); tests that restart
+// containerd start their own daemon.
 var (
 	daemon     *testenv.Containerd
 	payloadRef string
 	registry   *testenv.Registry
-	setupErr   string
 )
 
 var integrationBinaries = []string{"containerd", "containerd-shim-runc-v2", "runc", "ctr"}
 
+var (
+	sharedDaemon = testenv.Fixture{Start: func() (func(), error) {
+		dir, err := os.MkdirTemp("", "host-agent-ctd-")
+		if err != nil {
+			return nil, err
+		}
+		d, err := testenv.StartContainerd(dir)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("start containerd: %w", err)
+		}
+		daemon = d
+		return func() { d.Close(); os.RemoveAll(dir) }, nil
+	}}
+	sharedPayload = testenv.Fixture{Start: func() (func(), error) {
+		reg := testenv.StartRegistry()
+		ref, err := reg.PushPayload("payload:latest")
+		if err != nil {
+			reg.Close()
+			return nil, err
+		}
+		registry, payloadRef = reg, ref
+		return reg.Close, nil
+	}}
+)
+
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := m.Run()
+	sharedDaemon.Close()
+	sharedPayload.Close()
+	os.Exit(code)
 }
 
-func run(m *testing.M) int {
-	if reason := testenv.Missing(integrationBinaries...); reason != "" {
-		setupErr = reason
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "host-agent-ctd-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(dir)
-	daemon, err = testenv.StartContainerd(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start containerd:", err)
-		return 1
-	}
-	defer daemon.Close()
-	registry = testenv.StartRegistry()
-	defer registry.Close()
-	payloadRef, err = registry.PushPayload("payload:latest")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	return m.Run()
+// needDaemon skips or fails the test when containerd cannot run here, and
+// otherwise starts, on first use, the shared daemon (daemon) and the
+// registry serving the payload image (registry, payloadRef).
+func needDaemon(tb testing.TB) {
+	tb.Helper()
+	testenv.Require(tb, integrationBinaries...)
+	sharedDaemon.Need(tb)
+	needPayload(tb)
 }
 
-// needDaemon skips or fails the test when the shared daemon is not there.
-func needDaemon(t *testing.T) {
-	t.Helper()
-	testenv.Require(t, integrationBinaries...)
-	if daemon == nil {
-		t.Fatalf("containerd did not start: %s", setupErr)
-	}
+// needPayload starts, on first use, the registry serving the payload image
+// (registry, payloadRef), for tests that run their own containerd.
+func needPayload(tb testing.TB) {
+	tb.Helper()
+	sharedPayload.Need(tb)
 }
 
 // agent is what cmd/host-agent builds: the containerd back end under the

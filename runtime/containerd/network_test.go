@@ -33,14 +33,12 @@ func newInvariantNetwork(t *testing.T) *testNetwork {
 }
 
 // needPlugins skips (fails under HOST_AGENT_INTEGRATION=require) without
-// the CNI plugins.
+// root or the CNI plugins.
 func needPlugins(t *testing.T) {
 	t.Helper()
-	if reason := network.FindPlugins(network.DefaultPluginDirs); reason != nil {
-		if os.Getenv("HOST_AGENT_INTEGRATION") == "require" {
-			t.Fatalf("HOST_AGENT_INTEGRATION=require but: %v", reason)
-		}
-		t.Skip(reason)
+	testenv.Require(t)
+	if err := network.FindPlugins(network.DefaultPluginDirs); err != nil {
+		testenv.Unavailable(t, err.Error())
 	}
 }
 

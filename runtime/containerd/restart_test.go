@@ -70,10 +70,7 @@ func TestAgentRestart(t *testing.T) {
 // A containerd restart is not an exit: the agent reconnects, instances keep
 // running, and an exit that happened while containerd was down is reported.
 func TestContainerdRestart(t *testing.T) {
-	testenv.Require(t, integrationBinaries...)
-	if daemon == nil {
-		t.Fatalf("setup failed: %s", setupErr)
-	}
+	needDaemon(t)
 	t.Parallel()
 	own, err := testenv.StartContainerd(t.TempDir())
 	if err != nil {

@@ -10,17 +10,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A start is refused while a small file system the test mounts has less
 // free space than the reserve, and allowed once space is freed.
 func TestStartRefusedBelowTheReserve(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("HOST_AGENT_INTEGRATION") == "require" {
-			t.Fatal("needs root to mount a tmpfs")
-		}
-		t.Skip("needs root to mount a tmpfs")
-	}
+	testenv.Require(t) // root, to mount a tmpfs
 	t.Parallel()
 	root := t.TempDir()
 	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=64m"); err != nil {

@@ -23,13 +23,13 @@ import (
 
 // The daemons of this package's integration tests: one private containerd
 // and, on it, Debian's dockerd 20.10 (API 1.41, the nvidia driver through a
-// stand-in hook) and moby's current dockerd (CDI).
+// stand-in hook) and moby's current dockerd (CDI); and a registry serving
+// the payload image. Each is started by the first test that needs it
+// (needDockerd) and stopped by TestMain.
 var (
 	containerd *testenv.Containerd
-	dockerds   = map[string]*testenv.Dockerd{}
 	testReg    *testenv.Registry
 	payloadRef string
-	setupErr   string
 )
 
 // Flavours of dockerd under test.
@@ -40,71 +40,110 @@ const (
 
 var integrationBinaries = []string{"containerd", "containerd-shim-runc-v2", "runc"}
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
+// sharedDockerd is one flavour's shared dockerd.
+type sharedDockerd struct {
+	testenv.Fixture
+	bin func() (string, error)
+	d   *testenv.Dockerd
+}
 
-func run(m *testing.M) int {
-	if reason := testenv.Missing(integrationBinaries...); reason != "" {
-		setupErr = reason
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "ha-dk-")
-	if err != nil {
-		panic(err)
-	}
-	defer os.RemoveAll(dir)
-	containerd, err = testenv.StartContainerd(dir + "/ctd")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start containerd:", err)
-		return 1
-	}
-	defer containerd.Close()
-	bins := map[string]func() (string, error){
-		debian: func() (string, error) {
+var (
+	sharedContainerd = testenv.Fixture{Start: func() (func(), error) {
+		dir, err := os.MkdirTemp("", "ha-dk-")
+		if err != nil {
+			return nil, err
+		}
+		c, err := testenv.StartContainerd(dir + "/ctd")
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("start containerd: %w", err)
+		}
+		containerd = c
+		return func() { c.Close(); os.RemoveAll(dir) }, nil
+	}}
+	sharedPayload = testenv.Fixture{Start: func() (func(), error) {
+		reg := testenv.StartRegistry()
+		ref, err := reg.PushPayload("payload:latest")
+		if err != nil {
+			reg.Close()
+			return nil, err
+		}
+		testReg, payloadRef = reg, ref
+		return reg.Close, nil
+	}}
+	dockerds = map[string]*sharedDockerd{
+		debian: {bin: func() (string, error) {
 			if b := testenv.DebianDockerd(); b != "" {
 				return b, nil
 			}
 			return "", fmt.Errorf("Debian's dockerd (docker.io) is not installed")
-		},
-		moby: testenv.MobyDockerd,
+		}},
+		moby: {bin: testenv.MobyDockerd},
 	}
-	for name, bin := range bins {
-		b, err := bin()
-		if err != nil {
-			setupErr += name + ": " + err.Error() + "; "
-			continue
+)
+
+func init() {
+	for name, s := range dockerds {
+		s.Start = func() (func(), error) {
+			b, err := s.bin()
+			if err != nil {
+				return nil, err
+			}
+			dir, err := os.MkdirTemp("", "ha-dk-")
+			if err != nil {
+				return nil, err
+			}
+			d, err := testenv.StartDockerd(dir+"/"+strings.TrimPrefix(name, "dockerd-"), testenv.DockerdOptions{
+				Bin: b, Containerd: containerd.Address, CDI: name == moby, NvidiaHook: name == debian})
+			if err != nil {
+				os.RemoveAll(dir)
+				return nil, fmt.Errorf("start %s: %w", name, err)
+			}
+			s.d = d
+			return func() { d.Close(); os.RemoveAll(dir) }, nil
 		}
-		d, err := testenv.StartDockerd(dir+"/"+strings.TrimPrefix(name, "dockerd-"), testenv.DockerdOptions{
-			Bin: b, Containerd: containerd.Address, CDI: name == moby, NvidiaHook: name == debian})
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "start %s: %v\n", name, err)
-			return 1
-		}
-		defer d.Close()
-		dockerds[name] = d
 	}
-	testReg = testenv.StartRegistry()
-	defer testReg.Close()
-	payloadRef, err = testReg.PushPayload("payload:latest")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, s := range dockerds {
+		s.Close()
 	}
-	return m.Run()
+	sharedContainerd.Close()
+	sharedPayload.Close()
+	os.Exit(code)
 }
 
 // needDockerd returns the named dockerd, or skips (fails under
-// HOST_AGENT_INTEGRATION=require) when it is not there.
+// HOST_AGENT_INTEGRATION=require) when it cannot run here. On first use it
+// starts the shared containerd, that dockerd and the registry serving the
+// payload image (testReg, payloadRef).
 func needDockerd(t *testing.T, name string) *testenv.Dockerd {
 	t.Helper()
 	testenv.Require(t, integrationBinaries...)
-	d := dockerds[name]
-	if d == nil {
-		if os.Getenv(testenv.RequireEnv) == "require" {
-			t.Fatalf("%s did not start: %s", name, setupErr)
-		}
-		t.Skipf("%s not available: %s", name, setupErr)
+	s := dockerds[name]
+	if _, err := s.bin(); err != nil {
+		testenv.Unavailable(t, name+": "+err.Error())
 	}
-	return d
+	needContainerd(t)
+	s.Need(t)
+	needPayload(t)
+	return s.d
+}
+
+// needContainerd starts, on first use, the shared containerd (containerd).
+func needContainerd(t *testing.T) {
+	t.Helper()
+	testenv.Require(t, integrationBinaries...)
+	sharedContainerd.Need(t)
+}
+
+// needPayload starts, on first use, the registry serving the payload image
+// (testReg, payloadRef).
+func needPayload(t *testing.T) {
+	t.Helper()
+	sharedPayload.Need(t)
 }
 
 // scope is one test's state dir on one dockerd: back ends opened on it

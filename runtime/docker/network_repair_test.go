@@ -39,9 +39,6 @@ func TestNetworkRulesRepaired(t *testing.T) {
 }
 
 func testNetworkRulesRepaired(t *testing.T, shared *testenv.Dockerd) {
-	if testReg == nil {
-		t.Fatalf("the test registry is missing: %s", setupErr)
-	}
 	testenv.LockHostNetwork(t)
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)

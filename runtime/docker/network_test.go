@@ -50,12 +50,11 @@ func agentRules(t *testing.T, bridge, prefix string) []string {
 func TestPublishedPortsAndIsolation(t *testing.T) {
 	testenv.Require(t, integrationBinaries...)
 	bin := testenv.DebianDockerd()
-	if bin == "" || testReg == nil {
-		if os.Getenv(testenv.RequireEnv) == "require" {
-			t.Fatalf("Debian's dockerd or the test registry is missing: %s", setupErr)
-		}
-		t.Skip("Debian's dockerd is not installed")
+	if bin == "" {
+		testenv.Unavailable(t, "Debian's dockerd is not installed")
 	}
+	needContainerd(t)
+	needPayload(t)
 	testenv.LockHostNetwork(t)
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)

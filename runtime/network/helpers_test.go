@@ -22,25 +22,15 @@ import (
 	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
-// requireRoot skips an integration test when not root, unless
-// HOST_AGENT_INTEGRATION=require (CI), where a skip would hide a failure.
+// requireRoot is the gate of this package's integration tests: root
+// (network namespaces, iptables), nft and the CNI plugins (see
+// testenv.Require).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	reason := ""
-	if os.Geteuid() != 0 {
-		reason = "needs root (network namespaces, iptables, CNI plugins)"
-	} else if err := FindPlugins(DefaultPluginDirs); err != nil {
-		reason = err.Error()
-	} else if _, err := exec.LookPath("nft"); err != nil {
-		reason = "nft not installed"
+	testenv.Require(t, "nft")
+	if err := FindPlugins(DefaultPluginDirs); err != nil {
+		testenv.Unavailable(t, err.Error())
 	}
-	if reason == "" {
-		return
-	}
-	if os.Getenv("HOST_AGENT_INTEGRATION") == "require" {
-		t.Fatalf("HOST_AGENT_INTEGRATION=require but: %s", reason)
-	}
-	t.Skip(reason)
 }
 
 func randHex(n int) string {

@@ -1,11 +1,12 @@
 package network
 
 import (
-	"os"
 	goruntime "runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // In a container /proc/sys is read-only; the agent makes /proc/sys/net
@@ -13,9 +14,7 @@ import (
 // settings. The test makes a mount namespace of its own (on a thread that
 // is thrown away after), with /proc/sys/net read-only as Docker leaves it.
 func TestReadOnlyProcSysNetMadeWritable(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testenv.Require(t) // root, for a mount namespace
 	errc := make(chan error, 1)
 	var before, after unix.Statfs_t
 	go func() {
