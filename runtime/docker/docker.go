@@ -91,6 +91,8 @@ type Runtime struct {
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
+	// imageRecMu serialises the read-modify-write of image records.
+	imageRecMu sync.Mutex
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
 
@@ -134,7 +136,7 @@ func New(opts Options) (*Runtime, error) {
 	if !filepath.IsAbs(opts.StateDir) {
 		return nil, fmt.Errorf("docker state dir %q must be absolute: %w", opts.StateDir, errdefs.ErrInvalidArgument)
 	}
-	for _, d := range []string{exitsDir, authPullsDir} {
+	for _, d := range []string{exitsDir, authPullsDir, imagesDir} {
 		if err := os.MkdirAll(filepath.Join(opts.StateDir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("create docker state dir: %w", err)
 		}
