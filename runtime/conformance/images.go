@@ -40,7 +40,7 @@ func waitImageEvent(t *testing.T, r *Recorder, ref, typ string, n int) events.Ev
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("no %s event #%d for %s; got %s", typ, n, ref, r.Summary())
-	return events.Event{}
+	panic("unreachable")
 }
 
 func findImage(t *testing.T, a *Agent, ref string) (runtime.Image, bool) {

@@ -2,6 +2,7 @@ package reporter
 
 import (
 	"context"
+	"slices"
 
 	"github.com/host-agent/host-agent/runtime"
 )
@@ -38,7 +39,8 @@ func (r *Reporter) imageRefs(ctx context.Context) []ImageRef {
 		r.logger.Warn("listing images for the report failed; sent without them", "error", err)
 		return nil
 	}
-	// Images answers most recently used first.
+	imgs = slices.Clone(imgs)
+	slices.SortStableFunc(imgs, func(a, b runtime.Image) int { return b.LastUsed.Compare(a.LastUsed) })
 	out := make([]ImageRef, 0, min(len(imgs), MaxReportedImages))
 	for _, img := range imgs {
 		if len(out) == MaxReportedImages {
