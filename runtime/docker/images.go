@@ -192,6 +192,8 @@ func (r *Runtime) PinImage(ctx context.Context, ref string, until time.Time) err
 // RemoveImage implements runtime.ImageStore: the reference is untagged,
 // and the image removed with its last tag.
 func (r *Runtime) RemoveImage(ctx context.Context, ref string) error {
+	r.imageMu.Lock()
+	defer r.imageMu.Unlock()
 	img, err := r.client.ImageInspect(ctx, ref)
 	if err != nil {
 		return convertErr(err)
