@@ -290,6 +290,11 @@ func TestCLIImagesAndPull(t *testing.T) {
 		list.Images[0].SizeBytes == 0 || list.Images[0].PinnedUntil != nil || list.Images[0].InUse {
 		t.Fatalf("images --json after the pull: %+v", list)
 	}
+	stream := exec.Command(w.bin, "events", "--since", "0")
+	stream.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOST_AGENT_URL=" + agent.base}, env...)
+	if line := <-untilLine(t, stream, "image.pulled "+w.image); !strings.Contains(line, "status=pulled digest="+list.Images[0].Digest) {
+		t.Errorf("events: %q, want the image.pulled event with its digest", line)
+	}
 	code, out, errOut := run("pull", "--pin-hours", "3", w.image)
 	if code != 0 || !strings.Contains(out, "present: "+w.image+" "+list.Images[0].Digest) {
 		t.Errorf("pull of a present image: %d %s%s", code, out, errOut)

@@ -388,6 +388,9 @@ func eventLine(e events.Event) string {
 	if e.InstanceID != "" {
 		parts = append(parts, e.InstanceID)
 	}
+	if e.Image != "" {
+		parts = append(parts, e.Image)
+	}
 	if e.GPU != "" {
 		parts = append(parts, "gpu="+e.GPU)
 	}
@@ -411,6 +414,12 @@ func eventLine(e events.Event) string {
 	}
 	if e.Message != "" {
 		parts = append(parts, strconv.Quote(e.Message))
+	}
+	if e.Digest != "" {
+		parts = append(parts, "digest="+e.Digest, "size="+humanBytes(e.SizeBytes), fmt.Sprintf("seconds=%.1f", e.Seconds))
+	}
+	if e.Code != "" {
+		parts = append(parts, "code="+e.Code)
 	}
 	if e.Error != "" {
 		parts = append(parts, "error="+strconv.Quote(e.Error))
