@@ -61,12 +61,9 @@ func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img Image, pull
 	if _, err := reference.ParseDockerRef(p.Ref); err != nil {
 		return Image{}, false, &fieldError{field: "image", msg: "is not a valid image reference: " + err.Error()}
 	}
-	l.mu.Lock()
-	if l.pulls[p.Ref] {
-		l.mu.Unlock()
+	if l.joinPull(p) {
 		return Image{}, true, nil
 	}
-	l.mu.Unlock()
 	if present, ok, err := l.presentImage(ctx, is, p.Ref); err != nil {
 		return Image{}, false, err
 	} else if ok && !present.PulledWithAuth {
@@ -81,22 +78,43 @@ func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img Image, pull
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.pulls[p.Ref] {
+	if pull := l.pulls[p.Ref]; pull != nil {
+		pull.pin = max(pull.pin, p.Pin)
 		return Image{}, true, nil
 	}
 	if l.ctx.Err() != nil {
 		return Image{}, false, fmt.Errorf("the agent is shutting down: %w", errdefs.ErrUnavailable)
 	}
-	l.pulls[p.Ref] = true
+	pull := &prePull{pin: p.Pin}
+	l.pulls[p.Ref] = pull
 	l.wg.Go(func() {
 		defer func() {
 			l.mu.Lock()
 			delete(l.pulls, p.Ref)
 			l.mu.Unlock()
 		}()
-		l.pullImage(is, p)
+		l.pullImage(is, p, pull)
 	})
 	return Image{}, true, nil
+}
+
+// prePull is a pre-pull in flight.
+type prePull struct {
+	// pin is the longest pin its requests asked for (under l.mu).
+	pin time.Duration
+}
+
+// joinPull joins p to a pre-pull of its image in flight, if there is one,
+// keeping the longest pin asked for.
+func (l *Lifecycle) joinPull(p ImagePull) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pull := l.pulls[p.Ref]
+	if pull == nil {
+		return false
+	}
+	pull.pin = max(pull.pin, p.Pin)
+	return true
 }
 
 // presentImage looks ref up among the images held.
@@ -114,17 +132,20 @@ func (l *Lifecycle) presentImage(ctx context.Context, is ImageStore, ref string)
 }
 
 // pullImage runs a pre-pull to its end, publishing its events.
-func (l *Lifecycle) pullImage(is ImageStore, p ImagePull) {
+func (l *Lifecycle) pullImage(is ImageStore, p ImagePull, pull *prePull) {
 	began := time.Now()
 	l.pub.Publish(events.Event{Type: events.TypeImagePulling, Image: p.Ref, Status: "pulling"})
 	img, err := is.PullImage(l.ctx, p.Ref, p.RegistryAuth, func(pr events.PullProgress) {
 		l.pub.Publish(events.Event{Type: events.TypeImagePulling, Image: p.Ref, Status: "pulling", Progress: &pr})
 	})
-	if err == nil && p.Pin > 0 {
+	l.mu.Lock()
+	pin := pull.pin
+	l.mu.Unlock()
+	if err == nil && pin > 0 {
 		// A fresh context: the pull is done, and an agent shutting down
 		// now should still record the pin it was asked for.
 		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-		until := time.Now().Add(p.Pin).UTC()
+		until := time.Now().Add(pin).UTC()
 		err = is.PinImage(ctx, p.Ref, until)
 		cancel()
 		img.PinnedUntil = until
@@ -162,7 +183,7 @@ func (l *Lifecycle) RemoveImage(ctx context.Context, ref string) error {
 		return err
 	}
 	l.mu.Lock()
-	pulling := l.pulls[ref]
+	pulling := l.pulls[ref] != nil
 	l.mu.Unlock()
 	if pulling {
 		return fmt.Errorf("image %s is being pulled: %w", ref, errdefs.ErrConflict)

@@ -136,8 +136,9 @@ func TestImagePullDetachedJoinedThenPresent(t *testing.T) {
 	ts, be, drain := newImagesServer(t)
 	sub, _, _ := ts.hub.Subscribe(0, false)
 	defer sub.Close()
-	for i := range 2 {
-		rec := ts.do(t, http.MethodPost, "/images/pull", `{"image": "nginx:1", "pin_hours": 2}`)
+	// The second request joins the first, and its pin is kept.
+	for i, body := range []string{`{"image": "nginx:1"}`, `{"image": "docker.io/library/nginx:1", "pin_hours": 2}`} {
+		rec := ts.do(t, http.MethodPost, "/images/pull", body)
 		var resp ImagePullResponse
 		decodeInto(t, rec, &resp)
 		if rec.Code != http.StatusAccepted || resp != (ImagePullResponse{Image: "docker.io/library/nginx:1", Status: "pulling"}) {
