@@ -12,7 +12,8 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
-// MaxPinHours bounds a pre-pull's pin: a year.
+// MaxPinHours bounds a pre-pull's pin: a year. A pin never shortens
+// one the image already has.
 const MaxPinHours = 24 * 366
 
 // ImagePull asks for an image ahead of any start.
@@ -67,8 +68,7 @@ func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img Image, pull
 	if present, ok, err := l.presentImage(ctx, is, p.Ref); err != nil {
 		return Image{}, false, err
 	} else if ok && !present.PulledWithAuth {
-		if p.Pin > 0 {
-			until := time.Now().Add(p.Pin).UTC()
+		if until := time.Now().Add(p.Pin).UTC(); p.Pin > 0 && until.After(present.PinnedUntil) {
 			if err := is.PinImage(ctx, p.Ref, until); err != nil {
 				return Image{}, false, err
 			}
@@ -141,11 +141,10 @@ func (l *Lifecycle) pullImage(is ImageStore, p ImagePull, pull *prePull) {
 	l.mu.Lock()
 	pin := pull.pin
 	l.mu.Unlock()
-	if err == nil && pin > 0 {
+	if until := time.Now().Add(pin).UTC(); err == nil && pin > 0 && until.After(img.PinnedUntil) {
 		// A fresh context: the pull is done, and an agent shutting down
 		// now should still record the pin it was asked for.
 		ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-		until := time.Now().Add(pin).UTC()
 		err = is.PinImage(ctx, p.Ref, until)
 		cancel()
 		img.PinnedUntil = until

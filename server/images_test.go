@@ -221,3 +221,23 @@ func TestImageRemoveAnswers(t *testing.T) {
 		t.Error("the image in use was removed")
 	}
 }
+
+// A pin never shortens the one an image already has.
+func TestImagePinKeepsTheLaterExpiry(t *testing.T) {
+	t.Parallel()
+	ts, be, _ := newImagesServer(t)
+	long := time.Now().Add(48 * time.Hour).UTC()
+	be.images["docker.io/library/kept:1"] = runtime.Image{Ref: "docker.io/library/kept:1", PinnedUntil: long}
+	if rec := ts.do(t, http.MethodPost, "/images/pull", `{"image": "kept:1", "pin_hours": 1}`); rec.Code != http.StatusOK {
+		t.Fatalf("pre-pull of a pinned image: %d %s", rec.Code, rec.Body)
+	}
+	if got := be.images["docker.io/library/kept:1"].PinnedUntil; !got.Equal(long) {
+		t.Errorf("pinned until %v after a 1-hour pin, want the earlier pin's %v", got, long)
+	}
+	if rec := ts.do(t, http.MethodPost, "/images/pull", `{"image": "kept:1", "pin_hours": 72}`); rec.Code != http.StatusOK {
+		t.Fatalf("pre-pull of a pinned image: %d %s", rec.Code, rec.Body)
+	}
+	if got := be.images["docker.io/library/kept:1"].PinnedUntil; !got.After(long) {
+		t.Errorf("pinned until %v after a 72-hour pin, want later than %v", got, long)
+	}
+}
