@@ -72,6 +72,7 @@ type Lifecycle struct {
 	starts     map[string]map[uint64]context.CancelFunc // starts in flight, queued or running
 	nextStart  uint64
 	terminates map[string]*terminateCall
+	pulls      map[string]*prePull // pre-pulls in flight, by image reference
 
 	restoreMu sync.Mutex
 	restored  bool
@@ -110,6 +111,7 @@ func NewLifecycle(be Runtime, opts LifecycleOptions) *Lifecycle {
 		margin:     opts.TerminateMargin,
 		starts:     map[string]map[uint64]context.CancelFunc{},
 		terminates: map[string]*terminateCall{},
+		pulls:      map[string]*prePull{},
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if opts.ReconcileInterval > 0 {

@@ -318,7 +318,7 @@ func checkGoType(t *testing.T, doc *asyncAPIDoc, where string, typ reflect.Type,
 	}
 	want := map[reflect.Kind]string{
 		reflect.String: "string", reflect.Bool: "boolean", reflect.Int: "integer", reflect.Int64: "integer",
-		reflect.Uint16: "integer", reflect.Uint64: "integer", reflect.Slice: "array", reflect.Struct: "object",
+		reflect.Uint16: "integer", reflect.Uint64: "integer", reflect.Float64: "number", reflect.Slice: "array", reflect.Struct: "object",
 	}[typ.Kind()]
 	if typ == reflect.TypeFor[time.Time]() {
 		want = "string"

@@ -156,6 +156,11 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"DrainRequest":              reflect.TypeFor[DrainRequest](),
 		"DrainStatus":               reflect.TypeFor[DrainStatus](),
 		"DrainInfo":                 reflect.TypeFor[reporter.DrainInfo](),
+		"ImagePullRequest":          reflect.TypeFor[ImagePullRequest](),
+		"ImagePullResponse":         reflect.TypeFor[ImagePullResponse](),
+		"ImageRemoveRequest":        reflect.TypeFor[ImageRemoveRequest](),
+		"ImageRemoveResponse":       reflect.TypeFor[ImageRemoveResponse](),
+		"ImageList":                 reflect.TypeFor[ImageList](),
 	}
 	c := &schemaChecker{t: t, doc: doc, visited: map[string]bool{}, decoded: map[reflect.Type]bool{
 		// The central server writes it and the agent reads it: every field

@@ -187,9 +187,7 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 		spec.Ulimits = maps.Clone(r.Ulimits)
 	}
 	spec.SSHAuthorizedKeys = nilIfEmpty(r.SSHAuthorizedKeys)
-	if a := r.RegistryAuth; a != nil && (a.Username != "" || a.Password != "") {
-		spec.RegistryAuth = &runtime.RegistryAuth{Username: a.Username, Password: a.Password}
-	}
+	spec.RegistryAuth = r.RegistryAuth.toRuntime()
 	return spec
 }
 

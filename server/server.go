@@ -277,6 +277,9 @@ func New(opts Options) (*Server, error) {
 	e.GET("/debug/pprof/:profile", s.serveProfile)
 	e.POST("/drain", s.drainHost)
 	e.POST("/undrain", s.undrainHost)
+	e.GET("/images", s.listImages)
+	e.POST("/images/pull", s.pullImage)
+	e.DELETE("/images", s.removeImage)
 	s.echo = e
 	return s, nil
 }

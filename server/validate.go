@@ -63,16 +63,8 @@ func (r *StartInstanceRequest) validate() error {
 			return err
 		}
 	}
-	if a := r.RegistryAuth; a != nil {
-		if strings.ContainsRune(a.Username, 0) {
-			return fieldErr("registry_auth.username", "must not contain NUL")
-		}
-		if strings.ContainsRune(a.Password, 0) {
-			return fieldErr("registry_auth.password", "must not contain NUL")
-		}
-		if a.Username == "" && a.Password != "" {
-			return fieldErr("registry_auth.username", "is required with a password")
-		}
+	if err := r.RegistryAuth.validate(); err != nil {
+		return err
 	}
 	if err := validateLabels(r.Labels); err != nil {
 		return err
@@ -311,4 +303,30 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// validate checks credentials for a pull (a start's or a pre-pull's); nil
+// is valid.
+func (a *RegistryAuthRequest) validate() error {
+	if a == nil {
+		return nil
+	}
+	if strings.ContainsRune(a.Username, 0) {
+		return fieldErr("registry_auth.username", "must not contain NUL")
+	}
+	if strings.ContainsRune(a.Password, 0) {
+		return fieldErr("registry_auth.password", "must not contain NUL")
+	}
+	if a.Username == "" && a.Password != "" {
+		return fieldErr("registry_auth.username", "is required with a password")
+	}
+	return nil
+}
+
+// toRuntime is the credentials for the runtime: nil when there are none.
+func (a *RegistryAuthRequest) toRuntime() *runtime.RegistryAuth {
+	if a == nil || (a.Username == "" && a.Password == "") {
+		return nil
+	}
+	return &runtime.RegistryAuth{Username: a.Username, Password: a.Password}
 }

@@ -156,6 +156,9 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices *cdi.Inje
 			LogMaxBytes: cfg.InstanceLogMaxBytes,
 			Network:     dockerNet,
 			Devices:     devices,
+
+			ImageGCMinFreeBytes: cfg.ImageGCFreeGB << 30,
+			DataRootFree:        disk.Free,
 		})
 	}
 	var publicIP string

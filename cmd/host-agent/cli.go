@@ -19,6 +19,8 @@ Commands:
   events [--since SEQ] [--json] the /ws event stream, one event a line, until ^C
   drain [--reason R]            take no new rentals; running ones go on
   undrain                       take rentals again
+  images [--json]               the images the runtime holds for rentals
+  pull [--pin-hours N] IMAGE    pull an image ahead of any start (it goes on in the agent)
   selftest [--json]             check the host as the agent would use it and exit
   version                       print the version and commit
   help                          print this help

@@ -247,3 +247,56 @@ func wsRequests(t *testing.T, log string) int {
 	}
 	return strings.Count(string(b), `"path":"/ws"`)
 }
+
+// host-agent pull has the agent pull an image ahead of any start, and
+// host-agent images lists it, pinned when asked.
+func TestCLIImagesAndPull(t *testing.T) {
+	w := newWorld(t)
+	agent := startAgent(t, w.bin, w.env, w.agentLog)
+	env := []string{"AGENT_TOKEN=" + e2eToken}
+	run := func(args ...string) (int, string, string) {
+		t.Helper()
+		return cli(t, w.bin, agent.base, env, args...)
+	}
+	if code, out, errOut := run("images"); code != 0 || strings.Contains(out, w.image) {
+		t.Fatalf("images before any pull: %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut := run("pull", w.image); code != 0 || !strings.Contains(out, "pulling: "+w.image) {
+		t.Fatalf("pull: %d %s%s", code, out, errOut)
+	}
+	var list server.ImageList
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		code, out, _ := run("images", "--json")
+		list = server.ImageList{}
+		if err := json.Unmarshal([]byte(out), &list); code == 0 && err == nil && len(list.Images) == 1 {
+			break
+		}
+	}
+	if len(list.Images) != 1 || list.Images[0].Image != w.image || !strings.HasPrefix(list.Images[0].Digest, "sha256:") ||
+		list.Images[0].SizeBytes == 0 || list.Images[0].PinnedUntil != nil || list.Images[0].InUse {
+		t.Fatalf("images --json after the pull: %+v", list)
+	}
+	stream := exec.Command(w.bin, "events", "--since", "0")
+	stream.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOST_AGENT_URL=" + agent.base}, env...)
+	if line := <-untilLine(t, stream, "image.pulled "+w.image); !strings.Contains(line, "status=pulled digest="+list.Images[0].Digest) {
+		t.Errorf("events: %q, want the image.pulled event with its digest", line)
+	}
+	code, out, errOut := run("pull", "--pin-hours", "3", w.image)
+	if code != 0 || !strings.Contains(out, "present: "+w.image+" "+list.Images[0].Digest) {
+		t.Errorf("pull of a present image: %d %s%s", code, out, errOut)
+	}
+	code, out, _ = run("images")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 || !strings.HasPrefix(lines[0], "IMAGE") || !strings.HasPrefix(lines[1], w.image+" ") ||
+		!strings.Contains(lines[1], time.Now().Add(3*time.Hour).UTC().Format("2006-01-02T")) || !strings.HasSuffix(lines[1], "no") {
+		t.Errorf("images: %d\n%s", code, out)
+	}
+	if code, _, errOut := run("pull", "bad image!"); code != 1 || !strings.Contains(errOut, "400") {
+		t.Errorf("pull of a bad reference: %d %q, want 1 and the agent's 400", code, errOut)
+	}
+	for _, args := range [][]string{{"pull"}, {"images", "x"}, {"pull", "--pin-hours", "x", "a"}} {
+		if code, _, _ := run(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+}

@@ -43,6 +43,8 @@ var clientCommands = map[string]func(ctx context.Context, c *apiClient, args []s
 	"events":  cmdEvents,
 	"drain":   cmdDrain,
 	"undrain": cmdUndrain,
+	"images":  cmdImages,
+	"pull":    cmdPull,
 }
 
 // runClient runs client command name: it finds the agent (newAPIClient),
@@ -386,6 +388,9 @@ func eventLine(e events.Event) string {
 	if e.InstanceID != "" {
 		parts = append(parts, e.InstanceID)
 	}
+	if e.Image != "" {
+		parts = append(parts, e.Image)
+	}
 	if e.GPU != "" {
 		parts = append(parts, "gpu="+e.GPU)
 	}
@@ -409,6 +414,12 @@ func eventLine(e events.Event) string {
 	}
 	if e.Message != "" {
 		parts = append(parts, strconv.Quote(e.Message))
+	}
+	if e.Digest != "" {
+		parts = append(parts, "digest="+e.Digest, "size="+humanBytes(e.SizeBytes), fmt.Sprintf("seconds=%.1f", e.Seconds))
+	}
+	if e.Code != "" {
+		parts = append(parts, "code="+e.Code)
 	}
 	if e.Error != "" {
 		parts = append(parts, "error="+strconv.Quote(e.Error))
@@ -444,5 +455,84 @@ func cmdUndrain(ctx context.Context, c *apiClient, args []string, stdout, stderr
 		return fail(stderr, "undrain", err)
 	}
 	fmt.Fprintln(stdout, "undrained: rentals are taken again")
+	return exitOK
+}
+
+// cmdImages lists the images the runtime holds for rentals.
+func cmdImages(ctx context.Context, c *apiClient, args []string, stdout, stderr io.Writer) int {
+	var asJSON bool
+	if _, ok := flags("images", args, stderr, 0, func(fs *flag.FlagSet) { fs.BoolVar(&asJSON, "json", false, "print the API's JSON") }); !ok {
+		return exitUsageErr
+	}
+	ctx, cancel := timed(ctx)
+	defer cancel()
+	var list server.ImageList
+	if err := c.getJSON(ctx, "/images", nil, &list); err != nil {
+		return fail(stderr, "images", err)
+	}
+	if asJSON {
+		if err := printJSON(stdout, list); err != nil {
+			return fail(stderr, "images", err)
+		}
+		return exitOK
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "IMAGE\tDIGEST\tSIZE\tLAST USED\tPINNED UNTIL\tIN USE")
+	for _, img := range list.Images {
+		pinned := "-"
+		if img.PinnedUntil != nil {
+			pinned = img.PinnedUntil.Format(time.RFC3339)
+		}
+		digest := img.Digest
+		if len(digest) > len("sha256:")+12 {
+			digest = digest[:len("sha256:")+12]
+		}
+		inUse := "no"
+		if img.InUse {
+			inUse = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", img.Image, orDash(digest), humanBytes(img.SizeBytes), ago(img.LastUsed), pinned, inUse)
+	}
+	tw.Flush()
+	return exitOK
+}
+
+// humanBytes is n in binary units, for people.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// cmdPull has the agent pull an image ahead of any start; the pull goes on
+// in the agent after the command returns.
+func cmdPull(ctx context.Context, c *apiClient, args []string, stdout, stderr io.Writer) int {
+	var pinHours int
+	rest, ok := flags("pull", args, stderr, 1, func(fs *flag.FlagSet) {
+		fs.IntVar(&pinHours, "pin-hours", 0, "keep the image from image GC for this many hours")
+	})
+	if !ok {
+		return exitUsageErr
+	}
+	ctx, cancel := timed(ctx)
+	defer cancel()
+	var resp server.ImagePullResponse
+	req := server.ImagePullRequest{Image: rest[0], PinHours: pinHours}
+	if err := c.sendJSON(ctx, http.MethodPost, "/images/pull", nil, req, &resp); err != nil {
+		return fail(stderr, "pull", err)
+	}
+	switch resp.Status {
+	case "present":
+		fmt.Fprintf(stdout, "present: %s %s (%s)\n", resp.Image, resp.Digest, humanBytes(resp.SizeBytes))
+	default:
+		fmt.Fprintf(stdout, "pulling: %s (host-agent events shows image.pulled or image.failed)\n", resp.Image)
+	}
 	return exitOK
 }

@@ -133,6 +133,13 @@ func TestAgentReportsToCentralServer(t *testing.T) {
 	central.waitFor(t, "a heartbeat with rep-a running", func(c *centralServer) bool {
 		return lastHeartbeatWith(c, 0, func(hb reporter.HeartbeatRequest) bool { return hasInstance(hb, "rep-a", "running") })
 	})
+	// The host's images go with it, for the server to place rentals by.
+	central.waitFor(t, "a heartbeat carrying the rentals' image", func(c *centralServer) bool {
+		return lastHeartbeatWith(c, 0, func(hb reporter.HeartbeatRequest) bool {
+			return len(hb.Images) == 1 && hb.Images[0].Image == w.image &&
+				strings.HasPrefix(hb.Images[0].Digest, "sha256:") && hb.Images[0].SizeBytes > 0
+		})
+	})
 
 	// An outage: the agent keeps its tenants and reports again once back.
 	central.set(func(c *centralServer) { c.down = true })

@@ -13,10 +13,12 @@ import (
 
 	containerdclient "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/docker"
+	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // runtimeFileName is the file in STATE_DIR naming the runtime the agent
@@ -162,4 +164,51 @@ func (h heldRuntime) SweepLeftovers(ctx context.Context, live []runtime.Instance
 		return sw.SweepLeftovers(ctx, live)
 	}
 	return nil
+}
+
+// heldRuntime passes the image API through to a back end that keeps images.
+var _ runtime.ImageStore = heldRuntime{}
+
+func (h heldRuntime) imageStore() (runtime.ImageStore, error) {
+	is, ok := h.Runtime.(runtime.ImageStore)
+	if !ok {
+		return nil, fmt.Errorf("this runtime does not manage images: %w", errdefs.ErrNotImplemented)
+	}
+	return is, nil
+}
+
+// Images passes the inventory through to the back end.
+func (h heldRuntime) Images(ctx context.Context) ([]runtime.Image, error) {
+	is, err := h.imageStore()
+	if err != nil {
+		return nil, err
+	}
+	return is.Images(ctx)
+}
+
+// PullImage passes a pre-pull through to the back end.
+func (h heldRuntime) PullImage(ctx context.Context, ref string, auth *runtime.RegistryAuth, progress func(events.PullProgress)) (runtime.Image, error) {
+	is, err := h.imageStore()
+	if err != nil {
+		return runtime.Image{}, err
+	}
+	return is.PullImage(ctx, ref, auth, progress)
+}
+
+// PinImage passes a pin through to the back end.
+func (h heldRuntime) PinImage(ctx context.Context, ref string, until time.Time) error {
+	is, err := h.imageStore()
+	if err != nil {
+		return err
+	}
+	return is.PinImage(ctx, ref, until)
+}
+
+// RemoveImage passes a removal through to the back end.
+func (h heldRuntime) RemoveImage(ctx context.Context, ref string) error {
+	is, err := h.imageStore()
+	if err != nil {
+		return err
+	}
+	return is.RemoveImage(ctx, ref)
 }

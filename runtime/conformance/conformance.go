@@ -113,6 +113,8 @@ func Run(t *testing.T, h Harness) {
 		{"FollowLogs", testFollowLogs},
 		{"PullProgress", testPullProgress},
 		{"PrivateRegistryAuth", testRegistryAuth},
+		{"ImagesPrePullInventoryRemove", testImages},
+		{"ImagesPrivatePrePull", testImagePrivatePrePull},
 		{"ResourceLimits", testLimits},
 		{"LifecycleLimitsAndUlimits", testEnforcedLimits},
 		{"OOMKillReported", testOOM},

@@ -29,7 +29,8 @@ func (r *Runtime) touchImage(ctx context.Context, name string) {
 	}
 }
 
-// CollectImages removes images no container of the namespace uses, least
+// CollectImages removes images no container of the namespace uses and no
+// unexpired pin keeps (labelPinnedUntil), least
 // recently used first, while free() says the disk has less than minFree
 // bytes free. Starts do not run their image look-up and container creation
 // while an image is being removed (imageMu), so an image a start has
@@ -67,21 +68,16 @@ func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {
 		return "", convertErr(err)
 	}
 	var candidates []images.Image
+	now := time.Now()
 	for _, img := range imgs {
-		if !inUse[img.Name] {
+		if !inUse[img.Name] && !imagePinnedUntil(img).After(now) {
 			candidates = append(candidates, img)
 		}
 	}
 	if len(candidates) == 0 {
 		return "", nil
 	}
-	lastUsed := func(img images.Image) time.Time {
-		if t, err := time.Parse(time.RFC3339Nano, img.Labels[labelLastUsed]); err == nil {
-			return t
-		}
-		return img.CreatedAt
-	}
-	sort.Slice(candidates, func(i, j int) bool { return lastUsed(candidates[i]).Before(lastUsed(candidates[j])) })
+	sort.Slice(candidates, func(i, j int) bool { return imageLastUsed(candidates[i]).Before(imageLastUsed(candidates[j])) })
 	name := candidates[0].Name
 	if err := r.client.ImageService().Delete(ctx, name, images.SynchronousDelete()); err != nil && !errdefs.IsNotFound(err) {
 		return "", convertErr(err)

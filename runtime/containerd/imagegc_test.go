@@ -8,6 +8,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // Below the free-space threshold, unused images go, least recently used
@@ -62,5 +63,45 @@ func TestImageGCRemovesLeastRecentlyUsedNeverInUse(t *testing.T) {
 	}
 	if inst, err := r.Get(ctx(t), "busy"); err != nil || inst.Status != runtime.StatusRunning {
 		t.Errorf("instance using it: %+v %v", inst, err)
+	}
+}
+
+// A pinned image is kept by image GC however short the disk is, until its
+// pin expires; then it goes like any unused image.
+func TestImageGCKeepsPinnedUntilExpiry(t *testing.T) {
+	needDaemon(t)
+	t.Parallel()
+	_, pinned := ownRegistry(t, "pinned:latest", 1024)
+	_, loose := ownRegistry(t, "loose:latest", 1024)
+	ns := testNamespace(t)
+	r := newRuntime(t, daemon.Address, ns, conformance.NewRecorder())
+	for _, ref := range []string{pinned, loose} {
+		if _, err := r.be.PullImage(ctx(t), ref, nil, func(events.PullProgress) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.be.PinImage(ctx(t), pinned, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	never := func() (uint64, error) { return 0, nil }
+	removed, err := r.be.CollectImages(ctx(t), 1<<30, never)
+	if err != nil || len(removed) != 1 || removed[0] != loose {
+		t.Fatalf("removed %v, %v; want only the unpinned %s", removed, err, loose)
+	}
+	imgs, err := r.be.Images(ctx(t))
+	if err != nil || len(imgs) != 1 || imgs[0].Ref != pinned || imgs[0].PinnedUntil.Before(time.Now()) {
+		t.Fatalf("images after GC: %+v, %v; want the pinned %s, pinned", imgs, err, pinned)
+	}
+	// The pin runs out: the next collection removes the image.
+	if err := r.be.PinImage(ctx(t), pinned, time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	removed, err = r.be.CollectImages(ctx(t), 1<<30, never)
+	if err != nil || len(removed) != 1 || removed[0] != pinned {
+		t.Fatalf("removed %v, %v after the pin expired; want %s", removed, err, pinned)
+	}
+	cl, cctx := rawClient(t, daemon.Address, ns)
+	if _, err := cl.GetImage(cctx, pinned); !errdefs.IsNotFound(err) {
+		t.Errorf("image whose pin expired still there: %v", err)
 	}
 }

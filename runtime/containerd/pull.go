@@ -28,6 +28,16 @@ import (
 // ensureImage returns the image, unpacked, pulling it when containerd does
 // not have it yet.
 func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (containerd.Image, error) {
+	return r.fetchImage(ctx, spec, func(ref string) {
+		r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: spec.ID, Status: "pulling", Message: ref})
+	}, func(p events.PullProgress) {
+		r.pub.Publish(events.Event{Type: events.TypeInstancePullProgress, InstanceID: spec.ID, Status: "pulling", Progress: &p})
+	})
+}
+
+// fetchImage is ensureImage telling pulling when a pull begins and
+// progress how far it has come.
+func (r *Runtime) fetchImage(ctx context.Context, spec runtime.InstanceSpec, pulling func(ref string), progress func(events.PullProgress)) (containerd.Image, error) {
 	named, err := reference.ParseDockerRef(spec.Image)
 	if err != nil {
 		return nil, fmt.Errorf("parse image %q: %w: %w", spec.Image, errdefs.ErrInvalidArgument, err)
@@ -58,7 +68,7 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 		return nil, convertErr(err)
 	}
 
-	r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: spec.ID, Status: "pulling", Message: ref})
+	pulling(ref)
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	defer cancelCause(nil)
 	if r.opts.PullTimeout > 0 {
@@ -67,9 +77,9 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (c
 		defer cancel()
 	}
 	tracker := &pullTracker{}
-	stop := runtime.ReportPullProgress(ctx, r.pub, spec.ID, r.opts.ProgressInterval, func(ctx context.Context) events.PullProgress {
+	stop := runtime.ReportProgress(ctx, r.opts.ProgressInterval, func(ctx context.Context) events.PullProgress {
 		return r.pullProgress(ctx, tracker.layers())
-	})
+	}, progress)
 	defer stop()
 	var received atomic.Int64
 	stopWatch := r.watchStall(ctx, cancelCause, &received)

@@ -49,6 +49,16 @@ type Options struct {
 	PullTimeout time.Duration
 	// ProgressInterval is how often pull progress is published (default 1s).
 	ProgressInterval time.Duration
+	// ImageGCMinFreeBytes, when set with FreeSpace, has images removed
+	// while FreeSpace reports less: those a rental pulled or used (the
+	// daemon's other images are not the agent's), unused, unpinned, least
+	// recently used first; checked every ImageGCInterval (default 1m).
+	ImageGCMinFreeBytes uint64
+	FreeSpace           func() (uint64, error)
+	ImageGCInterval     time.Duration
+	// DataRootFree, when FreeSpace is nil, measures the free space of the
+	// daemon's data root (as its info names it) instead.
+	DataRootFree func(dir string) (uint64, error)
 	// LogMaxBytes caps each instance's log on disk (default 100 MiB),
 	// through the log driver's rotation.
 	LogMaxBytes int64
@@ -91,6 +101,11 @@ type Runtime struct {
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
+	// imageRecMu serialises the read-modify-write of image records.
+	imageRecMu sync.Mutex
+	// imageMu: image GC removes an image only while no start is between
+	// its image and its container's creation.
+	imageMu sync.RWMutex
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
 
@@ -134,7 +149,7 @@ func New(opts Options) (*Runtime, error) {
 	if !filepath.IsAbs(opts.StateDir) {
 		return nil, fmt.Errorf("docker state dir %q must be absolute: %w", opts.StateDir, errdefs.ErrInvalidArgument)
 	}
-	for _, d := range []string{exitsDir, authPullsDir} {
+	for _, d := range []string{exitsDir, authPullsDir, imagesDir} {
 		if err := os.MkdirAll(filepath.Join(opts.StateDir, d), 0o700); err != nil {
 			return nil, fmt.Errorf("create docker state dir: %w", err)
 		}
@@ -158,6 +173,15 @@ func New(opts Options) (*Runtime, error) {
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Go(func() { r.watch(r.ctx) })
+	if r.opts.FreeSpace == nil && r.opts.DataRootFree != nil {
+		r.opts.FreeSpace = r.dataRootFree
+	}
+	if opts.ImageGCMinFreeBytes > 0 && r.opts.FreeSpace != nil {
+		if r.opts.ImageGCInterval <= 0 {
+			r.opts.ImageGCInterval = time.Minute
+		}
+		r.wg.Go(func() { r.collectImagesLoop(r.ctx) })
+	}
 	return r, nil
 }
 

@@ -135,6 +135,10 @@ const (
 	// authPullsDir holds one file per image reference pulled with a
 	// request's credentials.
 	authPullsDir = "auth-pulls"
+	// imagesDir holds one file per image reference: when a start last used
+	// it and until when it is pinned (Docker's image labels are
+	// immutable).
+	imagesDir = "images"
 	// filesDir holds, per instance, the files the daemon mounts into it
 	// read-only (its SSH keys).
 	filesDir = "files"

@@ -32,13 +32,19 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (s
 	_, err = r.client.ImageInspect(ctx, ref)
 	switch {
 	case err == nil && !r.pulledWithAuth(ref):
+		r.touchImage(ref)
 		return ref, nil
 	case err != nil && !errdefs.IsNotFound(err):
 		return "", convertErr(err)
 	}
-	if err := r.pull(ctx, spec.ID, ref, reference.Domain(named), spec.RegistryAuth); err != nil {
+	r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: spec.ID, Status: "pulling", Message: ref})
+	err = r.pull(ctx, ref, reference.Domain(named), spec.RegistryAuth, func(p events.PullProgress) {
+		r.pub.Publish(events.Event{Type: events.TypeInstancePullProgress, InstanceID: spec.ID, Status: "pulling", Progress: &p})
+	})
+	if err != nil {
 		return "", err
 	}
+	r.touchImage(ref)
 	if spec.RegistryAuth != nil {
 		if err := os.WriteFile(r.authPullMarker(ref), []byte(ref+"\n"), 0o600); err != nil {
 			return "", fmt.Errorf("record a pull with credentials: %w", err)
@@ -57,10 +63,9 @@ func (r *Runtime) pulledWithAuth(ref string) bool {
 	return err == nil
 }
 
-// pull pulls ref, publishing its progress (bytes of all layers) at most
-// every ProgressInterval.
-func (r *Runtime) pull(ctx context.Context, id, ref, host string, auth *runtime.RegistryAuth) error {
-	r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: id, Status: "pulling", Message: ref})
+// pull pulls ref, reporting its progress (bytes of all layers) to progress
+// at most every ProgressInterval.
+func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.RegistryAuth, progress func(events.PullProgress)) error {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.PullTimeout)
 	defer cancel()
 	opts := client.ImagePullOptions{}
@@ -76,7 +81,7 @@ func (r *Runtime) pull(ctx context.Context, id, ref, host string, auth *runtime.
 		return fmt.Errorf("pull %s: %w", ref, classifyPullErr(convertErr(err)))
 	}
 	prog := &pullProgress{layers: map[string][2]int64{}}
-	stop := runtime.ReportPullProgress(ctx, r.pub, id, r.opts.ProgressInterval, func(context.Context) events.PullProgress { return prog.sum() })
+	stop := runtime.ReportProgress(ctx, r.opts.ProgressInterval, func(context.Context) events.PullProgress { return prog.sum() }, progress)
 	defer stop()
 	for msg, err := range resp.JSONMessages(ctx) {
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -93,6 +94,10 @@ func (r *Runtime) startExisting(ctx context.Context, id string, c container.Insp
 // create pulls, creates, verifies and starts; on failure it removes the
 // container it made.
 func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+	// Image GC waits while a start is between its image and its container.
+	r.imageMu.RLock()
+	imageChosen := sync.OnceFunc(r.imageMu.RUnlock)
+	defer imageChosen()
 	ref, err := r.ensureImage(ctx, spec)
 	if err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
@@ -147,6 +152,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: fmt.Errorf("ports reserved but the docker back end has no network to publish them on: %w", errdefs.ErrFailedPrecondition)}
 	}
 	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{Name: r.containerName(spec.ID), Config: cfg, HostConfig: hostCfg})
+	imageChosen()
 	if err != nil {
 		err = convertErr(err)
 		if errdefs.IsConflict(err) || errdefs.IsAlreadyExists(err) {

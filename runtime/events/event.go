@@ -43,6 +43,14 @@ const (
 	// Neither is acted upon by the agent on its own.
 	TypeInstanceOrphan  = "instance.orphan"
 	TypeInstanceMissing = "instance.missing"
+	// TypeImagePulling, TypeImagePulled and TypeImageFailed follow a
+	// pre-pull (POST /images/pull) of Image: pulling first (again with
+	// Progress while bytes arrive), then pulled (Digest, SizeBytes,
+	// Seconds) or failed (Error, Code). Status is the pull's: "pulling",
+	// "pulled" or "failed".
+	TypeImagePulling = "image.pulling"
+	TypeImagePulled  = "image.pulled"
+	TypeImageFailed  = "image.failed"
 )
 
 // Event is one thing that happened. Seq and Time are set by the Hub.
@@ -65,6 +73,16 @@ type Event struct {
 	Ports []hostport.Mapping `json:"ports,omitempty"`
 	// Fault is an instance.gpu_fault event's fault.
 	Fault *GPUFault `json:"fault,omitempty"`
+	// Image is the reference an image.* event is about.
+	Image string `json:"image,omitempty"`
+	// Digest and SizeBytes describe an image.pulled event's image, Seconds
+	// how long its pull took.
+	Digest    string  `json:"digest,omitempty"`
+	SizeBytes int64   `json:"size_bytes,omitempty"`
+	Seconds   float64 `json:"seconds,omitempty"`
+	// Code says why an image.failed pull failed, as a start's error code
+	// does: not_found, unauthorized, disk_full, stalled.
+	Code string `json:"code,omitempty"`
 }
 
 // GPU fault kinds, as in GPUFault.Kind.

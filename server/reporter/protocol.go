@@ -68,6 +68,10 @@ type RegisterRequest struct {
 	// carry it too.
 	InventoryFingerprint string     `json:"inventory_fingerprint"`
 	Host                 HostReport `json:"host"`
+	// Images are the images the runtime holds for rentals (at most
+	// MaxReportedImages, most recently used first); absent when the
+	// runtime keeps none or they could not be read.
+	Images []ImageRef `json:"images,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST .../heartbeat:
@@ -117,6 +121,8 @@ type HeartbeatRequest struct {
 	// Resources is what the host allocates to rentals and how much of it
 	// they hold.
 	Resources *ResourcesInfo `json:"resources,omitempty"`
+	// Images are as in RegisterRequest.
+	Images []ImageRef `json:"images,omitempty"`
 }
 
 // InstanceState is one instance as the runtime reports it.
