@@ -142,6 +142,18 @@ func TestImageAsDeployed(t *testing.T) {
 	if !a.logsShow(id, "hello from the host's containerd") {
 		t.Fatal("the rental's log is not readable through the containerized agent")
 	}
+	// The operator's view from inside the agent's container, as the README
+	// says: the client commands find the agent and its token by themselves.
+	out, err := exec.Command("docker", "exec", "host-agent", "host-agent", "ls", "--json").CombinedOutput()
+	var list struct {
+		Instances []struct {
+			InstanceID string `json:"instance_id"`
+			Status     string `json:"status"`
+		} `json:"instances"`
+	}
+	if err != nil || json.Unmarshal(out, &list) != nil || len(list.Instances) != 1 || list.Instances[0].InstanceID != id || list.Instances[0].Status != "running" {
+		t.Fatalf("docker exec host-agent host-agent ls --json: %v\n%s", err, out)
+	}
 	// A user reaches the rental's port on the host's address, through the
 	// network the containerized agent made on the host.
 	portAnswers(t, "198.18.7", hostPort)
