@@ -107,6 +107,7 @@ func TestImageAsDeployed(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	newHost(t)
 	a := deploy(t, readmeBlock(t, "docker-run-containerd"), "/run/containerd/containerd.sock", sock, image)
 	// Afterwards, the rentals' bridge and rules go as the README says, so
 	// that the Docker-only run finds the host as a Docker host has it.
@@ -314,6 +315,34 @@ func (a *agent) logsShow(id, want string) bool {
 	return false
 }
 
+// hostRuntimeFile is where the README's run lines have the agent record
+// the runtime its rentals run on (STATE_DIR/runtime).
+const hostRuntimeFile = "/var/lib/host-agent/runtime"
+
+// newHost makes the state directory the README's lines mount that of a
+// host whose agent has run on no runtime yet, before and after the test:
+// each test stands for a host of its own (one with containerd, one with
+// Docker only), and an agent does not leave the runtime recorded there
+// while it cannot ask it about its rentals (README: remove the file when
+// the old runtime is gone).
+func newHost(t *testing.T) {
+	t.Helper()
+	forget := func() error {
+		if err := os.Remove(hostRuntimeFile); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+		return nil
+	}
+	if err := forget(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := forget(); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
 // TestImageOnDockerOnly runs the README's Docker-only line: the agent's
 // container gets the Docker socket and nothing of containerd, picks the
 // Docker back end by itself, and a rental started through it is a
@@ -342,13 +371,7 @@ func TestImageOnDockerOnly(t *testing.T) {
 			t.Logf("removing the Docker network: %v\n%s", err, out)
 		}
 	})
-	// This stands for another host, one with Docker only: the state
-	// directory the containerd test left says its agent ran on containerd,
-	// and an agent does not leave a runtime it cannot ask about its rentals
-	// (README: remove STATE_DIR/runtime when the old runtime is gone).
-	if err := os.Remove("/var/lib/host-agent/runtime"); err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
+	newHost(t)
 	a := deploy(t, readmeBlock(t, "docker-run-docker"), "/var/run/docker.sock", sock, image)
 	if code, body := a.call("GET", "/readyz", nil); code != http.StatusOK || body["runtime"] != "docker" {
 		t.Fatalf("GET /readyz: the agent did not pick Docker: %d %v", code, body)
