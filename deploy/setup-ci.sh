@@ -8,7 +8,8 @@
 # package tests' clean Debian roots; Debian's dockerd 20.10 (API 1.41, no
 # CDI), one of the two dockerds the Docker back end is tested against
 # (deploy/build-dockerd.sh builds the other); systemd-analyze for the unit
-# check and rpm to read the .rpm. Idempotent.
+# check, rpm to read the .rpm, and npm for the API documents' linters.
+# Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +36,8 @@ command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v readelf >/dev/null || need_pkgs+=(binutils)
 command -v rpm >/dev/null || need_pkgs+=(rpm)
+# The OpenAPI and AsyncAPI linters are npm packages (deploy/ci-checks.sh).
+command -v npm >/dev/null || need_pkgs+=(nodejs npm)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   log "installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

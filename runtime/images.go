@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	"github.com/host-agent/host-agent/runtime/events"
@@ -74,4 +75,25 @@ func ReportProgress(ctx context.Context, interval time.Duration, read func(conte
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// CollectImages is the image GC loop both back ends run: while free()
+// says the disk has less than minFree bytes free, removeOne removes the
+// least recently used image the back end may remove (none in use, none
+// pinned) and names it, or answers "" when none is left. It returns the
+// images removed.
+func CollectImages(minFree uint64, free func() (uint64, error), removeOne func() (string, error), log *slog.Logger) ([]string, error) {
+	var removed []string
+	for {
+		f, err := free()
+		if err != nil || f >= minFree {
+			return removed, err
+		}
+		ref, err := removeOne()
+		if err != nil || ref == "" {
+			return removed, err
+		}
+		log.Info("removed unused image to free disk space", "image", ref, "free_bytes", f, "wanted_bytes", minFree)
+		removed = append(removed, ref)
+	}
 }

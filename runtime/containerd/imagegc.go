@@ -7,6 +7,8 @@ import (
 
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // labelLastUsed is when a start last used an image (RFC 3339); image GC
@@ -37,19 +39,7 @@ func (r *Runtime) touchImage(ctx context.Context, name string) {
 // chosen is never removed under it. It returns the images removed.
 func (r *Runtime) CollectImages(ctx context.Context, minFree uint64, free func() (uint64, error)) ([]string, error) {
 	ctx = r.nsCtx(ctx)
-	var removed []string
-	for {
-		f, err := free()
-		if err != nil || f >= minFree {
-			return removed, err
-		}
-		name, err := r.removeLeastRecentlyUsed(ctx)
-		if err != nil || name == "" {
-			return removed, err
-		}
-		r.log.Info("removed unused image to free disk space", "image", name, "free_bytes", f, "wanted_bytes", minFree)
-		removed = append(removed, name)
-	}
+	return runtime.CollectImages(minFree, free, func() (string, error) { return r.removeLeastRecentlyUsed(ctx) }, r.log)
 }
 
 func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {

@@ -21,19 +21,7 @@ import (
 // run their image look-up and container creation meanwhile (imageMu). It
 // returns the images removed.
 func (r *Runtime) CollectImages(ctx context.Context, minFree uint64, free func() (uint64, error)) ([]string, error) {
-	var removed []string
-	for {
-		f, err := free()
-		if err != nil || f >= minFree {
-			return removed, err
-		}
-		ref, err := r.removeLeastRecentlyUsed(ctx)
-		if err != nil || ref == "" {
-			return removed, err
-		}
-		r.log.Info("removed unused image to free disk space", "image", ref, "free_bytes", f, "wanted_bytes", minFree)
-		removed = append(removed, ref)
-	}
+	return runtime.CollectImages(minFree, free, func() (string, error) { return r.removeLeastRecentlyUsed(ctx) }, r.log)
 }
 
 func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {
