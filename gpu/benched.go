@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // HealthFileName is the file, under STATE_DIR, that remembers benched GPUs
@@ -27,8 +25,8 @@ const HealthFileName = "gpu-health.json"
 // the GPU faults of each instance still holding the GPUs, which GET
 // /instances/{id} shows; they are dropped when the instance releases them.
 type healthFile struct {
-	Benched map[string]benchedGPU        `json:"benched"`
-	Faults  map[string][]events.GPUFault `json:"faults,omitempty"`
+	Benched map[string]benchedGPU `json:"benched"`
+	Faults  map[string][]Fault    `json:"faults,omitempty"`
 }
 
 type benchedGPU struct {

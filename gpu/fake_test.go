@@ -11,8 +11,6 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
-
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // Values the fake GPUs report beyond what dgxa100 implements.
@@ -117,16 +115,16 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// recorder is an events.Publisher that keeps what it is given.
+// recorder is an Publisher that keeps what it is given.
 type recorder struct {
 	mu     sync.Mutex
-	events []events.Event
+	events []Event
 	added  chan struct{}
 }
 
 func newRecorder() *recorder { return &recorder{added: make(chan struct{}, 64)} }
 
-func (r *recorder) Publish(e events.Event) {
+func (r *recorder) Publish(e Event) {
 	r.mu.Lock()
 	r.events = append(r.events, e)
 	r.mu.Unlock()
@@ -136,15 +134,15 @@ func (r *recorder) Publish(e events.Event) {
 	}
 }
 
-func (r *recorder) all() []events.Event {
+func (r *recorder) all() []Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]events.Event(nil), r.events...)
+	return append([]Event(nil), r.events...)
 }
 
 // waitFor waits until n events were published, failing the test if they do
 // not come within a generous bound (a hang, not a timing assertion).
-func (r *recorder) waitFor(t *testing.T, n int) []events.Event {
+func (r *recorder) waitFor(t *testing.T, n int) []Event {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"time"
-
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // maxFaultsPerInstance bounds what is kept of one instance's GPU faults:
@@ -51,13 +49,13 @@ func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning 
 	if holder == "" {
 		return
 	}
-	f := events.GPUFault{
+	f := Fault{
 		GPU: g.info.UUID, Index: g.info.Index, Kind: kind, Xid: xid, Meaning: meaning,
 		Benched: inv.unhealthyReason(g) != "", Time: time.Now().UTC(),
 	}
 	inv.mu.Lock()
 	if inv.faults == nil {
-		inv.faults = map[string][]events.GPUFault{}
+		inv.faults = map[string][]Fault{}
 	}
 	kept := len(inv.faults[holder]) < maxFaultsPerInstance
 	if kept {
@@ -74,8 +72,8 @@ func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning 
 	inv.logger.Warn("GPU fault on a rented GPU", "instance_id", holder, "gpu", g.info.UUID, "index", g.info.Index,
 		"kind", kind, "xid", xid, "benched", f.Benched, "recorded", kept)
 	if pub != nil {
-		pub.Publish(events.Event{
-			Type:       events.TypeInstanceGPUFault,
+		pub.Publish(Event{
+			Type:       EventFault,
 			InstanceID: holder,
 			GPU:        g.info.UUID,
 			Message:    msg,
@@ -85,7 +83,7 @@ func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning 
 }
 
 func faultName(kind string, xid uint64) string {
-	if kind == events.FaultXid {
+	if kind == FaultXid {
 		return fmt.Sprintf("Xid %d", xid)
 	}
 	return "a double-bit ECC error"
@@ -93,7 +91,7 @@ func faultName(kind string, xid uint64) string {
 
 // Faults lists the faults reported on GPUs while instanceID held them,
 // oldest first; nil when none.
-func (inv *Inventory) Faults(instanceID string) []events.GPUFault {
+func (inv *Inventory) Faults(instanceID string) []Fault {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	return slices.Clone(inv.faults[instanceID])

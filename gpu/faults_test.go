@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu/gpumock"
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // TestFaultsOutliveRestart records a fault on a held GPU with the health
@@ -54,7 +53,7 @@ func TestFaultsOutliveRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := inv2.Faults("r1")
-	if len(f) != 1 || f[0].Kind != events.FaultECC || !f[0].Benched || f[0].GPU != held[0].UUID {
+	if len(f) != 1 || f[0].Kind != FaultECC || !f[0].Benched || f[0].GPU != held[0].UUID {
 		t.Fatalf("faults after restart = %+v", f)
 	}
 	a2.Release("r1")

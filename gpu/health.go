@@ -7,8 +7,6 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/containerd/errdefs"
-
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // ReasonGPULost is the UnhealthyReason of a GPU that NVML reports as lost
@@ -45,7 +43,7 @@ const (
 // It returns nil at once on a host without NVML or without GPUs, nil when ctx
 // is done, and an error when events cannot be set up at all. Call it once,
 // from its own goroutine.
-func (inv *Inventory) WatchHealth(ctx context.Context, pub events.Publisher) (err error) {
+func (inv *Inventory) WatchHealth(ctx context.Context, pub Publisher) (err error) {
 	if inv.lib == nil || len(inv.gpus) == 0 {
 		return nil
 	}
@@ -169,15 +167,15 @@ func (inv *Inventory) handleEvent(e nvml.EventData) {
 			}
 			inv.logger.Info("Xid on GPU that needs no reset; GPU stays in service",
 				"gpu", g.info.UUID, "index", g.info.Index, "xid", xid, "instance_id", holder)
-			inv.reportFault(g, events.FaultXid, xid, xidMeaning(xid))
+			inv.reportFault(g, FaultXid, xid, xidMeaning(xid))
 			return
 		}
 		inv.logger.Warn("Xid that needs a GPU reset or service", "gpu", g.info.UUID, "xid", xid, "meaning", benchingXids[xid])
 		inv.markUnhealthy(g, fmt.Sprintf("xid %d", xid))
-		inv.reportFault(g, events.FaultXid, xid, xidMeaning(xid))
+		inv.reportFault(g, FaultXid, xid, xidMeaning(xid))
 	case nvml.EventTypeDoubleBitEccError:
 		inv.markUnhealthy(g, ReasonDoubleBitECC)
-		inv.reportFault(g, events.FaultECC, 0, ReasonDoubleBitECC)
+		inv.reportFault(g, FaultECC, 0, ReasonDoubleBitECC)
 	default:
 		inv.logger.Debug("ignoring NVML event", "gpu", g.info.UUID, "type", e.EventType, "data", e.EventData)
 	}
@@ -259,8 +257,8 @@ func (inv *Inventory) markUnhealthy(g *gpuState, reason string) {
 	inv.logger.Warn("GPU taken out of service", "gpu", g.info.UUID, "index", g.info.Index,
 		"reason", reason, "instance_id", holder)
 	if pub != nil {
-		pub.Publish(events.Event{
-			Type:       events.TypeGPUHealth,
+		pub.Publish(Event{
+			Type:       EventHealth,
 			InstanceID: holder,
 			Status:     StatusUnhealthy,
 			GPU:        g.info.UUID,

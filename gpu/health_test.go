@@ -12,12 +12,10 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/containerd/errdefs"
-
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // watch runs WatchHealth until the test ends and checks that it ends cleanly.
-func watch(t *testing.T, inv *Inventory, pub events.Publisher) {
+func watch(t *testing.T, inv *Inventory, pub Publisher) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -82,9 +80,9 @@ func TestHandleEvent(t *testing.T) {
 				inv.handleEvent(nvml.EventData{Device: h.Devices[2], EventType: tt.eventType, EventData: tt.data})
 
 				g := inv.GPUs()[2]
-				var got, faults []events.Event
+				var got, faults []Event
 				for _, e := range rec.all() {
-					if e.Type == events.TypeInstanceGPUFault {
+					if e.Type == EventFault {
 						faults = append(faults, e)
 					} else {
 						got = append(got, e)
@@ -110,7 +108,7 @@ func TestHandleEvent(t *testing.T) {
 					t.Fatalf("events = %v, want one", got)
 				}
 				e := got[0]
-				if e.Type != events.TypeGPUHealth || e.Status != StatusUnhealthy || e.GPU != g.UUID ||
+				if e.Type != EventHealth || e.Status != StatusUnhealthy || e.GPU != g.UUID ||
 					e.InstanceID != holder || !strings.Contains(e.Message, g.UUID) ||
 					!strings.Contains(e.Message, tt.reason) || !strings.Contains(e.Message, "GPU 2 ") {
 					t.Errorf("event = %+v", e)
@@ -156,9 +154,9 @@ func TestWatchHealth(t *testing.T) {
 	h.xid(2, 79) // GPU 2, held by inst-a, fell off the bus
 	h.xid(2, 79) // NVML repeats itself; benched once, each told to inst-a
 	h.xid(5, 48) // GPU 5, free, has a double-bit error
-	var got, faults []events.Event
+	var got, faults []Event
 	for _, e := range rec.waitFor(t, 4) {
-		if e.Type == events.TypeInstanceGPUFault {
+		if e.Type == EventFault {
 			faults = append(faults, e)
 		} else {
 			got = append(got, e)
@@ -177,7 +175,7 @@ func TestWatchHealth(t *testing.T) {
 	}
 	for i, w := range want {
 		e := got[i]
-		if e.Type != events.TypeGPUHealth || e.Status != StatusUnhealthy || e.GPU != w.gpu ||
+		if e.Type != EventHealth || e.Status != StatusUnhealthy || e.GPU != w.gpu ||
 			e.InstanceID != w.instance || !strings.Contains(e.Message, w.reason) || !strings.Contains(e.Message, w.gpu) {
 			t.Errorf("event %d = %+v, want GPU %s instance %q reason %q", i, e, w.gpu, w.instance, w.reason)
 		}

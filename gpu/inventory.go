@@ -1,8 +1,10 @@
 // Package gpu knows what the host has in GPUs and who holds which: the NVML
 // inventory reported to the central server, the exclusive allocation of whole
 // GPUs to instances, and the health watcher that takes a failing GPU out of
-// service. It is imported by cmd/, server/ and runtime/; it never imports
-// server/.
+// service. It is imported by cmd/, server/ and runtime/, and imports
+// nothing of the agent's own: the health watch reports its own Event to a
+// Publisher, which the wiring (runtime/events/gpuevents) passes on to the
+// event hub.
 //
 // NVML is reached only through an injected nvml.Interface (nvml.New() in the
 // agent, the go-nvml mocks in tests), so that a host without the NVIDIA driver
@@ -17,8 +19,6 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/containerd/errdefs"
-
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // MIGMode says whether a GPU is partitioned into MIG instances.
@@ -86,8 +86,8 @@ type Inventory struct {
 	ranks []int
 
 	mu       sync.Mutex
-	pub      events.Publisher // set by WatchHealth
-	holders  holderLookup     // set by NewAllocator
+	pub      Publisher    // set by WatchHealth
+	holders  holderLookup // set by NewAllocator
 	watching bool
 	closed   bool
 	// healthPath and benched are set by RememberHealth.
@@ -95,7 +95,7 @@ type Inventory struct {
 	benched    map[string]benchedGPU
 	// faults are the GPU faults of each instance holding GPUs, by
 	// instance ID (see reportFault).
-	faults map[string][]events.GPUFault
+	faults map[string][]Fault
 }
 
 // gpuState is one GPU's static description, its NVML handle, and its health.

@@ -11,6 +11,7 @@ import (
 	"github.com/host-agent/host-agent/gpu/gpumock"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/events/gpuevents"
 )
 
 // TestGPUFaultReachesHolder injects Xids on the mock DGX A100 through NVML's
@@ -44,7 +45,7 @@ func TestGPUFaultReachesHolder(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	watched := make(chan error, 1)
-	go func() { watched <- inv.WatchHealth(ctx, ts.hub) }()
+	go func() { watched <- inv.WatchHealth(ctx, gpuevents.To(ts.hub)) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-watched; err != nil {
@@ -71,9 +72,9 @@ func TestGPUFaultReachesHolder(t *testing.T) {
 			t.Fatalf("unexpected event %+v", e)
 		}
 	}
-	want := []events.GPUFault{
-		{GPU: held[1].UUID, Index: held[1].Index, Kind: events.FaultXid, Xid: 31, Benched: false},
-		{GPU: held[0].UUID, Index: held[0].Index, Kind: events.FaultXid, Xid: 79, Benched: true},
+	want := []gpu.Fault{
+		{GPU: held[1].UUID, Index: held[1].Index, Kind: gpu.FaultXid, Xid: 31, Benched: false},
+		{GPU: held[0].UUID, Index: held[0].Index, Kind: gpu.FaultXid, Xid: 79, Benched: true},
 	}
 	for i, e := range faults {
 		f := e.Fault

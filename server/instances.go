@@ -9,8 +9,8 @@ import (
 
 	"github.com/labstack/echo/v5"
 
+	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // Bounds of GET /instances/{id}/logs?tail=N.
@@ -130,7 +130,7 @@ func (s *Server) getInstance(c *echo.Context) error {
 }
 
 // gpuFaults lists the GPU faults of instance id; nil on a host without GPUs.
-func (s *Server) gpuFaults(id string) []events.GPUFault {
+func (s *Server) gpuFaults(id string) []gpu.Fault {
 	if s.gpus == nil {
 		return nil
 	}

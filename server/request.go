@@ -7,8 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -130,7 +130,7 @@ type InstanceResponse struct {
 	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
 	// them, oldest first (as instance.gpu_fault events told); absent when
 	// none.
-	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
+	GPUFaults []gpu.Fault `json:"gpu_faults,omitempty"`
 }
 
 // ListInstancesResponse answers GET /instances.

@@ -124,7 +124,7 @@ type GPUInventory interface {
 	GPUs() []gpu.GPU
 	Topology() gpu.Topology
 	BestFree() []gpu.BestFree
-	Faults(instanceID string) []events.GPUFault
+	Faults(instanceID string) []gpu.Fault
 	DriverVersion() string
 	CUDADriverVersion() string
 }

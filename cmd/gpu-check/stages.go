@@ -24,6 +24,7 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/events/gpuevents"
 )
 
 // check holds what one stage hands the next.
@@ -279,7 +280,7 @@ func (c *check) stageHealth(ctx context.Context, out io.Writer) (any, error) {
 	defer cancel()
 	pub := &recorder{}
 	start := time.Now()
-	err := c.inv.WatchHealth(ctx, pub)
+	err := c.inv.WatchHealth(ctx, gpuevents.To(pub))
 	ran := time.Since(start)
 	details := map[string]any{"watched_seconds": ran.Seconds(), "events": pub.list()}
 	for _, e := range pub.list() {

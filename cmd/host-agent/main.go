@@ -28,6 +28,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/events/gpuevents"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -219,7 +220,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
 	}
 	wg.Go(func() {
-		if err := inv.WatchHealth(healthCtx, hub); err != nil {
+		if err := inv.WatchHealth(healthCtx, gpuevents.To(hub)); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
 		}
 	})

@@ -128,7 +128,7 @@ func (f *fakeGPUs) BestFree() []gpu.BestFree {
 	return []gpu.BestFree{{Size: 1, Available: free >= 1, Link: gpu.LinkSelf}}
 }
 
-func (f *fakeGPUs) Faults(string) []events.GPUFault { return nil }
+func (f *fakeGPUs) Faults(string) []gpu.Fault { return nil }
 
 func (f *fakeGPUs) Topology() gpu.Topology {
 	f.mu.Lock()

@@ -10,7 +10,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/gpu/gpumock"
-	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/events/gpuevents"
 )
 
 // TestFreeSetsInRegistrationAndHeartbeat runs the reporter on the mock PCIe
@@ -82,7 +82,7 @@ func TestGPUFaultInHeartbeat(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- inv.WatchHealth(ctx, &publisher{}) }()
+	go func() { done <- inv.WatchHealth(ctx, gpuevents.To(&publisher{})) }()
 	machine.InjectXid(held[0].Index, 79)
 	for inv.Faults("a") == nil {
 		time.Sleep(10 * time.Millisecond) // waiting for the watcher, not timing it
@@ -102,7 +102,7 @@ func TestGPUFaultInHeartbeat(t *testing.T) {
 	}
 	got := byID(calls[1].heartbeat(t))
 	f := got["a"].GPUFaults
-	if len(f) != 1 || f[0].Xid != 79 || !f[0].Benched || f[0].GPU != held[0].UUID || f[0].Kind != events.FaultXid {
+	if len(f) != 1 || f[0].Xid != 79 || !f[0].Benched || f[0].GPU != held[0].UUID || f[0].Kind != gpu.FaultXid {
 		t.Errorf("instance a's gpu_faults = %+v", f)
 	}
 	if len(got["b"].GPUFaults) != 0 {

@@ -43,7 +43,7 @@ type GPUs interface {
 	Usages() []gpu.Usage
 	BestFree() []gpu.BestFree
 	Topology() gpu.Topology
-	Faults(instanceID string) []events.GPUFault
+	Faults(instanceID string) []gpu.Fault
 	DriverVersion() string
 	CUDADriverVersion() string
 }

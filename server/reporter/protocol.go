@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -148,7 +147,7 @@ type InstanceState struct {
 	FinishedAt *time.Time         `json:"finished_at,omitempty"`
 	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
 	// them, as instance.gpu_fault events told; absent when none.
-	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
+	GPUFaults []gpu.Fault `json:"gpu_faults,omitempty"`
 }
 
 // GPURef names a GPU an instance holds.
