@@ -62,15 +62,12 @@ func newMetrics(s *Server) *metrics {
 	// the first start and rate() sees it.
 	for _, r := range []string{"ok", "error"} {
 		m.starts.WithLabelValues(r)
-		if s.pulls != nil {
-			s.pulls.histogram.WithLabelValues(r)
-		}
 	}
 	ops, opsCollectors := newOpsMetrics(s)
 	m.ops = ops
 	m.registry.MustRegister(opsCollectors...)
 	if s.pulls != nil {
-		m.registry.MustRegister(s.pulls.histogram)
+		m.registry.MustRegister(s.pulls)
 	}
 	m.registry.MustRegister(s.collectors...)
 	return m

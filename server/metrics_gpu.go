@@ -3,8 +3,6 @@ package server
 import (
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -101,53 +99,9 @@ func lastXid(reason string) int {
 // that long.
 var startBuckets = []float64{.1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
 
-// PullTimer measures image pulls from the runtime's own events: from
-// instance.pulling to the instance.creating that follows it (or the failure
-// that ends it). It sits between the runtime and the event hub, passing
-// every event on, so the runtime needs no metrics of its own.
-type PullTimer struct {
-	next      events.Publisher
-	now       func() time.Time
-	histogram *prometheus.HistogramVec
-	mu        sync.Mutex
-	started   map[string]time.Time // by instance ID; guarded by mu
-}
+// PullTimer measures image pulls from the runtime's own events; it lives
+// with the events (runtime/events), where the back end publishes them.
+type PullTimer = events.PullTimer
 
-// NewPullTimer passes events on to next.
-func NewPullTimer(next events.Publisher) *PullTimer {
-	return &PullTimer{
-		next: next,
-		now:  time.Now,
-		histogram: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "host_agent_image_pull_duration_seconds",
-			Help:    "Image pulls by result (ok, error), from the first byte asked to the image unpacked.",
-			Buckets: startBuckets,
-		}, []string{"result"}),
-		started: map[string]time.Time{},
-	}
-}
-
-// Publish times the pull events and forwards every event.
-func (p *PullTimer) Publish(e events.Event) {
-	if e.InstanceID != "" {
-		switch e.Type {
-		case events.TypeInstancePulling:
-			p.mu.Lock()
-			p.started[e.InstanceID] = p.now()
-			p.mu.Unlock()
-		case events.TypeInstanceCreating, events.TypeInstanceFailed, events.TypeInstanceTerminated:
-			p.mu.Lock()
-			t0, ok := p.started[e.InstanceID]
-			delete(p.started, e.InstanceID)
-			p.mu.Unlock()
-			if ok {
-				result := "ok"
-				if e.Type != events.TypeInstanceCreating {
-					result = "error"
-				}
-				p.histogram.WithLabelValues(result).Observe(p.now().Sub(t0).Seconds())
-			}
-		}
-	}
-	p.next.Publish(e)
-}
+// NewPullTimer is events.NewPullTimer, kept for existing callers.
+func NewPullTimer(next events.Publisher) *PullTimer { return events.NewPullTimer(next) }

@@ -1,7 +1,9 @@
 // Package events carries the agent's live events (instance state changes, pull
 // progress, GPU health) from their sources to GET /ws subscribers. Sources
 // depend only on the Publisher interface; the Hub keeps a bounded ring buffer
-// so that a client can resume from a sequence number.
+// so that a client can resume from a sequence number. PullTimer, a Publisher
+// between the back end and the Hub, times image pulls from those events.
+// Every layer above runtime/hostport may import it; it imports none of them.
 package events
 
 import (
