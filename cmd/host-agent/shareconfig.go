@@ -2,9 +2,9 @@ package main
 
 import (
 	"fmt"
-	goruntime "runtime"
 	"strconv"
 
+	"github.com/host-agent/host-agent/runtime/hostinfo"
 	"github.com/host-agent/host-agent/runtime/share"
 )
 
@@ -57,7 +57,7 @@ func newShares(c shareConfig, gpus int) (*share.Reservations, error) {
 	if err != nil {
 		return nil, fmt.Errorf("host memory: %w", err)
 	}
-	mem, cpus, err := share.Allocatable(memMB, float64(goruntime.NumCPU()), c.ReservedMemoryMB, c.ReservedCPUs)
+	mem, cpus, err := share.Allocatable(memMB, float64(hostinfo.CPUs()), c.ReservedMemoryMB, c.ReservedCPUs)
 	if err != nil {
 		name := "HOST_RESERVED_MEMORY_MB"
 		if mem > 0 || memMB > c.ReservedMemoryMB+64 {

@@ -8,9 +8,9 @@ import (
 	"fmt"
 
 	"github.com/containerd/errdefs"
-	"golang.org/x/sys/unix"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostinfo"
 )
 
 // Reserve refuses starts while the file system holding Path has less than
@@ -35,13 +35,7 @@ func (e *FullError) ErrorField() string { return "disk" }
 func (e *FullError) Unwrap() error { return errdefs.ErrResourceExhausted }
 
 // Free returns the free bytes at path.
-func Free(path string) (uint64, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return 0, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	return st.Bavail * uint64(st.Bsize), nil
-}
+func Free(path string) (uint64, error) { return hostinfo.FreeBytes(path) }
 
 // Name implements runtime.ReservationKind.
 func (Reserve) Name() string { return "disk" }

@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/hostinfo"
 )
 
 // Pinger is what the runtime check asks of the container runtime.
@@ -322,14 +322,13 @@ func HealthCheck(gpus GPUView, lib nvml.Interface) Check {
 // DiskCheck: at least minFree bytes free at the runtime's root.
 func DiskCheck(root string, minFree uint64) Check {
 	return Check{Name: "disk", Run: func(context.Context) Result {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(root, &st); err != nil {
+		free, err := hostinfo.FreeBytes(root)
+		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
 				return warn("mount it read-only into the agent's container to have it measured, or set CONTAINERD_ROOT", "%s is not visible here", root)
 			}
-			return fail("set CONTAINERD_ROOT to containerd's root directory", "statfs %s: %v", root, err)
+			return fail("set CONTAINERD_ROOT to containerd's root directory", "%v", err)
 		}
-		free := st.Bavail * uint64(st.Bsize)
 		if free < minFree {
 			return fail("free space on that file system (ctr -n rentals images prune --all removes unused images) or move containerd's root to a larger disk",
 				"%s: %.1f GiB free, want at least %.1f GiB", root, gib(free), gib(minFree))

@@ -12,10 +12,10 @@ import (
 	goruntime "runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/hostinfo"
 )
 
 // HostReport describes this host as the central server needs it to rent it
@@ -286,12 +286,12 @@ func readCPU(root string) (CPUInfo, error) {
 	info := CPUInfo{Architecture: goruntime.GOARCH}
 	b, err := os.ReadFile(filepath.Join(root, "proc/cpuinfo"))
 	if err != nil {
-		info.Threads, info.Cores = goruntime.NumCPU(), goruntime.NumCPU()
+		info.Threads, info.Cores = hostinfo.CPUs(), hostinfo.CPUs()
 		return info, err
 	}
 	parseCPUInfo(b, &info)
 	if info.Threads == 0 {
-		info.Threads = goruntime.NumCPU()
+		info.Threads = hostinfo.CPUs()
 	}
 	if info.Cores == 0 {
 		info.Cores = info.Threads
@@ -360,45 +360,10 @@ func parseCPUInfo(b []byte, info *CPUInfo) {
 	}
 }
 
-// readMemory reads MemTotal and MemAvailable from /proc/meminfo.
+// readMemory reads MemTotal and MemAvailable from root's /proc/meminfo.
 func readMemory(root string) (MemoryInfo, error) {
-	b, err := os.ReadFile(filepath.Join(root, "proc/meminfo"))
-	if err != nil {
-		return MemoryInfo{}, err
-	}
-	var info MemoryInfo
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		var dst *uint64
-		switch k {
-		case "MemTotal":
-			dst = &info.TotalBytes
-		case "MemAvailable":
-			dst = &info.AvailableBytes
-		default:
-			continue
-		}
-		fields := strings.Fields(v)
-		if len(fields) == 0 {
-			continue
-		}
-		n, err := strconv.ParseUint(fields[0], 10, 64)
-		if err != nil {
-			return info, fmt.Errorf("parse %s: %w", k, err)
-		}
-		if len(fields) > 1 && fields[1] == "kB" {
-			n *= 1024
-		}
-		*dst = n
-	}
-	if info.TotalBytes == 0 {
-		return info, errors.New("no MemTotal in meminfo")
-	}
-	return info, nil
+	m, err := hostinfo.ReadMemory(filepath.Join(root, "proc/meminfo"))
+	return MemoryInfo{TotalBytes: m.TotalBytes, AvailableBytes: m.AvailableBytes}, err
 }
 
 // readDisk measures the file system holding dir. A data directory that does
@@ -406,18 +371,6 @@ func readMemory(root string) (MemoryInfo, error) {
 // is measured at its nearest existing parent, which is where it would be
 // created.
 func readDisk(dir string) (DiskInfo, error) {
-	p := filepath.Clean(dir)
-	for {
-		var st syscall.Statfs_t
-		err := syscall.Statfs(p, &st)
-		if err == nil {
-			bsize := uint64(st.Bsize)
-			return DiskInfo{Path: p, TotalBytes: st.Blocks * bsize, FreeBytes: st.Bavail * bsize}, nil
-		}
-		parent := filepath.Dir(p)
-		if !errors.Is(err, fs.ErrNotExist) || parent == p {
-			return DiskInfo{}, fmt.Errorf("statfs %s: %w", p, err)
-		}
-		p = parent
-	}
+	d, err := hostinfo.ReadDisk(dir)
+	return DiskInfo{Path: d.Path, TotalBytes: d.TotalBytes, FreeBytes: d.FreeBytes}, err
 }
