@@ -12,10 +12,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/containerd/daemon"
-	"github.com/host-agent/host-agent/runtime/gpualloc"
 )
 
 // The bundle's files the container stage needs (see
@@ -81,10 +82,16 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 		return details, err
 	}
 	defer backend.Close()
-	rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(c.alloc)}},
-		Logger: c.cfg.logger,
+	// The agent's own lifecycle, with every reservation kind a rental
+	// takes (internal/agent), over the stage's allocator.
+	rt, _, err := agent.NewLifecycle(backend, agent.LifecycleOptions{
+		Inventory:    c.inv,
+		Reservations: checkReservations(c.alloc, c.cfg.work),
+		Logger:       c.cfg.logger,
 	})
+	if err != nil {
+		return details, fmt.Errorf("the agent's reservations: %w", err)
+	}
 	defer rt.Close()
 	inst, err := rt.Start(ctx, runtime.InstanceSpec{
 		ID: instanceID, Image: probeImage,
@@ -123,6 +130,19 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 		return details, err
 	}
 	return details, c.judgeProbe(logs, details)
+}
+
+// checkReservations are the agent's defaults (RENTAL_PIDS_LIMIT 16384,
+// SHM_MEMORY_FRACTION 0.5, NUMA_ALIGN true) but that nothing of the host is
+// kept back and no disk reserve refuses the start: gpu-check runs its one
+// rental alone, on hosts and sandboxes of any size.
+func checkReservations(alloc *gpu.Allocator, work string) agent.Reservations {
+	return agent.Reservations{
+		GPUs:      alloc,
+		Shares:    agent.ShareOptions{Pids: 16384, ShmFraction: 0.5},
+		DiskPath:  work,
+		NUMAAlign: true,
+	}
 }
 
 // waitForProbe waits for the probe's END line and returns its output.

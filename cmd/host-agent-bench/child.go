@@ -16,15 +16,12 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
-	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/internal/agent"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
-	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -41,14 +38,18 @@ const (
 	envProfileDir  = "HOST_AGENT_BENCH_PROFILE_DIR"
 	fakeNodeMajor  = 240 // a local-use character major: its nodes open nothing
 	heartbeatEvery = time.Second
+	// benchCPURentalMemoryMB is a CPU rental's memory limit: small, since
+	// the bench runs hundreds of `sleep` rentals at once.
+	benchCPURentalMemoryMB = 64
 )
 
 // isChild says whether this process is the bench's agent child.
 func isChild() bool { return os.Getenv(childEnv) == "1" }
 
-// childMain runs the agent's serving stack as cmd/host-agent builds it for
-// containerd (API server, lifecycle with GPU reservations, containerd back
-// end with CDI injection, reporter), over go-nvml's mock of a DGX A100 with
+// childMain runs the agent as cmd/host-agent builds it for containerd
+// (internal/agent: API server, lifecycle with every reservation kind,
+// containerd back end with CDI injection, reporter, background loops),
+// over go-nvml's mock of a DGX A100 with
 // HOST_AGENT_BENCH_GPUS GPUs and a CDI spec for them whose device nodes
 // open nothing. It writes its listen address on stdout and serves until
 // SIGTERM. SIGUSR1 starts a CPU profile, SIGUSR2 stops it.
@@ -71,7 +72,6 @@ func child() error {
 	// Warnings and errors reach the bench's stderr: a measurement that
 	// hides the agent's failures would be worthless.
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	hub := events.NewHub(4096, time.Now)
 	inv, err := gpu.Open(dgxa100.NewWithGPUs(gpus.Multiple(n, gpus.A100_SXM4_40GB)...), logger)
 	if err != nil {
 		return err
@@ -85,38 +85,54 @@ func child() error {
 	if err != nil {
 		return err
 	}
+	ev := agent.NewEvents(agent.DefaultEventBuffer)
 	be, err := ctrd.New(ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
-		LogDir: filepath.Join(work, "logs"), Events: hub, Logger: logger, Devices: injector})
+		LogDir: filepath.Join(work, "logs"), Events: ev.Pulls, Logger: logger, Devices: injector})
 	if err != nil {
 		return err
 	}
-	defer be.Close()
-	lc := runtime.NewLifecycle(be, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
-		Events: hub, Logger: logger,
+	// Built by the daemon's builder, with its reservation kinds (GPUs,
+	// share, disk reserve, NUMA), its reporter, API server and loops.
+	a, err := agent.New(ctx, agent.Options{
+		Logger:         logger,
+		Events:         ev,
+		Inventory:      inv,
+		Injector:       injector,
+		Backend:        be,
+		Reservations:   benchReservations(work),
+		RestoreTimeout: 3 * time.Second,
+		Reporter: &reporter.Options{ServerURL: os.Getenv(envCentral), AgentID: "bench", Token: benchToken,
+			Interval: heartbeatEvery, DataDir: work},
+		Server: &server.Options{RuntimeName: "containerd", Token: benchToken, AgentID: "bench"},
 	})
-	defer lc.Close()
-	if err := lc.Restore(ctx); err != nil {
-		return err
-	}
-	rep, err := reporter.New(reporter.Options{ServerURL: os.Getenv(envCentral), AgentID: "bench", Token: benchToken,
-		Interval: heartbeatEvery, Runtime: lc, GPUs: inv, CDI: injector.Available, Events: hub, Logger: logger})
 	if err != nil {
 		return err
 	}
-	go func() { _ = rep.Run(ctx) }()
-	srv, err := server.New(server.Options{Runtime: lc, RuntimeName: "containerd", Hub: hub, Token: benchToken,
-		AgentID: "bench", Logger: logger, GPUs: inv, Host: rep, Collectors: []prometheus.Collector{be.Collector()}})
-	if err != nil {
-		return err
-	}
+	defer a.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	go profileOnSignal(os.Getenv(envProfileDir))
 	fmt.Println(ln.Addr().String())
-	return srv.Serve(ctx, ln)
+	return a.Run(ctx, ln)
+}
+
+// benchReservations are the daemon's defaults (HOST_RESERVED_MEMORY_MB
+// 2048, HOST_RESERVED_CPUS 1, RENTAL_PIDS_LIMIT 16384, NUMA_ALIGN true)
+// but for the rental sizes the bench's loads need: hundreds of CPU
+// rentals at once, which one GPU's share each would not fit (an operator
+// hosting many small rentals sets CPU_RENTAL_MEMORY_MB the same way), and
+// a disk reserve of 1 GiB on the bench's directory rather than 20, since
+// the bench's images are small.
+func benchReservations(work string) agent.Reservations {
+	return agent.Reservations{
+		Shares: agent.ShareOptions{ReservedMemoryMB: 2048, ReservedCPUs: 1, Pids: 16384, ShmFraction: 0.5,
+			CPURentalMemoryMB: benchCPURentalMemoryMB, CPURentalCPUs: 1},
+		DiskPath:         work,
+		DiskReserveBytes: 1 << 30,
+		NUMAAlign:        true,
+	}
 }
 
 // profileOnSignal writes a CPU profile to dir/cpu-N.pprof from each SIGUSR1

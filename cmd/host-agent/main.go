@@ -8,11 +8,9 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,16 +18,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/disk"
+	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime/docker"
-	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/events/gpuevents"
-	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/selftest"
@@ -44,8 +36,9 @@ var (
 	commit  = ""
 )
 
-// eventBuffer is how many events a resuming /ws client can catch up on.
-const eventBuffer = 4096
+// restoreTimeout bounds the restore of the reservations at start: with
+// containerd down, serving (and answering readyz) comes first.
+const restoreTimeout = 3 * time.Second
 
 func main() {
 	os.Exit(command(os.Args[1:], os.Stdout, os.Stderr, run))
@@ -82,7 +75,7 @@ func run() int {
 }
 
 func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
-	hub := events.NewHub(eventBuffer, time.Now)
+	ev := agent.NewEvents(agent.DefaultEventBuffer)
 
 	lib, mock, logger, err := openNVML(cfg, logger)
 	if err != nil {
@@ -111,7 +104,6 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Warn("NVIDIA GPUs on the PCI bus but NVML is not visible to the agent; serving CPU rentals only, GPU rentals are refused",
 			"pci_gpus", n, "missing", "libnvidia-ml.so.1 and /dev/nvidia*", "fix", selftest.NoNVMLFix)
 	}
-	alloc := gpu.NewAllocator(inv)
 
 	// The injector compares every injection with the inventory (minors,
 	// driver) and regenerates a stale spec through NVML.
@@ -136,7 +128,6 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
-	pulls := server.NewPullTimer(hub)
 	choice, err := chooseRuntime(ctx, cfg)
 	if err != nil {
 		return err
@@ -170,7 +161,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	} else {
 		dockerNet = dockerNetwork(cfg)
 	}
-	backend, err := newRuntime(cfg, rtName, pulls, injector, rentalNet, dockerNet, logger)
+	// The back end publishes through the pull timer, which times pulls
+	// for GET /metrics on the way to the hub.
+	backend, err := newRuntime(cfg, rtName, ev.Pulls, injector, rentalNet, dockerNet, logger)
 	if err != nil {
 		return err
 	}
@@ -181,144 +174,62 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 	rules := networkRules(ctx, rentalNet, backend, logger)
-	shares, err := newShares(cfg.Share, inv.Len())
-	if err != nil {
-		return err
-	}
-	numaKinds, err := numaAlignment(cfg, "/sys", inv, logger)
-	if err != nil {
-		return err
-	}
-	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
-		// GPUs first: a rental's share follows the GPUs it got.
-		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
-		Events: hub,
-		Logger: logger,
-	})
-	defer rt.Close()
-	// Bounded: with containerd down, serving (and answering readyz) comes
-	// first; the restore is retried before the first GPU rental.
-	restoreCtx, cancelRestore := context.WithTimeout(ctx, 3*time.Second)
-	err = rt.Restore(restoreCtx)
-	cancelRestore()
-	if err != nil {
-		// Retried before the first GPU rental; CPU rentals go ahead.
-		logger.Warn("GPU holders not read back yet", "error", err)
-	}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	// Background loops stop before the runtime and the inventory close.
-	healthCtx, stopHealth := context.WithCancel(ctx)
-	defer stopHealth()
-	wg.Go(func() { injector.WatchDriver(healthCtx, cdi.DefaultDriverCheckInterval) })
-	if !choice.Answers && choice.Held == "" {
-		wg.Go(func() { rememberWhenAnswering(healthCtx, cfg, rtName, backend, logger) })
-	}
-	if rules != nil {
-		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
-	}
-	wg.Go(func() {
-		if err := inv.WatchHealth(healthCtx, gpuevents.To(hub)); err != nil {
-			logger.Error("GPU health watch stopped", "error", err)
-		}
-	})
-
+	// Listening first: the reporter tells the central server where the
+	// agent answers.
 	ln, err := listen(cfg)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-
 	if cfg.APIServerURL != "" && cfg.APIServerTokenShared {
 		logger.Warn("API_SERVER_TOKEN is unset: the agent presents its own API token to the central server; " +
 			"set API_SERVER_TOKEN so that the server never holds the token guarding this agent")
 	}
-	heartbeats := server.NewHeartbeatMetrics()
-	// Built even without API_SERVER_URL: it also serves GET /host, and in
-	// that case Run says once that nothing is reported.
-	rep, err := reporter.New(reporter.Options{
-		ServerURL:   cfg.APIServerURL,
-		AgentID:     cfg.AgentID,
-		Token:       cfg.APIServerToken,
-		Version:     version,
-		PublicURL:   publicURL(cfg, ln.Addr()),
-		Interval:    cfg.HeartbeatInterval,
-		OrphanGrace: cfg.OrphanGrace,
-		Runtime:     rt,
-		GPUs:        inv,
-		CDI:         injector.Available,
-		Network:     networkInfo(cfg, rentalNet, ports),
-		DataDir:     cfg.ContainerdRoot,
-		Events:      hub,
+	a, err := agent.New(ctx, agent.Options{
 		Logger:      logger,
-		Commit:      commit,
-		Drain:       backend,
-		Sharing:     shares,
+		Events:      ev,
+		Inventory:   inv,
+		Injector:    injector,
+		Backend:     backend,
+		HeldBecause: choice.Held,
+		// GPUs first: a rental's share follows the GPUs it got.
+		Reservations:   reservations(cfg, ports, rentalNet != nil || dockerNet != nil),
+		RestoreTimeout: restoreTimeout,
+		// Built even without API_SERVER_URL: it also serves GET /host, and
+		// in that case Run says once that nothing is reported.
+		Reporter: &reporter.Options{
+			ServerURL:   cfg.APIServerURL,
+			AgentID:     cfg.AgentID,
+			Token:       cfg.APIServerToken,
+			Version:     version,
+			PublicURL:   publicURL(cfg, ln.Addr()),
+			Interval:    cfg.HeartbeatInterval,
+			OrphanGrace: cfg.OrphanGrace,
+			Network:     networkInfo(cfg, rentalNet, ports),
+			DataDir:     cfg.ContainerdRoot,
+			Commit:      commit,
+		},
+		Server: &server.Options{
+			RuntimeName: rtName,
+			Token:       cfg.Token,
+			AgentID:     cfg.AgentID,
+			Network:     networkChecker(rentalNet, rules),
+			Collectors:  ruleCollectors(rules),
 
-		ObserveHeartbeat: heartbeats.Observe,
+			MetricsToken: cfg.MetricsToken,
+			Version:      version,
+			Commit:       commit,
+		},
+		Loops: agentLoops(cfg, choice, backend, rules, logger),
 	})
 	if err != nil {
-		return fmt.Errorf("reporter: %w", err)
+		return shareConfigError(err)
 	}
-	wg.Go(func() { _ = rep.Run(healthCtx) })
-	wg.Go(func() { logSelftest(healthCtx, cfg, logger) })
-
-	srv, err := server.New(server.Options{
-		Runtime:     rt,
-		RuntimeName: rtName,
-		Hub:         hub,
-		Token:       cfg.Token,
-		AgentID:     cfg.AgentID,
-		Logger:      logger,
-		GPUs:        inv,
-		Host:        rep,
-		Drain:       backend,
-		Pulls:       pulls,
-		Network:     networkChecker(rentalNet, rules),
-		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
-
-		MetricsToken: cfg.MetricsToken,
-		Version:      version,
-		Commit:       commit,
-	})
-	if err != nil {
-		return err
-	}
+	defer a.Close()
 	logger.Info("agent serving", "version", version, "commit", commit, "listen", ln.Addr().String(),
 		"tls", cfg.TLSCertFile != "", "runtime", cfg.Runtime, "containerd", cfg.ContainerdAddress, "namespace", cfg.ContainerdNamespace)
-	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
-}
-
-// reservationKinds lists what a start reserves, GPUs first: a rental's
-// share of the host follows the GPUs it got. Host ports only where the
-// agent publishes them.
-func reservationKinds(gpus runtime.GPUAllocator, shares runtime.ReservationKind, ports *hostport.Allocator, publish bool) []runtime.ReservationKind {
-	kinds := []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpus}, shares}
-	if publish {
-		kinds = append(kinds, runtime.PortReservations{Alloc: ports})
-	}
-	return kinds
-}
-
-// agentCollectors are the metrics of GET /metrics that the server does not
-// keep itself: the back end's, the heartbeats' and the runtime's disk.
-func agentCollectors(cfg config, backend any, heartbeats *server.HeartbeatMetrics, rules *network.Rules) []prometheus.Collector {
-	return append(append(backendCollectors(backend), heartbeats,
-		server.DiskCollector(cfg.ContainerdRoot, cfg.DiskReserveGB<<30, disk.Free)), ruleCollectors(rules)...)
-}
-
-// backendCollectors are the runtime back end's metrics, where it has any
-// (containerd's call durations).
-func backendCollectors(backend any) []prometheus.Collector {
-	if c, ok := backend.(interface{ Collector() prometheus.Collector }); ok {
-		return []prometheus.Collector{c.Collector()}
-	}
-	return nil
+	return a.Run(ctx, ln)
 }
 
 // listen opens the API's listener, with TLS when a certificate is

@@ -22,11 +22,12 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/testenv"
 	"github.com/host-agent/host-agent/server"
+	"github.com/host-agent/host-agent/server/reporter"
 )
 
 const (
@@ -327,10 +328,11 @@ func checkNamedMetricsServed(t *testing.T, scrape string, skip func(name string)
 type listRuntime struct{ runtime.Runtime }
 
 func (listRuntime) List(context.Context) ([]runtime.Instance, error) { return nil, nil }
+func (listRuntime) Close() error                                     { return nil }
 
 // TestDashboardAndAlertsNameServedMetrics: every metric the dashboard and
-// the alert rules use is on GET /metrics of a server built as serve builds
-// it, on a host with GPUs (NVML's DGX A100 mock), so that the GPU series
+// the alert rules use is on GET /metrics of an agent built as serve builds
+// it (internal/agent), on a host with GPUs (NVML's DGX A100 mock), so that the GPU series
 // are there too. The running agent is checked as well, by TestAgentMetrics.
 func TestDashboardAndAlertsNameServedMetrics(t *testing.T) {
 	t.Parallel()
@@ -339,24 +341,27 @@ func TestDashboardAndAlertsNameServedMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub := events.NewHub(0, nil)
 	cfg := config{ContainerdRoot: t.TempDir(), DiskReserveGB: 1}
-	srv, err := server.New(server.Options{
-		Runtime:      listRuntime{},
-		RuntimeName:  runtimeContainerd,
-		Hub:          hub,
-		Token:        e2eToken,
-		MetricsToken: "metrics-token-0123456789",
+	a, err := agent.New(context.Background(), agent.Options{
 		Logger:       logger,
-		GPUs:         inv,
-		Pulls:        server.NewPullTimer(hub),
-		Collectors:   agentCollectors(cfg, nil, server.NewHeartbeatMetrics(), emptyRules(t)),
-		Version:      version,
-		Commit:       commit,
+		Inventory:    inv,
+		Backend:      listRuntime{},
+		Reservations: reservations(cfg, nil, false),
+		Reporter:     &reporter.Options{AgentID: "metrics", Version: version},
+		Server: &server.Options{
+			RuntimeName:  runtimeContainerd,
+			Token:        e2eToken,
+			MetricsToken: "metrics-token-0123456789",
+			Collectors:   ruleCollectors(emptyRules(t)),
+			Version:      version,
+			Commit:       commit,
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = a.Close() })
+	srv := a.Server
 	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
 	req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 	req.Header.Set("Authorization", "Bearer metrics-token-0123456789")

@@ -21,11 +21,12 @@ import (
 
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/selftest"
 )
@@ -289,10 +290,19 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 			result("test-rental", selftest.Result{Status: selftest.Skip, Detail: why}),
 			result("rental-network", selftest.Result{Status: selftest.Skip, Detail: why}))
 	case backend != nil:
-		rt := runtime.NewLifecycle(backend, runtime.LifecycleOptions{
-			Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}},
-			Logger: logger,
+		// The test rentals reserve what a tenant's rental does (its
+		// share, the disk reserve, NUMA), from allocators of their own.
+		rt, _, err := agent.NewLifecycle(backend, agent.LifecycleOptions{
+			Inventory:    inv,
+			Reservations: reservations(cfg, hostport.NewAllocator(cfg.Network.HostPortRange, nil), netErr == nil),
+			Logger:       logger,
 		})
+		if err != nil {
+			checks = append(checks,
+				result("test-rental", selftest.Result{Status: selftest.Fail, Detail: err.Error(), Fix: "the agent refuses to start with this configuration too: see HOST_RESERVED_MEMORY_MB, HOST_RESERVED_CPUS and NUMA_ALIGN"}),
+				result("rental-network", selftest.Result{Status: selftest.Skip, Detail: "needs the test rental"}))
+			break
+		}
 		// The allocator knows only the test rentals: the GPU comes from
 		// the runtime's own record of what every rental holds.
 		holders := selftest.ContainerdGPUHolders(cfg.ContainerdAddress)

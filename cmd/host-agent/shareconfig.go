@@ -4,28 +4,12 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/host-agent/host-agent/runtime/hostinfo"
-	"github.com/host-agent/host-agent/runtime/share"
+	"github.com/host-agent/host-agent/internal/agent"
 )
 
 // shareConfig is how the host's memory and CPUs are divided among rentals
-// (runtime/share).
-type shareConfig struct {
-	// ReservedMemoryMB and ReservedCPUs are kept for the system, the agent
-	// and containerd (HOST_RESERVED_MEMORY_MB, HOST_RESERVED_CPUS).
-	ReservedMemoryMB int64
-	ReservedCPUs     float64
-	// CPURentalMemoryMB and CPURentalCPUs size a rental without GPUs that
-	// names no limits (CPU_RENTAL_MEMORY_MB, CPU_RENTAL_CPUS; zero: one
-	// GPU's share, or an eighth of the host without GPUs).
-	CPURentalMemoryMB int64
-	CPURentalCPUs     float64
-	// Pids is the pids limit of a rental that names none (RENTAL_PIDS_LIMIT).
-	Pids int64
-	// ShmFraction sizes a GPU rental's /dev/shm as a fraction of its memory
-	// limit (SHM_MEMORY_FRACTION; 0 leaves the runtime's 64 MiB).
-	ShmFraction float64
-}
+// (runtime/share), as internal/agent builds the share accounting.
+type shareConfig = agent.ShareOptions
 
 func loadShareConfig(get func(name, def string) string) (shareConfig, error) {
 	var c shareConfig
@@ -49,26 +33,4 @@ func loadShareConfig(get func(name, def string) string) (shareConfig, error) {
 		return c, &configError{"SHM_MEMORY_FRACTION", "want a fraction between 0 and 1, such as 0.5"}
 	}
 	return c, nil
-}
-
-// newShares accounts for this host's memory and CPUs with gpus GPUs.
-func newShares(c shareConfig, gpus int) (*share.Reservations, error) {
-	memMB, err := share.HostMemoryMB("/proc/meminfo")
-	if err != nil {
-		return nil, fmt.Errorf("host memory: %w", err)
-	}
-	mem, cpus, err := share.Allocatable(memMB, float64(hostinfo.CPUs()), c.ReservedMemoryMB, c.ReservedCPUs)
-	if err != nil {
-		name := "HOST_RESERVED_MEMORY_MB"
-		if mem > 0 || memMB > c.ReservedMemoryMB+64 {
-			name = "HOST_RESERVED_CPUS"
-		}
-		return nil, &configError{name, err.Error()}
-	}
-	shm := c.ShmFraction
-	if shm == 0 {
-		shm = -1
-	}
-	return share.New(share.Options{MemoryMB: mem, CPUs: cpus, GPUs: gpus,
-		CPURentalMemoryMB: c.CPURentalMemoryMB, CPURentalCPUs: c.CPURentalCPUs, Pids: c.Pids, ShmFraction: shm}), nil
 }

@@ -1,0 +1,43 @@
+// Package agent assembles the host agent from its parts, once, for every
+// program that runs one: the daemon (cmd/host-agent), its self-test, the
+// benchmark's agent (cmd/host-agent-bench) and gpu-check. What the
+// benchmark measures and what gpu-check proves is therefore the agent
+// that ships: the same event hub and pull timer, the same reservation
+// kinds in the same order (GPUs, share of the host, host ports, disk
+// reserve, NUMA), the same lifecycle, reporter and API server, and the
+// same background loops.
+//
+// cmd/ reads the configuration (environment, files) and handles signals;
+// it opens what only it can choose (NVML or a mock, the CDI injector, the
+// runtime back end and the rentals' network) and hands them to New in an
+// Options value. New returns the Agent; Run serves until its context is
+// done and Close releases what New built. A new part of the agent is one
+// field in Options and one call in New (or one Loop for a background
+// loop), not a change in each program.
+//
+// Who may import it: the programs under cmd/ of this module, and nothing
+// else. It sits on top of every other package of the agent; nothing of
+// the agent imports it. Go's internal/ rule keeps it out of other
+// modules; test support (testenv, conformance, invariant) is not here and
+// is never imported by it.
+//
+// The layers, from the bottom up; a package imports only packages of its
+// own layer or below (TestImportsFlowDown reads every import and holds the
+// tree to it):
+//
+//  1. gpu, runtime/hostinfo, runtime/hostport: the hardware and the host's
+//     facts, which import nothing of the agent's (and leaf helpers:
+//     runtime/containerd/daemon, the test payload, gpu-check's probe).
+//  2. runtime/events: the event stream.
+//  3. runtime: the contract (Runtime, InstanceSpec, labels, errors) and its
+//     one owner, the Lifecycle.
+//  4. beside the contract: cdi (device injection), runtime/events/gpuevents,
+//     the reservation kinds (runtime/gpualloc, runtime/share,
+//     runtime/disk, runtime/numa), runtime/network; runtime/invariant.
+//  5. runtime/containerd, runtime/docker: the back ends; runtime/testenv.
+//  6. runtime/selftest: the host's checks; runtime/conformance.
+//  7. server/reporter: the central server's protocol and the host report.
+//  8. server: the API.
+//  9. internal/agent: this builder.
+//  10. cmd/...: the programs.
+package agent
