@@ -32,6 +32,7 @@
 //  3. runtime: the contract (Runtime, InstanceSpec, labels, errors) and its
 //     one owner, the Lifecycle.
 //  4. beside the contract: cdi (device injection), runtime/events/gpuevents,
+//     runtime/backend (what the back ends share),
 //     the reservation kinds (runtime/gpualloc, runtime/share,
 //     runtime/disk, runtime/numa), runtime/network; runtime/invariant.
 //  5. runtime/containerd, runtime/docker: the back ends; runtime/testenv.

@@ -32,6 +32,7 @@ var layers = map[string]int{
 
 	"cdi":                      4,
 	"runtime/events/gpuevents": 4,
+	"runtime/backend":          4,
 	"runtime/gpualloc":         4,
 	"runtime/share":            4,
 	"runtime/disk":             4,

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -140,11 +141,10 @@ type Runtime struct {
 	// PATH); tests point it at a missing one.
 	runcBinary string
 
-	ctx       context.Context // lives until Close; carries the namespace
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	ctx    context.Context // lives until Close; carries the namespace
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closer backend.Closer
 }
 
 // New connects to containerd and starts watching the namespace for exits. It
@@ -205,9 +205,6 @@ func New(opts Options) (*Runtime, error) {
 		r.wg.Go(func() { r.capLogs(r.ctx) })
 	}
 	if opts.ImageGCMinFreeBytes > 0 && opts.FreeSpace != nil {
-		if r.opts.ImageGCInterval <= 0 {
-			r.opts.ImageGCInterval = time.Minute
-		}
 		r.wg.Go(func() { r.collectImagesLoop(r.ctx) })
 	}
 	return r, nil
@@ -215,14 +212,9 @@ func New(opts Options) (*Runtime, error) {
 
 // Close stops watching and closes the connection. Containers keep running.
 func (r *Runtime) Close() error {
-	r.closeOnce.Do(func() {
-		r.cancel()
-		// Exit recordings in flight finish first: they run detached from
-		// the cancelled context, on the still open connection.
-		r.wg.Wait()
-		r.closeErr = r.client.Close()
-	})
-	return r.closeErr
+	// Exit recordings in flight finish first: they run detached from the
+	// cancelled context, on the still open connection.
+	return r.closer.Close(r.cancel, &r.wg, r.client)
 }
 
 // Ping reports whether containerd answers and can run a container (a

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // labelLastUsed is when a start last used an image (RFC 3339); image GC
@@ -78,16 +79,8 @@ func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {
 // collectImagesLoop runs CollectImages every interval against the free
 // space at the runtime's root.
 func (r *Runtime) collectImagesLoop(ctx context.Context) {
-	tick := time.NewTicker(r.opts.ImageGCInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if _, err := r.CollectImages(ctx, r.opts.ImageGCMinFreeBytes, r.opts.FreeSpace); err != nil && ctx.Err() == nil {
-			r.log.Warn("image garbage collection", "error", err)
-		}
-	}
+	backend.CollectImagesEvery(ctx, r.opts.ImageGCInterval, r.log, func(ctx context.Context) error {
+		_, err := r.CollectImages(ctx, r.opts.ImageGCMinFreeBytes, r.opts.FreeSpace)
+		return err
+	})
 }

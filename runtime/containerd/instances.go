@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // rentalFilter selects the agent's containers in the namespace.
@@ -97,20 +98,12 @@ func notFound(id string) error {
 // state, which may be gone.
 func toInstance(info containers.Container, proc *task.Process) runtime.Instance {
 	l := info.Labels
-	inst := runtime.Instance{
-		ID:          info.ID,
-		ContainerID: info.ID,
-		Image:       l[runtime.LabelImage],
-		Status:      runtime.StatusCreated,
-		CreatedAt:   info.CreatedAt,
-		StartedAt:   parseTime(l[runtime.LabelStartedAt]),
-		SpecHash:    l[runtime.LabelSpecHash],
-		Labels:      runtime.UserLabels(l),
-		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
-		Ports:       runtime.PortsFromLabels(l),
-		OOMKilled:   l[runtime.LabelOOMKilled] == "true",
-		AgentLabels: l,
-	}
+	inst := backend.FromLabels(l)
+	inst.ID, inst.ContainerID = info.ID, info.ID
+	inst.Status = runtime.StatusCreated
+	inst.CreatedAt = info.CreatedAt
+	inst.StartedAt = parseTime(l[runtime.LabelStartedAt])
+	inst.OOMKilled = l[runtime.LabelOOMKilled] == "true"
 	if t := parseTime(l[runtime.LabelCreatedAt]); !t.IsZero() {
 		inst.CreatedAt = t
 	}

@@ -7,9 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // A tenant writing without pause must not fill the provider's disk, so each
@@ -21,17 +22,10 @@ import (
 
 // capLogs checks every log file now and then until ctx is done.
 func (r *Runtime) capLogs(ctx context.Context) {
-	tick := time.NewTicker(r.opts.LogCheckInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	backend.Every(ctx, r.opts.LogCheckInterval, func(context.Context) {
 		paths, err := filepath.Glob(filepath.Join(r.opts.LogDir, "*.log"))
 		if err != nil {
-			continue
+			return
 		}
 		for _, p := range paths {
 			if cut, err := capLog(p, r.opts.LogMaxBytes); err != nil {
@@ -40,7 +34,7 @@ func (r *Runtime) capLogs(ctx context.Context) {
 				r.log.Info("capped instance log", "path", p, "dropped_bytes", cut)
 			}
 		}
-	}
+	})
 }
 
 // capLog drops the oldest part of the file at path when it occupies more

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"path"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/containerd/containerd/v2/contrib/seccomp"
@@ -16,6 +15,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // cfsPeriod is the CFS period (µs) that CPU quotas are expressed against.
@@ -27,7 +27,7 @@ const cfsPeriod = 100000
 func specOpts(img oci.Image, spec runtime.InstanceSpec, ulimits map[string]int64) []oci.SpecOpts {
 	opts := []oci.SpecOpts{
 		withArgs(img, spec.Entrypoint, spec.Command),
-		oci.WithEnv(envList(spec.Env)),
+		oci.WithEnv(backend.EnvList(spec.Env)),
 		oci.WithHostname(spec.ID),
 		withResources(spec.Enforced()),
 		withUlimits(ulimits),
@@ -47,15 +47,6 @@ func withArgs(img oci.Image, entrypoint, command []string) oci.SpecOpts {
 		withImageConfigArgs(img, nil),
 		oci.WithProcessArgs(append(append([]string{}, entrypoint...), command...)...),
 	)
-}
-
-func envList(env map[string]string) []string {
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // withResources enforces the requested limits through cgroups and sizes the

@@ -186,14 +186,6 @@ func TestConfinement(t *testing.T) {
 	}
 }
 
-func TestEnvListSorted(t *testing.T) {
-	t.Parallel()
-	got := strings.Join(envList(map[string]string{"B": "2", "A": "1=x", "C": ""}), " ")
-	if got != "A=1=x B=2 C=" {
-		t.Fatalf("envList = %q", got)
-	}
-}
-
 func defaultSpec(t *testing.T) *oci.Spec {
 	t.Helper()
 	var s oci.Spec

@@ -3,7 +3,6 @@ package containerd
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/network"
 )
@@ -47,19 +47,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	}
 
 	inst, err := r.create(ctx, spec, hash)
-	if err != nil {
-		var se *runtime.StepError
-		step := ""
-		if errors.As(err, &se) {
-			step = se.Step
-		}
-		r.log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
-		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
-		return runtime.Instance{}, err
-	}
-	r.log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
-	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
-	return inst, nil
+	return backend.Started(r.log, r.pub, spec, inst, err)
 }
 
 // startExisting answers a repeated start: the same request gets the instance

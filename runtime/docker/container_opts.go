@@ -14,6 +14,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // GPU device drivers of the Docker Engine API.
@@ -128,7 +129,7 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 	cfg := &container.Config{
 		Image:    ref,
 		Hostname: spec.ID,
-		Env:      envList(env),
+		Env:      backend.EnvList(env),
 		Labels:   labels,
 		Cmd:      spec.Command,
 	}

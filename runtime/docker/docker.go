@@ -18,6 +18,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 	rentalnet "github.com/host-agent/host-agent/runtime/network"
 )
@@ -109,11 +110,10 @@ type Runtime struct {
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
 
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closer backend.Closer
 }
 
 // New connects to the daemon (negotiating the API version, so that Docker
@@ -177,9 +177,6 @@ func New(opts Options) (*Runtime, error) {
 		r.opts.FreeSpace = r.dataRootFree
 	}
 	if opts.ImageGCMinFreeBytes > 0 && r.opts.FreeSpace != nil {
-		if r.opts.ImageGCInterval <= 0 {
-			r.opts.ImageGCInterval = time.Minute
-		}
 		r.wg.Go(func() { r.collectImagesLoop(r.ctx) })
 	}
 	return r, nil
@@ -187,12 +184,7 @@ func New(opts Options) (*Runtime, error) {
 
 // Close stops watching and closes the connection. Containers keep running.
 func (r *Runtime) Close() error {
-	r.closeOnce.Do(func() {
-		r.cancel()
-		r.wg.Wait()
-		r.closeErr = r.client.Close()
-	})
-	return r.closeErr
+	return r.closer.Close(r.cancel, &r.wg, r.client)
 }
 
 // Ping reports whether the daemon answers.

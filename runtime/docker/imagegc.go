@@ -12,6 +12,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // CollectImages removes images while free() says the disk has less than
@@ -61,18 +62,10 @@ func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {
 
 // collectImagesLoop runs CollectImages every interval.
 func (r *Runtime) collectImagesLoop(ctx context.Context) {
-	tick := time.NewTicker(r.opts.ImageGCInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		if _, err := r.CollectImages(ctx, r.opts.ImageGCMinFreeBytes, r.opts.FreeSpace); err != nil && ctx.Err() == nil {
-			r.log.Warn("image garbage collection", "error", err)
-		}
-	}
+	backend.CollectImagesEvery(ctx, r.opts.ImageGCInterval, r.log, func(ctx context.Context) error {
+		_, err := r.CollectImages(ctx, r.opts.ImageGCMinFreeBytes, r.opts.FreeSpace)
+		return err
+	})
 }
 
 // dataRootFree is DataRootFree of the daemon's data root.

@@ -12,6 +12,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // rentalFilter selects the agent's containers: every rental carries the
@@ -80,18 +81,10 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 // container's exit code, so it is never lost; the labels hold the rest.
 func toInstance(c container.InspectResponse) runtime.Instance {
 	l := c.Config.Labels
-	inst := runtime.Instance{
-		ID:          l[runtime.LabelInstanceID],
-		ContainerID: c.ID,
-		Image:       l[runtime.LabelImage],
-		Status:      runtime.StatusUnknown,
-		CreatedAt:   parseTime(l[runtime.LabelCreatedAt]),
-		SpecHash:    l[runtime.LabelSpecHash],
-		Labels:      runtime.UserLabels(l),
-		GPUs:        runtime.ParseGPULabels(l[runtime.LabelGPUs], l[runtime.LabelGPUIndexes]),
-		Ports:       runtime.PortsFromLabels(l),
-		AgentLabels: l,
-	}
+	inst := backend.FromLabels(l)
+	inst.ID, inst.ContainerID = l[runtime.LabelInstanceID], c.ID
+	inst.Status = runtime.StatusUnknown
+	inst.CreatedAt = parseTime(l[runtime.LabelCreatedAt])
 	if inst.CreatedAt.IsZero() {
 		inst.CreatedAt = parseTime(c.Created)
 	}

@@ -2,9 +2,7 @@ package docker
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +12,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 	rentalnet "github.com/host-agent/host-agent/runtime/network"
 )
@@ -38,18 +37,8 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	inst, err := r.create(ctx, spec, hash)
 	if err != nil {
 		r.removeFiles(spec.ID)
-		var se *runtime.StepError
-		step := ""
-		if errors.As(err, &se) {
-			step = se.Step
-		}
-		r.log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
-		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
-		return runtime.Instance{}, err
 	}
-	r.log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
-	r.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
-	return inst, nil
+	return backend.Started(r.log, r.pub, spec, inst, err)
 }
 
 // inspectByName reads the container named for id, rental or not.
@@ -245,15 +234,6 @@ func (r *Runtime) removeByName(id string) {
 		return
 	}
 	r.removeContainer(c.ID)
-}
-
-func envList(env map[string]string) []string {
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
 }
 
 func containsAny(s string, subs ...string) bool {
