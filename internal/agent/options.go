@@ -54,14 +54,15 @@ type Options struct {
 	// retried before the first GPU rental.
 	RestoreTimeout time.Duration
 	// Reporter, when set, is the reporter's configuration (ServerURL,
-	// AgentID, Token, Interval...); New fills in what it wires itself:
-	// Runtime, GPUs, CDI, Events, Logger, Drain, Sharing and
-	// ObserveHeartbeat (those already set are kept).
+	// AgentID, Token, Interval...); New sets what it wires itself
+	// (Runtime, GPUs, Events, Sharing) and fills in Logger, CDI, Drain and
+	// ObserveHeartbeat where they are unset.
 	Reporter *reporter.Options
 	// Server, when set, is the API server's configuration (Token, AgentID,
-	// RuntimeName...); New fills in Runtime, Hub, Logger, GPUs, Host (the
-	// reporter), Drain and Pulls where unset, and adds the back end's,
-	// the heartbeats' and the disk's metrics to Collectors.
+	// RuntimeName...); New sets Runtime, Hub, Pulls and GPUs, fills in
+	// Logger, Host (the reporter) and Drain where they are unset, and puts
+	// the back end's, the heartbeats' and the disk's metrics before
+	// Collectors.
 	Server *server.Options
 	// Loops are more background loops, run by Run until its context is
 	// done and stopped before the lifecycle closes (the network rules'

@@ -1,7 +1,8 @@
 // Package containerd runs rentals directly on containerd through its socket,
 // without dockerd, in a namespace of their own. It implements
-// runtime.Runtime; cmd/ constructs it and server/ calls it through that
-// interface.
+// runtime.Runtime; cmd/ constructs it, internal/agent puts the lifecycle
+// over it, and server/ calls that through the interface. What it shares
+// with the Docker back end is in runtime/backend.
 package containerd
 
 import (

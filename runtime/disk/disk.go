@@ -1,7 +1,7 @@
 // Package disk keeps rentals from filling the disk the container runtime
 // keeps images and writable layers on: its Reserve is a
 // runtime.ReservationKind that refuses a start while free space there is
-// below the reserve. cmd/ builds it.
+// below the reserve. internal/agent builds it, with every other kind.
 package disk
 
 import (

@@ -2,7 +2,9 @@
 // give the agent a Docker socket and no containerd socket. It implements
 // runtime.Runtime as a thin back end under runtime.Lifecycle, like the
 // containerd back end: the same labels, the same confinement, GPUs by UUID
-// only. cmd/ constructs it; server/ calls it through runtime.Runtime.
+// only. cmd/ constructs it, internal/agent puts the lifecycle over it;
+// server/ calls that through runtime.Runtime. What it shares with the
+// containerd back end is in runtime/backend.
 package docker
 
 import (

@@ -4,7 +4,7 @@
 // so that the host-to-GPU copies and the data loader do not cross sockets.
 // Its Reservations are a runtime.ReservationKind: what each rental takes of
 // a node is recorded in its labels and rebuilt at restart like the GPUs.
-// cmd/ builds it, after the share kind that sizes the rental.
+// internal/agent builds it, after the share kind that sizes the rental.
 package numa
 
 import (

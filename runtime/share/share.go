@@ -4,7 +4,7 @@
 // oversubscribe the host is refused. Its Reservations are a
 // runtime.ReservationKind, so that the Lifecycle accounts for them under the
 // same rules as GPUs: two concurrent starts cannot both take the last of
-// the memory. cmd/ builds it; server/reporter reads its Usage.
+// the memory. internal/agent builds it; server/reporter reads its Usage.
 package share
 
 import (
