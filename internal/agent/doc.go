@@ -26,7 +26,7 @@
 // tree to it):
 //
 //  1. gpu, runtime/hostinfo, runtime/hostport: the hardware and the host's
-//     facts, which import nothing of the agent's (and leaf helpers:
+//     facts, which import nothing of the agent's (and leaf packages:
 //     runtime/containerd/daemon, the test payload, gpu-check's probe).
 //  2. runtime/events: the event stream.
 //  3. runtime: the contract (Runtime, InstanceSpec, labels, errors) and its
