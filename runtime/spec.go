@@ -62,6 +62,9 @@ type Resources struct {
 	// of a spec without them is what it was before they existed.
 	CPUSetCPUs string `json:",omitempty"`
 	CPUSetMems string `json:",omitempty"`
+	// DiskGB limits the writable layer (runtime/disk); zero: the host's
+	// default. Omitted from Hash when zero, as above.
+	DiskGB int64 `json:",omitempty"`
 }
 
 // DefaultPids is the pids limit of an instance that names none: every

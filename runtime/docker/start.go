@@ -129,6 +129,9 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	labels := runtime.SealLabels(r.labels(spec, hash), imgLabels)
 	cfg, hostCfg := containerConfig(ref, spec, labels, gpus, r.opts.LogMaxBytes)
 	hostCfg.Ulimits = dockerUlimits(r.ulimits(ctx, ref, spec))
+	if lim := runtime.DiskLimitOf(labels); lim > 0 && r.opts.StorageSizeLimit {
+		withStorageLimit(hostCfg, lim)
+	}
 	var keys keysPlan
 	if len(spec.SSHAuthorizedKeys) > 0 {
 		if keys.Targets, err = r.imageKeysPaths(ctx, ref, imgUser); err != nil {
