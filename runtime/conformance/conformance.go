@@ -118,6 +118,7 @@ func Run(t *testing.T, h Harness) {
 		{"ResourceLimits", testLimits},
 		{"LifecycleLimitsAndUlimits", testEnforcedLimits},
 		{"OOMKillReported", testOOM},
+		{"DiskLimitWatched", testDiskLimitWatched},
 		{"SSHAuthorizedKeysReadOnly", testSSHKeys},
 		{"Confinement", testConfinement},
 		{"HostileImageLabels", testHostileImageLabels},
