@@ -27,9 +27,9 @@ func TestMountOf(t *testing.T) {
 		prj   bool
 	}{
 		"/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs": {"/var/lib/containerd", true},
-		"/var/lib/containerd2/x": {"/var/lib/containerd2", false},
-		"/var/lib":               {"/", false},
-		"/mnt/with space/d":      {"/mnt/with space", true},
+		"/var/lib/containerd2/x":                                     {"/var/lib/containerd2", false},
+		"/var/lib":                                                   {"/", false},
+		"/mnt/with space/d":                                          {"/mnt/with space", true},
 	} {
 		m, err := mountOf(info, path)
 		if err != nil {
