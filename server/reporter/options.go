@@ -101,6 +101,9 @@ type Options struct {
 	// Network describes the rentals' network for the host report; nil:
 	// rentals get none.
 	Network func() *NetworkInfo
+	// DiskLimit says how disk limits are enforced, for the host report;
+	// nil: not reported.
+	DiskLimit func() *DiskLimitInfo
 	// DataDir is where the container runtime keeps its data, whose file
 	// system's size is reported; default /var/lib/containerd.
 	DataDir string

@@ -136,9 +136,14 @@ type InstanceState struct {
 	ExitCode *int `json:"exit_code"`
 	// OOMKilled says the kernel killed a process of the instance for
 	// exceeding its memory limit.
-	OOMKilled bool   `json:"oom_killed,omitempty"`
-	Image     string `json:"image,omitempty"`
-	SpecHash  string `json:"spec_hash,omitempty"`
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Reason says why an exited instance stopped, when the agent knows:
+	// "disk_limit" or "oom".
+	Reason string `json:"reason,omitempty"`
+	// DiskLimitBytes is the limit of its writable layer; absent when none.
+	DiskLimitBytes uint64 `json:"disk_limit_bytes,omitempty"`
+	Image          string `json:"image,omitempty"`
+	SpecHash       string `json:"spec_hash,omitempty"`
 	// GPUs are the GPUs the instance holds; empty, never null, when none.
 	GPUs []GPURef `json:"gpus"`
 	// Ports are the published ports; empty, never null, when none.
