@@ -77,6 +77,9 @@ type config struct {
 	// ImageGCFreeGB: unused images are removed while CONTAINERD_ROOT has
 	// less free (IMAGE_GC_FREE_GB, default twice DISK_RESERVE_GB).
 	ImageGCFreeGB uint64
+	// Disk limits rentals' writable layers (RENTAL_DISK_GB,
+	// DISK_WATCH_INTERVAL).
+	Disk diskConfig
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -285,6 +288,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if c.ImageGCFreeGB, err = strconv.ParseUint(get("IMAGE_GC_FREE_GB", strconv.FormatUint(2*c.DiskReserveGB, 10)), 10, 32); err != nil {
 		return c, &configError{"IMAGE_GC_FREE_GB", "want a whole number of GiB (0: never remove images)"}
+	}
+	if c.Disk, err = loadDiskConfig(get); err != nil {
+		return c, err
 	}
 	return c, nil
 }

@@ -131,3 +131,15 @@ func unescapeMount(s string) string {
 	}
 	return b.String()
 }
+
+// SnapshotterEnforcement is how disk limits are enforced for containerd's
+// overlayfs snapshotter with its root at root: watched, since the
+// snapshotter sets no quota on a writable layer; why says what the file
+// system would allow.
+func SnapshotterEnforcement(root string) Enforcement {
+	ok, why := ProjectQuotas(root)
+	if ok {
+		why += ", but containerd's overlayfs snapshotter sets no project quota on a writable layer"
+	}
+	return Enforcement{Mode: ModeWatched, Why: why + "; the agent measures writable layers and stops a rental over its limit"}
+}

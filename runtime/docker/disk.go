@@ -13,6 +13,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 )
 
 var (
@@ -90,9 +91,37 @@ func (r *Runtime) withReason(inst runtime.Instance) runtime.Instance {
 	return inst
 }
 
+// DiskEnforcement finds how rentals' writable layers can be limited on
+// this daemon: hard (--storage-opt size=) where its storage driver is
+// overlay2 on XFS mounted with project quotas, else watched
+// (runtime/disk's Watcher). From then on, where hard, every rental with a
+// disk limit is created with it as its size. It also returns the daemon's
+// data root, where the writable layers are.
+func (r *Runtime) DiskEnforcement(ctx context.Context) (string, disk.Enforcement, error) {
+	info, err := r.client.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		return "", disk.Enforcement{}, convertErr(err)
+	}
+	root, driver := info.Info.DockerRootDir, info.Info.Driver
+	if root == "" {
+		return "", disk.Enforcement{}, fmt.Errorf("the daemon names no data root: %w", errdefs.ErrUnavailable)
+	}
+	ok, why := disk.ProjectQuotas(root)
+	switch {
+	case driver != "overlay2":
+		r.storageSize.Store(false)
+		return root, disk.Enforcement{Mode: disk.ModeWatched, Why: fmt.Sprintf("the daemon's storage driver is %s, not overlay2: --storage-opt size is not used; the agent watches writable layers", driver)}, nil
+	case !ok:
+		r.storageSize.Store(false)
+		return root, disk.Enforcement{Mode: disk.ModeWatched, Why: why + ": overlay2 cannot take --storage-opt size there; the agent watches writable layers"}, nil
+	}
+	r.storageSize.Store(true)
+	return root, disk.Enforcement{Mode: disk.ModeHard, Why: why + ": overlay2 limits each writable layer (--storage-opt size)"}, nil
+}
+
 // withStorageLimit limits the container's writable layer to limit bytes
 // through the storage driver (--storage-opt size=), which overlay2 supports
-// on XFS with project quotas only (Options.StorageSizeLimit).
+// on XFS with project quotas only (DiskEnforcement).
 func withStorageLimit(host *container.HostConfig, limit uint64) {
 	if host.StorageOpt == nil {
 		host.StorageOpt = map[string]string{}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -71,11 +72,6 @@ type Options struct {
 	// unless the daemon reads CDI specs only from Devices' directories
 	// and the plan for its GPUs passes. Nil: GPU rentals are refused.
 	Devices DevicePlanner
-	// StorageSizeLimit has each rental's disk limit
-	// (runtime.LabelDiskLimitBytes) set as its writable layer's size
-	// (--storage-opt size=): the daemon must support it (overlay2 on XFS
-	// with project quotas), else creating a container fails.
-	StorageSizeLimit bool
 	// Scope keeps a second user of the daemon's rentals apart (the
 	// self-test's test rentals): its containers carry LabelScope and a name
 	// of their own, and each back end sees, lists and reports the exits of
@@ -113,6 +109,9 @@ type Runtime struct {
 	imageMu sync.RWMutex
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
+	// storageSize says that rentals' disk limits are set as their
+	// writable layer's size (DiskEnforcement).
+	storageSize atomic.Bool
 
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -129,7 +129,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	labels := runtime.SealLabels(r.labels(spec, hash), imgLabels)
 	cfg, hostCfg := containerConfig(ref, spec, labels, gpus, r.opts.LogMaxBytes)
 	hostCfg.Ulimits = dockerUlimits(r.ulimits(ctx, ref, spec))
-	if lim := runtime.DiskLimitOf(labels); lim > 0 && r.opts.StorageSizeLimit {
+	if lim := runtime.DiskLimitOf(labels); lim > 0 && r.storageSize.Load() {
 		withStorageLimit(hostCfg, lim)
 	}
 	var keys keysPlan
