@@ -2,9 +2,13 @@ package runtime
 
 import (
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // LabelVolumes lists the names of the volumes an instance has attached,
@@ -198,4 +202,62 @@ func namesOf(m []VolumeMount) []string {
 		out[i] = v.Name
 	}
 	return out
+}
+
+// VolumeMountOptions are the options of a volume's bind mount in an OCI
+// spec: read-write, without setuid binaries or device nodes.
+var VolumeMountOptions = []string{"rbind", "rw", "nosuid", "nodev"}
+
+// VolumeSourceProblem says why a host path may not be mounted as a
+// volume, or "": it must be a directory, not a symbolic link.
+func VolumeSourceProblem(p string) string {
+	fi, err := os.Lstat(p)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("cannot be read: %v", err)
+	case fi.Mode()&os.ModeSymlink != 0:
+		return "is a symbolic link"
+	case !fi.IsDir():
+		return "is not a directory"
+	}
+	return ""
+}
+
+// VolumeMountProblems checks the bind mounts of a final OCI spec that are
+// the rental's volumes: each of vols exactly once, at its path, with
+// VolumeMountOptions and no read-only option, its source a directory. It
+// returns the other mounts, for the device plan's check, which allows no
+// read-write bind mount.
+func VolumeMountProblems(mounts []specs.Mount, vols []VolumeMount) (rest []specs.Mount, problems []string) {
+	seen := make([]bool, len(vols))
+	for _, m := range mounts {
+		i := slices.IndexFunc(vols, func(v VolumeMount) bool {
+			return filepath.Clean(v.HostPath) == filepath.Clean(m.Source) && filepath.Clean(v.ContainerPath) == filepath.Clean(m.Destination)
+		})
+		if i < 0 || !IsBindMount(m) {
+			rest = append(rest, m)
+			continue
+		}
+		if seen[i] {
+			problems = append(problems, fmt.Sprintf("volume %s mounted twice at %s", vols[i].Name, m.Destination))
+		}
+		seen[i] = true
+		for _, o := range VolumeMountOptions {
+			if !slices.Contains(m.Options, o) {
+				problems = append(problems, fmt.Sprintf("volume %s at %s lacks the %s option", vols[i].Name, m.Destination, o))
+			}
+		}
+		if slices.Contains(m.Options, "ro") {
+			problems = append(problems, fmt.Sprintf("volume %s at %s is read-only", vols[i].Name, m.Destination))
+		}
+		if p := VolumeSourceProblem(m.Source); p != "" {
+			problems = append(problems, fmt.Sprintf("volume %s: %s %s", vols[i].Name, m.Source, p))
+		}
+	}
+	for i, v := range vols {
+		if !seen[i] {
+			problems = append(problems, fmt.Sprintf("volume %s is not mounted at %s", v.Name, v.ContainerPath))
+		}
+	}
+	return rest, problems
 }

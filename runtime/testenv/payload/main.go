@@ -13,6 +13,8 @@
 //	alloc MIB      allocate and touch MIB MiB of memory, holding it
 //	forkbomb       start copies of itself that do the same, forever
 //	write FILE     try to write FILE, printing "write FILE: ok" or the error
+//	fill FILE MIB  write up to MIB MiB to FILE, printing "fill FILE: ok N"
+//	               or "fill FILE: after N MiB: ERROR"
 //	serve PORT     answer each TCP connection and UDP datagram on PORT, in
 //	               the background, with HOST_PORT_TCP_PORT and
 //	               HOST_PORT_UDP_PORT from the environment and the client's
@@ -168,6 +170,13 @@ func main() {
 			} else {
 				fmt.Printf("write %s: ok\n", f)
 			}
+		case "fill":
+			f := arg()
+			n, err := strconv.Atoi(arg())
+			if err != nil {
+				os.Exit(64)
+			}
+			fill(f, n)
 		case "exit":
 			code, err := strconv.Atoi(arg())
 			if err != nil {
@@ -179,6 +188,31 @@ func main() {
 			os.Exit(64)
 		}
 	}
+}
+
+// fill writes up to mib MiB to path, synced, and says how far it got.
+func fill(path string, mib int) {
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Printf("fill %s: after 0 MiB: %v\n", path, err)
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	for done := 0; done < mib; done++ {
+		if _, err := f.Write(buf); err != nil {
+			fmt.Printf("fill %s: after %d MiB: %v\n", path, done, err)
+			return
+		}
+	}
+	if err := f.Sync(); err != nil {
+		fmt.Printf("fill %s: after %d MiB: %v\n", path, mib, err)
+		return
+	}
+	fmt.Printf("fill %s: ok %d\n", path, mib)
 }
 
 // held keeps what alloc allocated reachable.
