@@ -188,10 +188,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	volumes, volumeKind, err := openVolumes(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
+			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}, volumeKind), numaKinds...),
 		Events: hub,
 		Logger: logger,
 	})
@@ -255,6 +259,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Commit:      commit,
 		Drain:       backend,
 		Sharing:     shares,
+		Volumes:     volumes,
 
 		ObserveHeartbeat: heartbeats.Observe,
 	})
@@ -277,6 +282,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet, rules),
 		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
+		Volumes:     volumes,
 
 		MetricsToken: cfg.MetricsToken,
 		Version:      version,
