@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -106,13 +107,17 @@ func testVolumes(t *testing.T, h Harness) {
 	}
 	// The next rental of the owner reads what the first wrote.
 	next := uniqueID(t, "next")
-	s = spec(h, next, "cat", "/data/hello", "ls", "/data", "echo", "END", "sleep", "inf")
+	s = spec(h, next, "cat", "/data/hello", "ls", "/data", "cat", "/proc/self/mountinfo", "echo", "END", "sleep", "inf")
 	s.Volumes = attach
 	if _, err := a.Start(ctx, s); err != nil {
 		t.Fatal(err)
 	}
-	if logs := waitLogs(t, a, next, "END"); !strings.Contains(logs, "written by the tenant\n") || !strings.Contains(logs, "big\n") {
+	logs = waitLogs(t, a, next, "END")
+	if !strings.Contains(logs, "written by the tenant\n") || !strings.Contains(logs, "big\n") {
 		t.Fatalf("the next rental does not see the data:\n%s", logs)
+	}
+	if opts := mountOptions(logs, "/data"); !slices.Contains(opts, "rw") || !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+		t.Errorf("the volume is mounted at /data with %v, want rw, nosuid and nodev:\n%s", opts, logs)
 	}
 
 	// The agent restarts: the store is rebuilt from its directory and the
@@ -151,4 +156,17 @@ func testVolumes(t *testing.T, h Harness) {
 	if err := b.Terminate(ctx, again, time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// mountOptions are the per-mount options of the mount at point in
+// mountinfo lines (the last one there), or nil.
+func mountOptions(mountinfo, point string) []string {
+	var out []string
+	for _, line := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 5 && f[4] == point {
+			out = strings.Split(f[5], ",")
+		}
+	}
+	return out
 }

@@ -52,6 +52,18 @@ func mountImage(ctx context.Context, image, dir string) error {
 	return run(ctx, "mount", "-t", "ext4", "-o", "loop,nosuid,nodev", image, dir)
 }
 
+// bindSelf bind-mounts dir on itself, nosuid and nodev.
+func bindSelf(ctx context.Context, dir string) error {
+	if err := run(ctx, "mount", "--bind", dir, dir); err != nil {
+		return err
+	}
+	if err := run(ctx, "mount", "-o", "remount,bind,nosuid,nodev", dir); err != nil {
+		_ = unmount(ctx, dir)
+		return err
+	}
+	return nil
+}
+
 // unmount unmounts dir.
 func unmount(ctx context.Context, dir string) error {
 	return run(ctx, "umount", dir)

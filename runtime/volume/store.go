@@ -211,9 +211,6 @@ func (s *Store) load(ctx context.Context, name string) error {
 	}
 	switch m.Backing {
 	case backingLoop:
-		if err := s.ensureMounted(ctx, name); err != nil {
-			return err
-		}
 	case backingXFS:
 		if s.quota == nil {
 			return errors.New("an XFS project-quota volume, but the store's file system has no project quotas")
@@ -223,6 +220,9 @@ func (s *Store) load(ctx context.Context, name string) error {
 		}
 	default:
 		return fmt.Errorf("unknown backing %q", m.Backing)
+	}
+	if err := s.ensureMounted(ctx, m); err != nil {
+		return err
 	}
 	s.vols[name] = m
 	return nil
@@ -273,14 +273,14 @@ func (s *Store) make(ctx context.Context, m *meta) error {
 		if err := makeImage(ctx, filepath.Join(dir, imageFile), m.SizeGB*gib); err != nil {
 			return err
 		}
-		if err := s.ensureMounted(ctx, m.Name); err != nil {
-			return err
-		}
 	case backingXFS:
 		m.ProjectID = s.nextProjectID()
 		if err := s.quota.apply(ctx, s.Path(m.Name), m.ProjectID, m.SizeGB*gib); err != nil {
 			return err
 		}
+	}
+	if err := s.ensureMounted(ctx, *m); err != nil {
+		return err
 	}
 	// Any user of the tenant's image may write it: only its owner's
 	// rentals ever see it, and the store's directory is root's alone.
@@ -416,13 +416,11 @@ func (s *Store) Attach(instanceID string, reqs []runtime.VolumeRequest) ([]runti
 		case s.attached[r.Name] != "" && s.attached[r.Name] != instanceID:
 			return nil, fieldErr(fmt.Sprintf("volumes[%d].name", i), errdefs.ErrConflict, "volume %q is attached to instance %q", r.Name, s.attached[r.Name])
 		}
-		if m.Backing == backingLoop {
-			// Unmounted behind the agent's back: mounted again, or
-			// the rental would write into the directory beneath,
-			// without a limit.
-			if err := s.ensureMounted(context.Background(), r.Name); err != nil {
-				return nil, fmt.Errorf("volume %q: %w: %w", r.Name, errdefs.ErrUnavailable, err)
-			}
+		// Unmounted behind the agent's back: mounted again, or the
+		// rental would write into the directory beneath, without a
+		// limit.
+		if err := s.ensureMounted(context.Background(), m); err != nil {
+			return nil, fmt.Errorf("volume %q: %w: %w", r.Name, errdefs.ErrUnavailable, err)
 		}
 		out = append(out, runtime.VolumeMount{Name: r.Name, HostPath: s.Path(r.Name), ContainerPath: r.MountPath})
 	}
@@ -473,10 +471,12 @@ func (s *Store) Attachments() map[string][]string {
 	return out
 }
 
-// ensureMounted mounts volume name's image file on its data directory
-// unless it is mounted already.
-func (s *Store) ensureMounted(ctx context.Context, name string) error {
-	data := s.Path(name)
+// ensureMounted mounts volume m on its data directory, nosuid and nodev,
+// unless it is mounted already: its image file, or, under a project quota,
+// the directory itself (so that the rentals' bind mounts, which keep the
+// flags of their source, are nosuid and nodev on Docker too).
+func (s *Store) ensureMounted(ctx context.Context, m meta) error {
+	data := s.Path(m.Name)
 	mounted, err := isMountPoint(data)
 	if err != nil || mounted {
 		return err
@@ -484,7 +484,10 @@ func (s *Store) ensureMounted(ctx context.Context, name string) error {
 	if err := os.MkdirAll(data, 0o755); err != nil {
 		return err
 	}
-	return mountImage(ctx, filepath.Join(s.volDir(name), imageFile), data)
+	if m.Backing == backingXFS {
+		return bindSelf(ctx, data)
+	}
+	return mountImage(ctx, filepath.Join(s.volDir(m.Name), imageFile), data)
 }
 
 // Error is a refusal about one field of a request.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -238,7 +239,7 @@ func TestRebuiltAfterRestart(t *testing.T) {
 	}
 }
 
-// TestXFSWithoutProjectQuotaFallsBack opens a store on XFS: with prjquota
+// TestXFSDetection opens a store on XFS: with prjquota
 // where the kernel allows it (volumes are then project directories),
 // else, saying so, on XFS without it, where image files are used.
 func TestXFSDetection(t *testing.T) {
@@ -297,4 +298,32 @@ func fieldOf(err error) string {
 		return fe.ErrorField()
 	}
 	return ""
+}
+
+// TestBindSelf: a project-quota volume's directory is mounted on itself
+// nosuid and nodev, so that the rentals' bind mounts are too.
+func TestBindSelf(t *testing.T) {
+	testenv.Require(t, "mount", "umount")
+	dir := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := bindSelf(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", dir).Run() })
+	points, err := mountPoints()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := points[dir]
+	if !ok || !slices.Contains(e.Options, "nosuid") || !slices.Contains(e.Options, "nodev") {
+		t.Fatalf("mount at %s: %+v (%v)", dir, e, ok)
+	}
+	if err := unmount(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	if mounted(t, dir) {
+		t.Error("still mounted")
+	}
 }
