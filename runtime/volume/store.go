@@ -243,6 +243,12 @@ func (s *Store) Create(ctx context.Context, spec Spec) (v Volume, created bool, 
 		}
 		return s.volume(m), false, nil
 	}
+	if _, err := os.Lstat(s.volDir(spec.Name)); !errors.Is(err, os.ErrNotExist) {
+		// A volume the store could not read back at start (see the
+		// log): its data is not the store's to remove.
+		return Volume{}, false, fieldErr("name", errdefs.ErrConflict,
+			"%s exists in the volume directory but is not a volume the agent could read back; see its log", spec.Name)
+	}
 	if err := s.admit(spec.SizeGB * gib); err != nil {
 		return Volume{}, false, err
 	}

@@ -230,6 +230,21 @@ func TestRebuiltAfterRestart(t *testing.T) {
 	if err := s2.Delete(ctx, "keep"); !errdefs.IsConflict(err) {
 		t.Errorf("delete of a volume attached before the restart: %v, want a conflict", err)
 	}
+	// A volume whose metadata cannot be read is left alone, and its name
+	// is not handed out again over its data.
+	if err := os.WriteFile(filepath.Join(dir, "idle", metaFile), []byte("{garbled"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s3 := openStore(t, dir)
+	if got := s3.List(ctx); len(got) != 1 || got[0].Name != "keep" {
+		t.Errorf("volumes with one unreadable: %+v", got)
+	}
+	if _, _, err := s3.Create(ctx, Spec{Name: "idle", Owner: "tenant-9", SizeGB: 1}); !errdefs.IsConflict(err) {
+		t.Errorf("create over an unreadable volume: %v, want a conflict", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "idle", imageFile)); err != nil {
+		t.Errorf("the unreadable volume's image: %v", err)
+	}
 	if got := kind2.Holdings(); len(got) != 1 || got["i-1"][runtime.LabelVolumes] != "keep" {
 		t.Errorf("holdings %v", got)
 	}
