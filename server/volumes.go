@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/labstack/echo/v5"
 
 	"github.com/host-agent/host-agent/runtime"
@@ -163,11 +164,28 @@ func (s *Server) deleteVolume(c *echo.Context) error {
 	if err := volume.ValidateName(name); err != nil {
 		return fieldErr("name", "%v", err)
 	}
-	if err := s.volumes.Delete(c.Request().Context(), name); err != nil {
+	ctx := c.Request().Context()
+	// Which rentals hold volumes is read back from the runtime at start:
+	// until it has been, a held volume would look free, and its data be
+	// wiped under the rental.
+	if r, ok := s.rt.(restorer); ok {
+		if err := r.Restore(ctx); err != nil {
+			return fmt.Errorf("volume attachments not read back from the runtime yet: %w: %w", errdefs.ErrUnavailable, err)
+		}
+	}
+	if err := s.volumes.Delete(ctx, name); err != nil {
 		return err
 	}
 	return c.JSON(http.StatusOK, VolumeDeleteResponse{Message: "Volume deleted", Name: name})
 }
+
+// restorer is a runtime that reads reservations back from the containers
+// once, before it may be trusted; *runtime.Lifecycle is one.
+type restorer interface {
+	Restore(ctx context.Context) error
+}
+
+var _ restorer = (*runtime.Lifecycle)(nil)
 
 // asFieldError turns the store's refusal of a field into the API's.
 func asFieldError(err error) error {

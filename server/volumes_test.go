@@ -268,3 +268,36 @@ func TestVolumeRoutesWithoutStore(t *testing.T) {
 		}
 	}
 }
+
+// TestVolumeDeleteWaitsForRestore: until the runtime has been read back, a
+// volume may be held by a rental the agent does not know of yet, and is
+// not deleted.
+func TestVolumeDeleteWaitsForRestore(t *testing.T) {
+	t.Parallel()
+	store := &fakeVolumes{vols: map[string]volume.Volume{"ds": {Name: "ds", Owner: "o", SizeGB: 1}}}
+	down := true
+	var mu sync.Mutex
+	be := &fakeRuntime{list: func(context.Context) ([]runtime.Instance, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return nil, fmt.Errorf("containerd: %w", errdefs.ErrUnavailable)
+		}
+		return nil, nil
+	}}
+	l := runtime.NewLifecycle(closable{be}, runtime.LifecycleOptions{Kinds: []runtime.ReservationKind{runtime.VolumeReservations{Store: store}}, ReconcileInterval: -1})
+	t.Cleanup(func() { l.Close() })
+	ts := newTestServer(t, l, func(o *Options) { o.Volumes = store })
+	if rec := ts.do(t, http.MethodDelete, "/volumes/ds", ""); rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("delete before the runtime was read back: %d %s, want 503", rec.Code, rec.Body)
+	}
+	if len(store.List(context.Background())) != 1 {
+		t.Fatal("the volume was deleted")
+	}
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	if rec := ts.do(t, http.MethodDelete, "/volumes/ds", ""); rec.Code != http.StatusOK {
+		t.Fatalf("delete once the runtime answers: %d %s", rec.Code, rec.Body)
+	}
+}
