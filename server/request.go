@@ -38,6 +38,9 @@ type StartInstanceRequest struct {
 	// SSHAuthorizedKeys are public keys placed read-only at
 	// /root/.ssh/authorized_keys (and the image user's ~/.ssh).
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	// Volumes are volumes (POST /volumes) to mount read-write, each at its
+	// mount path; each must belong to the owner named.
+	Volumes []VolumeAttachRequest `json:"volumes,omitempty"`
 }
 
 // PortRequest asks for a container port to be published.
@@ -194,6 +197,7 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 		spec.Ulimits = maps.Clone(r.Ulimits)
 	}
 	spec.SSHAuthorizedKeys = nilIfEmpty(r.SSHAuthorizedKeys)
+	spec.Volumes = volumeRequests(r.Volumes)
 	spec.RegistryAuth = r.RegistryAuth.toRuntime()
 	return spec
 }

@@ -80,6 +80,9 @@ func (r *StartInstanceRequest) validate() error {
 	if err := validateSSHKeys(r.SSHAuthorizedKeys); err != nil {
 		return err
 	}
+	if err := validateVolumes(r.Volumes); err != nil {
+		return err
+	}
 	return validateGPUs(r.GPUCount, r.GPUs)
 }
 

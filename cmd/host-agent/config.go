@@ -80,6 +80,9 @@ type config struct {
 	// Disk limits rentals' writable layers (RENTAL_DISK_GB,
 	// DISK_WATCH_INTERVAL).
 	Disk diskConfig
+
+	// VolumeDir holds the volumes (VOLUME_DIR, default STATE_DIR/volumes).
+	VolumeDir string
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -204,6 +207,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if !filepath.IsAbs(c.StateDir) {
 		return c, &configError{"STATE_DIR", fmt.Sprintf("must be an absolute path, got %q", c.StateDir)}
+	}
+	if c.VolumeDir, err = volumeDir(get, c.StateDir); err != nil {
+		return c, err
 	}
 	for _, v := range []struct{ name, value string }{{"API_SERVER_URL", c.APIServerURL}, {"AGENT_PUBLIC_URL", c.PublicURL}} {
 		if v.value == "" {

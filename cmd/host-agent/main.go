@@ -189,10 +189,14 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	disks := newDiskLimits(ctx, cfg, rtName, backend, inv.Len(), logger)
+	volumes, volumeKind, err := openVolumes(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disks.limits), numaKinds...),
+			disks.limits, volumeKind), numaKinds...),
 		Events: hub,
 		Logger: logger,
 	})
@@ -258,6 +262,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Drain:       backend,
 		Sharing:     shares,
 		DiskLimit:   disks.info,
+		Volumes:     volumes,
 
 		ObserveHeartbeat: heartbeats.Observe,
 	})
@@ -280,6 +285,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet, rules),
 		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
+		Volumes:     volumes,
 
 		MetricsToken: cfg.MetricsToken,
 		Version:      version,

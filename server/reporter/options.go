@@ -111,6 +111,10 @@ type Options struct {
 	// it at fixture files.
 	Root string
 
+	// Volumes lists the host's volumes for registrations and heartbeats;
+	// nil: none reported.
+	Volumes VolumeLister
+
 	// Events receives instance.orphan and instance.missing events; may be
 	// nil.
 	Events events.Publisher

@@ -72,6 +72,9 @@ type RegisterRequest struct {
 	// MaxReportedImages, most recently used first); absent when the
 	// runtime keeps none or they could not be read.
 	Images []ImageRef `json:"images,omitempty"`
+	// Volumes are the host's volumes (at most MaxReportedVolumes, by
+	// name); absent when there are none or the agent keeps none.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST .../heartbeat:
@@ -123,6 +126,8 @@ type HeartbeatRequest struct {
 	Resources *ResourcesInfo `json:"resources,omitempty"`
 	// Images are as in RegisterRequest.
 	Images []ImageRef `json:"images,omitempty"`
+	// Volumes are as in RegisterRequest.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 }
 
 // InstanceState is one instance as the runtime reports it.
