@@ -62,6 +62,12 @@ type Resources struct {
 	// of a spec without them is what it was before they existed.
 	CPUSetCPUs string `json:",omitempty"`
 	CPUSetMems string `json:",omitempty"`
+	// EgressMbps and IngressMbps bound the rental's traffic out of and
+	// into its network interface, in Mbit/s; zero: unlimited (or the
+	// host's default, BandwidthDefaults). Omitted from Hash when zero, so
+	// that the hash of a spec without them is what it was before.
+	EgressMbps  int64 `json:",omitempty"`
+	IngressMbps int64 `json:",omitempty"`
 }
 
 // DefaultPids is the pids limit of an instance that names none: every

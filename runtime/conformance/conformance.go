@@ -125,6 +125,7 @@ func Run(t *testing.T, h Harness) {
 		{"RealTimePriorityRefused", testRealTimePriority},
 		{"GPUsByUUID", testGPUs},
 		{"PublishedPortsAndIsolation", testNetwork},
+		{"BandwidthLimit", testBandwidth},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, h) })
