@@ -18,7 +18,8 @@ const blastSeconds = 5
 
 // testBandwidth: a rental with egress_mbps 50 sending to a peer as fast as
 // it can for 5 s is measured by the peer at 50 Mbit/s within 15%; a rental
-// without a limit is not held to it. The limit is recorded in the labels.
+// without a limit is not held to it. The limit is recorded in the labels,
+// and applied again when a restarted agent finds it gone.
 func testBandwidth(t *testing.T, h Harness) {
 	sc := h.NewScope(t)
 	nw, ok := sc.(Networker)
@@ -39,7 +40,9 @@ func testBandwidth(t *testing.T, h Harness) {
 
 	blast := func(name string, egress int64) (runtime.Instance, testenv.Received) {
 		t.Helper()
-		s := spec(h, uniqueID(t, name), "blast", target, fmt.Sprint(blastSeconds), "echo", "END", "sleep", "inf")
+		// A second's wait: on Docker the limits are applied just after
+		// the start, as the veth only exists then.
+		s := spec(h, uniqueID(t, name), "sleep", "1", "blast", target, fmt.Sprint(blastSeconds), "echo", "END", "sleep", "inf")
 		s.Resources.EgressMbps = egress
 		inst, err := l.Start(Ctx(t), s)
 		if err != nil {
