@@ -63,6 +63,11 @@ type ResourcesRequest struct {
 	// DiskGB would limit the writable layer; refused where the
 	// snapshotter cannot enforce it (see validate).
 	DiskGB int64 `json:"disk_gb,omitempty"`
+	// EgressMbps and IngressMbps bound what the rental sends and
+	// receives, in Mbit/s; zero or absent: the host's default
+	// (RENTAL_EGRESS_MBPS, RENTAL_INGRESS_MBPS), unlimited without one.
+	EgressMbps  int64 `json:"egress_mbps,omitempty"`
+	IngressMbps int64 `json:"ingress_mbps,omitempty"`
 }
 
 // RegistryAuthRequest are credentials for pulling the image.
@@ -173,6 +178,9 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 			MemoryMB: r.Resources.MemoryMB,
 			Pids:     r.Resources.Pids,
 			ShmMB:    r.Resources.ShmMB,
+
+			EgressMbps:  r.Resources.EgressMbps,
+			IngressMbps: r.Resources.IngressMbps,
 		}
 	}
 	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs)}

@@ -261,6 +261,10 @@ func (r *ResourcesRequest) validate() error {
 		return fieldErr("resources.pids", "must be greater than 0 and at most %d", maxPids)
 	case r.ShmMB < 0 || r.ShmMB > maxSizeMB:
 		return fieldErr("resources.shm_mb", "must be greater than 0 and at most %d", maxSizeMB)
+	case r.EgressMbps < 0 || r.EgressMbps > runtime.MaxBandwidthMbps:
+		return fieldErr("resources.egress_mbps", "must be between 0 (the host's default) and %d Mbit/s", runtime.MaxBandwidthMbps)
+	case r.IngressMbps < 0 || r.IngressMbps > runtime.MaxBandwidthMbps:
+		return fieldErr("resources.ingress_mbps", "must be between 0 (the host's default) and %d Mbit/s", runtime.MaxBandwidthMbps)
 	case r.DiskGB != 0:
 		// containerd's overlayfs snapshotter has no size limit for a
 		// writable layer: refuse rather than pretend.

@@ -191,7 +191,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
+			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), append(numaKinds, bandwidthDefaults(cfg))...),
 		Events: hub,
 		Logger: logger,
 	})
