@@ -1,0 +1,80 @@
+// Package usage meters what each rental uses, for the platform to bill:
+// CPU time, peak memory, traffic, disk and GPU time. Back ends read raw
+// counters (Sample); a Meter turns them into figures that only grow for
+// the life of the rental, across restarts of the agent and of the
+// container runtime, keeping what it has seen under the agent's state
+// directory. cmd/host-agent wires it to the API, the heartbeat, the
+// instance.exited event and the metrics. It imports runtime only.
+package usage
+
+import (
+	"context"
+	"math"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// Usage is what a rental has used since its start, as reported to the
+// platform. Each figure only grows while the rental exists.
+type Usage struct {
+	// CPUSeconds is the CPU time its processes used (the cgroup's
+	// usage_usec, cpuacct.usage on cgroup v1).
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// MemoryMaxBytes is the most memory it held at once (memory.peak,
+	// memory.max_usage_in_bytes on v1, else the most sampled).
+	MemoryMaxBytes uint64 `json:"memory_max_bytes"`
+	// NetRxBytes and NetTxBytes are what its network interface received
+	// and sent.
+	NetRxBytes uint64 `json:"net_rx_bytes"`
+	NetTxBytes uint64 `json:"net_tx_bytes"`
+	// DiskUsedBytes is the most its writable layer held, where the back
+	// end can measure it; 0 where it cannot.
+	DiskUsedBytes uint64 `json:"disk_used_bytes"`
+	// GPUSeconds is the GPUs it holds times the seconds it has run.
+	GPUSeconds float64 `json:"gpu_seconds"`
+}
+
+// Sample is one reading of a rental's raw counters. CPU and network
+// counters are cumulative for their source (a cgroup, a veth) and start
+// again from zero when the source is made anew; the Meter carries them
+// over.
+type Sample struct {
+	CPUNanos uint64
+	// MemoryBytes is the memory held now, MemoryPeakBytes the most held
+	// since the cgroup was made (0 where the kernel does not say).
+	MemoryBytes     uint64
+	MemoryPeakBytes uint64
+	// Net says that the network counters were read (a rental without a
+	// network has none).
+	Net        bool
+	NetRxBytes uint64
+	NetTxBytes uint64
+}
+
+// Sampler is a back end that reads a running rental's counters. It
+// answers NotFound (errdefs) when the rental has no running task.
+type Sampler interface {
+	SampleUsage(ctx context.Context, id string) (Sample, error)
+}
+
+// DiskUser is a back end that measures a rental's writable layer.
+type DiskUser interface {
+	DiskUsed(ctx context.Context, id string) (uint64, error)
+}
+
+// gpuSeconds is the GPU time inst has held so far: its GPUs times the
+// seconds from its start to its exit (to now while it runs).
+func gpuSeconds(inst runtime.Instance, now func() float64) float64 {
+	if len(inst.GPUs) == 0 || inst.StartedAt.IsZero() {
+		return 0
+	}
+	end := now()
+	if !inst.FinishedAt.IsZero() {
+		end = float64(inst.FinishedAt.UnixNano()) / 1e9
+	}
+	secs := end - float64(inst.StartedAt.UnixNano())/1e9
+	if secs <= 0 {
+		return 0
+	}
+	return math.Round(float64(len(inst.GPUs))*secs*1000) / 1000
+}
