@@ -126,6 +126,7 @@ func Run(t *testing.T, h Harness) {
 		{"GPUsByUUID", testGPUs},
 		{"PublishedPortsAndIsolation", testNetwork},
 		{"BandwidthLimit", testBandwidth},
+		{"UsageMetered", testUsage},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, h) })

@@ -225,3 +225,28 @@ func SweepIFBs(keep map[string]bool) error {
 	}
 	return errors.Join(errs...)
 }
+
+// InterfaceCounters reads the bytes interface ifName in the network
+// namespace at nsPath received and sent, as the rental behind it counts
+// them.
+func InterfaceCounters(nsPath, ifName string) (rx, tx uint64, err error) {
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return 0, 0, fmt.Errorf("open network namespace %s: %w", nsPath, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return 0, 0, fmt.Errorf("netlink in %s: %w", nsPath, err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(ifName)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s in %s: %w", ifName, nsPath, err)
+	}
+	st := l.Attrs().Statistics
+	if st == nil {
+		return 0, 0, fmt.Errorf("%s in %s: no statistics", ifName, nsPath)
+	}
+	return st.RxBytes, st.TxBytes, nil
+}
