@@ -10,6 +10,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/usage"
 )
 
 // The API's request and response bodies. Their JSON fields are mirrored in
@@ -136,6 +137,9 @@ type InstanceResponse struct {
 	// them, oldest first (as instance.gpu_fault events told); absent when
 	// none.
 	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
+	// Usage is what the instance has used since its start; absent where
+	// the agent meters nothing.
+	Usage *usage.Usage `json:"usage,omitempty"`
 }
 
 // ListInstancesResponse answers GET /instances.

@@ -226,6 +226,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 			if r.opts.GPUs != nil {
 				st.GPUFaults = r.opts.GPUs.Faults(inst.ID)
 			}
+			st.Usage = r.usageOf(ctx, inst)
 			req.Instances = append(req.Instances, st)
 		}
 	}
