@@ -17,8 +17,9 @@ import (
 const blastSeconds = 5
 
 // testBandwidth: a rental with egress_mbps 50 sending to a peer as fast as
-// it can for 5 s is measured by the peer at 50 Mbit/s within 15%; a rental
-// without a limit is not held to it. The limit is recorded in the labels,
+// it can for 5 s is measured by the peer at 50 Mbit/s within 15%, one with
+// ingress_mbps 50 reading from a peer sending as fast as it can measures
+// the same; a rental without a limit is not held to it. The limit is recorded in the labels,
 // and applied again when a restarted agent finds it gone.
 func testBandwidth(t *testing.T, h Harness) {
 	sc := h.NewScope(t)
@@ -79,6 +80,29 @@ func testBandwidth(t *testing.T, h Harness) {
 	if lbl := limited.AgentLabels[runtime.LabelBandwidth]; lbl != "egress=50" {
 		t.Errorf("label %s = %q, want egress=50", runtime.LabelBandwidth, lbl)
 	}
+	// Ingress: the rental reads what the peer sends as fast as it can.
+	srcPort := testenv.SourceIn(t, peer.NS, peer.Addr.String()+":0")
+	source := fmt.Sprintf("%s:%d", peer.Addr, srcPort)
+	s := spec(h, uniqueID(t, "bw-in"), "sleep", "1", "recv", source, fmt.Sprint(blastSeconds), "echo", "END", "sleep", "inf")
+	s.Resources.IngressMbps = 50
+	in, err := l.Start(Ctx(t), s)
+	if err != nil {
+		t.Fatalf("start %s: %v", s.ID, err)
+	}
+	logs := waitLogs(t, &Agent{Lifecycle: l}, in.ID, "END")
+	var n, ms int64
+	if _, err := fmt.Sscanf(logs[strings.Index(logs, "recv "+source+": ")+len("recv "+source+": "):], "%d bytes in %d ms", &n, &ms); err != nil || ms <= 0 {
+		t.Fatalf("%s did not receive: %s", s.ID, logs)
+	}
+	inMbps := float64(n) * 8 / (float64(ms) / 1000) / 1e6
+	t.Logf("ingress_mbps 50: %d bytes in %d ms: %.1f Mbit/s", n, ms, inMbps)
+	if inMbps < 42 || inMbps > 58 {
+		t.Errorf("a rental limited to 50 Mbit/s in received %.1f Mbit/s, want 42-58", inMbps)
+	}
+	if err := l.Terminate(Ctx(t), in.ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+
 	free, r := blast("bw-free", 0)
 	t.Logf("unlimited: %d bytes in %s: %.1f Mbit/s", r.Bytes, r.Last.Sub(r.First), r.Mbps())
 	if m := r.Mbps(); m < 116 {

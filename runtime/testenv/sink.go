@@ -80,3 +80,42 @@ func SinkIn(t testing.TB, path, addr string) (int, <-chan Received) {
 	}()
 	return l.Addr().(*net.TCPAddr).Port, out
 }
+
+// SourceIn runs a TCP server in namespace path (the host's when empty) on
+// addr that writes to each connection as fast as it can until the
+// connection ends. It returns the port.
+func SourceIn(t testing.TB, path, addr string) int {
+	t.Helper()
+	var l net.Listener
+	listen := func() {
+		var err error
+		if l, err = net.Listen("tcp4", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if path == "" {
+		listen()
+	} else {
+		InNetNS(t, path, listen)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 256<<10)
+				for {
+					_ = c.SetWriteDeadline(time.Now().Add(time.Minute))
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port
+}

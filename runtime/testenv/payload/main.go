@@ -27,6 +27,9 @@
 //	blast ADDR SECONDS  connect to ADDR over TCP and write as fast as it
 //	               can for SECONDS, then close, printing "blast ADDR: N
 //	               bytes" or "blast ADDR: error: ..."
+//	recv ADDR SECONDS  connect to ADDR over TCP and read for SECONDS,
+//	               printing "recv ADDR: N bytes in MS ms" (from the first
+//	               byte to the last) or "recv ADDR: error: ..."
 //	spin           keep one CPU busy, in the background
 //
 // Without arguments it sleeps forever.
@@ -168,6 +171,13 @@ func main() {
 				os.Exit(64)
 			}
 			fmt.Printf("blast %s: %s\n", addr, send(addr, -1, time.Duration(secs*float64(time.Second))))
+		case "recv":
+			addr := arg()
+			secs, err := strconv.ParseFloat(arg(), 64)
+			if err != nil {
+				os.Exit(64)
+			}
+			fmt.Printf("recv %s: %s\n", addr, recv(addr, time.Duration(secs*float64(time.Second))))
 		case "spin":
 			go func() {
 				for x := uint64(0); ; x++ {
@@ -214,6 +224,36 @@ var held [][]byte
 
 // spun is where spin's loop writes, so that it is not optimised away.
 var spun atomic.Uint64
+
+// recv reads from addr over TCP for d.
+func recv(addr string, d time.Duration) string {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 256<<10)
+	var got int64
+	var first, last time.Time
+	for {
+		k, err := c.Read(buf)
+		if k > 0 {
+			if got == 0 {
+				first = time.Now()
+			}
+			got += int64(k)
+			last = time.Now()
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			return fmt.Sprintf("error after %d bytes: %v", got, err)
+		}
+	}
+	return fmt.Sprintf("%d bytes in %d ms", got, last.Sub(first).Milliseconds())
+}
 
 // send writes n bytes (n < 0: as many as it can for d) to addr over TCP.
 func send(addr string, n int64, d time.Duration) string {
