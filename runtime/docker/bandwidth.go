@@ -32,7 +32,8 @@ func (r *Runtime) shape(c container.InspectResponse, bw runtime.Bandwidth) error
 	if err != nil {
 		return fmt.Errorf("limit bandwidth: %w", err)
 	}
-	if err := rentalnet.Shape(host, rentalnet.IFBName(r.idOf(c)), rentalnet.Bandwidth{EgressMbps: bw.EgressMbps, IngressMbps: bw.IngressMbps}); err != nil {
+	id := r.idOf(c)
+	if err := rentalnet.Shape(host, rentalnet.IFBName(id), r.ifbOwner()+id, rentalnet.Bandwidth{EgressMbps: bw.EgressMbps, IngressMbps: bw.IngressMbps}); err != nil {
 		return fmt.Errorf("limit bandwidth: %w", err)
 	}
 	return nil
@@ -92,15 +93,18 @@ func (r *Runtime) SweepLeftovers(ctx context.Context, live []runtime.Instance) e
 			r.log.Warn("bandwidth limits of a rental differ from its labels; applying them again",
 				"instance_id", inst.ID, "found", fmt.Sprintf("%+v", got), "want", bw.String())
 		}
-		if err := rentalnet.Shape(host, rentalnet.IFBName(inst.ID), want); err != nil {
+		if err := rentalnet.Shape(host, rentalnet.IFBName(inst.ID), r.ifbOwner()+inst.ID, want); err != nil {
 			errs = append(errs, fmt.Errorf("instance %s: %w", inst.ID, err))
 		}
 	}
-	if r.opts.Scope == "" {
-		// Another back end's rentals (a scope) are not in live.
-		errs = append(errs, rentalnet.SweepIFBs(keep))
-	}
+	errs = append(errs, rentalnet.SweepIFBs(r.ifbOwner(), keep))
 	return errors.Join(errs...)
+}
+
+// ifbOwner starts the alias of the ifb devices of this back end's
+// rentals, followed by the instance ID: the sweep removes only its own.
+func (r *Runtime) ifbOwner() string {
+	return "host-agent:" + r.opts.AgentID + "@" + r.opts.Host + "#" + r.opts.Scope + "/"
 }
 
 // removeIFB deletes the ifb device of instance id's limits, if it has one.

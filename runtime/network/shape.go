@@ -56,9 +56,10 @@ func HostVeth(nsPath, ifName string) (netlink.Link, error) {
 // Shape limits the traffic of the container behind the host's veth end
 // host, as the CNI bandwidth plugin does: what it receives with a token
 // bucket on the host end's egress, what it sends by redirecting the host
-// end's ingress to an ifb device (ifbName) with a token bucket. It replaces
-// whatever limits the link had, so it may be applied again.
-func Shape(host netlink.Link, ifbName string, b Bandwidth) error {
+// end's ingress to an ifb device (ifbName, its alias owner, which
+// SweepIFBs goes by) with a token bucket. It replaces whatever limits the
+// link had, so it may be applied again.
+func Shape(host netlink.Link, ifbName, owner string, b Bandwidth) error {
 	idx := host.Attrs().Index
 	var errs []error
 	if b.IngressMbps > 0 {
@@ -67,14 +68,14 @@ func Shape(host netlink.Link, ifbName string, b Bandwidth) error {
 		errs = append(errs, deleteRoot(idx))
 	}
 	if b.EgressMbps > 0 {
-		errs = append(errs, shapeEgress(host, ifbName, uint64(b.EgressMbps)*1_000_000))
+		errs = append(errs, shapeEgress(host, ifbName, owner, uint64(b.EgressMbps)*1_000_000))
 	} else {
 		errs = append(errs, deleteIngress(idx), RemoveIFB(ifbName))
 	}
 	return errors.Join(errs...)
 }
 
-func shapeEgress(host netlink.Link, ifbName string, rateBits uint64) error {
+func shapeEgress(host netlink.Link, ifbName, owner string, rateBits uint64) error {
 	ifb, err := netlink.LinkByName(ifbName)
 	if err != nil {
 		mtu := host.Attrs().MTU
@@ -84,6 +85,9 @@ func shapeEgress(host netlink.Link, ifbName string, rateBits uint64) error {
 		if ifb, err = netlink.LinkByName(ifbName); err != nil {
 			return fmt.Errorf("ifb %s: %w", ifbName, err)
 		}
+	}
+	if err := netlink.LinkSetAlias(ifb, owner); err != nil {
+		return fmt.Errorf("name the owner of %s: %w", ifbName, err)
 	}
 	if err := netlink.LinkSetUp(ifb); err != nil {
 		return fmt.Errorf("set %s up: %w", ifbName, err)
@@ -210,16 +214,18 @@ func RemoveIFB(name string) error {
 	return nil
 }
 
-// SweepIFBs deletes every ifb device Shape made whose name keep does not
-// hold: those of instances that are gone.
-func SweepIFBs(keep map[string]bool) error {
+// SweepIFBs deletes every ifb device Shape made for an owner starting with
+// ownerPrefix whose name keep does not hold: those of instances that are
+// gone. Devices of other owners (another agent on the host) stay.
+func SweepIFBs(ownerPrefix string, keep map[string]bool) error {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, l := range links {
-		if n := l.Attrs().Name; strings.HasPrefix(n, IFBPrefix) && l.Type() == "ifb" && !keep[n] {
+		if n := l.Attrs().Name; strings.HasPrefix(n, IFBPrefix) && l.Type() == "ifb" && !keep[n] &&
+			ownerPrefix != "" && strings.HasPrefix(l.Attrs().Alias, ownerPrefix) {
 			errs = append(errs, RemoveIFB(n))
 		}
 	}

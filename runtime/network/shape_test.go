@@ -12,7 +12,7 @@ import (
 // Shape puts the limits on a veth's host end and its ifb device, Shaped
 // reads them back, Shape again with other limits replaces them, zero
 // removes them with the ifb device, and SweepIFBs removes an ifb device
-// of no instance.
+// of no instance of its owner, and only those.
 func TestShapeAppliesReadsBackAndRemoves(t *testing.T) {
 	testenv.Require(t, "tc")
 	testenv.LockHostNetwork(t)
@@ -30,7 +30,7 @@ func TestShapeAppliesReadsBackAndRemoves(t *testing.T) {
 	t.Cleanup(func() { _ = RemoveIFB(ifb) })
 
 	for _, want := range []Bandwidth{{EgressMbps: 50, IngressMbps: 100}, {EgressMbps: 20}, {IngressMbps: 7}} {
-		if err := Shape(host, ifb, want); err != nil {
+		if err := Shape(host, ifb, "test-owner/x", want); err != nil {
 			t.Fatalf("Shape(%+v): %v", want, err)
 		}
 		if got, err := Shaped(host, ifb); err != nil || got != want {
@@ -42,22 +42,28 @@ func TestShapeAppliesReadsBackAndRemoves(t *testing.T) {
 	if _, err := netlink.LinkByName(ifb); err == nil {
 		t.Errorf("ifb %s kept without an egress limit", ifb)
 	}
-	if err := Shape(host, ifb, Bandwidth{EgressMbps: 5}); err != nil {
+	if err := Shape(host, ifb, "test-owner/x", Bandwidth{EgressMbps: 5}); err != nil {
 		t.Fatal(err)
 	}
-	if err := SweepIFBs(map[string]bool{ifb: true}); err != nil {
+	if err := SweepIFBs("test-owner/", map[string]bool{ifb: true}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := netlink.LinkByName(ifb); err != nil {
 		t.Errorf("SweepIFBs removed a kept ifb: %v", err)
 	}
-	if err := SweepIFBs(nil); err != nil {
+	if err := SweepIFBs("another-owner/", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName(ifb); err != nil {
+		t.Errorf("SweepIFBs removed another owner's ifb: %v", err)
+	}
+	if err := SweepIFBs("test-owner/", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := netlink.LinkByName(ifb); err == nil {
 		t.Errorf("SweepIFBs left %s", ifb)
 	}
-	if err := Shape(host, ifb, Bandwidth{}); err != nil {
+	if err := Shape(host, ifb, "test-owner/x", Bandwidth{}); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := Shaped(host, ifb); err != nil || !got.IsZero() {
