@@ -87,12 +87,12 @@ func (r *Runtime) SweepLeftovers(ctx context.Context, live []runtime.Instance) e
 			continue
 		}
 		want := rentalnet.Bandwidth{EgressMbps: bw.EgressMbps, IngressMbps: bw.IngressMbps}
-		if got, err := rentalnet.Shaped(host, rentalnet.IFBName(inst.ID)); err == nil && got == want {
+		got, err := rentalnet.Shaped(host, rentalnet.IFBName(inst.ID))
+		if err == nil && got == want {
 			continue
-		} else {
-			r.log.Warn("bandwidth limits of a rental differ from its labels; applying them again",
-				"instance_id", inst.ID, "found", fmt.Sprintf("%+v", got), "want", bw.String())
 		}
+		r.log.Warn("bandwidth limits of a rental differ from its labels; applying them again",
+			"instance_id", inst.ID, "found", fmt.Sprintf("%+v", got), "want", bw.String(), "error", err)
 		if err := rentalnet.Shape(host, rentalnet.IFBName(inst.ID), r.ifbOwner()+inst.ID, want); err != nil {
 			errs = append(errs, fmt.Errorf("instance %s: %w", inst.ID, err))
 		}
