@@ -76,7 +76,7 @@ const (
 var containerLabelKeys = []string{
 	LabelInstanceID, LabelAgentID, LabelSpecHash, LabelImage, LabelCreatedAt, LabelStartedAt,
 	LabelLogPath, LabelExitCode, LabelFinishedAt, LabelOOMKilled, LabelGPUs, LabelGPUIndexes,
-	LabelPorts, LabelNetNS, LabelIP, LabelScope, LabelExitReason,
+	LabelPorts, LabelNetNS, LabelIP, LabelScope, LabelExitReason, LabelBandwidth,
 }
 
 // RentalLabels are the labels a back end creates a rental's container
@@ -93,6 +93,9 @@ func RentalLabels(spec InstanceSpec, hash, agentID string, now time.Time) map[st
 	}
 	for k, v := range spec.Labels {
 		labels[LabelUserPrefix+k] = v
+	}
+	if bw := BandwidthOf(spec).String(); bw != "" {
+		labels[LabelBandwidth] = bw
 	}
 	maps.Copy(labels, spec.ReservedLabels)
 	return labels

@@ -71,6 +71,12 @@ type Resources struct {
 	// DiskGB limits the writable layer (runtime/disk); zero: the host's
 	// default. Omitted from Hash when zero, as above.
 	DiskGB int64 `json:",omitempty"`
+	// EgressMbps and IngressMbps bound the rental's traffic out of and
+	// into its network interface, in Mbit/s; zero: unlimited (or the
+	// host's default, BandwidthDefaults). Omitted from Hash when zero, so
+	// that the hash of a spec without them is what it was before.
+	EgressMbps  int64 `json:",omitempty"`
+	IngressMbps int64 `json:",omitempty"`
 }
 
 // DefaultPids is the pids limit of an instance that names none: every

@@ -10,6 +10,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/usage"
 )
 
 // The API's request and response bodies. Their JSON fields are mirrored in
@@ -66,6 +67,11 @@ type ResourcesRequest struct {
 	// DiskGB limits the writable layer, in GiB (runtime/disk); absent:
 	// RENTAL_DISK_GB or the host's share.
 	DiskGB int64 `json:"disk_gb,omitempty"`
+	// EgressMbps and IngressMbps bound what the rental sends and
+	// receives, in Mbit/s; zero or absent: the host's default
+	// (RENTAL_EGRESS_MBPS, RENTAL_INGRESS_MBPS), unlimited without one.
+	EgressMbps  int64 `json:"egress_mbps,omitempty"`
+	IngressMbps int64 `json:"ingress_mbps,omitempty"`
 }
 
 // RegistryAuthRequest are credentials for pulling the image.
@@ -140,6 +146,9 @@ type InstanceResponse struct {
 	// them, oldest first (as instance.gpu_fault events told); absent when
 	// none.
 	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
+	// Usage is what the instance has used since its start; absent where
+	// the agent meters nothing.
+	Usage *usage.Usage `json:"usage,omitempty"`
 }
 
 // ListInstancesResponse answers GET /instances.
@@ -183,6 +192,9 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 			Pids:     r.Resources.Pids,
 			ShmMB:    r.Resources.ShmMB,
 			DiskGB:   r.Resources.DiskGB,
+
+			EgressMbps:  r.Resources.EgressMbps,
+			IngressMbps: r.Resources.IngressMbps,
 		}
 	}
 	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs)}

@@ -77,6 +77,8 @@ type Options struct {
 	DefaultStopTimeout time.Duration
 	// GPUs feeds GET /gpus; nil serves a host without GPUs.
 	GPUs GPUInventory
+	// Usage meters the rentals for GET /instances; nil: no usage answered.
+	Usage UsageMeter
 	// Host feeds GET /host; nil answers 503.
 	Host HostReporter
 
@@ -161,6 +163,7 @@ type Server struct {
 	pongWait    time.Duration
 	stopTimeout time.Duration
 	gpus        GPUInventory
+	usage       UsageMeter
 	host        HostReporter
 	limits      connLimits
 	drain       Drainer
@@ -239,6 +242,7 @@ func New(opts Options) (*Server, error) {
 		pongWait:    opts.PongWait,
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
+		usage:       opts.Usage,
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},

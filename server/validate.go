@@ -268,6 +268,10 @@ func (r *ResourcesRequest) validate() error {
 		return fieldErr("resources.shm_mb", "must be greater than 0 and at most %d", maxSizeMB)
 	case r.DiskGB < 0 || r.DiskGB > maxDiskGB:
 		return fieldErr("resources.disk_gb", "must be greater than 0 and at most %d", maxDiskGB)
+	case r.EgressMbps < 0 || r.EgressMbps > runtime.MaxBandwidthMbps:
+		return fieldErr("resources.egress_mbps", "must be between 0 (the host's default) and %d Mbit/s", runtime.MaxBandwidthMbps)
+	case r.IngressMbps < 0 || r.IngressMbps > runtime.MaxBandwidthMbps:
+		return fieldErr("resources.ingress_mbps", "must be between 0 (the host's default) and %d Mbit/s", runtime.MaxBandwidthMbps)
 	}
 	return nil
 }

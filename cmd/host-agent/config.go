@@ -20,6 +20,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/gpu/gpumock"
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/docker"
 )
 
@@ -67,6 +68,9 @@ type config struct {
 	AllowInsecureAPIServer bool
 	Network                netConfig
 	Share                  shareConfig
+	// Bandwidth limits a rental that names none (RENTAL_EGRESS_MBPS,
+	// RENTAL_INGRESS_MBPS); zero: unlimited.
+	Bandwidth runtime.Bandwidth
 	// PullStallTimeout fails a pull without a byte of progress for that
 	// long (PULL_STALL_TIMEOUT).
 	PullStallTimeout time.Duration
@@ -281,6 +285,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		return c, err
 	}
 	if c.Share, err = loadShareConfig(get); err != nil {
+		return c, err
+	}
+	if c.Bandwidth, err = loadBandwidthConfig(get); err != nil {
 		return c, err
 	}
 	if c.PullStallTimeout, err = time.ParseDuration(get("PULL_STALL_TIMEOUT", "5m")); err != nil || c.PullStallTimeout < time.Second || c.PullStallTimeout > 24*time.Hour {

@@ -135,7 +135,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 
-	pulls := server.NewPullTimer(hub)
+	// Exits carry the rental's usage once the meter exists.
+	usagePub := &usageEvents{next: hub}
+	pulls := server.NewPullTimer(usagePub)
 	choice, err := chooseRuntime(ctx, cfg)
 	if err != nil {
 		return err
@@ -173,6 +175,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	meter, err := newMeter(cfg, backend, logger)
+	if err != nil {
+		return err
+	}
+	usagePub.meter.Store(meter)
 	if choice.Answers && choice.Held == "" {
 		// Before any rental can start on it.
 		if err := rememberRuntime(cfg, rtName); err != nil {
@@ -196,8 +203,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disks.limits, volumeKind), numaKinds...),
-		Events: hub,
+			disks.limits, volumeKind), append(numaKinds, bandwidthDefaults(cfg))...),
+		Events: usagePub,
 		Logger: logger,
 	})
 	defer rt.Close()
@@ -224,6 +231,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
 	}
 	wg.Go(func() { disks.watch(healthCtx, cfg, rt, backend, logger) })
+	wg.Go(func() { meterRentals(healthCtx, rt, meter) })
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
@@ -263,6 +271,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Sharing:     shares,
 		DiskLimit:   disks.info,
 		Volumes:     volumes,
+		Usage:       meter,
 
 		ObserveHeartbeat: heartbeats.Observe,
 	})
@@ -280,11 +289,12 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		AgentID:     cfg.AgentID,
 		Logger:      logger,
 		GPUs:        inv,
+		Usage:       meter,
 		Host:        rep,
 		Drain:       backend,
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet, rules),
-		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
+		Collectors:  append(agentCollectors(cfg, backend, heartbeats, rules), meter.Collector()),
 		Volumes:     volumes,
 
 		MetricsToken: cfg.MetricsToken,

@@ -134,6 +134,8 @@ func Run(t *testing.T, h Harness) {
 		{"GPUsByUUID", testGPUs},
 		{"PublishedPortsAndIsolation", testNetwork},
 		{"VolumesOutliveRentals", testVolumes},
+		{"BandwidthLimit", testBandwidth},
+		{"UsageMetered", testUsage},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, h) })

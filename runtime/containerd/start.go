@@ -88,7 +88,8 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 		// Never ran: the agent died before its task was created, maybe
 		// during CNI ADD. Setup starts the network over (DEL before ADD).
 		if r.opts.Network != nil && labels[runtime.LabelNetNS] != "" {
-			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels))
+			bw, _ := runtime.BandwidthFromLabels(labels)
+			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels), bw)
 		}
 		if err == nil {
 			err = r.startTask(ctx, c)
@@ -218,7 +219,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if r.opts.Network != nil {
 		// The container and its labels, recording the ports, exist before
 		// CNI ADD: a restarted agent never hands the ports out again.
-		if err := r.setupNetwork(ctx, c, spec.PublishedPorts); err != nil {
+		if err := r.setupNetwork(ctx, c, spec.PublishedPorts, runtime.BandwidthOf(spec)); err != nil {
 			r.removeContainer(c)
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 		}

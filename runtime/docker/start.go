@@ -87,6 +87,10 @@ func (r *Runtime) startExisting(ctx context.Context, id string, c container.Insp
 		if err := r.isolatePorts(); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
 		}
+		bw, _ := runtime.BandwidthFromLabels(c.Config.Labels)
+		if err := r.shapeStarted(ctx, c.ID, bw); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+		}
 	}
 	return r.Get(ctx, id)
 }
@@ -202,6 +206,11 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	}
 	if err := r.isolatePorts(); err != nil {
 		r.removeContainer(created.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+	}
+	if err := r.shapeStarted(ctx, created.ID, runtime.BandwidthOf(spec)); err != nil {
+		r.removeContainer(created.ID)
+		r.removeIFB(spec.ID)
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
 	}
 	return r.Get(ctx, spec.ID)

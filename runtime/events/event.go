@@ -87,6 +87,28 @@ type Event struct {
 	// Code says why an image.failed pull failed, as a start's error code
 	// does: not_found, unauthorized, disk_full, stalled.
 	Code string `json:"code,omitempty"`
+	// Usage is what an instance.exited instance used (runtime/usage).
+	Usage *Usage `json:"usage,omitempty"`
+}
+
+// Usage is what a rental has used since its start, as reported to the
+// platform. Each figure only grows while the rental exists.
+type Usage struct {
+	// CPUSeconds is the CPU time its processes used (the cgroup's
+	// usage_usec, cpuacct.usage on cgroup v1).
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// MemoryMaxBytes is the most memory it held at once (memory.peak,
+	// memory.max_usage_in_bytes on v1, else the most sampled).
+	MemoryMaxBytes uint64 `json:"memory_max_bytes"`
+	// NetRxBytes and NetTxBytes are what its network interface received
+	// and sent.
+	NetRxBytes uint64 `json:"net_rx_bytes"`
+	NetTxBytes uint64 `json:"net_tx_bytes"`
+	// DiskUsedBytes is the most its writable layer held, where the back
+	// end can measure it; 0 where it cannot.
+	DiskUsedBytes uint64 `json:"disk_used_bytes"`
+	// GPUSeconds is the GPUs it holds times the seconds it has run.
+	GPUSeconds float64 `json:"gpu_seconds"`
 }
 
 // GPU fault kinds, as in GPUFault.Kind.

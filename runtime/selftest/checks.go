@@ -148,7 +148,7 @@ func runcBeforeFix(line string) string {
 }
 
 // RequiredCNIPlugins are the plugins the rentals' networking runs.
-var RequiredCNIPlugins = []string{"bridge", "host-local", "loopback", "portmap"}
+var RequiredCNIPlugins = []string{"bridge", "host-local", "loopback", "portmap", "bandwidth"}
 
 // CNICheck: every required CNI plugin is in one of dirs.
 func CNICheck(dirs []string) Check {

@@ -73,6 +73,8 @@ type Options struct {
 	// Sharing reports the rentals' share of memory and CPUs; nil: none
 	// reported.
 	Sharing Sharing
+	// Usage meters the rentals for the heartbeat; nil: no usage reported.
+	Usage UsageMeter
 	// PublicURL is where the server reaches the agent's API
 	// (AGENT_PUBLIC_URL), reported as is.
 	PublicURL string

@@ -159,6 +159,9 @@ type InstanceState struct {
 	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
 	// them, as instance.gpu_fault events told; absent when none.
 	GPUFaults []events.GPUFault `json:"gpu_faults,omitempty"`
+	// Usage is what the instance has used since its start, as last read;
+	// absent where the agent meters nothing.
+	Usage *events.Usage `json:"usage,omitempty"`
 }
 
 // GPURef names a GPU an instance holds.

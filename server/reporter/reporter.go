@@ -227,6 +227,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 			if r.opts.GPUs != nil {
 				st.GPUFaults = r.opts.GPUs.Faults(inst.ID)
 			}
+			st.Usage = r.usageOf(ctx, inst)
 			req.Instances = append(req.Instances, st)
 		}
 	}
