@@ -42,7 +42,16 @@ func xidMeaning(xid uint64) string {
 // recorded first (in memory and, with RememberHealth, in the health file),
 // so that GET /instances/{id} shows it by the time the instance.gpu_fault
 // event arrives, then published.
+//
+// A fault on a GPU in MIG mode is told to the holder of each of its MIG
+// devices, naming the MIG device it holds: NVML reports it on the GPU.
 func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning string) {
+	for _, unit := range append([]*gpuState{g}, inv.migChildren(g)...) {
+		inv.reportFaultOn(unit, kind, xid, meaning)
+	}
+}
+
+func (inv *Inventory) reportFaultOn(g *gpuState, kind string, xid uint64, meaning string) {
 	holders := inv.holderTable()
 	if holders == nil {
 		return

@@ -97,6 +97,7 @@ type Machine struct {
 	// Name is the name New was given.
 	Name   string
 	events chan nvml.EventData
+	migs   []*MIGDevice
 }
 
 // New builds the named mock machine; its NVML is not initialised yet. The
@@ -127,6 +128,7 @@ func New(name string) (*Machine, error) {
 	}
 	mm := &Machine{Server: s, Name: name, events: make(chan nvml.EventData, 64)}
 	mm.completeEvents(devs)
+	mm.completeMIG(devs)
 	return mm, nil
 }
 
