@@ -35,8 +35,8 @@ type migLister interface {
 // without GPUs (or without NVML) answers an empty list.
 func (s *Server) listGPUs(c *echo.Context) error {
 	resp := GPUListResponse{
-		GPUs:     []gpu.GPU{},
-		Topology: gpu.Topology{GPUs: []int{}, Links: [][]gpu.Link{}, NUMANodes: []int{}},
+		GPUs:       []gpu.GPU{},
+		Topology:   gpu.Topology{GPUs: []int{}, Links: [][]gpu.Link{}, NUMANodes: []int{}},
 		FreeSets:   []gpu.BestFree{},
 		MIGDevices: []gpu.MIGDevice{},
 	}
