@@ -46,6 +46,9 @@ const (
 type Options struct {
 	// Runtime runs the rentals. Required.
 	Runtime runtime.Runtime
+	// MockFaults, set on a mock GPU host only, serves
+	// POST /mock/gpus/{index}/faults; without it that route answers 404.
+	MockFaults MockFaultInjector
 	// RuntimeName names it in GET /readyz (default "containerd").
 	RuntimeName string
 	// Hub feeds GET /ws. Required.
@@ -158,6 +161,7 @@ type Server struct {
 	pongWait    time.Duration
 	stopTimeout time.Duration
 	gpus        GPUInventory
+	mockFaults  MockFaultInjector
 	host        HostReporter
 	limits      connLimits
 	drain       Drainer
@@ -235,6 +239,7 @@ func New(opts Options) (*Server, error) {
 		pongWait:    opts.PongWait,
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
+		mockFaults:  opts.MockFaults,
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
@@ -280,6 +285,7 @@ func New(opts Options) (*Server, error) {
 	e.GET("/images", s.listImages)
 	e.POST("/images/pull", s.pullImage)
 	e.DELETE("/images", s.removeImage)
+	e.POST("/mock/gpus/:index/faults", s.injectMockFault)
 	s.echo = e
 	return s, nil
 }

@@ -278,6 +278,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet, rules),
 		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
+		MockFaults:  mockFaults(mock),
 
 		MetricsToken: cfg.MetricsToken,
 		Version:      version,

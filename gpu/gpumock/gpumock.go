@@ -8,6 +8,7 @@
 package gpumock
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"slices"
@@ -237,4 +238,19 @@ func complete(m machine, devs []*server.Device, i int, d *server.Device) {
 	d.GetMaxPcieLinkGenerationFunc = func() (int, nvml.Return) { return 4, nvml.SUCCESS }
 	d.GetCurrPcieLinkWidthFunc = func() (int, nvml.Return) { return 16, nvml.SUCCESS }
 	d.GetMaxPcieLinkWidthFunc = func() (int, nvml.Return) { return 16, nvml.SUCCESS }
+}
+
+// Inject makes the GPU at index report Xid xid, or a double-bit ECC error
+// when ecc is set, waiting for room in the event queue until ctx ends.
+func (m *Machine) Inject(ctx context.Context, index int, xid uint64, ecc bool) error {
+	e := nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid}
+	if ecc {
+		e = nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeDoubleBitEccError}
+	}
+	select {
+	case m.events <- e:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
