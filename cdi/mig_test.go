@@ -155,3 +155,29 @@ func TestMIGRefusesUnverifiedEntries(t *testing.T) {
 		})
 	}
 }
+
+// TestMIGSpecMismatch: a spec fits the host only when it has a device for
+// every MIG device the inventory rents, so that one lacking them is
+// regenerated.
+func TestMIGSpecMismatch(t *testing.T) {
+	t.Parallel()
+	inv := migTestInventory()
+	in := migInjector(t, migSpec(), inv)
+	want := in.expectedGPUs(inv)
+	if !slices.Equal(want, []string{migWhole2}) {
+		t.Fatalf("expected GPUs %v", want)
+	}
+	if why := in.mismatch(want, "550.54.15", inv); why != "" {
+		t.Errorf("full spec: mismatch %q", why)
+	}
+	lacking := migSpec()
+	lacking.Devices = slices.DeleteFunc(lacking.Devices, func(d cdispec.Device) bool { return d.Name == migC })
+	in = migInjector(t, lacking, inv)
+	if why := in.mismatch(want, "550.54.15", inv); !strings.Contains(why, migC) {
+		t.Errorf("spec without %s: mismatch %q", migC, why)
+	}
+	// Without MIG rentals the MIG devices are not asked for.
+	if why := in.mismatch(want, "550.54.15", inv.fakeInventory); why != "" {
+		t.Errorf("MIG rentals off: mismatch %q", why)
+	}
+}
