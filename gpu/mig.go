@@ -238,3 +238,19 @@ func (a *Allocator) pickMIG(free []*gpuState) *gpuState {
 	}
 	return best
 }
+
+// MIGUsages samples the memory each rentable MIG device uses, by parent and
+// index: the one figure NVML gives per MIG device (utilisation, temperature
+// and power are the parent GPU's).
+func (inv *Inventory) MIGUsages() []Usage {
+	out := make([]Usage, len(inv.migs))
+	for i, m := range inv.migs {
+		u := Usage{Index: m.info.Index, UUID: m.info.UUID}
+		p := &probe{logger: inv.logger.With("mig", m.info.UUID), level: slog.LevelDebug}
+		if v, ok := query(p, "memory", m.dev.GetMemoryInfo); ok {
+			u.MemoryUsedBytes, u.MemoryUsedMiB = v.Used, v.Used/(1<<20)
+		}
+		out[i] = u
+	}
+	return out
+}
