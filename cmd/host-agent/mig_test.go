@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu/gpumock"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/server/reporter"
 )
 
 func TestMIGRentalsConfig(t *testing.T) {
@@ -37,13 +39,21 @@ func TestMIGRentalsConfig(t *testing.T) {
 // devices, a start with mig_profile gets one with exactly its parent's
 // stand-in node and its own nvidia-caps nodes in the OCI spec and in the
 // container, a second start of a profile none of which is left is a 409, a
-// bad profile a 400 naming mig_profile; the holding survives an agent
-// restart, and terminating frees the MIG device.
+// bad profile a 400 naming mig_profile; registration lists the MIG devices
+// and heartbeats count the free ones per profile; the holding survives an
+// agent restart, and terminating frees the MIG device.
 func TestAgentGPUMockMIGEndToEnd(t *testing.T) {
 	w := newWorld(t)
-	env := append(slices.Clone(w.env), "GPU_MOCK="+gpumock.DGXH100MIG, "MIG_RENTALS=true")
+	central := &centralServer{answer: `{}`}
+	srv := httptest.NewServer(central)
+	t.Cleanup(srv.Close)
+	env := append(slices.Clone(w.env), "GPU_MOCK="+gpumock.DGXH100MIG, "MIG_RENTALS=true",
+		"API_SERVER_URL="+srv.URL, "HEARTBEAT_INTERVAL=1s", "API_SERVER_TOKEN=central-token-0123456789abcdef")
 	agent := startAgent(t, w.bin, env, w.agentLog)
 	evs := agent.eventStream("")
+	central.waitFor(t, "a registration with the MIG devices", func(c *centralServer) bool {
+		return len(c.registers) > 0 && len(c.registers[0].Host.MIGDevices) == 11
+	})
 
 	code, body := agent.call("GET", "/gpus", nil)
 	migs, _ := body["mig_devices"].([]any)
@@ -82,6 +92,11 @@ func TestAgentGPUMockMIGEndToEnd(t *testing.T) {
 	if h := migHolder(agent, big["uuid"].(string)); h != "mig-a" {
 		t.Errorf("GET /gpus: 3g.40gb held by %q", h)
 	}
+	central.waitFor(t, "a heartbeat with no 3g.40gb free", func(c *centralServer) bool {
+		return lastHeartbeatWith(c, 0, func(hb reporter.HeartbeatRequest) bool {
+			return hasInstance(hb, "mig-a", "running") && hb.MIGFree["3g.40gb"] == 0 && hb.MIGFree["1g.10gb"] == 9 && hb.MIGFree["2g.20gb"] == 1
+		})
+	})
 
 	// The OCI spec containerd runs holds the parent's node and the MIG
 	// device's two access nodes, no other GPU's or MIG device's.
