@@ -179,3 +179,36 @@ func holderOfMIG(inv *Inventory, uuid string) string {
 	}
 	return "?"
 }
+
+// TestMIGFaultInOneInstance tells an Xid NVML reports inside one GPU
+// instance only to the holder of that MIG device; one about the whole GPU
+// reaches every MIG device's holder.
+func TestMIGFaultInOneInstance(t *testing.T) {
+	t.Parallel()
+	m, inv, a := openMIG(t, true)
+	var ids []string
+	for _, id := range []string{"r1", "r2"} {
+		got, err := a.Reserve(id, Request{IDs: []string{m.MIGDevices()[4+len(ids)].UUID}}) // on GPU 1
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, got[0].UUID)
+	}
+	rec := newRecorder()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = inv.WatchHealth(ctx, rec) }()
+	m.InjectMIGXid(1, m.MIGDevices()[4].GPUInstance, 13)
+	m.InjectXid(1, 31)
+	// Events are handled in order: once r2 heard of the second Xid, it
+	// would have heard of the first too.
+	for len(inv.Faults("r2")) == 0 {
+		rec.waitFor(t, len(rec.all())+1)
+	}
+	if f := inv.Faults("r1"); len(f) != 2 || f[0].Xid != 13 || f[0].GPU != ids[0] || f[1].Xid != 31 {
+		t.Errorf("r1's faults = %+v, want Xid 13 then 31 on %s", f, ids[0])
+	}
+	if f := inv.Faults("r2"); len(f) != 1 || f[0].Xid != 31 || f[0].GPU != ids[1] {
+		t.Errorf("r2's faults = %+v, want only the whole GPU's Xid 31 on %s", f, ids[1])
+	}
+}
