@@ -164,6 +164,10 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"ImageRemoveRequest":        reflect.TypeFor[ImageRemoveRequest](),
 		"ImageRemoveResponse":       reflect.TypeFor[ImageRemoveResponse](),
 		"ImageList":                 reflect.TypeFor[ImageList](),
+		"VolumeCreateRequest":       reflect.TypeFor[VolumeCreateRequest](),
+		"VolumeList":                reflect.TypeFor[VolumeList](),
+		"VolumeInfo":                reflect.TypeFor[VolumeInfo](),
+		"VolumeDeleteResponse":      reflect.TypeFor[VolumeDeleteResponse](),
 	}
 	c := &schemaChecker{t: t, doc: doc, visited: map[string]bool{}, decoded: map[reflect.Type]bool{
 		// The central server writes it and the agent reads it: every field

@@ -42,6 +42,9 @@ type StartInstanceRequest struct {
 	// SSHAuthorizedKeys are public keys placed read-only at
 	// /root/.ssh/authorized_keys (and the image user's ~/.ssh).
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	// Volumes are volumes (POST /volumes) to mount read-write, each at its
+	// mount path; each must belong to the owner named.
+	Volumes []VolumeAttachRequest `json:"volumes,omitempty"`
 }
 
 // PortRequest asks for a container port to be published.
@@ -64,8 +67,8 @@ type ResourcesRequest struct {
 	MemoryMB int64   `json:"memory_mb,omitempty"`
 	Pids     int64   `json:"pids,omitempty"`
 	ShmMB    int64   `json:"shm_mb,omitempty"`
-	// DiskGB would limit the writable layer; refused where the
-	// snapshotter cannot enforce it (see validate).
+	// DiskGB limits the writable layer, in GiB (runtime/disk); absent:
+	// RENTAL_DISK_GB or the host's share.
 	DiskGB int64 `json:"disk_gb,omitempty"`
 }
 
@@ -123,14 +126,20 @@ type InstanceResponse struct {
 	ExitCode *int `json:"exit_code"`
 	// OOMKilled says the kernel killed a process of the instance for
 	// exceeding its memory limit.
-	OOMKilled  bool              `json:"oom_killed"`
-	Pid        uint32            `json:"pid"`
-	CreatedAt  time.Time         `json:"created_at,omitzero"`
-	StartedAt  time.Time         `json:"started_at,omitzero"`
-	FinishedAt time.Time         `json:"finished_at,omitzero"`
-	Labels     map[string]string `json:"labels"`
-	GPUs       []GPUResponse     `json:"gpus"`
-	Ports      []PortResponse    `json:"ports"`
+	OOMKilled bool `json:"oom_killed"`
+	// Reason says why an exited instance stopped, when the agent knows:
+	// "disk_limit" or "oom"; absent otherwise.
+	Reason string `json:"reason,omitempty"`
+	// DiskLimitBytes is the limit of its writable layer; absent when it
+	// has none.
+	DiskLimitBytes uint64            `json:"disk_limit_bytes,omitempty"`
+	Pid            uint32            `json:"pid"`
+	CreatedAt      time.Time         `json:"created_at,omitzero"`
+	StartedAt      time.Time         `json:"started_at,omitzero"`
+	FinishedAt     time.Time         `json:"finished_at,omitzero"`
+	Labels         map[string]string `json:"labels"`
+	GPUs           []GPUResponse     `json:"gpus"`
+	Ports          []PortResponse    `json:"ports"`
 	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
 	// them, oldest first (as instance.gpu_fault events told); absent when
 	// none.
@@ -177,6 +186,7 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 			MemoryMB: r.Resources.MemoryMB,
 			Pids:     r.Resources.Pids,
 			ShmMB:    r.Resources.ShmMB,
+			DiskGB:   r.Resources.DiskGB,
 		}
 	}
 	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs), MIGProfile: r.MIGProfile}
@@ -191,6 +201,7 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 		spec.Ulimits = maps.Clone(r.Ulimits)
 	}
 	spec.SSHAuthorizedKeys = nilIfEmpty(r.SSHAuthorizedKeys)
+	spec.Volumes = volumeRequests(r.Volumes)
 	spec.RegistryAuth = r.RegistryAuth.toRuntime()
 	return spec
 }
@@ -255,18 +266,20 @@ func instanceResponse(inst runtime.Instance) InstanceResponse {
 		labels = map[string]string{}
 	}
 	return InstanceResponse{
-		InstanceID:  inst.ID,
-		ContainerID: inst.ContainerID,
-		Image:       inst.Image,
-		Status:      string(inst.Status),
-		ExitCode:    inst.ExitCode,
-		OOMKilled:   inst.OOMKilled,
-		Pid:         inst.Pid,
-		CreatedAt:   inst.CreatedAt.UTC(),
-		StartedAt:   inst.StartedAt.UTC(),
-		FinishedAt:  inst.FinishedAt.UTC(),
-		Labels:      labels,
-		GPUs:        gpuResponses(inst.GPUs),
-		Ports:       portResponses(inst.Ports),
+		InstanceID:     inst.ID,
+		ContainerID:    inst.ContainerID,
+		Image:          inst.Image,
+		Status:         string(inst.Status),
+		ExitCode:       inst.ExitCode,
+		OOMKilled:      inst.OOMKilled,
+		Reason:         inst.ExitReason,
+		DiskLimitBytes: inst.DiskLimit(),
+		Pid:            inst.Pid,
+		CreatedAt:      inst.CreatedAt.UTC(),
+		StartedAt:      inst.StartedAt.UTC(),
+		FinishedAt:     inst.FinishedAt.UTC(),
+		Labels:         labels,
+		GPUs:           gpuResponses(inst.GPUs),
+		Ports:          portResponses(inst.Ports),
 	}
 }

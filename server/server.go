@@ -108,6 +108,9 @@ type Options struct {
 	// Collectors are more metrics for GET /metrics, such as the runtime
 	// back end's.
 	Collectors []prometheus.Collector
+	// Volumes keeps the host's volumes (POST, GET /volumes, DELETE
+	// /volumes/{name}); nil: those routes answer 501.
+	Volumes VolumeStore
 }
 
 // NetworkChecker says why rentals cannot be given a network now;
@@ -167,6 +170,7 @@ type Server struct {
 	drain       Drainer
 	pulls       *PullTimer
 	network     NetworkChecker
+	volumes     VolumeStore
 	ready       *readiness
 	metrics     *metrics
 	echo        *echo.Echo
@@ -247,6 +251,7 @@ func New(opts Options) (*Server, error) {
 		pulls:        opts.Pulls,
 		collectors:   opts.Collectors,
 		network:      opts.Network,
+		volumes:      opts.Volumes,
 		ready:        &readiness{now: time.Now},
 		authFailures: newAuthLimiter(),
 	}
@@ -285,6 +290,9 @@ func New(opts Options) (*Server, error) {
 	e.GET("/images", s.listImages)
 	e.POST("/images/pull", s.pullImage)
 	e.DELETE("/images", s.removeImage)
+	e.POST("/volumes", s.createVolume)
+	e.GET("/volumes", s.listVolumes)
+	e.DELETE("/volumes/:name", s.deleteVolume)
 	e.POST("/mock/gpus/:index/faults", s.injectMockFault)
 	s.echo = e
 	return s, nil

@@ -31,6 +31,8 @@ const (
 	// maxSizeMB (16 TiB) keeps sizes far from overflowing when the runtime
 	// converts them to bytes.
 	maxSizeMB = 16 << 20
+	// maxDiskGB bounds a writable layer's limit (a PiB).
+	maxDiskGB = 1 << 20
 	// maxPids is the kernel's largest pid_max.
 	maxPids = 1 << 22
 	// maxGPUs is far above any server's GPU count.
@@ -77,6 +79,9 @@ func (r *StartInstanceRequest) validate() error {
 		return err
 	}
 	if err := validateSSHKeys(r.SSHAuthorizedKeys); err != nil {
+		return err
+	}
+	if err := validateVolumes(r.Volumes); err != nil {
 		return err
 	}
 	if err := validateMIGProfile(r.MIGProfile, r.GPUCount, r.GPUs); err != nil {
@@ -268,10 +273,8 @@ func (r *ResourcesRequest) validate() error {
 		return fieldErr("resources.pids", "must be greater than 0 and at most %d", maxPids)
 	case r.ShmMB < 0 || r.ShmMB > maxSizeMB:
 		return fieldErr("resources.shm_mb", "must be greater than 0 and at most %d", maxSizeMB)
-	case r.DiskGB != 0:
-		// containerd's overlayfs snapshotter has no size limit for a
-		// writable layer: refuse rather than pretend.
-		return fieldErr("resources.disk_gb", "this host's snapshotter (overlayfs) cannot limit the writable layer; leave disk_gb out")
+	case r.DiskGB < 0 || r.DiskGB > maxDiskGB:
+		return fieldErr("resources.disk_gb", "must be greater than 0 and at most %d", maxDiskGB)
 	}
 	return nil
 }

@@ -80,6 +80,12 @@ type config struct {
 	// ImageGCFreeGB: unused images are removed while CONTAINERD_ROOT has
 	// less free (IMAGE_GC_FREE_GB, default twice DISK_RESERVE_GB).
 	ImageGCFreeGB uint64
+	// Disk limits rentals' writable layers (RENTAL_DISK_GB,
+	// DISK_WATCH_INTERVAL).
+	Disk diskConfig
+
+	// VolumeDir holds the volumes (VOLUME_DIR, default STATE_DIR/volumes).
+	VolumeDir string
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -205,6 +211,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	if !filepath.IsAbs(c.StateDir) {
 		return c, &configError{"STATE_DIR", fmt.Sprintf("must be an absolute path, got %q", c.StateDir)}
 	}
+	if c.VolumeDir, err = volumeDir(get, c.StateDir); err != nil {
+		return c, err
+	}
 	for _, v := range []struct{ name, value string }{{"API_SERVER_URL", c.APIServerURL}, {"AGENT_PUBLIC_URL", c.PublicURL}} {
 		if v.value == "" {
 			continue
@@ -294,6 +303,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	}
 	if c.ImageGCFreeGB, err = strconv.ParseUint(get("IMAGE_GC_FREE_GB", strconv.FormatUint(2*c.DiskReserveGB, 10)), 10, 32); err != nil {
 		return c, &configError{"IMAGE_GC_FREE_GB", "want a whole number of GiB (0: never remove images)"}
+	}
+	if c.Disk, err = loadDiskConfig(get); err != nil {
+		return c, err
 	}
 	return c, nil
 }

@@ -189,10 +189,15 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	disks := newDiskLimits(ctx, cfg, rtName, backend, inv.Len(), logger)
+	volumes, volumeKind, err := openVolumes(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
 	rt := runtime.NewLifecycle(holdRuntime(backend, choice.Held), runtime.LifecycleOptions{
 		// GPUs first: a rental's share follows the GPUs it got.
 		Kinds: append(append(reservationKinds(gpualloc.New(alloc), shares, ports, rentalNet != nil || dockerNet != nil),
-			disk.Reserve{Path: cfg.ContainerdRoot, Bytes: cfg.DiskReserveGB << 30}), numaKinds...),
+			disks.limits, volumeKind), numaKinds...),
 		Events: hub,
 		Logger: logger,
 	})
@@ -219,6 +224,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if rules != nil {
 		wg.Go(func() { rules.Run(healthCtx, cfg.Network.RecheckInterval) })
 	}
+	wg.Go(func() { disks.watch(healthCtx, cfg, rt, backend, logger) })
 	wg.Go(func() {
 		if err := inv.WatchHealth(healthCtx, hub); err != nil {
 			logger.Error("GPU health watch stopped", "error", err)
@@ -256,6 +262,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Commit:      commit,
 		Drain:       backend,
 		Sharing:     shares,
+		DiskLimit:   disks.info,
+		Volumes:     volumes,
 
 		ObserveHeartbeat: heartbeats.Observe,
 	})
@@ -279,6 +287,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Network:     networkChecker(rentalNet, rules),
 		Collectors:  agentCollectors(cfg, backend, heartbeats, rules),
 		MockFaults:  mockFaults(mock),
+		Volumes:     volumes,
 
 		MetricsToken: cfg.MetricsToken,
 		Version:      version,

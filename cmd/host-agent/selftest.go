@@ -23,6 +23,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
@@ -280,6 +281,10 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		selftest.PCIeCheck(inv),
 		selftest.HealthCheck(inv, lib),
 		selftest.DiskCheck(cfg.ContainerdRoot, env.minFreeGB<<30),
+		selftest.DiskLimitCheck(func(ctx context.Context) (disk.Enforcement, error) {
+			_, e, err := diskEnforcement(ctx, cfg, rtName, backend)
+			return e, err
+		}),
 		selftest.PortRangeCheck(env.ports[0], env.ports[1]),
 	)
 	switch {

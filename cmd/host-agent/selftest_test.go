@@ -164,6 +164,10 @@ func TestSelftest(t *testing.T) {
 			t.Errorf("%s: %+v, want ok", name, r)
 		}
 	}
+	// This kernel has no XFS quotas: limits are watched, and why is said.
+	if r := result(rep, "disk-limits"); r.Status != selftest.OK || !strings.HasPrefix(r.Detail, "watched: ") {
+		t.Errorf("disk-limits: %+v, want ok, watched", r)
+	}
 	// Debian 12's runc says 1.1.5 and carries the CVE-2024-21626 fix: a
 	// warning naming the CVE, never a failure.
 	if r := result(rep, "runc"); r.Status != selftest.OK && (r.Status != selftest.Warn || !strings.Contains(r.Detail, "CVE-2024-21626")) {
@@ -407,6 +411,9 @@ func TestSelftestOnDocker(t *testing.T) {
 	}
 	if r := result(rep, "cni-plugins"); r.Status != selftest.Skip {
 		t.Errorf("cni-plugins: %+v, want skipped on Docker", r)
+	}
+	if r := result(rep, "disk-limits"); r.Status != selftest.OK || !strings.HasPrefix(r.Detail, "watched: ") || !strings.Contains(r.Detail, "storage") {
+		t.Errorf("disk-limits: %+v, want ok, watched, naming the daemon's storage", r)
 	}
 	for _, name := range []string{"test-rental", "rental-network"} {
 		if r := result(rep, name); r.Status != selftest.OK {

@@ -346,5 +346,5 @@ func (r *Runtime) specOpts(ctx context.Context, img containerd.Image, spec runti
 	if r.appArmor != "" {
 		opts = append(opts, oci.WithApparmorProfile(r.appArmor))
 	}
-	return append(opts, withDevicePlan(plan), verifyConfined(plan, att.NetNS, r.appArmor)), nil
+	return append(opts, withDevicePlan(plan), verifyConfined(plan, spec.VolumeMounts, att.NetNS, r.appArmor)), nil
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -108,6 +109,9 @@ type Runtime struct {
 	imageMu sync.RWMutex
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
+	// storageSize says that rentals' disk limits are set as their
+	// writable layer's size (DiskEnforcement).
+	storageSize atomic.Bool
 
 	ctx       context.Context
 	cancel    context.CancelFunc

@@ -62,11 +62,15 @@ type Event struct {
 	Status     string    `json:"status,omitempty"`
 	ExitCode   *int      `json:"exit_code,omitempty"`
 	// OOMKilled is set on an exit caused by the instance's memory limit.
-	OOMKilled bool          `json:"oom_killed,omitempty"`
-	Step      string        `json:"step,omitempty"`
-	Error     string        `json:"error,omitempty"`
-	Message   string        `json:"message,omitempty"`
-	Progress  *PullProgress `json:"progress,omitempty"`
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Reason says why an instance.exited instance stopped, when the agent
+	// knows: "disk_limit" (stopped by the agent at its disk limit) or
+	// "oom" (with OOMKilled).
+	Reason   string        `json:"reason,omitempty"`
+	Step     string        `json:"step,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Message  string        `json:"message,omitempty"`
+	Progress *PullProgress `json:"progress,omitempty"`
 	// GPU is the UUID of the GPU a gpu.health event is about.
 	GPU string `json:"gpu,omitempty"`
 	// Ports are an instance.running instance's published ports.

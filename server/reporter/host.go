@@ -69,6 +69,8 @@ type HostReport struct {
 	Resources *ResourcesInfo `json:"resources,omitempty"`
 	// Network is the rentals' network; absent when rentals get none.
 	Network *NetworkInfo `json:"network,omitempty"`
+	// DiskLimit says how rentals' disk limits are enforced.
+	DiskLimit *DiskLimitInfo `json:"disk_limit,omitempty"`
 }
 
 // NetworkInfo describes the rentals' network and published ports.
@@ -163,6 +165,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 
 	if r.opts.Network != nil {
 		rep.Network = r.opts.Network()
+	}
+	if r.opts.DiskLimit != nil {
+		rep.DiskLimit = r.opts.DiskLimit()
 	}
 	var err error
 	if rep.Hostname, err = readHostname(r.opts.Root); err != nil {

@@ -72,6 +72,9 @@ type RegisterRequest struct {
 	// MaxReportedImages, most recently used first); absent when the
 	// runtime keeps none or they could not be read.
 	Images []ImageRef `json:"images,omitempty"`
+	// Volumes are the host's volumes (at most MaxReportedVolumes, by
+	// name); absent when there are none or the agent keeps none.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST .../heartbeat:
@@ -126,6 +129,8 @@ type HeartbeatRequest struct {
 	Resources *ResourcesInfo `json:"resources,omitempty"`
 	// Images are as in RegisterRequest.
 	Images []ImageRef `json:"images,omitempty"`
+	// Volumes are as in RegisterRequest.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 }
 
 // InstanceState is one instance as the runtime reports it.
@@ -139,9 +144,14 @@ type InstanceState struct {
 	ExitCode *int `json:"exit_code"`
 	// OOMKilled says the kernel killed a process of the instance for
 	// exceeding its memory limit.
-	OOMKilled bool   `json:"oom_killed,omitempty"`
-	Image     string `json:"image,omitempty"`
-	SpecHash  string `json:"spec_hash,omitempty"`
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Reason says why an exited instance stopped, when the agent knows:
+	// "disk_limit" or "oom".
+	Reason string `json:"reason,omitempty"`
+	// DiskLimitBytes is the limit of its writable layer; absent when none.
+	DiskLimitBytes uint64 `json:"disk_limit_bytes,omitempty"`
+	Image          string `json:"image,omitempty"`
+	SpecHash       string `json:"spec_hash,omitempty"`
 	// GPUs are the GPUs the instance holds; empty, never null, when none.
 	GPUs []GPURef `json:"gpus"`
 	// Ports are the published ports; empty, never null, when none.

@@ -197,7 +197,7 @@ func (r *Reporter) register(ctx context.Context, reason string) (string, error) 
 		r.logger.Warn("host report incomplete; registering with what could be read", "error", err)
 	}
 	fp := inventoryFingerprint(rep.GPUs)
-	_, err = r.post(ctx, "register", RegisterPath, RegisterRequest{Reason: reason, InventoryFingerprint: fp, Host: rep, Images: r.imageRefs(ctx)})
+	_, err = r.post(ctx, "register", RegisterPath, RegisterRequest{Reason: reason, InventoryFingerprint: fp, Host: rep, Images: r.imageRefs(ctx), Volumes: r.volumeRefs(ctx)})
 	return fp, err
 }
 
@@ -216,6 +216,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		Missing:              nonNil(r.pending.missing),
 		Resources:            r.resourcesInfo(),
 		Images:               r.imageRefs(ctx),
+		Volumes:              r.volumeRefs(ctx),
 	}
 	if snap.listErr != nil {
 		req.RuntimeError = snap.listErr.Error()

@@ -74,18 +74,20 @@ func gpusOf(inst runtime.Instance, held map[string][]GPURef) []GPURef {
 
 func instanceState(inst runtime.Instance, held map[string][]GPURef) InstanceState {
 	return InstanceState{
-		InstanceID:  inst.ID,
-		ContainerID: inst.ContainerID,
-		Status:      string(inst.Status),
-		ExitCode:    inst.ExitCode,
-		OOMKilled:   inst.OOMKilled,
-		Image:       inst.Image,
-		SpecHash:    inst.SpecHash,
-		GPUs:        nonNil(gpusOf(inst, held)),
-		Ports:       nonNil(inst.Ports),
-		CreatedAt:   timePtr(inst.CreatedAt),
-		StartedAt:   timePtr(inst.StartedAt),
-		FinishedAt:  timePtr(inst.FinishedAt),
+		InstanceID:     inst.ID,
+		ContainerID:    inst.ContainerID,
+		Status:         string(inst.Status),
+		ExitCode:       inst.ExitCode,
+		OOMKilled:      inst.OOMKilled,
+		Reason:         inst.ExitReason,
+		DiskLimitBytes: inst.DiskLimit(),
+		Image:          inst.Image,
+		SpecHash:       inst.SpecHash,
+		GPUs:           nonNil(gpusOf(inst, held)),
+		Ports:          nonNil(inst.Ports),
+		CreatedAt:      timePtr(inst.CreatedAt),
+		StartedAt:      timePtr(inst.StartedAt),
+		FinishedAt:     timePtr(inst.FinishedAt),
 	}
 }
 

@@ -168,6 +168,15 @@ func main() {
 			} else {
 				fmt.Printf("write %s: ok\n", f)
 			}
+		case "fill":
+			// fill FILE MIB writes MIB MiB to FILE, synced, and says how
+			// far it got.
+			f := arg()
+			n, err := strconv.Atoi(arg())
+			if err != nil {
+				os.Exit(64)
+			}
+			fill(f, n)
 		case "exit":
 			code, err := strconv.Atoi(arg())
 			if err != nil {
@@ -179,6 +188,32 @@ func main() {
 			os.Exit(64)
 		}
 	}
+}
+
+// fill writes n MiB to path, syncing each, and prints how many MiB were
+// written and the error that stopped it, if any.
+func fill(path string, n int) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		fmt.Printf("fill %s: error: %v\n", path, err)
+		return
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i)
+	}
+	for i := 0; i < n; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			fmt.Printf("fill %s: error after %d MiB: %v\n", path, i, err)
+			return
+		}
+		if err := f.Sync(); err != nil {
+			fmt.Printf("fill %s: error after %d MiB: %v\n", path, i, err)
+			return
+		}
+	}
+	fmt.Printf("fill %s: wrote %d MiB\n", path, n)
 }
 
 // held keeps what alloc allocated reachable.
