@@ -118,6 +118,8 @@ var bodyStrings = []bodyString{
 		reached: startField(func(s runtime.InstanceSpec) string { return onlyKey(s.Labels) })},
 	{route: "/start_instance", path: "gpus[0]", body: `{"instance_id":"a","image":"nginx","gpus":[FUZZ]}`,
 		reached: startField(func(s runtime.InstanceSpec) string { return first(s.GPURequest.IDs) })},
+	{route: "/start_instance", path: "mig_profile", body: `{"instance_id":"a","image":"nginx","mig_profile":FUZZ}`,
+		reached: startField(func(s runtime.InstanceSpec) string { return s.GPURequest.MIGProfile })},
 	{route: "/start_instance", path: "ports[0].protocol", body: `{"instance_id":"a","image":"nginx","ports":[{"container_port":22,"protocol":FUZZ}]}`,
 		reached: startField(func(s runtime.InstanceSpec) string {
 			if len(s.Ports) != 1 {

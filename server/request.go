@@ -31,6 +31,10 @@ type StartInstanceRequest struct {
 	// or NVML indexes). At most one of the two.
 	GPUCount int      `json:"gpu_count,omitempty"`
 	GPUs     []string `json:"gpus,omitempty"`
+	// MIGProfile asks for one free MIG device of that profile ("1g.10gb")
+	// on a host that rents MIG devices (MIG_RENTALS); not with gpu_count
+	// or gpus.
+	MIGProfile string `json:"mig_profile,omitempty"`
 	// Ports are container ports to publish, each on a host port the agent
 	// picks.
 	Ports []PortRequest `json:"ports,omitempty"`
@@ -197,7 +201,7 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 			IngressMbps: r.Resources.IngressMbps,
 		}
 	}
-	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs)}
+	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs), MIGProfile: r.MIGProfile}
 	for _, p := range r.Ports {
 		proto := p.Protocol
 		if proto == "" {

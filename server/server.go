@@ -46,6 +46,9 @@ const (
 type Options struct {
 	// Runtime runs the rentals. Required.
 	Runtime runtime.Runtime
+	// MockFaults, set on a mock GPU host only, serves
+	// POST /mock/gpus/{index}/faults; without it that route answers 404.
+	MockFaults MockFaultInjector
 	// RuntimeName names it in GET /readyz (default "containerd").
 	RuntimeName string
 	// Hub feeds GET /ws. Required.
@@ -164,6 +167,7 @@ type Server struct {
 	stopTimeout time.Duration
 	gpus        GPUInventory
 	usage       UsageMeter
+	mockFaults  MockFaultInjector
 	host        HostReporter
 	limits      connLimits
 	drain       Drainer
@@ -243,6 +247,7 @@ func New(opts Options) (*Server, error) {
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
 		usage:       opts.Usage,
+		mockFaults:  opts.MockFaults,
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
@@ -292,6 +297,7 @@ func New(opts Options) (*Server, error) {
 	e.POST("/volumes", s.createVolume)
 	e.GET("/volumes", s.listVolumes)
 	e.DELETE("/volumes/:name", s.deleteVolume)
+	e.POST("/mock/gpus/:index/faults", s.injectMockFault)
 	s.echo = e
 	return s, nil
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/distribution/reference"
 
+	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
@@ -83,6 +84,9 @@ func (r *StartInstanceRequest) validate() error {
 	if err := validateVolumes(r.Volumes); err != nil {
 		return err
 	}
+	if err := validateMIGProfile(r.MIGProfile, r.GPUCount, r.GPUs); err != nil {
+		return err
+	}
 	return validateGPUs(r.GPUCount, r.GPUs)
 }
 
@@ -126,7 +130,7 @@ func validateGPUs(count int, ids []string) error {
 	for i, id := range ids {
 		field := fmt.Sprintf("gpus[%d]", i)
 		if !isGPUIndex(id) && !isGPUUUID(id) {
-			return fieldErr(field, "must be a GPU UUID (GPU-...) or an index")
+			return fieldErr(field, "must be a GPU UUID (GPU-...), a MIG device UUID (MIG-...) or an index")
 		}
 		if seen[id] {
 			return fieldErr(field, "names %s twice", id)
@@ -149,6 +153,9 @@ func isGPUIndex(s string) bool {
 }
 
 func isGPUUUID(s string) bool {
+	if gpu.IsMIGUUID(s) {
+		return true
+	}
 	if !strings.HasPrefix(s, "GPU-") || len(s) > 64 || len(s) == 4 {
 		return false
 	}

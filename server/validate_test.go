@@ -68,6 +68,14 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "gpu twice", body: obj(`"gpus":["1","1"]`), field: "gpus[1]"},
 		{name: "gpu bare prefix", body: obj(`"gpus":["GPU-"]`), field: "gpus[0]"},
 		{name: "gpu with comma", body: obj(`"gpus":["GPU-a,GPU-b"]`), field: "gpus[0]"},
+		{name: "mig profile", body: obj(`"mig_profile":"1g.10gb"`), ok: true},
+		{name: "mig profile with media engines", body: obj(`"mig_profile":"1g.20gb+me"`), ok: true},
+		{name: "mig device by uuid", body: obj(`"gpus":["MIG-5f2c8a0e-1b2c-4d3e-8f90-0a1b2c3d4e5f"]`), ok: true},
+		{name: "mig profile unknown form", body: obj(`"mig_profile":"10gb"`), field: "mig_profile"},
+		{name: "mig profile all", body: obj(`"mig_profile":"all"`), field: "mig_profile"},
+		{name: "mig profile with count", body: obj(`"mig_profile":"1g.10gb","gpu_count":1`), field: "mig_profile"},
+		{name: "mig profile with gpus", body: obj(`"mig_profile":"1g.10gb","gpus":["0"]`), field: "mig_profile"},
+		{name: "mig uuid malformed", body: obj(`"gpus":["MIG-GPU-1/2/3"]`), field: "gpus[0]"},
 		{name: "everything", ok: true, body: obj(`"command":["-c","echo hi"],"entrypoint":["/bin/sh"],` +
 			`"env":{"FOO":"bar","EMPTY":""},"resources":{"cpus":1.5,"memory_mb":512,"pids":100,"shm_mb":64},` +
 			`"registry_auth":{"username":"u","password":"p"},"labels":{"team":"ml","a.b/c_d-e":"x"}`)},

@@ -55,7 +55,10 @@ type config struct {
 	GPUMock string
 	// NUMAAlign pins a GPU rental's CPUs and memory to its GPUs' NUMA
 	// node when its share fits there (NUMA_ALIGN, default true).
-	NUMAAlign           bool
+	NUMAAlign bool
+	// MIGRentals rents the MIG devices of GPUs in MIG mode as units
+	// (MIG_RENTALS, default false).
+	MIGRentals          bool
 	InstanceLogMaxBytes int64
 	TLSCertFile         string
 	TLSKeyFile          string
@@ -263,6 +266,12 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 		c.NUMAAlign = v == "true"
 	default:
 		return c, &configError{"NUMA_ALIGN", fmt.Sprintf("want true or false, got %q", v)}
+	}
+	switch v := get("MIG_RENTALS", "false"); v {
+	case "true", "false":
+		c.MIGRentals = v == "true"
+	default:
+		return c, &configError{"MIG_RENTALS", fmt.Sprintf("want true or false, got %q", v)}
 	}
 	logMax, err := strconv.ParseInt(get("INSTANCE_LOG_MAX_MB", "100"), 10, 64)
 	if err != nil || logMax < 1 || logMax > 1<<20 {

@@ -110,6 +110,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Warn("NVIDIA GPUs on the PCI bus but NVML is not visible to the agent; serving CPU rentals only, GPU rentals are refused",
 			"pci_gpus", n, "missing", "libnvidia-ml.so.1 and /dev/nvidia*", "fix", selftest.NoNVMLFix)
 	}
+	enableMIGRentals(cfg, inv, logger)
 	alloc := gpu.NewAllocator(inv)
 
 	// The injector compares every injection with the inventory (minors,
@@ -295,6 +296,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Pulls:       pulls,
 		Network:     networkChecker(rentalNet, rules),
 		Collectors:  append(agentCollectors(cfg, backend, heartbeats, rules), meter.Collector()),
+		MockFaults:  mockFaults(mock),
 		Volumes:     volumes,
 
 		MetricsToken: cfg.MetricsToken,

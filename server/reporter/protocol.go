@@ -112,6 +112,9 @@ type HeartbeatRequest struct {
 	// can serve one now and how well connected its GPUs would be; empty on
 	// a host without GPUs.
 	GPUFreeSets []gpu.BestFree `json:"gpu_free_sets"`
+	// MIGFree counts, per MIG profile the host has, the free and healthy
+	// MIG devices (MIG_RENTALS); absent when the host rents none.
+	MIGFree map[string]int `json:"mig_free,omitempty"`
 	// Orphans and Missing are the discrepancies found against the previous
 	// answer's expected_instances: instances on this host the server did
 	// not expect, and expected ones that are not here. Both are empty when

@@ -211,6 +211,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		InventoryFingerprint: snap.fingerprint,
 		GPUUsage:             nonNil(snap.usage),
 		GPUFreeSets:          nonNil(snap.freeSets),
+		MIGFree:              snap.migFree,
 		Orphans:              nonNil(r.pending.orphans),
 		Missing:              nonNil(r.pending.missing),
 		Resources:            r.resourcesInfo(),

@@ -16,6 +16,7 @@ type snapshot struct {
 	usage       []gpu.Usage
 	gpus        []gpu.GPU
 	freeSets    []gpu.BestFree
+	migFree     map[string]int
 	fingerprint string
 }
 
@@ -28,6 +29,9 @@ func (r *Reporter) snapshot(ctx context.Context) snapshot {
 		s.gpus = r.opts.GPUs.GPUs()
 		if len(s.gpus) > 0 {
 			s.freeSets = r.opts.GPUs.BestFree()
+		}
+		if m, ok := r.opts.GPUs.(migLister); ok {
+			s.migFree = migFree(m.MIGDevices())
 		}
 	}
 	s.fingerprint = inventoryFingerprint(s.gpus)
