@@ -267,6 +267,8 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	} else {
 		defer backend.Close()
 		checks = append(checks, selftest.RuntimeCheck(backend, rtName, address))
+		sc, _ := backend.(selftest.SnapshotterChecker)
+		checks = append(checks, selftest.SnapshotterCheck(sc, cfg.Pull.Snapshotter))
 	}
 	cniCheck := selftest.CNICheck(env.cniDirs)
 	if rtName == runtimeDocker {
@@ -395,6 +397,8 @@ func selftestBackend(ctx context.Context, cfg config, rtName string, devices con
 		Events:    discardEvents{},
 		Logger:    logger,
 		Devices:   devices,
+		// The test rental's image goes where rentals' images go.
+		Snapshotter: cfg.Pull.Snapshotter,
 	}
 	switch {
 	case rental && agentOwned:
