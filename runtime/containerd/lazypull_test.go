@@ -1,0 +1,105 @@
+package containerd
+
+import (
+	"log/slog"
+	"os"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/testenv"
+)
+
+// With SNAPSHOTTER=stargz an eStargz rental runs, and prints its first
+// line, having fetched a small part of its image: the layer of padding it
+// never reads stays in the registry. The same image on overlayfs is
+// fetched whole, which shows that the count sees what a pull fetches.
+func TestStargzStartsBeforeTheImageIsFetched(t *testing.T) {
+	testenv.Require(t, integrationBinaries...)
+	bin, err := testenv.StargzBinary()
+	if err != nil {
+		testenv.Unavailable(t, err.Error())
+	}
+	dir := t.TempDir()
+	sn, err := testenv.StartStargz(bin, dir+"/stargz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sn.Stop)
+	d, err := testenv.StartContainerdWith(dir+"/containerd", sn.ProxyPluginConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered after sn.Stop: runs before it, removing the rentals'
+	// snapshots while the snapshotter still answers.
+	t.Cleanup(func() { d.Close() })
+
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	const padding = 48 << 20
+	img, err := reg.PushEstargzPayload("lazy:estargz", padding)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.StartCountingProxy(reg.Host)
+	t.Cleanup(proxy.Close)
+	ref := proxy.Host + "/lazy:estargz"
+
+	lazy := newSnapshotterRuntime(t, d.Address, "rentals-lazy", StargzSnapshotter, conformance.NewRecorder())
+	if err := lazy.be.CheckSnapshotter(ctx(t)); err != nil {
+		t.Fatalf("containerd does not reach the stargz snapshotter: %v\n%s", err, sn.LogTail(2000))
+	}
+	if _, err := lazy.Start(ctx(t), runtime.InstanceSpec{ID: "lazy", Image: ref, Command: []string{"echo", "first-line", "sleep", "inf"}}); err != nil {
+		t.Fatalf("start on stargz: %v\n%s", err, sn.LogTail(4000))
+	}
+	waitForLog(t, lazy, "lazy", "first-line")
+	served := proxy.BlobBytes()
+	t.Logf("stargz: the rental printed its first line after %d of the image's %d bytes were served", served, img.Size)
+	if served >= img.Size/4 {
+		t.Errorf("stargz start fetched %d bytes of a %d-byte image: not lazy", served, img.Size)
+	}
+	// Not in containerd's content store: the snapshotter mounted it.
+	c, cctx := rawClient(t, d.Address, "rentals-lazy")
+	if _, err := c.ContentStore().Info(cctx, digest.Digest(img.Padding.String())); !errdefs.IsNotFound(err) {
+		t.Errorf("the padding layer is in containerd's content store (%v): it was fetched", err)
+	}
+	if err := lazy.Terminate(ctx(t), "lazy", 0); err != nil {
+		t.Fatal(err)
+	}
+
+	before := proxy.BlobBytes()
+	full := newSnapshotterRuntime(t, d.Address, "rentals-full", "", conformance.NewRecorder())
+	if _, err := full.Start(ctx(t), runtime.InstanceSpec{ID: "full", Image: ref, Command: []string{"echo", "first-line", "sleep", "inf"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, full, "full", "first-line")
+	if fetched := proxy.BlobBytes() - before; fetched < padding {
+		t.Errorf("overlayfs start fetched %d bytes, less than the %d bytes of padding: the count misses what a pull fetches", fetched, padding)
+	}
+	if err := full.Terminate(ctx(t), "full", 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// newSnapshotterRuntime is newRuntime with the rentals' images unpacked
+// into snapshotter ("" is containerd's default).
+func newSnapshotterRuntime(t *testing.T, addr, ns, snapshotter string, pub events.Publisher) *agent {
+	t.Helper()
+	r, err := New(Options{
+		Address:     addr,
+		Namespace:   ns,
+		AgentID:     "test-agent",
+		LogDir:      t.TempDir(),
+		Events:      pub,
+		Logger:      slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Snapshotter: snapshotter,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return withLifecycle(t, r, pub)
+}
