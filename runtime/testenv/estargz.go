@@ -21,20 +21,24 @@ type EstargzImage struct {
 	Ref string
 	// Size is the size of its layers' blobs, as a full pull fetches them.
 	Size int64
-	// Padding is the digest of the layer of random bytes no payload reads.
-	Padding v1.Hash
+	// Padding are the digests of the layers of random bytes no payload
+	// reads.
+	Padding []v1.Hash
 }
 
 // PushEstargzPayload pushes the payload image in eStargz, a lazy
 // snapshotter's format: the payload binary in one layer, and padding
 // random bytes as /padding in another, which the payload does not read.
 func (r *Registry) PushEstargzPayload(repoTag string, padding int) (EstargzImage, error) {
+	return r.PushEstargzPayloadLayers(repoTag, 1, padding)
+}
+
+// PushEstargzPayloadLayers is PushEstargzPayload with layers layers of
+// padding, each of layerSize random bytes (/padding-N), as a big image
+// of several layers has.
+func (r *Registry) PushEstargzPayloadLayers(repoTag string, layers, layerSize int) (EstargzImage, error) {
 	bin, err := BuildPayload()
 	if err != nil {
-		return EstargzImage{}, err
-	}
-	junk := make([]byte, padding)
-	if _, err := rand.Read(junk); err != nil {
 		return EstargzImage{}, err
 	}
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
@@ -46,11 +50,15 @@ func (r *Registry) PushEstargzPayload(repoTag string, padding int) (EstargzImage
 		return EstargzImage{}, err
 	}
 	out := EstargzImage{}
-	for _, f := range []struct {
-		name    string
-		content []byte
-	}{{"payload", bin}, {"padding", junk}} {
-		layer, annotations, err := estargzLayer(f.name, f.content)
+	for i := -1; i < layers; i++ {
+		name, content := "payload", bin
+		if i >= 0 {
+			name, content = "padding-"+strconv.Itoa(i), make([]byte, layerSize)
+			if _, err := rand.Read(content); err != nil {
+				return EstargzImage{}, err
+			}
+		}
+		layer, annotations, err := estargzLayer(name, content)
 		if err != nil {
 			return EstargzImage{}, err
 		}
@@ -62,10 +70,12 @@ func (r *Registry) PushEstargzPayload(repoTag string, padding int) (EstargzImage
 			return EstargzImage{}, err
 		}
 		out.Size += size
-		if f.name == "padding" {
-			if out.Padding, err = layer.Digest(); err != nil {
+		if i >= 0 {
+			d, err := layer.Digest()
+			if err != nil {
 				return EstargzImage{}, err
 			}
+			out.Padding = append(out.Padding, d)
 		}
 	}
 	if out.Ref, err = r.write(repoTag, img); err != nil {

@@ -51,14 +51,21 @@ type Stargz struct {
 // that the bytes a registry served show what a lazy start needed.
 const StargzConfig = "noprefetch = true\nno_background_fetch = true\n"
 
-// StartStargz starts bin under dir and waits until its socket is there.
+// StartStargz starts bin under dir with StargzConfig and waits until its
+// socket is there.
 func StartStargz(bin, dir string) (*Stargz, error) {
+	return StartStargzWithConfig(bin, dir, StargzConfig)
+}
+
+// StartStargzWithConfig is StartStargz with the configuration given (""
+// for the snapshotter's defaults, prefetch and background fetch on).
+func StartStargzWithConfig(bin, dir, configTOML string) (*Stargz, error) {
 	s := &Stargz{Dir: dir, Address: filepath.Join(dir, "stargz.sock"), LogPath: filepath.Join(dir, "stargz.log"), exited: make(chan struct{})}
 	config := filepath.Join(dir, "config.toml")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(config, []byte(StargzConfig), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(configTOML), 0o600); err != nil {
 		return nil, err
 	}
 	logf, err := os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
