@@ -68,6 +68,7 @@ func recordedEnv(cfg config) map[string]string {
 		"CDI_SPEC_DIRS":        strings.Join(cfg.CDISpecDirs, string(filepath.ListSeparator)),
 		"STATE_DIR":            cfg.StateDir,
 		"DISK_RESERVE_GB":      strconv.FormatUint(cfg.DiskReserveGB, 10),
+		"SNAPSHOTTER":          cfg.Pull.Snapshotter,
 		"RENTAL_NETWORK_NAME":  n.Name,
 		"RENTAL_SUBNET":        n.RentalSubnet.String(),
 		"HOST_PORT_RANGE":      n.HostPortRange.String(),

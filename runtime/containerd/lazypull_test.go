@@ -1,8 +1,10 @@
 package containerd
 
 import (
+	"errors"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -104,4 +106,22 @@ func newSnapshotterRuntime(t *testing.T, addr, ns, snapshotter string, pub event
 		t.Fatal(err)
 	}
 	return withLifecycle(t, r, pub)
+}
+
+// SNAPSHOTTER naming a snapshotter containerd does not have: the check
+// says so with the fix, and Ping (GET /readyz) fails, before any start.
+func TestMissingSnapshotterIsReported(t *testing.T) {
+	needDaemon(t)
+	r := newSnapshotterRuntime(t, daemon.Address, testNamespace(t), StargzSnapshotter, conformance.NewRecorder())
+	err := r.be.CheckSnapshotter(ctx(t))
+	if !errors.Is(err, ErrSnapshotterMissing) || !strings.Contains(err.Error(), "--lazy-pull") {
+		t.Fatalf("CheckSnapshotter = %v, want ErrSnapshotterMissing with the fix", err)
+	}
+	if err := r.Ping(ctx(t)); !errors.Is(err, ErrSnapshotterMissing) {
+		t.Errorf("Ping = %v, want ErrSnapshotterMissing", err)
+	}
+	// containerd's default is always there.
+	if err := newSnapshotterRuntime(t, daemon.Address, testNamespace(t)+"-default", "", conformance.NewRecorder()).Ping(ctx(t)); err != nil {
+		t.Errorf("Ping with the default snapshotter: %v", err)
+	}
 }
