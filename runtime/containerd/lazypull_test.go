@@ -21,24 +21,7 @@ import (
 // never reads stays in the registry. The same image on overlayfs is
 // fetched whole, which shows that the count sees what a pull fetches.
 func TestStargzStartsBeforeTheImageIsFetched(t *testing.T) {
-	testenv.Require(t, integrationBinaries...)
-	bin, err := testenv.StargzBinary()
-	if err != nil {
-		testenv.Unavailable(t, err.Error())
-	}
-	dir := t.TempDir()
-	sn, err := testenv.StartStargz(bin, dir+"/stargz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(sn.Stop)
-	d, err := testenv.StartContainerdWith(dir+"/containerd", sn.ProxyPluginConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Registered after sn.Stop: runs before it, removing the rentals'
-	// snapshots while the snapshotter still answers.
-	t.Cleanup(func() { d.Close() })
+	d, sn := startStargz(t)
 
 	reg := testenv.StartRegistry()
 	t.Cleanup(reg.Close)
@@ -86,6 +69,73 @@ func TestStargzStartsBeforeTheImageIsFetched(t *testing.T) {
 	}
 	if err := full.Terminate(ctx(t), "full", 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// startStargz starts a private containerd-stargz-grpc and a private
+// containerd that reaches it as the snapshotter "stargz", both stopped
+// with the test; it skips (or fails, in CI) the test without them.
+func startStargz(t *testing.T) (*testenv.Containerd, *testenv.Stargz) {
+	t.Helper()
+	testenv.Require(t, integrationBinaries...)
+	bin, err := testenv.StargzBinary()
+	if err != nil {
+		testenv.Unavailable(t, err.Error())
+	}
+	dir := t.TempDir()
+	sn, err := testenv.StartStargz(bin, dir+"/stargz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sn.Stop)
+	d, err := testenv.StartContainerdWith(dir+"/containerd", sn.ProxyPluginConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered after sn.Stop: runs before it, removing the rentals'
+	// snapshots while the snapshotter still answers.
+	t.Cleanup(func() { d.Close() })
+	return d, sn
+}
+
+// With SNAPSHOTTER=stargz, what the snapshotter cannot mount is pulled in
+// full by containerd, as on overlayfs: an image not in eStargz, and an
+// eStargz image whose registry wants the credentials only the start
+// carries.
+func TestStargzPullsOtherImagesInFull(t *testing.T) {
+	d, sn := startStargz(t)
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	plain, err := reg.PushPayload("plain:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	private, err := reg.PushEstargzPayload("private:estargz", 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.RequireBasicAuth("tenant", "s3cret-pass")
+	r := newSnapshotterRuntime(t, d.Address, testNamespace(t), StargzSnapshotter, conformance.NewRecorder())
+	for _, spec := range []runtime.InstanceSpec{
+		{ID: "plain", Image: plain, Command: []string{"echo", "plain-runs", "sleep", "inf"},
+			RegistryAuth: &runtime.RegistryAuth{Username: "tenant", Password: "s3cret-pass"}},
+		{ID: "private", Image: private.Ref, Command: []string{"echo", "private-runs", "sleep", "inf"},
+			RegistryAuth: &runtime.RegistryAuth{Username: "tenant", Password: "s3cret-pass"}},
+	} {
+		if _, err := r.Start(ctx(t), spec); err != nil {
+			t.Fatalf("%s: %v\n%s", spec.ID, err, sn.LogTail(4000))
+		}
+		waitForLog(t, r, spec.ID, spec.ID+"-runs")
+		if err := r.Terminate(ctx(t), spec.ID, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Fetched by containerd, so in its content store.
+	c, cctx := rawClient(t, d.Address, testNamespace(t))
+	for _, p := range private.Padding {
+		if _, err := c.ContentStore().Info(cctx, digest.Digest(p.String())); err != nil {
+			t.Errorf("the private image's padding layer is not in containerd's content store: %v", err)
+		}
 	}
 }
 
