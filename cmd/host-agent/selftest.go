@@ -267,8 +267,11 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	} else {
 		defer backend.Close()
 		checks = append(checks, selftest.RuntimeCheck(backend, rtName, address))
-		sc, _ := backend.(selftest.SnapshotterChecker)
-		checks = append(checks, selftest.SnapshotterCheck(sc, cfg.Pull.Snapshotter))
+		if sc, ok := backend.(selftest.SnapshotterChecker); ok || cfg.Pull.Snapshotter != "" {
+			checks = append(checks, selftest.SnapshotterCheck(sc, cfg.Pull.Snapshotter))
+		} else {
+			checks = append(checks, result("snapshotter", selftest.Result{Status: selftest.Skip, Detail: "not used on Docker: images go to Docker's storage driver, pulled in full"}))
+		}
 	}
 	cniCheck := selftest.CNICheck(env.cniDirs)
 	if rtName == runtimeDocker {
