@@ -2,15 +2,23 @@ package containerd
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/labels"
+	"github.com/containerd/continuity/fs"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -133,4 +141,88 @@ func (r *Runtime) CheckSnapshotter(ctx context.Context) error {
 		fix = "run deploy/setup-host.sh --lazy-pull (it installs containerd-stargz-grpc and containerd's proxy_plugins entry), or unset SNAPSHOTTER"
 	}
 	return fmt.Errorf("%w: containerd at %s cannot use snapshotter %q (%v): %s", ErrSnapshotterMissing, r.opts.Address, name, err, fix)
+}
+
+// errLayerNotLocal: a layer of an image is not in containerd's content
+// store, as when a lazy snapshotter mounted it from the registry.
+var errLayerNotLocal = errors.New("layer not in containerd's content store")
+
+// rootFSReader is an image whose files can be read from its unpacked
+// root file system when its layers are not in the content store.
+type rootFSReader interface {
+	readRootFSFiles(ctx context.Context, names ...string) (map[string][]byte, error)
+}
+
+// snapshotImage is an image on a lazy snapshotter: the agent reads its
+// /etc/passwd (for USER and the SSH keys' place) from a read-only view of
+// its snapshot, since its layers are fetched by the snapshotter, on
+// demand, and never reach the content store.
+type snapshotImage struct {
+	containerd.Image
+	sn snapshots.Snapshotter
+}
+
+// withRootFS gives img a way to its files through r's snapshotter when
+// that snapshotter may have mounted it lazily.
+func (r *Runtime) withRootFS(img containerd.Image) containerd.Image {
+	if r.opts.Snapshotter != StargzSnapshotter {
+		return img
+	}
+	return snapshotImage{Image: img, sn: r.client.SnapshotService(r.opts.Snapshotter)}
+}
+
+// readRootFSFiles reads the named files (relative to the root) from a
+// read-only view of the image's snapshot, mounted for the while. Mounting
+// needs the host's mount namespace and CAP_SYS_ADMIN, which the agent has
+// when it runs on the host. Files that are missing or not regular are
+// left out, as readImageFiles does.
+func (i snapshotImage) readRootFSFiles(ctx context.Context, names ...string) (map[string][]byte, error) {
+	diffIDs, err := i.RootFS(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("image layers: %w", err)
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	key := "host-agent-read-" + hex.EncodeToString(b[:])
+	mounts, err := i.sn.View(ctx, key, identity.ChainID(diffIDs).String())
+	if err != nil {
+		return nil, fmt.Errorf("view the image's snapshot: %w", convertErr(err))
+	}
+	defer func() { _ = i.sn.Remove(context.WithoutCancel(ctx), key) }()
+	found := map[string][]byte{}
+	err = mount.WithReadonlyTempMount(ctx, mounts, func(root string) error {
+		for _, name := range names {
+			// Symbolic links resolve inside the image's root.
+			p, err := fs.RootPath(root, name)
+			if err != nil {
+				return err
+			}
+			f, err := os.Open(p)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			fi, err := f.Stat()
+			if err != nil || !fi.Mode().IsRegular() {
+				f.Close()
+				continue
+			}
+			content, err := io.ReadAll(io.LimitReader(f, maxImageFile+1))
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+			if len(content) > maxImageFile {
+				return fmt.Errorf("%s is over %d bytes", name, maxImageFile)
+			}
+			found[name] = content
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the image's files from its snapshot: %w", err)
+	}
+	return found, nil
 }

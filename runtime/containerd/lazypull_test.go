@@ -1,14 +1,18 @@
 package containerd
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
 	"log/slog"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/conformance"
@@ -173,5 +177,41 @@ func TestMissingSnapshotterIsReported(t *testing.T) {
 	// containerd's default is always there.
 	if err := newSnapshotterRuntime(t, daemon.Address, testNamespace(t)+"-default", "", conformance.NewRecorder()).Ping(ctx(t)); err != nil {
 		t.Errorf("Ping with the default snapshotter: %v", err)
+	}
+}
+
+// An eStargz image whose USER is a name, started lazily with SSH keys:
+// the user is looked up in the image's /etc/passwd and /etc/group, which
+// are not in containerd's content store but in the snapshotter's mount.
+func TestStargzImageUserByName(t *testing.T) {
+	d, sn := startStargz(t)
+	reg := testenv.StartRegistry()
+	t.Cleanup(reg.Close)
+	ref, err := reg.PushEstargzUserImage("user:estargz", "app", testPasswd, testGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := conformance.NewRecorder()
+	r := newSnapshotterRuntime(t, d.Address, testNamespace(t), StargzSnapshotter, rec)
+	spec := runtime.InstanceSpec{ID: "named-user", Image: ref, Command: []string{"cat", "/proc/self/status"},
+		SSHAuthorizedKeys: []string{strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sshPub)))}}
+	if _, err := r.Start(ctx(t), spec); err != nil {
+		t.Fatalf("start: %v\n%s", err, sn.LogTail(4000))
+	}
+	rec.WaitFor(t, spec.ID, events.TypeInstanceExited, 30*time.Second)
+	out, _, err := r.Logs(ctx(t), spec.ID, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "Uid:\t1000\t1000\t1000\t1000") || !strings.Contains(string(out), "Groups:\t44 2000") {
+		t.Errorf("USER app on stargz: want uid 1000 and groups 44 2000, got:\n%s", out)
 	}
 }

@@ -84,6 +84,39 @@ func (r *Registry) PushEstargzPayloadLayers(repoTag string, layers, layerSize in
 	return out, nil
 }
 
+// PushEstargzUserImage is PushUserImage in eStargz: the payload, and
+// /etc/passwd and /etc/group in a second layer, with USER set to user.
+func (r *Registry) PushEstargzUserImage(repoTag, user, passwd, group string) (string, error) {
+	bin, err := BuildPayload()
+	if err != nil {
+		return "", err
+	}
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+		Architecture: goruntime.GOARCH, OS: "linux",
+		Config: v1.Config{Entrypoint: []string{"/payload"}, Env: []string{"PATH=/"}, User: user},
+	})
+	if err != nil {
+		return "", err
+	}
+	for _, files := range []map[string][]byte{
+		{"payload": bin},
+		{"etc/passwd": []byte(passwd), "etc/group": []byte(group)},
+	} {
+		tarLayer, err := layerOf(files)
+		if err != nil {
+			return "", err
+		}
+		layer, annotations, err := toEstargz(tarLayer)
+		if err != nil {
+			return "", err
+		}
+		if img, err = mutate.Append(img, mutate.Addendum{Layer: layer, Annotations: annotations}); err != nil {
+			return "", err
+		}
+	}
+	return r.write(repoTag, img)
+}
+
 // estargzLayer is a layer of one file in eStargz, with the annotations
 // the snapshotter verifies it by.
 func estargzLayer(name string, content []byte) (v1.Layer, map[string]string, error) {
@@ -91,6 +124,11 @@ func estargzLayer(name string, content []byte) (v1.Layer, map[string]string, err
 	if err != nil {
 		return nil, nil, err
 	}
+	return toEstargz(layer)
+}
+
+// toEstargz converts layer to eStargz.
+func toEstargz(layer v1.Layer) (v1.Layer, map[string]string, error) {
 	rc, err := layer.Uncompressed()
 	if err != nil {
 		return nil, nil, err
