@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 )
@@ -58,5 +61,36 @@ func TestSnapshotterRefusedOnChosenDocker(t *testing.T) {
 	}
 	if err := checkSnapshotter(runtimeContainerd, "stargz"); err != nil {
 		t.Fatalf("stargz on containerd: %v", err)
+	}
+}
+
+type fakeSnapshotter struct{ err error }
+
+func (f fakeSnapshotter) CheckSnapshotter(context.Context) error { return f.err }
+
+// A snapshotter containerd cannot use is logged at start as an error
+// naming it, with the fix the back end gives.
+func TestLogSnapshotter(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, snapshotter string
+		be                any
+		want              string
+	}{
+		{"missing", "stargz", fakeSnapshotter{errors.New("run deploy/setup-host.sh --lazy-pull")}, "level=ERROR msg=\"SNAPSHOTTER not usable"},
+		{"answers", "stargz", fakeSnapshotter{}, "level=INFO msg=\"snapshotter for rentals' images\" snapshotter=stargz"},
+		{"unset", "", fakeSnapshotter{errors.New("never asked")}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var buf bytes.Buffer
+			logSnapshotter(context.Background(), tc.be, tc.snapshotter, slog.New(slog.NewTextHandler(&buf, nil)))
+			if tc.want == "" && buf.Len() != 0 || !strings.Contains(buf.String(), tc.want) {
+				t.Errorf("logged %q, want %q", buf.String(), tc.want)
+			}
+			if tc.name == "missing" && !strings.Contains(buf.String(), "--lazy-pull") {
+				t.Errorf("logged %q, want the fix", buf.String())
+			}
+		})
 	}
 }
