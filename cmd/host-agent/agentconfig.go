@@ -70,6 +70,7 @@ func recordedEnv(cfg config) map[string]string {
 		"DISK_RESERVE_GB":      strconv.FormatUint(cfg.DiskReserveGB, 10),
 		"RENTAL_DISK_GB":       strconv.FormatUint(cfg.Disk.RentalGB, 10),
 		"DISK_WATCH_INTERVAL":  cfg.Disk.WatchInterval.String(),
+		"SNAPSHOTTER":          cfg.Pull.Snapshotter,
 		"RENTAL_NETWORK_NAME":  n.Name,
 		"RENTAL_SUBNET":        n.RentalSubnet.String(),
 		"HOST_PORT_RANGE":      n.HostPortRange.String(),

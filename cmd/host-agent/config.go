@@ -308,6 +308,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	if c.Pull, err = loadPullConfig(get); err != nil {
 		return c, err
 	}
+	if err := checkSnapshotter(c.Runtime, c.Pull.Snapshotter); err != nil {
+		return c, err
+	}
 	if c.ImageGCFreeGB, err = strconv.ParseUint(get("IMAGE_GC_FREE_GB", strconv.FormatUint(2*c.DiskReserveGB, 10)), 10, 32); err != nil {
 		return c, &configError{"IMAGE_GC_FREE_GB", "want a whole number of GiB (0: never remove images)"}
 	}

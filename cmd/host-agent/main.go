@@ -150,6 +150,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Error("container runtime not available", "runtime", rtName, "why", choice.Why)
 	}
 	cfg.Runtime = rtName
+	if err := checkSnapshotter(rtName, cfg.Pull.Snapshotter); err != nil {
+		return err
+	}
 	if err := writeAgentRecord(cfg); err != nil {
 		logger.Warn("host-agent selftest will not find this agent's configuration", "error", err)
 	}
@@ -181,6 +184,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	usagePub.meter.Store(meter)
+	logSnapshotter(ctx, backend, cfg.Pull.Snapshotter, logger)
 	if choice.Answers && choice.Held == "" {
 		// Before any rental can start on it.
 		if err := rememberRuntime(cfg, rtName); err != nil {

@@ -268,6 +268,11 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	} else {
 		defer backend.Close()
 		checks = append(checks, selftest.RuntimeCheck(backend, rtName, address))
+		if sc, ok := backend.(selftest.SnapshotterChecker); ok || cfg.Pull.Snapshotter != "" {
+			checks = append(checks, selftest.SnapshotterCheck(sc, cfg.Pull.Snapshotter))
+		} else {
+			checks = append(checks, result("snapshotter", selftest.Result{Status: selftest.Skip, Detail: "not used on Docker: images go to Docker's storage driver, pulled in full"}))
+		}
 	}
 	cniCheck := selftest.CNICheck(env.cniDirs)
 	if rtName == runtimeDocker {
@@ -400,6 +405,8 @@ func selftestBackend(ctx context.Context, cfg config, rtName string, devices con
 		Events:    discardEvents{},
 		Logger:    logger,
 		Devices:   devices,
+		// The test rental's image goes where rentals' images go.
+		Snapshotter: cfg.Pull.Snapshotter,
 	}
 	switch {
 	case rental && agentOwned:

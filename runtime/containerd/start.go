@@ -154,6 +154,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
 	}
 	r.touchImage(ctx, img.Name())
+	img = r.withRootFS(img)
 	r.fault(FaultAfterPull)
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
