@@ -201,7 +201,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		return err
 	}
 	disks := newDiskLimits(ctx, cfg, rtName, backend, inv.Len(), logger)
-	volumes, volumeKind, err := openVolumes(ctx, cfg, logger)
+	volumes, volumeKind, err := openVolumes(ctx, cfg, disks.limits, logger)
 	if err != nil {
 		return err
 	}

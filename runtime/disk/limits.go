@@ -3,6 +3,7 @@ package disk
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,6 +53,11 @@ type Limits struct {
 	// Used measures a rental's writable layer (the back end's DiskUsed);
 	// nil: what rentals wrote is not counted back.
 	Used func(ctx context.Context, id string) (uint64, error)
+	// Promised is what the same file system owes others and has not
+	// handed out yet (volumes' sizes not yet written: runtime/volume's
+	// Store.Promised, where VOLUME_DIR shares the disk); taken off what
+	// the disk allocates. Nil: nothing.
+	Promised func() uint64
 
 	mu   sync.Mutex
 	held map[string]uint64
@@ -97,10 +103,33 @@ func (l *Limits) Allocatable(ctx context.Context, except string) (alloc, held ui
 			total += min(used, lim)
 		}
 	}
+	if l.Promised != nil {
+		total -= min(total, l.Promised())
+	}
 	if total <= l.ReserveBytes {
 		return 0, held, nil
 	}
 	return total - l.ReserveBytes, held, nil
+}
+
+// Unwritten is what the rentals' limits promise and they have not written
+// yet: each limit less what its rental's writable layer holds (all of it
+// when it cannot be measured). A volume store on the same file system
+// keeps this free.
+func (l *Limits) Unwritten(ctx context.Context) uint64 {
+	l.mu.Lock()
+	held := maps.Clone(l.held)
+	l.mu.Unlock()
+	var n uint64
+	for id, lim := range held {
+		if l.Used != nil {
+			if used, err := l.Used(ctx, id); err == nil {
+				lim -= min(used, lim)
+			}
+		}
+		n += lim
+	}
+	return n
 }
 
 // share is the default limit of a rental holding gpus GPUs on a disk

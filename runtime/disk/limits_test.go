@@ -146,3 +146,31 @@ func TestLimitsReserveAndRestore(t *testing.T) {
 		t.Fatal("Records")
 	}
 }
+
+// Volumes on the same disk promise space too: what they have not written
+// yet is not the rentals' to take, and what rentals have not written of
+// their limits is not the volumes'.
+func TestLimitsShareTheDiskWithVolumes(t *testing.T) {
+	d := &fakeDisk{free: 100 * gib, used: map[string]uint64{}}
+	l := d.limits(10*gib, 0, 0)
+	promised := uint64(30 * gib)
+	l.Promised = func() uint64 { return promised }
+	alloc, _, err := l.Allocatable(context.Background(), "")
+	if err != nil || alloc != 60*gib {
+		t.Fatalf("Allocatable = %d GiB, %v; want 60 GiB (100 free - 30 promised to volumes - 10 reserve)", alloc/gib, err)
+	}
+	if _, err := l.Reserve(&runtime.InstanceSpec{ID: "big", Resources: runtime.Resources{DiskGB: 61}}); !isDiskRefusal(err) {
+		t.Fatalf("a 61 GiB limit beside 30 GiB promised to volumes: %v, want a disk refusal", err)
+	}
+	if _, err := l.Reserve(&runtime.InstanceSpec{ID: "a", Resources: runtime.Resources{DiskGB: 40}}); err != nil {
+		t.Fatal(err)
+	}
+	d.used["a"] = 15 * gib
+	if got := l.Unwritten(context.Background()); got != 25*gib {
+		t.Errorf("Unwritten = %d GiB, want 25 (a 40 GiB limit, 15 written)", got/gib)
+	}
+	promised = 0
+	if alloc, _, _ := l.Allocatable(context.Background(), ""); alloc != 105*gib {
+		t.Errorf("Allocatable with nothing promised = %d GiB, want 105 (100 free + 15 written by a - 10)", alloc/gib)
+	}
+}

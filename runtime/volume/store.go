@@ -110,6 +110,11 @@ type Options struct {
 	// Dir holds the volumes; created when missing.
 	Dir    string
 	Logger *slog.Logger
+	// Promised is what the same file system owes others and has not
+	// handed out yet (rentals' disk limits not yet written, where Dir
+	// shares the disk of their writable layers); a new volume must fit
+	// beside it. Nil: nothing.
+	Promised func() int64
 }
 
 // Store keeps the volumes of one directory and which rental holds each.
@@ -119,6 +124,8 @@ type Store struct {
 	dir   string
 	log   *slog.Logger
 	quota *projectQuota // nil: loop-mounted image files
+	// promised is Options.Promised.
+	promised func() int64
 
 	mu       sync.Mutex
 	vols     map[string]meta
@@ -148,7 +155,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if dir, err = filepath.Abs(dir); err != nil {
 		return nil, fmt.Errorf("volume store: %w", err)
 	}
-	s := &Store{dir: dir, log: opts.Logger.With("component", "volumes"), vols: map[string]meta{}, attached: map[string]string{}}
+	s := &Store{dir: dir, log: opts.Logger.With("component", "volumes"), vols: map[string]meta{}, attached: map[string]string{},
+		promised: opts.Promised}
 	q, why := detectProjectQuota(dir)
 	if q != nil {
 		s.quota = q
@@ -301,22 +309,41 @@ func (s *Store) make(ctx context.Context, m *meta) error {
 }
 
 // admit refuses a volume of size bytes that the store's file system could
-// not hold once every volume is full: image files are sparse.
+// not hold once every volume is full (image files are sparse) and every
+// rental sharing the disk has written up to its limit.
 func (s *Store) admit(size int64) error {
 	free, err := freeBytes(s.dir)
 	if err != nil {
 		return fmt.Errorf("read free space of %s: %w", s.dir, err)
 	}
-	var promised int64
-	for name, m := range s.vols {
-		promised += m.SizeGB*gib - s.allocated(name)
+	promised := s.promisedLocked()
+	var rentals int64
+	if s.promised != nil {
+		rentals = s.promised()
 	}
-	if free-promised < size {
+	if free-promised-rentals < size {
 		return fieldErr("size_gb", errdefs.ErrResourceExhausted,
-			"%d GiB do not fit: %d GiB free on the volumes' file system, %d GiB of it promised to existing volumes",
-			size/gib, free/gib, promised/gib)
+			"%d GiB do not fit: %d GiB free on the volumes' file system, %d GiB of it promised to existing volumes and %d GiB to rentals' disk limits",
+			size/gib, free/gib, promised/gib, rentals/gib)
 	}
 	return nil
+}
+
+// Promised is what the volumes may still write: their sizes less what
+// they already take of the file system. Rentals' disk limits on the same
+// file system keep it free (runtime/disk's Limits.Promised).
+func (s *Store) Promised() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.promisedLocked()
+}
+
+func (s *Store) promisedLocked() int64 {
+	var promised int64
+	for name, m := range s.vols {
+		promised += max(0, m.SizeGB*gib-s.allocated(name))
+	}
+	return promised
 }
 
 // allocated is what volume name already takes of the file system.
