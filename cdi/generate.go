@@ -65,7 +65,8 @@ type GenerateOptions struct {
 
 // EnsureNVIDIASpec makes sure the spec directories hold an NVIDIA spec that
 // names every GPU of inv (MIG-enabled ones excepted, which have no
-// whole-GPU device) by UUID and records inv's driver version, and that
+// whole-GPU device) and every MIG device inv rents (MIG_RENTALS) by UUID
+// and records inv's driver version, and that
 // passes the hook policy. If one does, it does nothing; otherwise it
 // generates one with nvcdi through lib and writes it atomically, mode 0644,
 // to OutDir/GeneratedSpecFile, and reports generated. On a host without
@@ -87,7 +88,8 @@ func (in *Injector) EnsureNVIDIASpec(ctx context.Context, inv Inventory, lib nvm
 		return false, nil
 	}
 	want := in.expectedGPUs(inv)
-	if len(want) == 0 {
+	migs := expectedMIGs(inv)
+	if len(want) == 0 && len(migs) == 0 {
 		return false, nil
 	}
 	driver := inv.DriverVersion()
@@ -118,7 +120,7 @@ func (in *Injector) EnsureNVIDIASpec(ctx context.Context, inv Inventory, lib nvm
 		return false, err
 	}
 	path := filepath.Join(opts.OutDir, GeneratedSpecFile)
-	if err := in.checkGenerated(raw, path, want, driver); err != nil {
+	if err := in.checkGenerated(raw, path, want, migs, driver); err != nil {
 		return false, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -162,7 +164,7 @@ func (in *Injector) generateDefaults(o GenerateOptions) (GenerateOptions, error)
 
 // checkGenerated refuses a generated spec that would not serve the GPUs or
 // that breaks the hook policy, before it is written.
-func (in *Injector) checkGenerated(raw *cdispec.Spec, path string, want []string, driver string) error {
+func (in *Injector) checkGenerated(raw *cdispec.Spec, path string, want, migs []string, driver string) error {
 	if raw.Annotations == nil {
 		raw.Annotations = map[string]string{}
 	}
@@ -175,6 +177,11 @@ func (in *Injector) checkGenerated(raw *cdispec.Spec, path string, want []string
 	if names := gpuNames(raw); !slices.Equal(names, want) {
 		return fmt.Errorf("%w: nvcdi generated devices [%s] for GPUs [%s]", errdefs.ErrFailedPrecondition,
 			strings.Join(names, " "), strings.Join(want, " "))
+	}
+	for _, m := range migs {
+		if !slices.ContainsFunc(raw.Devices, func(d cdispec.Device) bool { return d.Name == m }) {
+			return fmt.Errorf("%w: nvcdi generated no device for MIG device %s", errdefs.ErrFailedPrecondition, m)
+		}
 	}
 	var policy []string
 	policy = append(policy, in.editsPolicyProblems(&raw.ContainerEdits, fmt.Sprintf("CDI spec %s: spec-level edits", path))...)

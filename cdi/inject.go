@@ -17,6 +17,7 @@ import (
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 )
 
@@ -120,14 +121,14 @@ const regenerateTimeout = time.Minute
 // with another minor, a spec for another driver, a driver file gone.
 var errStaleSpec = errors.New("the CDI spec does not match the host")
 
-// deviceNames turns GPU UUIDs into qualified CDI names, refusing anything
-// else: "all", an index or a MIG device would widen or shift what the
+// deviceNames turns GPU and MIG device UUIDs into qualified CDI names,
+// refusing anything else: "all" or an index would widen or shift what the
 // tenant gets. Duplicates are dropped.
 func deviceNames(uuids []string) ([]string, error) {
 	var names, bad []string
 	seen := map[string]bool{}
 	for _, u := range uuids {
-		if !isGPUUUID(u) {
+		if !isGPUUUID(u) && !gpu.IsMIGUUID(u) {
 			bad = append(bad, fmt.Sprintf("%q", u))
 			continue
 		}
@@ -137,7 +138,7 @@ func deviceNames(uuids []string) ([]string, error) {
 		}
 	}
 	if len(bad) > 0 {
-		return nil, fmt.Errorf("%w: not GPU UUIDs (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx): %s",
+		return nil, fmt.Errorf("%w: not GPU or MIG device UUIDs (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, MIG-…): %s",
 			errdefs.ErrInvalidArgument, strings.Join(bad, ", "))
 	}
 	return names, nil
@@ -247,7 +248,20 @@ func (in *Injector) plan(names []string) (*plan, error) {
 			errdefs.ErrFailedPrecondition, strings.Join(names, ", "), strings.Join(policyProblems, "; "))
 	}
 
-	p.foreign = foreignNodes(in.classDevices(), injected, p.allocated)
+	class := in.classDevices()
+	migIssues, migParents := migProblems(devs, class, in.inv)
+	if len(migIssues) > 0 {
+		slices.Sort(migIssues)
+		for _, pr := range migIssues {
+			in.logger.Error("refusing MIG device injection", "problem", pr)
+		}
+		return nil, fmt.Errorf("%w: refusing to inject %s: %s",
+			errdefs.ErrFailedPrecondition, strings.Join(names, ", "), strings.Join(slices.Compact(migIssues), "; "))
+	}
+	p.foreign = foreignNodes(class, injected, p.allocated)
+	// The parent GPU node of an injected, verified MIG device is shared
+	// with its siblings and the parent's own entry: not another GPU's.
+	p.foreign.subtract(migParents)
 	var foreign []string
 	for path, owner := range p.allocated.byPath {
 		if other, ok := p.foreign.byPath[path]; ok {

@@ -111,7 +111,7 @@ func TestSpecOptsRefusesAnythingButAGPUUUID(t *testing.T) {
 
 	in, rec, _ := newTestInjector(t, []string{dir})
 	for _, id := range []string{"all", "0", "1", "nvidia.com/gpu=all", "nvidia.com/gpu=" + fakeUUIDs()[0],
-		"MIG-0a0a0a0a-0000-4000-8000-000000000000", "GPU-0a0a0a0a", "gpu-0a0a0a0a-0000-4000-8000-000000000000", ""} {
+		"MIG-GPU-0a0a0a0a-0000-4000-8000-000000000000/1/0", "MIG-0a0a0a0a", "GPU-0a0a0a0a", "gpu-0a0a0a0a-0000-4000-8000-000000000000", ""} {
 		t.Run(fmt.Sprintf("%q", id), func(t *testing.T) {
 			_, err := in.SpecOpts([]string{fakeUUIDs()[1], id})
 			if !errdefs.IsInvalidArgument(err) {

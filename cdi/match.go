@@ -20,8 +20,11 @@ func (in *Injector) mismatch(want []string, driver string, inv Inventory) string
 	in.snapshot(func() {
 		why = in.specMismatch(want, driver)
 		if why == "" {
+			why = in.migMismatch(expectedMIGs(inv), driver)
+		}
+		if why == "" {
 			var devs []*cdilib.Device
-			for _, uuid := range want {
+			for _, uuid := range append(slices.Clone(want), expectedMIGs(inv)...) {
 				if dev := in.cache.GetDevice(qualifiedName(uuid)); dev != nil {
 					devs = append(devs, dev)
 				}
@@ -106,6 +109,40 @@ func specDriverVersion(raw *cdispec.Spec) string {
 			if v, ok := strings.CutPrefix(base, lib); ok && strings.Contains(v, ".") {
 				return v
 			}
+		}
+	}
+	return ""
+}
+
+// expectedMIGs are the MIG devices inv rents (MIG_RENTALS), sorted: a
+// fitting spec has a device for each.
+func expectedMIGs(inv Inventory) []string {
+	mi, ok := inv.(migInventory)
+	if !ok || inv == nil {
+		return nil
+	}
+	var out []string
+	for _, m := range mi.MIGDevices() {
+		out = append(out, m.UUID)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// migMismatch says why the cache does not serve the MIG devices under
+// driver, or "".
+func (in *Injector) migMismatch(migs []string, driver string) string {
+	for _, uuid := range migs {
+		dev := in.cache.GetDevice(qualifiedName(uuid))
+		if dev == nil {
+			return fmt.Sprintf("no CDI device for MIG device %s", uuid)
+		}
+		spec := dev.GetSpec()
+		if v := specDriverVersion(spec.Spec); v != driver {
+			return fmt.Sprintf("%s records driver %q, the host has %q", specLabel(spec), v, driver)
+		}
+		if problems := in.hooks.deviceProblems(dev); len(problems) > 0 {
+			return problems[0]
 		}
 	}
 	return ""

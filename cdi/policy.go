@@ -237,6 +237,10 @@ func staleProblems(devs []*cdilib.Device, inv Inventory, driverFile string) []st
 	for _, g := range inv.GPUs() {
 		minors[g.UUID] = g.MinorNumber
 	}
+	// A MIG device maps to its parent's node.
+	for uuid, minor := range migParentMinors(inv) {
+		minors[uuid] = minor
+	}
 	specsSeen := map[*cdilib.Spec]bool{}
 	for _, dev := range devs {
 		name := dev.GetQualifiedName()

@@ -9,7 +9,7 @@
 # end) or an unpacked bundle directory. --out DIR receives report.json and
 # gpu-check.log. Other flags go to gpu-check, e.g. --driver-root DIR (default:
 # $NVIDIA_DRIVER_ROOT, else /usr/local/nvidia when it holds the driver, else
-# /) or --mock for a dry run on a machine without a GPU. Bounded at 5 minutes;
+# /) or --mock for a dry run on a machine without a GPU. Bounded at 7 minutes;
 # exits 0 when no stage failed.
 set -uo pipefail
 
@@ -61,11 +61,11 @@ run_check() {
   # The check links the C library dynamically (NVML is loaded with
   # dlopen): run it with the bundle's own loader and C library, so the
   # host's C library, whatever its age, does not matter.
-  timeout -k 10 300 "$dir/lib/ld-linux-x86-64.so.2" --library-path "$dir/lib" \
+  timeout -k 10 420 "$dir/lib/ld-linux-x86-64.so.2" --library-path "$dir/lib" \
     "$dir/gpu-check" --bundle "$dir" "${args[@]}"
   local rc=$?
   if [ "$rc" -eq 124 ]; then
-    echo "gpu-check FAIL: did not finish within 5 minutes"
+    echo "gpu-check FAIL: did not finish within 7 minutes"
   fi
   return "$rc"
 }

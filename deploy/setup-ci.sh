@@ -36,6 +36,8 @@ command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 command -v readelf >/dev/null || need_pkgs+=(binutils)
 command -v rpm >/dev/null || need_pkgs+=(rpm)
+# The disk tests make XFS loop devices (runtime/disk).
+command -v mkfs.xfs >/dev/null || need_pkgs+=(xfsprogs)
 # The OpenAPI and AsyncAPI linters are npm packages (deploy/ci-checks.sh).
 command -v npm >/dev/null || need_pkgs+=(nodejs npm)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -11,6 +11,17 @@
 #   deploy/setup-host.sh                    install only
 #   deploy/setup-host.sh --start-containerd also start containerd on
 #                                           /run/containerd/containerd.sock
+#   deploy/setup-host.sh --lazy-pull        also install and start
+#                                           stargz-snapshotter for lazy
+#                                           pulling (SNAPSHOTTER=stargz):
+#                                           containerd-stargz-grpc built
+#                                           from its source (Go), its
+#                                           config, its unit, and
+#                                           containerd's proxy_plugins entry
+#                                           (containerd is restarted when
+#                                           the entry is added: its tasks
+#                                           live on)
+# The flags combine.
 set -euo pipefail
 
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"
@@ -22,6 +33,16 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "setup-host.sh must run as root (it installs packages and starts containerd)" >&2
   exit 1
 fi
+
+start_containerd=false
+lazy_pull=false
+for arg in "$@"; do
+  case "$arg" in
+    --start-containerd) start_containerd=true ;;
+    --lazy-pull) lazy_pull=true ;;
+    *) echo "usage: $0 [--start-containerd] [--lazy-pull]" >&2; exit 2 ;;
+  esac
+done
 
 export PATH="/usr/local/go/bin:${BIN_DIR}:${PATH}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
@@ -54,7 +75,7 @@ if ! have_containerd; then
     "github.com/containerd/containerd/v2/cmd/ctr@${CONTAINERD_VERSION}"
 fi
 
-if [ "${1:-}" = "--start-containerd" ]; then
+if $start_containerd; then
   sock=/run/containerd/containerd.sock
   if ctr --address "$sock" version >/dev/null 2>&1; then
     log "containerd already answers on $sock"
@@ -78,5 +99,8 @@ if [ "${1:-}" = "--start-containerd" ]; then
     sleep 0.2
   done
   ctr --address "$sock" version >/dev/null || { echo "containerd did not come up; see its log" >&2; exit 1; }
+fi
+if $lazy_pull; then
+  bash "$(dirname "$0")/setup-lazy-pull.sh"
 fi
 log "ready: $(containerd --version | awk '{print $1, $3}'), $(runc --version | head -1)"

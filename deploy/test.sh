@@ -41,6 +41,8 @@ echo "== packages: .deb install test on a clean Debian root, systemd-analyze ver
 bash deploy/ci-checks.sh package
 echo "== dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
+echo "== stargz-snapshotter for the lazy-pulling tests"
+bash deploy/build-stargz.sh >/dev/null
 echo "== OpenAPI lint (redocly, spectral)"
 bash deploy/ci-checks.sh openapi
 echo "== AsyncAPI validation"

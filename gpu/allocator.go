@@ -13,10 +13,12 @@ import (
 
 // Request says which GPUs an instance wants: either Count of any free, healthy
 // GPUs, or exactly the GPUs named in IDs (each a UUID or a decimal NVML
-// index). The zero Request asks for no GPUs.
+// index, or a MIG device's UUID), or one free MIG device of MIGProfile. The
+// zero Request asks for no GPUs.
 type Request struct {
-	Count int
-	IDs   []string
+	Count      int
+	IDs        []string
+	MIGProfile string
 }
 
 // Allocator hands whole GPUs to instances, each GPU to at most one instance.
@@ -79,11 +81,22 @@ func (a *Allocator) Reserve(instanceID string, req Request) ([]Device, error) {
 		return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
 			"instance %s already holds GPUs %s; release them before asking for others", instanceID, uuids(have)))
 	}
-	if req.Count == 0 && len(wanted) == 0 {
+	if req.Count == 0 && len(wanted) == 0 && req.MIGProfile == "" {
 		return nil, nil
 	}
 
-	if wanted == nil {
+	if req.MIGProfile != "" {
+		free, have := a.freeMIGLocked(req.MIGProfile)
+		switch {
+		case !a.inv.migRentals:
+			return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
+				"MIG device %s requested, but this host does not rent MIG devices (MIG_RENTALS is off)", req.MIGProfile))
+		case len(free) == 0:
+			return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
+				"requested a MIG device of profile %s, none free (the host's profiles: %s)", req.MIGProfile, orNone(have)))
+		}
+		wanted = []*gpuState{a.pickMIG(free)}
+	} else if wanted == nil {
 		free := a.freeLocked()
 		if len(free) < req.Count {
 			return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
@@ -100,7 +113,7 @@ func (a *Allocator) Reserve(instanceID string, req Request) ([]Device, error) {
 				return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
 					"GPU %d (%s) is unhealthy: %s", g.info.Index, g.info.UUID, reason))
 			}
-			if g.info.MIGMode == MIGEnabled {
+			if g.mig == nil && g.info.MIGMode == MIGEnabled {
 				return nil, errdefs.ErrConflict.WithMessage(fmt.Sprintf(
 					"GPU %d (%s) has MIG enabled and cannot be rented whole", g.info.Index, g.info.UUID))
 			}
@@ -122,6 +135,12 @@ func (a *Allocator) resolve(req Request) ([]*gpuState, error) {
 	switch {
 	case req.Count < 0:
 		return nil, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("GPU count %d is negative", req.Count))
+	case req.MIGProfile != "" && !ValidMIGProfile(req.MIGProfile):
+		return nil, errdefs.ErrInvalidArgument.WithMessage(fmt.Sprintf("%q is not a MIG profile (like 1g.10gb)", req.MIGProfile))
+	case req.MIGProfile != "" && (req.Count > 1 || len(req.IDs) > 0):
+		return nil, errdefs.ErrInvalidArgument.WithMessage("a MIG profile asks for one MIG device: give no GPU count above 1 and no GPU IDs with it")
+	case req.MIGProfile != "":
+		return nil, nil
 	case req.Count > 0 && len(req.IDs) > 0:
 		return nil, errdefs.ErrInvalidArgument.WithMessage("ask for a GPU count or for GPU IDs, not both")
 	case len(req.IDs) == 0:
@@ -144,6 +163,9 @@ func (a *Allocator) resolve(req Request) ([]*gpuState, error) {
 
 // sameRequest reports whether req, asked again, is satisfied by have.
 func sameRequest(have []*gpuState, req Request, wanted []*gpuState) bool {
+	if req.MIGProfile != "" {
+		return len(have) == 1 && have[0].mig != nil && have[0].mig.desc.Profile == req.MIGProfile
+	}
 	if wanted != nil {
 		return slices.Equal(have, wanted)
 	}
@@ -210,6 +232,9 @@ func (a *Allocator) Restore(instanceID string, uuidList []string) error {
 	for _, u := range uuidList {
 		g, ok := a.inv.byUUID[u]
 		if !ok {
+			g, ok = a.inv.byMIG[u]
+		}
+		if !ok {
 			a.logger.Warn("restored instance names a GPU that is not in the inventory; leaving it out",
 				"instance_id", instanceID, "gpu", u)
 			continue
@@ -275,6 +300,13 @@ func uuids(gs []*gpuState) string {
 		s[i] = g.info.UUID
 	}
 	return strings.Join(s, ",")
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
 }
 
 func plural(n int, noun string) string {

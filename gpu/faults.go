@@ -40,7 +40,29 @@ func xidMeaning(xid uint64) string {
 // recorded first (in memory and, with RememberHealth, in the health file),
 // so that GET /instances/{id} shows it by the time the instance.gpu_fault
 // event arrives, then published.
-func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning string) {
+//
+// A fault on a GPU in MIG mode is told to the holder of each of its MIG
+// devices, naming the MIG device it holds: NVML reports it on the GPU.
+//
+// NVML names the GPU instance an Xid arose in (gi; NoInstance when it
+// concerns the whole GPU): a fault that leaves the GPU in service is then
+// told only to the holder of that instance's MIG device, not to its
+// neighbours, whose work it did not touch.
+func (inv *Inventory) reportFault(g *gpuState, kind string, xid uint64, meaning string, gi uint32) {
+	benched := inv.unhealthyReason(g) != ""
+	for _, unit := range append([]*gpuState{g}, inv.migChildren(g)...) {
+		if unit.mig != nil && !benched && gi != NoInstance && uint32(unit.mig.desc.GPUInstanceID) != gi {
+			continue
+		}
+		inv.reportFaultOn(unit, kind, xid, meaning)
+	}
+}
+
+// NoInstance is NVML's GPU instance ID of an event that concerns the whole
+// GPU rather than one GPU instance.
+const NoInstance = 0xFFFFFFFF
+
+func (inv *Inventory) reportFaultOn(g *gpuState, kind string, xid uint64, meaning string) {
 	holders := inv.holderTable()
 	if holders == nil {
 		return

@@ -167,15 +167,15 @@ func (inv *Inventory) handleEvent(e nvml.EventData) {
 			}
 			inv.logger.Info("Xid on GPU that needs no reset; GPU stays in service",
 				"gpu", g.info.UUID, "index", g.info.Index, "xid", xid, "instance_id", holder)
-			inv.reportFault(g, FaultXid, xid, xidMeaning(xid))
+			inv.reportFault(g, FaultXid, xid, xidMeaning(xid), e.GpuInstanceId)
 			return
 		}
 		inv.logger.Warn("Xid that needs a GPU reset or service", "gpu", g.info.UUID, "xid", xid, "meaning", benchingXids[xid])
 		inv.markUnhealthy(g, fmt.Sprintf("xid %d", xid))
-		inv.reportFault(g, FaultXid, xid, xidMeaning(xid))
+		inv.reportFault(g, FaultXid, xid, xidMeaning(xid), e.GpuInstanceId)
 	case nvml.EventTypeDoubleBitEccError:
 		inv.markUnhealthy(g, ReasonDoubleBitECC)
-		inv.reportFault(g, FaultECC, 0, ReasonDoubleBitECC)
+		inv.reportFault(g, FaultECC, 0, ReasonDoubleBitECC, NoInstance)
 	default:
 		inv.logger.Debug("ignoring NVML event", "gpu", g.info.UUID, "type", e.EventType, "data", e.EventData)
 	}

@@ -66,6 +66,9 @@ type Device struct {
 	UUID        string `json:"uuid"`
 	MinorNumber int    `json:"minor_number"`
 	PCIBusID    string `json:"pci_bus_id"`
+	// MIGProfile is set when the device is a MIG device: UUID is the MIG
+	// device's, Index, MinorNumber and PCIBusID its parent GPU's.
+	MIGProfile string `json:"mig_profile,omitempty"`
 }
 
 // Inventory is the host's GPUs as found by Open. The set of GPUs is fixed for
@@ -84,6 +87,11 @@ type Inventory struct {
 	// distinct link ranks present, best first; immutable after Open.
 	links [][]pairLink
 	ranks []int
+	// migs are the rentable MIG devices and byMIG finds them by UUID, set
+	// by EnableMIGRentals before use; immutable after.
+	migs       []*gpuState
+	byMIG      map[string]*gpuState
+	migRentals bool
 
 	mu       sync.Mutex
 	pub      Publisher    // set by WatchHealth
@@ -102,7 +110,10 @@ type Inventory struct {
 type gpuState struct {
 	info GPU // Healthy, UnhealthyReason and HeldBy are filled in on copy
 	dev  nvml.Device
-	pos  int // index into Inventory.gpus and links
+	pos  int // index into Inventory.gpus and links; -1 for a MIG device
+	// mig is set on a MIG device: a unit of its own, allocated like a
+	// GPU, whose health is its parent's.
+	mig *migInfo
 
 	// unhealthy is guarded by Inventory.mu. Once set it stays set: the
 	// errors that set it need a GPU reset or service. With RememberHealth
@@ -111,7 +122,11 @@ type gpuState struct {
 }
 
 func (g *gpuState) device() Device {
-	return Device{Index: g.info.Index, UUID: g.info.UUID, MinorNumber: g.info.MinorNumber, PCIBusID: g.info.PCIBusID}
+	d := Device{Index: g.info.Index, UUID: g.info.UUID, MinorNumber: g.info.MinorNumber, PCIBusID: g.info.PCIBusID}
+	if g.mig != nil {
+		d.MIGProfile = g.mig.desc.Profile
+	}
+	return d
 }
 
 // holderLookup is the one thing the inventory asks of the allocator: who
@@ -370,10 +385,14 @@ func (inv *Inventory) Close() error {
 	return nil
 }
 
-// lookup finds a GPU by UUID or by decimal NVML index.
+// lookup finds a GPU by UUID or by decimal NVML index, or a rentable MIG
+// device by UUID.
 func (inv *Inventory) lookup(id string) (*gpuState, bool) {
 	if g, ok := inv.byUUID[id]; ok {
 		return g, true
+	}
+	if m, ok := inv.byMIG[id]; ok {
+		return m, true
 	}
 	if !isDecimal(id) {
 		return nil, false
@@ -391,8 +410,12 @@ func (inv *Inventory) lookup(id string) (*gpuState, bool) {
 	return nil, false
 }
 
-// unhealthyReason is why g is out of service, or "" while it is healthy.
+// unhealthyReason is why g is out of service, or "" while it is healthy. A
+// MIG device is out of service when its parent is.
 func (inv *Inventory) unhealthyReason(g *gpuState) string {
+	if g.mig != nil {
+		g = g.mig.parent
+	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	return g.unhealthy

@@ -157,6 +157,9 @@ func (inv *Inventory) NUMANodeOf(uuid string) int {
 	if g, ok := inv.byUUID[uuid]; ok {
 		return g.info.NUMANode
 	}
+	if m, ok := inv.byMIG[uuid]; ok {
+		return m.info.NUMANode
+	}
 	return -1
 }
 

@@ -42,6 +42,14 @@ const (
 	// LabelOOMKilled is "true" once the kernel has killed a process of the
 	// instance for exceeding its memory limit.
 	LabelOOMKilled = LabelPrefix + "oom-killed"
+	// LabelExitReason says why the agent stopped the instance on its own
+	// account (ExitReasonDiskLimit), written before it is stopped so that
+	// the exit reports it whenever it is read, across agent restarts.
+	LabelExitReason = LabelPrefix + "exit-reason"
+	// LabelDiskLimitBytes is the limit of the instance's writable layer in
+	// bytes, recorded by runtime/disk's reservation (its labels share the
+	// prefix LabelPrefix + "disk.").
+	LabelDiskLimitBytes = LabelPrefix + "disk.limit-bytes"
 	// LabelGPUs lists the UUIDs of the GPUs the instance holds, comma
 	// separated; the allocation table is rebuilt from it after a restart.
 	LabelGPUs = LabelPrefix + "gpus"
@@ -68,7 +76,7 @@ const (
 var containerLabelKeys = []string{
 	LabelInstanceID, LabelAgentID, LabelSpecHash, LabelImage, LabelCreatedAt, LabelStartedAt,
 	LabelLogPath, LabelExitCode, LabelFinishedAt, LabelOOMKilled, LabelGPUs, LabelGPUIndexes,
-	LabelPorts, LabelNetNS, LabelIP, LabelScope,
+	LabelPorts, LabelNetNS, LabelIP, LabelScope, LabelExitReason, LabelBandwidth,
 }
 
 // RentalLabels are the labels a back end creates a rental's container
@@ -85,6 +93,9 @@ func RentalLabels(spec InstanceSpec, hash, agentID string, now time.Time) map[st
 	}
 	for k, v := range spec.Labels {
 		labels[LabelUserPrefix+k] = v
+	}
+	if bw := BandwidthOf(spec).String(); bw != "" {
+		labels[LabelBandwidth] = bw
 	}
 	maps.Copy(labels, spec.ReservedLabels)
 	return labels

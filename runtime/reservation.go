@@ -126,14 +126,18 @@ func RecordedByKind(k ReservationKind, all map[string]string) map[string]string 
 func mergeLabels(dst, src map[string]string) { maps.Copy(dst, src) }
 
 // GPURequest says which GPUs a rental wants: Count of any free, healthy GPUs,
-// or exactly IDs (UUIDs, or NVML indexes the allocator turns into UUIDs).
+// or exactly IDs (UUIDs, or NVML indexes the allocator turns into UUIDs), or
+// one free MIG device of MIGProfile ("1g.10gb").
 type GPURequest struct {
 	Count int
 	IDs   []string
+	// MIGProfile is left out of the encoding when empty, so that the hash
+	// of a spec without it is what it was before MIG rentals.
+	MIGProfile string `json:",omitempty"`
 }
 
 // IsZero reports whether no GPU is asked for.
-func (r GPURequest) IsZero() bool { return r.Count == 0 && len(r.IDs) == 0 }
+func (r GPURequest) IsZero() bool { return r.Count == 0 && len(r.IDs) == 0 && r.MIGProfile == "" }
 
 // GPU is one GPU held by an instance.
 type GPU struct {

@@ -7,6 +7,7 @@ package runtime
 
 import (
 	"context"
+	"strconv"
 	"time"
 
 	"github.com/host-agent/host-agent/runtime/hostport"
@@ -52,6 +53,54 @@ type LeftoverSweeper interface {
 	SweepLeftovers(ctx context.Context, live []Instance) error
 }
 
+// Exit reasons (Instance.ExitReason, the instance.exited event's reason).
+const (
+	// ExitReasonDiskLimit: the agent stopped the instance because its
+	// writable layer outgrew its disk limit, or because the host's disk
+	// fell to its reserve.
+	ExitReasonDiskLimit = "disk_limit"
+	// ExitReasonOOM: the kernel killed a process of the instance at its
+	// memory limit (OOMKilled).
+	ExitReasonOOM = "oom"
+)
+
+// ExitReason is the reason an exit reports: the one the agent recorded
+// when it stopped the instance, else ExitReasonOOM for an OOM kill.
+func ExitReason(recorded string, oomKilled bool) string {
+	if recorded == "" && oomKilled {
+		return ExitReasonOOM
+	}
+	return recorded
+}
+
+// ReasonStopper is a back end that stops a running instance on the
+// agent's own account: it records reason (LabelExitReason, or what the
+// back end keeps instead) before it kills the task, so that the exit
+// carries the reason even if the agent restarts in between. The container
+// stays, with what it holds, until the instance is terminated.
+type ReasonStopper interface {
+	StopWithReason(ctx context.Context, id, reason string) error
+}
+
+// DiskMeter measures the bytes a rental's writable layer uses; id is the
+// instance ID.
+type DiskMeter interface {
+	DiskUsed(ctx context.Context, id string) (uint64, error)
+}
+
+// DiskLimit returns the limit of the instance's writable layer in bytes,
+// as its labels record it; 0: none.
+func (i Instance) DiskLimit() uint64 { return DiskLimitOf(i.AgentLabels) }
+
+// DiskLimitOf reads LabelDiskLimitBytes from a container's labels; 0: none.
+func DiskLimitOf(labels map[string]string) uint64 {
+	n, err := strconv.ParseUint(labels[LabelDiskLimitBytes], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
 // MaxLogBytes caps the bytes one Logs call returns.
 const MaxLogBytes = 1 << 20
 
@@ -84,7 +133,10 @@ type Instance struct {
 	ExitCode *int
 	// OOMKilled says that the kernel killed a process of the instance for
 	// exceeding its memory limit (its exit code is then normally 137).
-	OOMKilled  bool
+	OOMKilled bool
+	// ExitReason says why an exited instance stopped when the agent knows
+	// (ExitReasonDiskLimit, ExitReasonOOM); empty otherwise.
+	ExitReason string
 	Pid        uint32
 	CreatedAt  time.Time
 	StartedAt  time.Time

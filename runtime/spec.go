@@ -34,6 +34,12 @@ type InstanceSpec struct {
 	// Left out of Hash when empty, so that earlier instances keep theirs.
 	Ports          []hostport.PortRequest `json:",omitempty"`
 	PublishedPorts []hostport.Mapping     `json:"-"`
+	// Volumes are the volumes to attach, by name (VolumeRequest);
+	// VolumeMounts is what was attached for them (by VolumeReservations),
+	// which the back end bind-mounts read-write. Left out of Hash when
+	// empty, so that earlier instances keep theirs.
+	Volumes      []VolumeRequest `json:",omitempty"`
+	VolumeMounts []VolumeMount   `json:"-"`
 	// ReservedLabels record what the Lifecycle reserved for the instance
 	// (GPUs, ports, addresses); the back end writes them on the container.
 	ReservedLabels map[string]string `json:"-"`
@@ -62,6 +68,15 @@ type Resources struct {
 	// of a spec without them is what it was before they existed.
 	CPUSetCPUs string `json:",omitempty"`
 	CPUSetMems string `json:",omitempty"`
+	// DiskGB limits the writable layer (runtime/disk); zero: the host's
+	// default. Omitted from Hash when zero, as above.
+	DiskGB int64 `json:",omitempty"`
+	// EgressMbps and IngressMbps bound the rental's traffic out of and
+	// into its network interface, in Mbit/s; zero: unlimited (or the
+	// host's default, BandwidthDefaults). Omitted from Hash when zero, so
+	// that the hash of a spec without them is what it was before.
+	EgressMbps  int64 `json:",omitempty"`
+	IngressMbps int64 `json:",omitempty"`
 }
 
 // DefaultPids is the pids limit of an instance that names none: every

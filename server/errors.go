@@ -147,16 +147,16 @@ func classify(err error) (int, errorResponse) {
 		return http.StatusBadGateway, body
 	}
 
-	// A GPU the allocator does not know is the gpus field's fault.
-	if step != nil && step.Step == runtime.StepAllocate && errdefs.IsInvalidArgument(kind) {
-		body.Field = "gpus"
-	}
-
 	// A runtime error about one request field (the host port range
-	// exhausted: ports) names it.
+	// exhausted: ports; a volume of another owner: volumes[0].owner) names
+	// it.
 	var fielder interface{ ErrorField() string }
-	if body.Field == "" && errors.As(err, &fielder) {
+	if errors.As(err, &fielder) {
 		body.Field = fielder.ErrorField()
+	}
+	// Else a GPU the allocator does not know is the gpus field's fault.
+	if body.Field == "" && step != nil && step.Step == runtime.StepAllocate && errdefs.IsInvalidArgument(kind) {
+		body.Field = "gpus"
 	}
 
 	status := http.StatusInternalServerError
@@ -168,6 +168,10 @@ func classify(err error) (int, errorResponse) {
 		status, body.Error = http.StatusNotFound, publicCause("not found", err)
 	case errdefs.IsInvalidArgument(kind):
 		status, body.Error = http.StatusBadRequest, publicCause("invalid request", err)
+	case errdefs.IsPermissionDenied(kind):
+		// The request's own fault (a volume of another owner), not the
+		// agent's token: not 401.
+		status, body.Error = http.StatusForbidden, publicCause("forbidden", err)
 	case errdefs.IsConflict(kind), errdefs.IsAlreadyExists(kind),
 		errdefs.IsFailedPrecondition(kind), errdefs.IsResourceExhausted(kind):
 		status, body.Error = http.StatusConflict, publicCause("conflict", err)

@@ -67,6 +67,14 @@ func first(list []string) string {
 	return list[0]
 }
 
+// firstVolume is the spec's first volume, or one named "<none>".
+func firstVolume(s runtime.InstanceSpec) runtime.VolumeRequest {
+	if len(s.Volumes) == 0 {
+		return runtime.VolumeRequest{Name: "<none>", Owner: "<none>", MountPath: "<none>"}
+	}
+	return s.Volumes[0]
+}
+
 // onlyKey is the one key of m, or a marker that fails the comparison.
 func onlyKey[V any](m map[string]V) string {
 	if len(m) != 1 {
@@ -110,6 +118,8 @@ var bodyStrings = []bodyString{
 		reached: startField(func(s runtime.InstanceSpec) string { return onlyKey(s.Labels) })},
 	{route: "/start_instance", path: "gpus[0]", body: `{"instance_id":"a","image":"nginx","gpus":[FUZZ]}`,
 		reached: startField(func(s runtime.InstanceSpec) string { return first(s.GPURequest.IDs) })},
+	{route: "/start_instance", path: "mig_profile", body: `{"instance_id":"a","image":"nginx","mig_profile":FUZZ}`,
+		reached: startField(func(s runtime.InstanceSpec) string { return s.GPURequest.MIGProfile })},
 	{route: "/start_instance", path: "ports[0].protocol", body: `{"instance_id":"a","image":"nginx","ports":[{"container_port":22,"protocol":FUZZ}]}`,
 		reached: startField(func(s runtime.InstanceSpec) string {
 			if len(s.Ports) != 1 {
@@ -127,6 +137,12 @@ var bodyStrings = []bodyString{
 		reached: startField(func(s runtime.InstanceSpec) string { return onlyKey(s.Ulimits) })},
 	{route: "/start_instance", path: "ssh_authorized_keys[0]", body: `{"instance_id":"a","image":"nginx","ssh_authorized_keys":[FUZZ]}`,
 		reached: startField(func(s runtime.InstanceSpec) string { return first(s.SSHAuthorizedKeys) })},
+	{route: "/start_instance", path: "volumes[0].name", body: `{"instance_id":"a","image":"nginx","volumes":[{"name":FUZZ,"owner":"o","mount_path":"/data"}]}`,
+		reached: startField(func(s runtime.InstanceSpec) string { return firstVolume(s).Name })},
+	{route: "/start_instance", path: "volumes[0].owner", body: `{"instance_id":"a","image":"nginx","volumes":[{"name":"ds","owner":FUZZ,"mount_path":"/data"}]}`,
+		reached: startField(func(s runtime.InstanceSpec) string { return firstVolume(s).Owner })},
+	{route: "/start_instance", path: "volumes[0].mount_path", body: `{"instance_id":"a","image":"nginx","volumes":[{"name":"ds","owner":"o","mount_path":FUZZ}]}`,
+		reached: startField(func(s runtime.InstanceSpec) string { return firstVolume(s).MountPath })},
 	{route: "/terminate_instance", path: "instance_id", body: `{"instance_id":FUZZ}`,
 		reached: func(r *received) (string, bool) {
 			if r.terminate == nil {
@@ -158,6 +174,8 @@ func seedOf(f bodyString) string {
 		return fuzzSSHKey
 	case "env", "labels":
 		return "team"
+	case "volumes[0].mount_path":
+		return "/data"
 	}
 	return "web-1"
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/host-agent/host-agent/gpu"
@@ -103,5 +104,16 @@ func TestGPUFaultReachesHolder(t *testing.T) {
 	alloc.Release("tenant-1")
 	if f := inv.Faults("tenant-1"); f != nil {
 		t.Errorf("faults after release: %+v", f)
+	}
+}
+
+// TestMockFaultsOnlyOnMockHost: without a mock GPU host the route answers
+// 404, saying why.
+func TestMockFaultsOnlyOnMockHost(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t, &fakeRuntime{})
+	rec := ts.do(t, http.MethodPost, "/mock/gpus/0/faults", `{"xid":79}`)
+	if rec.Code != http.StatusNotFound || !strings.Contains(rec.Body.String(), "GPU_MOCK") {
+		t.Fatalf("POST /mock/gpus/0/faults on a real host: %d %s", rec.Code, rec.Body)
 	}
 }

@@ -18,18 +18,27 @@ type GPUListResponse struct {
 	// FreeSets says, for rentals of 1, 2, 4 and 8 GPUs, whether one can be
 	// served now and how well connected its GPUs would be.
 	FreeSets []gpu.BestFree `json:"free_sets"`
+	// MIGDevices are the MIG devices rented as units (MIG_RENTALS); empty
+	// when MIG rentals are off or no GPU is in MIG mode.
+	MIGDevices []gpu.MIGDevice `json:"mig_devices"`
 	// Mock names the mock GPU machine (GPU_MOCK) the GPUs are; absent on
 	// real GPUs.
 	Mock string `json:"mock,omitempty"`
+}
+
+// migLister is the part of the inventory that lists MIG devices.
+type migLister interface {
+	MIGDevices() []gpu.MIGDevice
 }
 
 // listGPUs shows the host's GPUs with their health and holders. A host
 // without GPUs (or without NVML) answers an empty list.
 func (s *Server) listGPUs(c *echo.Context) error {
 	resp := GPUListResponse{
-		GPUs:     []gpu.GPU{},
-		Topology: gpu.Topology{GPUs: []int{}, Links: [][]gpu.Link{}, NUMANodes: []int{}},
-		FreeSets: []gpu.BestFree{},
+		GPUs:       []gpu.GPU{},
+		Topology:   gpu.Topology{GPUs: []int{}, Links: [][]gpu.Link{}, NUMANodes: []int{}},
+		FreeSets:   []gpu.BestFree{},
+		MIGDevices: []gpu.MIGDevice{},
 	}
 	if s.gpus != nil {
 		resp.DriverVersion = s.gpus.DriverVersion()
@@ -38,6 +47,11 @@ func (s *Server) listGPUs(c *echo.Context) error {
 			resp.GPUs = g
 		}
 		resp.Mock = s.gpuMock()
+		if m, ok := s.gpus.(migLister); ok {
+			if migs := m.MIGDevices(); len(migs) > 0 {
+				resp.MIGDevices = migs
+			}
+		}
 		if len(resp.GPUs) > 0 {
 			resp.Topology = s.gpus.Topology()
 			resp.FreeSets = s.gpus.BestFree()

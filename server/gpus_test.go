@@ -58,7 +58,7 @@ func TestListGPUs(t *testing.T) {
 	// A host without GPUs answers empty lists, not null.
 	ts = newTestServer(t, &fakeRuntime{})
 	rec = ts.do(t, http.MethodGet, "/gpus", "")
-	if rec.Code != http.StatusOK || rec.Body.String() != `{"driver_version":"","cuda_driver_version":"","gpus":[],"topology":{"gpus":[],"links":[],"numa_nodes":[]},"free_sets":[]}`+"\n" {
+	if rec.Code != http.StatusOK || rec.Body.String() != `{"driver_version":"","cuda_driver_version":"","gpus":[],"topology":{"gpus":[],"links":[],"numa_nodes":[]},"free_sets":[],"mig_devices":[]}`+"\n" {
 		t.Fatalf("GET /gpus without GPUs: %d %q", rec.Code, rec.Body)
 	}
 }

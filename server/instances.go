@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"sort"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/usage"
 )
 
 // Bounds of GET /instances/{id}/logs?tail=N.
@@ -107,6 +109,7 @@ func (s *Server) listInstances(c *echo.Context) error {
 	for _, inst := range list {
 		resp := instanceResponse(inst)
 		resp.GPUFaults = s.gpuFaults(inst.ID)
+		resp.Usage = s.usageOf(c.Request().Context(), inst, false)
 		out.Instances = append(out.Instances, resp)
 	}
 	sort.Slice(out.Instances, func(i, j int) bool {
@@ -126,7 +129,31 @@ func (s *Server) getInstance(c *echo.Context) error {
 	}
 	resp := instanceResponse(inst)
 	resp.GPUFaults = s.gpuFaults(inst.ID)
+	resp.Usage = s.usageOf(c.Request().Context(), inst, true)
 	return c.JSON(http.StatusOK, resp)
+}
+
+// UsageMeter meters the rentals (runtime/usage's Meter): Observe reads an
+// instance's counters now, Last answers what was read last.
+type UsageMeter interface {
+	Observe(ctx context.Context, inst runtime.Instance) usage.Usage
+	Last(id string) (usage.Usage, bool)
+}
+
+// usageOf is inst's usage: read now when fresh is set or nothing was read
+// yet, else as last read (GET /instances answers many at once); nil
+// without a meter.
+func (s *Server) usageOf(ctx context.Context, inst runtime.Instance, fresh bool) *usage.Usage {
+	if s.usage == nil {
+		return nil
+	}
+	if !fresh {
+		if u, ok := s.usage.Last(inst.ID); ok {
+			return &u
+		}
+	}
+	u := s.usage.Observe(ctx, inst)
+	return &u
 }
 
 // gpuFaults lists the GPU faults of instance id; nil on a host without GPUs.

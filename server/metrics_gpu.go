@@ -83,6 +83,43 @@ func (c *gpuCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(dcgmPower, u.PowerWatts)
 		gauge(dcgmXid, float64(lastXid(g.UnhealthyReason)))
 	}
+	c.collectMIG(ch, byUUID)
+}
+
+// migSampler is the part of the inventory that lists MIG devices and reads
+// the memory each uses.
+type migSampler interface {
+	MIGDevices() []gpu.MIGDevice
+	MIGUsages() []gpu.Usage
+}
+
+// collectMIG adds the framebuffer series of each rented MIG device, with
+// its MIG UUID, its parent's index and device node, its profile in
+// modelName and the instance holding it.
+func (c *gpuCollector) collectMIG(ch chan<- prometheus.Metric, byUUID map[string]gpu.GPU) {
+	ms, ok := c.s.gpus.(migSampler)
+	if !ok {
+		return
+	}
+	migs := map[string]gpu.MIGDevice{}
+	for _, m := range ms.MIGDevices() {
+		migs[m.UUID] = m
+	}
+	for _, u := range ms.MIGUsages() {
+		m, ok := migs[u.UUID]
+		if !ok {
+			continue
+		}
+		parent := byUUID[m.ParentUUID]
+		labels := []string{strconv.Itoa(m.ParentIndex), m.UUID, "nvidia" + strconv.Itoa(parent.MinorNumber),
+			parent.Name + " MIG " + m.Profile, parent.PCIBusID, m.HeldBy}
+		free := uint64(0)
+		if m.MemoryTotalBytes > u.MemoryUsedBytes {
+			free = m.MemoryTotalBytes - u.MemoryUsedBytes
+		}
+		ch <- prometheus.MustNewConstMetric(dcgmFBUsed, prometheus.GaugeValue, float64(u.MemoryUsedBytes>>20), labels...)
+		ch <- prometheus.MustNewConstMetric(dcgmFBFree, prometheus.GaugeValue, float64(free>>20), labels...)
+	}
 }
 
 // lastXid reads the Xid out of the reason a GPU was taken out of service

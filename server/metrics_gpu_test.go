@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/gpu/gpumock"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 )
@@ -201,5 +202,58 @@ func TestGPUMockMetric(t *testing.T) {
 		if list.Mock != mock {
 			t.Errorf("GET /gpus mock = %q, want %q", list.Mock, mock)
 		}
+	}
+}
+
+// TestDCGMMetricsMIG: each rented MIG device has the framebuffer series,
+// with its MIG UUID, its profile and the instance holding it.
+func TestDCGMMetricsMIG(t *testing.T) {
+	t.Parallel()
+	machine, err := gpumock.New(gpumock.DGXH100MIG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mig := machine.MIGDevices()[0]
+	mig.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		total := mig.Profile.MemoryMB << 20
+		return nvml.Memory{Total: total, Used: 3 << 30, Free: total - 3<<30}, nvml.SUCCESS
+	}
+	inv, err := gpu.Open(machine, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inv.Close() })
+	inv.EnableMIGRentals()
+	alloc := gpu.NewAllocator(inv)
+	if _, err := alloc.Reserve("rental-mig", gpu.Request{IDs: []string{mig.UUID}}); err != nil {
+		t.Fatal(err)
+	}
+	rt := &fakeRuntime{list: func(context.Context) ([]runtime.Instance, error) { return nil, nil }}
+	ts := newTestServer(t, rt, func(o *Options) { o.GPUs = inv })
+	fams := parseMetrics(t, ts.do(t, http.MethodGet, "/metrics", "").Body.String())
+	found := 0
+	for name, want := range map[string]float64{"DCGM_FI_DEV_FB_USED": 3 * 1024, "DCGM_FI_DEV_FB_FREE": float64(mig.Profile.MemoryMB - 3*1024)} {
+		migSeries := 0
+		for _, m := range fams[name].GetMetric() {
+			l := labelsOf(m)
+			if !strings.HasPrefix(l["UUID"], "MIG-") {
+				continue
+			}
+			migSeries++
+			if l["UUID"] != mig.UUID {
+				continue
+			}
+			found++
+			if m.GetGauge().GetValue() != want || l["instance_id"] != "rental-mig" || l["gpu"] != "0" ||
+				l["modelName"] != "NVIDIA H100 80GB HBM3 MIG 3g.40gb" || l["device"] != "nvidia0" {
+				t.Errorf("%s %v = %v, want %v", name, l, m.GetGauge().GetValue(), want)
+			}
+		}
+		if migSeries != 11 {
+			t.Errorf("%s: %d MIG series, want 11", name, migSeries)
+		}
+	}
+	if found != 2 {
+		t.Errorf("the held MIG device's series: %d of 2", found)
 	}
 }

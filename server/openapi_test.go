@@ -141,6 +141,9 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"GPUHeld":                   reflect.TypeFor[GPUResponse](),
 		"GPU":                       reflect.TypeFor[gpu.GPU](),
 		"GPUList":                   reflect.TypeFor[GPUListResponse](),
+		"MIGDevice":                 reflect.TypeFor[gpu.MIGDevice](),
+		"MockFaultRequest":          reflect.TypeFor[MockFaultRequest](),
+		"MockFaultResponse":         reflect.TypeFor[MockFaultResponse](),
 		"HostReport":                reflect.TypeFor[reporter.HostReport](),
 		"OSInfo":                    reflect.TypeFor[reporter.OSInfo](),
 		"CPUInfo":                   reflect.TypeFor[reporter.CPUInfo](),
@@ -161,6 +164,10 @@ func TestOpenAPIFieldsMatchStructs(t *testing.T) {
 		"ImageRemoveRequest":        reflect.TypeFor[ImageRemoveRequest](),
 		"ImageRemoveResponse":       reflect.TypeFor[ImageRemoveResponse](),
 		"ImageList":                 reflect.TypeFor[ImageList](),
+		"VolumeCreateRequest":       reflect.TypeFor[VolumeCreateRequest](),
+		"VolumeList":                reflect.TypeFor[VolumeList](),
+		"VolumeInfo":                reflect.TypeFor[VolumeInfo](),
+		"VolumeDeleteResponse":      reflect.TypeFor[VolumeDeleteResponse](),
 	}
 	c := &schemaChecker{t: t, doc: doc, visited: map[string]bool{}, decoded: map[reflect.Type]bool{
 		// The central server writes it and the agent reads it: every field

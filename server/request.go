@@ -10,6 +10,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/usage"
 )
 
 // The API's request and response bodies. Their JSON fields are mirrored in
@@ -30,6 +31,10 @@ type StartInstanceRequest struct {
 	// or NVML indexes). At most one of the two.
 	GPUCount int      `json:"gpu_count,omitempty"`
 	GPUs     []string `json:"gpus,omitempty"`
+	// MIGProfile asks for one free MIG device of that profile ("1g.10gb")
+	// on a host that rents MIG devices (MIG_RENTALS); not with gpu_count
+	// or gpus.
+	MIGProfile string `json:"mig_profile,omitempty"`
 	// Ports are container ports to publish, each on a host port the agent
 	// picks.
 	Ports []PortRequest `json:"ports,omitempty"`
@@ -38,6 +43,9 @@ type StartInstanceRequest struct {
 	// SSHAuthorizedKeys are public keys placed read-only at
 	// /root/.ssh/authorized_keys (and the image user's ~/.ssh).
 	SSHAuthorizedKeys []string `json:"ssh_authorized_keys,omitempty"`
+	// Volumes are volumes (POST /volumes) to mount read-write, each at its
+	// mount path; each must belong to the owner named.
+	Volumes []VolumeAttachRequest `json:"volumes,omitempty"`
 }
 
 // PortRequest asks for a container port to be published.
@@ -60,9 +68,14 @@ type ResourcesRequest struct {
 	MemoryMB int64   `json:"memory_mb,omitempty"`
 	Pids     int64   `json:"pids,omitempty"`
 	ShmMB    int64   `json:"shm_mb,omitempty"`
-	// DiskGB would limit the writable layer; refused where the
-	// snapshotter cannot enforce it (see validate).
+	// DiskGB limits the writable layer, in GiB (runtime/disk); absent:
+	// RENTAL_DISK_GB or the host's share.
 	DiskGB int64 `json:"disk_gb,omitempty"`
+	// EgressMbps and IngressMbps bound what the rental sends and
+	// receives, in Mbit/s; zero or absent: the host's default
+	// (RENTAL_EGRESS_MBPS, RENTAL_INGRESS_MBPS), unlimited without one.
+	EgressMbps  int64 `json:"egress_mbps,omitempty"`
+	IngressMbps int64 `json:"ingress_mbps,omitempty"`
 }
 
 // RegistryAuthRequest are credentials for pulling the image.
@@ -119,18 +132,27 @@ type InstanceResponse struct {
 	ExitCode *int `json:"exit_code"`
 	// OOMKilled says the kernel killed a process of the instance for
 	// exceeding its memory limit.
-	OOMKilled  bool              `json:"oom_killed"`
-	Pid        uint32            `json:"pid"`
-	CreatedAt  time.Time         `json:"created_at,omitzero"`
-	StartedAt  time.Time         `json:"started_at,omitzero"`
-	FinishedAt time.Time         `json:"finished_at,omitzero"`
-	Labels     map[string]string `json:"labels"`
-	GPUs       []GPUResponse     `json:"gpus"`
-	Ports      []PortResponse    `json:"ports"`
+	OOMKilled bool `json:"oom_killed"`
+	// Reason says why an exited instance stopped, when the agent knows:
+	// "disk_limit" or "oom"; absent otherwise.
+	Reason string `json:"reason,omitempty"`
+	// DiskLimitBytes is the limit of its writable layer; absent when it
+	// has none.
+	DiskLimitBytes uint64            `json:"disk_limit_bytes,omitempty"`
+	Pid            uint32            `json:"pid"`
+	CreatedAt      time.Time         `json:"created_at,omitzero"`
+	StartedAt      time.Time         `json:"started_at,omitzero"`
+	FinishedAt     time.Time         `json:"finished_at,omitzero"`
+	Labels         map[string]string `json:"labels"`
+	GPUs           []GPUResponse     `json:"gpus"`
+	Ports          []PortResponse    `json:"ports"`
 	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
 	// them, oldest first (as instance.gpu_fault events told); absent when
 	// none.
 	GPUFaults []gpu.Fault `json:"gpu_faults,omitempty"`
+	// Usage is what the instance has used since its start; absent where
+	// the agent meters nothing.
+	Usage *usage.Usage `json:"usage,omitempty"`
 }
 
 // ListInstancesResponse answers GET /instances.
@@ -173,9 +195,13 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 			MemoryMB: r.Resources.MemoryMB,
 			Pids:     r.Resources.Pids,
 			ShmMB:    r.Resources.ShmMB,
+			DiskGB:   r.Resources.DiskGB,
+
+			EgressMbps:  r.Resources.EgressMbps,
+			IngressMbps: r.Resources.IngressMbps,
 		}
 	}
-	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs)}
+	spec.GPURequest = runtime.GPURequest{Count: r.GPUCount, IDs: nilIfEmpty(r.GPUs), MIGProfile: r.MIGProfile}
 	for _, p := range r.Ports {
 		proto := p.Protocol
 		if proto == "" {
@@ -187,6 +213,7 @@ func (r *StartInstanceRequest) toSpec() runtime.InstanceSpec {
 		spec.Ulimits = maps.Clone(r.Ulimits)
 	}
 	spec.SSHAuthorizedKeys = nilIfEmpty(r.SSHAuthorizedKeys)
+	spec.Volumes = volumeRequests(r.Volumes)
 	spec.RegistryAuth = r.RegistryAuth.toRuntime()
 	return spec
 }
@@ -251,18 +278,20 @@ func instanceResponse(inst runtime.Instance) InstanceResponse {
 		labels = map[string]string{}
 	}
 	return InstanceResponse{
-		InstanceID:  inst.ID,
-		ContainerID: inst.ContainerID,
-		Image:       inst.Image,
-		Status:      string(inst.Status),
-		ExitCode:    inst.ExitCode,
-		OOMKilled:   inst.OOMKilled,
-		Pid:         inst.Pid,
-		CreatedAt:   inst.CreatedAt.UTC(),
-		StartedAt:   inst.StartedAt.UTC(),
-		FinishedAt:  inst.FinishedAt.UTC(),
-		Labels:      labels,
-		GPUs:        gpuResponses(inst.GPUs),
-		Ports:       portResponses(inst.Ports),
+		InstanceID:     inst.ID,
+		ContainerID:    inst.ContainerID,
+		Image:          inst.Image,
+		Status:         string(inst.Status),
+		ExitCode:       inst.ExitCode,
+		OOMKilled:      inst.OOMKilled,
+		Reason:         inst.ExitReason,
+		DiskLimitBytes: inst.DiskLimit(),
+		Pid:            inst.Pid,
+		CreatedAt:      inst.CreatedAt.UTC(),
+		StartedAt:      inst.StartedAt.UTC(),
+		FinishedAt:     inst.FinishedAt.UTC(),
+		Labels:         labels,
+		GPUs:           gpuResponses(inst.GPUs),
+		Ports:          portResponses(inst.Ports),
 	}
 }

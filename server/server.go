@@ -46,6 +46,9 @@ const (
 type Options struct {
 	// Runtime runs the rentals. Required.
 	Runtime runtime.Runtime
+	// MockFaults, set on a mock GPU host only, serves
+	// POST /mock/gpus/{index}/faults; without it that route answers 404.
+	MockFaults MockFaultInjector
 	// RuntimeName names it in GET /readyz (default "containerd").
 	RuntimeName string
 	// Hub feeds GET /ws. Required.
@@ -77,6 +80,8 @@ type Options struct {
 	DefaultStopTimeout time.Duration
 	// GPUs feeds GET /gpus; nil serves a host without GPUs.
 	GPUs GPUInventory
+	// Usage meters the rentals for GET /instances; nil: no usage answered.
+	Usage UsageMeter
 	// Host feeds GET /host; nil answers 503.
 	Host HostReporter
 
@@ -105,6 +110,9 @@ type Options struct {
 	// Collectors are more metrics for GET /metrics, such as the runtime
 	// back end's.
 	Collectors []prometheus.Collector
+	// Volumes keeps the host's volumes (POST, GET /volumes, DELETE
+	// /volumes/{name}); nil: those routes answer 501.
+	Volumes VolumeStore
 }
 
 // NetworkChecker says why rentals cannot be given a network now;
@@ -158,11 +166,14 @@ type Server struct {
 	pongWait    time.Duration
 	stopTimeout time.Duration
 	gpus        GPUInventory
+	usage       UsageMeter
+	mockFaults  MockFaultInjector
 	host        HostReporter
 	limits      connLimits
 	drain       Drainer
 	pulls       *PullTimer
 	network     NetworkChecker
+	volumes     VolumeStore
 	ready       *readiness
 	metrics     *metrics
 	echo        *echo.Echo
@@ -235,6 +246,8 @@ func New(opts Options) (*Server, error) {
 		pongWait:    opts.PongWait,
 		stopTimeout: opts.DefaultStopTimeout,
 		gpus:        opts.GPUs,
+		usage:       opts.Usage,
+		mockFaults:  opts.MockFaults,
 		host:        opts.Host,
 		limits: connLimits{readHeader: opts.ReadHeaderTimeout, body: opts.BodyTimeout,
 			idle: opts.IdleTimeout, maxConns: opts.MaxConnections},
@@ -242,6 +255,7 @@ func New(opts Options) (*Server, error) {
 		pulls:        opts.Pulls,
 		collectors:   opts.Collectors,
 		network:      opts.Network,
+		volumes:      opts.Volumes,
 		ready:        &readiness{now: time.Now},
 		authFailures: newAuthLimiter(),
 	}
@@ -280,6 +294,10 @@ func New(opts Options) (*Server, error) {
 	e.GET("/images", s.listImages)
 	e.POST("/images/pull", s.pullImage)
 	e.DELETE("/images", s.removeImage)
+	e.POST("/volumes", s.createVolume)
+	e.GET("/volumes", s.listVolumes)
+	e.DELETE("/volumes/:name", s.deleteVolume)
+	e.POST("/mock/gpus/:index/faults", s.injectMockFault)
 	s.echo = e
 	return s, nil
 }

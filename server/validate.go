@@ -7,6 +7,7 @@ import (
 
 	"github.com/distribution/reference"
 
+	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
@@ -30,6 +31,8 @@ const (
 	// maxSizeMB (16 TiB) keeps sizes far from overflowing when the runtime
 	// converts them to bytes.
 	maxSizeMB = 16 << 20
+	// maxDiskGB bounds a writable layer's limit (a PiB).
+	maxDiskGB = 1 << 20
 	// maxPids is the kernel's largest pid_max.
 	maxPids = 1 << 22
 	// maxGPUs is far above any server's GPU count.
@@ -78,6 +81,12 @@ func (r *StartInstanceRequest) validate() error {
 	if err := validateSSHKeys(r.SSHAuthorizedKeys); err != nil {
 		return err
 	}
+	if err := validateVolumes(r.Volumes); err != nil {
+		return err
+	}
+	if err := validateMIGProfile(r.MIGProfile, r.GPUCount, r.GPUs); err != nil {
+		return err
+	}
 	return validateGPUs(r.GPUCount, r.GPUs)
 }
 
@@ -121,7 +130,7 @@ func validateGPUs(count int, ids []string) error {
 	for i, id := range ids {
 		field := fmt.Sprintf("gpus[%d]", i)
 		if !isGPUIndex(id) && !isGPUUUID(id) {
-			return fieldErr(field, "must be a GPU UUID (GPU-...) or an index")
+			return fieldErr(field, "must be a GPU UUID (GPU-...), a MIG device UUID (MIG-...) or an index")
 		}
 		if seen[id] {
 			return fieldErr(field, "names %s twice", id)
@@ -144,6 +153,9 @@ func isGPUIndex(s string) bool {
 }
 
 func isGPUUUID(s string) bool {
+	if gpu.IsMIGUUID(s) {
+		return true
+	}
 	if !strings.HasPrefix(s, "GPU-") || len(s) > 64 || len(s) == 4 {
 		return false
 	}
@@ -261,10 +273,12 @@ func (r *ResourcesRequest) validate() error {
 		return fieldErr("resources.pids", "must be greater than 0 and at most %d", maxPids)
 	case r.ShmMB < 0 || r.ShmMB > maxSizeMB:
 		return fieldErr("resources.shm_mb", "must be greater than 0 and at most %d", maxSizeMB)
-	case r.DiskGB != 0:
-		// containerd's overlayfs snapshotter has no size limit for a
-		// writable layer: refuse rather than pretend.
-		return fieldErr("resources.disk_gb", "this host's snapshotter (overlayfs) cannot limit the writable layer; leave disk_gb out")
+	case r.DiskGB < 0 || r.DiskGB > maxDiskGB:
+		return fieldErr("resources.disk_gb", "must be greater than 0 and at most %d", maxDiskGB)
+	case r.EgressMbps < 0 || r.EgressMbps > runtime.MaxBandwidthMbps:
+		return fieldErr("resources.egress_mbps", "must be between 0 (the host's default) and %d Mbit/s", runtime.MaxBandwidthMbps)
+	case r.IngressMbps < 0 || r.IngressMbps > runtime.MaxBandwidthMbps:
+		return fieldErr("resources.ingress_mbps", "must be between 0 (the host's default) and %d Mbit/s", runtime.MaxBandwidthMbps)
 	}
 	return nil
 }

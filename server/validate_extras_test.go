@@ -59,16 +59,28 @@ func TestUlimitsAndSSHKeysValidation(t *testing.T) {
 	}
 }
 
-// A writable-layer limit the snapshotter cannot enforce is refused, not
-// ignored.
-func TestDiskLimitRefusedWhereUnenforceable(t *testing.T) {
+// A writable-layer limit is taken, in whole GiB, and reaches the spec; a
+// negative or absurd one is refused naming the field.
+func TestDiskLimitValidated(t *testing.T) {
 	t.Parallel()
 	var req StartInstanceRequest
 	if err := decodeJSON([]byte(obj(`"resources":{"disk_gb":50}`)), &req); err != nil {
 		t.Fatal(err)
 	}
-	var fe *FieldError
-	if err := req.validate(); !errors.As(err, &fe) || fe.Field != "resources.disk_gb" || !strings.Contains(fe.Msg, "cannot limit") {
-		t.Errorf("disk_gb: %v", err)
+	if err := req.validate(); err != nil {
+		t.Fatalf("disk_gb 50: %v", err)
+	}
+	if got := req.toSpec().Resources.DiskGB; got != 50 {
+		t.Fatalf("spec's DiskGB %d, want 50", got)
+	}
+	for _, bad := range []string{`-1`, `1048577`} {
+		var req StartInstanceRequest
+		if err := decodeJSON([]byte(obj(`"resources":{"disk_gb":`+bad+`}`)), &req); err != nil {
+			t.Fatal(err)
+		}
+		var fe *FieldError
+		if err := req.validate(); !errors.As(err, &fe) || fe.Field != "resources.disk_gb" {
+			t.Errorf("disk_gb %s: %v, want a *FieldError for resources.disk_gb", bad, err)
+		}
 	}
 }

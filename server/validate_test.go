@@ -68,6 +68,14 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "gpu twice", body: obj(`"gpus":["1","1"]`), field: "gpus[1]"},
 		{name: "gpu bare prefix", body: obj(`"gpus":["GPU-"]`), field: "gpus[0]"},
 		{name: "gpu with comma", body: obj(`"gpus":["GPU-a,GPU-b"]`), field: "gpus[0]"},
+		{name: "mig profile", body: obj(`"mig_profile":"1g.10gb"`), ok: true},
+		{name: "mig profile with media engines", body: obj(`"mig_profile":"1g.20gb+me"`), ok: true},
+		{name: "mig device by uuid", body: obj(`"gpus":["MIG-5f2c8a0e-1b2c-4d3e-8f90-0a1b2c3d4e5f"]`), ok: true},
+		{name: "mig profile unknown form", body: obj(`"mig_profile":"10gb"`), field: "mig_profile"},
+		{name: "mig profile all", body: obj(`"mig_profile":"all"`), field: "mig_profile"},
+		{name: "mig profile with count", body: obj(`"mig_profile":"1g.10gb","gpu_count":1`), field: "mig_profile"},
+		{name: "mig profile with gpus", body: obj(`"mig_profile":"1g.10gb","gpus":["0"]`), field: "mig_profile"},
+		{name: "mig uuid malformed", body: obj(`"gpus":["MIG-GPU-1/2/3"]`), field: "gpus[0]"},
 		{name: "everything", ok: true, body: obj(`"command":["-c","echo hi"],"entrypoint":["/bin/sh"],` +
 			`"env":{"FOO":"bar","EMPTY":""},"resources":{"cpus":1.5,"memory_mb":512,"pids":100,"shm_mb":64},` +
 			`"registry_auth":{"username":"u","password":"p"},"labels":{"team":"ml","a.b/c_d-e":"x"}`)},
@@ -79,6 +87,7 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "nulls", ok: true, body: obj(`"resources":null,"env":null,"registry_auth":null`)},
 		{name: "zero resources are defaults", ok: true, body: obj(`"resources":{"cpus":0,"memory_mb":0,"pids":0,"shm_mb":0}`)},
 		{name: "smallest limits", ok: true, body: obj(`"resources":{"cpus":0.01,"memory_mb":4,"pids":1,"shm_mb":1}`)},
+		{name: "bandwidth limits", ok: true, body: obj(`"resources":{"egress_mbps":50,"ingress_mbps":400000}`)},
 		{name: "largest cpus", ok: true, body: obj(`"resources":{"cpus":1024}`)},
 		{name: "username alone", ok: true, body: obj(`"registry_auth":{"username":"u"}`)},
 		{name: "1000 env entries", ok: true, body: obj(`"env":` + manyEntries(1000, 1))},
@@ -146,6 +155,11 @@ func TestStartInstanceValidation(t *testing.T) {
 		{name: "pids negative", body: obj(`"resources":{"pids":-1}`), field: "resources.pids"},
 		{name: "pids too many", body: obj(`"resources":{"pids":4194305}`), field: "resources.pids"},
 		{name: "shm negative", body: obj(`"resources":{"shm_mb":-5}`), field: "resources.shm_mb"},
+		{name: "egress negative", body: obj(`"resources":{"egress_mbps":-1}`), field: "resources.egress_mbps"},
+		{name: "egress huge", body: obj(`"resources":{"egress_mbps":400001}`), field: "resources.egress_mbps"},
+		{name: "ingress negative", body: obj(`"resources":{"ingress_mbps":-1}`), field: "resources.ingress_mbps"},
+		{name: "ingress huge", body: obj(`"resources":{"ingress_mbps":9223372036854775807}`), field: "resources.ingress_mbps"},
+		{name: "egress fractional", body: obj(`"resources":{"egress_mbps":1.5}`), field: "resources.egress_mbps"},
 		{name: "resources not object", body: obj(`"resources":4`), field: "resources"},
 
 		{name: "password without username", body: obj(`"registry_auth":{"password":"p"}`), field: "registry_auth.username"},
@@ -259,14 +273,14 @@ func TestToSpec(t *testing.T) {
 	t.Parallel()
 	var full StartInstanceRequest
 	body := obj(`"command":["a"],"entrypoint":["sh"],"env":{"A":"1"},"labels":{"l":"v"},` +
-		`"resources":{"cpus":2,"memory_mb":64,"pids":10,"shm_mb":8},"registry_auth":{"username":"u","password":"p"}`)
+		`"resources":{"cpus":2,"memory_mb":64,"pids":10,"shm_mb":8,"egress_mbps":50,"ingress_mbps":70},"registry_auth":{"username":"u","password":"p"}`)
 	if err := decodeJSON([]byte(body), &full); err != nil {
 		t.Fatal(err)
 	}
 	want := runtime.InstanceSpec{
 		ID: "web-1", Image: "docker.io/library/nginx:1.27", Command: []string{"a"}, Entrypoint: []string{"sh"},
 		Env: map[string]string{"A": "1"}, Labels: map[string]string{"l": "v"},
-		Resources:    runtime.Resources{CPUs: 2, MemoryMB: 64, Pids: 10, ShmMB: 8},
+		Resources:    runtime.Resources{CPUs: 2, MemoryMB: 64, Pids: 10, ShmMB: 8, EgressMbps: 50, IngressMbps: 70},
 		RegistryAuth: &runtime.RegistryAuth{Username: "u", Password: "p"},
 	}
 	if got := full.toSpec(); !reflect.DeepEqual(got, want) {

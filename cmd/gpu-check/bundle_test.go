@@ -53,6 +53,9 @@ func TestBundle(t *testing.T) {
 	}
 	r := readReport(t, filepath.Join(out, "report.json"))
 	for _, s := range r.Stages {
+		if s.Name == "mig" && s.Status == statusSkipped {
+			continue // the dgxh100 mock has no GPU in MIG mode
+		}
 		if s.Status != statusPass {
 			t.Errorf("stage %d %s: %s %s%s", s.Number, s.Name, s.Status, s.Error, s.Reason)
 		}

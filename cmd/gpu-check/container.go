@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
@@ -46,11 +47,23 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 		}
 	}
 	details := map[string]any{}
-
-	env := append(os.Environ(), "PATH="+c.cfg.bundle+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-	d, err := daemon.Start(ctx, filepath.Join(c.cfg.bundle, "containerd"), filepath.Join(c.cfg.work, "containerd"), env)
+	logs, err := c.runProbe(ctx, out, c.cdi, c.alloc, c.target.UUID, "containerd", details)
 	if err != nil {
 		return details, err
+	}
+	return details, c.judgeProbe(logs, details)
+}
+
+// runProbe starts a private containerd from the bundle (its state under
+// workName in the work directory) and, through the agent's own start path
+// with injector and alloc, a rental holding the GPU or MIG device uuid that
+// runs the probe; it returns the probe's output once it finished, and
+// removes the rental. details gets what it learnt on the way.
+func (c *check) runProbe(ctx context.Context, out io.Writer, injector *cdi.Injector, alloc *gpu.Allocator, uuid, workName string, details map[string]any) (string, error) {
+	env := append(os.Environ(), "PATH="+c.cfg.bundle+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	d, err := daemon.Start(ctx, filepath.Join(c.cfg.bundle, "containerd"), filepath.Join(c.cfg.work, workName), env)
+	if err != nil {
+		return "", err
 	}
 	defer func() {
 		if err := d.Close(); err != nil {
@@ -59,44 +72,44 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 	}()
 	sn, err := snapshotter(ctx, d.Address)
 	if err != nil {
-		return details, err
+		return "", err
 	}
 	fmt.Fprintf(out, "containerd from the bundle answers on %s (snapshotter %s)\n", d.Address, sn)
 	details["snapshotter"] = sn
 
 	archive := filepath.Join(c.cfg.work, "probe-image.tar")
 	if err := buildImage(archive, filepath.Join(c.cfg.bundle, "gpu-check-probe"), filepath.Join(c.cfg.bundle, "lib")); err != nil {
-		return details, fmt.Errorf("build the probe image: %w", err)
+		return "", fmt.Errorf("build the probe image: %w", err)
 	}
 	const ns = "rentals"
 	if err := importImage(ctx, d.Address, ns, archive); err != nil {
-		return details, err
+		return "", err
 	}
 	fmt.Fprintf(out, "image %s imported\n", probeImage)
 
 	backend, err := containerd.New(containerd.Options{
 		Address: d.Address, Namespace: ns, AgentID: "gpu-check", Snapshotter: sn,
-		LogDir: filepath.Join(c.cfg.work, "logs"), Logger: c.cfg.logger, Devices: c.cdi,
+		LogDir: filepath.Join(c.cfg.work, "logs"), Logger: c.cfg.logger, Devices: injector,
 	})
 	if err != nil {
-		return details, err
+		return "", err
 	}
 	defer backend.Close()
 	// The agent's own lifecycle, with every reservation kind a rental
 	// takes (internal/agent), over the stage's allocator.
 	rt, _, err := agent.NewLifecycle(backend, agent.LifecycleOptions{
 		Inventory:    c.inv,
-		Reservations: checkReservations(c.alloc, c.cfg.work),
+		Reservations: checkReservations(alloc, c.cfg.work),
 		Logger:       c.cfg.logger,
 	})
 	if err != nil {
-		return details, fmt.Errorf("the agent's reservations: %w", err)
+		return "", fmt.Errorf("the agent's reservations: %w", err)
 	}
 	defer rt.Close()
 	inst, err := rt.Start(ctx, runtime.InstanceSpec{
 		ID: instanceID, Image: probeImage,
 		Env:        map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"},
-		GPURequest: runtime.GPURequest{IDs: []string{c.target.UUID}},
+		GPURequest: runtime.GPURequest{IDs: []string{uuid}},
 	})
 	if err != nil {
 		err = fmt.Errorf("start the rental: %w", err)
@@ -104,7 +117,7 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 			err = fmt.Errorf("the host refused the container (sandboxed? %s): %w", sandboxHint(), err)
 		}
 		fmt.Fprintf(out, "containerd log (tail):\n%s\n", d.LogTail(2000))
-		return details, err
+		return "", err
 	}
 	defer func() {
 		tctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -119,17 +132,14 @@ func (c *check) stageContainer(ctx context.Context, out io.Writer) (any, error) 
 	}
 	details["instance_gpus"] = held
 	fmt.Fprintf(out, "rental %s started, holding %v\n", inst.ContainerID, held)
-	if !slices.Equal(held, []string{c.target.UUID}) {
-		return details, fmt.Errorf("the rental holds %v, want exactly [%s]", held, c.target.UUID)
+	if !slices.Equal(held, []string{uuid}) {
+		return "", fmt.Errorf("the rental holds %v, want exactly [%s]", held, uuid)
 	}
 
 	logs, err := waitForProbe(ctx, rt)
 	fmt.Fprintf(out, "-- the probe's output:\n%s", logs)
 	details["probe_output"] = logs
-	if err != nil {
-		return details, err
-	}
-	return details, c.judgeProbe(logs, details)
+	return logs, err
 }
 
 // checkReservations are the agent's defaults (RENTAL_PIDS_LIMIT 16384,

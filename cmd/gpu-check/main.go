@@ -1,5 +1,5 @@
 // Command gpu-check proves the agent's GPU path on a machine with an NVIDIA
-// GPU, in five bounded stages, each printing its result before the next
+// GPU, in six bounded stages, each printing its result before the next
 // starts, and ends with a one-line summary:
 //
 //  1. nvml: the agent's inventory (driver, CUDA, every GPU's UUID, memory,
@@ -13,6 +13,10 @@
 //  5. container: a private containerd and runc from the bundle, and a rental
 //     holding that GPU through the agent's start path; inside, exactly that
 //     GPU's device node, and nvidia-smi -L listing exactly that GPU.
+//  6. mig: on a GPU in MIG mode with MIG devices, the same for one MIG
+//     device: a spec with its entry, its parent's node and its own
+//     nvidia-caps nodes only, in the spec and in a rental, and nvidia-smi
+//     -L listing exactly it; skipped, saying why, on a GPU without MIG.
 //
 // The driver may live outside / (NVIDIA_DRIVER_ROOT, or /usr/local/nvidia
 // where sandboxed machines put it): NVML and nvcdi are both pointed there.
@@ -39,7 +43,7 @@ import (
 )
 
 // runTimeout bounds the whole check; the stages' own bounds add up to less.
-const runTimeout = 290 * time.Second
+const runTimeout = 400 * time.Second
 
 // config is what the flags and the host decide.
 type config struct {
@@ -132,6 +136,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		{"health", healthWindow + 15*time.Second, c.stageHealth},
 		{"allocation", 10 * time.Second, c.stageAllocation},
 		{"container", 140 * time.Second, c.stageContainer},
+		{"mig", 100 * time.Second, c.stageMIG},
 	}
 	for i, s := range stages {
 		rep.Stages = append(rep.Stages, runStage(ctx, stdout, i+1, s))

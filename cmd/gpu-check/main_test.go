@@ -49,7 +49,7 @@ func stageDetails(t *testing.T, s StageResult, v any) {
 
 // TestDryRunOnMock runs the built binary with --mock, as CI does between
 // draws of a real GPU: stages 1-4 must pass on the dgxh100 mock and a fake
-// driver root, and stage 5 must say why it was skipped.
+// driver root, and stages 5 and 6 must say why they were skipped.
 func TestDryRunOnMock(t *testing.T) {
 	testenv.Require(t) // mknod for the fake device nodes needs root
 	dir := t.TempDir()
@@ -62,7 +62,7 @@ func TestDryRunOnMock(t *testing.T) {
 		t.Fatalf("dry run failed: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
 	}
 	r := readReport(t, jsonPath)
-	if !r.Mock || !r.Passed || len(r.Stages) != 5 {
+	if !r.Mock || !r.Passed || len(r.Stages) != 6 {
 		t.Fatalf("report: mock %v passed %v, %d stages\n%s", r.Mock, r.Passed, len(r.Stages), stdout.String())
 	}
 	for i, want := range []string{"nvml", "cdi", "health", "allocation"} {
@@ -73,12 +73,16 @@ func TestDryRunOnMock(t *testing.T) {
 	if s := r.Stages[4]; s.Name != "container" || s.Status != statusSkipped || !strings.Contains(s.Reason, "mock") {
 		t.Errorf("stage 5: %s %s reason %q, want container skipped because of the mock", s.Name, s.Status, s.Reason)
 	}
+	if s := r.Stages[5]; s.Name != "mig" || s.Status != statusSkipped || !strings.Contains(s.Reason, "no GPU has MIG enabled") ||
+		!strings.Contains(s.Reason, "GPU 0 MIG disabled") {
+		t.Errorf("stage 6: %s %s reason %q, want mig skipped because no GPU has MIG enabled", s.Name, s.Status, s.Reason)
+	}
 
 	// Each stage's result is printed before the next stage starts, and
 	// the last line is the summary.
 	out := stdout.String()
 	last := 0
-	for n := 1; n <= 5; n++ {
+	for n := 1; n <= 6; n++ {
 		begin := strings.Index(out, "== stage "+string(rune('0'+n)))
 		end := strings.Index(out, "-- stage "+string(rune('0'+n)))
 		if begin < last || end < begin {
@@ -87,7 +91,7 @@ func TestDryRunOnMock(t *testing.T) {
 		last = end
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if got := lines[len(lines)-1]; got != r.Summary || !strings.HasPrefix(got, "gpu-check PASS: 4/5 stages passed") {
+	if got := lines[len(lines)-1]; got != r.Summary || !strings.HasPrefix(got, "gpu-check PASS: 4/6 stages passed") {
 		t.Errorf("last line %q, report summary %q", got, r.Summary)
 	}
 
@@ -157,7 +161,7 @@ func TestDryRunFailsWithoutDriver(t *testing.T) {
 			t.Errorf("stage %d %s: %s, want skipped", s.Number, s.Name, s.Status)
 		}
 	}
-	if !strings.HasPrefix(r.Summary, "gpu-check FAIL: 0/5") {
+	if !strings.HasPrefix(r.Summary, "gpu-check FAIL: 0/6") {
 		t.Errorf("summary %q", r.Summary)
 	}
 }

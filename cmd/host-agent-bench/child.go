@@ -21,7 +21,9 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/internal/agent"
+	"github.com/host-agent/host-agent/runtime"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -91,15 +93,23 @@ func child() error {
 	if err != nil {
 		return err
 	}
+	// The daemon's usage meter, read as often and carried by exits.
+	meter, err := agent.NewMeter(filepath.Join(work, "usage"), be, logger)
+	if err != nil {
+		_ = be.Close()
+		return err
+	}
 	// Built by the daemon's builder, with its reservation kinds (GPUs,
-	// share, disk reserve, NUMA), its reporter, API server and loops.
+	// share, disk limits, NUMA, bandwidth), its reporter, API server and
+	// loops (the disk watch and the usage meter among them).
 	a, err := agent.New(ctx, agent.Options{
 		Logger:         logger,
 		Events:         ev,
 		Inventory:      inv,
 		Injector:       injector,
 		Backend:        be,
-		Reservations:   benchReservations(work),
+		Reservations:   benchReservations(work, be, inv.Len()),
+		Usage:          meter,
 		RestoreTimeout: 3 * time.Second,
 		Reporter: &reporter.Options{ServerURL: os.Getenv(envCentral), AgentID: "bench", Token: benchToken,
 			Interval: heartbeatEvery, DataDir: work},
@@ -123,17 +133,29 @@ func child() error {
 // but for the rental sizes the bench's loads need: hundreds of CPU
 // rentals at once, which one GPU's share each would not fit (an operator
 // hosting many small rentals sets CPU_RENTAL_MEMORY_MB the same way), and
-// a disk reserve of 1 GiB on the bench's directory rather than 20, since
-// the bench's images are small.
-func benchReservations(work string) agent.Reservations {
+// a disk reserve of 1 GiB on the bench's directory rather than 20 and a
+// default disk limit of 64 MiB (RENTAL_DISK_GB in bytes), since the
+// bench's images are small and its rentals write next to nothing. The
+// limits are watched every DISK_WATCH_INTERVAL's default. No volume store:
+// the bench's rentals name no volumes.
+func benchReservations(work string, be agent.Backend, gpus int) agent.Reservations {
+	limits := &disk.Limits{Path: work, ReserveBytes: 1 << 30, Default: benchDiskLimitBytes, GPUs: gpus}
+	if m, ok := be.(runtime.DiskMeter); ok {
+		limits.Used = m.DiskUsed
+	}
 	return agent.Reservations{
 		Shares: agent.ShareOptions{ReservedMemoryMB: 2048, ReservedCPUs: 1, Pids: 16384, ShmFraction: 0.5,
 			CPURentalMemoryMB: benchCPURentalMemoryMB, CPURentalCPUs: 1},
-		DiskPath:         work,
-		DiskReserveBytes: 1 << 30,
-		NUMAAlign:        true,
+		DiskPath:          work,
+		DiskReserveBytes:  1 << 30,
+		DiskLimits:        limits,
+		DiskWatchInterval: disk.DefaultWatchInterval,
+		NUMAAlign:         true,
 	}
 }
+
+// benchDiskLimitBytes is the disk limit of each of the bench's rentals.
+const benchDiskLimitBytes = 64 << 20
 
 // profileOnSignal writes a CPU profile to dir/cpu-N.pprof from each SIGUSR1
 // to the next SIGUSR2.

@@ -38,6 +38,9 @@ func main() {
 	flag.StringVar(&cfg.ProfileDir, "profile", "", "write the agent's CPU profiles (start/terminate runs, GET /instances load, CPU bursts) to this directory")
 	flag.StringVar(&cfg.JSONPath, "json", "", "also write the results as JSON to this file")
 	flag.Parse()
+	if *lazyOnly {
+		os.Exit(lazyMain())
+	}
 	for _, f := range strings.Split(bursts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {

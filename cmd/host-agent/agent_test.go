@@ -222,6 +222,17 @@ func TestAgentEndToEnd(t *testing.T) {
 	if code, body := agent.call("GET", "/host", nil); code != http.StatusOK || body["agent_id"] != "e2e-host" {
 		t.Fatalf("GET /host: %d %v", code, body)
 	}
+	// This machine's kernel has no XFS quotas: disk limits are watched,
+	// and the host says so and why.
+	if _, body := agent.call("GET", "/host", nil); fmt.Sprint(body["disk_limit"]) == "<nil>" ||
+		body["disk_limit"].(map[string]any)["mode"] != "watched" || body["disk_limit"].(map[string]any)["why"] == "" {
+		t.Fatalf("GET /host's disk_limit: %v", body["disk_limit"])
+	}
+	// A disk limit larger than the disk is refused, naming disk.
+	if code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "e2e-huge", "image": image,
+		"resources": map[string]any{"disk_gb": 1 << 20}}); code != http.StatusConflict || body["field"] != "disk" {
+		t.Fatalf("a 1 PiB disk limit: %d %v, want 409 field disk", code, body)
+	}
 	if code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "gpu-1", "image": image, "gpu_count": 1}); code != http.StatusConflict || !strings.Contains(fmt.Sprint(body["error"]), "0 free") {
 		t.Fatalf("GPU rental on a host without GPUs: %d %v", code, body)
 	}
@@ -234,6 +245,10 @@ func TestAgentEndToEnd(t *testing.T) {
 	}
 	await(t, evs, "e2e-web", events.TypeInstancePulling)
 	await(t, evs, "e2e-web", events.TypeInstanceRunning)
+	// It named no disk limit: it got the default, recorded on it.
+	if _, body := agent.call("GET", "/instances/e2e-web", nil); fmt.Sprint(body["disk_limit_bytes"]) == "<nil>" {
+		t.Fatalf("e2e-web has no disk limit: %v", body)
+	}
 
 	if code, body := agent.call("POST", "/start_instance", map[string]any{"instance_id": "e2e-exit", "image": image, "command": []string{"exit", "4"}}); code != http.StatusOK {
 		t.Fatalf("start e2e-exit: %d %v", code, body)

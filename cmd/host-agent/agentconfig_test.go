@@ -19,7 +19,7 @@ func TestAgentRecordReadsBackToTheAgentsSettings(t *testing.T) {
 		"RENTAL_NETWORK_NAME": "two", "RENTAL_SUBNET": "192.168.213.0/24", "HOST_PORT_RANGE": "41000-41099",
 		"BLOCKED_EGRESS_CIDRS": "10.0.0.0/8,203.0.113.0/24", "ALLOWED_EGRESS_CIDRS": "10.1.2.0/24",
 		"RENTAL_DNS": "198.51.100.53,198.51.100.54", "PUBLIC_IP": "198.51.100.7", "CDI_SPEC_DIRS": "/etc/cdi:/run/cdi",
-		"DISK_RESERVE_GB": "7",
+		"DISK_RESERVE_GB": "7", "SNAPSHOTTER": "stargz",
 	}
 	cfg, err := loadConfig(mapLookup(agentEnv), filepath.Join(t.TempDir(), ".env"))
 	if err != nil {
@@ -66,6 +66,7 @@ func TestAgentRecordReadsBackToTheAgentsSettings(t *testing.T) {
 		{"CDI_SPEC_DIRS", fmt.Sprint(got.CDISpecDirs), fmt.Sprint(cfg.CDISpecDirs)},
 		{"DISK_RESERVE_GB", fmt.Sprint(got.DiskReserveGB), fmt.Sprint(cfg.DiskReserveGB)},
 		{"STATE_DIR", got.StateDir, cfg.StateDir},
+		{"SNAPSHOTTER", got.Pull.Snapshotter, "stargz"},
 	} {
 		if f.got != f.want {
 			t.Errorf("%s read back as %q, want %q", f.name, f.got, f.want)

@@ -181,6 +181,7 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices *cdi.Inje
 		PullStallTimeout:  cfg.PullStallTimeout,
 		RegistryConfigDir: cfg.Pull.ConfigDir,
 		RegistryAuthFile:  cfg.Pull.AuthFile,
+		Snapshotter:       cfg.Pull.Snapshotter,
 
 		ImageGCMinFreeBytes: cfg.ImageGCFreeGB << 30,
 		FreeSpace:           func() (uint64, error) { return disk.Free(cfg.ContainerdRoot) },

@@ -20,6 +20,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/gpu/gpumock"
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/docker"
 )
 
@@ -54,7 +55,10 @@ type config struct {
 	GPUMock string
 	// NUMAAlign pins a GPU rental's CPUs and memory to its GPUs' NUMA
 	// node when its share fits there (NUMA_ALIGN, default true).
-	NUMAAlign           bool
+	NUMAAlign bool
+	// MIGRentals rents the MIG devices of GPUs in MIG mode as units
+	// (MIG_RENTALS, default false).
+	MIGRentals          bool
 	InstanceLogMaxBytes int64
 	TLSCertFile         string
 	TLSKeyFile          string
@@ -67,6 +71,9 @@ type config struct {
 	AllowInsecureAPIServer bool
 	Network                netConfig
 	Share                  shareConfig
+	// Bandwidth limits a rental that names none (RENTAL_EGRESS_MBPS,
+	// RENTAL_INGRESS_MBPS); zero: unlimited.
+	Bandwidth runtime.Bandwidth
 	// PullStallTimeout fails a pull without a byte of progress for that
 	// long (PULL_STALL_TIMEOUT).
 	PullStallTimeout time.Duration
@@ -77,6 +84,12 @@ type config struct {
 	// ImageGCFreeGB: unused images are removed while CONTAINERD_ROOT has
 	// less free (IMAGE_GC_FREE_GB, default twice DISK_RESERVE_GB).
 	ImageGCFreeGB uint64
+	// Disk limits rentals' writable layers (RENTAL_DISK_GB,
+	// DISK_WATCH_INTERVAL).
+	Disk diskConfig
+
+	// VolumeDir holds the volumes (VOLUME_DIR, default STATE_DIR/volumes).
+	VolumeDir string
 }
 
 // minTokenLength keeps guessable tokens out: the token is all that stands
@@ -202,6 +215,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	if !filepath.IsAbs(c.StateDir) {
 		return c, &configError{"STATE_DIR", fmt.Sprintf("must be an absolute path, got %q", c.StateDir)}
 	}
+	if c.VolumeDir, err = volumeDir(get, c.StateDir); err != nil {
+		return c, err
+	}
 	for _, v := range []struct{ name, value string }{{"API_SERVER_URL", c.APIServerURL}, {"AGENT_PUBLIC_URL", c.PublicURL}} {
 		if v.value == "" {
 			continue
@@ -251,6 +267,12 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	default:
 		return c, &configError{"NUMA_ALIGN", fmt.Sprintf("want true or false, got %q", v)}
 	}
+	switch v := get("MIG_RENTALS", "false"); v {
+	case "true", "false":
+		c.MIGRentals = v == "true"
+	default:
+		return c, &configError{"MIG_RENTALS", fmt.Sprintf("want true or false, got %q", v)}
+	}
 	logMax, err := strconv.ParseInt(get("INSTANCE_LOG_MAX_MB", "100"), 10, 64)
 	if err != nil || logMax < 1 || logMax > 1<<20 {
 		return c, &configError{"INSTANCE_LOG_MAX_MB", "want a whole number of MiB between 1 and 1048576"}
@@ -274,6 +296,9 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	if c.Share, err = loadShareConfig(get); err != nil {
 		return c, err
 	}
+	if c.Bandwidth, err = loadBandwidthConfig(get); err != nil {
+		return c, err
+	}
 	if c.PullStallTimeout, err = time.ParseDuration(get("PULL_STALL_TIMEOUT", "5m")); err != nil || c.PullStallTimeout < time.Second || c.PullStallTimeout > 24*time.Hour {
 		return c, &configError{"PULL_STALL_TIMEOUT", "want a Go duration between 1s and 24h, such as 5m"}
 	}
@@ -283,8 +308,14 @@ func loadConfig(lookup func(string) (string, bool), dotenv string) (config, erro
 	if c.Pull, err = loadPullConfig(get); err != nil {
 		return c, err
 	}
+	if err := checkSnapshotter(c.Runtime, c.Pull.Snapshotter); err != nil {
+		return c, err
+	}
 	if c.ImageGCFreeGB, err = strconv.ParseUint(get("IMAGE_GC_FREE_GB", strconv.FormatUint(2*c.DiskReserveGB, 10)), 10, 32); err != nil {
 		return c, &configError{"IMAGE_GC_FREE_GB", "want a whole number of GiB (0: never remove images)"}
+	}
+	if c.Disk, err = loadDiskConfig(get); err != nil {
+		return c, err
 	}
 	return c, nil
 }

@@ -22,6 +22,10 @@ import (
 // confined exactly as a real GPU's node is.
 const mockNodeMajor = 240
 
+// mockCapsMajor is the character major of the stand-ins for the MIG
+// devices' nvidia-caps nodes, another major reserved for local use.
+const mockCapsMajor = 241
+
 // mockDirName is the directory under STATE_DIR holding the mock machine's
 // device nodes and CDI spec.
 const mockDirName = "gpu-mock"
@@ -67,8 +71,10 @@ func realNVIDIADriver(proc string, lib nvml.Interface) (why string) {
 }
 
 // useGPUMock lays out the mock machine's GPUs for injection: a device node
-// per GPU under STATE_DIR (c 240:N, for /dev/nvidiaN in the container) and
-// a CDI spec naming each GPU by UUID, recording the mock's driver version,
+// per GPU under STATE_DIR (c 240:N, for /dev/nvidiaN in the container), one
+// per nvidia-caps access node of each rented MIG device (c 241:N, for
+// /dev/nvidia-caps/nvidia-capN) and a CDI spec naming each GPU (or MIG
+// device) by UUID, recording the mock's driver version,
 // and adding HOST_AGENT_GPU_MOCK to a rental's environment. It returns c
 // reading only that spec, and with no NVML to regenerate it from.
 func useGPUMock(stateDir string, m *gpumock.Machine, inv *gpu.Inventory, c cdi.Config) (cdi.Config, error) {
@@ -94,15 +100,45 @@ func useGPUMock(stateDir string, m *gpumock.Machine, inv *gpu.Inventory, c cdi.C
 		} `json:"containerEdits"`
 	}
 	var devices []device
+	gpuNodes := map[string]node{}
 	for _, g := range inv.GPUs() {
 		host := filepath.Join(nodes, fmt.Sprintf("nvidia%d", g.MinorNumber))
 		dev := int(unix.Mkdev(mockNodeMajor, uint32(g.MinorNumber)))
 		if err := unix.Mknod(host, unix.S_IFCHR|0o666, dev); err != nil && !errors.Is(err, unix.EEXIST) {
 			return c, fmt.Errorf("mock GPU host: mknod %s: %w", host, err)
 		}
+		n := node{Path: fmt.Sprintf("/dev/nvidia%d", g.MinorNumber), HostPath: host, Type: "c",
+			Major: mockNodeMajor, Minor: int64(g.MinorNumber)}
+		gpuNodes[g.UUID] = n
+		if g.MIGMode == gpu.MIGEnabled {
+			// As nvcdi: a GPU in MIG mode has no whole-GPU device.
+			continue
+		}
 		d := device{Name: g.UUID}
-		d.Edits.DeviceNodes = []node{{Path: fmt.Sprintf("/dev/nvidia%d", g.MinorNumber), HostPath: host, Type: "c",
-			Major: mockNodeMajor, Minor: int64(g.MinorNumber)}}
+		d.Edits.DeviceNodes = []node{n}
+		devices = append(devices, d)
+	}
+	// A MIG device, as nvcdi writes it: its parent's node and the access
+	// nodes of its GPU instance and compute instance.
+	parents := map[string]int{}
+	for _, g := range inv.GPUs() {
+		parents[g.UUID] = g.MinorNumber
+	}
+	for _, mig := range inv.MIGDevices() {
+		d := device{Name: mig.UUID}
+		d.Edits.DeviceNodes = []node{gpuNodes[mig.ParentUUID]}
+		gi, ci := gpumock.CapMinors(parents[mig.ParentUUID], mig.GPUInstanceID, mig.ComputeInstanceID)
+		for _, minor := range []int{gi, ci} {
+			host := filepath.Join(nodes, "nvidia-caps", fmt.Sprintf("nvidia-cap%d", minor))
+			if err := os.MkdirAll(filepath.Dir(host), 0o755); err != nil {
+				return c, fmt.Errorf("mock GPU host: %w", err)
+			}
+			if err := unix.Mknod(host, unix.S_IFCHR|0o444, int(unix.Mkdev(mockCapsMajor, uint32(minor)))); err != nil && !errors.Is(err, unix.EEXIST) {
+				return c, fmt.Errorf("mock GPU host: mknod %s: %w", host, err)
+			}
+			d.Edits.DeviceNodes = append(d.Edits.DeviceNodes, node{Path: "/dev/nvidia-caps/" + filepath.Base(host), HostPath: host,
+				Type: "c", Major: mockCapsMajor, Minor: int64(minor)})
+		}
 		devices = append(devices, d)
 	}
 	spec := map[string]any{
@@ -120,7 +156,7 @@ func useGPUMock(stateDir string, m *gpumock.Machine, inv *gpu.Inventory, c cdi.C
 		return c, fmt.Errorf("mock GPU host: %w", err)
 	}
 	c.SpecDirs = []string{specDir}
-	c.DeviceMajors = []int64{mockNodeMajor}
+	c.DeviceMajors = []int64{mockNodeMajor, mockCapsMajor}
 	c.NVML = nil
 	return c, nil
 }

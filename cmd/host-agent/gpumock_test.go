@@ -130,16 +130,13 @@ func TestAgentGPUMockEndToEnd(t *testing.T) {
 	if len(numaSeen) != 1 {
 		t.Errorf("2-GPU rental spans NUMA nodes %v", numaSeen)
 	}
-	// Its GPUs are on the mock's NUMA node 0, which this host has: its CPUs
-	// and memory are pinned there, in the OCI spec containerd runs.
+	// Its GPUs are on the mock's NUMA node 0, laid over this host's CPUs:
+	// its CPUs and memory are pinned there, in the OCI spec containerd runs.
 	if numaSeen[0] {
-		nodes, err := numaNodes("/sys")
-		if err != nil || len(nodes) == 0 {
-			t.Fatalf("host NUMA nodes: %v %v", nodes, err)
-		}
+		nodes := mockNodes(t)
 		cpu, labels := containerCPU(t, w.ctd.Address, "mock-gpu")
-		if cpu == nil || cpu.Cpus != nodes[0].CPUList || cpu.Mems != "0" {
-			t.Errorf("container's cpuset = %+v, want CPUs %s mems 0", cpu, nodes[0].CPUList)
+		if cpu == nil || cpu.Cpus != nodes[0].CPUList || cpu.Mems != nodes[0].Mems {
+			t.Errorf("container's cpuset = %+v, want CPUs %s mems %s", cpu, nodes[0].CPUList, nodes[0].Mems)
 		}
 		if labels[numa.LabelNode] != "0" {
 			t.Errorf("container labels = %v, want %s=0", labels, numa.LabelNode)
@@ -210,7 +207,20 @@ func containerCPU(t *testing.T, addr, id string) (*specs.LinuxCPU, map[string]st
 	return s.Linux.Resources.CPU, labels
 }
 
-func numaNodes(sys string) ([]numa.Node, error) { return numa.ReadNodes(sys) }
+// mockNodes are the two-socket mock machine's NUMA nodes as the agent lays
+// them over this host's CPUs.
+func mockNodes(t *testing.T) []numa.Node {
+	t.Helper()
+	host, err := numa.ReadNodes("/sys")
+	if err != nil || len(host) == 0 {
+		t.Fatalf("host NUMA nodes: %v %v", host, err)
+	}
+	nodes, err := numa.Overlay(host, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodes
+}
 
 func agentLogs(t *testing.T, a *agentProc, id string) string {
 	t.Helper()

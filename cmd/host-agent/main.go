@@ -104,6 +104,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Warn("NVIDIA GPUs on the PCI bus but NVML is not visible to the agent; serving CPU rentals only, GPU rentals are refused",
 			"pci_gpus", n, "missing", "libnvidia-ml.so.1 and /dev/nvidia*", "fix", selftest.NoNVMLFix)
 	}
+	enableMIGRentals(cfg, inv, logger)
 
 	// The injector compares every injection with the inventory (minors,
 	// driver) and regenerates a stale spec through NVML.
@@ -139,6 +140,9 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		logger.Error("container runtime not available", "runtime", rtName, "why", choice.Why)
 	}
 	cfg.Runtime = rtName
+	if err := checkSnapshotter(rtName, cfg.Pull.Snapshotter); err != nil {
+		return err
+	}
 	if err := writeAgentRecord(cfg); err != nil {
 		logger.Warn("host-agent selftest will not find this agent's configuration", "error", err)
 	}
@@ -167,6 +171,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	meter, err := agent.NewMeter(filepath.Join(cfg.StateDir, "usage"), backend, logger)
+	if err != nil {
+		return err
+	}
+	logSnapshotter(ctx, backend, cfg.Pull.Snapshotter, logger)
 	if choice.Answers && choice.Held == "" {
 		// Before any rental can start on it.
 		if err := rememberRuntime(cfg, rtName); err != nil {
@@ -174,6 +183,11 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 	rules := networkRules(ctx, rentalNet, backend, logger)
+	disks := newDiskLimits(ctx, cfg, rtName, backend, inv.Len(), logger)
+	volumes, err := openVolumes(ctx, cfg, disks.limits, logger)
+	if err != nil {
+		return err
+	}
 
 	// Listening first: the reporter tells the central server where the
 	// agent answers.
@@ -194,7 +208,8 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		Backend:     backend,
 		HeldBecause: choice.Held,
 		// GPUs first: a rental's share follows the GPUs it got.
-		Reservations:   reservations(cfg, ports, rentalNet != nil || dockerNet != nil),
+		Reservations:   reservations(cfg, ports, rentalNet != nil || dockerNet != nil, disks.limits, volumes),
+		Usage:          meter,
 		RestoreTimeout: restoreTimeout,
 		// Built even without API_SERVER_URL: it also serves GET /host, and
 		// in that case Run says once that nothing is reported.
@@ -209,6 +224,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 			Network:     networkInfo(cfg, rentalNet, ports),
 			DataDir:     cfg.ContainerdRoot,
 			Commit:      commit,
+			DiskLimit:   disks.info,
 		},
 		Server: &server.Options{
 			RuntimeName: rtName,
@@ -216,6 +232,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 			AgentID:     cfg.AgentID,
 			Network:     networkChecker(rentalNet, rules),
 			Collectors:  ruleCollectors(rules),
+			MockFaults:  mockFaults(mock),
 
 			MetricsToken: cfg.MetricsToken,
 			Version:      version,

@@ -346,7 +346,7 @@ func TestDashboardAndAlertsNameServedMetrics(t *testing.T) {
 		Logger:       logger,
 		Inventory:    inv,
 		Backend:      listRuntime{},
-		Reservations: reservations(cfg, nil, false),
+		Reservations: reservations(cfg, nil, false, nil, nil),
 		Reporter:     &reporter.Options{AgentID: "metrics", Version: version},
 		Server: &server.Options{
 			RuntimeName:  runtimeContainerd,

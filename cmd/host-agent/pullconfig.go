@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"path/filepath"
+	"regexp"
 
 	"github.com/host-agent/host-agent/runtime/containerd"
 )
@@ -14,12 +16,34 @@ type pullConfig struct {
 	// ConfigDir is REGISTRY_CONFIG_DIR, containerd's certs.d layout
 	// (<dir>/<host>/hosts.toml): mirrors and certificates.
 	ConfigDir string
+	// Snapshotter is SNAPSHOTTER: the containerd snapshotter rentals'
+	// images are unpacked into; unset (""), containerd's default
+	// (overlayfs).
+	// "stargz" pulls eStargz images lazily (containerd only).
+	Snapshotter string
+}
+
+// snapshotterName is what containerd accepts as a plugin's ID.
+var snapshotterName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+// checkSnapshotter refuses a snapshotter the runtime cannot use: Docker
+// unpacks images with its own storage driver (overlay2, which overlayfs
+// names as well), and has no lazy pulling.
+func checkSnapshotter(runtimeName, snapshotter string) error {
+	if runtimeName == runtimeDocker && snapshotter != "" && snapshotter != "overlayfs" {
+		return &configError{"SNAPSHOTTER", fmt.Sprintf("%q is not available on the Docker back end (RUNTIME=docker): "+
+			"Docker pulls with its own storage driver and cannot pull lazily; use RUNTIME=containerd, or unset SNAPSHOTTER", snapshotter)}
+	}
+	return nil
 }
 
 func loadPullConfig(get func(name, def string) string) (pullConfig, error) {
 	c := pullConfig{ConfigDir: get("REGISTRY_CONFIG_DIR", containerd.DefaultCertsDir)}
 	if !filepath.IsAbs(c.ConfigDir) {
 		return c, &configError{"REGISTRY_CONFIG_DIR", "must be an absolute path"}
+	}
+	if c.Snapshotter = get("SNAPSHOTTER", ""); c.Snapshotter != "" && !snapshotterName.MatchString(c.Snapshotter) {
+		return c, &configError{"SNAPSHOTTER", fmt.Sprintf("want overlayfs, stargz or another snapshotter containerd has, got %q", c.Snapshotter)}
 	}
 	if path := get("REGISTRY_AUTH_FILE", ""); path != "" {
 		if err := checkSecretFile(path); err != nil {

@@ -24,6 +24,7 @@ import (
 	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
@@ -268,6 +269,11 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 	} else {
 		defer backend.Close()
 		checks = append(checks, selftest.RuntimeCheck(backend, rtName, address))
+		if sc, ok := backend.(selftest.SnapshotterChecker); ok || cfg.Pull.Snapshotter != "" {
+			checks = append(checks, selftest.SnapshotterCheck(sc, cfg.Pull.Snapshotter))
+		} else {
+			checks = append(checks, result("snapshotter", selftest.Result{Status: selftest.Skip, Detail: "not used on Docker: images go to Docker's storage driver, pulled in full"}))
+		}
 	}
 	cniCheck := selftest.CNICheck(env.cniDirs)
 	if rtName == runtimeDocker {
@@ -281,6 +287,10 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 		selftest.PCIeCheck(inv),
 		selftest.HealthCheck(inv, lib),
 		selftest.DiskCheck(cfg.ContainerdRoot, env.minFreeGB<<30),
+		selftest.DiskLimitCheck(func(ctx context.Context) (disk.Enforcement, error) {
+			_, e, err := diskEnforcement(ctx, cfg, rtName, backend)
+			return e, err
+		}),
 		selftest.PortRangeCheck(env.ports[0], env.ports[1]),
 	)
 	switch {
@@ -291,10 +301,15 @@ func runSelftest(ctx context.Context, cfg config, env selftestEnv, logger *slog.
 			result("rental-network", selftest.Result{Status: selftest.Skip, Detail: why}))
 	case backend != nil:
 		// The test rentals reserve what a tenant's rental does (its
-		// share, the disk reserve, NUMA), from allocators of their own.
+		// share, its disk limit, NUMA, the default bandwidth), from
+		// allocators of their own; the volume store stays the agent's,
+		// and the test rentals name no volumes.
+		disks := newDiskLimits(ctx, cfg, rtName, backend, inv.Len(), logger)
+		res := reservations(cfg, hostport.NewAllocator(cfg.Network.HostPortRange, nil), netErr == nil, disks.limits, nil)
+		res.DiskWatchInterval = 0 // the agent's watch, not the self-test's
 		rt, _, err := agent.NewLifecycle(backend, agent.LifecycleOptions{
 			Inventory:    inv,
-			Reservations: reservations(cfg, hostport.NewAllocator(cfg.Network.HostPortRange, nil), netErr == nil),
+			Reservations: res,
 			Logger:       logger,
 		})
 		if err != nil {
@@ -405,6 +420,8 @@ func selftestBackend(ctx context.Context, cfg config, rtName string, devices con
 		Events:    discardEvents{},
 		Logger:    logger,
 		Devices:   devices,
+		// The test rental's image goes where rentals' images go.
+		Snapshotter: cfg.Pull.Snapshotter,
 	}
 	switch {
 	case rental && agentOwned:

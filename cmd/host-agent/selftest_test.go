@@ -159,10 +159,14 @@ func TestSelftest(t *testing.T) {
 		!strings.Contains(r.Detail, "BLOCKED_EGRESS_CIDRS ignored") {
 		t.Errorf("configuration: %+v, want the agent's configuration read and the shell's BLOCKED_EGRESS_CIDRS ignored", r)
 	}
-	for _, name := range []string{"runtime", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
+	for _, name := range []string{"runtime", "snapshotter", "cni-plugins", "cdi-specs", "disk", "host-ports", "test-rental", "rental-network"} {
 		if r := result(rep, name); r.Status != selftest.OK {
 			t.Errorf("%s: %+v, want ok", name, r)
 		}
+	}
+	// This kernel has no XFS quotas: limits are watched, and why is said.
+	if r := result(rep, "disk-limits"); r.Status != selftest.OK || !strings.HasPrefix(r.Detail, "watched: ") {
+		t.Errorf("disk-limits: %+v, want ok, watched", r)
 	}
 	// Debian 12's runc says 1.1.5 and carries the CVE-2024-21626 fix: a
 	// warning naming the CVE, never a failure.
@@ -407,6 +411,12 @@ func TestSelftestOnDocker(t *testing.T) {
 	}
 	if r := result(rep, "cni-plugins"); r.Status != selftest.Skip {
 		t.Errorf("cni-plugins: %+v, want skipped on Docker", r)
+	}
+	if r := result(rep, "disk-limits"); r.Status != selftest.OK || !strings.HasPrefix(r.Detail, "watched: ") || !strings.Contains(r.Detail, "storage") {
+		t.Errorf("disk-limits: %+v, want ok, watched, naming the daemon's storage", r)
+	}
+	if r := result(rep, "snapshotter"); r.Status != selftest.Skip {
+		t.Errorf("snapshotter: %+v, want skipped on Docker", r)
 	}
 	for _, name := range []string{"test-rental", "rental-network"} {
 		if r := result(rep, name); r.Status != selftest.OK {

@@ -7,23 +7,30 @@ import (
 
 	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/volume"
 )
 
 // reservations are what a start reserves besides its GPUs, as configured:
 // the share of the host, host ports where the agent publishes them, the
-// disk reserve and NUMA alignment (internal/agent.Kinds puts them in
-// order).
-func reservations(cfg config, ports *hostport.Allocator, publish bool) agent.Reservations {
+// disk limits (watched every DISK_WATCH_INTERVAL), the volumes, NUMA
+// alignment and the default bandwidth (internal/agent.Kinds puts them in
+// order). Without limits, the plain disk reserve at CONTAINERD_ROOT.
+func reservations(cfg config, ports *hostport.Allocator, publish bool, limits *disk.Limits, volumes *volume.Store) agent.Reservations {
 	return agent.Reservations{
-		Shares:           cfg.Share,
-		Ports:            ports,
-		PublishPorts:     publish,
-		DiskPath:         cfg.ContainerdRoot,
-		DiskReserveBytes: cfg.DiskReserveGB << 30,
-		NUMAAlign:        cfg.NUMAAlign,
-		SysRoot:          "/sys",
+		Shares:            cfg.Share,
+		Ports:             ports,
+		PublishPorts:      publish,
+		DiskPath:          cfg.ContainerdRoot,
+		DiskReserveBytes:  cfg.DiskReserveGB << 30,
+		DiskLimits:        limits,
+		DiskWatchInterval: cfg.Disk.WatchInterval,
+		Volumes:           volumes,
+		NUMAAlign:         cfg.NUMAAlign,
+		SysRoot:           "/sys",
+		Bandwidth:         cfg.Bandwidth,
 	}
 }
 

@@ -26,7 +26,7 @@ func TestShareReserveNamesTheSetting(t *testing.T) {
 		{shareConfig{ReservedMemoryMB: 4096}, "HOST_RESERVED_MEMORY_MB"},
 		{shareConfig{ReservedCPUs: 4096}, "HOST_RESERVED_CPUS"},
 	} {
-		r := reservations(config{Share: tt.share}, nil, false)
+		r := reservations(config{Share: tt.share}, nil, false, nil, nil)
 		r.Meminfo = meminfo
 		_, _, err := agent.Kinds(openNoGPUs(t), r, nil)
 		var ce *configError
@@ -46,7 +46,7 @@ func TestShareReserveNamesTheSetting(t *testing.T) {
 func TestReservationsFromConfig(t *testing.T) {
 	t.Parallel()
 	cfg := config{ContainerdRoot: "/data/containerd", DiskReserveGB: 3, NUMAAlign: true, Share: shareConfig{Pids: 99}}
-	r := reservations(cfg, nil, true)
+	r := reservations(cfg, nil, true, nil, nil)
 	if r.DiskPath != "/data/containerd" || r.DiskReserveBytes != 3<<30 || !r.NUMAAlign || !r.PublishPorts || r.Shares.Pids != 99 || r.SysRoot != "/sys" {
 		t.Errorf("reservations = %+v", r)
 	}

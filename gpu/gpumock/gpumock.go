@@ -8,6 +8,7 @@
 package gpumock
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"slices"
@@ -97,6 +98,7 @@ type Machine struct {
 	// Name is the name New was given.
 	Name   string
 	events chan nvml.EventData
+	migs   []*MIGDevice
 }
 
 // New builds the named mock machine; its NVML is not initialised yet. The
@@ -127,18 +129,31 @@ func New(name string) (*Machine, error) {
 	}
 	mm := &Machine{Server: s, Name: name, events: make(chan nvml.EventData, 64)}
 	mm.completeEvents(devs)
+	mm.completeMIG(devs)
 	return mm, nil
 }
 
 // InjectXid makes the GPU at index report Xid xid, as the driver does
 // through NVML's events; a health watcher waiting on the machine gets it.
 func (m *Machine) InjectXid(index int, xid uint64) {
-	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid}
+	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
+		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
 }
+
+// InjectMIGXid makes the GPU at index report Xid xid in its GPU instance
+// gi, as NVML reports an Xid inside one MIG device.
+func (m *Machine) InjectMIGXid(index, gi int, xid uint64) {
+	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
+		GpuInstanceId: uint32(gi), ComputeInstanceId: noInstance}
+}
+
+// noInstance is NVML's instance ID of an event about the whole GPU.
+const noInstance = 0xFFFFFFFF
 
 // InjectDoubleBitECC makes the GPU at index report a double-bit ECC error.
 func (m *Machine) InjectDoubleBitECC(index int) {
-	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeDoubleBitEccError}
+	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeDoubleBitEccError,
+		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
 }
 
 // completeEvents gives the machine NVML's event sets: every GPU supports
@@ -235,4 +250,20 @@ func complete(m machine, devs []*server.Device, i int, d *server.Device) {
 	d.GetMaxPcieLinkGenerationFunc = func() (int, nvml.Return) { return 4, nvml.SUCCESS }
 	d.GetCurrPcieLinkWidthFunc = func() (int, nvml.Return) { return 16, nvml.SUCCESS }
 	d.GetMaxPcieLinkWidthFunc = func() (int, nvml.Return) { return 16, nvml.SUCCESS }
+}
+
+// Inject makes the GPU at index report Xid xid, or a double-bit ECC error
+// when ecc is set, waiting for room in the event queue until ctx ends.
+func (m *Machine) Inject(ctx context.Context, index int, xid uint64, ecc bool) error {
+	e := nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
+		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
+	if ecc {
+		e.EventType, e.EventData = nvml.EventTypeDoubleBitEccError, 0
+	}
+	select {
+	case m.events <- e:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

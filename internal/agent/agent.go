@@ -19,15 +19,29 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/events/gpuevents"
 	"github.com/host-agent/host-agent/runtime/share"
+	"github.com/host-agent/host-agent/runtime/usage"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
 
 // Events are the agent's event stream: the hub /ws follows, and in front
-// of it the pull timer, through which the back end publishes.
+// of it the pull timer, through which the back end publishes. Between the
+// two, exits get the rental's usage once the agent has a meter
+// (Options.Usage); the lifecycle publishes there too.
 type Events struct {
 	Hub   *events.Hub
 	Pulls *events.PullTimer
+
+	usage *usageEvents
+}
+
+// publisher is where the lifecycle publishes: through the usage of exits
+// where the events have it.
+func (e Events) publisher() events.Publisher {
+	if e.usage != nil {
+		return e.usage
+	}
+	return e.Hub
 }
 
 // NewEvents makes the hub, keeping buffer events (default
@@ -37,7 +51,8 @@ func NewEvents(buffer int) Events {
 		buffer = DefaultEventBuffer
 	}
 	hub := events.NewHub(buffer, time.Now)
-	return Events{Hub: hub, Pulls: events.NewPullTimer(hub)}
+	u := &usageEvents{next: hub}
+	return Events{Hub: hub, Pulls: events.NewPullTimer(u), usage: u}
 }
 
 // Agent is the assembled agent.
@@ -50,6 +65,8 @@ type Agent struct {
 	Backend   Backend
 	Lifecycle *runtime.Lifecycle
 	Shares    *share.Reservations
+	// Usage is the rentals' meter; nil where Options had none.
+	Usage *usage.Meter
 	// Reporter and Server are nil where Options did not ask for them.
 	Reporter   *reporter.Reporter
 	Server     *server.Server
@@ -74,9 +91,16 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 	if ev.Hub == nil {
 		ev = NewEvents(o.EventBuffer)
 	}
-	a = &Agent{Events: ev, Inventory: o.Inventory, Injector: o.Injector, Backend: o.Backend, logger: logger}
+	if o.Usage != nil {
+		if ev.usage == nil {
+			_ = o.Backend.Close()
+			return nil, errors.New("agent: Options.Usage needs Options.Events from NewEvents")
+		}
+		ev.usage.meter.Store(o.Usage)
+	}
+	a = &Agent{Events: ev, Inventory: o.Inventory, Injector: o.Injector, Backend: o.Backend, Usage: o.Usage, logger: logger}
 	lc, shares, err := NewLifecycle(holdRuntime(o.Backend, o.HeldBecause), LifecycleOptions{
-		Inventory: o.Inventory, Reservations: o.Reservations, Events: ev.Hub, Logger: logger,
+		Inventory: o.Inventory, Reservations: o.Reservations, Events: ev.publisher(), Logger: logger,
 	})
 	if err != nil {
 		_ = o.Backend.Close()
@@ -111,6 +135,14 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 			logger.Error("GPU health watch stopped", "error", err)
 		}
 	})
+	if r := o.Reservations; r.DiskLimits != nil && r.DiskWatchInterval > 0 {
+		a.loops = append(a.loops, func(ctx context.Context) {
+			watchDisk(ctx, r.DiskLimits, r.DiskWatchInterval, lc, o.Backend, logger)
+		})
+	}
+	if o.Usage != nil {
+		a.loops = append(a.loops, func(ctx context.Context) { meterRentals(ctx, lc, o.Usage) })
+	}
 	a.loops = append(a.loops, o.Loops...)
 
 	if o.Reporter != nil {
@@ -128,6 +160,12 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 		}
 		if ro.Drain == nil && drain != nil {
 			ro.Drain = drain
+		}
+		if ro.Volumes == nil && o.Reservations.Volumes != nil {
+			ro.Volumes = o.Reservations.Volumes
+		}
+		if ro.Usage == nil && o.Usage != nil {
+			ro.Usage = o.Usage
 		}
 		if ro.ObserveHeartbeat == nil {
 			ro.ObserveHeartbeat = a.Heartbeats.Observe
@@ -154,6 +192,12 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 		if so.Drain == nil && drain != nil {
 			so.Drain = drain
 		}
+		if so.Volumes == nil && o.Reservations.Volumes != nil {
+			so.Volumes = o.Reservations.Volumes
+		}
+		if so.Usage == nil && o.Usage != nil {
+			so.Usage = o.Usage
+		}
 		so.Collectors = append(a.collectors(o.Reservations), so.Collectors...)
 		if a.Server, err = server.New(so); err != nil {
 			return nil, err
@@ -164,7 +208,7 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 
 // collectors are the metrics of GET /metrics that the server does not keep
 // itself: the back end's (containerd's call durations), the heartbeats'
-// and the runtime's disk.
+// the runtime's disk and the rentals' usage.
 func (a *Agent) collectors(r Reservations) []prometheus.Collector {
 	var out []prometheus.Collector
 	if c, ok := a.Backend.(interface{ Collector() prometheus.Collector }); ok {
@@ -173,8 +217,15 @@ func (a *Agent) collectors(r Reservations) []prometheus.Collector {
 	if a.Heartbeats != nil {
 		out = append(out, a.Heartbeats)
 	}
-	if r.DiskPath != "" {
-		out = append(out, server.DiskCollector(r.DiskPath, r.DiskReserveBytes, disk.Free))
+	path, reserve := r.DiskPath, r.DiskReserveBytes
+	if r.DiskLimits != nil {
+		path, reserve = r.DiskLimits.Path, r.DiskLimits.ReserveBytes
+	}
+	if path != "" {
+		out = append(out, server.DiskCollector(path, reserve, disk.Free))
+	}
+	if a.Usage != nil {
+		out = append(out, a.Usage.Collector())
 	}
 	return out
 }

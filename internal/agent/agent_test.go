@@ -19,6 +19,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/share"
 	"github.com/host-agent/host-agent/server"
@@ -70,9 +71,10 @@ func TestKindsInOrder(t *testing.T) {
 		r    Reservations
 		want string
 	}{
-		{"published", Reservations{Ports: ports, PublishPorts: true, NUMAAlign: true, SysRoot: sys}, "gpus resources ports disk numa"},
-		{"unpublished", Reservations{Ports: ports, NUMAAlign: true, SysRoot: sys}, "gpus resources disk numa"},
-		{"no NUMA", Reservations{SysRoot: sys}, "gpus resources disk"},
+		{"published", Reservations{Ports: ports, PublishPorts: true, NUMAAlign: true, SysRoot: sys}, "gpus resources ports disk numa bandwidth"},
+		{"unpublished", Reservations{Ports: ports, NUMAAlign: true, SysRoot: sys}, "gpus resources disk numa bandwidth"},
+		{"no NUMA", Reservations{SysRoot: sys}, "gpus resources disk bandwidth"},
+		{"disk limits", Reservations{DiskLimits: &disk.Limits{Path: sys}, NUMAAlign: true, SysRoot: sys}, "gpus resources disk numa bandwidth"},
 	} {
 		kinds, shares, err := Kinds(inv, tt.r, quiet())
 		if err != nil {
@@ -84,6 +86,9 @@ func TestKindsInOrder(t *testing.T) {
 		}
 		if got := strings.Join(names, " "); got != tt.want {
 			t.Errorf("%s: kinds %q, want %q", tt.name, got, tt.want)
+		}
+		if _, limited := kinds[2].(*disk.Limits); limited != (tt.r.DiskLimits != nil) {
+			t.Errorf("%s: disk kind %T", tt.name, kinds[2])
 		}
 		if shares == nil || shares.Usage().AllocatableMemoryMB <= 0 {
 			t.Errorf("%s: shares %+v", tt.name, shares)

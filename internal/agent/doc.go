@@ -4,8 +4,9 @@
 // benchmark measures and what gpu-check proves is therefore the agent
 // that ships: the same event hub and pull timer, the same reservation
 // kinds in the same order (GPUs, share of the host, host ports, disk
-// reserve, NUMA), the same lifecycle, reporter and API server, and the
-// same background loops.
+// limits, volumes, NUMA, the default bandwidth), the same lifecycle,
+// reporter and API server, the same usage of exits, and the same
+// background loops (the disk watch, the usage meter).
 //
 // cmd/ reads the configuration (environment, files) and handles signals;
 // it opens what only it can choose (NVML or a mock, the CDI injector, the
@@ -34,7 +35,8 @@
 //  4. beside the contract: cdi (device injection), runtime/events/gpuevents,
 //     runtime/backend (what the back ends share),
 //     the reservation kinds (runtime/gpualloc, runtime/share,
-//     runtime/disk, runtime/numa), runtime/network; runtime/invariant.
+//     runtime/disk, runtime/numa), runtime/volume, runtime/usage,
+//     runtime/network; runtime/invariant.
 //  5. runtime/containerd, runtime/docker: the back ends; runtime/testenv.
 //  6. runtime/selftest: the host's checks; runtime/conformance.
 //  7. server/reporter: the central server's protocol and the host report.

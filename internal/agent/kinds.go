@@ -26,7 +26,8 @@ func (e *ShareError) Unwrap() error { return e.Err }
 // Kinds are the reservation kinds every start of the agent takes, GPUs
 // first: a rental's share of the host follows the GPUs it got, and its
 // NUMA node follows its GPUs and its share. Host ports only where the
-// agent publishes them. It also returns the share accounting, which the
+// agent publishes them; then the disk limits (or the plain reserve),
+// volumes, NUMA alignment and, last, the default bandwidth. It also returns the share accounting, which the
 // reporter reads.
 func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.ReservationKind, *share.Reservations, error) {
 	if logger == nil {
@@ -44,12 +45,21 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 	if r.PublishPorts {
 		kinds = append(kinds, runtime.PortReservations{Alloc: r.Ports})
 	}
-	kinds = append(kinds, disk.Reserve{Path: r.DiskPath, Bytes: r.DiskReserveBytes})
+	if r.DiskLimits != nil {
+		kinds = append(kinds, r.DiskLimits)
+	} else {
+		kinds = append(kinds, disk.Reserve{Path: r.DiskPath, Bytes: r.DiskReserveBytes})
+	}
+	if r.Volumes != nil {
+		kinds = append(kinds, runtime.VolumeReservations{Store: r.Volumes})
+	}
 	numaKinds, err := numaAlignment(r, inv, logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	return append(kinds, numaKinds...), shares, nil
+	kinds = append(kinds, numaKinds...)
+	// Last: it fills in only what no kind before it did.
+	return append(kinds, runtime.BandwidthDefaults{Bandwidth: r.Bandwidth}), shares, nil
 }
 
 // newShares accounts for this host's memory and CPUs with gpus GPUs.

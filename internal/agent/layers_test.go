@@ -36,6 +36,8 @@ var layers = map[string]int{
 	"runtime/gpualloc":         4,
 	"runtime/share":            4,
 	"runtime/disk":             4,
+	"runtime/usage":            4,
+	"runtime/volume":           4,
 	"runtime/numa":             4,
 	"runtime/network":          4,
 	"runtime/invariant":        4,

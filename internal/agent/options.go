@@ -8,7 +8,10 @@ import (
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/usage"
+	"github.com/host-agent/host-agent/runtime/volume"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -64,6 +67,10 @@ type Options struct {
 	// the back end's, the heartbeats' and the disk's metrics before
 	// Collectors.
 	Server *server.Options
+	// Usage, when set, meters the rentals (NewMeter): their instance.exited
+	// events carry their usage, it is read every UsageInterval, and the
+	// API, the reporter and GET /metrics report it.
+	Usage *usage.Meter
 	// Loops are more background loops, run by Run until its context is
 	// done and stopped before the lifecycle closes (the network rules'
 	// recheck, the start-up self-test...).
@@ -72,7 +79,8 @@ type Options struct {
 
 // Reservations say what a start reserves besides GPUs, in the order the
 // lifecycle takes them: GPUs, the share of the host, host ports, the disk
-// reserve, NUMA alignment.
+// limits (or the plain reserve), volumes, NUMA alignment, the default
+// bandwidth.
 type Reservations struct {
 	// GPUs allocates the inventory's GPUs; nil: a new allocator of
 	// Options.Inventory (an inventory has one).
@@ -85,15 +93,31 @@ type Reservations struct {
 	PublishPorts bool
 	// DiskPath is where the runtime keeps images and writable layers;
 	// starts are refused while it has less than DiskReserveBytes free
-	// (zero: never).
+	// (zero: never). Where DiskLimits is set, its Path and ReserveBytes
+	// are used instead.
 	DiskPath         string
 	DiskReserveBytes uint64
+	// DiskLimits, when set, gives every rental a limit on its writable
+	// layer (runtime/disk's Limits) in place of the plain disk reserve.
+	// DiskWatchInterval, when set, is how often the agent measures the
+	// writable layers and stops a rental past its limit (where the back
+	// end can measure and stop rentals).
+	DiskLimits        *disk.Limits
+	DiskWatchInterval time.Duration
+	// Volumes, when set, is the host's volume store: a start's volumes are
+	// attached from it (runtime.VolumeReservations), and the API and the
+	// reporter list them.
+	Volumes *volume.Store
 	// NUMAAlign pins GPU rentals to their GPUs' NUMA node, read from
 	// SysRoot (default /sys).
 	NUMAAlign bool
 	SysRoot   string
 	// Meminfo is where the host's memory is read (default /proc/meminfo).
 	Meminfo string
+	// Bandwidth is the traffic limit of a rental naming none
+	// (RENTAL_EGRESS_MBPS, RENTAL_INGRESS_MBPS; zero: unlimited), taken
+	// last, after the kinds that fill in the other limits.
+	Bandwidth runtime.Bandwidth
 }
 
 // ShareOptions are how the host's memory and CPUs are divided among

@@ -81,12 +81,19 @@ type Agent struct {
 // open builds an Agent over a freshly opened back end of sc.
 func open(t *testing.T, sc Scope, gpus *GPUHost) *Agent {
 	t.Helper()
-	rec := NewRecorder()
-	be := sc.Open(t, rec, gpus)
 	var kinds []runtime.ReservationKind
 	if gpus != nil {
 		kinds = append(kinds, gpus.Kind())
 	}
+	return openWith(t, sc, gpus, kinds)
+}
+
+// openWith builds an Agent over a freshly opened back end of sc, whose
+// starts make the reservations of kinds.
+func openWith(t *testing.T, sc Scope, gpus *GPUHost, kinds []runtime.ReservationKind) *Agent {
+	t.Helper()
+	rec := NewRecorder()
+	be := sc.Open(t, rec, gpus)
 	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
 		Kinds: kinds, Events: rec,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -118,6 +125,7 @@ func Run(t *testing.T, h Harness) {
 		{"ResourceLimits", testLimits},
 		{"LifecycleLimitsAndUlimits", testEnforcedLimits},
 		{"OOMKillReported", testOOM},
+		{"DiskLimitWatched", testDiskLimitWatched},
 		{"SSHAuthorizedKeysReadOnly", testSSHKeys},
 		{"Confinement", testConfinement},
 		{"HostileImageLabels", testHostileImageLabels},
@@ -125,6 +133,9 @@ func Run(t *testing.T, h Harness) {
 		{"RealTimePriorityRefused", testRealTimePriority},
 		{"GPUsByUUID", testGPUs},
 		{"PublishedPortsAndIsolation", testNetwork},
+		{"VolumesOutliveRentals", testVolumes},
+		{"BandwidthLimit", testBandwidth},
+		{"UsageMetered", testUsage},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.fn(t, h) })

@@ -45,7 +45,8 @@ type Options struct {
 	AgentID string
 	// LogDir holds one output file per instance, written by the shim.
 	LogDir string
-	// Snapshotter overrides containerd's default snapshotter when set.
+	// Snapshotter overrides containerd's default snapshotter when set
+	// (SNAPSHOTTER); StargzSnapshotter also pulls eStargz images lazily.
 	Snapshotter string
 	// Events receives instance state changes.
 	Events events.Publisher
@@ -223,6 +224,9 @@ func (r *Runtime) Close() error {
 func (r *Runtime) Ping(ctx context.Context) error {
 	if _, err := r.client.Version(ctx); err != nil {
 		return fmt.Errorf("containerd at %s: %w", r.opts.Address, convertErr(err))
+	}
+	if err := r.CheckSnapshotter(ctx); err != nil {
+		return err
 	}
 	return r.canRun(ctx)
 }

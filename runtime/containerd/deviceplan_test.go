@@ -24,7 +24,7 @@ func buildFinal(t *testing.T, plan runtime.DevicePlan, extra ...oci.SpecOpts) (*
 	t.Helper()
 	s := defaultSpec(t)
 	opts := append([]oci.SpecOpts{withConfinement()}, extra...)
-	opts = append(opts, withDevicePlan(plan), verifyConfined(plan, "", ""))
+	opts = append(opts, withDevicePlan(plan), verifyConfined(plan, nil, "", ""))
 	for _, o := range opts {
 		if err := o(context.Background(), nil, &containers.Container{ID: "test"}, s); err != nil {
 			return s, err

@@ -44,7 +44,8 @@ type layeredImage interface {
 // fails when the agent runs in a container of its own (the snapshot's
 // directories are the host's) and would need CAP_SYS_ADMIN there. This one
 // reads /etc/passwd and /etc/group from the image's layers in the content
-// store instead, and only when the user is not already numeric.
+// store instead, and only when the user is not already numeric. (An image
+// a lazy snapshotter mounted has no layers there: see snapshotImage.)
 func withImageConfigArgs(img oci.Image, args []string) oci.SpecOpts {
 	return func(ctx context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		cfg, err := readImageConfig(ctx, img)
@@ -191,7 +192,15 @@ func readImageFiles(ctx context.Context, img layeredImage, names ...string) (map
 	found := map[string][]byte{}
 	settled := map[string]bool{}
 	for i := len(manifest.Layers) - 1; i >= 0 && len(settled) < len(names); i-- {
-		if err := scanLayer(ctx, img.ContentStore(), manifest.Layers[i], names, found, settled); err != nil {
+		err := scanLayer(ctx, img.ContentStore(), manifest.Layers[i], names, found, settled)
+		if errors.Is(err, errLayerNotLocal) {
+			// Mounted from the registry by a lazy snapshotter: read
+			// from its mount instead.
+			if rf, ok := img.(rootFSReader); ok {
+				return rf.readRootFSFiles(ctx, names...)
+			}
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -203,6 +212,9 @@ func readImageFiles(ctx context.Context, img layeredImage, names ...string) (map
 // above it, or an opaque directory above it, settles it as absent.
 func scanLayer(ctx context.Context, cs content.Store, desc ocispec.Descriptor, names []string, found map[string][]byte, settled map[string]bool) error {
 	ra, err := cs.ReaderAt(ctx, desc)
+	if errdefs.IsNotFound(err) {
+		return fmt.Errorf("open layer %s: %w: %w", desc.Digest, errLayerNotLocal, err)
+	}
 	if err != nil {
 		return fmt.Errorf("open layer %s: %w", desc.Digest, err)
 	}

@@ -141,6 +141,7 @@ func toInstance(info containers.Container, proc *task.Process) runtime.Instance 
 	}
 	if inst.Status == runtime.StatusExited {
 		inst.Pid = 0
+		inst.ExitReason = runtime.ExitReason(l[runtime.LabelExitReason], inst.OOMKilled)
 	}
 	return inst
 }

@@ -19,7 +19,7 @@ import (
 // before the container is deleted, and Sweep when the agent starts.
 type Network interface {
 	Prepare(id string, ports []hostport.Mapping) (network.Attachment, error)
-	Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (network.Attachment, error)
+	Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string, opts ...network.SetupOption) (network.Attachment, error)
 	Teardown(ctx context.Context, id string, ports []hostport.Mapping) error
 	Sweep(ctx context.Context, live func(id string) bool) (network.SweepResult, error)
 }
@@ -49,9 +49,11 @@ func (r *Runtime) SweepLeftovers(ctx context.Context, live []runtime.Instance) e
 }
 
 // setupNetwork attaches container c to the rentals' network (DEL before
-// ADD, a failed ADD followed by DEL, inside Setup) and records its address.
-func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping) error {
-	a, err := r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()))
+// ADD, a failed ADD followed by DEL, inside Setup), with its traffic limited
+// to bw by the CNI bandwidth plugin, and records its address.
+func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping, bw runtime.Bandwidth) error {
+	a, err := r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()),
+		network.WithBandwidth(network.Bandwidth{EgressMbps: bw.EgressMbps, IngressMbps: bw.IngressMbps}))
 	if err != nil {
 		return fmt.Errorf("set up network: %w", err)
 	}

@@ -90,6 +90,7 @@ func (r *Runtime) fetchImage(ctx context.Context, spec runtime.InstanceSpec, pul
 		containerd.WithResolver(r.resolver(ctx, spec.RegistryAuth, host, &received)),
 		containerd.WithImageHandler(tracker),
 	}
+	pullOpts = append(pullOpts, r.lazyPullOpts(ref)...)
 	if spec.RegistryAuth != nil {
 		pullOpts = append(pullOpts, containerd.WithPullLabel(labelPulledWithAuth, "true"))
 	}

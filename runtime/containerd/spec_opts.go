@@ -32,8 +32,23 @@ func specOpts(img oci.Image, spec runtime.InstanceSpec, ulimits map[string]int64
 		withResources(spec.Enforced()),
 		withUlimits(ulimits),
 		withConfinement(),
+		withVolumes(spec.VolumeMounts),
 	}
 	return opts
+}
+
+// withVolumes bind-mounts the rental's volumes read-write
+// (runtime.VolumeMountOptions), replacing whatever the spec had at their
+// paths.
+func withVolumes(vols []runtime.VolumeMount) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		for _, v := range vols {
+			s.Mounts = slices.DeleteFunc(s.Mounts, func(m specs.Mount) bool { return path.Clean(m.Destination) == path.Clean(v.ContainerPath) })
+			s.Mounts = append(s.Mounts, specs.Mount{Source: v.HostPath, Destination: v.ContainerPath, Type: "bind",
+				Options: slices.Clone(runtime.VolumeMountOptions)})
+		}
+		return nil
+	}
 }
 
 // withArgs follows docker run: a command replaces the image's CMD; an
@@ -144,7 +159,7 @@ func withDevicePlan(plan runtime.DevicePlan) oci.SpecOpts {
 // pinned one), capabilities, sysctls and the working directory those of
 // the policy shared with the Docker back end (runtime/confine.go), and the
 // AppArmor profile appArmor where the host has AppArmor (else "").
-func verifyConfined(plan runtime.DevicePlan, netns, appArmor string) oci.SpecOpts {
+func verifyConfined(plan runtime.DevicePlan, vols []runtime.VolumeMount, netns, appArmor string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		var problems []string
 		if s.Process == nil || !s.Process.NoNewPrivileges {
@@ -180,7 +195,13 @@ func verifyConfined(plan runtime.DevicePlan, netns, appArmor string) oci.SpecOpt
 			problems = append(problems, "no Linux namespaces")
 		}
 		problems = append(problems, runtimeMountProblems(s.Mounts)...)
-		if err := plan.Verify(s); err != nil {
+		// The volumes are the only read-write bind mounts; everything
+		// else is the device plan's to allow.
+		rest, vp := runtime.VolumeMountProblems(s.Mounts, vols)
+		problems = append(problems, vp...)
+		planned := *s
+		planned.Mounts = rest
+		if err := plan.Verify(&planned); err != nil {
 			problems = append(problems, err.Error())
 		}
 		if len(problems) > 0 {

@@ -73,13 +73,13 @@ func TestWithResources(t *testing.T) {
 func TestConfinement(t *testing.T) {
 	t.Parallel()
 	s := defaultSpec(t)
-	if err := verifyConfined(runtime.DevicePlan{}, "", "")(context.Background(), nil, nil, s); err == nil {
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "", "")(context.Background(), nil, nil, s); err == nil {
 		t.Fatal("the bare default spec (no seccomp, no no_new_privileges) passed verification")
 	}
 	if err := withConfinement()(context.Background(), nil, &containers.Container{}, s); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyConfined(runtime.DevicePlan{}, "", "")(context.Background(), nil, nil, s); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "", "")(context.Background(), nil, nil, s); err != nil {
 		t.Fatalf("confined spec refused: %v", err)
 	}
 	for _, set := range [][]string{s.Process.Capabilities.Bounding, s.Process.Capabilities.Effective, s.Process.Capabilities.Permitted} {
@@ -96,14 +96,14 @@ func TestConfinement(t *testing.T) {
 	*pinned.Linux = *s.Linux
 	pinned.Linux.Namespaces = append(slices.DeleteFunc(slices.Clone(s.Linux.Namespaces), func(n specs.LinuxNamespace) bool { return n.Type == specs.NetworkNamespace }),
 		specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/host-agent/netns/x"})
-	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/x", "")(context.Background(), nil, nil, &pinned); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "/run/host-agent/netns/x", "")(context.Background(), nil, nil, &pinned); err != nil {
 		t.Errorf("the rental's own network namespace refused: %v", err)
 	}
-	if err := verifyConfined(runtime.DevicePlan{}, "/run/host-agent/netns/y", "")(context.Background(), nil, nil, &pinned); err == nil {
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "/run/host-agent/netns/y", "")(context.Background(), nil, nil, &pinned); err == nil {
 		t.Error("another network namespace accepted")
 	}
 	// Where the host has AppArmor, the rentals' profile is required.
-	if err := verifyConfined(runtime.DevicePlan{}, "", AppArmorProfile)(context.Background(), nil, nil, s); err == nil || !strings.Contains(err.Error(), "AppArmor") {
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "", AppArmorProfile)(context.Background(), nil, nil, s); err == nil || !strings.Contains(err.Error(), "AppArmor") {
 		t.Errorf("a spec without the AppArmor profile on an AppArmor host: %v", err)
 	}
 	armored := *s
@@ -112,7 +112,7 @@ func TestConfinement(t *testing.T) {
 	if err := oci.WithApparmorProfile(AppArmorProfile)(context.Background(), nil, nil, &armored); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyConfined(runtime.DevicePlan{}, "", AppArmorProfile)(context.Background(), nil, nil, &armored); err != nil {
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "", AppArmorProfile)(context.Background(), nil, nil, &armored); err != nil {
 		t.Errorf("the profile set: %v", err)
 	}
 	for _, tc := range []struct {
@@ -177,7 +177,7 @@ func TestConfinement(t *testing.T) {
 			*c.Linux = *s.Linux
 			c.Mounts = append([]specs.Mount(nil), s.Mounts...)
 			tc.loosen(&c)
-			err := verifyConfined(runtime.DevicePlan{}, "", "")(context.Background(), nil, nil, &c)
+			err := verifyConfined(runtime.DevicePlan{}, nil, "", "")(context.Background(), nil, nil, &c)
 			if err == nil {
 				t.Fatal("loosened spec passed verification")
 			}
@@ -194,4 +194,47 @@ func defaultSpec(t *testing.T) *oci.Spec {
 		t.Fatal(err)
 	}
 	return &s
+}
+
+func TestVolumesConfined(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	vols := []runtime.VolumeMount{{Name: "ds", HostPath: dir, ContainerPath: "/data"}}
+	confined := func(t *testing.T) *specs.Spec {
+		s := defaultSpec(t)
+		if err := withConfinement()(context.Background(), nil, &containers.Container{}, s); err != nil {
+			t.Fatal(err)
+		}
+		if err := withVolumes(vols)(context.Background(), nil, &containers.Container{}, s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := confined(t)
+	i := slices.IndexFunc(s.Mounts, func(m specs.Mount) bool { return m.Destination == "/data" })
+	if i < 0 || s.Mounts[i].Source != dir || !slices.Equal(s.Mounts[i].Options, runtime.VolumeMountOptions) {
+		t.Fatalf("mounts %+v", s.Mounts)
+	}
+	if err := verifyConfined(runtime.DevicePlan{}, vols, "", "")(context.Background(), nil, nil, s); err != nil {
+		t.Fatalf("a rental with its volume refused: %v", err)
+	}
+	// Without the volume attached, the same mount is a host mount.
+	if err := verifyConfined(runtime.DevicePlan{}, nil, "", "")(context.Background(), nil, nil, s); err == nil {
+		t.Error("a read-write bind mount passed without a volume")
+	}
+	for name, change := range map[string]func(*specs.Spec){
+		"read-only":       func(s *specs.Spec) { s.Mounts[i].Options = append(s.Mounts[i].Options, "ro") },
+		"suid":            func(s *specs.Spec) { s.Mounts[i].Options = []string{"rbind", "rw", "nodev"} },
+		"another source":  func(s *specs.Spec) { s.Mounts[i].Source = "/etc" },
+		"another target":  func(s *specs.Spec) { s.Mounts[i].Destination = "/elsewhere" },
+		"mounted twice":   func(s *specs.Spec) { s.Mounts = append(s.Mounts, s.Mounts[i]) },
+		"missing":         func(s *specs.Spec) { s.Mounts = slices.Delete(s.Mounts, i, i+1) },
+		"a second source": func(s *specs.Spec) { m := s.Mounts[i]; m.Destination = "/x"; s.Mounts = append(s.Mounts, m) },
+	} {
+		s := confined(t)
+		change(s)
+		if err := verifyConfined(runtime.DevicePlan{}, vols, "", "")(context.Background(), nil, nil, s); err == nil {
+			t.Errorf("%s: passed verification", name)
+		}
+	}
 }

@@ -76,7 +76,8 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 		// Never ran: the agent died before its task was created, maybe
 		// during CNI ADD. Setup starts the network over (DEL before ADD).
 		if r.opts.Network != nil && labels[runtime.LabelNetNS] != "" {
-			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels))
+			bw, _ := runtime.BandwidthFromLabels(labels)
+			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels), bw)
 		}
 		if err == nil {
 			err = r.startTask(ctx, c)
@@ -141,6 +142,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepPull, Err: err}
 	}
 	r.touchImage(ctx, img.Name())
+	img = r.withRootFS(img)
 	r.fault(FaultAfterPull)
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
@@ -206,7 +208,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if r.opts.Network != nil {
 		// The container and its labels, recording the ports, exist before
 		// CNI ADD: a restarted agent never hands the ports out again.
-		if err := r.setupNetwork(ctx, c, spec.PublishedPorts); err != nil {
+		if err := r.setupNetwork(ctx, c, spec.PublishedPorts, runtime.BandwidthOf(spec)); err != nil {
 			r.removeContainer(c)
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 		}
@@ -334,5 +336,5 @@ func (r *Runtime) specOpts(ctx context.Context, img containerd.Image, spec runti
 	if r.appArmor != "" {
 		opts = append(opts, oci.WithApparmorProfile(r.appArmor))
 	}
-	return append(opts, withDevicePlan(plan), verifyConfined(plan, att.NetNS, r.appArmor)), nil
+	return append(opts, withDevicePlan(plan), verifyConfined(plan, spec.VolumeMounts, att.NetNS, r.appArmor)), nil
 }

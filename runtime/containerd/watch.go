@@ -281,6 +281,7 @@ func (r *Runtime) tryRecordExit(ctx context.Context, id string, code int, at tim
 		ev.OOMKilled = true
 		newLabels[runtime.LabelOOMKilled] = "true"
 	}
+	ev.Reason = runtime.ExitReason(info.Labels[runtime.LabelExitReason], ev.OOMKilled)
 	label := runtime.ExitCodeUnknown
 	if code == exitCodeUnknown {
 		ev.Message = "exit code unavailable: the task was removed while the agent was not connected to containerd"
@@ -289,7 +290,7 @@ func (r *Runtime) tryRecordExit(ctx context.Context, id string, code int, at tim
 		label = strconv.Itoa(code)
 	}
 	if !*published {
-		r.log.Info("instance exited", "instance_id", id, "exit_code", label, "oom_killed", ev.OOMKilled)
+		r.log.Info("instance exited", "instance_id", id, "exit_code", label, "oom_killed", ev.OOMKilled, "reason", ev.Reason)
 		r.pub.Publish(ev)
 		*published = true
 	}

@@ -1,7 +1,10 @@
 // Package disk keeps rentals from filling the disk the container runtime
-// keeps images and writable layers on: its Reserve is a
-// runtime.ReservationKind that refuses a start while free space there is
-// below the reserve. internal/agent builds it, with every other kind.
+// keeps images and writable layers on. Limits is the runtime.ReservationKind
+// giving every rental a limit on its writable layer and refusing a start
+// whose limit does not fit; Watcher enforces the limits where no file
+// system quota does (ProjectQuotas says which); Reserve only refuses a
+// start while free space is below the reserve. internal/agent builds
+// Limits, with every other kind.
 package disk
 
 import (

@@ -219,15 +219,24 @@ func withAuthorizedKeys(host *container.HostConfig, keys keysPlan) {
 	}
 }
 
+// withVolumes bind-mounts the rental's volumes read-write. The volumes'
+// own mounts on the host are nosuid and nodev, which their bind mounts
+// keep.
+func withVolumes(host *container.HostConfig, vols []runtime.VolumeMount) {
+	for _, v := range vols {
+		host.Mounts = append(host.Mounts, mount.Mount{Type: mount.TypeBind, Source: v.HostPath, Target: v.ContainerPath})
+	}
+}
+
 // verifyConfined refuses a created container that the daemon would run
 // with more than the defaults and exactly the reserved GPUs: privileged,
 // with new privileges allowed, seccomp off, added capabilities or those of
 // runtime.DroppedCapabilities kept, sysctls other than the rental's, a
 // working directory under /proc (the image's WORKDIR included), host
 // namespaces, host mounts (but the SSH keys file of keys, read-only, at its
-// targets) or devices, another runtime or other device requests. The
+// targets, and the volumes vols, read-write, at theirs) or devices, another runtime or other device requests. The
 // policy is the containerd back end's (runtime/confine.go).
-func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) error {
+func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan, vols []runtime.VolumeMount) error {
 	h := c.HostConfig
 	if h == nil {
 		return fmt.Errorf("the daemon reports no host config for %s: %w", c.Name, errdefs.ErrFailedPrecondition)
@@ -265,7 +274,7 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) er
 			problems = append(problems, p)
 		}
 	}
-	if err := verifyMounts(c, keys); err != nil {
+	if err := verifyMounts(c, keys, vols); err != nil {
 		problems = append(problems, err.Error())
 	}
 	if len(h.Devices) > 0 || len(h.DeviceCgroupRules) > 0 {
@@ -287,11 +296,17 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan) er
 }
 
 // verifyMounts allows no mount but the SSH keys file, read-only, at its
-// targets, each once.
-func verifyMounts(c container.InspectResponse, keys keysPlan) error {
+// targets, and each volume, read-write, at its path, each once.
+func verifyMounts(c container.InspectResponse, keys keysPlan, vols []runtime.VolumeMount) error {
 	h := c.HostConfig
 	ok := func(typ mount.Type, source, target string, ro bool) bool {
-		return keys.Path != "" && typ == mount.TypeBind && source == keys.Path && ro && slices.Contains(keys.Targets, target)
+		if typ != mount.TypeBind {
+			return false
+		}
+		if slices.ContainsFunc(vols, func(v runtime.VolumeMount) bool { return v.HostPath == source && v.ContainerPath == target }) {
+			return !ro && runtime.VolumeSourceProblem(source) == ""
+		}
+		return keys.Path != "" && source == keys.Path && ro && slices.Contains(keys.Targets, target)
 	}
 	seen := map[string]bool{}
 	for _, m := range h.Mounts {
@@ -300,7 +315,7 @@ func verifyMounts(c container.InspectResponse, keys keysPlan) error {
 		}
 		seen[m.Target] = true
 	}
-	if len(h.Binds) > 0 || len(c.Mounts) > len(keys.Targets) {
+	if len(h.Binds) > 0 || len(c.Mounts) > len(keys.Targets)+len(vols) {
 		return fmt.Errorf("host mounts")
 	}
 	for _, m := range c.Mounts {

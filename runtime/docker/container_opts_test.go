@@ -32,7 +32,7 @@ func TestContainerConfigConfinesAndLimits(t *testing.T) {
 	if host.Privileged || host.Runtime != "runc" || host.NetworkMode != "none" || !slices.Contains(host.SecurityOpt, "no-new-privileges") {
 		t.Errorf("host config not confined: %+v", host)
 	}
-	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}, keysPlan{}); err != nil {
+	if err := verifyConfined(container.InspectResponse{HostConfig: host}, gpuPlan{}, keysPlan{}, nil); err != nil {
 		t.Errorf("the agent's own config refused: %v", err)
 	}
 	if !slices.Equal(host.CapDrop, []string{"NET_RAW"}) || host.Sysctls["net.ipv4.ping_group_range"] != "0 2147483647" {
@@ -105,7 +105,7 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 			} else {
 				cfg.WorkingDir = "/proc/self/fd/7"
 			}
-			err := verifyConfined(container.InspectResponse{HostConfig: h, Config: cfg}, plan, keysPlan{})
+			err := verifyConfined(container.InspectResponse{HostConfig: h, Config: cfg}, plan, keysPlan{}, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("verify: %v, want a refusal naming %q", err, tc.want)
 			}
@@ -113,7 +113,7 @@ func TestVerifyConfinedRefuses(t *testing.T) {
 	}
 	// A CPU rental with a device request is refused too.
 	h := good()
-	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}, keysPlan{}); err == nil {
+	if err := verifyConfined(container.InspectResponse{HostConfig: h}, gpuPlan{}, keysPlan{}, nil); err == nil {
 		t.Fatal("a CPU rental with a GPU device request was accepted")
 	}
 }
@@ -133,7 +133,7 @@ func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
 			{Type: mount.TypeBind, Source: path, Destination: userKeys, RW: false},
 		}}
 	}
-	if err := verifyConfined(withKeys(), gpuPlan{}, keys); err != nil {
+	if err := verifyConfined(withKeys(), gpuPlan{}, keys, nil); err != nil {
 		t.Fatalf("the keys mounts refused: %v", err)
 	}
 	for _, tc := range []struct {
@@ -157,7 +157,7 @@ func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
 	} {
 		c := withKeys()
 		tc.mutate(&c)
-		if err := verifyConfined(c, gpuPlan{}, tc.keys); err == nil || !strings.Contains(err.Error(), "host mounts") {
+		if err := verifyConfined(c, gpuPlan{}, tc.keys, nil); err == nil || !strings.Contains(err.Error(), "host mounts") {
 			t.Errorf("%s: %v, want a refusal naming host mounts", tc.name, err)
 		}
 	}
@@ -180,5 +180,43 @@ func TestContainerConfigEnforcedLimits(t *testing.T) {
 	}
 	if got := dockerUlimits(spec.UlimitsFor(false)); len(got) != 1 || got[0].Name != "nofile" {
 		t.Errorf("without CAP_SYS_RESOURCE: %v, want only nofile", got)
+	}
+}
+
+func TestVolumesConfined(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	vols := []runtime.VolumeMount{{Name: "ds", HostPath: dir, ContainerPath: "/data"}}
+	withVolume := func() container.InspectResponse {
+		_, h := containerConfig("img", runtime.InstanceSpec{ID: "x"}, nil, gpuPlan{}, 0)
+		withVolumes(h, vols)
+		return container.InspectResponse{HostConfig: h, Mounts: []container.MountPoint{
+			{Type: mount.TypeBind, Source: dir, Destination: "/data", RW: true},
+		}}
+	}
+	c := withVolume()
+	if len(c.HostConfig.Mounts) != 1 || c.HostConfig.Mounts[0].ReadOnly || c.HostConfig.Mounts[0].Source != dir {
+		t.Fatalf("mounts %+v", c.HostConfig.Mounts)
+	}
+	if err := verifyConfined(c, gpuPlan{}, keysPlan{}, vols); err != nil {
+		t.Fatalf("a rental with its volume refused: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		vols   []runtime.VolumeMount
+		mutate func(*container.InspectResponse)
+	}{
+		"no volume attached": {nil, func(*container.InspectResponse) {}},
+		"read-only":          {vols, func(c *container.InspectResponse) { c.Mounts[0].RW = false }},
+		"another source":     {vols, func(c *container.InspectResponse) { c.HostConfig.Mounts[0].Source = "/etc" }},
+		"another target":     {vols, func(c *container.InspectResponse) { c.Mounts[0].Destination = "/elsewhere" }},
+		"a second mount": {vols, func(c *container.InspectResponse) {
+			c.Mounts = append(c.Mounts, container.MountPoint{Type: mount.TypeBind, Source: dir, Destination: "/data"})
+		}},
+	} {
+		c := withVolume()
+		tc.mutate(&c)
+		if err := verifyConfined(c, gpuPlan{}, keysPlan{}, tc.vols); err == nil || !strings.Contains(err.Error(), "host mounts") {
+			t.Errorf("%s: %v, want a refusal naming host mounts", name, err)
+		}
 	}
 }

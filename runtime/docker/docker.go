@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -111,6 +112,9 @@ type Runtime struct {
 	imageMu sync.RWMutex
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
+	// storageSize says that rentals' disk limits are set as their
+	// writable layer's size (DiskEnforcement).
+	storageSize atomic.Bool
 
 	ctx    context.Context
 	cancel context.CancelFunc

@@ -51,7 +51,7 @@ func (r *Runtime) Get(ctx context.Context, id string) (runtime.Instance, error) 
 	if err != nil {
 		return runtime.Instance{}, err
 	}
-	return toInstance(c), nil
+	return r.withReason(toInstance(c)), nil
 }
 
 // List implements runtime.Runtime.
@@ -72,7 +72,7 @@ func (r *Runtime) List(ctx context.Context) ([]runtime.Instance, error) {
 		if err != nil {
 			return nil, convertErr(err)
 		}
-		out = append(out, toInstance(res.Container))
+		out = append(out, r.withReason(toInstance(res.Container)))
 	}
 	return out, nil
 }
@@ -157,6 +157,9 @@ func (r *Runtime) exitMarker(containerID string) string {
 func (r *Runtime) forgetExit(containerID string) {
 	if err := os.Remove(r.exitMarker(containerID)); err != nil && !os.IsNotExist(err) {
 		r.log.Warn("remove exit record", "container", containerID, "error", err)
+	}
+	if err := os.Remove(r.reasonPath(containerID)); err != nil && !os.IsNotExist(err) {
+		r.log.Warn("remove exit reason", "container", containerID, "error", err)
 	}
 }
 

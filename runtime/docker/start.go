@@ -76,6 +76,10 @@ func (r *Runtime) startExisting(ctx context.Context, id string, c container.Insp
 		if err := r.isolatePorts(); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
 		}
+		bw, _ := runtime.BandwidthFromLabels(c.Config.Labels)
+		if err := r.shapeStarted(ctx, c.ID, bw); err != nil {
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+		}
 	}
 	return r.Get(ctx, id)
 }
@@ -118,6 +122,9 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	labels := runtime.SealLabels(r.labels(spec, hash), imgLabels)
 	cfg, hostCfg := containerConfig(ref, spec, labels, gpus, r.opts.LogMaxBytes)
 	hostCfg.Ulimits = dockerUlimits(r.ulimits(ctx, ref, spec))
+	if lim := runtime.DiskLimitOf(labels); lim > 0 && r.storageSize.Load() {
+		withStorageLimit(hostCfg, lim)
+	}
 	var keys keysPlan
 	if len(spec.SSHAuthorizedKeys) > 0 {
 		if keys.Targets, err = r.imageKeysPaths(ctx, ref, imgUser); err != nil {
@@ -130,6 +137,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		}
 		withAuthorizedKeys(hostCfg, keys)
 	}
+	withVolumes(hostCfg, spec.VolumeMounts)
 	if n := r.opts.Network; n != nil {
 		if err := r.ensureNetwork(ctx); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
@@ -156,7 +164,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	// dropping a field): what it will run is checked, not what was sent.
 	res, err := r.client.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err == nil {
-		err = verifyConfined(res.Container, gpus, keys)
+		err = verifyConfined(res.Container, gpus, keys, spec.VolumeMounts)
 		if err == nil && res.Container.Config != nil {
 			if problem := runtime.LabelsProblem(labels, res.Container.Config.Labels); problem != "" {
 				err = fmt.Errorf("refusing the container: %s: %w", problem, errdefs.ErrFailedPrecondition)
@@ -187,6 +195,11 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	}
 	if err := r.isolatePorts(); err != nil {
 		r.removeContainer(created.ID)
+		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+	}
+	if err := r.shapeStarted(ctx, created.ID, runtime.BandwidthOf(spec)); err != nil {
+		r.removeContainer(created.ID)
+		r.removeIFB(spec.ID)
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
 	}
 	return r.Get(ctx, spec.ID)

@@ -38,6 +38,7 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 	}
 	r.forgetExit(c.ID)
 	r.removeFiles(id)
+	r.removeIFB(id)
 	r.log.Info("instance terminated", "instance_id", id)
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil

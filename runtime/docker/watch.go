@@ -111,8 +111,9 @@ func (r *Runtime) recordExit(ctx context.Context, containerID string) {
 	id := c.Config.Labels[runtime.LabelInstanceID]
 	code := c.State.ExitCode
 	oom := c.State.OOMKilled
-	r.log.Info("instance exited", "instance_id", id, "exit_code", strconv.Itoa(code), "oom_killed", oom)
-	r.pub.Publish(events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited), ExitCode: &code, OOMKilled: oom})
+	reason := runtime.ExitReason(r.exitReason(c.ID), oom)
+	r.log.Info("instance exited", "instance_id", id, "exit_code", strconv.Itoa(code), "oom_killed", oom, "reason", reason)
+	r.pub.Publish(events.Event{Type: events.TypeInstanceExited, InstanceID: id, Status: string(runtime.StatusExited), ExitCode: &code, OOMKilled: oom, Reason: reason})
 	if err := os.WriteFile(marker, nil, 0o600); err != nil {
 		r.log.Warn("record reported exit", "instance_id", id, "error", err)
 	}

@@ -64,11 +64,15 @@ type Event struct {
 	Status     string    `json:"status,omitempty"`
 	ExitCode   *int      `json:"exit_code,omitempty"`
 	// OOMKilled is set on an exit caused by the instance's memory limit.
-	OOMKilled bool          `json:"oom_killed,omitempty"`
-	Step      string        `json:"step,omitempty"`
-	Error     string        `json:"error,omitempty"`
-	Message   string        `json:"message,omitempty"`
-	Progress  *PullProgress `json:"progress,omitempty"`
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Reason says why an instance.exited instance stopped, when the agent
+	// knows: "disk_limit" (stopped by the agent at its disk limit) or
+	// "oom" (with OOMKilled).
+	Reason   string        `json:"reason,omitempty"`
+	Step     string        `json:"step,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Message  string        `json:"message,omitempty"`
+	Progress *PullProgress `json:"progress,omitempty"`
 	// GPU is the UUID of the GPU a gpu.health event is about.
 	GPU string `json:"gpu,omitempty"`
 	// Ports are an instance.running instance's published ports.
@@ -85,6 +89,28 @@ type Event struct {
 	// Code says why an image.failed pull failed, as a start's error code
 	// does: not_found, unauthorized, disk_full, stalled.
 	Code string `json:"code,omitempty"`
+	// Usage is what an instance.exited instance used (runtime/usage).
+	Usage *Usage `json:"usage,omitempty"`
+}
+
+// Usage is what a rental has used since its start, as reported to the
+// platform. Each figure only grows while the rental exists.
+type Usage struct {
+	// CPUSeconds is the CPU time its processes used (the cgroup's
+	// usage_usec, cpuacct.usage on cgroup v1).
+	CPUSeconds float64 `json:"cpu_seconds"`
+	// MemoryMaxBytes is the most memory it held at once (memory.peak,
+	// memory.max_usage_in_bytes on v1, else the most sampled).
+	MemoryMaxBytes uint64 `json:"memory_max_bytes"`
+	// NetRxBytes and NetTxBytes are what its network interface received
+	// and sent.
+	NetRxBytes uint64 `json:"net_rx_bytes"`
+	NetTxBytes uint64 `json:"net_tx_bytes"`
+	// DiskUsedBytes is the most its writable layer held, where the back
+	// end can measure it; 0 where it cannot.
+	DiskUsedBytes uint64 `json:"disk_used_bytes"`
+	// GPUSeconds is the GPUs it holds times the seconds it has run.
+	GPUSeconds float64 `json:"gpu_seconds"`
 }
 
 // GPU fault kinds, as in GPUFault.Kind.

@@ -14,7 +14,7 @@ func New(a *gpu.Allocator) runtime.GPUAllocator { return adapter{a} }
 type adapter struct{ a *gpu.Allocator }
 
 func (r adapter) Reserve(instanceID string, req runtime.GPURequest) ([]runtime.GPU, error) {
-	devs, err := r.a.Reserve(instanceID, gpu.Request{Count: req.Count, IDs: req.IDs})
+	devs, err := r.a.Reserve(instanceID, gpu.Request{Count: req.Count, IDs: req.IDs, MIGProfile: req.MIGProfile})
 	if err != nil {
 		return nil, err
 	}

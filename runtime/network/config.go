@@ -237,4 +237,4 @@ func FindPlugins(dirs []string) error {
 	return nil
 }
 
-var requiredPlugins = []string{"bridge", "host-local", "portmap", "loopback"}
+var requiredPlugins = []string{"bridge", "host-local", "portmap", "loopback", "bandwidth"}

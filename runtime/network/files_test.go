@@ -81,7 +81,7 @@ func TestConfList(t *testing.T) {
 	if err := json.Unmarshal(b, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "net" || len(c.Plugins) != 2 {
+	if c.Name != "net" || len(c.Plugins) != 3 {
 		t.Fatalf("conflist %s", b)
 	}
 	br, pm := c.Plugins[0], c.Plugins[1]
@@ -93,5 +93,8 @@ func TestConfList(t *testing.T) {
 	}
 	if pm["type"] != "portmap" || pm["snat"] != false {
 		t.Errorf("portmap plugin: %v", pm)
+	}
+	if bw := c.Plugins[2]; bw["type"] != "bandwidth" || bw["capabilities"].(map[string]any)["bandwidth"] != true {
+		t.Errorf("bandwidth plugin: %v", bw)
 	}
 }

@@ -154,6 +154,11 @@ func (n *Network) confList() ([]byte, error) {
 				// host's 127.0.0.1 services to tenants.
 				"snat": false,
 			},
+			map[string]any{
+				// Does nothing for a rental without limits.
+				"type":         "bandwidth",
+				"capabilities": map[string]bool{"bandwidth": true},
+			},
 		},
 	}
 	return json.Marshal(conf)

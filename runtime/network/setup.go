@@ -16,13 +16,17 @@ import (
 
 // Setup gives instance id a pinned network namespace on the rentals' bridge
 // with ports published, and writes its resolv.conf, hosts and hostname
-// files. The ports must have been reserved (hostport.Allocator) and recorded
+// files, with its traffic limited as WithBandwidth says. The ports must have been reserved (hostport.Allocator) and recorded
 // by the caller. Calling Setup again for the same ID starts over: whatever
 // an earlier ADD left (a crash, a retry) is deleted first, with the ports
 // that ADD was given. A failed Setup leaves nothing behind.
-func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (_ Attachment, err error) {
+func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string, opts ...SetupOption) (_ Attachment, err error) {
 	if err := checkID(id); err != nil {
 		return Attachment{}, err
+	}
+	var o setupOptions
+	for _, opt := range opts {
+		opt(&o)
 	}
 	if hostname == "" {
 		hostname = Hostname(id)
@@ -68,7 +72,11 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 	if err := createNetNS(path); err != nil {
 		return Attachment{}, err
 	}
-	res, err := n.cni.SetupSerially(ctx, id, path, gocni.WithCapabilityPortMap(portMappings(ports)))
+	nsOpts := []gocni.NamespaceOpts{gocni.WithCapabilityPortMap(portMappings(ports))}
+	if !o.bandwidth.IsZero() {
+		nsOpts = append(nsOpts, gocni.WithCapabilityBandWidth(o.bandwidth.cniBandwidth()))
+	}
+	res, err := n.cni.SetupSerially(ctx, id, path, nsOpts...)
 	if err != nil {
 		return Attachment{}, fmt.Errorf("CNI ADD: %w", err)
 	}

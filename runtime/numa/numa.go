@@ -35,6 +35,17 @@ type Node struct {
 	CPUList  string
 	CPUs     int
 	MemoryMB int64
+	// Mems are the memory nodes an aligned rental gets (cpuset.mems);
+	// empty means the node itself. Overlay sets it.
+	Mems string
+}
+
+// mems is what an aligned rental's cpuset.mems is.
+func (n Node) mems() string {
+	if n.Mems != "" {
+		return n.Mems
+	}
+	return strconv.Itoa(n.ID)
 }
 
 // ReadNodes reads the host's NUMA nodes under sysRoot (normally "/sys").
@@ -189,7 +200,7 @@ func (r *Reservations) Reserve(spec *runtime.InstanceSpec) (map[string]string, e
 		spec.Limits = spec.Resources
 	}
 	spec.Limits.CPUSetCPUs = n.CPUList
-	spec.Limits.CPUSetMems = strconv.Itoa(node)
+	spec.Limits.CPUSetMems = n.mems()
 	h := hold{node: node, cpus: res.CPUs, memoryMB: res.MemoryMB}
 	r.held[spec.ID] = h
 	return h.labels(), nil

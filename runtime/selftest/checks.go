@@ -19,6 +19,7 @@ import (
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/hostinfo"
 )
 
@@ -147,7 +148,7 @@ func runcBeforeFix(line string) string {
 }
 
 // RequiredCNIPlugins are the plugins the rentals' networking runs.
-var RequiredCNIPlugins = []string{"bridge", "host-local", "loopback", "portmap"}
+var RequiredCNIPlugins = []string{"bridge", "host-local", "loopback", "portmap", "bandwidth"}
 
 // CNICheck: every required CNI plugin is in one of dirs.
 func CNICheck(dirs []string) Check {
@@ -450,4 +451,18 @@ func waitTestRental(ctx context.Context, rt runtime.Runtime, id string, status r
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// DiskLimitCheck says how rentals' disk limits are enforced (runtime/disk):
+// hard where the file system refuses writes past a limit, watched where
+// the agent stops a rental over it. It fails only when that cannot be
+// found out.
+func DiskLimitCheck(enforcement func(context.Context) (disk.Enforcement, error)) Check {
+	return Check{Name: "disk-limits", Run: func(ctx context.Context) Result {
+		e, err := enforcement(ctx)
+		if err != nil {
+			return fail("check that the container runtime answers and that its data directory is visible to the agent", "how disk limits are enforced: %v", err)
+		}
+		return ok("%s: %s", e.Mode, e.Why)
+	}}
 }

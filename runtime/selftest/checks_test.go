@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/disk"
 )
 
 type fakeGPUs struct {
@@ -141,5 +142,21 @@ func TestHostAddrs(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("172.17.0.1")}
 	if !slices.Equal(got, want) {
 		t.Fatalf("HostAddrs = %v, want %v (IPv4, not loopback, not the rentals' subnet)", got, want)
+	}
+}
+
+// The self-test says how disk limits are enforced for a containerd root on
+// this machine's file system (no project quotas: watched, naming why), and
+// fails when that cannot be found out.
+func TestDiskLimitCheck(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	r := DiskLimitCheck(func(context.Context) (disk.Enforcement, error) { return disk.SnapshotterEnforcement(dir), nil }).Run(context.Background())
+	if ok, _ := disk.ProjectQuotas(dir); !ok && (r.Status != OK || !strings.HasPrefix(r.Detail, "watched: ") || !strings.Contains(r.Detail, dir)) {
+		t.Errorf("containerd root without project quotas: %+v", r)
+	}
+	r = DiskLimitCheck(func(context.Context) (disk.Enforcement, error) { return disk.Enforcement{}, errors.New("daemon down") }).Run(context.Background())
+	if r.Status != Fail || !strings.Contains(r.Detail, "daemon down") {
+		t.Errorf("unknown enforcement: %+v", r)
 	}
 }

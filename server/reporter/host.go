@@ -45,6 +45,9 @@ type HostReport struct {
 	// GPUMock names the mock GPU machine (GPU_MOCK) the GPUs are: a host
 	// for integrating against, not for renting out. Absent on real GPUs.
 	GPUMock string `json:"gpu_mock,omitempty"`
+	// MIGDevices are the MIG devices rented as units (MIG_RENTALS); absent
+	// when none.
+	MIGDevices []gpu.MIGDevice `json:"mig_devices,omitempty"`
 	// DriverVersion is the NVIDIA driver's, e.g. "550.54.15"; CUDAVersion the
 	// highest CUDA version it supports, e.g. "12.4". Empty without NVML.
 	DriverVersion string `json:"driver_version"`
@@ -66,6 +69,8 @@ type HostReport struct {
 	Resources *ResourcesInfo `json:"resources,omitempty"`
 	// Network is the rentals' network; absent when rentals get none.
 	Network *NetworkInfo `json:"network,omitempty"`
+	// DiskLimit says how rentals' disk limits are enforced.
+	DiskLimit *DiskLimitInfo `json:"disk_limit,omitempty"`
 }
 
 // NetworkInfo describes the rentals' network and published ports.
@@ -161,6 +166,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 	if r.opts.Network != nil {
 		rep.Network = r.opts.Network()
 	}
+	if r.opts.DiskLimit != nil {
+		rep.DiskLimit = r.opts.DiskLimit()
+	}
 	var err error
 	if rep.Hostname, err = readHostname(r.opts.Root); err != nil {
 		fail("hostname", err)
@@ -205,6 +213,9 @@ func (r *Reporter) Collect(ctx context.Context) (HostReport, error) {
 		}
 		if m, ok := r.opts.GPUs.(interface{ Mock() string }); ok {
 			rep.GPUMock = m.Mock()
+		}
+		if m, ok := r.opts.GPUs.(migLister); ok {
+			rep.MIGDevices = m.MIGDevices()
 		}
 		rep.DriverVersion = r.opts.GPUs.DriverVersion()
 		rep.CUDAVersion = r.opts.GPUs.CUDADriverVersion()

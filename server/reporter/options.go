@@ -73,6 +73,8 @@ type Options struct {
 	// Sharing reports the rentals' share of memory and CPUs; nil: none
 	// reported.
 	Sharing Sharing
+	// Usage meters the rentals for the heartbeat; nil: no usage reported.
+	Usage UsageMeter
 	// PublicURL is where the server reaches the agent's API
 	// (AGENT_PUBLIC_URL), reported as is.
 	PublicURL string
@@ -101,12 +103,19 @@ type Options struct {
 	// Network describes the rentals' network for the host report; nil:
 	// rentals get none.
 	Network func() *NetworkInfo
+	// DiskLimit says how disk limits are enforced, for the host report;
+	// nil: not reported.
+	DiskLimit func() *DiskLimitInfo
 	// DataDir is where the container runtime keeps its data, whose file
 	// system's size is reported; default /var/lib/containerd.
 	DataDir string
 	// Root is where /proc and /etc are read from; default "/". Tests point
 	// it at fixture files.
 	Root string
+
+	// Volumes lists the host's volumes for registrations and heartbeats;
+	// nil: none reported.
+	Volumes VolumeLister
 
 	// Events receives instance.orphan and instance.missing events; may be
 	// nil.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
 
@@ -71,6 +72,9 @@ type RegisterRequest struct {
 	// MaxReportedImages, most recently used first); absent when the
 	// runtime keeps none or they could not be read.
 	Images []ImageRef `json:"images,omitempty"`
+	// Volumes are the host's volumes (at most MaxReportedVolumes, by
+	// name); absent when there are none or the agent keeps none.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 }
 
 // HeartbeatRequest is the body of POST .../heartbeat:
@@ -108,6 +112,9 @@ type HeartbeatRequest struct {
 	// can serve one now and how well connected its GPUs would be; empty on
 	// a host without GPUs.
 	GPUFreeSets []gpu.BestFree `json:"gpu_free_sets"`
+	// MIGFree counts, per MIG profile the host has, the free and healthy
+	// MIG devices (MIG_RENTALS); absent when the host rents none.
+	MIGFree map[string]int `json:"mig_free,omitempty"`
 	// Orphans and Missing are the discrepancies found against the previous
 	// answer's expected_instances: instances on this host the server did
 	// not expect, and expected ones that are not here. Both are empty when
@@ -122,6 +129,8 @@ type HeartbeatRequest struct {
 	Resources *ResourcesInfo `json:"resources,omitempty"`
 	// Images are as in RegisterRequest.
 	Images []ImageRef `json:"images,omitempty"`
+	// Volumes are as in RegisterRequest.
+	Volumes []VolumeRef `json:"volumes,omitempty"`
 }
 
 // InstanceState is one instance as the runtime reports it.
@@ -135,9 +144,14 @@ type InstanceState struct {
 	ExitCode *int `json:"exit_code"`
 	// OOMKilled says the kernel killed a process of the instance for
 	// exceeding its memory limit.
-	OOMKilled bool   `json:"oom_killed,omitempty"`
-	Image     string `json:"image,omitempty"`
-	SpecHash  string `json:"spec_hash,omitempty"`
+	OOMKilled bool `json:"oom_killed,omitempty"`
+	// Reason says why an exited instance stopped, when the agent knows:
+	// "disk_limit" or "oom".
+	Reason string `json:"reason,omitempty"`
+	// DiskLimitBytes is the limit of its writable layer; absent when none.
+	DiskLimitBytes uint64 `json:"disk_limit_bytes,omitempty"`
+	Image          string `json:"image,omitempty"`
+	SpecHash       string `json:"spec_hash,omitempty"`
 	// GPUs are the GPUs the instance holds; empty, never null, when none.
 	GPUs []GPURef `json:"gpus"`
 	// Ports are the published ports; empty, never null, when none.
@@ -148,6 +162,9 @@ type InstanceState struct {
 	// GPUFaults are the Xids and ECC errors its GPUs reported while it held
 	// them, as instance.gpu_fault events told; absent when none.
 	GPUFaults []gpu.Fault `json:"gpu_faults,omitempty"`
+	// Usage is what the instance has used since its start, as last read;
+	// absent where the agent meters nothing.
+	Usage *events.Usage `json:"usage,omitempty"`
 }
 
 // GPURef names a GPU an instance holds.

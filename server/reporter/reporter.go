@@ -197,7 +197,7 @@ func (r *Reporter) register(ctx context.Context, reason string) (string, error) 
 		r.logger.Warn("host report incomplete; registering with what could be read", "error", err)
 	}
 	fp := inventoryFingerprint(rep.GPUs)
-	_, err = r.post(ctx, "register", RegisterPath, RegisterRequest{Reason: reason, InventoryFingerprint: fp, Host: rep, Images: r.imageRefs(ctx)})
+	_, err = r.post(ctx, "register", RegisterPath, RegisterRequest{Reason: reason, InventoryFingerprint: fp, Host: rep, Images: r.imageRefs(ctx), Volumes: r.volumeRefs(ctx)})
 	return fp, err
 }
 
@@ -211,10 +211,12 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 		InventoryFingerprint: snap.fingerprint,
 		GPUUsage:             nonNil(snap.usage),
 		GPUFreeSets:          nonNil(snap.freeSets),
+		MIGFree:              snap.migFree,
 		Orphans:              nonNil(r.pending.orphans),
 		Missing:              nonNil(r.pending.missing),
 		Resources:            r.resourcesInfo(),
 		Images:               r.imageRefs(ctx),
+		Volumes:              r.volumeRefs(ctx),
 	}
 	if snap.listErr != nil {
 		req.RuntimeError = snap.listErr.Error()
@@ -226,6 +228,7 @@ func (r *Reporter) heartbeat(ctx context.Context, snap snapshot) (HeartbeatRespo
 			if r.opts.GPUs != nil {
 				st.GPUFaults = r.opts.GPUs.Faults(inst.ID)
 			}
+			st.Usage = r.usageOf(ctx, inst)
 			req.Instances = append(req.Instances, st)
 		}
 	}

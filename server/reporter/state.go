@@ -16,6 +16,7 @@ type snapshot struct {
 	usage       []gpu.Usage
 	gpus        []gpu.GPU
 	freeSets    []gpu.BestFree
+	migFree     map[string]int
 	fingerprint string
 }
 
@@ -28,6 +29,9 @@ func (r *Reporter) snapshot(ctx context.Context) snapshot {
 		s.gpus = r.opts.GPUs.GPUs()
 		if len(s.gpus) > 0 {
 			s.freeSets = r.opts.GPUs.BestFree()
+		}
+		if m, ok := r.opts.GPUs.(migLister); ok {
+			s.migFree = migFree(m.MIGDevices())
 		}
 	}
 	s.fingerprint = inventoryFingerprint(s.gpus)
@@ -70,18 +74,20 @@ func gpusOf(inst runtime.Instance, held map[string][]GPURef) []GPURef {
 
 func instanceState(inst runtime.Instance, held map[string][]GPURef) InstanceState {
 	return InstanceState{
-		InstanceID:  inst.ID,
-		ContainerID: inst.ContainerID,
-		Status:      string(inst.Status),
-		ExitCode:    inst.ExitCode,
-		OOMKilled:   inst.OOMKilled,
-		Image:       inst.Image,
-		SpecHash:    inst.SpecHash,
-		GPUs:        nonNil(gpusOf(inst, held)),
-		Ports:       nonNil(inst.Ports),
-		CreatedAt:   timePtr(inst.CreatedAt),
-		StartedAt:   timePtr(inst.StartedAt),
-		FinishedAt:  timePtr(inst.FinishedAt),
+		InstanceID:     inst.ID,
+		ContainerID:    inst.ContainerID,
+		Status:         string(inst.Status),
+		ExitCode:       inst.ExitCode,
+		OOMKilled:      inst.OOMKilled,
+		Reason:         inst.ExitReason,
+		DiskLimitBytes: inst.DiskLimit(),
+		Image:          inst.Image,
+		SpecHash:       inst.SpecHash,
+		GPUs:           nonNil(gpusOf(inst, held)),
+		Ports:          nonNil(inst.Ports),
+		CreatedAt:      timePtr(inst.CreatedAt),
+		StartedAt:      timePtr(inst.StartedAt),
+		FinishedAt:     timePtr(inst.FinishedAt),
 	}
 }
 

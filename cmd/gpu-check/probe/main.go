@@ -3,6 +3,7 @@
 // `nvidia-smi -L`, one fact a line, for gpu-check to judge:
 //
 //	DEV name         an entry of /dev whose name starts with "nvidia"
+//	CAP name         an entry of /dev/nvidia-caps (a MIG device's access nodes)
 //	SMI-PATH path    where nvidia-smi was found (SMI-MISSING if nowhere)
 //	SMI line         a line nvidia-smi printed
 //	SMI-EXIT code    its exit status (-1: it could not be run)
@@ -34,6 +35,11 @@ func main() {
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), "nvidia") {
 			fmt.Println("DEV", e.Name())
+		}
+	}
+	if caps, err := os.ReadDir("/dev/nvidia-caps"); err == nil {
+		for _, e := range caps {
+			fmt.Println("CAP", e.Name())
 		}
 	}
 	os.Setenv("PATH", searchPath)

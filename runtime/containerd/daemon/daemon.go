@@ -39,12 +39,18 @@ type Daemon struct {
 // on which it finds its shim and runc), then waits until it answers or ctx
 // is done.
 func Start(ctx context.Context, bin, dir string, env []string) (*Daemon, error) {
+	return StartWithConfig(ctx, bin, dir, env, "")
+}
+
+// StartWithConfig is Start with extra appended to the daemon's
+// configuration: proxy_plugins, say, for a snapshotter of the test's own.
+func StartWithConfig(ctx context.Context, bin, dir string, env []string, extra string) (*Daemon, error) {
 	for _, d := range []string{"root", "state"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o711); err != nil {
 			return nil, err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config+extra), 0o600); err != nil {
 		return nil, err
 	}
 	d := &Daemon{Dir: dir, Address: filepath.Join(dir, "containerd.sock"), LogPath: filepath.Join(dir, "containerd.log"),

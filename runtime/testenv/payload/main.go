@@ -22,6 +22,15 @@
 //	               "dial ADDR: error: ..." after 3 seconds at most
 //	lookup NAME    resolve NAME through /etc/resolv.conf and print
 //	               "lookup NAME: ADDRS" or "lookup NAME: error: ..."
+//	send ADDR BYTES  connect to ADDR over TCP, write BYTES bytes and close,
+//	               printing "send ADDR: N bytes" or "send ADDR: error: ..."
+//	blast ADDR SECONDS  connect to ADDR over TCP and write as fast as it
+//	               can for SECONDS, then close, printing "blast ADDR: N
+//	               bytes" or "blast ADDR: error: ..."
+//	recv ADDR SECONDS  connect to ADDR over TCP and read for SECONDS,
+//	               printing "recv ADDR: N bytes in MS ms" (from the first
+//	               byte to the last) or "recv ADDR: error: ..."
+//	spin           keep one CPU busy, in the background
 //
 // Without arguments it sleeps forever.
 package main
@@ -29,6 +38,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -37,6 +47,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -146,6 +157,33 @@ func main() {
 			} else {
 				fmt.Printf("lookup %s: %s\n", name, strings.Join(addrs, ","))
 			}
+		case "send":
+			addr := arg()
+			n, err := strconv.ParseInt(arg(), 10, 64)
+			if err != nil {
+				os.Exit(64)
+			}
+			fmt.Printf("send %s: %s\n", addr, send(addr, n, 0))
+		case "blast":
+			addr := arg()
+			secs, err := strconv.ParseFloat(arg(), 64)
+			if err != nil {
+				os.Exit(64)
+			}
+			fmt.Printf("blast %s: %s\n", addr, send(addr, -1, time.Duration(secs*float64(time.Second))))
+		case "recv":
+			addr := arg()
+			secs, err := strconv.ParseFloat(arg(), 64)
+			if err != nil {
+				os.Exit(64)
+			}
+			fmt.Printf("recv %s: %s\n", addr, recv(addr, time.Duration(secs*float64(time.Second))))
+		case "spin":
+			go func() {
+				for x := uint64(0); ; x++ {
+					spun.Store(x)
+				}
+			}()
 		case "alloc":
 			n, err := strconv.Atoi(arg())
 			if err != nil {
@@ -168,6 +206,15 @@ func main() {
 			} else {
 				fmt.Printf("write %s: ok\n", f)
 			}
+		case "fill":
+			// fill FILE MIB writes MIB MiB to FILE, synced, and says how
+			// far it got.
+			f := arg()
+			n, err := strconv.Atoi(arg())
+			if err != nil {
+				os.Exit(64)
+			}
+			fill(f, n)
 		case "exit":
 			code, err := strconv.Atoi(arg())
 			if err != nil {
@@ -181,8 +228,103 @@ func main() {
 	}
 }
 
+// fill writes n MiB to path, syncing each, and prints how many MiB were
+// written and the error that stopped it, if any.
+func fill(path string, n int) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		fmt.Printf("fill %s: error: %v\n", path, err)
+		return
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	for i := range chunk {
+		chunk[i] = byte(i)
+	}
+	for i := 0; i < n; i++ {
+		if _, err := f.Write(chunk); err != nil {
+			fmt.Printf("fill %s: error after %d MiB: %v\n", path, i, err)
+			return
+		}
+		if err := f.Sync(); err != nil {
+			fmt.Printf("fill %s: error after %d MiB: %v\n", path, i, err)
+			return
+		}
+	}
+	fmt.Printf("fill %s: wrote %d MiB\n", path, n)
+}
+
 // held keeps what alloc allocated reachable.
 var held [][]byte
+
+// spun is where spin's loop writes, so that it is not optimised away.
+var spun atomic.Uint64
+
+// recv reads from addr over TCP for d.
+func recv(addr string, d time.Duration) string {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	buf := make([]byte, 256<<10)
+	var got int64
+	var first, last time.Time
+	for {
+		k, err := c.Read(buf)
+		if k > 0 {
+			if got == 0 {
+				first = time.Now()
+			}
+			got += int64(k)
+			last = time.Now()
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			return fmt.Sprintf("error after %d bytes: %v", got, err)
+		}
+	}
+	return fmt.Sprintf("%d bytes in %d ms", got, last.Sub(first).Milliseconds())
+}
+
+// send writes n bytes (n < 0: as many as it can for d) to addr over TCP.
+func send(addr string, n int64, d time.Duration) string {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	buf := make([]byte, 64<<10)
+	var sent int64
+	deadline := time.Now().Add(d)
+	for n < 0 || sent < n {
+		chunk := buf
+		if n >= 0 && n-sent < int64(len(chunk)) {
+			chunk = chunk[:n-sent]
+		}
+		if n < 0 {
+			if time.Now().After(deadline) {
+				break
+			}
+			_ = c.SetWriteDeadline(deadline)
+		}
+		k, err := c.Write(chunk)
+		sent += int64(k)
+		if err != nil {
+			if n < 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			c.Close()
+			return fmt.Sprintf("error after %d bytes: %v", sent, err)
+		}
+	}
+	if err := c.Close(); err != nil {
+		return fmt.Sprintf("error after %d bytes: %v", sent, err)
+	}
+	return fmt.Sprintf("%d bytes", sent)
+}
 
 // forkbomb starts copies of itself as fast as it can, each doing the same;
 // failures (the pids limit) are retried at once.

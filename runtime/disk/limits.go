@@ -1,0 +1,275 @@
+package disk
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/host-agent/host-agent/runtime"
+)
+
+// CPURentalDivisor sizes the default disk limit of a rental without GPUs on
+// a host without GPUs: an eighth of what the disk allocates, as
+// runtime/share sizes its memory.
+const CPURentalDivisor = 8
+
+// usedTimeout bounds the measurement of the other rentals' usage at a
+// start.
+const usedTimeout = 20 * time.Second
+
+// Limits is the runtime.ReservationKind of disk: every rental gets a limit
+// on its writable layer, recorded in runtime.LabelDiskLimitBytes, and a
+// start is refused (a *FullError, 409 "disk") when the rentals' limits
+// summed would not fit in what the disk allocates:
+//
+//	free space at Path + what rentals already wrote there − ReserveBytes
+//
+// (what a rental wrote counts up to its limit: its limit covers it). A
+// start is refused as well while free space is below ReserveBytes.
+//
+// A rental naming no limit gets Default; when Default is zero, its share
+// of what the disk allocates now by the GPUs it holds (n of the host's
+// GPUs get n/GPUs of it); a rental without GPUs gets one GPU's share, or
+// on a host without GPUs 1/CPURentalDivisor.
+type Limits struct {
+	// Path is the file system rentals' writable layers are on
+	// (CONTAINERD_ROOT, or Docker's data root).
+	Path string
+	// ReserveBytes is what is kept free for the host (DISK_RESERVE_GB).
+	ReserveBytes uint64
+	// Default is the limit of a rental naming none (RENTAL_DISK_GB);
+	// zero: its share.
+	Default uint64
+	// GPUs is the number of GPUs on the host.
+	GPUs int
+	// Free measures free space (default: the package's Free).
+	Free func(path string) (uint64, error)
+	// Used measures a rental's writable layer (the back end's DiskUsed);
+	// nil: what rentals wrote is not counted back.
+	Used func(ctx context.Context, id string) (uint64, error)
+	// Promised is what the same file system owes others and has not
+	// handed out yet (volumes' sizes not yet written: runtime/volume's
+	// Store.Promised, where VOLUME_DIR shares the disk); taken off what
+	// the disk allocates. Nil: nothing.
+	Promised func() uint64
+
+	mu   sync.Mutex
+	held map[string]uint64
+}
+
+var _ runtime.ReservationKind = (*Limits)(nil)
+
+// Name implements runtime.ReservationKind.
+func (*Limits) Name() string { return "disk" }
+
+func (l *Limits) free() (uint64, error) {
+	if l.Free != nil {
+		return l.Free(l.Path)
+	}
+	return Free(l.Path)
+}
+
+// Allocatable is what the disk allocates to rentals now: free space, plus
+// what rentals other than except wrote (each up to its limit), less the
+// reserve. It also returns the limits the others hold, summed.
+func (l *Limits) Allocatable(ctx context.Context, except string) (alloc, held uint64, err error) {
+	free, err := l.free()
+	if err != nil {
+		return 0, 0, err
+	}
+	l.mu.Lock()
+	others := make(map[string]uint64, len(l.held))
+	for id, lim := range l.held {
+		if id != except {
+			others[id] = lim
+		}
+	}
+	l.mu.Unlock()
+	total := free
+	for id, lim := range others {
+		held += lim
+		if l.Used == nil {
+			continue
+		}
+		// A rental that cannot be measured counts as having written
+		// nothing: the allocatable space comes out smaller, never larger.
+		if used, err := l.Used(ctx, id); err == nil {
+			total += min(used, lim)
+		}
+	}
+	if l.Promised != nil {
+		total -= min(total, l.Promised())
+	}
+	if total <= l.ReserveBytes {
+		return 0, held, nil
+	}
+	return total - l.ReserveBytes, held, nil
+}
+
+// Unwritten is what the rentals' limits promise and they have not written
+// yet: each limit less what its rental's writable layer holds (all of it
+// when it cannot be measured). A volume store on the same file system
+// keeps this free.
+func (l *Limits) Unwritten(ctx context.Context) uint64 {
+	l.mu.Lock()
+	held := maps.Clone(l.held)
+	l.mu.Unlock()
+	var n uint64
+	for id, lim := range held {
+		if l.Used != nil {
+			if used, err := l.Used(ctx, id); err == nil {
+				lim -= min(used, lim)
+			}
+		}
+		n += lim
+	}
+	return n
+}
+
+// share is the default limit of a rental holding gpus GPUs on a disk
+// allocating alloc.
+func (l *Limits) share(alloc uint64, gpus int) uint64 {
+	switch {
+	case gpus > 0 && l.GPUs > 0:
+		return alloc / uint64(l.GPUs) * uint64(min(gpus, l.GPUs))
+	case l.GPUs > 0:
+		return alloc / uint64(l.GPUs)
+	default:
+		return alloc / CPURentalDivisor
+	}
+}
+
+// Reserve implements runtime.ReservationKind.
+func (l *Limits) Reserve(spec *runtime.InstanceSpec) (map[string]string, error) {
+	if spec.Resources.DiskGB < 0 {
+		return nil, fmt.Errorf("resources.disk_gb must not be negative: %w", errdefs.ErrInvalidArgument)
+	}
+	free, err := l.free()
+	if err != nil {
+		// Nothing to measure against: the limit asked for, or the
+		// default, is recorded and enforced; the pull reports a full
+		// disk itself.
+		lim := l.asked(spec)
+		if lim == 0 {
+			return nil, nil
+		}
+		return l.hold(spec.ID, lim), nil
+	}
+	if l.ReserveBytes > 0 && free < l.ReserveBytes {
+		return nil, &FullError{Msg: fmt.Sprintf("the host's disk at %s has %d MiB free, below its reserve of %d MiB", l.Path, free>>20, l.ReserveBytes>>20)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), usedTimeout)
+	defer cancel()
+	alloc, _, err := l.Allocatable(ctx, spec.ID)
+	if err != nil {
+		return nil, &FullError{Msg: fmt.Sprintf("measure the host's disk at %s: %v", l.Path, err)}
+	}
+	lim := l.asked(spec)
+	if lim == 0 {
+		lim = l.share(alloc, len(spec.GPUs))
+	}
+	if lim == 0 {
+		return nil, &FullError{Msg: fmt.Sprintf("the host's disk at %s has nothing to allocate beyond its reserve of %d GiB", l.Path, l.ReserveBytes>>30)}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var held uint64
+	for id, h := range l.held {
+		if id != spec.ID {
+			held += h
+		}
+	}
+	if held+lim > alloc {
+		left := uint64(0)
+		if alloc > held {
+			left = alloc - held
+		}
+		return nil, &FullError{Msg: fmt.Sprintf("a disk limit of %s does not fit: the host's disk allocates %s to rentals, %s of it free of other rentals' limits",
+			gibString(lim), gibString(alloc), gibString(left))}
+	}
+	if l.held == nil {
+		l.held = map[string]uint64{}
+	}
+	l.held[spec.ID] = lim
+	return limitLabels(lim), nil
+}
+
+// asked is the limit spec names, or the configured default.
+func (l *Limits) asked(spec *runtime.InstanceSpec) uint64 {
+	if spec.Resources.DiskGB > 0 {
+		return uint64(spec.Resources.DiskGB) << 30
+	}
+	return l.Default
+}
+
+func (l *Limits) hold(id string, lim uint64) map[string]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.held == nil {
+		l.held = map[string]uint64{}
+	}
+	l.held[id] = lim
+	return limitLabels(lim)
+}
+
+func limitLabels(lim uint64) map[string]string {
+	return map[string]string{runtime.LabelDiskLimitBytes: strconv.FormatUint(lim, 10)}
+}
+
+// gib spells bytes in GiB, to two decimals.
+func gibString(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<30), 'f', 2, 64) + " GiB" }
+
+// Release implements runtime.ReservationKind.
+func (l *Limits) Release(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.held, id)
+}
+
+// Restore implements runtime.ReservationKind. A container without the
+// label (made before disk limits) holds none.
+func (l *Limits) Restore(id string, labels map[string]string) error {
+	s := labels[runtime.LabelDiskLimitBytes]
+	if s == "" {
+		return nil
+	}
+	lim, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return fmt.Errorf("label %s=%q: %w", runtime.LabelDiskLimitBytes, s, errdefs.ErrInvalidArgument)
+	}
+	l.hold(id, lim)
+	return nil
+}
+
+// Holdings implements runtime.ReservationKind.
+func (l *Limits) Holdings() map[string]map[string]string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make(map[string]map[string]string, len(l.held))
+	for id, lim := range l.held {
+		out[id] = limitLabels(lim)
+	}
+	return out
+}
+
+// Records implements runtime.ReservationKind.
+func (*Limits) Records(key string) bool {
+	return strings.HasPrefix(key, runtime.LabelPrefix+"disk.")
+}
+
+// Held returns the limits of every rental, summed.
+func (l *Limits) Held() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var n uint64
+	for _, lim := range l.held {
+		n += lim
+	}
+	return n
+}
