@@ -102,6 +102,32 @@ func numaAlignment(r Reservations, inv *gpu.Inventory, logger *slog.Logger) ([]r
 		logger.Info("the host reports no NUMA nodes; GPU rentals are not pinned to their GPUs' node")
 		return nil, nil
 	}
+	if inv.Mock() != "" {
+		if nodes, err = mockNUMANodes(nodes, inv, logger); err != nil {
+			return nil, err
+		}
+	}
 	logger.Info("GPU rentals are pinned to their GPUs' NUMA node when their share fits there", "nodes", len(nodes))
 	return []runtime.ReservationKind{numa.New(nodes, inv.NUMANodeOf, logger)}, nil
+}
+
+// mockNUMANodes lays the mock machine's sockets over the host's CPUs
+// (numa.Overlay): a mock GPU host aligns rentals with its mock GPUs' NUMA
+// nodes as a real one does, on CPUs and memory nodes this host has.
+func mockNUMANodes(host []numa.Node, inv *gpu.Inventory, logger *slog.Logger) ([]numa.Node, error) {
+	sockets := 0
+	for _, g := range inv.GPUs() {
+		sockets = max(sockets, g.NUMANode+1)
+	}
+	if sockets == 0 {
+		return host, nil
+	}
+	nodes, err := numa.Overlay(host, sockets)
+	if err != nil {
+		return nil, fmt.Errorf("mock GPU host: NUMA nodes: %w", err)
+	}
+	for _, n := range nodes {
+		logger.Info("mock NUMA node laid over the host's CPUs", "node", n.ID, "cpus", n.CPUList, "mems", n.Mems, "memory_mb", n.MemoryMB)
+	}
+	return nodes, nil
 }
