@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sync"
 
 	gocni "github.com/containerd/go-cni"
 	"github.com/vishvananda/netlink"
@@ -20,7 +21,17 @@ import (
 // by the caller. Calling Setup again for the same ID starts over: whatever
 // an earlier ADD left (a crash, a retry) is deleted first, with the ports
 // that ADD was given. A failed Setup leaves nothing behind.
-func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (_ Attachment, err error) {
+func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (Attachment, error) {
+	return n.SetupPinned(ctx, id, ports, hostname, nil)
+}
+
+// SetupPinned is Setup, calling pinned (when not nil) as soon as the
+// namespace the instance joins is pinned at the attachment's NetNS, fresh
+// and for good: whatever an earlier ADD left is gone, and ADD and the rest
+// of the setup run in it from then on. A task may be created in it then,
+// beside ADD, and must not start before SetupPinned has returned without
+// an error. pinned is not called when the setup fails before.
+func (n *Network) SetupPinned(ctx context.Context, id string, ports []hostport.Mapping, hostname string, pinned func()) (_ Attachment, err error) {
 	if err := checkID(id); err != nil {
 		return Attachment{}, err
 	}
@@ -35,9 +46,18 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 	if err := n.ensureBridge(); err != nil {
 		return Attachment{}, err
 	}
-	if err := n.ensureRules(ctx); err != nil {
-		return Attachment{}, err
-	}
+	// The rules are compared while the namespace is made and ADD runs
+	// (reading iptables races with no plugin); where they differ they are
+	// written after ADD, before Setup returns and so before the rental's
+	// task exists: nothing of the rental's is sent before they are right.
+	rules := make(chan bool, 1)
+	go func() { rules <- n.rulesUnchanged(ctx) }()
+	rulesChecked := false
+	defer func() {
+		if !rulesChecked {
+			<-rules
+		}
+	}()
 	path := n.NetNSPath(id)
 
 	// DEL before ADD, with what the earlier ADD was given.
@@ -67,6 +87,9 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 	}
 	if err := createNetNS(path); err != nil {
 		return Attachment{}, err
+	}
+	if pinned != nil {
+		pinned()
 	}
 	res, err := n.cni.SetupSerially(ctx, id, path, gocni.WithCapabilityPortMap(portMappings(ports)))
 	if err != nil {
@@ -106,6 +129,12 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 	}
 	if err := n.bridgeSysctls(); err != nil {
 		return Attachment{}, err
+	}
+	rulesChecked = true
+	if !<-rules {
+		if err := n.ensureRules(ctx); err != nil {
+			return Attachment{}, err
+		}
 	}
 	if a.Files, err = n.writeFiles(id, hostname, a.IP); err != nil {
 		return Attachment{}, fmt.Errorf("write resolv.conf and hosts: %w", err)
@@ -149,11 +178,16 @@ func (n *Network) teardownLocked(ctx context.Context, id string, ports []hostpor
 	if err := removeNetNS(path); err != nil {
 		return err
 	}
-	var errs []error
-	errs = append(errs, n.removeLeases(map[string]bool{id: true}))
-	errs = append(errs, n.removePortmapRules(ctx, map[string]bool{id: true}))
-	errs = append(errs, removeSpoofcheck(ctx, map[string]bool{id: true}))
-	errs = append(errs, n.removeFiles(id))
+	// What DEL may have left, looked for at once: the lease files, portmap's
+	// rules in iptables and the spoof check in nft's bridge table are apart.
+	ids := map[string]bool{id: true}
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	wg.Go(func() { errs[0] = n.removePortmapRules(ctx, ids) })
+	wg.Go(func() { errs[1] = removeSpoofcheck(ctx, ids) })
+	errs[2] = n.removeLeases(ids)
+	errs[3] = n.removeFiles(id)
+	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
