@@ -24,6 +24,15 @@ type Network interface {
 	Sweep(ctx context.Context, live func(id string) bool) (network.SweepResult, error)
 }
 
+// pinningNetwork is a Network that says when an instance's namespace is
+// pinned during Setup (network.Network.SetupPinned), so that its task can
+// be created while ADD runs.
+type pinningNetwork interface {
+	SetupPinned(ctx context.Context, id string, ports []hostport.Mapping, hostname string, pinned func()) (network.Attachment, error)
+}
+
+var _ pinningNetwork = (*network.Network)(nil)
+
 var _ runtime.LeftoverSweeper = (*Runtime)(nil)
 
 // SweepLeftovers implements runtime.LeftoverSweeper: it tears down every
@@ -50,8 +59,20 @@ func (r *Runtime) SweepLeftovers(ctx context.Context, live []runtime.Instance) e
 
 // setupNetwork attaches container c to the rentals' network (DEL before
 // ADD, a failed ADD followed by DEL, inside Setup) and records its address.
-func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping) error {
-	a, err := r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()))
+// pinned, when not nil, is called once the namespace the task joins is
+// pinned for good (before Setup returns, or at its start where the Network
+// cannot say); it is not called when the setup fails before.
+func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping, pinned func()) error {
+	var a network.Attachment
+	var err error
+	if pn, ok := r.opts.Network.(pinningNetwork); ok && pinned != nil {
+		a, err = pn.SetupPinned(ctx, c.ID(), ports, network.Hostname(c.ID()), pinned)
+	} else {
+		a, err = r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()))
+		if err == nil && pinned != nil {
+			pinned()
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("set up network: %w", err)
 	}
