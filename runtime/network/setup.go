@@ -31,7 +31,22 @@ func (n *Network) Setup(ctx context.Context, id string, ports []hostport.Mapping
 // of the setup run in it from then on. A task may be created in it then,
 // beside ADD, and must not start before SetupPinned has returned without
 // an error. pinned is not called when the setup fails before.
-func (n *Network) SetupPinned(ctx context.Context, id string, ports []hostport.Mapping, hostname string, pinned func()) (_ Attachment, err error) {
+func (n *Network) SetupPinned(ctx context.Context, id string, ports []hostport.Mapping, hostname string, pinned func()) (Attachment, error) {
+	return n.setup(ctx, id, ports, hostname, pinned, false)
+}
+
+// SetupAgain is Setup for an instance whose task was created in its pinned
+// namespace beside a Setup that was cut short (the agent stopped during
+// ADD): whatever that ADD left is deleted (DEL in the namespace, and what
+// DEL leaves), and ADD runs again in the same namespace, which the task
+// keeps, as do the generated files it has mounted. A failure keeps the
+// namespace and the files too, for the next try or Teardown. Where no
+// namespace is pinned it is Setup.
+func (n *Network) SetupAgain(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (Attachment, error) {
+	return n.setup(ctx, id, ports, hostname, nil, isNetNS(n.NetNSPath(id)))
+}
+
+func (n *Network) setup(ctx context.Context, id string, ports []hostport.Mapping, hostname string, pinned func(), keepNS bool) (_ Attachment, err error) {
 	if err := checkID(id); err != nil {
 		return Attachment{}, err
 	}
@@ -64,7 +79,7 @@ func (n *Network) SetupPinned(ctx context.Context, id string, ports []hostport.M
 	if prev, ok, err := n.readJournal(id); err != nil {
 		return Attachment{}, err
 	} else if ok {
-		if err := n.teardownLocked(ctx, id, prev.Ports); err != nil {
+		if err := n.detachLocked(ctx, id, prev.Ports, keepNS); err != nil {
 			return Attachment{}, fmt.Errorf("clean up an earlier setup: %w", err)
 		}
 	}
@@ -77,16 +92,18 @@ func (n *Network) SetupPinned(ctx context.Context, id string, ports []hostport.M
 		if err != nil {
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 			defer cancel()
-			if terr := n.teardownLocked(cctx, id, ports); terr != nil {
+			if terr := n.detachLocked(cctx, id, ports, keepNS); terr != nil {
 				n.cfg.Logger.Error("cleaning up a failed network setup", "instance_id", id, "error", terr)
 			}
 		}
 	}()
-	if err := removeNetNS(path); err != nil { // an empty mount point left by a crash
-		return Attachment{}, err
-	}
-	if err := createNetNS(path); err != nil {
-		return Attachment{}, err
+	if !keepNS {
+		if err := removeNetNS(path); err != nil { // an empty mount point left by a crash
+			return Attachment{}, err
+		}
+		if err := createNetNS(path); err != nil {
+			return Attachment{}, err
+		}
 	}
 	if pinned != nil {
 		pinned()
@@ -160,6 +177,12 @@ func (n *Network) Teardown(ctx context.Context, id string, ports []hostport.Mapp
 }
 
 func (n *Network) teardownLocked(ctx context.Context, id string, ports []hostport.Mapping) error {
+	return n.detachLocked(ctx, id, ports, false)
+}
+
+// detachLocked is teardownLocked; with keepNS the namespace and the
+// generated files stay (a task is in the one and has the others mounted).
+func (n *Network) detachLocked(ctx context.Context, id string, ports []hostport.Mapping, keepNS bool) error {
 	if e, ok, err := n.readJournal(id); err != nil {
 		return err
 	} else if ok {
@@ -175,8 +198,10 @@ func (n *Network) teardownLocked(ctx context.Context, id string, ports []hostpor
 	if err := n.cni.Remove(ctx, id, nsPath, gocni.WithCapabilityPortMap(portMappings(ports))); err != nil {
 		return fmt.Errorf("CNI DEL: %w", err)
 	}
-	if err := removeNetNS(path); err != nil {
-		return err
+	if !keepNS {
+		if err := removeNetNS(path); err != nil {
+			return err
+		}
 	}
 	// What DEL may have left, looked for at once: the lease files, portmap's
 	// rules in iptables and the spoof check in nft's bridge table are apart.
@@ -186,7 +211,9 @@ func (n *Network) teardownLocked(ctx context.Context, id string, ports []hostpor
 	wg.Go(func() { errs[0] = n.removePortmapRules(ctx, ids) })
 	wg.Go(func() { errs[1] = removeSpoofcheck(ctx, ids) })
 	errs[2] = n.removeLeases(ids)
-	errs[3] = n.removeFiles(id)
+	if !keepNS {
+		errs[3] = n.removeFiles(id)
+	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
