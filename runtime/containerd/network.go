@@ -33,6 +33,33 @@ type pinningNetwork interface {
 
 var _ pinningNetwork = (*network.Network)(nil)
 
+// reattachingNetwork is a Network that can set an instance up again in the
+// namespace its created task is in (network.Network.SetupAgain).
+type reattachingNetwork interface {
+	SetupAgain(ctx context.Context, id string, ports []hostport.Mapping, hostname string) (network.Attachment, error)
+}
+
+var _ reattachingNetwork = (*network.Network)(nil)
+
+// setupNetworkAgain is setupNetwork for a container whose task was created
+// beside a setup the agent did not see finish: the task stays, in its
+// namespace, and ADD runs again there.
+func (r *Runtime) setupNetworkAgain(ctx context.Context, c containerd.Container, ports []hostport.Mapping) error {
+	rn, ok := r.opts.Network.(reattachingNetwork)
+	if !ok {
+		return r.setupNetwork(ctx, c, ports, nil)
+	}
+	a, err := rn.SetupAgain(ctx, c.ID(), ports, network.Hostname(c.ID()))
+	if err != nil {
+		return fmt.Errorf("set up network: %w", err)
+	}
+	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelIP: a.IP.String()}); err != nil {
+		return fmt.Errorf("record address: %w", convertErr(err))
+	}
+	r.fault(FaultAfterNetworkSetup)
+	return nil
+}
+
 var _ runtime.LeftoverSweeper = (*Runtime)(nil)
 
 // SweepLeftovers implements runtime.LeftoverSweeper: it tears down every

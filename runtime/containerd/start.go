@@ -99,20 +99,16 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 		return runtime.Instance{}, convertErr(err)
 	default:
 		// A task created but never started (the agent died in between)
-		// is started now; any other state is left as it is. The task of
-		// a rental with a network may have been created while CNI ADD ran
-		// and was cut short: it is created again after the network is
-		// set up again (DEL before ADD).
+		// is started now; any other state is left as it is. A rental's
+		// task is created beside CNI ADD, and its address recorded once
+		// the setup is over: without it, the setup was cut short and is
+		// done again (DEL before ADD) in the namespace the task is in.
 		st, serr := task.Status(ctx)
 		switch {
 		case serr != nil || st.Status != containerd.Created:
-		case r.opts.Network != nil && labels[runtime.LabelNetNS] != "":
-			if _, err = task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-				err = fmt.Errorf("delete the task created before the agent stopped: %w", convertErr(err))
-				break
-			}
-			if err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels), nil); err == nil {
-				err = r.startTask(ctx, c, nil)
+		case r.opts.Network != nil && labels[runtime.LabelNetNS] != "" && labels[runtime.LabelIP] == "":
+			if err = r.setupNetworkAgain(ctx, c, runtime.PortsFromLabels(labels)); err == nil {
+				err = r.runTask(ctx, c, task)
 			}
 		default:
 			err = r.runTask(ctx, c, task)
