@@ -85,8 +85,17 @@ func child() error {
 	if err != nil {
 		return err
 	}
-	be, err := ctrd.New(ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
-		LogDir: filepath.Join(work, "logs"), Events: hub, Logger: logger, Devices: injector})
+	opts := ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
+		LogDir: filepath.Join(work, "logs"), Events: hub, Logger: logger, Devices: injector}
+	if subnet := os.Getenv(envNetSubnet); subnet != "" {
+		n, closeNet, err := childNetwork(ctx, work, subnet, logger)
+		if err != nil {
+			return err
+		}
+		defer closeNet()
+		opts.Network = n
+	}
+	be, err := ctrd.New(opts)
 	if err != nil {
 		return err
 	}
