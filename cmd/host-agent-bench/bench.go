@@ -44,6 +44,9 @@ type config struct {
 	// Cycles start/terminate cycles, Parallel at a time, for the leak check.
 	Cycles, Parallel int
 	JSONPath         string
+	// NetRuns are the start/terminate measurements per side with a
+	// network on every side (0: no networked phase).
+	NetRuns int
 	// ProfileDir, when set, receives the agent's CPU profiles of the
 	// start/terminate runs, the GET /instances load and the bursts.
 	ProfileDir string
@@ -90,6 +93,8 @@ type Results struct {
 	// the interleaved runs, by side and method.
 	Calls     map[string]map[string]CallStat `json:"containerd_calls"`
 	Heartbeat Heartbeat                      `json:"heartbeat"`
+	// Networked is start and terminate with a network on every side.
+	Networked *Networked `json:"networked,omitempty"`
 	List      struct {
 		Instances int     `json:"instances"`
 		Requests  int     `json:"requests"`
@@ -107,8 +112,8 @@ const (
 )
 
 func run(ctx context.Context, cfg config) (*Results, error) {
-	if cfg.Runs < 1 || cfg.Instances < 1 || cfg.Requests < 1 || cfg.Cycles < 0 || cfg.Parallel < 1 {
-		return nil, fmt.Errorf("-runs, -instances, -requests and -parallel must be positive, -cycles not negative")
+	if cfg.Runs < 1 || cfg.Instances < 1 || cfg.Requests < 1 || cfg.Cycles < 0 || cfg.Parallel < 1 || cfg.NetRuns < 0 {
+		return nil, fmt.Errorf("-runs, -instances, -requests and -parallel must be positive, -cycles and -net-runs not negative")
 	}
 	if missing := testenv.Missing("containerd", "containerd-shim-runc-v2", "runc", "ctr"); missing != "" {
 		return nil, fmt.Errorf("prerequisites: %s", missing)
@@ -246,6 +251,12 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	}
 	if err := bursts(ctx, gpuAgent, direct, image, cfg.Bursts, true, res); err != nil {
 		return nil, err
+	}
+	gpuAgent.close()
+	if cfg.NetRuns > 0 {
+		if res.Networked, err = networked(ctx, cfg, daemon.Address, image, work, direct); err != nil {
+			return nil, fmt.Errorf("networked: %w", err)
+		}
 	}
 	return res, nil
 }
@@ -702,6 +713,7 @@ func (r *Results) printTable(w io.Writer) {
 		f.IdleRSSMB, r.List.Instances, f.WithInstancesRSSMB, f.Cycles, f.AfterCyclesRSSMB, f.RSSDuringCyclesMB, f.CycleFailures)
 	fmt.Fprintf(w, "agent goroutines: idle %d, with %d instances %d, after cycles %d\n",
 		f.IdleGoroutines, r.List.Instances, f.WithInstancesGorout, f.AfterCyclesGorout)
+	r.Networked.print(w)
 	h := r.Heartbeat
 	fmt.Fprintf(w, "heartbeat: %d GPUs, %d instances, %d bytes\n", h.GPUs, h.Instances, h.Bytes)
 	l := r.List

@@ -23,8 +23,10 @@ func TestMain(m *testing.M) {
 // and terminates, every measure is filled in, and the JSON reads back.
 // The numbers themselves are not judged.
 func TestBenchSmoke(t *testing.T) {
-	testenv.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr")
-	res, err := run(context.Background(), config{Runs: 2, Instances: 3, Requests: 10, Bursts: []int{3}, Cycles: 8, Parallel: 2})
+	testenv.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nft", "iptables-restore")
+	// The networked phase makes bridges and iptables rules on the host.
+	testenv.LockHostNetwork(t)
+	res, err := run(context.Background(), config{Runs: 2, Instances: 3, Requests: 10, Bursts: []int{3}, Cycles: 8, Parallel: 2, NetRuns: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,9 +59,26 @@ func TestBenchSmoke(t *testing.T) {
 	if len(res.Ratios) != 6 || res.List.Requests != 10 || res.List.Instances != 3 || res.List.Bytes == 0 {
 		t.Errorf("ratios %v, list %+v", res.Ratios, res.List)
 	}
+	if n := res.Networked; n == nil {
+		t.Error("no networked phase")
+	} else {
+		for _, name := range []string{sideAgentNet, sideCtrCNI, sideClientCNI} {
+			if n.Start[name].N != 2 || n.Terminate[name].N != 2 || n.Start[name].Median <= 0 {
+				t.Errorf("networked %s: start %+v terminate %+v", name, n.Start[name], n.Terminate[name])
+			}
+		}
+		if len(n.Ratios) != 4 {
+			t.Errorf("networked ratios %v", n.Ratios)
+		}
+		for _, name := range []string{sideAgentNet, sideCtrCNI, sideClientCNI} {
+			if n.Ports[name] != 1 {
+				t.Errorf("%s: %d bridge ports with one rental started, want 1 (its veth)", name, n.Ports[name])
+			}
+		}
+	}
 	var table bytes.Buffer
 	res.printTable(&table)
-	if !strings.Contains(table.String(), "start_agent_over_ctr") {
+	if !strings.Contains(table.String(), "start_agent_over_ctr") || !strings.Contains(table.String(), "start_agent_over_ctr-cni") {
 		t.Errorf("table:\n%s", table.String())
 	}
 	path := filepath.Join(t.TempDir(), "bench.json")

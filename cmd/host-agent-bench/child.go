@@ -24,6 +24,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
 	"github.com/host-agent/host-agent/runtime/disk"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -88,8 +89,17 @@ func child() error {
 		return err
 	}
 	ev := agent.NewEvents(agent.DefaultEventBuffer)
-	be, err := ctrd.New(ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
-		LogDir: filepath.Join(work, "logs"), Events: ev.Pulls, Logger: logger, Devices: injector})
+	opts := ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
+		LogDir: filepath.Join(work, "logs"), Events: ev.Pulls, Logger: logger, Devices: injector}
+	if subnet := os.Getenv(envNetSubnet); subnet != "" {
+		n, closeNet, err := childNetwork(ctx, work, subnet, logger)
+		if err != nil {
+			return err
+		}
+		defer closeNet()
+		opts.Network = n
+	}
+	be, err := ctrd.New(opts)
 	if err != nil {
 		return err
 	}
@@ -108,7 +118,7 @@ func child() error {
 		Inventory:      inv,
 		Injector:       injector,
 		Backend:        be,
-		Reservations:   benchReservations(work, be, inv.Len()),
+		Reservations:   benchReservations(work, be, inv.Len(), opts.Network != nil),
 		Usage:          meter,
 		RestoreTimeout: 3 * time.Second,
 		Reporter: &reporter.Options{ServerURL: os.Getenv(envCentral), AgentID: "bench", Token: benchToken,
@@ -137,8 +147,10 @@ func child() error {
 // default disk limit of 64 MiB (RENTAL_DISK_GB in bytes), since the
 // bench's images are small and its rentals write next to nothing. The
 // limits are watched every DISK_WATCH_INTERVAL's default. No volume store:
-// the bench's rentals name no volumes.
-func benchReservations(work string, be agent.Backend, gpus int) agent.Reservations {
+// the bench's rentals name no volumes. Host ports, from the daemon's
+// default range, where the rentals have a network (the networked phase),
+// as the daemon publishes them.
+func benchReservations(work string, be agent.Backend, gpus int, networked bool) agent.Reservations {
 	limits := &disk.Limits{Path: work, ReserveBytes: 1 << 30, Default: benchDiskLimitBytes, GPUs: gpus}
 	if m, ok := be.(runtime.DiskMeter); ok {
 		limits.Used = m.DiskUsed
@@ -146,6 +158,8 @@ func benchReservations(work string, be agent.Backend, gpus int) agent.Reservatio
 	return agent.Reservations{
 		Shares: agent.ShareOptions{ReservedMemoryMB: 2048, ReservedCPUs: 1, Pids: 16384, ShmFraction: 0.5,
 			CPURentalMemoryMB: benchCPURentalMemoryMB, CPURentalCPUs: 1},
+		Ports:             hostport.NewAllocator(hostport.DefaultRange, nil),
+		PublishPorts:      networked,
 		DiskPath:          work,
 		DiskReserveBytes:  1 << 30,
 		DiskLimits:        limits,

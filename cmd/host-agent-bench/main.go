@@ -34,6 +34,7 @@ func main() {
 	flag.IntVar(&cfg.Requests, "requests", 2000, "GET /instances requests")
 	flag.StringVar(&bursts, "bursts", "50,200", "sizes of the concurrent start bursts, comma-separated")
 	flag.IntVar(&cfg.Cycles, "cycles", 1000, "start/terminate cycles for the leak check (0: none)")
+	flag.IntVar(&cfg.NetRuns, "net-runs", 30, "start/terminate measurements per side with a network on every side (0: none)")
 	flag.IntVar(&cfg.Parallel, "parallel", 8, "cycles run at a time")
 	flag.StringVar(&cfg.ProfileDir, "profile", "", "write the agent's CPU profiles (start/terminate runs, GET /instances load, CPU bursts) to this directory")
 	flag.StringVar(&cfg.JSONPath, "json", "", "also write the results as JSON to this file")

@@ -24,6 +24,42 @@ type Network interface {
 	Sweep(ctx context.Context, live func(id string) bool) (network.SweepResult, error)
 }
 
+// pinningNetwork is a Network that says when an instance's namespace is
+// pinned during Setup (network.Network.SetupPinned), so that its task can
+// be created while ADD runs.
+type pinningNetwork interface {
+	SetupPinned(ctx context.Context, id string, ports []hostport.Mapping, hostname string, pinned func(), opts ...network.SetupOption) (network.Attachment, error)
+}
+
+var _ pinningNetwork = (*network.Network)(nil)
+
+// reattachingNetwork is a Network that can set an instance up again in the
+// namespace its created task is in (network.Network.SetupAgain).
+type reattachingNetwork interface {
+	SetupAgain(ctx context.Context, id string, ports []hostport.Mapping, hostname string, opts ...network.SetupOption) (network.Attachment, error)
+}
+
+var _ reattachingNetwork = (*network.Network)(nil)
+
+// setupNetworkAgain is setupNetwork for a container whose task was created
+// beside a setup the agent did not see finish: the task stays, in its
+// namespace, and ADD runs again there.
+func (r *Runtime) setupNetworkAgain(ctx context.Context, c containerd.Container, ports []hostport.Mapping, bw runtime.Bandwidth) error {
+	rn, ok := r.opts.Network.(reattachingNetwork)
+	if !ok {
+		return r.setupNetwork(ctx, c, ports, bw, nil)
+	}
+	a, err := rn.SetupAgain(ctx, c.ID(), ports, network.Hostname(c.ID()), bandwidthOption(bw))
+	if err != nil {
+		return fmt.Errorf("set up network: %w", err)
+	}
+	if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelIP: a.IP.String()}); err != nil {
+		return fmt.Errorf("record address: %w", convertErr(err))
+	}
+	r.fault(FaultAfterNetworkSetup)
+	return nil
+}
+
 var _ runtime.LeftoverSweeper = (*Runtime)(nil)
 
 // SweepLeftovers implements runtime.LeftoverSweeper: it tears down every
@@ -51,9 +87,20 @@ func (r *Runtime) SweepLeftovers(ctx context.Context, live []runtime.Instance) e
 // setupNetwork attaches container c to the rentals' network (DEL before
 // ADD, a failed ADD followed by DEL, inside Setup), with its traffic limited
 // to bw by the CNI bandwidth plugin, and records its address.
-func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping, bw runtime.Bandwidth) error {
-	a, err := r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()),
-		network.WithBandwidth(network.Bandwidth{EgressMbps: bw.EgressMbps, IngressMbps: bw.IngressMbps}))
+// pinned, when not nil, is called once the namespace the task joins is
+// pinned for good (before Setup returns, or at its start where the Network
+// cannot say); it is not called when the setup fails before.
+func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, ports []hostport.Mapping, bw runtime.Bandwidth, pinned func()) error {
+	var a network.Attachment
+	var err error
+	if pn, ok := r.opts.Network.(pinningNetwork); ok && pinned != nil {
+		a, err = pn.SetupPinned(ctx, c.ID(), ports, network.Hostname(c.ID()), pinned, bandwidthOption(bw))
+	} else {
+		a, err = r.opts.Network.Setup(ctx, c.ID(), ports, network.Hostname(c.ID()), bandwidthOption(bw))
+		if err == nil && pinned != nil {
+			pinned()
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("set up network: %w", err)
 	}
@@ -62,6 +109,12 @@ func (r *Runtime) setupNetwork(ctx context.Context, c containerd.Container, port
 	}
 	r.fault(FaultAfterNetworkSetup)
 	return nil
+}
+
+// bandwidthOption limits a rental's traffic to bw (the CNI bandwidth
+// plugin); zero: unlimited.
+func bandwidthOption(bw runtime.Bandwidth) network.SetupOption {
+	return network.WithBandwidth(network.Bandwidth{EgressMbps: bw.EgressMbps, IngressMbps: bw.IngressMbps})
 }
 
 // teardownNetwork removes instance id's network, with the ports its labels

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	tasktypes "github.com/containerd/containerd/api/types/task"
@@ -17,6 +18,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
 )
 
@@ -77,17 +79,28 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, has
 		// during CNI ADD. Setup starts the network over (DEL before ADD).
 		if r.opts.Network != nil && labels[runtime.LabelNetNS] != "" {
 			bw, _ := runtime.BandwidthFromLabels(labels)
-			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels), bw)
+			err = r.setupNetwork(ctx, c, runtime.PortsFromLabels(labels), bw, nil)
 		}
 		if err == nil {
-			err = r.startTask(ctx, c)
+			err = r.startTask(ctx, c, nil)
 		}
 	case err != nil:
 		return runtime.Instance{}, convertErr(err)
 	default:
 		// A task created but never started (the agent died in between)
-		// is started now; any other state is left as it is.
-		if st, serr := task.Status(ctx); serr == nil && st.Status == containerd.Created {
+		// is started now; any other state is left as it is. A rental's
+		// task is created beside CNI ADD, and its address recorded once
+		// the setup is over: without it, the setup was cut short and is
+		// done again (DEL before ADD) in the namespace the task is in.
+		st, serr := task.Status(ctx)
+		switch {
+		case serr != nil || st.Status != containerd.Created:
+		case r.opts.Network != nil && labels[runtime.LabelNetNS] != "" && labels[runtime.LabelIP] == "":
+			bw, _ := runtime.BandwidthFromLabels(labels)
+			if err = r.setupNetworkAgain(ctx, c, runtime.PortsFromLabels(labels), bw); err == nil {
+				err = r.runTask(ctx, c, task)
+			}
+		default:
 			err = r.runTask(ctx, c, task)
 		}
 	}
@@ -205,27 +218,69 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		}
 	}
 	r.fault(FaultAfterCreate)
+	var netSetup *networkSetup
 	if r.opts.Network != nil {
 		// The container and its labels, recording the ports, exist before
-		// CNI ADD: a restarted agent never hands the ports out again.
-		if err := r.setupNetwork(ctx, c, spec.PublishedPorts, runtime.BandwidthOf(spec)); err != nil {
-			r.removeContainer(c)
-			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
-		}
+		// CNI ADD: a restarted agent never hands the ports out again. The
+		// task is created in the pinned namespace while ADD runs, and
+		// started once the setup is over.
+		netSetup = &networkSetup{r: r, c: c, ports: spec.PublishedPorts, bw: runtime.BandwidthOf(spec)}
 	}
-	if err := r.startTask(ctx, c); err != nil {
+	if err := r.startTask(ctx, c, netSetup); err != nil {
 		r.removeContainer(c)
-		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepStart, Err: err}
+		step := runtime.StepStart
+		if netSetup != nil && netSetup.err != nil {
+			step = runtime.StepCreate
+		}
+		return runtime.Instance{}, &runtime.StepError{Step: step, Err: err}
 	}
 	return r.Get(ctx, spec.ID)
 }
 
+// networkSetup is a rental's network setup run beside its task's creation.
+type networkSetup struct {
+	r     *Runtime
+	c     containerd.Container
+	ports []hostport.Mapping
+	bw    runtime.Bandwidth
+	err   error
+}
+
+// run sets the network up, sending on pinned whether the task may be
+// created in its namespace (false: the setup failed before), and keeps the
+// error for the caller, who reads it after run's result.
+func (s *networkSetup) run(ctx context.Context, pinned chan<- bool) error {
+	var once sync.Once
+	s.err = s.r.setupNetwork(ctx, s.c, s.ports, s.bw, func() { once.Do(func() { pinned <- true }) })
+	once.Do(func() { pinned <- s.err == nil })
+	return s.err
+}
+
 // startTask creates the task with its output going to the instance's log
 // file (written by the shim, so it survives agent restarts), waits on it
-// before starting it so that no exit can be missed, and starts it.
-func (r *Runtime) startTask(ctx context.Context, c containerd.Container) error {
+// before starting it so that no exit can be missed, and starts it. With a
+// network setup, the task is created once the setup has pinned its
+// namespace, while the setup goes on, and started only after it succeeded.
+func (r *Runtime) startTask(ctx context.Context, c containerd.Container, netSetup *networkSetup) error {
+	var setupErr chan error
+	if netSetup != nil {
+		pinned := make(chan bool, 1)
+		setupErr = make(chan error, 1)
+		go func() { setupErr <- netSetup.run(ctx, pinned) }()
+		if !<-pinned {
+			return <-setupErr
+		}
+	}
 	path := r.logPath(c.ID())
 	task, err := c.NewTask(ctx, cio.LogFile(path))
+	if setupErr != nil {
+		if serr := <-setupErr; serr != nil {
+			if err == nil {
+				r.deleteTask(task)
+			}
+			return serr
+		}
+	}
 	if err != nil {
 		return convertErr(err)
 	}

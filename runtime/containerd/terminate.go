@@ -38,18 +38,16 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 		return notFound(id)
 	}
 	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminating, InstanceID: id, Status: "terminating"})
-	if err := r.stopTask(ctx, c, timeout); err != nil {
+	// CNI DEL, with the ports the labels record, once every process of the
+	// task is gone (beside the task's deletion, which needs nothing of the
+	// network) and before the container and its labels go: when it fails,
+	// the container keeps holding the ports and a repeated terminate
+	// retries.
+	if err := r.stopTask(ctx, c, timeout, func() error { return r.teardownNetwork(ctx, id, labels) }); err != nil {
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
 		return err
 	}
 	r.fault(FaultAfterTaskDelete)
-	// CNI DEL, with the ports the labels record, before the container and
-	// its labels go: when it fails, the container keeps holding the ports
-	// and a repeated terminate retries.
-	if err := r.teardownNetwork(ctx, id, labels); err != nil {
-		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
-		return err
-	}
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		err = fmt.Errorf("delete container %q: %w", id, convertErr(err))
 		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
@@ -65,11 +63,14 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 }
 
 // stopTask sends SIGTERM, waits up to timeout for the task to exit, then
-// kills every process of the container, and deletes the task.
-func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout time.Duration) error {
+// kills every process of the container, and deletes the task. stopped runs
+// once no process of the container is left: while the task is deleted, or
+// alone when there is no task; stopTask returns its error, after the
+// task's.
+func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout time.Duration, stopped func() error) error {
 	task, err := c.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
-		return nil
+		return stopped()
 	}
 	if err != nil {
 		return convertErr(err)
@@ -102,8 +103,15 @@ func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout 
 			}
 		}
 	}
-	if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+	// The task's init has exited (or never ran): the kernel has killed
+	// every other process of its PID namespace, and nothing is left in the
+	// network namespace but what the agent pinned.
+	done := make(chan error, 1)
+	go func() { done <- stopped() }()
+	_, err = task.Delete(ctx, containerd.WithProcessKill)
+	serr := <-done
+	if err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete task: %w", convertErr(err))
 	}
-	return nil
+	return serr
 }

@@ -117,19 +117,14 @@ func (n *Network) writeFiles(id, hostname string, ip netip.Addr) (Files, error) 
 		Hostname:   filepath.Join(dir, "hostname"),
 	}
 	for path, content := range map[string]string{f.ResolvConf: resolv.String(), f.Hosts: hosts, f.Hostname: hostname + "\n"} {
-		if err := writeFileAtomic(path, []byte(content)); err != nil {
+		// Rewritten in place, not replaced: the task may be created (its
+		// mounts bound to these files) while Setup runs, and must see
+		// Setup's hosts; nothing reads them before the task starts.
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 			return Files{}, err
 		}
 	}
 	return f, nil
-}
-
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 func (n *Network) removeFiles(id string) error {

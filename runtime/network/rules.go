@@ -113,6 +113,18 @@ func (n *Network) ensureRules(ctx context.Context) error {
 	return err
 }
 
+// rulesUnchanged says whether the agent's chains and jumps are as
+// ensureRules writes them, by reading them only; false where they differ,
+// cannot be read, or are this agent's to check only (ReadOnlyRules: the
+// caller's ensureRules checks them and says how they differ). Where they
+// are as written, they are kept from then on as after ensureRules.
+func (n *Network) rulesUnchanged(ctx context.Context) bool {
+	if n.cfg.ReadOnlyRules {
+		return false
+	}
+	return n.rules.unchanged(ctx)
+}
+
 // Rules is the owner of the network's iptables rules: run its Run loop for
 // as long as the agent serves.
 func (n *Network) Rules() *Rules { return n.rules }

@@ -195,6 +195,21 @@ func (r *Rules) ensureLocked(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
+// unchanged compares the expected rule set with the kernel's without
+// writing, as Ensure would before writing: true when nothing differs, and
+// the rules are kept (Reconcile) from then on. A concurrent Ensure or
+// Reconcile is waited for.
+func (r *Rules) unchanged(ctx context.Context) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d, err := r.diff(ctx)
+	if err != nil || !d.empty() {
+		return false
+	}
+	r.armed = true
+	return true
+}
+
 // Reconcile repairs the rules if they were written (Ensure) and have
 // changed since; before the first Ensure, and after Remove, it does
 // nothing. It returns whether it repaired anything.

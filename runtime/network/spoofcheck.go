@@ -21,29 +21,43 @@ func spoofcheckChains(id string) []string {
 	return []string{"cni-br-iface-" + id + "-eth0", "cni-br-iface-" + id + "-eth0-mac"}
 }
 
-// removeSpoofcheck deletes the spoof check's rules and chains for ids.
+var nftChainLine = regexp.MustCompile(`^chain (\S+) \{`)
+
+// removeSpoofcheck deletes the spoof check's rules and chains for ids,
+// from one listing of the table.
 func removeSpoofcheck(ctx context.Context, ids map[string]bool) error {
-	out, err := exec.CommandContext(ctx, "nft", "-a", "list", "chain", "bridge", "nat", "PREROUTING").Output()
+	out, err := exec.CommandContext(ctx, "nft", "-a", "list", "table", "bridge", "nat").Output()
 	if err != nil {
 		return nil // no spoof check table: nothing to remove
 	}
 	var script strings.Builder
+	chains := map[string]bool{}
+	chain := ""
 	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
-		m := spoofcheckRule.FindStringSubmatch(strings.TrimSpace(sc.Text()))
+		line := strings.TrimSpace(sc.Text())
+		if m := nftChainLine.FindStringSubmatch(line); m != nil {
+			chain = m[1]
+			chains[chain] = true
+			continue
+		}
+		if chain != "PREROUTING" {
+			continue
+		}
+		m := spoofcheckRule.FindStringSubmatch(line)
 		if m != nil && ids[m[1]] {
 			fmt.Fprintf(&script, "delete rule bridge nat PREROUTING handle %s\n", m[2])
 		}
 	}
-	chains, err := exec.CommandContext(ctx, "nft", "list", "chains", "bridge").Output()
-	if err != nil {
-		return fmt.Errorf("nft list chains: %w", err)
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("nft list table bridge nat: %w", err)
 	}
 	// The -mac chain is jumped to from the other: flush both, then delete.
 	var del []string
 	for id := range ids {
 		for _, c := range spoofcheckChains(id) {
-			if bytes.Contains(chains, []byte("chain "+c+" {")) {
+			if chains[c] {
 				fmt.Fprintf(&script, "flush chain bridge nat %s\n", c)
 				del = append(del, c)
 			}
