@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // A spec file that makes the CDI library panic (found by FuzzSpecLoading:

@@ -21,7 +21,7 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/host-agent/host-agent/gpu"
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // newMockNVML is the dgxa100 fake (8 A100s, driver 550.54.15) with the

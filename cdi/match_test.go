@@ -12,7 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // TestEnsureNVIDIASpecAndForeignSpecs: a spec the agent did not write is

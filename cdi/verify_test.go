@@ -9,7 +9,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 func TestVerifyRefusesAnotherGPU(t *testing.T) {

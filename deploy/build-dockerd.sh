@@ -2,7 +2,7 @@
 # Builds the moby dockerd the Docker back end's tests and the image test run
 # (from the Go module proxy, a few minutes, once per version) into
 # HOST_AGENT_CI_CACHE (default /var/cache/host-agent-ci)/dockerd-VERSION,
-# and prints its path. runtime/testenv looks for it there.
+# and prints its path. internal/testenv looks for it there.
 set -euo pipefail
 export PATH="/usr/local/go/bin:/usr/local/bin:${PATH}" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 DOCKERD_VERSION="${DOCKERD_VERSION:-v2.0.0-beta.24}"

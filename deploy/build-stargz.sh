@@ -2,7 +2,7 @@
 # Builds containerd-stargz-grpc, the stargz-snapshotter daemon that lazy
 # pulling (SNAPSHOTTER=stargz) runs on, from its source, once per version,
 # into HOST_AGENT_CI_CACHE (default /var/cache/host-agent-ci)/stargz-VERSION,
-# and prints its path. runtime/testenv and deploy/setup-host.sh --lazy-pull
+# and prints its path. internal/testenv and deploy/setup-host.sh --lazy-pull
 # look for it there.
 #
 # Its command lives in a Go module of its own (cmd/) whose go.mod points at

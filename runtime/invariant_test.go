@@ -10,9 +10,9 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/internal/invariant"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
-	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
 // TestLifecycleInvariants sends random starts (fresh, retried,

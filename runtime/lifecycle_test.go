@@ -14,10 +14,10 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/invariant"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
-	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
 // newLifecycle builds what an agent start builds over be: a fresh inventory

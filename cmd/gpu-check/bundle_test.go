@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // bundleLimit is what may travel to the GPU test machine with the

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // buildCheck builds this command as the bundle does, into dir.
@@ -205,7 +205,7 @@ func TestNoTestEnvironmentInBinary(t *testing.T) {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		pkg, imports, _ := strings.Cut(line, " ")
-		if strings.HasSuffix(pkg, "/runtime/testenv") || strings.Contains(pkg, "go-containerregistry/pkg/registry") {
+		if strings.HasSuffix(pkg, "/internal/testenv") || strings.Contains(pkg, "go-containerregistry/pkg/registry") {
 			t.Errorf("gpu-check depends on %s", pkg)
 		}
 		// The agent's own packages never link the testing package (a

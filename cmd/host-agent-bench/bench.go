@@ -33,8 +33,8 @@ import (
 	"google.golang.org/grpc"
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 type config struct {

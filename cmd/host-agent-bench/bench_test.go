@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

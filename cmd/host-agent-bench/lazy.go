@@ -14,9 +14,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // The lazy-pull phase (-lazy): time from a start to the payload's first

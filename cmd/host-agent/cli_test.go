@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // TestCommandLine runs the built agent with help and with words it does not

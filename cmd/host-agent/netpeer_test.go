@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
 )

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime/network"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // The agent keeps its rules: after an operator's iptables -F of its

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // A second agent on the host (its own RENTAL_NETWORK_NAME and containerd

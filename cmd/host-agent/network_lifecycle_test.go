@@ -19,9 +19,9 @@ import (
 	ctdclient "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/containerd"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // tryCall is call for a request the agent may die during: it returns the

@@ -14,8 +14,8 @@ import (
 
 	"github.com/moby/moby/client"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // TestRuntimeAutoPicksEachBackEnd runs the built agent with RUNTIME unset

@@ -19,9 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/selftest"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // fakeGPUMajor is a character-device major reserved for local use: the

@@ -17,10 +17,10 @@ import (
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/selftest"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // freeRange finds two consecutive loopback-free TCP ports for

@@ -19,9 +19,9 @@ import (
 	"github.com/moby/moby/client"
 	"github.com/vishvananda/netlink"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/docker"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // dockerWorld is a world with a dockerd that manages iptables, as a

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // writeCert writes a self-signed certificate for 127.0.0.1 with the given

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 func TestVolumeDirConfig(t *testing.T) {

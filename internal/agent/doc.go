@@ -19,8 +19,9 @@
 // Who may import it: the programs under cmd/ of this module, and nothing
 // else. It sits on top of every other package of the agent; nothing of
 // the agent imports it. Go's internal/ rule keeps it out of other
-// modules; test support (testenv, conformance, invariant) is not here and
-// is never imported by it.
+// modules. Beside it under internal/ is the test support (internal/testenv,
+// internal/conformance, internal/invariant), which it never imports and
+// which no shipped program reaches (TestShippedBinariesHoldNoTestSupport).
 //
 // The layers, from the bottom up; a package imports only packages of its
 // own layer or below (TestImportsFlowDown reads every import and holds the
@@ -36,9 +37,9 @@
 //     runtime/backend (what the back ends share),
 //     the reservation kinds (runtime/gpualloc, runtime/share,
 //     runtime/disk, runtime/numa), runtime/volume, runtime/usage,
-//     runtime/network; runtime/invariant.
-//  5. runtime/containerd, runtime/docker: the back ends; runtime/testenv.
-//  6. runtime/selftest: the host's checks; runtime/conformance.
+//     runtime/network; internal/invariant.
+//  5. runtime/containerd, runtime/docker: the back ends; internal/testenv.
+//  6. runtime/selftest: the host's checks; internal/conformance.
 //  7. server/reporter: the central server's protocol and the host report.
 //  8. server: the API.
 //  9. internal/agent: this builder.

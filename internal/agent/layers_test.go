@@ -22,7 +22,7 @@ var layers = map[string]int{
 	"runtime/hostinfo":          1,
 	"runtime/hostport":          1,
 	"runtime/containerd/daemon": 1,
-	"runtime/testenv/payload":   1,
+	"internal/testenv/payload":  1,
 	"cmd/gpu-check/probe":       1,
 	"deploy":                    1,
 
@@ -40,14 +40,14 @@ var layers = map[string]int{
 	"runtime/volume":           4,
 	"runtime/numa":             4,
 	"runtime/network":          4,
-	"runtime/invariant":        4,
+	"internal/invariant":       4,
 
 	"runtime/containerd": 5,
 	"runtime/docker":     5,
-	"runtime/testenv":    5,
+	"internal/testenv":   5,
 
-	"runtime/selftest":    6,
-	"runtime/conformance": 6,
+	"runtime/selftest":     6,
+	"internal/conformance": 6,
 
 	"server/reporter": 7,
 	"server":          8,
@@ -141,5 +141,64 @@ func TestImportsFlowDown(t *testing.T) {
 	}
 	if seen < 100 {
 		t.Fatalf("read %d files: the walk missed the tree", seen)
+	}
+}
+
+// testSupport is what only tests (and the benchmark) may import.
+var testSupport = []string{"internal/testenv", "internal/conformance", "internal/invariant"}
+
+// TestShippedBinariesHoldNoTestSupport follows the imports of the
+// programs that ship (the daemon, gpu-check) through the module's
+// non-test files: none reaches the test support under internal/.
+func TestShippedBinariesHoldNoTestSupport(t *testing.T) {
+	t.Parallel()
+	root := moduleRoot(t)
+	fset := gotoken.NewFileSet()
+	imports := func(pkg string) []string {
+		entries, err := os.ReadDir(filepath.Join(root, pkg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var deps []string
+		for _, e := range entries {
+			name := e.Name()
+			if e.IsDir() || !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+				continue
+			}
+			f, err := parser.ParseFile(fset, filepath.Join(root, pkg, name), nil, parser.ImportsOnly)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, imp := range f.Imports {
+				ip, _ := strconv.Unquote(imp.Path.Value)
+				if dep, ok := strings.CutPrefix(ip, module+"/"); ok {
+					deps = append(deps, dep)
+				}
+			}
+		}
+		return deps
+	}
+	for _, bin := range []string{"cmd/host-agent", "cmd/gpu-check"} {
+		via := map[string]string{bin: ""}
+		queue := []string{bin}
+		for len(queue) > 0 {
+			pkg := queue[0]
+			queue = queue[1:]
+			for _, dep := range imports(pkg) {
+				if _, ok := via[dep]; ok {
+					continue
+				}
+				via[dep] = pkg
+				queue = append(queue, dep)
+			}
+		}
+		if len(via) < 10 {
+			t.Fatalf("%s: followed %d packages: the walk missed its imports", bin, len(via))
+		}
+		for _, ts := range testSupport {
+			if from, ok := via[ts]; ok {
+				t.Errorf("%s imports the test support %s (through %s)", bin, ts, from)
+			}
+		}
 	}
 }

@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/internal/conformance"
 )
 
 // Every call a start makes to containerd is timed by method, for GET

@@ -9,8 +9,8 @@ import (
 	"testing"
 
 	"github.com/host-agent/host-agent/cdi"
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 

@@ -10,9 +10,9 @@ import (
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 
+	"github.com/host-agent/host-agent/internal/conformance"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A pull that fills the disk: containerd's root is a small file system the

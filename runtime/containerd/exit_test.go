@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 

@@ -16,10 +16,10 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/invariant"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
-	"github.com/host-agent/host-agent/runtime/invariant"
 )
 
 // flaky wraps the real back end with injected delays and failures before

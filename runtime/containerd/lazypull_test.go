@@ -14,10 +14,10 @@ import (
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/host-agent/host-agent/internal/conformance"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // With SNAPSHOTTER=stargz an eStargz rental runs, and prints its first

@@ -14,8 +14,8 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/share"
 )
 

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // Following streams what the instance writes after the request, ends when

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/network"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A rental's task is created while CNI ADD runs: every rental still reads

@@ -14,8 +14,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime/network"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // testNetwork is a rentals' network of the test's own: bridge, chains,

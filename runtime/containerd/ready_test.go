@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
-	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/internal/conformance"
 )
 
 type lockedBuffer struct {

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // deadRegistry is a loopback address nothing listens on.

@@ -6,8 +6,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // The probes run apart from the rentals: a tenant whose instance has the

@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/internal/conformance"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 	"github.com/host-agent/host-agent/runtime/usage"
 )
 

@@ -14,7 +14,7 @@ import (
 	ctrevents "github.com/containerd/containerd/v2/core/events"
 	"github.com/containerd/typeurl/v2"
 
-	"github.com/host-agent/host-agent/runtime/conformance"
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 

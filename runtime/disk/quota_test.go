@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 func TestMountOf(t *testing.T) {

@@ -10,10 +10,10 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/host-agent/host-agent/internal/conformance"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 	rentalnet "github.com/host-agent/host-agent/runtime/network"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A rental's bandwidth limits are tc rules on the host's end of its veth;

@@ -11,8 +11,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 )
 
 // The daemon injects GPUs only from CDI specs the agent checked with the

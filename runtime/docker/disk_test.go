@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/disk"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // On a dockerd whose data root is XFS with project quotas (a loop device

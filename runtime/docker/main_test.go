@@ -15,10 +15,10 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/cdi"
+	"github.com/host-agent/host-agent/internal/conformance"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // The daemons of this package's integration tests: one private containerd

@@ -18,10 +18,10 @@ import (
 	mnetwork "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // agentRules are the lines of iptables-save, in every table, that name the

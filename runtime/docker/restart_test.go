@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/conformance"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/conformance"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // TestDockerdRestart restarts dockerd under running instances: dockerd

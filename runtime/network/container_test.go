@@ -15,8 +15,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime/hostport"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A real container, run by containerd in the attachment's namespace with

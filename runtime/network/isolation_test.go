@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/runtime/testenv"
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/net/dns/dnsmessage"

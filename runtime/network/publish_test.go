@@ -10,8 +10,8 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime/hostport"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // A payload listening on a TCP and a UDP port inside a rental's namespace

@@ -12,8 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime/hostport"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // Setups and teardowns of many instances at once all succeed and leave

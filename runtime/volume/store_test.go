@@ -16,8 +16,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // openStore opens a store in dir, unmounting whatever is left mounted

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/network"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // blastSeconds is how long a rental sends as fast as it can.

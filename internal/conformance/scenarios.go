@@ -14,9 +14,9 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 func spec(h Harness, id string, args ...string) runtime.InstanceSpec {

@@ -8,9 +8,9 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // imageEvents are the image.* events about ref, in order.

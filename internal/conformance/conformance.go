@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
-	"github.com/host-agent/host-agent/runtime/testenv"
 )
 
 // Harness is what the suite needs of one back end on real daemons.

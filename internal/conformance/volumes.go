@@ -15,8 +15,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/testenv"
 	"github.com/host-agent/host-agent/runtime/volume"
 )
 
