@@ -128,7 +128,7 @@ func deviceNames(uuids []string) ([]string, error) {
 	var names, bad []string
 	seen := map[string]bool{}
 	for _, u := range uuids {
-		if !isGPUUUID(u) && !gpu.IsMIGUUID(u) {
+		if !gpu.IsGPUUUID(u) && !gpu.IsMIGUUID(u) {
 			bad = append(bad, fmt.Sprintf("%q", u))
 			continue
 		}
@@ -142,27 +142,6 @@ func deviceNames(uuids []string) ([]string, error) {
 			errdefs.ErrInvalidArgument, strings.Join(bad, ", "))
 	}
 	return names, nil
-}
-
-// isGPUUUID reports whether s has the form NVML gives a whole GPU's UUID.
-func isGPUUUID(s string) bool {
-	rest, ok := strings.CutPrefix(s, "GPU-")
-	if !ok || len(rest) != 36 {
-		return false
-	}
-	for i, c := range rest {
-		switch i {
-		case 8, 13, 18, 23:
-			if c != '-' {
-				return false
-			}
-		default:
-			if !strings.ContainsRune("0123456789abcdefABCDEF", c) {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // plan is one checked injection: the edits to apply, copied out of the

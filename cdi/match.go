@@ -81,7 +81,7 @@ func (in *Injector) specMismatch(want []string, driver string) string {
 func gpuNames(raw *cdispec.Spec) []string {
 	var out []string
 	for _, d := range raw.Devices {
-		if isGPUUUID(d.Name) {
+		if gpu.IsGPUUUID(d.Name) {
 			out = append(out, d.Name)
 		}
 	}

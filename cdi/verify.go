@@ -13,6 +13,7 @@ import (
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 )
 
@@ -114,7 +115,7 @@ func foreignNodes(class []*cdilib.Device, injected map[*cdilib.Device]bool, allo
 		own := newNodeSet()
 		own.addEdits(&d.ContainerEdits, d.GetQualifiedName())
 		gpuNodes.addGPUNodes(&d.ContainerEdits)
-		isGPU := effective[d] && isGPUUUID(d.Name)
+		isGPU := effective[d] && gpu.IsGPUUUID(d.Name)
 		if isGPU {
 			gpus++
 			if shared == nil {

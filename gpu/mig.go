@@ -53,8 +53,16 @@ func ValidMIGProfile(s string) bool { return migProfilePattern.MatchString(s) }
 
 // IsMIGUUID reports whether s has the form NVML gives a MIG device's UUID
 // (MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx).
-func IsMIGUUID(s string) bool {
-	rest, ok := strings.CutPrefix(s, "MIG-")
+func IsMIGUUID(s string) bool { return hasUUIDForm(s, "MIG-") }
+
+// IsGPUUUID reports whether s has the form NVML gives a whole GPU's UUID
+// (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx).
+func IsGPUUUID(s string) bool { return hasUUIDForm(s, "GPU-") }
+
+// hasUUIDForm reports whether s is prefix followed by a UUID in its
+// 8-4-4-4-12 hexadecimal form.
+func hasUUIDForm(s, prefix string) bool {
+	rest, ok := strings.CutPrefix(s, prefix)
 	if !ok || len(rest) != 36 {
 		return false
 	}
