@@ -121,6 +121,8 @@ type Runtime struct {
 	// imageMu: image GC removes an image only while no start is between
 	// choosing its image and creating its container.
 	imageMu sync.RWMutex
+	// pulls shares one fetch among the pulls of an image.
+	pulls runtime.PullGroup
 
 	// exits serialises the recording of one instance's exit or OOM kill.
 	exits runtime.KeyedMutex
