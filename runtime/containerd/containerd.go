@@ -55,6 +55,14 @@ type Options struct {
 	// PullStallTimeout fails a pull that fetched nothing for that long
 	// (default DefaultPullStallTimeout).
 	PullStallTimeout time.Duration
+	// PullLayers is how many layers one pull fetches at once and, when
+	// layers are fetched in ranges, how many ranges of one layer (default
+	// DefaultPullLayers).
+	PullLayers int
+	// PullChunkBytes is the size of the ranges a layer bigger than it is
+	// fetched in, over PullLayers connections at once (default
+	// DefaultPullChunkBytes; below zero: each layer over one connection).
+	PullChunkBytes int64
 	// RegistryConfigDir holds the provider's registry configuration,
 	// <dir>/<host>/hosts.toml, as containerd reads it (default
 	// DefaultCertsDir): mirrors and certificates.
@@ -164,6 +172,12 @@ func New(opts Options) (*Runtime, error) {
 	}
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = time.Second
+	}
+	if opts.PullLayers <= 0 {
+		opts.PullLayers = DefaultPullLayers
+	}
+	if opts.PullChunkBytes == 0 {
+		opts.PullChunkBytes = DefaultPullChunkBytes
 	}
 	if opts.LogMaxBytes == 0 {
 		opts.LogMaxBytes = 100 << 20

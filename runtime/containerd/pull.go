@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -125,7 +126,12 @@ func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.Regi
 	if auth != nil {
 		pullOpts = append(pullOpts, containerd.WithPullLabel(labelPulledWithAuth, "true"))
 	}
-	img, err := r.client.Pull(ctx, ref, pullOpts...)
+	chunk := r.opts.PullChunkBytes
+	img, err := r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, chunk))...)
+	if err != nil && chunk > 0 && rangeRefused(err) && ctx.Err() == nil {
+		r.log.Warn("the registry refused a ranged fetch; pulling each layer over one connection", "image", ref, "error", err)
+		img, err = r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, -1))...)
+	}
 	if err != nil {
 		err = pullError(ctx, ref, err)
 		var pe *runtime.PullError
