@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -33,12 +34,16 @@ import (
 // its memory and goroutines are its own. The bench starts its own binary
 // with childEnv set; the child's configuration comes in these variables.
 const (
-	childEnv       = "HOST_AGENT_BENCH_CHILD"
-	envContainerd  = "HOST_AGENT_BENCH_CONTAINERD"
-	envWorkDir     = "HOST_AGENT_BENCH_WORKDIR"
-	envGPUs        = "HOST_AGENT_BENCH_GPUS"
-	envCentral     = "HOST_AGENT_BENCH_CENTRAL"
-	envProfileDir  = "HOST_AGENT_BENCH_PROFILE_DIR"
+	childEnv      = "HOST_AGENT_BENCH_CHILD"
+	envContainerd = "HOST_AGENT_BENCH_CONTAINERD"
+	envWorkDir    = "HOST_AGENT_BENCH_WORKDIR"
+	envGPUs       = "HOST_AGENT_BENCH_GPUS"
+	envCentral    = "HOST_AGENT_BENCH_CENTRAL"
+	envProfileDir = "HOST_AGENT_BENCH_PROFILE_DIR"
+	// envNamespace is the agent's containerd namespace (default rentals);
+	// PULL_MAX_CONCURRENT_LAYERS and PULL_CHUNK_MB are read as the agent
+	// reads them.
+	envNamespace   = "HOST_AGENT_BENCH_NAMESPACE"
 	fakeNodeMajor  = 240 // a local-use character major: its nodes open nothing
 	heartbeatEvery = time.Second
 )
@@ -85,8 +90,14 @@ func child() error {
 	if err != nil {
 		return err
 	}
-	be, err := ctrd.New(ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
-		LogDir: filepath.Join(work, "logs"), Events: hub, Logger: logger, Devices: injector})
+	ns := cmp.Or(os.Getenv(envNamespace), "rentals")
+	layers, chunk, err := pullSettings()
+	if err != nil {
+		return err
+	}
+	be, err := ctrd.New(ctrd.Options{Address: os.Getenv(envContainerd), Namespace: ns, AgentID: "bench",
+		LogDir: filepath.Join(work, "logs"), Events: hub, Logger: logger, Devices: injector,
+		PullLayers: layers, PullChunkBytes: chunk})
 	if err != nil {
 		return err
 	}
@@ -117,6 +128,24 @@ func child() error {
 	go profileOnSignal(os.Getenv(envProfileDir))
 	fmt.Println(ln.Addr().String())
 	return srv.Serve(ctx, ln)
+}
+
+// pullSettings reads PULL_MAX_CONCURRENT_LAYERS and PULL_CHUNK_MB (unset:
+// the back end's defaults).
+func pullSettings() (layers int, chunk int64, err error) {
+	if v := os.Getenv("PULL_MAX_CONCURRENT_LAYERS"); v != "" {
+		if layers, err = strconv.Atoi(v); err != nil || layers < 1 {
+			return 0, 0, fmt.Errorf("PULL_MAX_CONCURRENT_LAYERS=%q: want a positive count", v)
+		}
+	}
+	if v := os.Getenv("PULL_CHUNK_MB"); v != "" {
+		mb, err := strconv.Atoi(v)
+		if err != nil || mb < 0 {
+			return 0, 0, fmt.Errorf("PULL_CHUNK_MB=%q: want a whole number of MiB", v)
+		}
+		chunk = int64(mb) << 20
+	}
+	return layers, chunk, nil
 }
 
 // profileOnSignal writes a CPU profile to dir/cpu-N.pprof from each SIGUSR1

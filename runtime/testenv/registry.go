@@ -64,8 +64,11 @@ func StartRegistry() *Registry {
 
 // StartDiskRegistry is StartRegistry keeping blobs in files under dir
 // rather than in memory, for images of gigabytes.
-func StartDiskRegistry(dir string) *Registry {
-	return startRegistry(registry.WithBlobHandler(registry.NewDiskBlobHandler(dir)))
+func StartDiskRegistry(dir string) (*Registry, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return startRegistry(registry.WithBlobHandler(registry.NewDiskBlobHandler(dir))), nil
 }
 
 func startRegistry(opts ...registry.Option) *Registry {
@@ -405,7 +408,9 @@ func (r *Registry) PushBigImage(repoTag string, bin []byte, layers int, size int
 		}
 		ls = append(ls, l)
 	}
-	payload, err := layerWith("payload", bin)
+	// The seed beside the payload makes the small layer the image's own:
+	// no other image shares it.
+	payload, err := layerOf(map[string][]byte{"payload": bin, "seed": fmt.Appendf(nil, "%d\n", seed)})
 	if err != nil {
 		return "", err
 	}
