@@ -20,7 +20,7 @@ type pullConfig struct {
 	// once, and ranges of one layer fetched at once.
 	Layers int
 	// ChunkBytes is PULL_CHUNK_MB in bytes: the size of the ranges a big
-	// layer is fetched in; below zero (PULL_CHUNK_MB=0), none.
+	// layer is fetched in; 0: none.
 	ChunkBytes int64
 }
 
@@ -44,14 +44,11 @@ func loadPullConfig(get func(name, def string) string) (pullConfig, error) {
 		return c, &configError{"PULL_MAX_CONCURRENT_LAYERS", fmt.Sprintf("want a whole number from 1 to %d", maxPullLayers)}
 	}
 	c.Layers = layers
-	chunk, err := strconv.Atoi(get("PULL_CHUNK_MB", strconv.Itoa(containerd.DefaultPullChunkBytes>>20)))
+	chunk, err := strconv.Atoi(get("PULL_CHUNK_MB", "0"))
 	if err != nil || chunk < 0 || chunk > maxPullChunkMB {
 		return c, &configError{"PULL_CHUNK_MB", fmt.Sprintf("want a whole number of MiB from 0 (each layer over one connection) to %d", maxPullChunkMB)}
 	}
 	c.ChunkBytes = int64(chunk) << 20
-	if chunk == 0 {
-		c.ChunkBytes = -1
-	}
 	return c, nil
 }
 

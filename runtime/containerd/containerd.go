@@ -59,9 +59,9 @@ type Options struct {
 	// layers are fetched in ranges, how many ranges of one layer (default
 	// DefaultPullLayers).
 	PullLayers int
-	// PullChunkBytes is the size of the ranges a layer bigger than it is
-	// fetched in, over PullLayers connections at once (default
-	// DefaultPullChunkBytes; below zero: each layer over one connection).
+	// PullChunkBytes, when above zero, is the size of the ranges a layer
+	// bigger than it is fetched in, over PullLayers connections at once;
+	// otherwise each layer comes over one connection.
 	PullChunkBytes int64
 	// RegistryConfigDir holds the provider's registry configuration,
 	// <dir>/<host>/hosts.toml, as containerd reads it (default
@@ -176,9 +176,7 @@ func New(opts Options) (*Runtime, error) {
 	if opts.PullLayers <= 0 {
 		opts.PullLayers = DefaultPullLayers
 	}
-	if opts.PullChunkBytes == 0 {
-		opts.PullChunkBytes = DefaultPullChunkBytes
-	}
+
 	if opts.LogMaxBytes == 0 {
 		opts.LogMaxBytes = 100 << 20
 	}

@@ -130,7 +130,7 @@ func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.Regi
 	img, err := r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, chunk))...)
 	if err != nil && chunk > 0 && rangeRefused(err) && ctx.Err() == nil {
 		r.log.Warn("the registry refused a ranged fetch; pulling each layer over one connection", "image", ref, "error", err)
-		img, err = r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, -1))...)
+		img, err = r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, 0))...)
 	}
 	if err != nil {
 		err = pullError(ctx, ref, err)

@@ -112,7 +112,7 @@ func TestPullLayersAtOnce(t *testing.T) {
 	} {
 		reg, ref := bigImage(t, 3, 1<<20)
 		reg.Throttle(4 << 20)
-		r := newPullRuntime(t, tc.layers, -1)
+		r := newPullRuntime(t, tc.layers, 0)
 		if _, err := r.PullImage(ctx(t), ref, nil, func(events.PullProgress) {}); err != nil {
 			t.Fatal(err)
 		}
