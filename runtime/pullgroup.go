@@ -32,13 +32,13 @@ type pullFlight struct {
 	last     *events.PullProgress
 }
 
-// publish hands p to every pull sharing the flight.
+// publish hands p to every pull sharing the flight. It holds f.mu so that
+// a pull that stopped watching (unwatch) hears nothing more.
 func (f *pullFlight) publish(p events.PullProgress) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.last = &p
-	ws := append([]func(events.PullProgress){}, f.watchers...)
-	f.mu.Unlock()
-	for _, w := range ws {
+	for _, w := range f.watchers {
 		w(p)
 	}
 }
@@ -47,13 +47,12 @@ func (f *pullFlight) publish(p events.PullProgress) {
 // once, and returns its place.
 func (f *pullFlight) watch(w func(events.PullProgress)) int {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.watchers = append(f.watchers, w)
-	n, last := len(f.watchers)-1, f.last
-	f.mu.Unlock()
-	if last != nil {
-		w(*last)
+	if f.last != nil {
+		w(*f.last)
 	}
-	return n
+	return len(f.watchers) - 1
 }
 
 func (f *pullFlight) unwatch(n int) {
