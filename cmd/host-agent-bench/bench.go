@@ -50,6 +50,10 @@ type config struct {
 	// ProfileDir, when set, receives the agent's CPU profiles of the
 	// start/terminate runs, the GET /instances load and the bursts.
 	ProfileDir string
+	// Big is the big-image phase (none when Big.Rounds is 0); BigOnly
+	// runs it alone.
+	Big     bigConfig
+	BigOnly bool
 }
 
 const benchToken = "bench-token-0123456789abcdef"
@@ -102,6 +106,7 @@ type Results struct {
 		Latency   Stat    `json:"latency"`
 		Bytes     int     `json:"response_bytes"`
 	} `json:"get_instances"`
+	BigImage *BigImage `json:"big_image,omitempty"`
 }
 
 // sides of the start/terminate comparison.
@@ -133,6 +138,11 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	image, err := reg.PushPayload("payload:bench")
 	if err != nil {
 		return nil, err
+	}
+	if cfg.BigOnly {
+		res := &Results{Machine: machine()}
+		res.BigImage, err = runBig(ctx, daemon.Address, work, image, cfg.Big)
+		return res, err
 	}
 	srv := newCentral()
 	defer srv.Close()
@@ -258,7 +268,21 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 			return nil, fmt.Errorf("networked: %w", err)
 		}
 	}
+	if cfg.Big.Rounds > 0 {
+		if res.BigImage, err = runBig(ctx, daemon.Address, work, image, cfg.Big); err != nil {
+			return nil, fmt.Errorf("big image: %w", err)
+		}
+	}
 	return res, nil
+}
+
+// runBig runs the big-image phase, small being the small image.
+func runBig(ctx context.Context, address, work, small string, cfg bigConfig) (*BigImage, error) {
+	bin, err := testenv.BuildPayload()
+	if err != nil {
+		return nil, err
+	}
+	return measureBig(ctx, address, filepath.Join(work, "big"), bin, small, cfg)
 }
 
 // bursts starts each burst's rentals at once through the agent and through
@@ -379,8 +403,9 @@ type agentProc struct {
 }
 
 // startAgent starts the agent child with a host of gpus mock GPUs, its files
-// under work, reporting to centralURL ("": standalone).
-func startAgent(ctx context.Context, address, work string, gpus int, centralURL, profileDir string) (*agentProc, error) {
+// under work, reporting to centralURL ("": standalone), with env added to
+// its environment.
+func startAgent(ctx context.Context, address, work string, gpus int, centralURL, profileDir string, env ...string) (*agentProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -388,6 +413,7 @@ func startAgent(ctx context.Context, address, work string, gpus int, centralURL,
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), childEnv+"=1", envContainerd+"="+address, envWorkDir+"="+work,
 		envGPUs+"="+strconv.Itoa(gpus), envCentral+"="+centralURL, envProfileDir+"="+profileDir)
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -655,6 +681,12 @@ func machine() string {
 
 func (r *Results) printTable(w io.Writer) {
 	fmt.Fprintf(w, "machine: %s\n\n", r.Machine)
+	if r.BigImage != nil {
+		defer r.BigImage.print(w)
+	}
+	if r.Start == nil {
+		return // the big-image phase alone
+	}
 	fmt.Fprintf(w, "%-28s %6s %10s %10s\n", "measure", "n", "median ms", "p95 ms")
 	for _, name := range []string{sideAgent, sideCtr, sideClient} {
 		s := r.Start[name]

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/host-agent/host-agent/internal/testenv"
 )
@@ -26,7 +27,8 @@ func TestBenchSmoke(t *testing.T) {
 	testenv.Require(t, "containerd", "containerd-shim-runc-v2", "runc", "ctr", "nft", "iptables-restore")
 	// The networked phase makes bridges and iptables rules on the host.
 	testenv.LockHostNetwork(t)
-	res, err := run(context.Background(), config{Runs: 2, Instances: 3, Requests: 10, Bursts: []int{3}, Cycles: 8, Parallel: 2, NetRuns: 2})
+	res, err := run(context.Background(), config{Runs: 2, Instances: 3, Requests: 10, Bursts: []int{3}, Cycles: 8, Parallel: 2, NetRuns: 2,
+		Big: bigConfig{Rounds: 1, Layers: 2, LayerMB: 1, RateMBps: 25, FirstByte: 40 * time.Millisecond, PrePulledRuns: 2}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,9 +78,11 @@ func TestBenchSmoke(t *testing.T) {
 			}
 		}
 	}
+	checkBig(t, res.BigImage)
 	var table bytes.Buffer
 	res.printTable(&table)
-	if !strings.Contains(table.String(), "start_agent_over_ctr") || !strings.Contains(table.String(), "start_agent_over_ctr-cni") {
+	if !strings.Contains(table.String(), "start_agent_over_ctr") || !strings.Contains(table.String(), "start_agent_over_ctr-cni") ||
+		!strings.Contains(table.String(), "cold start ctr-local") {
 		t.Errorf("table:\n%s", table.String())
 	}
 	path := filepath.Join(t.TempDir(), "bench.json")
@@ -92,5 +96,32 @@ func TestBenchSmoke(t *testing.T) {
 	var back Results
 	if err := json.Unmarshal(b, &back); err != nil || back.Start[sideAgent] != res.Start[sideAgent] {
 		t.Fatalf("JSON round trip: %v %+v", err, back.Start)
+	}
+}
+
+// checkBig checks the big-image phase of a smoke run: every side started
+// the cold image, the pre-pulled and small images started, and the
+// registry served each blob once while a start raced a pre-pull.
+func checkBig(t *testing.T, b *BigImage) {
+	t.Helper()
+	if b == nil {
+		t.Fatal("no big-image results")
+	}
+	for _, side := range bigSides {
+		if s := b.ColdStart[side]; s.N != 1 || s.Median <= 0 {
+			t.Errorf("cold start %s: %+v", side, s)
+		}
+	}
+	if b.PrePulledStart.N != 2 || b.SmallStart.N != 2 || b.Ratios["prepulled_start_over_small"] <= 0 || b.Ratios["cold_start_agent_over_ctr"] <= 0 {
+		t.Errorf("pre-pulled %+v small %+v ratios %v", b.PrePulledStart, b.SmallStart, b.Ratios)
+	}
+	// The config and three layers (two random, the payload's).
+	if len(b.Race) != 4 || b.ImageMB < 2 {
+		t.Errorf("blobs served during the race: %+v (image %.1f MiB)", b.Race, b.ImageMB)
+	}
+	for _, s := range b.Race {
+		if s.Fetches != 1 || s.BytesSent != s.Size || s.Size == 0 {
+			t.Errorf("blob %s served %d times, %d bytes of %d; want once, whole", s.Digest, s.Fetches, s.BytesSent, s.Size)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -33,12 +34,16 @@ import (
 // its memory and goroutines are its own. The bench starts its own binary
 // with childEnv set; the child's configuration comes in these variables.
 const (
-	childEnv       = "HOST_AGENT_BENCH_CHILD"
-	envContainerd  = "HOST_AGENT_BENCH_CONTAINERD"
-	envWorkDir     = "HOST_AGENT_BENCH_WORKDIR"
-	envGPUs        = "HOST_AGENT_BENCH_GPUS"
-	envCentral     = "HOST_AGENT_BENCH_CENTRAL"
-	envProfileDir  = "HOST_AGENT_BENCH_PROFILE_DIR"
+	childEnv      = "HOST_AGENT_BENCH_CHILD"
+	envContainerd = "HOST_AGENT_BENCH_CONTAINERD"
+	envWorkDir    = "HOST_AGENT_BENCH_WORKDIR"
+	envGPUs       = "HOST_AGENT_BENCH_GPUS"
+	envCentral    = "HOST_AGENT_BENCH_CENTRAL"
+	envProfileDir = "HOST_AGENT_BENCH_PROFILE_DIR"
+	// envNamespace is the agent's containerd namespace (default rentals);
+	// PULL_MAX_CONCURRENT_LAYERS and PULL_CHUNK_MB are read as the agent
+	// reads them.
+	envNamespace   = "HOST_AGENT_BENCH_NAMESPACE"
 	fakeNodeMajor  = 240 // a local-use character major: its nodes open nothing
 	heartbeatEvery = time.Second
 	// benchCPURentalMemoryMB is a CPU rental's memory limit: small, since
@@ -89,8 +94,14 @@ func child() error {
 		return err
 	}
 	ev := agent.NewEvents(agent.DefaultEventBuffer)
-	opts := ctrd.Options{Address: os.Getenv(envContainerd), Namespace: "rentals", AgentID: "bench",
-		LogDir: filepath.Join(work, "logs"), Events: ev.Pulls, Logger: logger, Devices: injector}
+	ns := cmp.Or(os.Getenv(envNamespace), "rentals")
+	layers, chunk, err := pullSettings()
+	if err != nil {
+		return err
+	}
+	opts := ctrd.Options{Address: os.Getenv(envContainerd), Namespace: ns, AgentID: "bench",
+		LogDir: filepath.Join(work, "logs"), Events: ev.Pulls, Logger: logger, Devices: injector,
+		PullLayers: layers, PullChunkBytes: chunk}
 	if subnet := os.Getenv(envNetSubnet); subnet != "" {
 		n, closeNet, err := childNetwork(ctx, work, subnet, logger)
 		if err != nil {
@@ -170,6 +181,24 @@ func benchReservations(work string, be agent.Backend, gpus int, networked bool) 
 
 // benchDiskLimitBytes is the disk limit of each of the bench's rentals.
 const benchDiskLimitBytes = 64 << 20
+
+// pullSettings reads PULL_MAX_CONCURRENT_LAYERS and PULL_CHUNK_MB (unset:
+// the back end's defaults).
+func pullSettings() (layers int, chunk int64, err error) {
+	if v := os.Getenv("PULL_MAX_CONCURRENT_LAYERS"); v != "" {
+		if layers, err = strconv.Atoi(v); err != nil || layers < 1 {
+			return 0, 0, fmt.Errorf("PULL_MAX_CONCURRENT_LAYERS=%q: want a positive count", v)
+		}
+	}
+	if v := os.Getenv("PULL_CHUNK_MB"); v != "" {
+		mb, err := strconv.Atoi(v)
+		if err != nil || mb < 0 {
+			return 0, 0, fmt.Errorf("PULL_CHUNK_MB=%q: want a whole number of MiB", v)
+		}
+		chunk = int64(mb) << 20
+	}
+	return layers, chunk, nil
+}
 
 // profileOnSignal writes a CPU profile to dir/cpu-N.pprof from each SIGUSR1
 // to the next SIGUSR2.

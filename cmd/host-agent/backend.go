@@ -179,6 +179,8 @@ func newRuntime(cfg config, name string, pub events.Publisher, devices *cdi.Inje
 
 		LogMaxBytes:       cfg.InstanceLogMaxBytes,
 		PullStallTimeout:  cfg.PullStallTimeout,
+		PullLayers:        cfg.Pull.Layers,
+		PullChunkBytes:    cfg.Pull.ChunkBytes,
 		RegistryConfigDir: cfg.Pull.ConfigDir,
 		RegistryAuthFile:  cfg.Pull.AuthFile,
 		Snapshotter:       cfg.Pull.Snapshotter,

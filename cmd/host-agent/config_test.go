@@ -75,6 +75,12 @@ func TestLoadConfig(t *testing.T) {
 		{"good heartbeat", base(map[string]string{"HEARTBEAT_INTERVAL": "2m"}), ""},
 		{"relative containerd root", base(map[string]string{"CONTAINERD_ROOT": "x"}), "CONTAINERD_ROOT"},
 		{"bad log cap", base(map[string]string{"INSTANCE_LOG_MAX_MB": "0"}), "INSTANCE_LOG_MAX_MB"},
+		{"pull layers", base(map[string]string{"PULL_MAX_CONCURRENT_LAYERS": "8", "PULL_CHUNK_MB": "0"}), ""},
+		{"no pull layers", base(map[string]string{"PULL_MAX_CONCURRENT_LAYERS": "0"}), "PULL_MAX_CONCURRENT_LAYERS"},
+		{"bad pull layers", base(map[string]string{"PULL_MAX_CONCURRENT_LAYERS": "many"}), "PULL_MAX_CONCURRENT_LAYERS"},
+		{"too many pull layers", base(map[string]string{"PULL_MAX_CONCURRENT_LAYERS": "33"}), "PULL_MAX_CONCURRENT_LAYERS"},
+		{"negative pull chunk", base(map[string]string{"PULL_CHUNK_MB": "-1"}), "PULL_CHUNK_MB"},
+		{"huge pull chunk", base(map[string]string{"PULL_CHUNK_MB": "4096"}), "PULL_CHUNK_MB"},
 		{"relative cdi dir", base(map[string]string{"CDI_SPEC_DIRS": "/etc/cdi:cdi"}), "CDI_SPEC_DIRS"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

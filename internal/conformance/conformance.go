@@ -122,6 +122,8 @@ func Run(t *testing.T, h Harness) {
 		{"PrivateRegistryAuth", testRegistryAuth},
 		{"ImagesPrePullInventoryRemove", testImages},
 		{"ImagesPrivatePrePull", testImagePrivatePrePull},
+		{"OnePullPerImage", testOnePullPerImage},
+		{"PrivatePullNotShared", testPrivatePullNotShared},
 		{"ResourceLimits", testLimits},
 		{"LifecycleLimitsAndUlimits", testEnforcedLimits},
 		{"OOMKillReported", testOOM},

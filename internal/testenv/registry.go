@@ -3,11 +3,14 @@ package testenv
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log"
 	"maps"
+	mathrand "math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -15,6 +18,7 @@ import (
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,17 +42,38 @@ type Registry struct {
 	// stallAfter, when above zero, makes blob downloads stop sending after
 	// that many bytes, holding the connection open.
 	stallAfter atomic.Int64
-	// blobGets counts GETs of each blob path.
-	blobMu   sync.Mutex
-	blobGets map[string]int
+	// blobGets counts fetches of each blob path: GETs from its first byte
+	// (no Range, or one from byte 0); rangeGets counts GETs with a Range.
+	blobMu    sync.Mutex
+	blobGets  map[string]int
+	rangeGets map[string]int
+	// refuseOpenRanges answers a Range without an end 416, as
+	// go-containerregistry's registry does; by default such a range is
+	// served, as distribution and CDNs serve it.
+	refuseOpenRanges atomic.Bool
+	// blobsInFlight and mostBlobsInFlight count blob GETs being served.
+	blobsInFlight, mostBlobsInFlight atomic.Int64
 	// auth is "user:password" once RequireBasicAuth is called.
 	auth atomic.Pointer[string]
 }
 
 // StartRegistry serves an empty registry on a loopback port.
 func StartRegistry() *Registry {
+	return startRegistry()
+}
+
+// StartDiskRegistry is StartRegistry keeping blobs in files under dir
+// rather than in memory, for images of gigabytes.
+func StartDiskRegistry(dir string) (*Registry, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return startRegistry(registry.WithBlobHandler(registry.NewDiskBlobHandler(dir))), nil
+}
+
+func startRegistry(opts ...registry.Option) *Registry {
 	r := &Registry{}
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	reg := registry.New(append([]registry.Option{registry.Logger(log.New(io.Discard, "", 0))}, opts...)...)
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if want := r.auth.Load(); want != nil {
 			user, pass, ok := req.BasicAuth()
@@ -59,12 +84,25 @@ func StartRegistry() *Registry {
 			}
 		}
 		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
+			rng := req.Header.Get("Range")
 			r.blobMu.Lock()
 			if r.blobGets == nil {
-				r.blobGets = map[string]int{}
+				r.blobGets, r.rangeGets = map[string]int{}, map[string]int{}
 			}
-			r.blobGets[req.URL.Path]++
+			if rng == "" || strings.HasPrefix(rng, "bytes=0-") {
+				r.blobGets[req.URL.Path]++
+			}
+			if rng != "" {
+				r.rangeGets[req.URL.Path]++
+			}
 			r.blobMu.Unlock()
+			if strings.HasSuffix(rng, "-") && !r.refuseOpenRanges.Load() {
+				closeRange(reg, req)
+			}
+			n := r.blobsInFlight.Add(1)
+			defer r.blobsInFlight.Add(-1)
+			for most := r.mostBlobsInFlight.Load(); n > most && !r.mostBlobsInFlight.CompareAndSwap(most, n); most = r.mostBlobsInFlight.Load() {
+			}
 		}
 		if rate := r.rate.Load(); rate > 0 && req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			w = &throttledWriter{ResponseWriter: w, rate: rate}
@@ -114,11 +152,42 @@ func (t *throttledWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// BlobGets returns how many times each blob was downloaded, by path.
+// BlobGets returns how many times each blob was downloaded, by path: the
+// GETs from its first byte (one for a blob fetched in ranges).
 func (r *Registry) BlobGets() map[string]int {
 	r.blobMu.Lock()
 	defer r.blobMu.Unlock()
 	return maps.Clone(r.blobGets)
+}
+
+// RangeGets returns how many GETs with a Range each blob had, by path.
+func (r *Registry) RangeGets() map[string]int {
+	r.blobMu.Lock()
+	defer r.blobMu.Unlock()
+	return maps.Clone(r.rangeGets)
+}
+
+// MostBlobGetsAtOnce is the most blob GETs the registry served at once.
+func (r *Registry) MostBlobGetsAtOnce() int64 { return r.mostBlobsInFlight.Load() }
+
+// RefuseOpenRanges makes later blob GETs with a Range that has no end
+// (bytes=N-) fail with 416, as some registries answer them.
+func (r *Registry) RefuseOpenRanges() { r.refuseOpenRanges.Store(true) }
+
+// closeRange gives req's open Range (bytes=N-) the blob's last byte as its
+// end, which go-containerregistry's registry needs: it asks reg for the
+// blob's size.
+func closeRange(reg http.Handler, req *http.Request) {
+	head := httptest.NewRecorder()
+	hreq := req.Clone(req.Context())
+	hreq.Method = http.MethodHead
+	hreq.Header.Del("Range")
+	reg.ServeHTTP(head, hreq)
+	size, err := strconv.ParseInt(head.Header().Get("Content-Length"), 10, 64)
+	if err != nil || size <= 0 {
+		return
+	}
+	req.Header.Set("Range", req.Header.Get("Range")+strconv.FormatInt(size-1, 10))
 }
 
 // StallAfter makes blob downloads stop sending after n bytes and hold the
@@ -321,4 +390,60 @@ func layerOf(files map[string][]byte) (v1.Layer, error) {
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(b)), nil
 	})
+}
+
+// PushBigImage pushes the payload binary bin as the last layer of an image
+// whose layers before it hold size bytes each of random data (one file a
+// layer, gzip without compression: random data does not compress), as
+// repoTag, and returns the reference to pull. seed chooses the data: the
+// same seed makes the same layers.
+func (r *Registry) PushBigImage(repoTag string, bin []byte, layers int, size int64, seed uint64) (string, error) {
+	var ls []v1.Layer
+	for i := range layers {
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return randomTar(fmt.Sprintf("data-%d", i), size, seed, uint64(i)), nil
+		}, tarball.WithCompressionLevel(gzip.NoCompression))
+		if err != nil {
+			return "", err
+		}
+		ls = append(ls, l)
+	}
+	// The seed beside the payload makes the small layer the image's own:
+	// no other image shares it.
+	payload, err := layerOf(map[string][]byte{"payload": bin, "seed": fmt.Appendf(nil, "%d\n", seed)})
+	if err != nil {
+		return "", err
+	}
+	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
+		Architecture: goruntime.GOARCH, OS: "linux",
+		Config: v1.Config{Entrypoint: []string{"/payload"}, Env: ImageEnv},
+	})
+	if err != nil {
+		return "", err
+	}
+	if img, err = mutate.AppendLayers(img, append(ls, payload)...); err != nil {
+		return "", err
+	}
+	return r.write(repoTag, img)
+}
+
+// randomTar is a tar stream of one file of size bytes drawn from a
+// generator seeded with seed and i.
+func randomTar(name string, size int64, seed, i uint64) io.ReadCloser {
+	pr, pw := io.Pipe()
+	go func() {
+		var key [32]byte
+		binary.LittleEndian.PutUint64(key[:], seed)
+		binary.LittleEndian.PutUint64(key[8:], i)
+		tw := tar.NewWriter(pw)
+		err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: size, Typeflag: tar.TypeReg})
+		if err == nil {
+			_, err = io.CopyN(tw, mathrand.NewChaCha8(key), size)
+		}
+		if err == nil {
+			err = tw.Close()
+		}
+		pw.CloseWithError(err)
+	}()
+	return pr
 }

@@ -58,6 +58,14 @@ type Options struct {
 	// PullStallTimeout fails a pull that fetched nothing for that long
 	// (default DefaultPullStallTimeout).
 	PullStallTimeout time.Duration
+	// PullLayers is how many layers one pull fetches at once and, when
+	// layers are fetched in ranges, how many ranges of one layer (default
+	// DefaultPullLayers).
+	PullLayers int
+	// PullChunkBytes, when above zero, is the size of the ranges a layer
+	// bigger than it is fetched in, over PullLayers connections at once;
+	// otherwise each layer comes over one connection.
+	PullChunkBytes int64
 	// RegistryConfigDir holds the provider's registry configuration,
 	// <dir>/<host>/hosts.toml, as containerd reads it (default
 	// DefaultCertsDir): mirrors and certificates.
@@ -124,6 +132,8 @@ type Runtime struct {
 	// imageMu: image GC removes an image only while no start is between
 	// choosing its image and creating its container.
 	imageMu sync.RWMutex
+	// pulls shares one fetch among the pulls of an image.
+	pulls runtime.PullGroup
 
 	// exits serialises the recording of one instance's exit or OOM kill.
 	exits runtime.KeyedMutex
@@ -165,6 +175,10 @@ func New(opts Options) (*Runtime, error) {
 	if opts.ProgressInterval == 0 {
 		opts.ProgressInterval = time.Second
 	}
+	if opts.PullLayers <= 0 {
+		opts.PullLayers = DefaultPullLayers
+	}
+
 	if opts.LogMaxBytes == 0 {
 		opts.LogMaxBytes = 100 << 20
 	}

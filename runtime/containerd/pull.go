@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -44,31 +45,63 @@ func (r *Runtime) fetchImage(ctx context.Context, spec runtime.InstanceSpec, pul
 	}
 	ref := named.String()
 	host := reference.Domain(named)
-	img, err := r.client.GetImage(ctx, ref)
-	if err == nil {
-		if img.Labels()[labelPulledWithAuth] != "" {
-			// A private image is reused only by a request that may pull
-			// it: the registry is asked, with the request's credentials.
-			if err := r.checkAccess(ctx, ref, host, spec.RegistryAuth); err != nil {
-				return nil, err
-			}
+	announced := false
+	for {
+		img, err := r.presentImage(ctx, ref, host, spec.RegistryAuth)
+		if err != nil || img != nil {
+			return img, err
 		}
-		unpacked, err := img.IsUnpacked(ctx, r.opts.Snapshotter)
+		if !announced {
+			pulling(ref)
+			announced = true
+		}
+		// A pull of the same image in flight is shared (runtime.PullGroup):
+		// the registry serves each blob once.
+		decide, err := r.pulls.Do(ctx, ref, spec.RegistryAuth, progress, func(progress func(events.PullProgress)) error {
+			img, err = r.pull(ctx, ref, host, spec.RegistryAuth, progress)
+			return err
+		})
 		if err != nil {
-			return nil, convertErr(err)
+			return nil, err
 		}
-		if !unpacked {
-			if err := img.Unpack(ctx, r.opts.Snapshotter); err != nil {
-				return nil, fmt.Errorf("unpack %s: %w", ref, convertErr(err))
-			}
+		if !decide && img != nil {
+			return img, nil
 		}
-		return img, nil
+		// Another pull brought the image, or ended: look again.
 	}
-	if !errdefs.IsNotFound(err) {
+}
+
+// presentImage returns ref's image, unpacked, when containerd has it and the
+// request may use it; nil when containerd does not have it.
+func (r *Runtime) presentImage(ctx context.Context, ref, host string, auth *runtime.RegistryAuth) (containerd.Image, error) {
+	img, err := r.client.GetImage(ctx, ref)
+	if errdefs.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
 		return nil, convertErr(err)
 	}
+	if img.Labels()[labelPulledWithAuth] != "" {
+		// A private image is reused only by a request that may pull
+		// it: the registry is asked, with the request's credentials.
+		if err := r.checkAccess(ctx, ref, host, auth); err != nil {
+			return nil, err
+		}
+	}
+	unpacked, err := img.IsUnpacked(ctx, r.opts.Snapshotter)
+	if err != nil {
+		return nil, convertErr(err)
+	}
+	if !unpacked {
+		if err := img.Unpack(ctx, r.opts.Snapshotter); err != nil {
+			return nil, fmt.Errorf("unpack %s: %w", ref, convertErr(err))
+		}
+	}
+	return img, nil
+}
 
-	pulling(ref)
+// pull fetches and unpacks ref, reporting its progress.
+func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.RegistryAuth, progress func(events.PullProgress)) (containerd.Image, error) {
 	ctx, cancelCause := context.WithCancelCause(ctx)
 	defer cancelCause(nil)
 	if r.opts.PullTimeout > 0 {
@@ -87,14 +120,19 @@ func (r *Runtime) fetchImage(ctx context.Context, spec runtime.InstanceSpec, pul
 	pullOpts := []containerd.RemoteOpt{
 		containerd.WithPullUnpack,
 		containerd.WithPullSnapshotter(r.opts.Snapshotter),
-		containerd.WithResolver(r.resolver(ctx, spec.RegistryAuth, host, &received)),
+		containerd.WithResolver(r.resolver(ctx, auth, host, &received)),
 		containerd.WithImageHandler(tracker),
 	}
 	pullOpts = append(pullOpts, r.lazyPullOpts(ref)...)
-	if spec.RegistryAuth != nil {
+	if auth != nil {
 		pullOpts = append(pullOpts, containerd.WithPullLabel(labelPulledWithAuth, "true"))
 	}
-	img, err = r.client.Pull(ctx, ref, pullOpts...)
+	chunk := r.opts.PullChunkBytes
+	img, err := r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, chunk))...)
+	if err != nil && chunk > 0 && rangeRefused(err) && ctx.Err() == nil {
+		r.log.Warn("the registry refused a ranged fetch; pulling each layer over one connection", "image", ref, "error", err)
+		img, err = r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, 0))...)
+	}
 	if err != nil {
 		err = pullError(ctx, ref, err)
 		var pe *runtime.PullError

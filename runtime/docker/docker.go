@@ -110,6 +110,8 @@ type Runtime struct {
 	// imageMu: image GC removes an image only while no start is between
 	// its image and its container's creation.
 	imageMu sync.RWMutex
+	// pulls shares one pull among the pulls of an image.
+	pulls runtime.PullGroup
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
 	// storageSize says that rentals' disk limits are set as their

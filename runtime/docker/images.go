@@ -151,19 +151,22 @@ func (r *Runtime) PullImage(ctx context.Context, ref string, auth *runtime.Regis
 		return runtime.Image{}, fmt.Errorf("parse image %q: %w: %w", ref, errdefs.ErrInvalidArgument, err)
 	}
 	ref = named.String()
-	if _, err := r.client.ImageInspect(ctx, ref); err != nil || r.pulledWithAuth(ref) {
+	for {
+		_, err := r.client.ImageInspect(ctx, ref)
+		if err == nil && !r.pulledWithAuth(ref) {
+			break
+		}
 		if err != nil && !errdefs.IsNotFound(err) {
 			return runtime.Image{}, convertErr(err)
 		}
-		if err := r.pull(ctx, ref, reference.Domain(named), auth, progress); err != nil {
+		decide, err := r.sharedPull(ctx, ref, reference.Domain(named), auth, progress)
+		if err != nil {
 			return runtime.Image{}, err
 		}
-		if auth != nil {
-			if err := os.WriteFile(r.authPullMarker(ref), []byte(ref+"\n"), 0o600); err != nil {
-				return runtime.Image{}, fmt.Errorf("record a pull with credentials: %w", err)
-			}
+		if !decide {
+			r.touchImage(ref)
+			break
 		}
-		r.touchImage(ref)
 	}
 	imgs, err := r.Images(ctx)
 	if err != nil {

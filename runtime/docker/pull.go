@@ -29,28 +29,50 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (s
 		return "", fmt.Errorf("parse image %q: %w: %w", spec.Image, errdefs.ErrInvalidArgument, err)
 	}
 	ref := named.String()
-	_, err = r.client.ImageInspect(ctx, ref)
-	switch {
-	case err == nil && !r.pulledWithAuth(ref):
-		r.touchImage(ref)
-		return ref, nil
-	case err != nil && !errdefs.IsNotFound(err):
-		return "", convertErr(err)
-	}
-	r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: spec.ID, Status: "pulling", Message: ref})
-	err = r.pull(ctx, ref, reference.Domain(named), spec.RegistryAuth, func(p events.PullProgress) {
-		r.pub.Publish(events.Event{Type: events.TypeInstancePullProgress, InstanceID: spec.ID, Status: "pulling", Progress: &p})
-	})
-	if err != nil {
-		return "", err
-	}
-	r.touchImage(ref)
-	if spec.RegistryAuth != nil {
-		if err := os.WriteFile(r.authPullMarker(ref), []byte(ref+"\n"), 0o600); err != nil {
-			return "", fmt.Errorf("record a pull with credentials: %w", err)
+	announced := false
+	for {
+		_, err = r.client.ImageInspect(ctx, ref)
+		switch {
+		case err == nil && !r.pulledWithAuth(ref):
+			r.touchImage(ref)
+			return ref, nil
+		case err != nil && !errdefs.IsNotFound(err):
+			return "", convertErr(err)
+		}
+		if !announced {
+			r.pub.Publish(events.Event{Type: events.TypeInstancePulling, InstanceID: spec.ID, Status: "pulling", Message: ref})
+			announced = true
+		}
+		decide, err := r.sharedPull(ctx, ref, reference.Domain(named), spec.RegistryAuth, func(p events.PullProgress) {
+			r.pub.Publish(events.Event{Type: events.TypeInstancePullProgress, InstanceID: spec.ID, Status: "pulling", Progress: &p})
+		})
+		if err != nil {
+			return "", err
+		}
+		if !decide {
+			r.touchImage(ref)
+			return ref, nil
 		}
 	}
-	return ref, nil
+}
+
+// sharedPull pulls ref, or shares the pull of ref in flight
+// (runtime.PullGroup): the daemon's own pulls share layers, but each asks
+// the registry for the image's configuration. A pull with credentials
+// records so before it ends, so that no request waiting on it takes the
+// image without asking the registry.
+func (r *Runtime) sharedPull(ctx context.Context, ref, host string, auth *runtime.RegistryAuth, progress func(events.PullProgress)) (decide bool, err error) {
+	return r.pulls.Do(ctx, ref, auth, progress, func(progress func(events.PullProgress)) error {
+		if err := r.pull(ctx, ref, host, auth, progress); err != nil {
+			return err
+		}
+		if auth != nil {
+			if err := os.WriteFile(r.authPullMarker(ref), []byte(ref+"\n"), 0o600); err != nil {
+				return fmt.Errorf("record a pull with credentials: %w", err)
+			}
+		}
+		return nil
+	})
 }
 
 func (r *Runtime) authPullMarker(ref string) string {
