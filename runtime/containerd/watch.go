@@ -289,6 +289,15 @@ func (r *Runtime) tryRecordExit(ctx context.Context, id string, code int, at tim
 		ev.ExitCode = &code
 		label = strconv.Itoa(code)
 	}
+	if !*published && ev.OOMKilled && info.Labels[runtime.LabelOOMKilled] != "true" {
+		// Before the event: whoever reads the instance on hearing of its
+		// exit sees why, although its exit code is recorded after.
+		if c, err := r.client.LoadContainer(ctx, id); err == nil {
+			if _, err := c.SetLabels(ctx, map[string]string{runtime.LabelOOMKilled: "true"}); err != nil && !errdefs.IsNotFound(convertErr(err)) {
+				return fmt.Errorf("record OOM kill in labels: %w", convertErr(err))
+			}
+		}
+	}
 	if !*published {
 		r.log.Info("instance exited", "instance_id", id, "exit_code", label, "oom_killed", ev.OOMKilled, "reason", ev.Reason)
 		r.pub.Publish(ev)
