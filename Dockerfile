@@ -36,7 +36,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ca-certificates containernetworking-plugins iptables nftables \
  && find /usr/lib/cni -type f ! -name bridge ! -name portmap ! -name firewall \
-      ! -name host-local ! -name loopback ! -name tuning -delete \
+      ! -name host-local ! -name loopback ! -name tuning ! -name bandwidth -delete \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc /usr/share/man
 COPY --from=build /out/host-agent /usr/local/bin/host-agent
 ARG VERSION=dev
