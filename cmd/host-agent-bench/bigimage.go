@@ -55,9 +55,10 @@ const (
 	bigAgent    = "agent"
 	bigCtr      = "ctr"       // ctr images pull (the transfer service) + ctr run -d
 	bigCtrLocal = "ctr-local" // ctr images pull --local (the client-side pull) + ctr run -d
+	bigDocker   = "docker"    // docker run -d on the moby dockerd, on the same containerd
 )
 
-var bigSides = []string{bigAgent, bigCtr, bigCtrLocal}
+var bigSides = []string{bigAgent, bigCtr, bigCtrLocal, bigDocker}
 
 // BigImage are the big-image phase's results.
 type BigImage struct {
@@ -70,6 +71,9 @@ type BigImage struct {
 	PullChunk  int     `json:"agent_pull_chunk_mb"`
 	// ColdStart is the time to running of the image, cold, by side.
 	ColdStart map[string]Stat `json:"cold_start"`
+	// Skipped are the sides left out, with the reason (the Docker side
+	// when the moby dockerd is not built).
+	Skipped map[string]string `json:"skipped_sides,omitempty"`
 	// PrePulledStart and SmallStart are starts through the agent of the
 	// big image pre-pulled and of the small payload image.
 	PrePulledStart Stat               `json:"prepulled_start"`
@@ -264,21 +268,36 @@ func measureBig(ctx context.Context, address, work string, bin []byte, small str
 	if len(sides) == 0 {
 		sides = bigSides
 	}
+	var docker *dockerSide
+	if slices.Contains(sides, bigDocker) {
+		var why string
+		if docker, why, err = startDockerSide(address, filepath.Join(work, "dk")); err != nil {
+			return nil, fmt.Errorf("docker side: %w", err)
+		}
+		if docker == nil {
+			logSkip(why)
+			res.Skipped = map[string]string{bigDocker: why}
+			sides = slices.DeleteFunc(slices.Clone(sides), func(s string) bool { return s == bigDocker })
+		} else {
+			defer docker.close()
+		}
+	}
+	cold := &coldCheck{cl: cl, agent: agent, docker: docker, ref: ref}
 	times := map[string][]time.Duration{}
 	for round := range cfg.Rounds {
 		for k := range sides {
 			side := sides[(round+k)%len(sides)]
-			if err := makeCold(ctx, cl, agent, ref); err != nil {
+			if err := cold.make(ctx); err != nil {
 				return nil, err
 			}
 			id := fmt.Sprintf("big-%d-%s", round, side)
 			began := time.Now()
-			if err := bigStart(ctx, side, address, agent, ref, id); err != nil {
+			if err := bigStart(ctx, side, address, agent, docker, ref, id); err != nil {
 				return nil, fmt.Errorf("%s cold start: %w", side, err)
 			}
 			times[side] = append(times[side], time.Since(began))
 			fmt.Fprintf(os.Stderr, "big image round %d %s: %s\n", round, side, time.Since(began).Round(time.Millisecond))
-			if err := bigStop(ctx, side, address, agent, id); err != nil {
+			if err := bigStop(ctx, side, address, agent, docker, id); err != nil {
 				return nil, fmt.Errorf("%s stop: %w", side, err)
 			}
 		}
@@ -292,9 +311,12 @@ func measureBig(ctx context.Context, address, work string, bin []byte, small str
 	if a, c := res.ColdStart[bigAgent], res.ColdStart[bigCtrLocal]; a.N > 0 && c.N > 0 {
 		res.Ratios["cold_start_agent_over_ctr_local"] = a.Median / c.Median
 	}
+	if a, d := res.ColdStart[bigAgent], res.ColdStart[bigDocker]; a.N > 0 && d.N > 0 {
+		res.Ratios["cold_start_agent_over_docker"] = a.Median / d.Median
+	}
 
 	// A start racing a pre-pull of the cold image: one fetch per blob.
-	if err := makeCold(ctx, cl, agent, ref); err != nil {
+	if err := cold.make(ctx); err != nil {
 		return nil, err
 	}
 	cdn.reset()
@@ -337,14 +359,16 @@ func measureBig(ctx context.Context, address, work string, bin []byte, small str
 	}
 	res.PrePulledStart, res.SmallStart = summarize(pre), summarize(sm)
 	res.Ratios["prepulled_start_over_small"] = res.PrePulledStart.Median / res.SmallStart.Median
-	return res, makeCold(ctx, cl, agent, ref)
+	return res, cold.make(ctx)
 }
 
 // bigStart starts ref as id on side, timing nothing itself.
-func bigStart(ctx context.Context, side, address string, agent *agentProc, ref, id string) error {
+func bigStart(ctx context.Context, side, address string, agent *agentProc, docker *dockerSide, ref, id string) error {
 	switch side {
 	case bigAgent:
 		return agent.start(ctx, id, ref, 0)
+	case bigDocker:
+		return docker.run(ctx, ref, id)
 	case bigCtr:
 		if err := ctrIn(ctx, address, nsBigCtr, "images", "pull", "--plain-http", ref); err != nil {
 			return err
@@ -359,9 +383,12 @@ func bigStart(ctx context.Context, side, address string, agent *agentProc, ref, 
 	return fmt.Errorf("unknown side %q", side)
 }
 
-func bigStop(ctx context.Context, side, address string, agent *agentProc, id string) error {
-	if side == bigAgent {
+func bigStop(ctx context.Context, side, address string, agent *agentProc, docker *dockerSide, id string) error {
+	switch side {
+	case bigAgent:
 		return agent.terminate(ctx, id)
+	case bigDocker:
+		return docker.remove(ctx, id)
 	}
 	ns := map[string]string{bigCtr: nsBigCtr, bigCtrLocal: nsBigCtrLocal}[side]
 	if err := ctrIn(ctx, address, ns, "task", "kill", "-s", "SIGKILL", id); err != nil {
@@ -381,39 +408,67 @@ func ctrIn(ctx context.Context, address, ns string, args ...string) error {
 	return nil
 }
 
-// makeCold removes ref from every side (through the agent's DELETE /images
-// on its side) and checks that containerd holds none of its blobs: each
-// round starts from a cold cache.
-func makeCold(ctx context.Context, cl *containerdclient.Client, agent *agentProc, ref string) error {
-	var blobs []digest.Digest
-	for _, ns := range []string{nsBigAgent, nsBigCtr, nsBigCtrLocal} {
+// coldCheck makes the cache cold between rounds.
+type coldCheck struct {
+	cl     *containerdclient.Client
+	agent  *agentProc
+	docker *dockerSide // nil without the Docker side
+	ref    string
+	// blobs are the image's blobs, known from the first side that held it.
+	blobs []digest.Digest
+}
+
+// make removes ref from every side (through the agent's DELETE /images on
+// its side, through the daemon's image removal on Docker's) and checks that
+// containerd holds none of its blobs in any side's namespace: each round
+// starts from a cold cache.
+func (c *coldCheck) make(ctx context.Context) error {
+	nss := []string{nsBigAgent, nsBigCtr, nsBigCtrLocal}
+	if c.docker != nil {
+		nss = append(nss, c.docker.namespace())
+	}
+	for _, ns := range nss {
 		nctx := namespaces.WithNamespace(ctx, ns)
-		img, err := cl.ImageService().Get(nctx, ref)
+		img, err := c.cl.ImageService().Get(nctx, c.ref)
 		if errdefs.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		if len(blobs) == 0 {
-			if blobs, err = imageBlobs(nctx, cl, img); err != nil {
+		if len(c.blobs) == 0 {
+			if c.blobs, err = imageBlobs(nctx, c.cl, img); err != nil {
 				return err
 			}
 		}
-		if ns == nsBigAgent {
-			if code, body, err := agent.send(ctx, http.MethodDelete, "/images", map[string]any{"image": ref}); err != nil || code != http.StatusOK {
+		switch {
+		case ns == nsBigAgent:
+			if code, body, err := c.agent.send(ctx, http.MethodDelete, "/images", map[string]any{"image": c.ref}); err != nil || code != http.StatusOK {
 				return fmt.Errorf("DELETE /images: %d %s %v", code, body, err)
 			}
-			continue
-		}
-		if err := cl.ImageService().Delete(nctx, ref, images.SynchronousDelete()); err != nil {
-			return err
+		case c.docker != nil && ns == c.docker.namespace():
+			// Docker's removal, not containerd's behind its back: the
+			// daemon forgets the image too.
+			if err := c.docker.removeImage(ctx, c.ref); err != nil {
+				return fmt.Errorf("docker image remove: %w", err)
+			}
+		default:
+			if err := c.cl.ImageService().Delete(nctx, c.ref, images.SynchronousDelete()); err != nil {
+				return err
+			}
 		}
 	}
-	for _, ns := range []string{nsBigAgent, nsBigCtr, nsBigCtrLocal} {
+	if c.docker != nil {
+		// An image Docker holds under another name than ref in containerd
+		// is found here: the daemon removes it by the reference it pulled.
+		if err := c.docker.removeImage(ctx, c.ref); err != nil {
+			return fmt.Errorf("docker image remove: %w", err)
+		}
+	}
+	for _, ns := range nss {
 		nctx := namespaces.WithNamespace(ctx, ns)
-		for _, d := range blobs {
-			if _, err := cl.ContentStore().Info(nctx, d); err == nil {
+		for _, d := range c.blobs {
+			if _, err := c.cl.ContentStore().Info(nctx, d); err == nil {
 				return fmt.Errorf("namespace %s still holds blob %s after the image's removal: the cache is not cold", ns, d)
 			}
 		}
@@ -464,6 +519,9 @@ func (b *BigImage) print(w io.Writer) {
 		if s, ok := b.ColdStart[side]; ok {
 			fmt.Fprintf(w, "%-34s %6d %10.0f %10.0f\n", "cold start "+side, s.N, s.Median, s.P95)
 		}
+	}
+	for _, side := range slices.Sorted(maps.Keys(b.Skipped)) {
+		fmt.Fprintf(w, "%-34s left out: %s\n", "cold start "+side, b.Skipped[side])
 	}
 	fmt.Fprintf(w, "%-34s %6d %10.1f %10.1f\n", "start pre-pulled big image", b.PrePulledStart.N, b.PrePulledStart.Median, b.PrePulledStart.P95)
 	fmt.Fprintf(w, "%-34s %6d %10.1f %10.1f\n", "start small image", b.SmallStart.N, b.SmallStart.Median, b.SmallStart.P95)

@@ -9,8 +9,9 @@
 // start/terminate cycles, GET /instances under load, and the heartbeat's
 // size. Its big-image phase starts a cold image of -big-layers layers of
 // random data from a registry behind a CDN-like proxy through the agent,
-// with ctr (the transfer service) and with ctr --local (the client-side
-// pull), compares a pre-pulled image's start with a small image's, and
+// with ctr (the transfer service), with ctr --local (the client-side
+// pull) and with `docker run -d` on the moby dockerd (on the same
+// containerd; left out when that dockerd is not built), compares a pre-pulled image's start with a small image's, and
 // counts what the registry serves while a start races a pre-pull
 // (-big-only runs that phase alone). The agent runs as a child process of this command. It prints a
 // table and writes the numbers as JSON. Needs root, containerd,
@@ -53,7 +54,7 @@ func main() {
 	flag.Float64Var(&cfg.Big.RateMBps, "big-rate-mb", 25, "MiB/s the CDN proxy serves each connection")
 	flag.IntVar(&firstByteMS, "big-first-byte-ms", 40, "ms before the CDN proxy answers each request")
 	flag.IntVar(&cfg.Big.PrePulledRuns, "big-prepulled-runs", 10, "starts of the pre-pulled big image and of the small image")
-	flag.StringVar(&bigSidesFlag, "big-sides", strings.Join(bigSides, ","), "cold-start sides: agent, ctr (transfer service), ctr-local (client-side pull)")
+	flag.StringVar(&bigSidesFlag, "big-sides", strings.Join(bigSides, ","), "cold-start sides: agent, ctr (transfer service), ctr-local (client-side pull), docker (docker run -d on the moby dockerd)")
 	flag.IntVar(&cfg.Big.PullLayers, "pull-layers", 0, "the agent's PULL_MAX_CONCURRENT_LAYERS in the big-image phase (0: its default)")
 	flag.IntVar(&cfg.Big.PullChunkMB, "pull-chunk-mb", 0, "the agent's PULL_CHUNK_MB in the big-image phase (0: its default, no ranges)")
 	flag.BoolVar(&cfg.BigOnly, "big-only", false, "run the big-image phase alone")
