@@ -43,7 +43,10 @@ func schedulerCall(a *agentProc, path string, body any) (int, string) {
 // and after terminating everything it asked for, nothing is left.
 func TestContainerdKilledUnderStartsAndTerminates(t *testing.T) {
 	w := newWorld(t)
-	agent := startAgent(t, w.bin, w.env, w.agentLog)
+	// Rentals pile up while containerd is away (their terminates answer
+	// 503): each gets a small disk limit, as on a host of many small
+	// rentals, so that the pile is never refused for disk.
+	agent := startAgent(t, w.bin, append(w.env, "RENTAL_DISK_GB=1"), w.agentLog)
 	evs := agent.eventStream("")
 	var evMu sync.Mutex
 	exits := map[string]int{}

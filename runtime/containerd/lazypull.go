@@ -42,14 +42,15 @@ const (
 	remotePrefetchSizeLabel = "containerd.io/snapshot/remote/stargz.prefetch"
 )
 
-// lazyPullOpts are the pull options of r's snapshotter: for stargz, the
-// layers of the image carry the labels that let the snapshotter mount
-// them from the registry instead of containerd fetching them.
-func (r *Runtime) lazyPullOpts(ref string) []containerd.RemoteOpt {
+// lazyPullWrapper is the image handler wrapper of r's snapshotter: for
+// stargz, the labels that let it mount eStargz layers remotely; nil
+// otherwise. A pull takes one wrapper (containerd keeps the last given),
+// so concurrencyOpts chains it with its own.
+func (r *Runtime) lazyPullWrapper(ref string) func(images.Handler) images.Handler {
 	if r.opts.Snapshotter != StargzSnapshotter {
 		return nil
 	}
-	return []containerd.RemoteOpt{containerd.WithImageHandlerWrapper(remoteSnapshotLabels(ref))}
+	return remoteSnapshotLabels(ref)
 }
 
 // remoteSnapshotLabels annotates the layers of every manifest the pull

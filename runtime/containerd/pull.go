@@ -123,15 +123,14 @@ func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.Regi
 		containerd.WithResolver(r.resolver(ctx, auth, host, &received)),
 		containerd.WithImageHandler(tracker),
 	}
-	pullOpts = append(pullOpts, r.lazyPullOpts(ref)...)
 	if auth != nil {
 		pullOpts = append(pullOpts, containerd.WithPullLabel(labelPulledWithAuth, "true"))
 	}
 	chunk := r.opts.PullChunkBytes
-	img, err := r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, chunk))...)
+	img, err := r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, chunk, r.lazyPullWrapper(ref)))...)
 	if err != nil && chunk > 0 && rangeRefused(err) && ctx.Err() == nil {
 		r.log.Warn("the registry refused a ranged fetch; pulling each layer over one connection", "image", ref, "error", err)
-		img, err = r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, 0))...)
+		img, err = r.client.Pull(ctx, ref, slices.Concat(pullOpts, concurrencyOpts(r.opts.PullLayers, 0, r.lazyPullWrapper(ref)))...)
 	}
 	if err != nil {
 		err = pullError(ctx, ref, err)

@@ -24,11 +24,19 @@ const DefaultPullLayers = 8
 // concurrencyOpts are the pull options that fetch up to layers layers at
 // once and, when chunk is above zero, each layer bigger than chunk in
 // ranges of chunk bytes, layers at once. Layers are unpacked as they
-// arrive, in order, while later ones are still fetched.
-func concurrencyOpts(layers int, chunk int64) []containerd.RemoteOpt {
+// arrive, in order, while later ones are still fetched. wrap, when not
+// nil, is another image handler wrapper the pull needs (the lazy pull's
+// labels), chained with this one's.
+func concurrencyOpts(layers int, chunk int64, wrap func(images.Handler) images.Handler) []containerd.RemoteOpt {
+	limit := limitLayers(semaphore.NewWeighted(int64(layers)))
+	wrapper := limit
+	if wrap != nil {
+		// Both: containerd keeps only the last wrapper it is given.
+		wrapper = func(h images.Handler) images.Handler { return limit(wrap(h)) }
+	}
 	opts := []containerd.RemoteOpt{
 		containerd.WithMaxConcurrentDownloads(layers),
-		containerd.WithImageHandlerWrapper(limitLayers(semaphore.NewWeighted(int64(layers)))),
+		containerd.WithImageHandlerWrapper(wrapper),
 	}
 	if chunk > 0 {
 		opts = append(opts, containerd.WithConcurrentLayerFetchBuffer(int(chunk)))
