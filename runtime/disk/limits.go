@@ -171,7 +171,8 @@ func (l *Limits) Reserve(spec *runtime.InstanceSpec) (map[string]string, error) 
 		return nil, &FullError{Msg: fmt.Sprintf("measure the host's disk at %s: %v", l.Path, err)}
 	}
 	lim := l.asked(spec)
-	if lim == 0 {
+	shared := lim == 0
+	if shared {
 		lim = l.share(alloc, len(spec.GPUs))
 	}
 	if lim == 0 {
@@ -185,11 +186,18 @@ func (l *Limits) Reserve(spec *runtime.InstanceSpec) (map[string]string, error) 
 			held += h
 		}
 	}
+	left := uint64(0)
+	if alloc > held {
+		left = alloc - held
+	}
+	if held+lim > alloc && shared && left >= lim/2 {
+		// A share is the agent's choice, not the tenant's: free space
+		// moves (images, logs), so the last share of the disk may come
+		// out a little short of the others. It gets what is left, as
+		// long as that is most of a share.
+		lim = left
+	}
 	if held+lim > alloc {
-		left := uint64(0)
-		if alloc > held {
-			left = alloc - held
-		}
 		return nil, &FullError{Msg: fmt.Sprintf("a disk limit of %s does not fit: the host's disk allocates %s to rentals, %s of it free of other rentals' limits",
 			gibString(lim), gibString(alloc), gibString(left))}
 	}

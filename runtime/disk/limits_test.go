@@ -174,3 +174,32 @@ func TestLimitsShareTheDiskWithVolumes(t *testing.T) {
 		t.Errorf("Allocatable with nothing promised = %d GiB, want 105 (100 free + 15 written by a - 10)", alloc/gib)
 	}
 }
+
+// Free space moves between starts (images, logs): the last default share
+// of the disk gets what is left when that is most of a share, and is
+// refused when it is not.
+func TestLimitsLastShareTakesWhatIsLeft(t *testing.T) {
+	d := &fakeDisk{free: 80 * gib, used: map[string]uint64{}}
+	l := d.limits(0, 0, 0)
+	for i := range CPURentalDivisor - 1 {
+		if _, err := l.Reserve(&runtime.InstanceSpec{ID: "r" + strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.free = 80*gib - 1<<20 // a little less free than when the others got theirs
+	labels, err := l.Reserve(&runtime.InstanceSpec{ID: "last"})
+	if err != nil {
+		t.Fatalf("the eighth default share after free space shrank by 1 MiB: %v", err)
+	}
+	if got, want := limitOf(t, labels), uint64(10*gib-1<<20); got != want {
+		t.Errorf("the eighth share got %d bytes, want what is left, %d", got, want)
+	}
+	l.Release("last")
+	d.free = 74 * gib // 4 GiB left: less than half a 9.25 GiB share
+	if _, err := l.Reserve(&runtime.InstanceSpec{ID: "last"}); !isDiskRefusal(err) {
+		t.Errorf("a share with 4 GiB left: %v, want a disk refusal", err)
+	}
+	if _, err := l.Reserve(&runtime.InstanceSpec{ID: "asked", Resources: runtime.Resources{DiskGB: 5}}); !isDiskRefusal(err) {
+		t.Errorf("an asked-for 5 GiB with 4 GiB left: %v, want a disk refusal (only shares shrink)", err)
+	}
+}
