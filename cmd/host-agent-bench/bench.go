@@ -192,24 +192,7 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	}
 	clientBefore := direct.metricsText()
 	err = agent.withProfile("start-terminate", func() error {
-		for i := range cfg.Runs {
-			// The order rotates so that no side always follows another.
-			for k := range order {
-				name := order[(i+k)%len(order)]
-				id := fmt.Sprintf("b%d-%s", i, name)
-				t0 := time.Now()
-				if err := sides[name].start(ctx, id); err != nil {
-					return fmt.Errorf("%s start %s: %w", name, id, err)
-				}
-				starts[name] = append(starts[name], time.Since(t0))
-				t0 = time.Now()
-				if err := sides[name].terminate(ctx, id); err != nil {
-					return fmt.Errorf("%s terminate %s: %w", name, id, err)
-				}
-				terms[name] = append(terms[name], time.Since(t0))
-			}
-		}
-		return nil
+		return interleaved(ctx, sides, order, cfg.Runs, "b", starts, terms)
 	})
 	if err != nil {
 		return nil, err
@@ -759,4 +742,27 @@ func (r *Results) writeJSON(path string) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// interleaved starts and terminates one rental per side, runs times, the
+// order rotating so that no side always follows another, and appends each
+// side's start and terminate latencies to starts and terms.
+func interleaved(ctx context.Context, sides map[string]side, order []string, runs int, prefix string, starts, terms map[string][]time.Duration) error {
+	for i := range runs {
+		for k := range order {
+			name := order[(i+k)%len(order)]
+			id := fmt.Sprintf("%s%d-%s", prefix, i, name)
+			t0 := time.Now()
+			if err := sides[name].start(ctx, id); err != nil {
+				return fmt.Errorf("%s start %s: %w", name, id, err)
+			}
+			starts[name] = append(starts[name], time.Since(t0))
+			t0 = time.Now()
+			if err := sides[name].terminate(ctx, id); err != nil {
+				return fmt.Errorf("%s terminate %s: %w", name, id, err)
+			}
+			terms[name] = append(terms[name], time.Since(t0))
+		}
+	}
+	return nil
 }

@@ -144,23 +144,7 @@ func networked(ctx context.Context, cfg config, address, image, work string, dir
 	}
 	starts, terms := map[string][]time.Duration{}, map[string][]time.Duration{}
 	err = agent.withProfile("start-terminate-net", func() error {
-		for i := range cfg.NetRuns {
-			for k := range order {
-				name := order[(i+k)%len(order)]
-				id := fmt.Sprintf("n%d-%s", i, name)
-				t0 := time.Now()
-				if err := sides[name].start(ctx, id); err != nil {
-					return fmt.Errorf("%s start %s: %w", name, id, err)
-				}
-				starts[name] = append(starts[name], time.Since(t0))
-				t0 = time.Now()
-				if err := sides[name].terminate(ctx, id); err != nil {
-					return fmt.Errorf("%s terminate %s: %w", name, id, err)
-				}
-				terms[name] = append(terms[name], time.Since(t0))
-			}
-		}
-		return nil
+		return interleaved(ctx, sides, order, cfg.NetRuns, "n", starts, terms)
 	})
 	if err != nil {
 		return nil, err
