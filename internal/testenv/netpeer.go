@@ -135,10 +135,9 @@ func InNetNS(t testing.TB, path string, fn func()) {
 	fn()
 }
 
-// ServeIn runs a TCP server in namespace path (the host's when empty) on
-// addr, greeting each client with greeting and the client's address as it
-// sees it. It returns the port.
-func ServeIn(t testing.TB, path, addr, greeting string) int {
+// listenIn listens on TCP addr in namespace path (the host's when empty),
+// closed when the test ends.
+func listenIn(t testing.TB, path, addr string) net.Listener {
 	t.Helper()
 	var l net.Listener
 	listen := func() {
@@ -153,6 +152,15 @@ func ServeIn(t testing.TB, path, addr, greeting string) int {
 		InNetNS(t, path, listen)
 	}
 	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// ServeIn runs a TCP server in namespace path (the host's when empty) on
+// addr, greeting each client with greeting and the client's address as it
+// sees it. It returns the port.
+func ServeIn(t testing.TB, path, addr, greeting string) int {
+	t.Helper()
+	l := listenIn(t, path, addr)
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -212,19 +220,7 @@ func Greeting(t testing.TB, path, proto string, addr netip.Addr, port int) (stri
 // returns the port.
 func ServeEcho(t testing.TB, path, addr string) int {
 	t.Helper()
-	var l net.Listener
-	listen := func() {
-		var err error
-		if l, err = net.Listen("tcp4", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if path == "" {
-		listen()
-	} else {
-		InNetNS(t, path, listen)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := listenIn(t, path, addr)
 	go func() {
 		for {
 			c, err := l.Accept()

@@ -29,19 +29,7 @@ func (r Received) Mbps() float64 {
 // channel returned, with the port.
 func SinkIn(t testing.TB, path, addr string) (int, <-chan Received) {
 	t.Helper()
-	var l net.Listener
-	listen := func() {
-		var err error
-		if l, err = net.Listen("tcp4", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if path == "" {
-		listen()
-	} else {
-		InNetNS(t, path, listen)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := listenIn(t, path, addr)
 	out := make(chan Received, 16)
 	go func() {
 		for {
@@ -86,19 +74,7 @@ func SinkIn(t testing.TB, path, addr string) (int, <-chan Received) {
 // connection ends. It returns the port.
 func SourceIn(t testing.TB, path, addr string) int {
 	t.Helper()
-	var l net.Listener
-	listen := func() {
-		var err error
-		if l, err = net.Listen("tcp4", addr); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if path == "" {
-		listen()
-	} else {
-		InNetNS(t, path, listen)
-	}
-	t.Cleanup(func() { l.Close() })
+	l := listenIn(t, path, addr)
 	go func() {
 		for {
 			c, err := l.Accept()
