@@ -18,13 +18,13 @@ const UsageInterval = 10 * time.Second
 
 // NewMeter meters the rentals of backend, keeping its records in dir
 // (STATE_DIR/usage); it reads what the back end can read (usage.Sampler,
-// usage.DiskUser).
+// runtime.DiskMeter).
 func NewMeter(dir string, backend any, logger *slog.Logger) (*usage.Meter, error) {
 	opts := usage.Options{Dir: dir, Logger: logger}
 	if s, ok := backend.(usage.Sampler); ok {
 		opts.Sampler = s
 	}
-	if d, ok := backend.(usage.DiskUser); ok {
+	if d, ok := backend.(runtime.DiskMeter); ok {
 		opts.Disk = d
 	}
 	return usage.NewMeter(opts)

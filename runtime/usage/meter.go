@@ -24,7 +24,7 @@ type Options struct {
 	// Sampler reads running rentals' counters; nil: only GPU time.
 	Sampler Sampler
 	// Disk measures writable layers; nil: disk_used_bytes stays 0.
-	Disk DiskUser
+	Disk runtime.DiskMeter
 	// SampleTimeout bounds one rental's reading; default 5s.
 	SampleTimeout time.Duration
 	Now           func() time.Time

@@ -43,11 +43,6 @@ type Sampler interface {
 	SampleUsage(ctx context.Context, id string) (Sample, error)
 }
 
-// DiskUser is a back end that measures a rental's writable layer.
-type DiskUser interface {
-	DiskUsed(ctx context.Context, id string) (uint64, error)
-}
-
 // gpuSeconds is the GPU time inst has held so far: its GPUs times the
 // seconds from its start to its exit (to now while it runs).
 func gpuSeconds(inst runtime.Instance, now func() float64) float64 {
