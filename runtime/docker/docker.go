@@ -24,6 +24,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 	rentalnet "github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 )
 
 var _ runtime.Runtime = (*Runtime)(nil)
@@ -112,8 +113,10 @@ type Runtime struct {
 	imageMu sync.RWMutex
 	// pulls shares one pull among the pulls of an image.
 	pulls runtime.PullGroup
-	// rules owns the network's iptables rules; nil without a network.
-	rules *rentalnet.Rules
+	// network is the rentals' network as the host sees it, and rules the
+	// owner of its iptables rules; nil without a network.
+	network *dockernet.Network
+	rules   *rentalnet.Rules
 	// storageSize says that rentals' disk limits are set as their
 	// writable layer's size (DiskEnforcement).
 	storageSize atomic.Bool
@@ -175,9 +178,10 @@ func New(opts Options) (*Runtime, error) {
 		raise: runtime.NewRaiseProbe(),
 	}
 	if opts.Network != nil {
-		if r.rules, err = opts.Network.newRules(r.log); err != nil {
+		if r.network, err = dockernet.New(opts.Network.hostNetwork(), r.log); err != nil {
 			return nil, fmt.Errorf("docker network: %w", err)
 		}
+		r.rules = r.network.Rules()
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.wg.Go(func() { r.watch(r.ctx) })

@@ -2,17 +2,12 @@ package docker
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"log/slog"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 
 	"github.com/containerd/errdefs"
-	"github.com/coreos/go-iptables/iptables"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
@@ -20,6 +15,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	rentalnet "github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 )
 
 // Docker network driver options the rentals' network is created with.
@@ -28,7 +24,7 @@ const (
 	optBridgeName = "com.docker.network.bridge.name"
 	// dockerUserChain is where Docker lets others filter forwarded
 	// traffic ahead of its own rules.
-	dockerUserChain = "DOCKER-USER"
+	dockerUserChain = dockernet.UserChain
 )
 
 // NetworkOptions put rentals on a user-defined bridge network of their own,
@@ -61,15 +57,7 @@ func (o *NetworkOptions) validate() error {
 	if o.Name == "" {
 		problems = append(problems, "no network name")
 	}
-	if o.Bridge == "" || len(o.Bridge) > 15 || strings.ContainsAny(o.Bridge, "/ \t\n") {
-		problems = append(problems, fmt.Sprintf("bridge name %q: 1 to 15 bytes, no slashes or spaces", o.Bridge))
-	}
-	if !o.Subnet.IsValid() || !o.Subnet.Addr().Is4() || o.Subnet.Bits() > 29 || o.Subnet.Bits() < 8 {
-		problems = append(problems, fmt.Sprintf("subnet %s: want IPv4 between /8 and /29", o.Subnet))
-	}
-	if !rentalnet.ValidChainPrefix(o.ChainPrefix) {
-		problems = append(problems, fmt.Sprintf("chain prefix %q", o.ChainPrefix))
-	}
+	problems = append(problems, o.hostNetwork().Problems()...)
 	for _, a := range o.HostAddrs {
 		if !a.Is4() {
 			problems = append(problems, fmt.Sprintf("host address %s: must be IPv4", a))
@@ -82,98 +70,41 @@ func (o *NetworkOptions) validate() error {
 	return nil
 }
 
-func (o *NetworkOptions) forwardChain() string { return o.ChainPrefix + "-DFWD" }
-func (o *NetworkOptions) inputChain() string   { return o.ChainPrefix + "-DIN" }
-
-// filterRules are the isolation rules of the rentals' bridge, in order.
-// Forwarded (DOCKER-USER, ahead of Docker's own accepts): nothing between
-// rentals, nothing spoofed, replies through, the allowed exceptions, then
-// nothing to a blocked range; what is left returns to Docker's chains,
-// which accept it and the published ports. Input: rentals reach no service
-// of the host (Docker's embedded resolver answers inside each container's
-// own namespace), only replies to what the host sent.
-func (o *NetworkOptions) filterRules() []string {
-	br, sub := o.Bridge, o.Subnet.String()
-	fwd, in := o.forwardChain(), o.inputChain()
-	reject := "-j REJECT --reject-with icmp-admin-prohibited"
-	r := []string{
-		fmt.Sprintf("-A %s -i %s -o %s -j DROP", fwd, br, br),
-		fmt.Sprintf("-A %s -i %s ! -s %s -j DROP", fwd, br, sub),
-		fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", fwd, br),
-	}
-	for _, a := range o.AllowedEgress {
-		r = append(r, fmt.Sprintf("-A %s -i %s -d %s -j RETURN", fwd, br, a))
-	}
-	for _, b := range o.BlockedEgress {
-		r = append(r, fmt.Sprintf("-A %s -i %s -d %s %s", fwd, br, b, reject))
-	}
-	r = append(r,
-		fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", in, br),
-		fmt.Sprintf("-A %s -i %s %s", in, br, reject),
-	)
-	return r
-}
-
-// ruleSet is the Docker network's rule set: its chains, jumped to from the
-// top of DOCKER-USER and INPUT.
-func (o *NetworkOptions) ruleSet() rentalnet.RuleSet {
-	var fwd, in []string
-	for _, r := range o.filterRules() {
-		if strings.HasPrefix(r, "-A "+o.forwardChain()+" ") {
-			fwd = append(fwd, r)
-		} else {
-			in = append(in, r)
-		}
-	}
-	return rentalnet.RuleSet{
-		Chains: []rentalnet.Chain{
-			{Table: "filter", Name: o.forwardChain(), Rules: fwd},
-			{Table: "filter", Name: o.inputChain(), Rules: in},
-		},
-		Jumps: []rentalnet.Jump{
-			{Table: "filter", From: dockerUserChain, To: o.forwardChain()},
-			{Table: "filter", From: "INPUT", To: o.inputChain()},
-		},
+// hostNetwork is what the host's kernel sees of the network: its bridge
+// and the agent's rules around it.
+func (o *NetworkOptions) hostNetwork() dockernet.Config {
+	return dockernet.Config{
+		Bridge:        o.Bridge,
+		Subnet:        o.Subnet,
+		ChainPrefix:   o.ChainPrefix,
+		BlockedEgress: o.BlockedEgress,
+		AllowedEgress: o.AllowedEgress,
 	}
 }
 
-// newRules is the owner of the network's rules; the connections it cuts
-// after a repair are those filterRules refuse.
-func (o *NetworkOptions) newRules(logger *slog.Logger) (*rentalnet.Rules, error) {
-	return rentalnet.NewRules(rentalnet.RulesOptions{
-		Name:   "docker",
-		Set:    o.ruleSet(),
-		Bridge: o.Bridge,
-		Egress: &rentalnet.EgressPolicy{Subnet: o.Subnet, Blocked: o.BlockedEgress, Allowed: o.AllowedEgress},
-		Logger: logger,
-	})
-}
+func (o *NetworkOptions) forwardChain() string { return o.hostNetwork().ForwardChain() }
+func (o *NetworkOptions) inputChain() string   { return o.hostNetwork().InputChain() }
 
 // NetworkRules is the owner of the rentals' iptables rules, nil without a
 // network: run its Run loop for as long as the agent serves (the daemon's
 // network events and reconnections trigger it too).
 func (r *Runtime) NetworkRules() *rentalnet.Rules { return r.rules }
 
+// Network is the rentals' network as the host sees it (its rules, its
+// status and readiness), nil without one.
+func (r *Runtime) Network() *dockernet.Network { return r.network }
+
 // IsolationAvailable reports why rentals on Docker cannot be isolated by the
 // agent's rules here: nil when the DOCKER-USER chain exists, which a dockerd
 // managing iptables (the default) makes at its start.
-func IsolationAvailable() error {
-	ipt, err := iptables.New(iptables.IPFamily(iptables.ProtocolIPv4), iptables.Timeout(5))
-	if err != nil {
-		return fmt.Errorf("iptables: %w", err)
-	}
-	if ok, err := ipt.ChainExists("filter", dockerUserChain); err != nil || !ok {
-		return fmt.Errorf("chain %s is missing: dockerd must manage iptables (no --iptables=false) for rentals to be isolated: %w", dockerUserChain, errdefs.ErrFailedPrecondition)
-	}
-	return nil
-}
+func IsolationAvailable() error { return dockernet.IsolationAvailable() }
 
 // ensureRules writes what differs of the agent's chains and the jumps to
 // them, first in DOCKER-USER and INPUT. Run before each start, so that a
 // dockerd restarted since (it re-inserts its own jumps) does not get ahead
 // of the isolation; the rules' Run loop keeps them in between.
 func (r *Runtime) ensureRules(ctx context.Context) error {
-	if err := IsolationAvailable(); err != nil {
+	if err := dockernet.IsolationAvailable(); err != nil {
 		return err
 	}
 	_, err := r.rules.Ensure(ctx)
@@ -230,14 +161,8 @@ func (r *Runtime) ensureNetwork(ctx context.Context) error {
 	if err := checkNetwork(res.Network, o); err != nil {
 		return err
 	}
-	// A link-local IPv6 address on the bridge would let rentals reach the
-	// host's services past every IPv4 rule. (A containerized agent's
-	// /proc/sys is read-only until made writable.)
-	if err := rentalnet.WritableProcSysNet(); err != nil {
+	if err := dockernet.DisableBridgeIPv6(o.Bridge); err != nil {
 		return err
-	}
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+o.Bridge+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("turn IPv6 off on bridge %s: %w", o.Bridge, err)
 	}
 	return r.ensureRules(ctx)
 }

@@ -31,10 +31,19 @@ func (n *Network) Check(ctx context.Context) error {
 	if err := FindPlugins(n.cfg.PluginDirs); err != nil {
 		return err
 	}
+	if err := CheckTools(); err != nil {
+		return err
+	}
+	return n.rules.Check(ctx)
+}
+
+// CheckTools says which of the tools the agent's rules are written and
+// read with is missing (removed since the start), on either back end.
+func CheckTools() error {
 	for _, tool := range []string{"nft", "iptables-restore", "iptables-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found", tool)
 		}
 	}
-	return n.rules.Check(ctx)
+	return nil
 }
