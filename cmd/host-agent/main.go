@@ -183,6 +183,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 		}
 	}
 	rules := networkRules(ctx, rentalNet, backend, logger)
+	hostNet := rentalsNetwork(rentalNet, backend)
 	disks := newDiskLimits(ctx, cfg, rtName, backend, inv.Len(), logger)
 	volumes, err := openVolumes(ctx, cfg, disks.limits, logger)
 	if err != nil {
@@ -221,7 +222,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 			PublicURL:   publicURL(cfg, ln.Addr()),
 			Interval:    cfg.HeartbeatInterval,
 			OrphanGrace: cfg.OrphanGrace,
-			Network:     networkInfo(cfg, rentalNet, ports),
+			Network:     networkInfo(cfg, hostNet, ports),
 			DataDir:     cfg.ContainerdRoot,
 			Commit:      commit,
 			DiskLimit:   disks.info,
@@ -230,7 +231,7 @@ func serve(ctx context.Context, cfg config, logger *slog.Logger) error {
 			RuntimeName: rtName,
 			Token:       cfg.Token,
 			AgentID:     cfg.AgentID,
-			Network:     networkChecker(rentalNet, rules),
+			Network:     networkChecker(hostNet),
 			Collectors:  ruleCollectors(rules),
 			MockFaults:  mockFaults(mock),
 

@@ -126,14 +126,32 @@ func networkRules(ctx context.Context, rentalNet *network.Network, backend any, 
 }
 
 // networkChecker is what /readyz checks of the rentals' network: on
-// containerd the CNI network (plugins and rules), on Docker the rules; a
-// nil interface without a network.
-func networkChecker(n *network.Network, rules *network.Rules) server.NetworkChecker {
-	if n != nil {
-		return n
+// containerd the CNI network (plugins, tools and rules), on Docker the
+// Docker network (tools, Docker's chain and rules); a nil interface
+// without a network.
+func networkChecker(n hostNetwork) server.NetworkChecker {
+	if n == nil {
+		return nil
 	}
-	if rules != nil {
-		return rules
+	return n
+}
+
+// hostNetwork is the rentals' network of either back end, as the host
+// report and readiness see it: *network.Network on containerd,
+// *dockernet.Network on Docker.
+type hostNetwork interface {
+	Status() network.Status
+	Check(ctx context.Context) error
+}
+
+// rentalsNetwork is the rentals' network of the back end in use, nil when
+// rentals get none of the agent's.
+func rentalsNetwork(rentalNet *network.Network, backend any) hostNetwork {
+	if rentalNet != nil {
+		return rentalNet
+	}
+	if d, ok := backend.(*docker.Runtime); ok && d.Network() != nil {
+		return d.Network()
 	}
 	return nil
 }
@@ -146,9 +164,10 @@ func ruleCollectors(rules *network.Rules) []prometheus.Collector {
 	return []prometheus.Collector{rules.Collector()}
 }
 
-// networkInfo describes the rentals' network for the host report; nil
-// (no network in the report) when rentals get none of the agent's.
-func networkInfo(cfg config, n *network.Network, ports *hostport.Allocator) func() *reporter.NetworkInfo {
+// networkInfo describes the rentals' network for the host report, on
+// either back end; nil (no network in the report) when rentals get none of
+// the agent's.
+func networkInfo(cfg config, n hostNetwork, ports *hostport.Allocator) func() *reporter.NetworkInfo {
 	if n == nil {
 		return nil
 	}

@@ -85,7 +85,8 @@ type NetworkInfo struct {
 	// PublicIP is the address tenants are told to reach their ports on;
 	// empty when not configured.
 	PublicIP string `json:"public_ip,omitempty"`
-	// DNS are the resolvers rentals are given.
+	// DNS are the resolvers rentals are given: on Docker, Docker's
+	// embedded resolver (127.0.0.11), which forwards to the host's.
 	DNS []string `json:"dns"`
 }
 
