@@ -92,10 +92,20 @@ func TestNetworkConfigNames(t *testing.T) {
 	t.Parallel()
 	def := networkConfig(config{StateDir: "/s"})
 	named := networkConfig(config{StateDir: "/s", Network: netConfig{Name: "abcd1234"}})
-	if def.Bridge != network.DefaultBridge || def.NetworkName != "" || def.ChainPrefix != "" {
+	if def.Bridge != network.DefaultBridge || def.NetworkName != network.DefaultNetworkName || def.ChainPrefix != network.DefaultChainPrefix ||
+		def.NetNSPrefix != network.DefaultNetNSPrefix || def.DockerBridge != network.DefaultDockerBridge {
 		t.Fatalf("default names changed: %+v", def)
 	}
-	if len(named.Bridge) > 15 || named.Bridge == def.Bridge || named.NetworkName == network.DefaultNetworkName ||
+	// The Docker network takes the same names, but for its bridge.
+	if d := dockerNetwork(config{StateDir: "/s", Network: netConfig{Name: "abcd1234"}}); d.Name != named.NetworkName ||
+		d.ChainPrefix != named.ChainPrefix || d.Bridge != named.DockerBridge || d.Bridge == named.Bridge {
+		t.Fatalf("names of the second network on Docker: %+v, CNI %+v", d, named)
+	}
+	if d := dockerNetwork(config{StateDir: "/s"}); d.Name != network.DefaultNetworkName || d.Bridge != network.DefaultDockerBridge ||
+		d.ChainPrefix != network.DefaultChainPrefix {
+		t.Fatalf("default names on Docker changed: %+v", d)
+	}
+	if len(named.Bridge) > 15 || named.Bridge == def.Bridge || len(named.DockerBridge) > 15 || named.DockerBridge == def.DockerBridge || named.NetworkName == network.DefaultNetworkName ||
 		named.ChainPrefix == network.DefaultChainPrefix || named.NetNSPrefix == network.DefaultNetNSPrefix ||
 		strings.HasPrefix(named.NetNSPrefix, network.DefaultNetNSPrefix) {
 		t.Fatalf("names of a second network: %+v", named)

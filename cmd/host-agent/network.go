@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -40,7 +39,12 @@ func newNetwork(ctx context.Context, cfg config, logger *slog.Logger) (*network.
 // agent of the same network. Where the claim cannot be written at all, the
 // agent starts and says so.
 func claimPorts(cfg config, logger *slog.Logger) (func(), error) {
-	name := networkConfig(cfg).NetworkName
+	// The default agent's claim is recorded under no name, as agents of
+	// this host running already record and look for it.
+	name := ""
+	if cfg.Network.Name != "" {
+		name = networkConfig(cfg).NetworkName
+	}
 	release, err := network.ClaimPortRange(network.DefaultClaimDir, name, cfg.Network.HostPortRange)
 	switch {
 	case errors.Is(err, network.ErrPortRangeOverlap):
@@ -54,30 +58,18 @@ func claimPorts(cfg config, logger *slog.Logger) (func(), error) {
 	return release, nil
 }
 
-// networkConfig is the rentals' network as configured.
+// networkConfig is the rentals' network as configured, its names those of
+// RENTAL_NETWORK_NAME (a second agent on the host: every name of its
+// network is its own).
 func networkConfig(cfg config) network.Config {
-	nc := network.Config{
+	return network.Config{
 		Subnet:        cfg.Network.RentalSubnet,
 		PluginDirs:    cfg.Network.CNIPluginDirs,
 		StateDir:      filepath.Join(cfg.StateDir, "network"),
 		BlockedEgress: cfg.Network.BlockedEgress,
 		AllowedEgress: cfg.Network.AllowedEgress,
 		DNS:           cfg.Network.RentalDNS,
-		Bridge:        network.DefaultBridge,
-	}
-	if name := cfg.Network.Name; name != "" {
-		// A second agent on the host: every name of its network is its own.
-		nc.NetworkName = network.DefaultNetworkName + "-" + name
-		nc.Bridge = "hagent-" + name
-		nc.ChainPrefix = "HA" + strings.ToUpper(name)
-		// Not under the default prefix: the default agent's sweep takes
-		// every namespace under it for one of its own.
-		nc.NetNSPrefix = "hagent-" + name + "-"
-		// Its journal and files apart from the default agent's, whose
-		// sweep takes every one in STATE_DIR/network for one of its own.
-		nc.StateDir = filepath.Join(cfg.StateDir, "network", nc.NetworkName)
-	}
-	return nc
+	}.Named(cfg.Network.Name)
 }
 
 // dockerNetwork is the rentals' network on Docker: a user-defined bridge
@@ -86,20 +78,15 @@ func networkConfig(cfg config) network.Config {
 func dockerNetwork(cfg config) *docker.NetworkOptions {
 	nc := networkConfig(cfg)
 	o := &docker.NetworkOptions{
-		Name:          network.DefaultNetworkName,
-		Bridge:        "hadocker0",
-		Subnet:        cfg.Network.RentalSubnet,
-		ChainPrefix:   network.DefaultChainPrefix,
-		BlockedEgress: cfg.Network.BlockedEgress,
-		AllowedEgress: cfg.Network.AllowedEgress,
+		Name:          nc.NetworkName,
+		Bridge:        nc.DockerBridge,
+		Subnet:        nc.Subnet,
+		ChainPrefix:   nc.ChainPrefix,
+		BlockedEgress: nc.BlockedEgress,
+		AllowedEgress: nc.AllowedEgress,
 	}
 	if o.BlockedEgress == nil {
 		o.BlockedEgress = network.DefaultBlockedEgress
-	}
-	if name := cfg.Network.Name; name != "" {
-		o.Name = nc.NetworkName
-		o.Bridge = "hadock-" + name
-		o.ChainPrefix = nc.ChainPrefix
 	}
 	if cfg.Network.PublicIP.IsValid() {
 		o.PublicIP = cfg.Network.PublicIP.String()
@@ -195,7 +182,8 @@ func networkInfo(cfg config, n hostNetwork, ports *hostport.Allocator) func() *r
 // daemon does not do so itself (on containerd the CNI plugin does).
 // Failures are logged: CheckSubnet then refuses what still conflicts.
 func claimSubnet(cfg config, rtName string, logger *slog.Logger) {
-	mine, other := networkConfig(cfg).Bridge, dockerNetwork(cfg).Bridge
+	nc := networkConfig(cfg)
+	mine, other := nc.Bridge, nc.DockerBridge
 	if rtName == runtimeDocker {
 		mine, other = other, mine
 		if up, err := network.ReclaimBridge(mine); err != nil {

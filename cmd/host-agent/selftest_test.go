@@ -381,7 +381,7 @@ func TestSelftestOnDocker(t *testing.T) {
 	t.Cleanup(d.Close)
 	// The agent's Docker network under the test's names, removed (with
 	// its rules) while dockerd still runs.
-	netOpts := docker.NetworkOptions{Name: w.net.cfg.NetworkName, Bridge: "hadock-" + w.net.name, Subnet: w.net.subnet,
+	netOpts := docker.NetworkOptions{Name: w.net.cfg.NetworkName, Bridge: w.net.cfg.DockerBridge, Subnet: w.net.subnet,
 		ChainPrefix: w.net.cfg.ChainPrefix}
 	t.Cleanup(func() {
 		r, err := docker.New(docker.Options{Host: d.Host, StateDir: t.TempDir(), Network: &netOpts})

@@ -3,12 +3,17 @@
 // tenants off from each other, from the host and from the provider's LAN
 // with the agent's own iptables chains. It also writes the rental's
 // resolv.conf, hosts and hostname files. Rules owns iptables rule sets,
-// this network's and the Docker back end's: it keeps them as written,
-// repairing what a flush, a firewall reload or another tool changes.
+// this network's and the Docker back end's (subpackage dockernet, which
+// makes the Docker network's): it keeps them as written, repairing what a
+// flush, a firewall reload or another tool changes. Every name of the
+// rentals' network, on both back ends, comes from Config.Named.
 //
 // The lifecycle layer imports it: Setup after an instance's ports are
 // reserved and recorded, Teardown before they are released, Sweep when the
-// agent starts. It does not import the runtime package.
+// agent starts. The back ends, the self-test and the agent's wiring (for
+// GET /host and /readyz) import it too. It does not import the runtime
+// package: the label keys of what a rental's network holds (ports, netns,
+// IP) are the runtime package's.
 package network
 
 import (
@@ -50,6 +55,11 @@ const (
 	DefaultLockFile    = "/run/host-agent/cni.lock"
 )
 
+// DefaultDockerBridge is the bridge of the rentals' Docker network, on the
+// Docker back end: apart from the CNI network's, so that an agent moving
+// between back ends finds each where it left it.
+const DefaultDockerBridge = "hadocker0"
+
 // Config says how the rentals' network is built. Zero fields take the
 // defaults above; StateDir is required.
 type Config struct {
@@ -60,6 +70,11 @@ type Config struct {
 	NetworkName string
 	// Bridge is the bridge device's name (at most 15 bytes).
 	Bridge string
+	// DockerBridge is the bridge of the rentals' Docker network, which the
+	// Docker back end uses instead of this one (runtime/network/dockernet);
+	// named here so that every name of the rentals' network comes from one
+	// place (Named).
+	DockerBridge string
 	// ChainPrefix starts the names of the agent's iptables chains.
 	ChainPrefix string
 	// PluginDirs are searched for the CNI plugins (CNI_PLUGIN_DIRS).
@@ -114,6 +129,9 @@ func (c *Config) setDefaults() error {
 	if c.Bridge == "" {
 		c.Bridge = DefaultBridge
 	}
+	if c.DockerBridge == "" {
+		c.DockerBridge = DefaultDockerBridge
+	}
 	if c.ChainPrefix == "" {
 		c.ChainPrefix = DefaultChainPrefix
 	}
@@ -147,8 +165,10 @@ func (c *Config) setDefaults() error {
 	} else if c.Subnet.Bits() > 29 || c.Subnet.Bits() < 8 {
 		errs = append(errs, fmt.Errorf("subnet %s: prefix length must be between /8 and /29", c.Subnet))
 	}
-	if len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/ \t\n") {
-		errs = append(errs, fmt.Errorf("bridge name %q: at most 15 bytes, no slashes or spaces", c.Bridge))
+	for _, br := range []string{c.Bridge, c.DockerBridge} {
+		if len(br) > 15 || strings.ContainsAny(br, "/ \t\n") {
+			errs = append(errs, fmt.Errorf("bridge name %q: at most 15 bytes, no slashes or spaces", br))
+		}
 	}
 	if !ValidChainPrefix(c.ChainPrefix) {
 		errs = append(errs, fmt.Errorf("chain prefix %q: upper-case letters, digits, '_' and '-', at most 16", c.ChainPrefix))

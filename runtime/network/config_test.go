@@ -49,6 +49,33 @@ func TestFromLabels(t *testing.T) {
 	}
 }
 
+// Every name of a second agent's network, on both back ends, differs
+// from the default network's and fits the kernel's limits; its namespaces
+// are not under the default prefix and its files not in the default
+// state directory, which the default agent's sweep takes for its own.
+func TestConfigNamed(t *testing.T) {
+	t.Parallel()
+	def := network.Config{StateDir: "/s/network"}.Named("")
+	if def.NetworkName != network.DefaultNetworkName || def.Bridge != network.DefaultBridge || def.DockerBridge != network.DefaultDockerBridge ||
+		def.ChainPrefix != network.DefaultChainPrefix || def.NetNSPrefix != network.DefaultNetNSPrefix || def.StateDir != "/s/network" {
+		t.Fatalf("default names: %+v", def)
+	}
+	named := network.Config{StateDir: "/s/network"}.Named("abcd1234")
+	if named.NetworkName == def.NetworkName || named.Bridge == def.Bridge || named.DockerBridge == def.DockerBridge ||
+		named.Bridge == named.DockerBridge || named.ChainPrefix == def.ChainPrefix ||
+		strings.HasPrefix(named.NetNSPrefix, def.NetNSPrefix) || named.StateDir != filepath.Join("/s/network", named.NetworkName) {
+		t.Fatalf("names of a second network: %+v", named)
+	}
+	for _, br := range []string{named.Bridge, named.DockerBridge} {
+		if len(br) > 15 {
+			t.Errorf("bridge %q is longer than 15 bytes", br)
+		}
+	}
+	if !network.ValidChainPrefix(named.ChainPrefix) {
+		t.Errorf("chain prefix %q", named.ChainPrefix)
+	}
+}
+
 func TestParseCIDRs(t *testing.T) {
 	t.Parallel()
 	got, err := network.ParseCIDRs(" 10.0.0.0/8, 1.2.3.4 ,192.168.1.7/16,")
