@@ -9,45 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/network"
 )
-
-// The network's label keys live under the agent's one label prefix.
-func TestLabelKeysUnderAgentPrefix(t *testing.T) {
-	t.Parallel()
-	for _, k := range []string{network.LabelPorts, network.LabelNetNS, network.LabelIP} {
-		if !strings.HasPrefix(k, runtime.LabelPrefix) || strings.HasPrefix(k, runtime.LabelUserPrefix) {
-			t.Errorf("label %q is not under %q", k, runtime.LabelPrefix)
-		}
-	}
-	if runtime.LabelPorts != network.LabelPorts || runtime.LabelNetNS != network.LabelNetNS || runtime.LabelIP != network.LabelIP {
-		t.Error("runtime's and network's label keys differ")
-	}
-}
-
-func TestFromLabels(t *testing.T) {
-	t.Parallel()
-	a, err := network.FromLabels("x", map[string]string{
-		network.LabelPorts: "tcp/22:40017,udp/53:40018", network.LabelNetNS: "/var/run/netns/host-agent-x", network.LabelIP: "10.213.0.5",
-	})
-	if err != nil || len(a.Ports) != 2 || a.Ports[1].HostPort != 40018 || a.IP != netip.MustParseAddr("10.213.0.5") {
-		t.Fatalf("FromLabels = %+v, %v", a, err)
-	}
-	back := a.Labels()
-	if back[network.LabelPorts] != "tcp/22:40017,udp/53:40018" || back[network.LabelIP] != "10.213.0.5" {
-		t.Fatalf("Labels = %v", back)
-	}
-	if _, err := network.FromLabels("x", map[string]string{network.LabelPorts: "tcp/22"}); err == nil || !strings.Contains(err.Error(), network.LabelPorts) {
-		t.Fatalf("bad ports label: %v", err)
-	}
-	if _, err := network.FromLabels("x", map[string]string{network.LabelIP: "nope"}); err == nil {
-		t.Fatal("bad IP label accepted")
-	}
-	if a, err := network.FromLabels("x", nil); err != nil || a.NetNS != "" || a.Ports != nil {
-		t.Fatalf("no network labels: %+v, %v", a, err)
-	}
-}
 
 // Every name of a second agent's network, on both back ends, differs
 // from the default network's and fits the kernel's limits; its namespaces
