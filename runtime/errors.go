@@ -1,6 +1,10 @@
 package runtime
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/containerd/errdefs"
+)
 
 // Steps of Start, named in a StepError.
 const (
@@ -20,3 +24,15 @@ type StepError struct {
 func (e *StepError) Error() string { return fmt.Sprintf("%s: %v", e.Step, e.Err) }
 
 func (e *StepError) Unwrap() error { return e.Err }
+
+// FieldError refuses a request because of one of its fields: it is an
+// InvalidArgument, and its ErrorField names the field (the API answers 400
+// naming it).
+func FieldError(field, msg string) error { return &fieldError{field: field, msg: msg} }
+
+// fieldError refuses a request because of one of its fields.
+type fieldError struct{ field, msg string }
+
+func (e *fieldError) Error() string      { return e.field + ": " + e.msg }
+func (e *fieldError) ErrorField() string { return e.field }
+func (e *fieldError) Unwrap() error      { return errdefs.ErrInvalidArgument }

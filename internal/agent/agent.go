@@ -18,6 +18,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/events/gpuevents"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/share"
 	"github.com/host-agent/host-agent/runtime/usage"
 	"github.com/host-agent/host-agent/server"
@@ -63,7 +64,7 @@ type Agent struct {
 	// Backend is the runtime back end itself; Lifecycle the one owner of
 	// every rental above it, which the API and the reporter use.
 	Backend   Backend
-	Lifecycle *runtime.Lifecycle
+	Lifecycle *lifecycle.Lifecycle
 	Shares    *share.Reservations
 	// Usage is the rentals' meter; nil where Options had none.
 	Usage *usage.Meter
@@ -267,10 +268,10 @@ type LifecycleOptions struct {
 // NewLifecycle is the agent's lifecycle over be, with every reservation
 // kind the agent takes (Kinds). The self-test and gpu-check, which need no
 // API, use it directly; New uses it for the daemon and the benchmark.
-func NewLifecycle(be runtime.Runtime, o LifecycleOptions) (*runtime.Lifecycle, *share.Reservations, error) {
+func NewLifecycle(be runtime.Runtime, o LifecycleOptions) (*lifecycle.Lifecycle, *share.Reservations, error) {
 	kinds, shares, err := Kinds(o.Inventory, o.Reservations, o.Logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	return runtime.NewLifecycle(be, runtime.LifecycleOptions{Kinds: kinds, Events: o.Events, Logger: o.Logger}), shares, nil
+	return lifecycle.New(be, lifecycle.Options{Kinds: kinds, Events: o.Events, Logger: o.Logger}), shares, nil
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostinfo"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/numa"
 	"github.com/host-agent/host-agent/runtime/share"
 )
@@ -41,9 +42,9 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 	if err != nil {
 		return nil, nil, err
 	}
-	kinds := []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}, shares}
+	kinds := []runtime.ReservationKind{lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)}, shares}
 	if r.PublishPorts {
-		kinds = append(kinds, runtime.PortReservations{Alloc: r.Ports})
+		kinds = append(kinds, lifecycle.PortReservations{Alloc: r.Ports})
 	}
 	if r.DiskLimits != nil {
 		kinds = append(kinds, r.DiskLimits)
@@ -51,7 +52,7 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 		kinds = append(kinds, disk.Reserve{Path: r.DiskPath, Bytes: r.DiskReserveBytes})
 	}
 	if r.Volumes != nil {
-		kinds = append(kinds, runtime.VolumeReservations{Store: r.Volumes})
+		kinds = append(kinds, lifecycle.VolumeReservations{Store: r.Volumes})
 	}
 	numaKinds, err := numaAlignment(r, inv, logger)
 	if err != nil {
@@ -59,7 +60,7 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 	}
 	kinds = append(kinds, numaKinds...)
 	// Last: it fills in only what no kind before it did.
-	return append(kinds, runtime.BandwidthDefaults{Bandwidth: r.Bandwidth}), shares, nil
+	return append(kinds, lifecycle.BandwidthDefaults{Bandwidth: r.Bandwidth}), shares, nil
 }
 
 // newShares accounts for this host's memory and CPUs with gpus GPUs.

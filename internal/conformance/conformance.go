@@ -1,5 +1,5 @@
 // Package conformance is the one suite of behaviour every back end of
-// runtime.Runtime must show under runtime.Lifecycle, so that the scheduler
+// runtime.Runtime must show under lifecycle.Lifecycle, so that the scheduler
 // cannot tell the containerd and Docker back ends apart. Each back end's
 // tests call Run with a Harness over real daemons; it is imported by tests
 // only.
@@ -19,6 +19,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // Harness is what the suite needs of one back end on real daemons.
@@ -74,7 +75,7 @@ type NetInfo struct {
 
 // Agent is a back end under a Lifecycle, as cmd/host-agent builds it.
 type Agent struct {
-	*runtime.Lifecycle
+	*lifecycle.Lifecycle
 	Events *Recorder
 }
 
@@ -94,7 +95,7 @@ func openWith(t *testing.T, sc Scope, gpus *GPUHost, kinds []runtime.Reservation
 	t.Helper()
 	rec := NewRecorder()
 	be := sc.Open(t, rec, gpus)
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Kinds: kinds, Events: rec,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

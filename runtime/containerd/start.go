@@ -30,7 +30,7 @@ const cleanupTimeout = 30 * time.Second
 // agent die before deleting it; a pull has no fixed bound, so it is long.
 const leaseExpiration = 48 * time.Hour
 
-// Start implements runtime.Runtime for runtime.Lifecycle, which calls it
+// Start implements runtime.Runtime for lifecycle.Lifecycle, which calls it
 // for one instance at a time, with the reservations already made and
 // recorded in spec.ReservedLabels, and on a context detached from the
 // scheduler's request: the work runs on ctx and stops when it is cancelled

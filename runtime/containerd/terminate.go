@@ -17,7 +17,7 @@ import (
 // killWait bounds the wait for a task to die after SIGKILL.
 const killWait = 30 * time.Second
 
-// Terminate implements runtime.Runtime for runtime.Lifecycle, which calls
+// Terminate implements runtime.Runtime for lifecycle.Lifecycle, which calls
 // it for one instance at a time on a context bounding the whole
 // termination: SIGTERM, SIGKILL after timeout, then the task, container,
 // snapshot and log are deleted.

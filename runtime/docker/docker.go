@@ -1,6 +1,6 @@
 // Package docker runs rentals through the Docker Engine API, for hosts that
 // give the agent a Docker socket and no containerd socket. It implements
-// runtime.Runtime as a thin back end under runtime.Lifecycle, like the
+// runtime.Runtime as a thin back end under lifecycle.Lifecycle, like the
 // containerd back end: the same labels, the same confinement, GPUs by UUID
 // only. cmd/ constructs it, internal/agent puts the lifecycle over it;
 // server/ calls that through runtime.Runtime. What it shares with the

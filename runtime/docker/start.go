@@ -21,7 +21,7 @@ import (
 // when the caller has gone away.
 const cleanupTimeout = 30 * time.Second
 
-// Start implements runtime.Runtime for runtime.Lifecycle, which calls it for
+// Start implements runtime.Runtime for lifecycle.Lifecycle, which calls it for
 // one instance at a time with the reservations made and recorded in
 // spec.ReservedLabels, on a context detached from the scheduler's request.
 // On failure it removes whatever it made.

@@ -11,7 +11,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
-// Terminate implements runtime.Runtime for runtime.Lifecycle: SIGTERM,
+// Terminate implements runtime.Runtime for lifecycle.Lifecycle: SIGTERM,
 // SIGKILL after timeout (the daemon's stop, which waits for the exit), then
 // the container is removed with its anonymous volumes.
 func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duration) error {
