@@ -101,7 +101,7 @@ type Runtime struct {
 	pub    events.Publisher
 
 	// raise says whether containers' limits can be raised (canRaise).
-	raise *runtime.RaiseProbe
+	raise *backend.RaiseProbe
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
@@ -111,7 +111,7 @@ type Runtime struct {
 	// its image and its container's creation.
 	imageMu sync.RWMutex
 	// pulls shares one pull among the pulls of an image.
-	pulls runtime.PullGroup
+	pulls backend.PullGroup
 	// rules owns the network's iptables rules; nil without a network.
 	rules *rentalnet.Rules
 	// storageSize says that rentals' disk limits are set as their
@@ -172,7 +172,7 @@ func New(opts Options) (*Runtime, error) {
 		log:    opts.Logger.With("runtime", "docker"),
 		pub:    opts.Events,
 
-		raise: runtime.NewRaiseProbe(),
+		raise: backend.NewRaiseProbe(),
 	}
 	if opts.Network != nil {
 		if r.rules, err = opts.Network.newRules(r.log); err != nil {

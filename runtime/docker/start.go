@@ -114,7 +114,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if img.Config != nil {
 		imgUser, imgDir, imgLabels = img.Config.User, img.Config.WorkingDir, img.Config.Labels
 	}
-	if err := runtime.ImageWorkingDirError(imgDir); err != nil {
+	if err := backend.ImageWorkingDirError(imgDir); err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
 	// The daemon adds the image's labels the container lacks: sealed, an
@@ -132,7 +132,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		}
 		// The daemon mounts it from the host: STATE_DIR must be the same
 		// path there (the README's run line mounts it so).
-		if keys.Path, err = runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
+		if keys.Path, err = backend.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 		}
 		withAuthorizedKeys(hostCfg, keys)

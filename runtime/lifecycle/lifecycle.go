@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -68,7 +69,7 @@ type Lifecycle struct {
 	log    *slog.Logger
 	margin time.Duration
 
-	locks runtime.KeyedMutex
+	locks backend.KeyedMutex
 
 	mu         sync.Mutex
 	starts     map[string]map[uint64]context.CancelFunc // starts in flight, queued or running
