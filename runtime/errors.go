@@ -1,7 +1,9 @@
 package runtime
 
 import (
+	"context"
 	"fmt"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -36,3 +38,16 @@ type fieldError struct{ field, msg string }
 func (e *fieldError) Error() string      { return e.field + ": " + e.msg }
 func (e *fieldError) ErrorField() string { return e.field }
 func (e *fieldError) Unwrap() error      { return errdefs.ErrInvalidArgument }
+
+// DrainingError refuses a new rental, a pre-pull or a new volume because
+// the host is drained (POST /drain): the API answers 503 with code
+// "draining" and Reason.
+type DrainingError struct{ Reason string }
+
+func (e *DrainingError) Error() string { return "host is draining: " + e.Reason }
+
+// DrainState reads whether the host is drained, where the back end keeps
+// it (so that it survives an agent restart): why, since when.
+type DrainState interface {
+	Drained(ctx context.Context) (reason string, since time.Time, drained bool, err error)
+}

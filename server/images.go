@@ -131,13 +131,6 @@ func (s *Server) pullImage(c *echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	st, err := s.drainStatus(ctx)
-	if err != nil {
-		return err
-	}
-	if st.Draining {
-		return &drainingError{reason: st.Reason}
-	}
 	ref := normalizeImage(req.Image)
 	img, pulling, err := im.PullImage(ctx, lifecycle.ImagePull{
 		Ref:          ref,

@@ -124,7 +124,7 @@ func (s *Server) createVolume(c *echo.Context) error {
 		return err
 	}
 	if st.Draining {
-		return &drainingError{reason: st.Reason}
+		return &runtime.DrainingError{Reason: st.Reason}
 	}
 	v, created, err := s.volumes.Create(ctx, spec)
 	if err != nil {

@@ -100,8 +100,9 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 		ev.usage.meter.Store(o.Usage)
 	}
 	a = &Agent{Events: ev, Inventory: o.Inventory, Injector: o.Injector, Backend: o.Backend, Usage: o.Usage, logger: logger}
+	drain, _ := o.Backend.(server.Drainer)
 	lc, shares, err := NewLifecycle(holdRuntime(o.Backend, o.HeldBecause), LifecycleOptions{
-		Inventory: o.Inventory, Reservations: o.Reservations, Events: ev.publisher(), Logger: logger,
+		Inventory: o.Inventory, Reservations: o.Reservations, Events: ev.publisher(), Logger: logger, Drain: drain,
 	})
 	if err != nil {
 		_ = o.Backend.Close()
@@ -124,7 +125,6 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 			logger.Warn("GPU holders not read back yet", "error", err)
 		}
 	}
-	drain, _ := o.Backend.(server.Drainer)
 
 	// The loops stop, in Run, before the lifecycle and the inventory close.
 	if o.Injector != nil {
@@ -263,6 +263,8 @@ type LifecycleOptions struct {
 	// Events receives the lifecycle's events; nil: none.
 	Events events.Publisher
 	Logger *slog.Logger
+	// Drain keeps the host's drained state; nil: never drained.
+	Drain runtime.DrainState
 }
 
 // NewLifecycle is the agent's lifecycle over be, with every reservation
@@ -273,5 +275,5 @@ func NewLifecycle(be runtime.Runtime, o LifecycleOptions) (*lifecycle.Lifecycle,
 	if err != nil {
 		return nil, nil, err
 	}
-	return lifecycle.New(be, lifecycle.Options{Kinds: kinds, Events: o.Events, Logger: o.Logger}), shares, nil
+	return lifecycle.New(be, lifecycle.Options{Kinds: kinds, Events: o.Events, Logger: o.Logger, Drain: o.Drain}), shares, nil
 }

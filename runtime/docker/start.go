@@ -30,7 +30,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	c, err := r.inspectByName(ctx, spec.ID)
 	switch {
 	case err == nil:
-		return r.startExisting(ctx, spec.ID, c, hash)
+		return r.startExisting(ctx, spec.ID, c)
 	case !errdefs.IsNotFound(err):
 		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
 	}
@@ -38,7 +38,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	if err != nil {
 		r.removeFiles(spec.ID)
 	}
-	return backend.Started(r.log, r.pub, spec, inst, err)
+	return inst, err
 }
 
 // inspectByName reads the container named for id, rental or not.
@@ -53,16 +53,14 @@ func (r *Runtime) inspectByName(ctx context.Context, id string) (container.Inspe
 	return res.Container, nil
 }
 
-// startExisting answers a repeated start: the same request gets the instance
-// as it is, a different one a Conflict. A container that never ran (the
+// startExisting answers a repeated start, which the Lifecycle has checked
+// to be the same request, with the instance as it is. A container that
+// never ran (the
 // agent died between creating and starting it) is started now; one that ran
 // is never started again.
-func (r *Runtime) startExisting(ctx context.Context, id string, c container.InspectResponse, hash string) (runtime.Instance, error) {
+func (r *Runtime) startExisting(ctx context.Context, id string, c container.InspectResponse) (runtime.Instance, error) {
 	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id || !r.ours(c.Config.Labels) {
 		return runtime.Instance{}, fmt.Errorf("container %q exists but is not a rental: %w", r.containerName(id), errdefs.ErrConflict)
-	}
-	if c.Config.Labels[runtime.LabelSpecHash] != hash {
-		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", id, errdefs.ErrConflict)
 	}
 	if c.State != nil && c.State.Status == container.StateCreated {
 		if r.opts.Network != nil {

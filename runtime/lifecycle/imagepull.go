@@ -63,6 +63,9 @@ func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img runtime.Ima
 	if _, err := reference.ParseDockerRef(p.Ref); err != nil {
 		return runtime.Image{}, false, runtime.FieldError("image", "is not a valid image reference: "+err.Error())
 	}
+	if err := l.refuseIfDrained(ctx); err != nil {
+		return runtime.Image{}, false, err
+	}
 	if l.joinPull(p) {
 		return runtime.Image{}, true, nil
 	}

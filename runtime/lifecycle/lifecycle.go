@@ -42,6 +42,10 @@ type Options struct {
 	// TerminateMargin is added to a terminate's stop timeout to bound it
 	// (default DefaultTerminateMargin).
 	TerminateMargin time.Duration
+	// Drain, when set, is where the host's drained state is kept: a drained
+	// host refuses new instances (runtime.DrainingError), while a repeated
+	// start of an existing one goes through.
+	Drain runtime.DrainState
 	// ReconcileInterval is how often leftover reservations are looked for
 	// (default DefaultReconcileInterval; below zero: never on a timer).
 	ReconcileInterval time.Duration
@@ -68,6 +72,7 @@ type Lifecycle struct {
 	pub    events.Publisher
 	log    *slog.Logger
 	margin time.Duration
+	drain  runtime.DrainState
 
 	locks backend.KeyedMutex
 
@@ -112,6 +117,7 @@ func New(be runtime.Runtime, opts Options) *Lifecycle {
 		pub:        opts.Events,
 		log:        opts.Logger.With("component", "lifecycle"),
 		margin:     opts.TerminateMargin,
+		drain:      opts.Drain,
 		starts:     map[string]map[uint64]context.CancelFunc{},
 		terminates: map[string]*terminateCall{},
 		pulls:      map[string]*prePull{},
@@ -291,6 +297,10 @@ func (l *Lifecycle) start(ctx context.Context, spec runtime.InstanceSpec) (runti
 	case !errdefs.IsNotFound(err):
 		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
 	}
+	// A new instance: admitted only on a host that is not drained.
+	if err := l.refuseIfDrained(ctx); err != nil {
+		return runtime.Instance{}, err
+	}
 	// No container, and none can appear while the lock is held: anything
 	// still held for the ID is a leftover of an earlier failure.
 	l.releaseAll(spec.ID)
@@ -306,11 +316,47 @@ func (l *Lifecycle) start(ctx context.Context, spec runtime.InstanceSpec) (runti
 		mergeLabels(spec.ReservedLabels, labels)
 	}
 	inst, err := l.be.Start(ctx, spec)
-	if err != nil {
+	if inst, err = l.started(spec, inst, err); err != nil {
 		l.settleFailedStart(spec.ID)
 		return runtime.Instance{}, err
 	}
 	return inst, nil
+}
+
+// started logs and publishes how the back end's start of a new instance
+// ended: on err, an instance.failed event naming the step that failed (a
+// *runtime.StepError's); else an instance.running event with the
+// instance's published ports. A repeated start of an existing instance
+// publishes nothing: its events were published when it was created.
+func (l *Lifecycle) started(spec runtime.InstanceSpec, inst runtime.Instance, err error) (runtime.Instance, error) {
+	if err != nil {
+		var se *runtime.StepError
+		step := ""
+		if errors.As(err, &se) {
+			step = se.Step
+		}
+		l.log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
+		l.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
+		return runtime.Instance{}, err
+	}
+	l.log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
+	l.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
+	return inst, nil
+}
+
+// refuseIfDrained refuses a new instance on a drained host.
+func (l *Lifecycle) refuseIfDrained(ctx context.Context) error {
+	if l.drain == nil {
+		return nil
+	}
+	reason, _, drained, err := l.drain.Drained(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("read whether the host is drained: %w", err)
+	case drained:
+		return &runtime.DrainingError{Reason: reason}
+	}
+	return nil
 }
 
 // settleFailedStart releases a failed start's reservations unless its
@@ -377,24 +423,40 @@ func (l *Lifecycle) terminate(id string, timeout time.Duration, calledOff bool) 
 	defer unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+l.margin)
 	defer cancel()
-	err := l.be.Terminate(ctx, id, timeout)
+	_, err := l.be.Get(ctx, id)
 	switch {
-	case err == nil:
-		l.releaseAll(id)
-		return nil
 	case errdefs.IsNotFound(err):
 		// Nothing to stop; whatever is still held for it is free.
 		l.releaseAll(id)
 		if calledOff {
 			l.log.Info("start called off by terminate", "instance_id", id)
-			l.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
+			l.terminated(id)
 			return nil
 		}
 		return err
-	default:
-		// The container is still there, and keeps what it holds.
+	case err != nil:
 		return err
 	}
+	l.pub.Publish(events.Event{Type: events.TypeInstanceTerminating, InstanceID: id, Status: "terminating"})
+	err = l.be.Terminate(ctx, id, timeout)
+	switch {
+	case err == nil, errdefs.IsNotFound(err):
+		// Gone, whoever removed it last.
+		l.releaseAll(id)
+		l.terminated(id)
+		return nil
+	default:
+		// The container is still there, and keeps what it holds; a
+		// repeated terminate tries again.
+		l.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
+		return err
+	}
+}
+
+// terminated logs and publishes that id is gone.
+func (l *Lifecycle) terminated(id string) {
+	l.log.Info("instance terminated", "instance_id", id)
+	l.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 }
 
 // Reconcile compares every kind's reservations with the containers: a
