@@ -5,6 +5,19 @@ import (
 	"strings"
 )
 
+// Admission is one step of a start's admission, which the Lifecycle runs
+// in order, for one instance at a time, under its lock, when no container
+// of the instance exists: it checks spec, may fill in what the back end
+// needs (a default), and may reserve, returning the labels that record the
+// reservation (nil when it holds nothing). On error nothing is held. A
+// step that holds something is a ReservationKind.
+type Admission interface {
+	// Name names the step in logs and errors ("gpus", "ports", "disk").
+	Name() string
+	// Reserve admits spec, or refuses it.
+	Reserve(spec *InstanceSpec) (labels map[string]string, err error)
+}
+
 // ReservationKind is one kind of resource a rental holds exclusively: GPUs
 // today, host ports and network addresses next. The Lifecycle is the only
 // caller of its methods and calls them for one instance at a time, under
@@ -21,11 +34,9 @@ import (
 // returned for it: the Lifecycle reconciles it against the containers'
 // labels, and tests assert the two are equal.
 type ReservationKind interface {
-	// Name names the kind in logs and errors ("gpus", "ports").
-	Name() string
-	// Reserve reserves for spec; it returns nil labels when spec asks for
-	// nothing of this kind. On error nothing is held.
-	Reserve(spec *InstanceSpec) (labels map[string]string, err error)
+	// Reserve (Admission) reserves for spec; it returns nil labels when
+	// spec asks for nothing of this kind. On error nothing is held.
+	Admission
 	// Release frees whatever id holds; releasing nothing does nothing.
 	Release(id string)
 	// Restore records what a container already holds, from its labels.

@@ -117,7 +117,7 @@ func TestHostileRequestsAreRefusedAndCreateNothing(t *testing.T) {
 	alloc := gpualloc.New(gpu.NewAllocator(inv))
 	be := newMemBackend()
 	lc := lifecycle.New(be, lifecycle.Options{
-		Kinds:             []runtime.ReservationKind{lifecycle.GPUReservations{Alloc: alloc}},
+		Kinds:             []runtime.Admission{lifecycle.GPUReservations{Alloc: alloc}},
 		ReconcileInterval: -1,
 	})
 	t.Cleanup(func() { _ = lc.Close() })

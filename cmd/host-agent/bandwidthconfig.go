@@ -28,6 +28,6 @@ func loadBandwidthConfig(get func(name, def string) string) (runtime.Bandwidth, 
 
 // bandwidthDefaults gives a rental naming no limits the host's; listed
 // last, after the kinds that fill in the other limits.
-func bandwidthDefaults(cfg config) runtime.ReservationKind {
+func bandwidthDefaults(cfg config) runtime.Admission {
 	return lifecycle.BandwidthDefaults{Bandwidth: cfg.Bandwidth}
 }

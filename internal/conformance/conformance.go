@@ -82,7 +82,7 @@ type Agent struct {
 // open builds an Agent over a freshly opened back end of sc.
 func open(t *testing.T, sc Scope, gpus *GPUHost) *Agent {
 	t.Helper()
-	var kinds []runtime.ReservationKind
+	var kinds []runtime.Admission
 	if gpus != nil {
 		kinds = append(kinds, gpus.Kind())
 	}
@@ -91,7 +91,7 @@ func open(t *testing.T, sc Scope, gpus *GPUHost) *Agent {
 
 // openWith builds an Agent over a freshly opened back end of sc, whose
 // starts make the reservations of kinds.
-func openWith(t *testing.T, sc Scope, gpus *GPUHost, kinds []runtime.ReservationKind) *Agent {
+func openWith(t *testing.T, sc Scope, gpus *GPUHost, kinds []runtime.Admission) *Agent {
 	t.Helper()
 	rec := NewRecorder()
 	be := sc.Open(t, rec, gpus)

@@ -35,7 +35,7 @@ func openWithDiskLimits(t *testing.T, sc Scope) (*Agent, *disk.Watcher) {
 	}
 	limits := &disk.Limits{Path: os.TempDir(), Default: diskTestLimit, Used: meter.DiskUsed}
 	l := lifecycle.New(be, lifecycle.Options{
-		Kinds: []runtime.ReservationKind{limits}, Events: rec,
+		Kinds: []runtime.Admission{limits}, Events: rec,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

@@ -44,7 +44,7 @@ func testNetwork(t *testing.T, h Harness) {
 		t.Fatal(err)
 	}
 	l := lifecycle.New(be, lifecycle.Options{
-		Kinds:  []runtime.ReservationKind{lifecycle.PortReservations{Alloc: hostport.NewAllocator(rng, nil)}},
+		Kinds:  []runtime.Admission{lifecycle.PortReservations{Alloc: hostport.NewAllocator(rng, nil)}},
 		Events: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

@@ -95,7 +95,7 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 		}
 		ports := hostport.NewAllocator(hostport.Range{First: 47100, Last: 47107}, nil)
 		l := lifecycle.New(flaky{Runtime: be, rnd: rnd}, lifecycle.Options{
-			Kinds: []runtime.ReservationKind{
+			Kinds: []runtime.Admission{
 				lifecycle.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(host.inv))},
 				lifecycle.PortReservations{Alloc: ports},
 			},

@@ -108,7 +108,7 @@ func newRuntime(t *testing.T, addr, ns string, pub events.Publisher) *agent {
 
 // withLifecycle puts a Lifecycle with the given reservation kinds over be,
 // closed with the test.
-func withLifecycle(t *testing.T, be *Runtime, pub events.Publisher, kinds ...runtime.ReservationKind) *agent {
+func withLifecycle(t *testing.T, be *Runtime, pub events.Publisher, kinds ...runtime.Admission) *agent {
 	t.Helper()
 	l := lifecycle.New(be, lifecycle.Options{
 		Kinds:  kinds,

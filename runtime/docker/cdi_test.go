@@ -27,7 +27,7 @@ func TestDockerInjectsOnlyCheckedCDISpecs(t *testing.T) {
 		t.Helper()
 		rec := conformance.NewRecorder()
 		l := lifecycle.New(newScope(t, d).open(t, rec, devices), lifecycle.Options{
-			Kinds: []runtime.ReservationKind{gh.Restarted().Kind()}, Events: rec,
+			Kinds: []runtime.Admission{gh.Restarted().Kind()}, Events: rec,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		t.Cleanup(func() { l.Close() })

@@ -56,7 +56,7 @@ func TestHardDiskLimitOnXFS(t *testing.T) {
 	}
 	const reserve = 256 << 20
 	l := lifecycle.New(r, lifecycle.Options{
-		Kinds:  []runtime.ReservationKind{&disk.Limits{Path: root, ReserveBytes: reserve, Used: r.DiskUsed}},
+		Kinds:  []runtime.Admission{&disk.Limits{Path: root, ReserveBytes: reserve, Used: r.DiskUsed}},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ReconcileInterval: -1,
 	})
 	t.Cleanup(func() { l.Close() })

@@ -125,7 +125,7 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := lifecycle.New(be, lifecycle.Options{
-		Kinds:  []runtime.ReservationKind{lifecycle.PortReservations{Alloc: hostport.NewAllocator(rng, nil)}},
+		Kinds:  []runtime.Admission{lifecycle.PortReservations{Alloc: hostport.NewAllocator(rng, nil)}},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

@@ -71,7 +71,7 @@ func TestDrainedHostRefusesNewInstancesOnly(t *testing.T) {
 	drain := &drainState{}
 	kind := &countingKind{}
 	pub := &eventList{}
-	l := lifecycle.New(be, lifecycle.Options{Kinds: []runtime.ReservationKind{kind}, Drain: drain, Events: pub, ReconcileInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	l := lifecycle.New(be, lifecycle.Options{Kinds: []runtime.Admission{kind}, Drain: drain, Events: pub, ReconcileInterval: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	t.Cleanup(func() { l.Close() })
 	ctx := context.Background()
 	old := runtime.InstanceSpec{ID: "old", Image: "busybox"}

@@ -93,7 +93,7 @@ func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*lifec
 	}
 	alloc := gpu.NewAllocator(inv)
 	g := lifecycle.New(inner, lifecycle.Options{
-		Kinds:  []runtime.ReservationKind{lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)}},
+		Kinds:  []runtime.Admission{lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)}},
 		Logger: logger,
 	})
 	if err := g.Restore(context.Background()); err != nil {

@@ -211,18 +211,18 @@ func namesOf(m []runtime.VolumeMount) []string {
 	return out
 }
 
-// BandwidthDefaults is the ReservationKind that gives a rental naming no
+// BandwidthDefaults is the admission step that gives a rental naming no
 // bandwidth limit the host's default (RENTAL_EGRESS_MBPS,
 // RENTAL_INGRESS_MBPS). It reserves nothing; list it after the kinds that
 // fill spec.Limits, which it completes.
 type BandwidthDefaults struct{ runtime.Bandwidth }
 
-var _ runtime.ReservationKind = BandwidthDefaults{}
+var _ runtime.Admission = BandwidthDefaults{}
 
-// Name implements ReservationKind.
+// Name implements runtime.Admission.
 func (BandwidthDefaults) Name() string { return "bandwidth" }
 
-// Reserve implements ReservationKind.
+// Reserve implements runtime.Admission.
 func (d BandwidthDefaults) Reserve(spec *runtime.InstanceSpec) (map[string]string, error) {
 	if spec.Limits == (runtime.Resources{}) {
 		spec.Limits = spec.Resources
@@ -235,15 +235,3 @@ func (d BandwidthDefaults) Reserve(spec *runtime.InstanceSpec) (map[string]strin
 	}
 	return nil, nil
 }
-
-// Release implements ReservationKind.
-func (BandwidthDefaults) Release(string) {}
-
-// Restore implements ReservationKind.
-func (BandwidthDefaults) Restore(string, map[string]string) error { return nil }
-
-// Holdings implements ReservationKind: nothing is held.
-func (BandwidthDefaults) Holdings() map[string]map[string]string { return nil }
-
-// Records implements ReservationKind.
-func (BandwidthDefaults) Records(string) bool { return false }

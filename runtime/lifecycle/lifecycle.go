@@ -35,8 +35,10 @@ const (
 
 // Options configure a Lifecycle.
 type Options struct {
-	// Kinds are the reservations every start makes, in order (GPUs first).
-	Kinds  []runtime.ReservationKind
+	// Kinds are the admission steps of every start, in order (GPUs
+	// first): checks, defaults, and the reservations, which are
+	// runtime.ReservationKinds.
+	Kinds  []runtime.Admission
 	Events events.Publisher
 	Logger *slog.Logger
 	// TerminateMargin is added to a terminate's stop timeout to bound it
@@ -68,7 +70,8 @@ type Options struct {
 // but the kinds do not know.
 type Lifecycle struct {
 	be     runtime.Runtime
-	kinds  []runtime.ReservationKind
+	steps  []runtime.Admission       // every start's admission, in order
+	kinds  []runtime.ReservationKind // the steps that hold something
 	pub    events.Publisher
 	log    *slog.Logger
 	margin time.Duration
@@ -113,7 +116,7 @@ func New(be runtime.Runtime, opts Options) *Lifecycle {
 	}
 	l := &Lifecycle{
 		be:         be,
-		kinds:      opts.Kinds,
+		steps:      opts.Kinds,
 		pub:        opts.Events,
 		log:        opts.Logger.With("component", "lifecycle"),
 		margin:     opts.TerminateMargin,
@@ -121,6 +124,11 @@ func New(be runtime.Runtime, opts Options) *Lifecycle {
 		starts:     map[string]map[uint64]context.CancelFunc{},
 		terminates: map[string]*terminateCall{},
 		pulls:      map[string]*prePull{},
+	}
+	for _, a := range opts.Kinds {
+		if k, ok := a.(runtime.ReservationKind); ok {
+			l.kinds = append(l.kinds, k)
+		}
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if opts.ReconcileInterval > 0 {
@@ -216,7 +224,7 @@ var errPortsNotPublished = runtime.FieldError("ports", "publishing ports is not 
 
 // publishes reports whether starts reserve host ports.
 func (l *Lifecycle) publishes() bool {
-	for _, k := range l.kinds {
+	for _, k := range l.steps {
 		if _, ok := k.(PortReservations); ok {
 			return true
 		}
@@ -305,11 +313,13 @@ func (l *Lifecycle) start(ctx context.Context, spec runtime.InstanceSpec) (runti
 	// still held for the ID is a leftover of an earlier failure.
 	l.releaseAll(spec.ID)
 	spec.ReservedLabels = map[string]string{}
-	for i, k := range l.kinds {
+	for i, k := range l.steps {
 		labels, err := k.Reserve(&spec)
 		if err != nil {
-			for _, done := range l.kinds[:i] {
-				done.Release(spec.ID)
+			for _, done := range l.steps[:i] {
+				if held, ok := done.(runtime.ReservationKind); ok {
+					held.Release(spec.ID)
+				}
 			}
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepAllocate, Err: err}
 		}

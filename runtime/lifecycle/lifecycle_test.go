@@ -33,7 +33,7 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*life
 	}
 	alloc := gpu.NewAllocator(inv)
 	l := lifecycle.New(be, lifecycle.Options{
-		Kinds: []runtime.ReservationKind{
+		Kinds: []runtime.Admission{
 			lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)},
 			// A small range, rebuilt from labels at every restart; no port
 			// counts as bound on the host.
