@@ -157,7 +157,7 @@ func withDevicePlan(plan runtime.DevicePlan) oci.SpecOpts {
 // the only other mounts the runtime's defaults, once each. Namespaces are
 // the container's own (its network namespace may be netns, the rental's
 // pinned one), capabilities, sysctls and the working directory those of
-// the policy shared with the Docker back end (runtime/confine.go), and the
+// the policy shared with the Docker back end (runtime/backend/confine.go), and the
 // AppArmor profile appArmor where the host has AppArmor (else "").
 func verifyConfined(plan runtime.DevicePlan, vols []runtime.VolumeMount, netns, appArmor string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {

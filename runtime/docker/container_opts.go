@@ -145,7 +145,7 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 		Runtime:     "runc",
 		Privileged:  false,
 		SecurityOpt: []string{"no-new-privileges"},
-		// The confinement both back ends share (runtime/confine.go): the
+		// The confinement both back ends share (runtime/backend/confine.go): the
 		// daemon's default capabilities but CAP_NET_RAW, ICMP sockets and
 		// IPv6 off inside.
 		CapDrop: dockerCapNames(backend.DroppedCapabilities),
@@ -235,7 +235,7 @@ func withVolumes(host *container.HostConfig, vols []runtime.VolumeMount) {
 // working directory under /proc (the image's WORKDIR included), host
 // namespaces, host mounts (but the SSH keys file of keys, read-only, at its
 // targets, and the volumes vols, read-write, at theirs) or devices, another runtime or other device requests. The
-// policy is the containerd back end's (runtime/confine.go).
+// policy is the containerd back end's (runtime/backend/confine.go).
 func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan, vols []runtime.VolumeMount) error {
 	h := c.HostConfig
 	if h == nil {
