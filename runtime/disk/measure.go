@@ -32,8 +32,9 @@ func (l *Limits) clock() time.Time {
 	return time.Now()
 }
 
-// measureWritten measures the writable layers of the rentals ids, leaving
-// out those already in known and those that cannot be measured.
+// measureWritten returns what the writable layers of the rentals ids
+// hold: as known says where it says, else measured now; a rental that
+// cannot be measured is left out.
 func (l *Limits) measureWritten(ctx context.Context, ids []string, known map[string]uint64) map[string]uint64 {
 	out := make(map[string]uint64, len(ids)+len(known))
 	for id, n := range known {
