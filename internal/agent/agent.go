@@ -36,10 +36,14 @@ type Events struct {
 	usage *usageEvents
 }
 
-// publisher is where the lifecycle publishes: through the usage of exits
-// where the events have it.
+// publisher is where the lifecycle publishes: where the back end does,
+// through the pull timer (a start's instance.failed ends its pull's
+// timing) and the usage of exits, when the events have them.
 func (e Events) publisher() events.Publisher {
-	if e.usage != nil {
+	switch {
+	case e.Pulls != nil:
+		return e.Pulls
+	case e.usage != nil:
 		return e.usage
 	}
 	return e.Hub
