@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestBandwidthLabelRoundTrip(t *testing.T) {
@@ -30,25 +29,6 @@ func TestBandwidthLabelRoundTrip(t *testing.T) {
 		if _, err := ParseBandwidth(bad); err == nil {
 			t.Errorf("ParseBandwidth(%q) accepted", bad)
 		}
-	}
-}
-
-func TestBandwidthDefaultsFillOnlyWhatIsUnset(t *testing.T) {
-	t.Parallel()
-	d := BandwidthDefaults{Bandwidth{EgressMbps: 100, IngressMbps: 200}}
-	spec := InstanceSpec{ID: "a", Resources: Resources{CPUs: 2, EgressMbps: 30}}
-	if _, err := d.Reserve(&spec); err != nil {
-		t.Fatal(err)
-	}
-	if got := BandwidthOf(spec); got != (Bandwidth{EgressMbps: 30, IngressMbps: 200}) {
-		t.Errorf("BandwidthOf = %+v, want the rental's egress and the default ingress", got)
-	}
-	if spec.Enforced().CPUs != 2 {
-		t.Errorf("the defaults lost the rental's CPUs: %+v", spec.Enforced())
-	}
-	labels := RentalLabels(spec, spec.Hash(), "agent", time.Time{})
-	if labels[LabelBandwidth] != "egress=30,ingress=200" {
-		t.Errorf("label %s = %q", LabelBandwidth, labels[LabelBandwidth])
 	}
 }
 

@@ -2,10 +2,7 @@ package runtime
 
 import (
 	"context"
-	"fmt"
 	"io"
-
-	"github.com/containerd/errdefs"
 )
 
 // MaxFollowBytes caps the bytes one FollowLogs call sends; a client that
@@ -24,22 +21,4 @@ type LogFollower interface {
 	FollowLogs(ctx context.Context, id string, from int64, tail int, maxBytes int64, w io.Writer, flush func()) (next int64, truncated bool, err error)
 	// LogOffset is the offset of the end of the instance's log now.
 	LogOffset(ctx context.Context, id string) (int64, error)
-}
-
-// FollowLogs implements LogFollower when the back end does.
-func (l *Lifecycle) FollowLogs(ctx context.Context, id string, from int64, tail int, maxBytes int64, w io.Writer, flush func()) (int64, bool, error) {
-	f, ok := l.be.(LogFollower)
-	if !ok {
-		return 0, false, fmt.Errorf("this runtime cannot follow logs: %w", errdefs.ErrNotImplemented)
-	}
-	return f.FollowLogs(ctx, id, from, tail, maxBytes, w, flush)
-}
-
-// LogOffset implements LogFollower when the back end does.
-func (l *Lifecycle) LogOffset(ctx context.Context, id string) (int64, error) {
-	f, ok := l.be.(LogFollower)
-	if !ok {
-		return 0, fmt.Errorf("this runtime cannot follow logs: %w", errdefs.ErrNotImplemented)
-	}
-	return f.LogOffset(ctx, id)
 }

@@ -1,10 +1,22 @@
 package runtime
 
 import (
-	"maps"
 	"strconv"
 	"strings"
 )
+
+// Admission is one step of a start's admission, which the Lifecycle runs
+// in order, for one instance at a time, under its lock, when no container
+// of the instance exists: it checks spec, may fill in what the back end
+// needs (a default), and may reserve, returning the labels that record the
+// reservation (nil when it holds nothing). On error nothing is held. A
+// step that holds something is a ReservationKind.
+type Admission interface {
+	// Name names the step in logs and errors ("gpus", "ports", "disk").
+	Name() string
+	// Reserve admits spec, or refuses it.
+	Reserve(spec *InstanceSpec) (labels map[string]string, err error)
+}
 
 // ReservationKind is one kind of resource a rental holds exclusively: GPUs
 // today, host ports and network addresses next. The Lifecycle is the only
@@ -22,11 +34,9 @@ import (
 // returned for it: the Lifecycle reconciles it against the containers'
 // labels, and tests assert the two are equal.
 type ReservationKind interface {
-	// Name names the kind in logs and errors ("gpus", "ports").
-	Name() string
-	// Reserve reserves for spec; it returns nil labels when spec asks for
-	// nothing of this kind. On error nothing is held.
-	Reserve(spec *InstanceSpec) (labels map[string]string, err error)
+	// Reserve (Admission) reserves for spec; it returns nil labels when
+	// spec asks for nothing of this kind. On error nothing is held.
+	Admission
 	// Release frees whatever id holds; releasing nothing does nothing.
 	Release(id string)
 	// Restore records what a container already holds, from its labels.
@@ -50,80 +60,22 @@ type GPUAllocator interface {
 	Holders() map[string][]GPU
 }
 
-// GPUReservations is the ReservationKind of GPUs: it reserves
-// spec.GPURequest, hands the GPUs to the back end in spec.GPUs (which it
-// injects) and records them in LabelGPUs and LabelGPUIndexes.
-type GPUReservations struct{ Alloc GPUAllocator }
-
-var _ ReservationKind = GPUReservations{}
-
-// Name implements ReservationKind.
-func (GPUReservations) Name() string { return "gpus" }
-
-// Reserve implements ReservationKind.
-func (g GPUReservations) Reserve(spec *InstanceSpec) (map[string]string, error) {
-	spec.GPUs = nil
-	if spec.GPURequest.IsZero() {
-		return nil, nil
-	}
-	gpus, err := g.Alloc.Reserve(spec.ID, spec.GPURequest)
-	if err != nil {
-		return nil, err
-	}
-	spec.GPUs = gpus
-	return gpuLabels(gpus), nil
+// VolumeAttacher attaches volumes to rentals exclusively; runtime/volume's
+// Store is one. It is declared here, where it is used.
+type VolumeAttacher interface {
+	// Attach attaches every volume of reqs to instanceID, or none: a
+	// volume that does not exist is NotFound, one of another owner
+	// PermissionDenied, one attached to another instance a Conflict.
+	// Attaching again what instanceID holds is allowed.
+	Attach(instanceID string, reqs []VolumeRequest) ([]VolumeMount, error)
+	// Detach frees what instanceID holds; detaching nothing does nothing.
+	Detach(instanceID string)
+	// RestoreAttachment records volumes an instance holds (from its
+	// labels), whatever their owner.
+	RestoreAttachment(instanceID string, names []string) error
+	// Attachments lists the names of the volumes each instance holds.
+	Attachments() map[string][]string
 }
-
-// Release implements ReservationKind.
-func (g GPUReservations) Release(id string) { g.Alloc.Release(id) }
-
-// Restore implements ReservationKind.
-func (g GPUReservations) Restore(id string, labels map[string]string) error {
-	gpus := ParseGPULabels(labels[LabelGPUs], labels[LabelGPUIndexes])
-	if len(gpus) == 0 {
-		return nil
-	}
-	uuids := make([]string, len(gpus))
-	for i, d := range gpus {
-		uuids[i] = d.UUID
-	}
-	return g.Alloc.Restore(id, uuids)
-}
-
-// Holdings implements ReservationKind.
-func (g GPUReservations) Holdings() map[string]map[string]string {
-	out := map[string]map[string]string{}
-	for id, gpus := range g.Alloc.Holders() {
-		if len(gpus) > 0 {
-			out[id] = gpuLabels(gpus)
-		}
-	}
-	return out
-}
-
-// Records implements ReservationKind.
-func (GPUReservations) Records(key string) bool { return key == LabelGPUs || key == LabelGPUIndexes }
-
-func gpuLabels(gpus []GPU) map[string]string {
-	u, ix := FormatGPULabels(gpus)
-	return map[string]string{LabelGPUs: u, LabelGPUIndexes: ix}
-}
-
-// RecordedByKind returns the labels among all that record a reservation of
-// kind k. Every kind's labels share the prefix LabelPrefix + k.Name() + ".",
-// except the GPUs', whose labels predate that rule.
-func RecordedByKind(k ReservationKind, all map[string]string) map[string]string {
-	out := map[string]string{}
-	for key, v := range all {
-		if k.Records(key) {
-			out[key] = v
-		}
-	}
-	return out
-}
-
-// mergeLabels adds src to dst.
-func mergeLabels(dst, src map[string]string) { maps.Copy(dst, src) }
 
 // GPURequest says which GPUs a rental wants: Count of any free, healthy GPUs,
 // or exactly IDs (UUIDs, or NVML indexes the allocator turns into UUIDs), or

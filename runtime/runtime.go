@@ -1,8 +1,11 @@
-// Package runtime defines what the agent asks of a container runtime: start a
-// rental, terminate it, and read back what runs. The containerd and Docker
-// back ends live in sub-packages and implement Runtime; server/ and cmd/ are
-// its callers. This package stays free of any back end's imports so that
-// callers compile without them.
+// Package runtime is the contract between the agent and a container
+// runtime: what a rental is (InstanceSpec, Instance, labels), what a back
+// end does (Runtime: start, terminate, read back), and the errors they
+// answer with. It holds types and the pure functions over them; the one
+// owner of a rental's lifecycle is runtime/lifecycle, the back ends are
+// runtime/containerd and runtime/docker, and what the back ends share is
+// in runtime/backend. This package stays free of any back end's imports
+// so that callers compile without them.
 package runtime
 
 import (

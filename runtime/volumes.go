@@ -111,97 +111,12 @@ func ValidateVolumeRequests(vols []VolumeRequest) (field string, err error) {
 	return "", nil
 }
 
-// VolumeAttacher attaches volumes to rentals exclusively; runtime/volume's
-// Store is one. It is declared here, where it is used.
-type VolumeAttacher interface {
-	// Attach attaches every volume of reqs to instanceID, or none: a
-	// volume that does not exist is NotFound, one of another owner
-	// PermissionDenied, one attached to another instance a Conflict.
-	// Attaching again what instanceID holds is allowed.
-	Attach(instanceID string, reqs []VolumeRequest) ([]VolumeMount, error)
-	// Detach frees what instanceID holds; detaching nothing does nothing.
-	Detach(instanceID string)
-	// RestoreAttachment records volumes an instance holds (from its
-	// labels), whatever their owner.
-	RestoreAttachment(instanceID string, names []string) error
-	// Attachments lists the names of the volumes each instance holds.
-	Attachments() map[string][]string
-}
-
-// VolumeReservations is the ReservationKind of volumes: it attaches
-// spec.Volumes, hands the mounts to the back end in spec.VolumeMounts
-// (which it bind-mounts read-write) and records the names in LabelVolumes.
-type VolumeReservations struct{ Store VolumeAttacher }
-
-var _ ReservationKind = VolumeReservations{}
-
-// Name implements ReservationKind.
-func (VolumeReservations) Name() string { return "volumes" }
-
-// Reserve implements ReservationKind. Errors name the field of the
-// offending volume.
-func (v VolumeReservations) Reserve(spec *InstanceSpec) (map[string]string, error) {
-	spec.VolumeMounts = nil
-	if len(spec.Volumes) == 0 {
-		return nil, nil
-	}
-	if field, err := ValidateVolumeRequests(spec.Volumes); err != nil {
-		return nil, &fieldError{field: field, msg: err.Error()}
-	}
-	m, err := v.Store.Attach(spec.ID, spec.Volumes)
-	if err != nil {
-		return nil, err
-	}
-	spec.VolumeMounts = m
-	return volumeLabels(namesOf(m)), nil
-}
-
-// Release implements ReservationKind.
-func (v VolumeReservations) Release(id string) { v.Store.Detach(id) }
-
-// Restore implements ReservationKind.
-func (v VolumeReservations) Restore(id string, labels map[string]string) error {
-	names := ParseVolumeLabel(labels[LabelVolumes])
-	if len(names) == 0 {
-		return nil
-	}
-	return v.Store.RestoreAttachment(id, names)
-}
-
-// Holdings implements ReservationKind.
-func (v VolumeReservations) Holdings() map[string]map[string]string {
-	out := map[string]map[string]string{}
-	for id, names := range v.Store.Attachments() {
-		if len(names) > 0 {
-			out[id] = volumeLabels(names)
-		}
-	}
-	return out
-}
-
-// Records implements ReservationKind.
-func (VolumeReservations) Records(key string) bool { return key == LabelVolumes }
-
 // ParseVolumeLabel reads the volume names LabelVolumes records.
 func ParseVolumeLabel(v string) []string {
 	if v == "" {
 		return nil
 	}
 	return strings.Split(v, ",")
-}
-
-func volumeLabels(names []string) map[string]string {
-	names = slices.Clone(names)
-	slices.Sort(names)
-	return map[string]string{LabelVolumes: strings.Join(names, ",")}
-}
-
-func namesOf(m []VolumeMount) []string {
-	out := make([]string, len(m))
-	for i, v := range m {
-		out[i] = v.Name
-	}
-	return out
 }
 
 // VolumeMountOptions are the options of a volume's bind mount in an OCI

@@ -27,7 +27,7 @@ import (
 	"github.com/gorilla/websocket"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 )
@@ -774,7 +774,7 @@ func TestAsyncAPIEventsOnTheWire(t *testing.T) {
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
-		runtime.Watch(ctx, runtime.Watcher{
+		backend.Watch(ctx, backend.Watcher{
 			Name: "containerd", Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Pub: ts.hub,
 			Connect: func(context.Context, context.Context) (func() error, error) {
 				if attempts++; attempts > 1 {
@@ -793,7 +793,7 @@ func TestAsyncAPIEventsOnTheWire(t *testing.T) {
 	<-watchDone
 
 	// Pull progress, as a back end's pull reports it.
-	stop := runtime.ReportPullProgress(context.Background(), ts.hub, "inst-1", time.Millisecond,
+	stop := backend.ReportPullProgress(context.Background(), ts.hub, "inst-1", time.Millisecond,
 		func(context.Context) events.PullProgress {
 			return events.PullProgress{DoneBytes: 512, TotalBytes: 2048}
 		})

@@ -8,6 +8,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/disk"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // labelledBackend is a memBackend whose containers carry the labels the
@@ -36,7 +37,7 @@ func TestDiskLimitAdmissionAndDefault(t *testing.T) {
 	be := labelledBackend{newMemBackend()}
 	limits := &disk.Limits{Path: "/var/lib/containerd", ReserveBytes: 20 * gib,
 		Free: func(string) (uint64, error) { return 100 * gib, nil }}
-	lc := runtime.NewLifecycle(be, runtime.LifecycleOptions{Kinds: []runtime.ReservationKind{limits}, ReconcileInterval: -1})
+	lc := lifecycle.New(be, lifecycle.Options{Kinds: []runtime.Admission{limits}, ReconcileInterval: -1})
 	t.Cleanup(func() { _ = lc.Close() })
 	ts := newTestServer(t, lc)
 

@@ -5,16 +5,18 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/labstack/echo/v5"
 )
 
 // Drainer keeps the host's drained state where the runtime keeps its own,
-// so that it survives an agent restart; the containerd back end provides it
-// (labels of the rentals' namespace).
+// so that it survives an agent restart; both back ends provide it. The
+// lifecycle reads it to refuse new rentals and pre-pulls
+// (runtime.DrainingError); the server sets and clears it.
 type Drainer interface {
 	SetDrain(ctx context.Context, reason string, at time.Time) error
 	ClearDrain(ctx context.Context) error
-	Drained(ctx context.Context) (reason string, since time.Time, drained bool, err error)
+	runtime.DrainState
 }
 
 // DrainRequest is the body of POST /drain.
@@ -33,11 +35,6 @@ type DrainStatus struct {
 
 // maxDrainReason bounds the reason kept in the runtime's labels.
 const maxDrainReason = 256
-
-// drainingError refuses a new start while the host is drained.
-type drainingError struct{ reason string }
-
-func (e *drainingError) Error() string { return "host is draining: " + e.reason }
 
 // errNoDrainer answers the drain routes of an agent built without one.
 var errNoDrainer = &statusError{status: http.StatusNotImplemented, msg: "drain unavailable: this runtime keeps no drain state"}
@@ -96,21 +93,4 @@ func (s *Server) drainStatus(ctx context.Context) (DrainStatus, error) {
 		st.Since = &since
 	}
 	return st, nil
-}
-
-// refuseIfDraining stops a new start on a drained host. A start of an
-// instance that already exists goes through: it is the idempotent retry of
-// a start accepted before the drain, not a new rental.
-func (s *Server) refuseIfDraining(ctx context.Context, id string) error {
-	st, err := s.drainStatus(ctx)
-	if err != nil {
-		return err
-	}
-	if !st.Draining {
-		return nil
-	}
-	if _, err := s.rt.Get(ctx, id); err == nil {
-		return nil
-	}
-	return &drainingError{reason: st.Reason}
 }

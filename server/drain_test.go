@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // memDrainer keeps the state as the containerd labels would.
@@ -49,26 +50,27 @@ func (m *memDrainer) Drained(context.Context) (string, time.Time, bool, error) {
 
 func TestDrainHandlers(t *testing.T) {
 	t.Parallel()
-	started := map[string]bool{}
+	started := map[string]string{} // spec hash by ID
 	var mu sync.Mutex
 	rt := &fakeRuntime{
 		start: func(_ context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 			mu.Lock()
-			started[spec.ID] = true
+			started[spec.ID] = spec.Hash()
 			mu.Unlock()
 			return runtime.Instance{ID: spec.ID, ContainerID: spec.ID, Status: runtime.StatusRunning}, nil
 		},
 		get: func(_ context.Context, id string) (runtime.Instance, error) {
 			mu.Lock()
 			defer mu.Unlock()
-			if started[id] {
-				return runtime.Instance{ID: id, Status: runtime.StatusRunning}, nil
+			if hash, ok := started[id]; ok {
+				return runtime.Instance{ID: id, Status: runtime.StatusRunning, SpecHash: hash}, nil
 			}
 			return runtime.Instance{}, errdefs.ErrNotFound
 		},
 		ping: func(context.Context) error { return nil },
 	}
-	ts := newTestServer(t, rt, func(o *Options) { o.Drain = &memDrainer{} })
+	d := &memDrainer{}
+	ts := newTestServer(t, withDrainAdmission(t, rt, d), func(o *Options) { o.Drain = d })
 	start := func(id string) (int, map[string]any) {
 		rec := ts.do(t, http.MethodPost, "/start_instance", `{"instance_id":"`+id+`","image":"busybox"}`)
 		var body map[string]any
@@ -109,4 +111,16 @@ func TestDrainWithoutDrainer(t *testing.T) {
 			t.Errorf("POST %s without a drainer: %d %s", path, rec.Code, rec.Body)
 		}
 	}
+}
+
+// withDrainAdmission puts the lifecycle, which refuses new rentals on a
+// drained host, over rt; a fake without list answers none.
+func withDrainAdmission(t *testing.T, rt *fakeRuntime, d runtime.DrainState) *lifecycle.Lifecycle {
+	t.Helper()
+	if rt.list == nil {
+		rt.list = func(context.Context) ([]runtime.Instance, error) { return nil, nil }
+	}
+	l := lifecycle.New(rt, lifecycle.Options{Drain: d, ReconcileInterval: -1})
+	t.Cleanup(func() { l.Close() })
+	return l
 }

@@ -100,7 +100,7 @@ func classify(err error) (int, errorResponse) {
 		return http.StatusRequestEntityTooLarge,
 			errorResponse{Error: fmt.Sprintf("request body exceeds %d bytes", tooLarge.Limit)}
 	}
-	var draining *drainingError
+	var draining *runtime.DrainingError
 	if errors.As(err, &draining) {
 		return http.StatusServiceUnavailable, errorResponse{Error: publicCause("host is draining", draining), Code: "draining"}
 	}

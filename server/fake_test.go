@@ -52,6 +52,8 @@ func (f *fakeRuntime) Logs(ctx context.Context, id string, tail int) ([]byte, bo
 
 func (f *fakeRuntime) Ping(ctx context.Context) error { return f.ping(ctx) }
 
+func (f *fakeRuntime) Close() error { return nil }
+
 // syncBuffer collects log output from handlers running on other goroutines.
 type syncBuffer struct {
 	mu  sync.Mutex

@@ -17,6 +17,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // memBackend is a thin back end kept in memory under a real Lifecycle: it
@@ -115,8 +116,8 @@ func TestHostileRequestsAreRefusedAndCreateNothing(t *testing.T) {
 	}
 	alloc := gpualloc.New(gpu.NewAllocator(inv))
 	be := newMemBackend()
-	lc := runtime.NewLifecycle(be, runtime.LifecycleOptions{
-		Kinds:             []runtime.ReservationKind{runtime.GPUReservations{Alloc: alloc}},
+	lc := lifecycle.New(be, lifecycle.Options{
+		Kinds:             []runtime.Admission{lifecycle.GPUReservations{Alloc: alloc}},
 		ReconcileInterval: -1,
 	})
 	t.Cleanup(func() { _ = lc.Close() })

@@ -8,17 +8,18 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // ImageManager is what the image routes ask of the runtime;
-// *runtime.Lifecycle provides it.
+// *lifecycle.Lifecycle provides it.
 type ImageManager interface {
 	Images(ctx context.Context) ([]runtime.Image, error)
-	PullImage(ctx context.Context, p runtime.ImagePull) (img runtime.Image, pulling bool, err error)
+	PullImage(ctx context.Context, p lifecycle.ImagePull) (img runtime.Image, pulling bool, err error)
 	RemoveImage(ctx context.Context, ref string) error
 }
 
-var _ ImageManager = (*runtime.Lifecycle)(nil)
+var _ ImageManager = (*lifecycle.Lifecycle)(nil)
 
 // errNoImages answers the image routes of an agent whose runtime manages no
 // images.
@@ -40,8 +41,8 @@ func (r *ImagePullRequest) validate() error {
 	if err := r.RegistryAuth.validate(); err != nil {
 		return err
 	}
-	if r.PinHours < 0 || r.PinHours > runtime.MaxPinHours {
-		return fieldErr("pin_hours", "must be between 0 and %d", runtime.MaxPinHours)
+	if r.PinHours < 0 || r.PinHours > lifecycle.MaxPinHours {
+		return fieldErr("pin_hours", "must be between 0 and %d", lifecycle.MaxPinHours)
 	}
 	return nil
 }
@@ -130,15 +131,8 @@ func (s *Server) pullImage(c *echo.Context) error {
 		return err
 	}
 	ctx := c.Request().Context()
-	st, err := s.drainStatus(ctx)
-	if err != nil {
-		return err
-	}
-	if st.Draining {
-		return &drainingError{reason: st.Reason}
-	}
 	ref := normalizeImage(req.Image)
-	img, pulling, err := im.PullImage(ctx, runtime.ImagePull{
+	img, pulling, err := im.PullImage(ctx, lifecycle.ImagePull{
 		Ref:          ref,
 		RegistryAuth: req.RegistryAuth.toRuntime(),
 		Pin:          time.Duration(req.PinHours) * time.Hour,

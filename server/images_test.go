@@ -13,6 +13,7 @@ import (
 
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // fakeImages is a back end whose images live in memory; a pull waits
@@ -96,9 +97,9 @@ func newImagesServer(t *testing.T) (*testServer, *fakeImages, *fakeDrain) {
 	}}
 	hub := events.NewHub(0, nil)
 	// Close calls off a pull the test never released.
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{Events: hub, ReconcileInterval: -1})
-	t.Cleanup(func() { l.Close() })
 	drain := &fakeDrain{}
+	l := lifecycle.New(be, lifecycle.Options{Events: hub, ReconcileInterval: -1, Drain: drain})
+	t.Cleanup(func() { l.Close() })
 	ts := newTestServer(t, l, func(o *Options) { o.Hub = hub; o.Drain = drain })
 	return ts, be, drain
 }

@@ -40,16 +40,17 @@ func (s *Server) startInstance(c *echo.Context) (err error) {
 	if err := req.validate(); err != nil {
 		return err
 	}
-	if err := s.refuseIfDraining(c.Request().Context(), req.InstanceID); err != nil {
-		return err
-	}
 	began := time.Now()
 	inst, err := s.rt.Start(c.Request().Context(), req.toSpec())
 	result := "ok"
 	if err != nil {
 		result = "error"
 	}
-	s.metrics.starts.WithLabelValues(result).Observe(time.Since(began).Seconds())
+	var draining *runtime.DrainingError
+	if !errors.As(err, &draining) {
+		// A refusal of a drained host is counted (startsTotal), not timed.
+		s.metrics.starts.WithLabelValues(result).Observe(time.Since(began).Seconds())
+	}
 	if err != nil {
 		return blameNamedGPUs(err, req.GPUs)
 	}

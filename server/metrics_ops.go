@@ -35,7 +35,7 @@ func startResult(err error) string {
 	if err == nil {
 		return startOK
 	}
-	var draining *drainingError
+	var draining *runtime.DrainingError
 	if errors.As(err, &draining) {
 		return startDraining
 	}

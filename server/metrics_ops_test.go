@@ -143,8 +143,9 @@ func TestOperationalSeriesMove(t *testing.T) {
 			return running(spec), nil
 		},
 	}
-	ts := newTestServer(t, rt, func(o *Options) {
-		o.Drain = &memDrainer{}
+	d := &memDrainer{}
+	ts := newTestServer(t, withDrainAdmission(t, rt, d), func(o *Options) {
+		o.Drain = d
 		o.RuntimeName = "docker"
 		o.Version, o.Commit = "1.2.3", "abc123"
 	})

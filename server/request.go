@@ -3,9 +3,10 @@ package server
 import (
 	"maps"
 
-	"github.com/distribution/reference"
 	"slices"
 	"time"
+
+	"github.com/distribution/reference"
 
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"

@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v5"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/volume"
 )
 
@@ -123,7 +124,7 @@ func (s *Server) createVolume(c *echo.Context) error {
 		return err
 	}
 	if st.Draining {
-		return &drainingError{reason: st.Reason}
+		return &runtime.DrainingError{Reason: st.Reason}
 	}
 	v, created, err := s.volumes.Create(ctx, spec)
 	if err != nil {
@@ -180,12 +181,12 @@ func (s *Server) deleteVolume(c *echo.Context) error {
 }
 
 // restorer is a runtime that reads reservations back from the containers
-// once, before it may be trusted; *runtime.Lifecycle is one.
+// once, before it may be trusted; *lifecycle.Lifecycle is one.
 type restorer interface {
 	Restore(ctx context.Context) error
 }
 
-var _ restorer = (*runtime.Lifecycle)(nil)
+var _ restorer = (*lifecycle.Lifecycle)(nil)
 
 // asFieldError turns the store's refusal of a field into the API's.
 func asFieldError(err error) error {

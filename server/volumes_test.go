@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/volume"
 )
 
@@ -134,7 +135,7 @@ func newVolumesServer(t *testing.T) (*testServer, *fakeVolumes, *fakeDrain, *[]r
 			return runtime.Instance{ID: s.ID, Status: runtime.StatusRunning}, nil
 		},
 	}
-	l := runtime.NewLifecycle(closable{be}, runtime.LifecycleOptions{Kinds: []runtime.ReservationKind{runtime.VolumeReservations{Store: store}}, ReconcileInterval: -1})
+	l := lifecycle.New(closable{be}, lifecycle.Options{Kinds: []runtime.Admission{lifecycle.VolumeReservations{Store: store}}, ReconcileInterval: -1})
 	t.Cleanup(func() { l.Close() })
 	drain := &fakeDrain{}
 	ts := newTestServer(t, l, func(o *Options) { o.Volumes = store; o.Drain = drain })
@@ -285,7 +286,7 @@ func TestVolumeDeleteWaitsForRestore(t *testing.T) {
 		}
 		return nil, nil
 	}}
-	l := runtime.NewLifecycle(closable{be}, runtime.LifecycleOptions{Kinds: []runtime.ReservationKind{runtime.VolumeReservations{Store: store}}, ReconcileInterval: -1})
+	l := lifecycle.New(closable{be}, lifecycle.Options{Kinds: []runtime.Admission{lifecycle.VolumeReservations{Store: store}}, ReconcileInterval: -1})
 	t.Cleanup(func() { l.Close() })
 	ts := newTestServer(t, l, func(o *Options) { o.Volumes = store })
 	if rec := ts.do(t, http.MethodDelete, "/volumes/ds", ""); rec.Code != http.StatusServiceUnavailable {

@@ -17,10 +17,12 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
+	mockserver "github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"golang.org/x/sys/unix"
 
 	"github.com/host-agent/host-agent/cdi"
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/gpu/gpumock"
 	"github.com/host-agent/host-agent/internal/agent"
 	"github.com/host-agent/host-agent/runtime"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
@@ -57,7 +59,7 @@ func isChild() bool { return os.Getenv(childEnv) == "1" }
 // childMain runs the agent as cmd/host-agent builds it for containerd
 // (internal/agent: API server, lifecycle with every reservation kind,
 // containerd back end with CDI injection, reporter, background loops),
-// over go-nvml's mock of a DGX A100 with
+// over go-nvml's mock of a DGX A100 (benchNVML) with
 // HOST_AGENT_BENCH_GPUS GPUs and a CDI spec for them whose device nodes
 // open nothing. It writes its listen address on stdout and serves until
 // SIGTERM. SIGUSR1 starts a CPU profile, SIGUSR2 stops it.
@@ -80,7 +82,8 @@ func child() error {
 	// Warnings and errors reach the bench's stderr: a measurement that
 	// hides the agent's failures would be worthless.
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	inv, err := gpu.Open(dgxa100.NewWithGPUs(gpus.Multiple(n, gpus.A100_SXM4_40GB)...), logger)
+	nvmlMock, _ := benchNVML(n)
+	inv, err := gpu.Open(nvmlMock, logger)
 	if err != nil {
 		return err
 	}
@@ -147,6 +150,15 @@ func child() error {
 	go profileOnSignal(os.Getenv(envProfileDir))
 	fmt.Println(ln.Addr().String())
 	return a.Run(ctx, ln)
+}
+
+// benchNVML is go-nvml's mock of a DGX A100 with n GPUs, given the NVML
+// event sets the daemon's mock machines have, so that the agent's GPU
+// health watch runs as on a real host instead of stopping at once; faults
+// are injected through the events it returns.
+func benchNVML(n int) (*mockserver.Server, *gpumock.Events) {
+	s := dgxa100.NewWithGPUs(gpus.Multiple(n, gpus.A100_SXM4_40GB)...)
+	return s, gpumock.WithEvents(s)
 }
 
 // benchReservations are the daemon's defaults (HOST_RESERVED_MEMORY_MB

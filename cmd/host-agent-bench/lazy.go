@@ -17,6 +17,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	ctrd "github.com/host-agent/host-agent/runtime/containerd"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // The lazy-pull phase (-lazy): time from a start to the payload's first
@@ -157,7 +158,7 @@ func firstOutput(ctx context.Context, stargzBin, ref string, lazy bool, proxy *t
 	if err != nil {
 		return 0, 0, err
 	}
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{Logger: opts.Logger})
+	l := lifecycle.New(be, lifecycle.Options{Logger: opts.Logger})
 	defer l.Close()
 	if err := l.Restore(ctx); err != nil {
 		return 0, 0, err

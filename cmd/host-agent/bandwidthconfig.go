@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // loadBandwidthConfig reads the bandwidth limits of a rental that names
@@ -27,6 +28,6 @@ func loadBandwidthConfig(get func(name, def string) string) (runtime.Bandwidth, 
 
 // bandwidthDefaults gives a rental naming no limits the host's; listed
 // last, after the kinds that fill in the other limits.
-func bandwidthDefaults(cfg config) runtime.ReservationKind {
-	return runtime.BandwidthDefaults{Bandwidth: cfg.Bandwidth}
+func bandwidthDefaults(cfg config) runtime.Admission {
+	return lifecycle.BandwidthDefaults{Bandwidth: cfg.Bandwidth}
 }

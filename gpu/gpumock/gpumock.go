@@ -97,7 +97,7 @@ type Machine struct {
 	*server.Server
 	// Name is the name New was given.
 	Name   string
-	events chan nvml.EventData
+	events *Events
 	migs   []*MIGDevice
 }
 
@@ -127,8 +127,7 @@ func New(name string) (*Machine, error) {
 	for i, d := range devs {
 		complete(m, devs, i, d)
 	}
-	mm := &Machine{Server: s, Name: name, events: make(chan nvml.EventData, 64)}
-	mm.completeEvents(devs)
+	mm := &Machine{Server: s, Name: name, events: WithEvents(s)}
 	mm.completeMIG(devs)
 	return mm, nil
 }
@@ -136,14 +135,14 @@ func New(name string) (*Machine, error) {
 // InjectXid makes the GPU at index report Xid xid, as the driver does
 // through NVML's events; a health watcher waiting on the machine gets it.
 func (m *Machine) InjectXid(index int, xid uint64) {
-	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
+	m.events.ch <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
 		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
 }
 
 // InjectMIGXid makes the GPU at index report Xid xid in its GPU instance
 // gi, as NVML reports an Xid inside one MIG device.
 func (m *Machine) InjectMIGXid(index, gi int, xid uint64) {
-	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
+	m.events.ch <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
 		GpuInstanceId: uint32(gi), ComputeInstanceId: noInstance}
 }
 
@@ -152,29 +151,63 @@ const noInstance = 0xFFFFFFFF
 
 // InjectDoubleBitECC makes the GPU at index report a double-bit ECC error.
 func (m *Machine) InjectDoubleBitECC(index int) {
-	m.events <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeDoubleBitEccError,
+	m.events.ch <- nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeDoubleBitEccError,
 		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
 }
 
-// completeEvents gives the machine NVML's event sets: every GPU supports
-// the Xid and ECC events, and a wait returns an injected event or times
-// out as NVML's does.
-func (m *Machine) completeEvents(devs []*server.Device) {
-	m.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return &mock.EventSet{}, nvml.SUCCESS }
-	m.EventSetFreeFunc = func(nvml.EventSet) nvml.Return { return nvml.SUCCESS }
-	m.EventSetWaitFunc = func(_ nvml.EventSet, timeoutMs uint32) (nvml.EventData, nvml.Return) {
+// Events is the source of a mock's NVML events: what is injected through
+// it, a health watcher waiting on the mock's event set gets.
+type Events struct {
+	ch   chan nvml.EventData
+	devs []nvml.Device
+}
+
+// WithEvents gives s NVML's event sets, as every Machine has them: every
+// GPU supports the Xid and ECC events, and a wait returns an injected
+// event or times out as NVML's does. s is any go-nvml mock server, such as
+// go-nvml's dgxa100.NewWithGPUs, which has none (a health watcher on it
+// stops at once). Events are injected through what it returns.
+func WithEvents(s *server.Server) *Events {
+	e := &Events{ch: make(chan nvml.EventData, 64), devs: slices.Clone(s.Devices)}
+	s.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return &mock.EventSet{}, nvml.SUCCESS }
+	s.EventSetFreeFunc = func(nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+	s.EventSetWaitFunc = func(_ nvml.EventSet, timeoutMs uint32) (nvml.EventData, nvml.Return) {
 		select {
-		case e := <-m.events:
-			return e, nvml.SUCCESS
+		case ev := <-e.ch:
+			return ev, nvml.SUCCESS
 		case <-time.After(time.Duration(timeoutMs) * time.Millisecond):
 			return nvml.EventData{}, nvml.ERROR_TIMEOUT
 		}
 	}
-	for _, d := range devs {
+	for _, d := range s.Devices {
+		d, ok := d.(*server.Device)
+		if !ok {
+			continue
+		}
 		d.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
 			return uint64(nvml.EventTypeXidCriticalError | nvml.EventTypeDoubleBitEccError), nvml.SUCCESS
 		}
 		d.RegisterEventsFunc = func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+	}
+	return e
+}
+
+// Inject makes the GPU at index report Xid xid, or a double-bit ECC error
+// when ecc is set, waiting for room in the event queue until ctx ends.
+func (e *Events) Inject(ctx context.Context, index int, xid uint64, ecc bool) error {
+	if index < 0 || index >= len(e.devs) {
+		return fmt.Errorf("no GPU %d: the mock has %d", index, len(e.devs))
+	}
+	ev := nvml.EventData{Device: e.devs[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
+		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
+	if ecc {
+		ev.EventType, ev.EventData = nvml.EventTypeDoubleBitEccError, 0
+	}
+	select {
+	case e.ch <- ev:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -255,15 +288,5 @@ func complete(m machine, devs []*server.Device, i int, d *server.Device) {
 // Inject makes the GPU at index report Xid xid, or a double-bit ECC error
 // when ecc is set, waiting for room in the event queue until ctx ends.
 func (m *Machine) Inject(ctx context.Context, index int, xid uint64, ecc bool) error {
-	e := nvml.EventData{Device: m.Devices[index], EventType: nvml.EventTypeXidCriticalError, EventData: xid,
-		GpuInstanceId: noInstance, ComputeInstanceId: noInstance}
-	if ecc {
-		e.EventType, e.EventData = nvml.EventTypeDoubleBitEccError, 0
-	}
-	select {
-	case m.events <- e:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return m.events.Inject(ctx, index, xid, ecc)
 }

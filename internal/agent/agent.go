@@ -18,6 +18,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/events/gpuevents"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/share"
 	"github.com/host-agent/host-agent/runtime/usage"
 	"github.com/host-agent/host-agent/server"
@@ -35,10 +36,14 @@ type Events struct {
 	usage *usageEvents
 }
 
-// publisher is where the lifecycle publishes: through the usage of exits
-// where the events have it.
+// publisher is where the lifecycle publishes: where the back end does,
+// through the pull timer (a start's instance.failed ends its pull's
+// timing) and the usage of exits, when the events have them.
 func (e Events) publisher() events.Publisher {
-	if e.usage != nil {
+	switch {
+	case e.Pulls != nil:
+		return e.Pulls
+	case e.usage != nil:
 		return e.usage
 	}
 	return e.Hub
@@ -63,7 +68,7 @@ type Agent struct {
 	// Backend is the runtime back end itself; Lifecycle the one owner of
 	// every rental above it, which the API and the reporter use.
 	Backend   Backend
-	Lifecycle *runtime.Lifecycle
+	Lifecycle *lifecycle.Lifecycle
 	Shares    *share.Reservations
 	// Usage is the rentals' meter; nil where Options had none.
 	Usage *usage.Meter
@@ -99,8 +104,9 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 		ev.usage.meter.Store(o.Usage)
 	}
 	a = &Agent{Events: ev, Inventory: o.Inventory, Injector: o.Injector, Backend: o.Backend, Usage: o.Usage, logger: logger}
+	drain, _ := o.Backend.(server.Drainer)
 	lc, shares, err := NewLifecycle(holdRuntime(o.Backend, o.HeldBecause), LifecycleOptions{
-		Inventory: o.Inventory, Reservations: o.Reservations, Events: ev.publisher(), Logger: logger,
+		Inventory: o.Inventory, Reservations: o.Reservations, Events: ev.publisher(), Logger: logger, Drain: drain,
 	})
 	if err != nil {
 		_ = o.Backend.Close()
@@ -123,7 +129,6 @@ func New(ctx context.Context, o Options) (a *Agent, err error) {
 			logger.Warn("GPU holders not read back yet", "error", err)
 		}
 	}
-	drain, _ := o.Backend.(server.Drainer)
 
 	// The loops stop, in Run, before the lifecycle and the inventory close.
 	if o.Injector != nil {
@@ -262,15 +267,17 @@ type LifecycleOptions struct {
 	// Events receives the lifecycle's events; nil: none.
 	Events events.Publisher
 	Logger *slog.Logger
+	// Drain keeps the host's drained state; nil: never drained.
+	Drain runtime.DrainState
 }
 
 // NewLifecycle is the agent's lifecycle over be, with every reservation
 // kind the agent takes (Kinds). The self-test and gpu-check, which need no
 // API, use it directly; New uses it for the daemon and the benchmark.
-func NewLifecycle(be runtime.Runtime, o LifecycleOptions) (*runtime.Lifecycle, *share.Reservations, error) {
+func NewLifecycle(be runtime.Runtime, o LifecycleOptions) (*lifecycle.Lifecycle, *share.Reservations, error) {
 	kinds, shares, err := Kinds(o.Inventory, o.Reservations, o.Logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	return runtime.NewLifecycle(be, runtime.LifecycleOptions{Kinds: kinds, Events: o.Events, Logger: o.Logger}), shares, nil
+	return lifecycle.New(be, lifecycle.Options{Kinds: kinds, Events: o.Events, Logger: o.Logger, Drain: o.Drain}), shares, nil
 }

@@ -11,7 +11,8 @@ import (
 
 // watchDisk runs the disk limits' watcher over the rentals rt lists until
 // ctx ends, every interval; a back end that cannot measure or stop
-// rentals is not watched.
+// rentals is not watched. Each pass's measurement serves the limits'
+// admission of the starts that follow.
 func watchDisk(ctx context.Context, l *disk.Limits, interval time.Duration, rt disk.Lister, be runtime.Runtime, logger *slog.Logger) {
 	meter, ok1 := be.(runtime.DiskMeter)
 	stopper, ok2 := be.(runtime.ReasonStopper)
@@ -20,6 +21,7 @@ func watchDisk(ctx context.Context, l *disk.Limits, interval time.Duration, rt d
 		return
 	}
 	w := &disk.Watcher{Instances: rt, Meter: meter, Stopper: stopper, Interval: interval,
-		Path: l.Path, ReserveBytes: l.ReserveBytes, Logger: logger.With("component", "disk-watch")}
+		Path: l.Path, ReserveBytes: l.ReserveBytes, Logger: logger.With("component", "disk-watch"),
+		Measured: l.Observe}
 	w.Run(ctx)
 }

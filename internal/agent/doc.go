@@ -31,15 +31,17 @@
 //     facts, which import nothing of the agent's (and leaf packages:
 //     runtime/containerd/daemon, the test payload, gpu-check's probe).
 //  2. runtime/events: the event stream.
-//  3. runtime: the contract (Runtime, InstanceSpec, labels, errors) and its
-//     one owner, the Lifecycle.
+//  3. runtime: the contract (Runtime, InstanceSpec, labels, errors): types
+//     and the pure functions over them.
 //  4. beside the contract: cdi (device injection), runtime/events/gpuevents,
 //     runtime/backend (what the back ends share),
 //     the reservation kinds (runtime/gpualloc, runtime/share,
 //     runtime/disk, runtime/numa), runtime/volume, runtime/usage,
-//     runtime/network; internal/invariant.
+//     runtime/network.
 //  5. runtime/containerd, runtime/docker: the back ends; internal/testenv.
-//  6. runtime/selftest: the host's checks; internal/conformance.
+//  6. runtime/lifecycle: the one owner of a rental's lifecycle, above
+//     every back end and importing none; runtime/selftest: the host's
+//     checks; internal/conformance, internal/invariant.
 //  7. server/reporter: the central server's protocol and the host report.
 //  8. server: the API.
 //  9. internal/agent: this builder.

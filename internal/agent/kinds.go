@@ -9,6 +9,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostinfo"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/numa"
 	"github.com/host-agent/host-agent/runtime/share"
 )
@@ -29,7 +30,7 @@ func (e *ShareError) Unwrap() error { return e.Err }
 // agent publishes them; then the disk limits (or the plain reserve),
 // volumes, NUMA alignment and, last, the default bandwidth. It also returns the share accounting, which the
 // reporter reads.
-func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.ReservationKind, *share.Reservations, error) {
+func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.Admission, *share.Reservations, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -41,9 +42,9 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 	if err != nil {
 		return nil, nil, err
 	}
-	kinds := []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}, shares}
+	kinds := []runtime.Admission{lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)}, shares}
 	if r.PublishPorts {
-		kinds = append(kinds, runtime.PortReservations{Alloc: r.Ports})
+		kinds = append(kinds, lifecycle.PortReservations{Alloc: r.Ports})
 	}
 	if r.DiskLimits != nil {
 		kinds = append(kinds, r.DiskLimits)
@@ -51,7 +52,7 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 		kinds = append(kinds, disk.Reserve{Path: r.DiskPath, Bytes: r.DiskReserveBytes})
 	}
 	if r.Volumes != nil {
-		kinds = append(kinds, runtime.VolumeReservations{Store: r.Volumes})
+		kinds = append(kinds, lifecycle.VolumeReservations{Store: r.Volumes})
 	}
 	numaKinds, err := numaAlignment(r, inv, logger)
 	if err != nil {
@@ -59,7 +60,7 @@ func Kinds(inv *gpu.Inventory, r Reservations, logger *slog.Logger) ([]runtime.R
 	}
 	kinds = append(kinds, numaKinds...)
 	// Last: it fills in only what no kind before it did.
-	return append(kinds, runtime.BandwidthDefaults{Bandwidth: r.Bandwidth}), shares, nil
+	return append(kinds, lifecycle.BandwidthDefaults{Bandwidth: r.Bandwidth}), shares, nil
 }
 
 // newShares accounts for this host's memory and CPUs with gpus GPUs.
@@ -86,7 +87,7 @@ func newShares(c ShareOptions, meminfo string, gpus int) (*share.Reservations, e
 // numaAlignment is the reservation kind that pins GPU rentals to their
 // GPUs' NUMA node, placed after the share kind that sizes them; none
 // without NUMAAlign or on a host without GPUs or NUMA nodes.
-func numaAlignment(r Reservations, inv *gpu.Inventory, logger *slog.Logger) ([]runtime.ReservationKind, error) {
+func numaAlignment(r Reservations, inv *gpu.Inventory, logger *slog.Logger) ([]runtime.Admission, error) {
 	if !r.NUMAAlign || inv.Len() == 0 {
 		return nil, nil
 	}
@@ -108,7 +109,7 @@ func numaAlignment(r Reservations, inv *gpu.Inventory, logger *slog.Logger) ([]r
 		}
 	}
 	logger.Info("GPU rentals are pinned to their GPUs' NUMA node when their share fits there", "nodes", len(nodes))
-	return []runtime.ReservationKind{numa.New(nodes, inv.NUMANodeOf, logger)}, nil
+	return []runtime.Admission{numa.New(nodes, inv.NUMANodeOf, logger)}, nil
 }
 
 // mockNUMANodes lays the mock machine's sockets over the host's CPUs

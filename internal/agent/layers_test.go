@@ -40,12 +40,13 @@ var layers = map[string]int{
 	"runtime/volume":           4,
 	"runtime/numa":             4,
 	"runtime/network":          4,
-	"internal/invariant":       4,
 
 	"runtime/containerd": 5,
 	"runtime/docker":     5,
 	"internal/testenv":   5,
 
+	"runtime/lifecycle":    6,
+	"internal/invariant":   6,
 	"runtime/selftest":     6,
 	"internal/conformance": 6,
 

@@ -105,7 +105,7 @@ type Reservations struct {
 	DiskLimits        *disk.Limits
 	DiskWatchInterval time.Duration
 	// Volumes, when set, is the host's volume store: a start's volumes are
-	// attached from it (runtime.VolumeReservations), and the API and the
+	// attached from it (lifecycle.VolumeReservations), and the API and the
 	// reporter list them.
 	Volumes *volume.Store
 	// NUMAAlign pins GPU rentals to their GPUs' NUMA node, read from

@@ -10,6 +10,7 @@ import (
 
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/network"
 )
 
@@ -32,7 +33,7 @@ func testBandwidth(t *testing.T, h Harness) {
 	testenv.MustRouteInto(t, peer.Addr, peer.HostIf)
 	rec := NewRecorder()
 	be, _ := nw.OpenNetworked(t, rec, network.DefaultBlockedEgress, peer.Host)
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Events: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

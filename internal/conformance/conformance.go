@@ -1,5 +1,5 @@
 // Package conformance is the one suite of behaviour every back end of
-// runtime.Runtime must show under runtime.Lifecycle, so that the scheduler
+// runtime.Runtime must show under lifecycle.Lifecycle, so that the scheduler
 // cannot tell the containerd and Docker back ends apart. Each back end's
 // tests call Run with a Harness over real daemons; it is imported by tests
 // only.
@@ -19,6 +19,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // Harness is what the suite needs of one back end on real daemons.
@@ -74,14 +75,14 @@ type NetInfo struct {
 
 // Agent is a back end under a Lifecycle, as cmd/host-agent builds it.
 type Agent struct {
-	*runtime.Lifecycle
+	*lifecycle.Lifecycle
 	Events *Recorder
 }
 
 // open builds an Agent over a freshly opened back end of sc.
 func open(t *testing.T, sc Scope, gpus *GPUHost) *Agent {
 	t.Helper()
-	var kinds []runtime.ReservationKind
+	var kinds []runtime.Admission
 	if gpus != nil {
 		kinds = append(kinds, gpus.Kind())
 	}
@@ -90,11 +91,11 @@ func open(t *testing.T, sc Scope, gpus *GPUHost) *Agent {
 
 // openWith builds an Agent over a freshly opened back end of sc, whose
 // starts make the reservations of kinds.
-func openWith(t *testing.T, sc Scope, gpus *GPUHost, kinds []runtime.ReservationKind) *Agent {
+func openWith(t *testing.T, sc Scope, gpus *GPUHost, kinds []runtime.Admission) *Agent {
 	t.Helper()
 	rec := NewRecorder()
 	be := sc.Open(t, rec, gpus)
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Kinds: kinds, Events: rec,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

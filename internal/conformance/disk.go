@@ -11,6 +11,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/disk"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // diskTestLimit is the default disk limit in the disk scenario: small, so
@@ -33,8 +34,8 @@ func openWithDiskLimits(t *testing.T, sc Scope) (*Agent, *disk.Watcher) {
 		t.Fatalf("back end %T cannot stop with a reason (runtime.ReasonStopper)", be)
 	}
 	limits := &disk.Limits{Path: os.TempDir(), Default: diskTestLimit, Used: meter.DiskUsed}
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
-		Kinds: []runtime.ReservationKind{limits}, Events: rec,
+	l := lifecycle.New(be, lifecycle.Options{
+		Kinds: []runtime.Admission{limits}, Events: rec,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

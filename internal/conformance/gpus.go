@@ -15,6 +15,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // FakeNodeMajor is a character-device major reserved for local use, with
@@ -61,7 +62,7 @@ func NewGPUHost(t *testing.T) *GPUHost {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &GPUHost{Inv: inv, Spec: b, kind: runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}}
+	return &GPUHost{Inv: inv, Spec: b, kind: lifecycle.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(inv))}}
 }
 
 // Kind is the GPU reservation kind over the host's inventory.
@@ -89,5 +90,5 @@ func (h *GPUHost) minors() map[string]int {
 // Restarted is the same host as an agent started again sees it: the same
 // GPUs, and an allocator that knows nothing until it restores.
 func (h *GPUHost) Restarted() *GPUHost {
-	return &GPUHost{Inv: h.Inv, Spec: h.Spec, kind: runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.Inv))}}
+	return &GPUHost{Inv: h.Inv, Spec: h.Spec, kind: lifecycle.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.Inv))}}
 }

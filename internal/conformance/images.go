@@ -11,6 +11,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // imageEvents are the image.* events about ref, in order.
@@ -75,7 +76,7 @@ func testImages(t *testing.T, h Harness) {
 		t.Fatalf("%s listed before any pull", ref)
 	}
 	for i := range 2 {
-		if _, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: ref}); err != nil || !pulling {
+		if _, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: ref}); err != nil || !pulling {
 			t.Fatalf("pre-pull #%d: pulling %v, %v; want pulling", i+1, pulling, err)
 		}
 	}
@@ -110,7 +111,7 @@ func testImages(t *testing.T, h Harness) {
 	if !ok || img.Digest != pulled.Digest || img.SizeBytes != pulled.SizeBytes || img.InUse || !img.PinnedUntil.IsZero() || img.LastUsed.IsZero() {
 		t.Fatalf("inventory entry %+v (listed %v); want the pulled image, unused and unpinned", img, ok)
 	}
-	present, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: ref, Pin: time.Hour})
+	present, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: ref, Pin: time.Hour})
 	if err != nil || pulling || present.Digest != pulled.Digest {
 		t.Fatalf("pre-pull of a present image: %+v pulling %v, %v; want it present", present, pulling, err)
 	}
@@ -145,7 +146,7 @@ func testImages(t *testing.T, h Harness) {
 	}
 
 	missing := reg.Host + "/no-such-image:1"
-	if _, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: missing}); err != nil || !pulling {
+	if _, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: missing}); err != nil || !pulling {
 		t.Fatalf("pre-pull of a missing image: pulling %v, %v; want accepted", pulling, err)
 	}
 	failed := waitImageEvent(t, a.Events, missing, events.TypeImageFailed, 1)
@@ -166,7 +167,7 @@ func testImagePrivatePrePull(t *testing.T, h Harness) {
 	reg.RequireBasicAuth("tenant", "s3cret")
 	a := open(t, h.NewScope(t), nil)
 	auth := &runtime.RegistryAuth{Username: "tenant", Password: "s3cret"}
-	if _, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: ref, RegistryAuth: auth}); err != nil || !pulling {
+	if _, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: ref, RegistryAuth: auth}); err != nil || !pulling {
 		t.Fatalf("pre-pull with credentials: pulling %v, %v", pulling, err)
 	}
 	waitImageEvent(t, a.Events, ref, events.TypeImagePulled, 1)
@@ -179,7 +180,7 @@ func testImagePrivatePrePull(t *testing.T, h Harness) {
 	}
 	assertGone(t, a, other)
 	// A pre-pull without credentials is not told the image is present.
-	if _, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: ref}); err != nil || !pulling {
+	if _, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: ref}); err != nil || !pulling {
 		t.Fatalf("pre-pull without credentials: pulling %v, %v; want a pull the registry decides", pulling, err)
 	}
 	failed := waitImageEvent(t, a.Events, ref, events.TypeImageFailed, 1)

@@ -12,6 +12,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/network"
 )
 
@@ -42,8 +43,8 @@ func testNetwork(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.PortReservations{Alloc: hostport.NewAllocator(rng, nil)}},
+	l := lifecycle.New(be, lifecycle.Options{
+		Kinds:  []runtime.Admission{lifecycle.PortReservations{Alloc: hostport.NewAllocator(rng, nil)}},
 		Events: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

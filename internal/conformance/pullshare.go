@@ -12,6 +12,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // A pre-pull and two starts of the same image at the same time share one
@@ -26,7 +27,7 @@ func testOnePullPerImage(t *testing.T, h Harness) {
 	}
 	reg.Throttle(1 << 20)
 	a := open(t, h.NewScope(t), nil)
-	if _, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: ref}); err != nil || !pulling {
+	if _, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: ref}); err != nil || !pulling {
 		t.Fatalf("pre-pull: pulling %v, %v; want pulling", pulling, err)
 	}
 	// The pre-pull is fetching layers once it reports progress.
@@ -100,7 +101,7 @@ func testPrivatePullNotShared(t *testing.T, h Harness) {
 	reg.Throttle(1 << 20)
 	a := open(t, h.NewScope(t), nil)
 	auth := &runtime.RegistryAuth{Username: "tenant", Password: "s3cret"}
-	if _, pulling, err := a.PullImage(Ctx(t), runtime.ImagePull{Ref: ref, RegistryAuth: auth}); err != nil || !pulling {
+	if _, pulling, err := a.PullImage(Ctx(t), lifecycle.ImagePull{Ref: ref, RegistryAuth: auth}); err != nil || !pulling {
 		t.Fatalf("pre-pull with credentials: pulling %v, %v", pulling, err)
 	}
 	waitImageEvent(t, a.Events, ref, events.TypeImagePulling, 2)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -521,7 +522,7 @@ func testSSHKeys(t *testing.T, h Harness) {
 	a := open(t, h.NewScope(t), nil)
 	id := uniqueID(t, "sshd")
 	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm4Zbn8QF1mJx2mA4P6Gx9mI1Yy2W8fJj9pSx0c3Vb1 tenant@laptop"
-	s := spec(h, id, "cat", runtime.AuthorizedKeysPath, "write", runtime.AuthorizedKeysPath,
+	s := spec(h, id, "cat", backend.AuthorizedKeysPath, "write", backend.AuthorizedKeysPath,
 		"write", "/root/.ssh/other", "cat", "/root/.ssh/other", "echo", "END", "sleep", "inf")
 	s.SSHAuthorizedKeys = []string{key}
 	if _, err := a.Start(Ctx(t), s); err != nil {
@@ -531,7 +532,7 @@ func testSSHKeys(t *testing.T, h Harness) {
 	if !strings.HasPrefix(logs, key+"\n") {
 		t.Errorf("authorized_keys inside:\n%s", logs)
 	}
-	if !strings.Contains(logs, "write "+runtime.AuthorizedKeysPath+": open "+runtime.AuthorizedKeysPath+": read-only file system") {
+	if !strings.Contains(logs, "write "+backend.AuthorizedKeysPath+": open "+backend.AuthorizedKeysPath+": read-only file system") {
 		t.Errorf("the tenant could write its authorized_keys:\n%s", logs)
 	}
 	if !strings.Contains(logs, "write /root/.ssh/other: ok\nwritten by the tenant\n") {

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/internal/testenv"
-	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/network"
 	"github.com/host-agent/host-agent/runtime/usage"
 )
@@ -34,7 +34,7 @@ func testUsage(t *testing.T, h Harness) {
 	if !ok {
 		t.Fatalf("%s: the back end reads no usage (usage.Sampler)", h.Name)
 	}
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Events: rec, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	t.Cleanup(func() { l.Close() })

@@ -17,6 +17,7 @@ import (
 
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/volume"
 )
 
@@ -53,7 +54,7 @@ func testVolumes(t *testing.T, h Harness) {
 	dir := t.TempDir()
 	t.Cleanup(func() { unmountVolumes(t, dir) })
 	store := openVolumes(t, dir)
-	a := openWith(t, sc, nil, []runtime.ReservationKind{runtime.VolumeReservations{Store: store}})
+	a := openWith(t, sc, nil, []runtime.Admission{lifecycle.VolumeReservations{Store: store}})
 	ctx := Ctx(t)
 	if _, _, err := store.Create(ctx, volume.Spec{Name: "ds", Owner: "tenant-7", SizeGB: 1}); err != nil {
 		t.Fatal(err)
@@ -124,7 +125,7 @@ func testVolumes(t *testing.T, h Harness) {
 	// attachment from the container's labels.
 	a.Close()
 	store = openVolumes(t, dir)
-	b := openWith(t, sc, nil, []runtime.ReservationKind{runtime.VolumeReservations{Store: store}})
+	b := openWith(t, sc, nil, []runtime.Admission{lifecycle.VolumeReservations{Store: store}})
 	if got := store.List(ctx); len(got) != 1 || got[0].Name != "ds" || got[0].Owner != "tenant-7" || got[0].AttachedTo != next {
 		t.Fatalf("volumes after a restart: %+v", got)
 	}

@@ -1,5 +1,5 @@
 // Package invariant drives seeded random schedules of starts, terminates
-// and reconciles against a runtime.Lifecycle, and checks what must hold
+// and reconciles against a lifecycle.Lifecycle, and checks what must hold
 // whatever the interleaving: no resource recorded on two containers, and
 // each container's reservation labels equal to what the Lifecycle holds
 // for it. The lifecycle tests of every back end share it, so that the same
@@ -25,6 +25,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 var (
@@ -114,7 +115,7 @@ func CheckNoSharedPort(list []runtime.Instance) error {
 // reservation labels (those a kind of l records) differ from what l holds
 // for it. Unless list and l's holdings were read at one instant, it holds
 // only while no terminate is in flight.
-func CheckReservations(list []runtime.Instance, l *runtime.Lifecycle) error {
+func CheckReservations(list []runtime.Instance, l *lifecycle.Lifecycle) error {
 	if err := CheckNoSharedGPU(list); err != nil {
 		return err
 	}
@@ -138,7 +139,7 @@ func CheckReservations(list []runtime.Instance, l *runtime.Lifecycle) error {
 
 // CheckNoOrphanHoldings fails when l holds anything for an instance that
 // has no container in list. It holds only once no start is in flight.
-func CheckNoOrphanHoldings(list []runtime.Instance, l *runtime.Lifecycle) error {
+func CheckNoOrphanHoldings(list []runtime.Instance, l *lifecycle.Lifecycle) error {
 	exists := map[string]bool{}
 	for _, inst := range list {
 		exists[inst.ID] = true
@@ -157,7 +158,7 @@ func CheckNoOrphanHoldings(list []runtime.Instance, l *runtime.Lifecycle) error 
 // Workers goroutines at once, with caller deadlines that are sometimes short.
 type Schedule struct {
 	// Lifecycle returns the lifecycle to call; Restart may replace it.
-	Lifecycle func() *runtime.Lifecycle
+	Lifecycle func() *lifecycle.Lifecycle
 	IDs       int
 	ID        func(i int) string
 	Spec      func(i, variant int) runtime.InstanceSpec
@@ -256,7 +257,7 @@ func (s Schedule) Run(t *testing.T, seed uint64, rounds int) {
 }
 
 // WaitIdle waits until l has no start or terminate in flight.
-func WaitIdle(tb testing.TB, l *runtime.Lifecycle) {
+func WaitIdle(tb testing.TB, l *lifecycle.Lifecycle) {
 	tb.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for l.Busy() {

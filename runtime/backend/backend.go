@@ -2,7 +2,6 @@ package backend
 
 import (
 	"context"
-	"errors"
 	"io"
 	"log/slog"
 	"sort"
@@ -10,29 +9,7 @@ import (
 	"time"
 
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/events"
 )
-
-// Started logs and publishes how a back end's start of spec ended: on
-// err, an instance.failed event naming the step that failed (a
-// *runtime.StepError's); else an instance.running event with the
-// instance's published ports. It returns inst and err as they are, so
-// that a back end's Start ends with it.
-func Started(log *slog.Logger, pub events.Publisher, spec runtime.InstanceSpec, inst runtime.Instance, err error) (runtime.Instance, error) {
-	if err != nil {
-		var se *runtime.StepError
-		step := ""
-		if errors.As(err, &se) {
-			step = se.Step
-		}
-		log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
-		pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
-		return runtime.Instance{}, err
-	}
-	log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
-	pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
-	return inst, nil
-}
 
 // FromLabels is the part of an instance its container's labels hold, the
 // same on every back end: image, spec hash, the tenant's labels, GPUs,

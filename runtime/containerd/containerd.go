@@ -127,16 +127,16 @@ type Runtime struct {
 	pub    events.Publisher
 
 	// raise says whether containers' limits can be raised (canRaise).
-	raise *runtime.RaiseProbe
+	raise *backend.RaiseProbe
 
 	// imageMu: image GC removes an image only while no start is between
 	// choosing its image and creating its container.
 	imageMu sync.RWMutex
 	// pulls shares one fetch among the pulls of an image.
-	pulls runtime.PullGroup
+	pulls backend.PullGroup
 
 	// exits serialises the recording of one instance's exit or OOM kill.
-	exits runtime.KeyedMutex
+	exits backend.KeyedMutex
 	// tasks is the namespace's task state, kept by the watcher for List;
 	// taskLists counts the Lists that had to ask containerd instead.
 	tasks     taskCache
@@ -212,7 +212,7 @@ func New(opts Options) (*Runtime, error) {
 		pub:    opts.Events,
 		calls:  calls,
 
-		raise: runtime.NewRaiseProbe(),
+		raise: backend.NewRaiseProbe(),
 	}
 	r.appArmor = loadAppArmor(r.log)
 	r.ctx, r.cancel = context.WithCancel(namespaces.WithNamespace(context.Background(), opts.Namespace))

@@ -22,6 +22,7 @@ import (
 	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // fakeNodeMajor is a character-device major number reserved for local use,
@@ -102,7 +103,7 @@ func (h *gpuHost) agent(t *testing.T, ns string, rec *conformance.Recorder) *age
 	if err != nil {
 		t.Fatal(err)
 	}
-	return withLifecycle(t, r, rec, runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.inv))})
+	return withLifecycle(t, r, rec, lifecycle.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.inv))})
 }
 
 // nvidiaNodes lists the /dev/nvidiaN entries a container printed.

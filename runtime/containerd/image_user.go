@@ -19,11 +19,10 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/moby/sys/user"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-
-	"github.com/host-agent/host-agent/runtime"
 )
 
 // defaultUnixEnv is the PATH an image without an environment gets, as in
@@ -65,7 +64,7 @@ func withImageConfigArgs(img oci.Image, args []string) oci.SpecOpts {
 			cmd = args
 		}
 		s.Process.Args = append(append([]string{}, cfg.Config.Entrypoint...), cmd...)
-		if err := runtime.ImageWorkingDirError(cfg.Config.WorkingDir); err != nil {
+		if err := backend.ImageWorkingDirError(cfg.Config.WorkingDir); err != nil {
 			return err
 		}
 		s.Process.Cwd = cfg.Config.WorkingDir

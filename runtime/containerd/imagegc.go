@@ -8,7 +8,6 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/errdefs"
 
-	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/backend"
 )
 
@@ -40,7 +39,7 @@ func (r *Runtime) touchImage(ctx context.Context, name string) {
 // chosen is never removed under it. It returns the images removed.
 func (r *Runtime) CollectImages(ctx context.Context, minFree uint64, free func() (uint64, error)) ([]string, error) {
 	ctx = r.nsCtx(ctx)
-	return runtime.CollectImages(minFree, free, func() (string, error) { return r.removeLeastRecentlyUsed(ctx) }, r.log)
+	return backend.CollectImages(minFree, free, func() (string, error) { return r.removeLeastRecentlyUsed(ctx) }, r.log)
 }
 
 func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {

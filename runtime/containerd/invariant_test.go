@@ -20,6 +20,7 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // flaky wraps the real back end with injected delays and failures before
@@ -86,17 +87,17 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 
 	rentalNet := newInvariantNetwork(t)
 
-	open := func() (*runtime.Lifecycle, *Runtime) {
+	open := func() (*lifecycle.Lifecycle, *Runtime) {
 		be, err := New(Options{Address: daemon.Address, Namespace: ns, AgentID: "invariant", LogDir: logDir,
 			Devices: host.injector, Logger: logger, Network: rentalNet.net})
 		if err != nil {
 			t.Fatal(err)
 		}
 		ports := hostport.NewAllocator(hostport.Range{First: 47100, Last: 47107}, nil)
-		l := runtime.NewLifecycle(flaky{Runtime: be, rnd: rnd}, runtime.LifecycleOptions{
-			Kinds: []runtime.ReservationKind{
-				runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(host.inv))},
-				runtime.PortReservations{Alloc: ports},
+		l := lifecycle.New(flaky{Runtime: be, rnd: rnd}, lifecycle.Options{
+			Kinds: []runtime.Admission{
+				lifecycle.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(host.inv))},
+				lifecycle.PortReservations{Alloc: ports},
 			},
 			Logger:            logger,
 			ReconcileInterval: -1,
@@ -131,7 +132,7 @@ func TestLifecycleInvariantsOnContainerd(t *testing.T) {
 	}
 
 	invariant.Schedule{
-		Lifecycle: func() *runtime.Lifecycle { return l },
+		Lifecycle: func() *lifecycle.Lifecycle { return l },
 		IDs:       6,
 		ID:        func(i int) string { return fmt.Sprintf("inv-%d", i) },
 		Spec: func(i, variant int) runtime.InstanceSpec {

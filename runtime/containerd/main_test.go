@@ -15,6 +15,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // The shared daemon and image of this package's integration tests, started
@@ -81,7 +82,7 @@ func needPayload(tb testing.TB) {
 // agent is what cmd/host-agent builds: the containerd back end under the
 // lifecycle layer. Tests call it as the server does.
 type agent struct {
-	*runtime.Lifecycle
+	*lifecycle.Lifecycle
 	be *Runtime
 }
 
@@ -107,9 +108,9 @@ func newRuntime(t *testing.T, addr, ns string, pub events.Publisher) *agent {
 
 // withLifecycle puts a Lifecycle with the given reservation kinds over be,
 // closed with the test.
-func withLifecycle(t *testing.T, be *Runtime, pub events.Publisher, kinds ...runtime.ReservationKind) *agent {
+func withLifecycle(t *testing.T, be *Runtime, pub events.Publisher, kinds ...runtime.Admission) *agent {
 	t.Helper()
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Kinds:  kinds,
 		Events: pub,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),

@@ -23,6 +23,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -55,7 +56,7 @@ func (r *Runtime) fetchImage(ctx context.Context, spec runtime.InstanceSpec, pul
 			pulling(ref)
 			announced = true
 		}
-		// A pull of the same image in flight is shared (runtime.PullGroup):
+		// A pull of the same image in flight is shared (backend.PullGroup):
 		// the registry serves each blob once.
 		decide, err := r.pulls.Do(ctx, ref, spec.RegistryAuth, progress, func(progress func(events.PullProgress)) error {
 			img, err = r.pull(ctx, ref, host, spec.RegistryAuth, progress)
@@ -110,7 +111,7 @@ func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.Regi
 		defer cancel()
 	}
 	tracker := &pullTracker{}
-	stop := runtime.ReportProgress(ctx, r.opts.ProgressInterval, func(ctx context.Context) events.PullProgress {
+	stop := backend.ReportProgress(ctx, r.opts.ProgressInterval, func(ctx context.Context) events.PullProgress {
 		return r.pullProgress(ctx, tracker.layers())
 	}, progress)
 	defer stop()

@@ -8,6 +8,7 @@ import (
 
 	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // The probes run apart from the rentals: a tenant whose instance has the
@@ -30,7 +31,7 @@ func TestProbesLeaveTenantsAlone(t *testing.T) {
 	if err != nil {
 		t.Fatalf("memlock probe: %v", err)
 	}
-	if want := runtime.CanRaiseRlimits(); raise != want {
+	if want := backend.CanRaiseRlimits(); raise != want {
 		t.Errorf("memlock probe says %v; the agent's CAP_SYS_RESOURCE says %v on this host", raise, want)
 	}
 	// A limit lowered, which needs no capability, passes the same probe:

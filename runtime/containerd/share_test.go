@@ -16,6 +16,7 @@ import (
 	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/share"
 )
 
@@ -29,7 +30,7 @@ func (h *gpuHost) shareAgent(t *testing.T, ns string, rec *conformance.Recorder,
 		t.Fatal(err)
 	}
 	shares := share.New(opts)
-	return withLifecycle(t, r, rec, runtime.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.inv))}, shares), shares
+	return withLifecycle(t, r, rec, lifecycle.GPUReservations{Alloc: gpualloc.New(gpu.NewAllocator(h.inv))}, shares), shares
 }
 
 func containerCgroup(t *testing.T, r *agent, ns, id string) string {

@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // withUlimits sets the process limits, soft and hard alike; -1 is
@@ -44,7 +45,7 @@ func (r *Runtime) filesDir(id string) string {
 
 // writeAuthorizedKeys writes the instance's authorized_keys and returns
 // its read-only mounts (root's, and the image user's: see
-// runtime.AuthorizedKeysPaths), or nothing when the spec has no keys. They
+// backend.AuthorizedKeysPaths), or nothing when the spec has no keys. They
 // are mounts the confinement check allows by name, like the GPUs' driver
 // files.
 func (r *Runtime) writeAuthorizedKeys(ctx context.Context, img containerd.Image, spec runtime.InstanceSpec) ([]runtime.PlanMount, error) {
@@ -55,7 +56,7 @@ func (r *Runtime) writeAuthorizedKeys(ctx context.Context, img containerd.Image,
 	if err != nil {
 		return nil, fmt.Errorf("SSH keys: %w", err)
 	}
-	path, err := runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys)
+	path, err := backend.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -75,13 +76,13 @@ func imageKeysPaths(ctx context.Context, img containerd.Image) ([]string, error)
 		return nil, err
 	}
 	if cfg.Config.User == "" {
-		return runtime.AuthorizedKeysPaths("", nil), nil
+		return backend.AuthorizedKeysPaths("", nil), nil
 	}
 	files, err := readImageFiles(ctx, img, "etc/passwd")
 	if err != nil {
 		return nil, err
 	}
-	return runtime.AuthorizedKeysPaths(cfg.Config.User, bytes.NewReader(files["etc/passwd"])), nil
+	return backend.AuthorizedKeysPaths(cfg.Config.User, bytes.NewReader(files["etc/passwd"])), nil
 }
 
 // removeFiles removes what writeAuthorizedKeys and the like wrote.

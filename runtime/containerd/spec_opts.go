@@ -93,21 +93,21 @@ func withResources(res runtime.Resources) oci.SpecOpts {
 
 // withConfinement applies what every tenant container gets whatever it asks
 // for: no new privileges, the default seccomp profile, the rental's
-// capabilities (runtime.RentalCapabilities: the defaults without
+// capabilities (backend.RentalCapabilities: the defaults without
 // CAP_NET_RAW) in every set, the rental's sysctls, and nothing privileged.
 func withConfinement() oci.SpecOpts {
 	return oci.Compose(
 		oci.WithNoNewPrivileges,
 		seccomp.WithDefaultProfile(),
 		withRentalCapabilities(),
-		withSysctls(runtime.RentalSysctls()),
+		withSysctls(backend.RentalSysctls()),
 		// A cgroup namespace of its own, as on Docker: the default spec
 		// has one only on cgroup v2.
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
 	)
 }
 
-// withRentalCapabilities gives the process runtime.RentalCapabilities in
+// withRentalCapabilities gives the process backend.RentalCapabilities in
 // its bounding, effective and permitted sets, and none to inherit.
 func withRentalCapabilities() oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
@@ -115,9 +115,9 @@ func withRentalCapabilities() oci.SpecOpts {
 			s.Process = &specs.Process{}
 		}
 		s.Process.Capabilities = &specs.LinuxCapabilities{
-			Bounding:  slices.Clone(runtime.RentalCapabilities),
-			Effective: slices.Clone(runtime.RentalCapabilities),
-			Permitted: slices.Clone(runtime.RentalCapabilities),
+			Bounding:  slices.Clone(backend.RentalCapabilities),
+			Effective: slices.Clone(backend.RentalCapabilities),
+			Permitted: slices.Clone(backend.RentalCapabilities),
 		}
 		return nil
 	}
@@ -157,7 +157,7 @@ func withDevicePlan(plan runtime.DevicePlan) oci.SpecOpts {
 // the only other mounts the runtime's defaults, once each. Namespaces are
 // the container's own (its network namespace may be netns, the rental's
 // pinned one), capabilities, sysctls and the working directory those of
-// the policy shared with the Docker back end (runtime/confine.go), and the
+// the policy shared with the Docker back end (runtime/backend/confine.go), and the
 // AppArmor profile appArmor where the host has AppArmor (else "").
 func verifyConfined(plan runtime.DevicePlan, vols []runtime.VolumeMount, netns, appArmor string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
@@ -174,12 +174,12 @@ func verifyConfined(plan runtime.DevicePlan, vols []runtime.VolumeMount, netns, 
 					name string
 					caps []string
 				}{{"bounding", c.Bounding}, {"effective", c.Effective}, {"permitted", c.Permitted}, {"inheritable", c.Inheritable}, {"ambient", c.Ambient}} {
-					if p := runtime.CapabilityProblem(set.name, set.caps); p != "" {
+					if p := backend.CapabilityProblem(set.name, set.caps); p != "" {
 						problems = append(problems, p)
 					}
 				}
 			}
-			if p := runtime.WorkingDirProblem(s.Process.Cwd); p != "" {
+			if p := backend.WorkingDirProblem(s.Process.Cwd); p != "" {
 				problems = append(problems, p)
 			}
 			if appArmor != "" && s.Process.ApparmorProfile != appArmor {
@@ -188,7 +188,7 @@ func verifyConfined(plan runtime.DevicePlan, vols []runtime.VolumeMount, netns, 
 		}
 		if s.Linux != nil {
 			problems = append(problems, namespaceProblems(s.Linux.Namespaces, netns)...)
-			if p := runtime.SysctlProblem(s.Linux.Sysctl); p != "" {
+			if p := backend.SysctlProblem(s.Linux.Sysctl); p != "" {
 				problems = append(problems, p)
 			}
 		} else {

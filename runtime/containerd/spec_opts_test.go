@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 func TestWithResources(t *testing.T) {
@@ -83,8 +84,8 @@ func TestConfinement(t *testing.T) {
 		t.Fatalf("confined spec refused: %v", err)
 	}
 	for _, set := range [][]string{s.Process.Capabilities.Bounding, s.Process.Capabilities.Effective, s.Process.Capabilities.Permitted} {
-		if slices.Contains(set, "CAP_NET_RAW") || len(set) != len(runtime.RentalCapabilities) {
-			t.Errorf("capabilities %v, want %v", set, runtime.RentalCapabilities)
+		if slices.Contains(set, "CAP_NET_RAW") || len(set) != len(backend.RentalCapabilities) {
+			t.Errorf("capabilities %v, want %v", set, backend.RentalCapabilities)
 		}
 	}
 	if s.Linux.Sysctl["net.ipv4.ping_group_range"] != "0 2147483647" {

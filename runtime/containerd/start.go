@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
@@ -30,7 +29,7 @@ const cleanupTimeout = 30 * time.Second
 // agent die before deleting it; a pull has no fixed bound, so it is long.
 const leaseExpiration = 48 * time.Hour
 
-// Start implements runtime.Runtime for runtime.Lifecycle, which calls it
+// Start implements runtime.Runtime for lifecycle.Lifecycle, which calls it
 // for one instance at a time, with the reservations already made and
 // recorded in spec.ReservedLabels, and on a context detached from the
 // scheduler's request: the work runs on ctx and stops when it is cancelled
@@ -43,29 +42,26 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	c, err := r.client.LoadContainer(ctx, spec.ID)
 	switch {
 	case err == nil:
-		return r.startExisting(ctx, c, hash)
+		return r.startExisting(ctx, c)
 	case !errdefs.IsNotFound(err):
 		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, convertErr(err))
 	}
 
-	inst, err := r.create(ctx, spec, hash)
-	return backend.Started(r.log, r.pub, spec, inst, err)
+	return r.create(ctx, spec, hash)
 }
 
-// startExisting answers a repeated start: the same request gets the instance
-// as it is, a different one a Conflict. A container that never ran (the
-// agent died between creating and starting it) gets its task now; one that
-// ran is never started again, whatever became of its task.
-func (r *Runtime) startExisting(ctx context.Context, c containerd.Container, hash string) (runtime.Instance, error) {
+// startExisting answers a repeated start, which the Lifecycle has checked
+// to be the same request: the instance is answered as it is. A container
+// that never ran (the agent died between creating and starting it) gets its
+// task now; one that ran is never started again, whatever became of its
+// task.
+func (r *Runtime) startExisting(ctx context.Context, c containerd.Container) (runtime.Instance, error) {
 	labels, err := c.Labels(ctx)
 	if err != nil {
 		return runtime.Instance{}, convertErr(err)
 	}
 	if labels[runtime.LabelInstanceID] == "" {
 		return runtime.Instance{}, fmt.Errorf("container %q exists in the namespace but is not a rental: %w", c.ID(), errdefs.ErrConflict)
-	}
-	if labels[runtime.LabelSpecHash] != hash {
-		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", c.ID(), errdefs.ErrConflict)
 	}
 	task, err := c.Task(ctx, nil)
 	switch {

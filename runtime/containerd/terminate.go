@@ -11,13 +11,12 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
-	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // killWait bounds the wait for a task to die after SIGKILL.
 const killWait = 30 * time.Second
 
-// Terminate implements runtime.Runtime for runtime.Lifecycle, which calls
+// Terminate implements runtime.Runtime for lifecycle.Lifecycle, which calls
 // it for one instance at a time on a context bounding the whole
 // termination: SIGTERM, SIGKILL after timeout, then the task, container,
 // snapshot and log are deleted.
@@ -37,28 +36,22 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 	if labels[runtime.LabelInstanceID] == "" {
 		return notFound(id)
 	}
-	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminating, InstanceID: id, Status: "terminating"})
 	// CNI DEL, with the ports the labels record, once every process of the
 	// task is gone (beside the task's deletion, which needs nothing of the
 	// network) and before the container and its labels go: when it fails,
 	// the container keeps holding the ports and a repeated terminate
 	// retries.
 	if err := r.stopTask(ctx, c, timeout, func() error { return r.teardownNetwork(ctx, id, labels) }); err != nil {
-		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
 		return err
 	}
 	r.fault(FaultAfterTaskDelete)
 	if err := c.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
-		err = fmt.Errorf("delete container %q: %w", id, convertErr(err))
-		r.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
-		return err
+		return fmt.Errorf("delete container %q: %w", id, convertErr(err))
 	}
 	if err := os.Remove(r.logPath(id)); err != nil && !os.IsNotExist(err) {
 		r.log.Warn("remove log", "instance_id", id, "error", err)
 	}
 	r.removeFiles(id)
-	r.log.Info("instance terminated", "instance_id", id)
-	r.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 	return nil
 }
 

@@ -15,13 +15,14 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // watch follows task exits and OOM kills in the namespace for as long as
-// ctx lives (runtime.Watch).
+// ctx lives (backend.Watch).
 func (r *Runtime) watch(ctx context.Context) {
-	runtime.Watch(ctx, runtime.Watcher{
+	backend.Watch(ctx, backend.Watcher{
 		Name: "containerd", Where: []any{"address", r.opts.Address}, Log: r.log, Pub: r.pub,
 		Connect: func(ctx, sub context.Context) (func() error, error) {
 			r.tasks.drop()

@@ -2,8 +2,9 @@
 // keeps images and writable layers on. Limits is the runtime.ReservationKind
 // giving every rental a limit on its writable layer and refusing a start
 // whose limit does not fit; Watcher enforces the limits where no file
-// system quota does (ProjectQuotas says which); Reserve only refuses a
-// start while free space is below the reserve. internal/agent builds
+// system quota does (ProjectQuotas says which); Reserve, an admission
+// step holding nothing, only refuses a start while free space is below the
+// reserve. internal/agent builds
 // Limits, with every other kind.
 package disk
 
@@ -23,7 +24,7 @@ type Reserve struct {
 	Bytes uint64
 }
 
-var _ runtime.ReservationKind = Reserve{}
+var _ runtime.Admission = Reserve{}
 
 // FullError refuses a start for want of disk space. It names the field
 // "disk" and is an errdefs.ResourceExhausted.
@@ -40,10 +41,10 @@ func (e *FullError) Unwrap() error { return errdefs.ErrResourceExhausted }
 // Free returns the free bytes at path.
 func Free(path string) (uint64, error) { return hostinfo.FreeBytes(path) }
 
-// Name implements runtime.ReservationKind.
+// Name implements runtime.Admission.
 func (Reserve) Name() string { return "disk" }
 
-// Reserve implements runtime.ReservationKind: it holds nothing, and refuses
+// Reserve implements runtime.Admission: it holds nothing, and refuses
 // the start when free space is below the reserve. A path that cannot be
 // read refuses nothing: the pull reports a full disk itself.
 func (d Reserve) Reserve(*runtime.InstanceSpec) (map[string]string, error) {
@@ -59,15 +60,3 @@ func (d Reserve) Reserve(*runtime.InstanceSpec) (map[string]string, error) {
 	}
 	return nil, nil
 }
-
-// Release implements runtime.ReservationKind.
-func (Reserve) Release(string) {}
-
-// Restore implements runtime.ReservationKind.
-func (Reserve) Restore(string, map[string]string) error { return nil }
-
-// Holdings implements runtime.ReservationKind.
-func (Reserve) Holdings() map[string]map[string]string { return nil }
-
-// Records implements runtime.ReservationKind.
-func (Reserve) Records(string) bool { return false }

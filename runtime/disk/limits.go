@@ -33,6 +33,16 @@ const usedTimeout = 20 * time.Second
 // (what a rental wrote counts up to its limit: its limit covers it). A
 // start is refused as well while free space is below ReserveBytes.
 //
+// Measuring every rental at every start would make a burst of starts
+// measure quadratically many writable layers. A start is decided instead
+// on the latest measurement (the Watcher's pass, through Observe, or the
+// last fresh one a start took), with free space read now. That finds no
+// more than a fresh measurement would unless a rental deleted some of what
+// it wrote since (see allocatableLocked), so a start it admits is
+// admitted, and one it refuses is measured afresh and decided on that: a
+// stale measurement costs time, never a wrong refusal. A terminate counts
+// what its rental wrote as freed.
+//
 // A rental naming no limit gets Default; when Default is zero, its share
 // of what the disk allocates now by the GPUs it holds (n of the host's
 // GPUs get n/GPUs of it); a rental without GPUs gets one GPU's share, or
@@ -61,6 +71,10 @@ type Limits struct {
 
 	mu   sync.Mutex
 	held map[string]uint64
+	// last is the latest measurement of the disk (nil: none yet); now
+	// is the clock that ages it (nil: time.Now).
+	last *measurement
+	now  func() time.Time
 }
 
 var _ runtime.ReservationKind = (*Limits)(nil)
@@ -75,41 +89,29 @@ func (l *Limits) free() (uint64, error) {
 	return Free(l.Path)
 }
 
+func (l *Limits) promised() uint64 {
+	if l.Promised == nil {
+		return 0
+	}
+	return l.Promised()
+}
+
 // Allocatable is what the disk allocates to rentals now: free space, plus
 // what rentals other than except wrote (each up to its limit), less the
-// reserve. It also returns the limits the others hold, summed.
+// reserve. It also returns the limits the others hold, summed. It measures
+// every rental, and starts are decided on that measurement until a newer
+// one.
 func (l *Limits) Allocatable(ctx context.Context, except string) (alloc, held uint64, err error) {
-	free, err := l.free()
+	written := l.measureWritten(ctx, l.heldIDs(), nil)
+	promised := l.promised()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m, err := l.keepLocked(written)
 	if err != nil {
 		return 0, 0, err
 	}
-	l.mu.Lock()
-	others := make(map[string]uint64, len(l.held))
-	for id, lim := range l.held {
-		if id != except {
-			others[id] = lim
-		}
-	}
-	l.mu.Unlock()
-	total := free
-	for id, lim := range others {
-		held += lim
-		if l.Used == nil {
-			continue
-		}
-		// A rental that cannot be measured counts as having written
-		// nothing: the allocatable space comes out smaller, never larger.
-		if used, err := l.Used(ctx, id); err == nil {
-			total += min(used, lim)
-		}
-	}
-	if l.Promised != nil {
-		total -= min(total, l.Promised())
-	}
-	if total <= l.ReserveBytes {
-		return 0, held, nil
-	}
-	return total - l.ReserveBytes, held, nil
+	alloc, held = l.allocatableLocked(m, m.free, promised, except)
+	return alloc, held, nil
 }
 
 // Unwritten is what the rentals' limits promise and they have not written
@@ -164,27 +166,51 @@ func (l *Limits) Reserve(spec *runtime.InstanceSpec) (map[string]string, error) 
 	if l.ReserveBytes > 0 && free < l.ReserveBytes {
 		return nil, &FullError{Msg: fmt.Sprintf("the host's disk at %s has %d MiB free, below its reserve of %d MiB", l.Path, free>>20, l.ReserveBytes>>20)}
 	}
+	promised := l.promised()
+	if l.Used != nil {
+		// The latest measurement decides at no cost when it admits: it
+		// never finds more than a fresh one would.
+		l.mu.Lock()
+		if m := l.usableLocked(free, l.asked(spec) == 0); m != nil {
+			if lim, err := l.decideLocked(m, free, promised, spec); err == nil {
+				l.holdLocked(spec.ID, lim)
+				l.mu.Unlock()
+				return limitLabels(lim), nil
+			}
+		}
+		l.mu.Unlock()
+	}
+	// None, or it refuses: what rentals wrote since is not counted back
+	// in it, so only a fresh measurement may refuse.
 	ctx, cancel := context.WithTimeout(context.Background(), usedTimeout)
 	defer cancel()
-	alloc, _, err := l.Allocatable(ctx, spec.ID)
+	written := l.measureWritten(ctx, l.heldIDs(), nil)
+	promised = l.promised()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	m, err := l.keepLocked(written)
 	if err != nil {
 		return nil, &FullError{Msg: fmt.Sprintf("measure the host's disk at %s: %v", l.Path, err)}
 	}
+	lim, err := l.decideLocked(m, m.free, promised, spec)
+	if err != nil {
+		return nil, err
+	}
+	l.holdLocked(spec.ID, lim)
+	return limitLabels(lim), nil
+}
+
+// decideLocked is the limit spec gets by measurement m with free space
+// reading freeNow, or the *FullError refusing it; l.mu is held.
+func (l *Limits) decideLocked(m *measurement, freeNow, promised uint64, spec *runtime.InstanceSpec) (uint64, error) {
+	alloc, held := l.allocatableLocked(m, freeNow, promised, spec.ID)
 	lim := l.asked(spec)
 	shared := lim == 0
 	if shared {
 		lim = l.share(alloc, len(spec.GPUs))
 	}
 	if lim == 0 {
-		return nil, &FullError{Msg: fmt.Sprintf("the host's disk at %s has nothing to allocate beyond its reserve of %d GiB", l.Path, l.ReserveBytes>>30)}
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var held uint64
-	for id, h := range l.held {
-		if id != spec.ID {
-			held += h
-		}
+		return 0, &FullError{Msg: fmt.Sprintf("the host's disk at %s has nothing to allocate beyond its reserve of %d GiB", l.Path, l.ReserveBytes>>30)}
 	}
 	left := uint64(0)
 	if alloc > held {
@@ -198,14 +224,10 @@ func (l *Limits) Reserve(spec *runtime.InstanceSpec) (map[string]string, error) 
 		lim = left
 	}
 	if held+lim > alloc {
-		return nil, &FullError{Msg: fmt.Sprintf("a disk limit of %s does not fit: the host's disk allocates %s to rentals, %s of it free of other rentals' limits",
+		return 0, &FullError{Msg: fmt.Sprintf("a disk limit of %s does not fit: the host's disk allocates %s to rentals, %s of it free of other rentals' limits",
 			gibString(lim), gibString(alloc), gibString(left))}
 	}
-	if l.held == nil {
-		l.held = map[string]uint64{}
-	}
-	l.held[spec.ID] = lim
-	return limitLabels(lim), nil
+	return lim, nil
 }
 
 // asked is the limit spec names, or the configured default.
@@ -219,11 +241,15 @@ func (l *Limits) asked(spec *runtime.InstanceSpec) uint64 {
 func (l *Limits) hold(id string, lim uint64) map[string]string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.holdLocked(id, lim)
+	return limitLabels(lim)
+}
+
+func (l *Limits) holdLocked(id string, lim uint64) {
 	if l.held == nil {
 		l.held = map[string]uint64{}
 	}
 	l.held[id] = lim
-	return limitLabels(lim)
 }
 
 func limitLabels(lim uint64) map[string]string {
@@ -233,11 +259,16 @@ func limitLabels(lim uint64) map[string]string {
 // gib spells bytes in GiB, to two decimals.
 func gibString(b uint64) string { return strconv.FormatFloat(float64(b)/(1<<30), 'f', 2, 64) + " GiB" }
 
-// Release implements runtime.ReservationKind.
+// Release implements runtime.ReservationKind. What the rental had written
+// is free space from now on: the latest measurement counts it so.
 func (l *Limits) Release(id string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if _, ok := l.held[id]; !ok {
+		return
+	}
 	delete(l.held, id)
+	l.forgetLocked(id)
 }
 
 // Restore implements runtime.ReservationKind. A container without the

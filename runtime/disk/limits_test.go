@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -14,16 +15,21 @@ import (
 const gib = 1 << 30
 
 // fakeDisk is a disk whose free space and rentals' usage the test sets.
+// measured counts the writable layers the Limits it builds measured.
 type fakeDisk struct {
-	free uint64
-	used map[string]uint64
+	free     uint64
+	used     map[string]uint64
+	measured atomic.Int64
 }
 
 func (f *fakeDisk) limits(reserve, def uint64, gpus int) *Limits {
 	return &Limits{
 		Path: "/var/lib/containerd", ReserveBytes: reserve, Default: def, GPUs: gpus,
 		Free: func(string) (uint64, error) { return f.free, nil },
-		Used: func(_ context.Context, id string) (uint64, error) { return f.used[id], nil },
+		Used: func(_ context.Context, id string) (uint64, error) {
+			f.measured.Add(1)
+			return f.used[id], nil
+		},
 	}
 }
 

@@ -38,6 +38,10 @@ type Watcher struct {
 	ReserveBytes uint64
 	Free         func(path string) (uint64, error)
 	Logger       *slog.Logger
+	// Measured, when set, is told each pass's usage of the running
+	// rentals (writable layers by ID; Limits.Observe takes it, so that
+	// starts need not measure them again).
+	Measured func(ctx context.Context, used map[string]uint64)
 
 	mu   sync.Mutex
 	last map[string]uint64 // usage at the previous check, by instance
@@ -110,6 +114,9 @@ func (w *Watcher) Check(ctx context.Context) []string {
 	w.mu.Lock()
 	w.last = now
 	w.mu.Unlock()
+	if w.Measured != nil {
+		w.Measured(ctx, now)
+	}
 
 	var stopped []string
 	stop := func(m measured, why string) {

@@ -13,6 +13,7 @@ import (
 	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 	rentalnet "github.com/host-agent/host-agent/runtime/network"
 )
 
@@ -26,7 +27,7 @@ func TestBandwidthReappliedOnRestore(t *testing.T) {
 	testenv.LockHostNetwork(t)
 	be, _ := newScope(t, d).OpenNetworked(t, conformance.NewRecorder(), rentalnet.DefaultBlockedEgress, netip.MustParseAddr("198.51.100.77"))
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{Logger: quiet})
+	l := lifecycle.New(be, lifecycle.Options{Logger: quiet})
 	id := fmt.Sprintf("bw-restore-%d", time.Now().UnixNano())
 	spec := runtime.InstanceSpec{ID: id, Image: payloadRef, Command: []string{"sleep", "inf"},
 		Resources: runtime.Resources{EgressMbps: 30, IngressMbps: 40}}
@@ -67,7 +68,7 @@ func TestBandwidthReappliedOnRestore(t *testing.T) {
 		}
 	}
 	// The agent's restart: a new Lifecycle restores from the runtime.
-	if err := runtime.NewLifecycle(be, runtime.LifecycleOptions{Logger: quiet}).Restore(conformance.Ctx(t)); err != nil {
+	if err := lifecycle.New(be, lifecycle.Options{Logger: quiet}).Restore(conformance.Ctx(t)); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := rentalnet.Shaped(host, rentalnet.IFBName(id)); err != nil || got != want {

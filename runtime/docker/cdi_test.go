@@ -13,6 +13,7 @@ import (
 
 	"github.com/host-agent/host-agent/internal/conformance"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // The daemon injects GPUs only from CDI specs the agent checked with the
@@ -25,8 +26,8 @@ func TestDockerInjectsOnlyCheckedCDISpecs(t *testing.T) {
 	start := func(t *testing.T, id string, devices DevicePlanner) error {
 		t.Helper()
 		rec := conformance.NewRecorder()
-		l := runtime.NewLifecycle(newScope(t, d).open(t, rec, devices), runtime.LifecycleOptions{
-			Kinds: []runtime.ReservationKind{gh.Restarted().Kind()}, Events: rec,
+		l := lifecycle.New(newScope(t, d).open(t, rec, devices), lifecycle.Options{
+			Kinds: []runtime.Admission{gh.Restarted().Kind()}, Events: rec,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
 		t.Cleanup(func() { l.Close() })

@@ -145,14 +145,14 @@ func containerConfig(ref string, spec runtime.InstanceSpec, labels map[string]st
 		Runtime:     "runc",
 		Privileged:  false,
 		SecurityOpt: []string{"no-new-privileges"},
-		// The confinement both back ends share (runtime/confine.go): the
+		// The confinement both back ends share (runtime/backend/confine.go): the
 		// daemon's default capabilities but CAP_NET_RAW, ICMP sockets and
 		// IPv6 off inside.
-		CapDrop: dockerCapNames(runtime.DroppedCapabilities),
+		CapDrop: dockerCapNames(backend.DroppedCapabilities),
 		// A cgroup namespace of its own, as on containerd, whatever the
 		// daemon's default (host on cgroup v1).
 		CgroupnsMode:  container.CgroupnsModePrivate,
-		Sysctls:       runtime.RentalSysctls(),
+		Sysctls:       backend.RentalSysctls(),
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 		LogConfig: container.LogConfig{Type: "json-file", Config: map[string]string{
 			"max-size": strconv.FormatInt(max(logMax/2, 1<<20), 10),
@@ -231,11 +231,11 @@ func withVolumes(host *container.HostConfig, vols []runtime.VolumeMount) {
 // verifyConfined refuses a created container that the daemon would run
 // with more than the defaults and exactly the reserved GPUs: privileged,
 // with new privileges allowed, seccomp off, added capabilities or those of
-// runtime.DroppedCapabilities kept, sysctls other than the rental's, a
+// backend.DroppedCapabilities kept, sysctls other than the rental's, a
 // working directory under /proc (the image's WORKDIR included), host
 // namespaces, host mounts (but the SSH keys file of keys, read-only, at its
 // targets, and the volumes vols, read-write, at theirs) or devices, another runtime or other device requests. The
-// policy is the containerd back end's (runtime/confine.go).
+// policy is the containerd back end's (runtime/backend/confine.go).
 func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan, vols []runtime.VolumeMount) error {
 	h := c.HostConfig
 	if h == nil {
@@ -258,7 +258,7 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan, vo
 	if len(h.CapAdd) > 0 {
 		problems = append(problems, "capabilities added: "+strings.Join(h.CapAdd, ","))
 	}
-	for _, c := range runtime.DroppedCapabilities {
+	for _, c := range backend.DroppedCapabilities {
 		if !slices.ContainsFunc(h.CapDrop, func(d string) bool {
 			d = strings.ToUpper(d)
 			return d == "ALL" || d == c || "CAP_"+d == c
@@ -266,11 +266,11 @@ func verifyConfined(c container.InspectResponse, gpus gpuPlan, keys keysPlan, vo
 			problems = append(problems, c+" not dropped")
 		}
 	}
-	if p := runtime.SysctlProblem(h.Sysctls); p != "" {
+	if p := backend.SysctlProblem(h.Sysctls); p != "" {
 		problems = append(problems, p)
 	}
 	if c.Config != nil {
-		if p := runtime.WorkingDirProblem(c.Config.WorkingDir); p != "" {
+		if p := backend.WorkingDirProblem(c.Config.WorkingDir); p != "" {
 			problems = append(problems, p)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/moby/moby/api/types/mount"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 func TestContainerConfigConfinesAndLimits(t *testing.T) {
@@ -124,12 +125,12 @@ func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
 	t.Parallel()
 	const path = "/var/lib/host-agent/docker/files/x/authorized_keys"
 	const userKeys = "/home/jovyan/.ssh/authorized_keys"
-	keys := keysPlan{Path: path, Targets: []string{runtime.AuthorizedKeysPath, userKeys}}
+	keys := keysPlan{Path: path, Targets: []string{backend.AuthorizedKeysPath, userKeys}}
 	withKeys := func() container.InspectResponse {
 		_, h := containerConfig("img", runtime.InstanceSpec{ID: "x"}, nil, gpuPlan{}, 0)
 		withAuthorizedKeys(h, keys)
 		return container.InspectResponse{HostConfig: h, Mounts: []container.MountPoint{
-			{Type: mount.TypeBind, Source: path, Destination: runtime.AuthorizedKeysPath, RW: false},
+			{Type: mount.TypeBind, Source: path, Destination: backend.AuthorizedKeysPath, RW: false},
 			{Type: mount.TypeBind, Source: path, Destination: userKeys, RW: false},
 		}}
 	}
@@ -146,7 +147,7 @@ func TestVerifyConfinedAllowsOnlyTheKeysFile(t *testing.T) {
 		{"writable as run", keys, func(c *container.InspectResponse) { c.Mounts[1].RW = true }},
 		{"another source", keys, func(c *container.InspectResponse) { c.Mounts[0].Source = "/etc/shadow" }},
 		{"another target", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[1].Target = "/etc/passwd" }},
-		{"a target twice", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[1].Target = runtime.AuthorizedKeysPath }},
+		{"a target twice", keys, func(c *container.InspectResponse) { c.HostConfig.Mounts[1].Target = backend.AuthorizedKeysPath }},
 		{"a second mount", keys, func(c *container.InspectResponse) {
 			c.HostConfig.Mounts = append(c.HostConfig.Mounts, mount.Mount{Type: mount.TypeBind, Source: "/", Target: "/host"})
 		}},

@@ -15,6 +15,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/disk"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // On a dockerd whose data root is XFS with project quotas (a loop device
@@ -54,8 +55,8 @@ func TestHardDiskLimitOnXFS(t *testing.T) {
 		t.Fatalf("enforcement on overlay2 over XFS with prjquota: %+v %v", e, err)
 	}
 	const reserve = 256 << 20
-	l := runtime.NewLifecycle(r, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{&disk.Limits{Path: root, ReserveBytes: reserve, Used: r.DiskUsed}},
+	l := lifecycle.New(r, lifecycle.Options{
+		Kinds:  []runtime.Admission{&disk.Limits{Path: root, ReserveBytes: reserve, Used: r.DiskUsed}},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ReconcileInterval: -1,
 	})
 	t.Cleanup(func() { l.Close() })

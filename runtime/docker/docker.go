@@ -1,6 +1,6 @@
 // Package docker runs rentals through the Docker Engine API, for hosts that
 // give the agent a Docker socket and no containerd socket. It implements
-// runtime.Runtime as a thin back end under runtime.Lifecycle, like the
+// runtime.Runtime as a thin back end under lifecycle.Lifecycle, like the
 // containerd back end: the same labels, the same confinement, GPUs by UUID
 // only. cmd/ constructs it, internal/agent puts the lifecycle over it;
 // server/ calls that through runtime.Runtime. What it shares with the
@@ -102,7 +102,7 @@ type Runtime struct {
 	pub    events.Publisher
 
 	// raise says whether containers' limits can be raised (canRaise).
-	raise *runtime.RaiseProbe
+	raise *backend.RaiseProbe
 
 	exitMu  sync.Mutex
 	drainMu sync.Mutex
@@ -112,7 +112,7 @@ type Runtime struct {
 	// its image and its container's creation.
 	imageMu sync.RWMutex
 	// pulls shares one pull among the pulls of an image.
-	pulls runtime.PullGroup
+	pulls backend.PullGroup
 	// network is the rentals' network as the host sees it, and rules the
 	// owner of its iptables rules; nil without a network.
 	network *dockernet.Network
@@ -175,7 +175,7 @@ func New(opts Options) (*Runtime, error) {
 		log:    opts.Logger.With("runtime", "docker"),
 		pub:    opts.Events,
 
-		raise: runtime.NewRaiseProbe(),
+		raise: backend.NewRaiseProbe(),
 	}
 	if opts.Network != nil {
 		if r.network, err = dockernet.New(opts.Network.hostNetwork(), r.log); err != nil {

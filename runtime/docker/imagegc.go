@@ -22,7 +22,7 @@ import (
 // run their image look-up and container creation meanwhile (imageMu). It
 // returns the images removed.
 func (r *Runtime) CollectImages(ctx context.Context, minFree uint64, free func() (uint64, error)) ([]string, error) {
-	return runtime.CollectImages(minFree, free, func() (string, error) { return r.removeLeastRecentlyUsed(ctx) }, r.log)
+	return backend.CollectImages(minFree, free, func() (string, error) { return r.removeLeastRecentlyUsed(ctx) }, r.log)
 }
 
 func (r *Runtime) removeLeastRecentlyUsed(ctx context.Context) (string, error) {

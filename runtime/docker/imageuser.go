@@ -13,6 +13,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // maxPasswd bounds what is read of an image's /etc/passwd.
@@ -24,7 +25,7 @@ const maxPasswd = 4 << 20
 // started) from the image for that, and removed at once.
 func (r *Runtime) imageKeysPaths(ctx context.Context, ref, u string) ([]string, error) {
 	if u == "" || u == "root" || u == "0" {
-		return runtime.AuthorizedKeysPaths("", nil), nil
+		return backend.AuthorizedKeysPaths("", nil), nil
 	}
 	created, err := r.client.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Config:     &container.Config{Image: ref, Entrypoint: []string{"/nonexistent"}, Cmd: []string{}, Labels: runtime.SealLabels(map[string]string{}, nil)},
@@ -36,7 +37,7 @@ func (r *Runtime) imageKeysPaths(ctx context.Context, ref, u string) ([]string, 
 	defer r.removeContainer(created.ID)
 	res, err := r.client.CopyFromContainer(ctx, created.ID, client.CopyFromContainerOptions{SourcePath: "/etc/passwd"})
 	if errdefs.IsNotFound(err) {
-		return runtime.AuthorizedKeysPaths(u, nil), nil
+		return backend.AuthorizedKeysPaths(u, nil), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the image's /etc/passwd: %w", convertErr(err))
@@ -46,7 +47,7 @@ func (r *Runtime) imageKeysPaths(ctx context.Context, ref, u string) ([]string, 
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return runtime.AuthorizedKeysPaths(u, nil), nil
+			return backend.AuthorizedKeysPaths(u, nil), nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read the image's /etc/passwd: %w", err)
@@ -58,6 +59,6 @@ func (r *Runtime) imageKeysPaths(ctx context.Context, ref, u string) ([]string, 
 		if err != nil {
 			return nil, fmt.Errorf("read the image's /etc/passwd: %w", err)
 		}
-		return runtime.AuthorizedKeysPaths(u, bytes.NewReader(b)), nil
+		return backend.AuthorizedKeysPaths(u, bytes.NewReader(b)), nil
 	}
 }

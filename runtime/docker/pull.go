@@ -16,6 +16,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -57,7 +58,7 @@ func (r *Runtime) ensureImage(ctx context.Context, spec runtime.InstanceSpec) (s
 }
 
 // sharedPull pulls ref, or shares the pull of ref in flight
-// (runtime.PullGroup): the daemon's own pulls share layers, but each asks
+// (backend.PullGroup): the daemon's own pulls share layers, but each asks
 // the registry for the image's configuration. A pull with credentials
 // records so before it ends, so that no request waiting on it takes the
 // image without asking the registry.
@@ -103,7 +104,7 @@ func (r *Runtime) pull(ctx context.Context, ref, host string, auth *runtime.Regi
 		return fmt.Errorf("pull %s: %w", ref, classifyPullErr(convertErr(err)))
 	}
 	prog := &pullProgress{layers: map[string][2]int64{}}
-	stop := runtime.ReportProgress(ctx, r.opts.ProgressInterval, func(context.Context) events.PullProgress { return prog.sum() }, progress)
+	stop := backend.ReportProgress(ctx, r.opts.ProgressInterval, func(context.Context) events.PullProgress { return prog.sum() }, progress)
 	defer stop()
 	for msg, err := range resp.JSONMessages(ctx) {
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // TestDockerdRestart restarts dockerd under running instances: dockerd
@@ -35,7 +36,7 @@ func TestDockerdRestart(t *testing.T) {
 			t.Cleanup(d.Close)
 			sc := newScope(t, d)
 			rec := conformance.NewRecorder()
-			l := runtime.NewLifecycle(sc.open(t, rec, nil), runtime.LifecycleOptions{Events: rec})
+			l := lifecycle.New(sc.open(t, rec, nil), lifecycle.Options{Events: rec})
 			t.Cleanup(func() { l.Close() })
 			if err := l.Restore(conformance.Ctx(t)); err != nil {
 				t.Fatal(err)
@@ -76,7 +77,7 @@ func TestDockerdRestart(t *testing.T) {
 			// A restarted agent reports none of them again.
 			l.Close()
 			rec2 := conformance.NewRecorder()
-			l2 := runtime.NewLifecycle(sc.open(t, rec2, nil), runtime.LifecycleOptions{Events: rec2})
+			l2 := lifecycle.New(sc.open(t, rec2, nil), lifecycle.Options{Events: rec2})
 			t.Cleanup(func() { l2.Close() })
 			rec2.WaitFor(t, "", events.TypeRuntimeConnected, 30*time.Second)
 			time.Sleep(time.Second)
@@ -125,7 +126,7 @@ func TestExitWhileDockerdDown(t *testing.T) {
 			t.Cleanup(d.Close)
 			sc := newScope(t, d)
 			rec := conformance.NewRecorder()
-			l := runtime.NewLifecycle(sc.open(t, rec, nil), runtime.LifecycleOptions{Events: rec})
+			l := lifecycle.New(sc.open(t, rec, nil), lifecycle.Options{Events: rec})
 			t.Cleanup(func() { l.Close() })
 			rec.WaitFor(t, "", events.TypeRuntimeConnected, 30*time.Second)
 			if _, err := l.Start(conformance.Ctx(t), runtime.InstanceSpec{ID: "lr-running", Image: payloadRef, Command: []string{"sleep", "inf"}}); err != nil {

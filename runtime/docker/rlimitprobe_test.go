@@ -12,6 +12,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 )
 
 // The memlock probe answers what runc does under each dockerd here (this
@@ -40,7 +41,7 @@ func TestMemlockProbe(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := runtime.CanRaiseRlimits(); raise != want {
+			if want := backend.CanRaiseRlimits(); raise != want {
 				t.Errorf("memlock probe says %v; the agent's CAP_SYS_RESOURCE says %v on this host", raise, want)
 			}
 			after, err := r.client.ContainerList(ctx, client.ContainerListOptions{All: true})

@@ -21,7 +21,7 @@ import (
 // when the caller has gone away.
 const cleanupTimeout = 30 * time.Second
 
-// Start implements runtime.Runtime for runtime.Lifecycle, which calls it for
+// Start implements runtime.Runtime for lifecycle.Lifecycle, which calls it for
 // one instance at a time with the reservations made and recorded in
 // spec.ReservedLabels, on a context detached from the scheduler's request.
 // On failure it removes whatever it made.
@@ -30,7 +30,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	c, err := r.inspectByName(ctx, spec.ID)
 	switch {
 	case err == nil:
-		return r.startExisting(ctx, spec.ID, c, hash)
+		return r.startExisting(ctx, spec.ID, c)
 	case !errdefs.IsNotFound(err):
 		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
 	}
@@ -38,7 +38,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	if err != nil {
 		r.removeFiles(spec.ID)
 	}
-	return backend.Started(r.log, r.pub, spec, inst, err)
+	return inst, err
 }
 
 // inspectByName reads the container named for id, rental or not.
@@ -53,16 +53,14 @@ func (r *Runtime) inspectByName(ctx context.Context, id string) (container.Inspe
 	return res.Container, nil
 }
 
-// startExisting answers a repeated start: the same request gets the instance
-// as it is, a different one a Conflict. A container that never ran (the
+// startExisting answers a repeated start, which the Lifecycle has checked
+// to be the same request, with the instance as it is. A container that
+// never ran (the
 // agent died between creating and starting it) is started now; one that ran
 // is never started again.
-func (r *Runtime) startExisting(ctx context.Context, id string, c container.InspectResponse, hash string) (runtime.Instance, error) {
+func (r *Runtime) startExisting(ctx context.Context, id string, c container.InspectResponse) (runtime.Instance, error) {
 	if c.Config == nil || c.Config.Labels[runtime.LabelInstanceID] != id || !r.ours(c.Config.Labels) {
 		return runtime.Instance{}, fmt.Errorf("container %q exists but is not a rental: %w", r.containerName(id), errdefs.ErrConflict)
-	}
-	if c.Config.Labels[runtime.LabelSpecHash] != hash {
-		return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", id, errdefs.ErrConflict)
 	}
 	if c.State != nil && c.State.Status == container.StateCreated {
 		if r.opts.Network != nil {
@@ -114,7 +112,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	if img.Config != nil {
 		imgUser, imgDir, imgLabels = img.Config.User, img.Config.WorkingDir, img.Config.Labels
 	}
-	if err := runtime.ImageWorkingDirError(imgDir); err != nil {
+	if err := backend.ImageWorkingDirError(imgDir); err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 	}
 	// The daemon adds the image's labels the container lacks: sealed, an
@@ -132,7 +130,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 		}
 		// The daemon mounts it from the host: STATE_DIR must be the same
 		// path there (the README's run line mounts it so).
-		if keys.Path, err = runtime.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
+		if keys.Path, err = backend.WriteAuthorizedKeys(r.filesDir(spec.ID), spec.SSHAuthorizedKeys); err != nil {
 			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
 		}
 		withAuthorizedKeys(hostCfg, keys)

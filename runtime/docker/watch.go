@@ -13,15 +13,16 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
 // watch follows the rentals' exits ("die" events) for as long as ctx
-// lives (runtime.Watch), and with a network, the daemon's network events,
+// lives (backend.Watch), and with a network, the daemon's network events,
 // after which (and after each reconnection: a restarted dockerd re-inserts
 // its jumps) the agent's rules are checked at once.
 func (r *Runtime) watch(ctx context.Context) {
-	runtime.Watch(ctx, runtime.Watcher{
+	backend.Watch(ctx, backend.Watcher{
 		Name: "docker", Where: []any{"host", r.opts.Host}, Log: r.log, Pub: r.pub,
 		Connect: func(ctx, sub context.Context) (func() error, error) {
 			filters := r.rentalFilter().Add("type", "container").Add("event", "die")

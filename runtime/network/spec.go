@@ -15,7 +15,7 @@ import (
 // namespace, its host name, the generated resolv.conf, hosts and hostname
 // (read-only, replacing any mount of the same paths), the published ports
 // in the environment (HOST_PORT_TCP_22=40017, and PUBLIC_IP when publicIP is
-// set). Capabilities and sysctls are the confinement's (runtime/confine.go:
+// set). Capabilities and sysctls are the confinement's (runtime/backend/confine.go:
 // no CAP_NET_RAW, ICMP sockets, IPv6 off). Compose it after the image's
 // configuration.
 func (a Attachment) SpecOpts(publicIP string) oci.SpecOpts {

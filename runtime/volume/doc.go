@@ -10,7 +10,7 @@
 // directory.
 //
 // cmd/host-agent opens the Store; the server's /volumes routes create,
-// list and delete volumes through it, and runtime.VolumeReservations
+// list and delete volumes through it, and lifecycle.VolumeReservations
 // (a reservation kind internal/agent builds) attaches them to rentals. It imports runtime for the attachment types
 // and nothing above it.
 package volume

@@ -119,7 +119,7 @@ type Options struct {
 
 // Store keeps the volumes of one directory and which rental holds each.
 // Attachments live in memory only: the Lifecycle restores them from the
-// containers' labels (runtime.VolumeReservations).
+// containers' labels (lifecycle.VolumeReservations).
 type Store struct {
 	dir   string
 	log   *slog.Logger

@@ -18,6 +18,7 @@ import (
 
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // openStore opens a store in dir, unmounting whatever is left mounted
@@ -189,7 +190,7 @@ func TestRebuiltAfterRestart(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(v.Path, "model.bin"), []byte("weights"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	kind := runtime.VolumeReservations{Store: s}
+	kind := lifecycle.VolumeReservations{Store: s}
 	spec := runtime.InstanceSpec{ID: "i-1", Volumes: []runtime.VolumeRequest{{Name: "keep", Owner: "tenant-7", MountPath: "/data"}}}
 	labels, err := kind.Reserve(&spec)
 	if err != nil {
@@ -209,7 +210,7 @@ func TestRebuiltAfterRestart(t *testing.T) {
 	}
 
 	s2 := openStore(t, dir)
-	kind2 := runtime.VolumeReservations{Store: s2}
+	kind2 := lifecycle.VolumeReservations{Store: s2}
 	if err := kind2.Restore("i-1", labels); err != nil {
 		t.Fatal(err)
 	}

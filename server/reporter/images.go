@@ -11,7 +11,7 @@ import (
 const MaxReportedImages = 256
 
 // ImageLister is a Runtime that keeps images for rentals;
-// *runtime.Lifecycle is one. Registrations and heartbeats carry its
+// *lifecycle.Lifecycle is one. Registrations and heartbeats carry its
 // inventory so that the server can place a rental where its image is.
 type ImageLister interface {
 	Images(ctx context.Context) ([]runtime.Image, error)

@@ -1,4 +1,4 @@
-package runtime_test
+package lifecycle_test
 
 import (
 	"context"
@@ -8,8 +8,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-
-	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // Where starts reserve no host ports (a back end without the agent's
@@ -19,7 +18,7 @@ import (
 func TestPortsRefusedWhereNotPublished(t *testing.T) {
 	t.Parallel()
 	be := newFakeBackend(nil)
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		ReconcileInterval: -1,
 	})

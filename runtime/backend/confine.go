@@ -1,4 +1,4 @@
-package runtime
+package backend
 
 import (
 	"fmt"
@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/host-agent/host-agent/runtime"
 )
 
 // The confinement every rental gets, on either back end, and the most it
@@ -111,7 +113,7 @@ func WorkingDirProblem(dir string) string {
 // refuses, as bad input naming the image field; nil when it is fine.
 func ImageWorkingDirError(dir string) error {
 	if p := WorkingDirProblem(dir); p != "" {
-		return &fieldError{field: "image", msg: "the image's " + p}
+		return runtime.FieldError("image", "the image's "+p)
 	}
 	return nil
 }

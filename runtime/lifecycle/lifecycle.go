@@ -1,9 +1,10 @@
-package runtime
+package lifecycle
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -12,6 +13,8 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/backend"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -30,15 +33,21 @@ const (
 	sweepTimeout = 5 * time.Minute
 )
 
-// LifecycleOptions configure a Lifecycle.
-type LifecycleOptions struct {
-	// Kinds are the reservations every start makes, in order (GPUs first).
-	Kinds  []ReservationKind
+// Options configure a Lifecycle.
+type Options struct {
+	// Kinds are the admission steps of every start, in order (GPUs
+	// first): checks, defaults, and the reservations, which are
+	// runtime.ReservationKinds.
+	Kinds  []runtime.Admission
 	Events events.Publisher
 	Logger *slog.Logger
 	// TerminateMargin is added to a terminate's stop timeout to bound it
 	// (default DefaultTerminateMargin).
 	TerminateMargin time.Duration
+	// Drain, when set, is where the host's drained state is kept: a drained
+	// host refuses new instances (runtime.DrainingError), while a repeated
+	// start of an existing one goes through.
+	Drain runtime.DrainState
 	// ReconcileInterval is how often leftover reservations are looked for
 	// (default DefaultReconcileInterval; below zero: never on a timer).
 	ReconcileInterval time.Duration
@@ -60,13 +69,15 @@ type LifecycleOptions struct {
 // releases any whose container is gone and restores any a container holds
 // but the kinds do not know.
 type Lifecycle struct {
-	be     Runtime
-	kinds  []ReservationKind
+	be     runtime.Runtime
+	steps  []runtime.Admission       // every start's admission, in order
+	kinds  []runtime.ReservationKind // the steps that hold something
 	pub    events.Publisher
 	log    *slog.Logger
 	margin time.Duration
+	drain  runtime.DrainState
 
-	locks KeyedMutex
+	locks backend.KeyedMutex
 
 	mu         sync.Mutex
 	starts     map[string]map[uint64]context.CancelFunc // starts in flight, queued or running
@@ -87,10 +98,10 @@ type terminateCall struct {
 	err  error
 }
 
-var _ Runtime = (*Lifecycle)(nil)
+var _ runtime.Runtime = (*Lifecycle)(nil)
 
-// NewLifecycle puts a Lifecycle above be. Call Restore before serving.
-func NewLifecycle(be Runtime, opts LifecycleOptions) *Lifecycle {
+// New puts a Lifecycle above be. Call Restore before serving.
+func New(be runtime.Runtime, opts Options) *Lifecycle {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -105,13 +116,19 @@ func NewLifecycle(be Runtime, opts LifecycleOptions) *Lifecycle {
 	}
 	l := &Lifecycle{
 		be:         be,
-		kinds:      opts.Kinds,
+		steps:      opts.Kinds,
 		pub:        opts.Events,
 		log:        opts.Logger.With("component", "lifecycle"),
 		margin:     opts.TerminateMargin,
+		drain:      opts.Drain,
 		starts:     map[string]map[uint64]context.CancelFunc{},
 		terminates: map[string]*terminateCall{},
 		pulls:      map[string]*prePull{},
+	}
+	for _, a := range opts.Kinds {
+		if k, ok := a.(runtime.ReservationKind); ok {
+			l.kinds = append(l.kinds, k)
+		}
 	}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	if opts.ReconcileInterval > 0 {
@@ -121,7 +138,7 @@ func NewLifecycle(be Runtime, opts LifecycleOptions) *Lifecycle {
 }
 
 // Backend returns the back end below.
-func (l *Lifecycle) Backend() Runtime { return l.be }
+func (l *Lifecycle) Backend() runtime.Runtime { return l.be }
 
 // Close calls off the starts in flight, waits for every start and terminate
 // to settle, and closes the back end. Containers keep running.
@@ -151,7 +168,7 @@ func (l *Lifecycle) Restore(ctx context.Context) error {
 			}
 		}
 	}
-	if sw, ok := l.be.(LeftoverSweeper); ok {
+	if sw, ok := l.be.(runtime.LeftoverSweeper); ok {
 		// Not bounded by the caller: a sweep cut short leaves leftovers
 		// until the next start of the agent.
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sweepTimeout)
@@ -168,22 +185,22 @@ func (l *Lifecycle) Restore(ctx context.Context) error {
 // Start implements Runtime: reserve, record in labels, create, start. The
 // instance's ID and limits are checked first, before anything is reserved
 // or pulled.
-func (l *Lifecycle) Start(ctx context.Context, spec InstanceSpec) (Instance, error) {
-	if err := ValidateInstanceID(spec.ID); err != nil {
-		return Instance{}, err
+func (l *Lifecycle) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	if err := runtime.ValidateInstanceID(spec.ID); err != nil {
+		return runtime.Instance{}, err
 	}
 	if err := validateUlimits(spec.Ulimits); err != nil {
-		return Instance{}, err
+		return runtime.Instance{}, err
 	}
 	if len(spec.Ports) > 0 && !l.publishes() {
-		return Instance{}, errPortsNotPublished
+		return runtime.Instance{}, errPortsNotPublished
 	}
 	if err := l.Restore(ctx); err != nil {
-		return Instance{}, fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
+		return runtime.Instance{}, fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 	}
 	workCtx, done := l.beginStart(spec.ID)
 	type result struct {
-		inst Instance
+		inst runtime.Instance
 		err  error
 	}
 	resC := make(chan result, 1)
@@ -196,18 +213,18 @@ func (l *Lifecycle) Start(ctx context.Context, spec InstanceSpec) (Instance, err
 	case res := <-resC:
 		return res.inst, res.err
 	case <-ctx.Done():
-		return Instance{}, fmt.Errorf("stopped waiting for instance %q, whose start goes on: %w", spec.ID, ctx.Err())
+		return runtime.Instance{}, fmt.Errorf("stopped waiting for instance %q, whose start goes on: %w", spec.ID, ctx.Err())
 	}
 }
 
 // errPortsNotPublished refuses a start asking for ports where the agent
 // publishes none (no host-port reservations: the back end gives rentals no
 // network of the agent's).
-var errPortsNotPublished = &fieldError{field: "ports", msg: "publishing ports is not enabled on this agent's runtime"}
+var errPortsNotPublished = runtime.FieldError("ports", "publishing ports is not enabled on this agent's runtime")
 
 // publishes reports whether starts reserve host ports.
 func (l *Lifecycle) publishes() bool {
-	for _, k := range l.kinds {
+	for _, k := range l.steps {
 		if _, ok := k.(PortReservations); ok {
 			return true
 		}
@@ -223,19 +240,12 @@ func validateUlimits(limits map[string]int64) error {
 	}
 	slices.Sort(names)
 	for _, name := range names {
-		if err := ValidateUlimit(name, limits[name]); err != nil {
-			return &fieldError{field: "ulimits." + name, msg: err.Error()}
+		if err := runtime.ValidateUlimit(name, limits[name]); err != nil {
+			return runtime.FieldError("ulimits."+name, err.Error())
 		}
 	}
 	return nil
 }
-
-// fieldError refuses a request because of one of its fields.
-type fieldError struct{ field, msg string }
-
-func (e *fieldError) Error() string      { return e.field + ": " + e.msg }
-func (e *fieldError) ErrorField() string { return e.field }
-func (e *fieldError) Unwrap() error      { return errdefs.ErrInvalidArgument }
 
 // beginStart records a start in flight and returns its context, which a
 // terminate of the instance or Close cancels, and the function that ends
@@ -276,11 +286,11 @@ func (l *Lifecycle) Busy() bool {
 }
 
 // start runs under the instance's lock.
-func (l *Lifecycle) start(ctx context.Context, spec InstanceSpec) (Instance, error) {
+func (l *Lifecycle) start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 	unlock := l.locks.Lock(spec.ID)
 	defer unlock()
 	if err := ctx.Err(); err != nil {
-		return Instance{}, fmt.Errorf("start of instance %q called off: %w", spec.ID, err)
+		return runtime.Instance{}, fmt.Errorf("start of instance %q called off: %w", spec.ID, err)
 	}
 	existing, err := l.be.Get(ctx, spec.ID)
 	switch {
@@ -289,32 +299,74 @@ func (l *Lifecycle) start(ctx context.Context, spec InstanceSpec) (Instance, err
 		// with it as it is (the back end starts a task that never ran);
 		// another request under its ID is a Conflict.
 		if existing.SpecHash != spec.Hash() {
-			return Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", spec.ID, errdefs.ErrConflict)
+			return runtime.Instance{}, fmt.Errorf("instance %q already exists with a different request: %w", spec.ID, errdefs.ErrConflict)
 		}
 		return l.be.Start(ctx, spec)
 	case !errdefs.IsNotFound(err):
-		return Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
+		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
+	}
+	// A new instance: admitted only on a host that is not drained.
+	if err := l.refuseIfDrained(ctx); err != nil {
+		return runtime.Instance{}, err
 	}
 	// No container, and none can appear while the lock is held: anything
 	// still held for the ID is a leftover of an earlier failure.
 	l.releaseAll(spec.ID)
 	spec.ReservedLabels = map[string]string{}
-	for i, k := range l.kinds {
+	for i, k := range l.steps {
 		labels, err := k.Reserve(&spec)
 		if err != nil {
-			for _, done := range l.kinds[:i] {
-				done.Release(spec.ID)
+			for _, done := range l.steps[:i] {
+				if held, ok := done.(runtime.ReservationKind); ok {
+					held.Release(spec.ID)
+				}
 			}
-			return Instance{}, &StepError{Step: StepAllocate, Err: err}
+			return runtime.Instance{}, &runtime.StepError{Step: runtime.StepAllocate, Err: err}
 		}
 		mergeLabels(spec.ReservedLabels, labels)
 	}
 	inst, err := l.be.Start(ctx, spec)
-	if err != nil {
+	if inst, err = l.started(spec, inst, err); err != nil {
 		l.settleFailedStart(spec.ID)
-		return Instance{}, err
+		return runtime.Instance{}, err
 	}
 	return inst, nil
+}
+
+// started logs and publishes how the back end's start of a new instance
+// ended: on err, an instance.failed event naming the step that failed (a
+// *runtime.StepError's); else an instance.running event with the
+// instance's published ports. A repeated start of an existing instance
+// publishes nothing: its events were published when it was created.
+func (l *Lifecycle) started(spec runtime.InstanceSpec, inst runtime.Instance, err error) (runtime.Instance, error) {
+	if err != nil {
+		var se *runtime.StepError
+		step := ""
+		if errors.As(err, &se) {
+			step = se.Step
+		}
+		l.log.Warn("start failed", "instance_id", spec.ID, "step", step, "error", err)
+		l.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: spec.ID, Status: "failed", Step: step, Error: err.Error()})
+		return runtime.Instance{}, err
+	}
+	l.log.Info("instance running", "instance_id", spec.ID, "image", spec.Image, "pid", inst.Pid)
+	l.pub.Publish(events.Event{Type: events.TypeInstanceRunning, InstanceID: spec.ID, Status: string(runtime.StatusRunning), Ports: inst.Ports})
+	return inst, nil
+}
+
+// refuseIfDrained refuses a new instance on a drained host.
+func (l *Lifecycle) refuseIfDrained(ctx context.Context) error {
+	if l.drain == nil {
+		return nil
+	}
+	reason, _, drained, err := l.drain.Drained(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("read whether the host is drained: %w", err)
+	case drained:
+		return &runtime.DrainingError{Reason: reason}
+	}
+	return nil
 }
 
 // settleFailedStart releases a failed start's reservations unless its
@@ -345,7 +397,7 @@ func (l *Lifecycle) releaseAll(id string) {
 // share one termination, which runs to its end (bounded by timeout and the
 // margin) even when every caller has stopped waiting.
 func (l *Lifecycle) Terminate(ctx context.Context, id string, timeout time.Duration) error {
-	if err := ValidateInstanceID(id); err != nil {
+	if err := runtime.ValidateInstanceID(id); err != nil {
 		return err
 	}
 	l.mu.Lock()
@@ -381,24 +433,40 @@ func (l *Lifecycle) terminate(id string, timeout time.Duration, calledOff bool) 
 	defer unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout+l.margin)
 	defer cancel()
-	err := l.be.Terminate(ctx, id, timeout)
+	_, err := l.be.Get(ctx, id)
 	switch {
-	case err == nil:
-		l.releaseAll(id)
-		return nil
 	case errdefs.IsNotFound(err):
 		// Nothing to stop; whatever is still held for it is free.
 		l.releaseAll(id)
 		if calledOff {
 			l.log.Info("start called off by terminate", "instance_id", id)
-			l.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
+			l.terminated(id)
 			return nil
 		}
 		return err
-	default:
-		// The container is still there, and keeps what it holds.
+	case err != nil:
 		return err
 	}
+	l.pub.Publish(events.Event{Type: events.TypeInstanceTerminating, InstanceID: id, Status: "terminating"})
+	err = l.be.Terminate(ctx, id, timeout)
+	switch {
+	case err == nil, errdefs.IsNotFound(err):
+		// Gone, whoever removed it last.
+		l.releaseAll(id)
+		l.terminated(id)
+		return nil
+	default:
+		// The container is still there, and keeps what it holds; a
+		// repeated terminate tries again.
+		l.pub.Publish(events.Event{Type: events.TypeInstanceFailed, InstanceID: id, Status: "failed", Step: "terminate", Error: err.Error()})
+		return err
+	}
+}
+
+// terminated logs and publishes that id is gone.
+func (l *Lifecycle) terminated(id string) {
+	l.log.Info("instance terminated", "instance_id", id)
+	l.pub.Publish(events.Event{Type: events.TypeInstanceTerminated, InstanceID: id, Status: "terminated"})
 }
 
 // Reconcile compares every kind's reservations with the containers: a
@@ -458,7 +526,7 @@ func (l *Lifecycle) reconcileOne(ctx context.Context, id string) bool {
 	return true
 }
 
-func (l *Lifecycle) restoreOne(ctx context.Context, k ReservationKind, id string) {
+func (l *Lifecycle) restoreOne(ctx context.Context, k runtime.ReservationKind, id string) {
 	unlock := l.locks.Lock(id)
 	defer unlock()
 	inst, err := l.be.Get(ctx, id)
@@ -515,10 +583,12 @@ func (l *Lifecycle) Records(key string) bool {
 }
 
 // Get implements Runtime.
-func (l *Lifecycle) Get(ctx context.Context, id string) (Instance, error) { return l.be.Get(ctx, id) }
+func (l *Lifecycle) Get(ctx context.Context, id string) (runtime.Instance, error) {
+	return l.be.Get(ctx, id)
+}
 
 // List implements Runtime.
-func (l *Lifecycle) List(ctx context.Context) ([]Instance, error) { return l.be.List(ctx) }
+func (l *Lifecycle) List(ctx context.Context) ([]runtime.Instance, error) { return l.be.List(ctx) }
 
 // Logs implements Runtime.
 func (l *Lifecycle) Logs(ctx context.Context, id string, tail int) ([]byte, bool, error) {
@@ -529,8 +599,26 @@ func (l *Lifecycle) Logs(ctx context.Context, id string, tail int) ([]byte, bool
 func (l *Lifecycle) Ping(ctx context.Context) error { return l.be.Ping(ctx) }
 
 // Info implements Runtime.
-func (l *Lifecycle) Info(ctx context.Context) (Info, error) { return l.be.Info(ctx) }
+func (l *Lifecycle) Info(ctx context.Context) (runtime.Info, error) { return l.be.Info(ctx) }
 
 type discardEvents struct{}
 
 func (discardEvents) Publish(events.Event) {}
+
+// FollowLogs implements LogFollower when the back end does.
+func (l *Lifecycle) FollowLogs(ctx context.Context, id string, from int64, tail int, maxBytes int64, w io.Writer, flush func()) (int64, bool, error) {
+	f, ok := l.be.(runtime.LogFollower)
+	if !ok {
+		return 0, false, fmt.Errorf("this runtime cannot follow logs: %w", errdefs.ErrNotImplemented)
+	}
+	return f.FollowLogs(ctx, id, from, tail, maxBytes, w, flush)
+}
+
+// LogOffset implements LogFollower when the back end does.
+func (l *Lifecycle) LogOffset(ctx context.Context, id string) (int64, error) {
+	f, ok := l.be.(runtime.LogFollower)
+	if !ok {
+		return 0, fmt.Errorf("this runtime cannot follow logs: %w", errdefs.ErrNotImplemented)
+	}
+	return f.LogOffset(ctx, id)
+}

@@ -1,4 +1,4 @@
-package runtime_test
+package lifecycle_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/host-agent/host-agent/gpu"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // memRuntime is a back end that keeps instances in memory, GPUs included, as
@@ -80,7 +81,7 @@ func (m *memRuntime) Terminate(_ context.Context, id string, _ time.Duration) er
 
 // newAgent is what an agent start builds: a fresh inventory and allocator
 // over the same back end and the same GPUs.
-func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*runtime.Lifecycle, *gpu.Allocator) {
+func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*lifecycle.Lifecycle, *gpu.Allocator) {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	inv, err := gpu.Open(gpus, logger)
@@ -91,8 +92,8 @@ func newAgent(t *testing.T, inner runtime.Runtime, gpus *dgxa100.Server) (*runti
 		t.Fatalf("fake server has %d GPUs, want 8", inv.Len())
 	}
 	alloc := gpu.NewAllocator(inv)
-	g := runtime.NewLifecycle(inner, runtime.LifecycleOptions{
-		Kinds:  []runtime.ReservationKind{runtime.GPUReservations{Alloc: gpualloc.New(alloc)}},
+	g := lifecycle.New(inner, lifecycle.Options{
+		Kinds:  []runtime.Admission{lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)}},
 		Logger: logger,
 	})
 	if err := g.Restore(context.Background()); err != nil {

@@ -1,4 +1,4 @@
-package runtime_test
+package lifecycle_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/host-agent/host-agent/runtime"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // The Lifecycle refuses a real-time priority itself, naming the field,
@@ -17,7 +18,7 @@ import (
 func TestLifecycleRefusesRealTimePriority(t *testing.T) {
 	t.Parallel()
 	be := newFakeBackend(nil)
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
+	l := lifecycle.New(be, lifecycle.Options{
 		Logger:            slog.New(slog.NewTextHandler(io.Discard, nil)),
 		ReconcileInterval: -1,
 	})

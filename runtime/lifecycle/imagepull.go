@@ -1,4 +1,4 @@
-package runtime
+package lifecycle
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -20,7 +21,7 @@ const MaxPinHours = 24 * 366
 type ImagePull struct {
 	// Ref is the image's reference, spelled in full.
 	Ref          string
-	RegistryAuth *RegistryAuth
+	RegistryAuth *runtime.RegistryAuth
 	// Pin, when above zero, keeps the image from image GC for this long
 	// after it is present.
 	Pin time.Duration
@@ -30,8 +31,8 @@ type ImagePull struct {
 // of its own.
 var errNoImageStore = fmt.Errorf("this runtime does not manage images: %w", errdefs.ErrNotImplemented)
 
-func (l *Lifecycle) images() (ImageStore, error) {
-	is, ok := l.be.(ImageStore)
+func (l *Lifecycle) images() (runtime.ImageStore, error) {
+	is, ok := l.be.(runtime.ImageStore)
 	if !ok {
 		return nil, errNoImageStore
 	}
@@ -39,7 +40,7 @@ func (l *Lifecycle) images() (ImageStore, error) {
 }
 
 // Images lists the images the back end holds for rentals.
-func (l *Lifecycle) Images(ctx context.Context) ([]Image, error) {
+func (l *Lifecycle) Images(ctx context.Context) ([]runtime.Image, error) {
 	is, err := l.images()
 	if err != nil {
 		return nil, err
@@ -54,23 +55,26 @@ func (l *Lifecycle) Images(ctx context.Context) ([]Image, error) {
 // pulling is true: its events (image.pulling, then image.pulled or
 // image.failed) report how it ends. A second request for an image being
 // pulled joins the pull in flight.
-func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img Image, pulling bool, err error) {
+func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img runtime.Image, pulling bool, err error) {
 	is, err := l.images()
 	if err != nil {
-		return Image{}, false, err
+		return runtime.Image{}, false, err
 	}
 	if _, err := reference.ParseDockerRef(p.Ref); err != nil {
-		return Image{}, false, &fieldError{field: "image", msg: "is not a valid image reference: " + err.Error()}
+		return runtime.Image{}, false, runtime.FieldError("image", "is not a valid image reference: "+err.Error())
+	}
+	if err := l.refuseIfDrained(ctx); err != nil {
+		return runtime.Image{}, false, err
 	}
 	if l.joinPull(p) {
-		return Image{}, true, nil
+		return runtime.Image{}, true, nil
 	}
 	if present, ok, err := l.presentImage(ctx, is, p.Ref); err != nil {
-		return Image{}, false, err
+		return runtime.Image{}, false, err
 	} else if ok && !present.PulledWithAuth {
 		if until := time.Now().Add(p.Pin).UTC(); p.Pin > 0 && until.After(present.PinnedUntil) {
 			if err := is.PinImage(ctx, p.Ref, until); err != nil {
-				return Image{}, false, err
+				return runtime.Image{}, false, err
 			}
 			present.PinnedUntil = until
 		}
@@ -80,10 +84,10 @@ func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img Image, pull
 	defer l.mu.Unlock()
 	if pull := l.pulls[p.Ref]; pull != nil {
 		pull.pin = max(pull.pin, p.Pin)
-		return Image{}, true, nil
+		return runtime.Image{}, true, nil
 	}
 	if l.ctx.Err() != nil {
-		return Image{}, false, fmt.Errorf("the agent is shutting down: %w", errdefs.ErrUnavailable)
+		return runtime.Image{}, false, fmt.Errorf("the agent is shutting down: %w", errdefs.ErrUnavailable)
 	}
 	pull := &prePull{pin: p.Pin}
 	l.pulls[p.Ref] = pull
@@ -95,7 +99,7 @@ func (l *Lifecycle) PullImage(ctx context.Context, p ImagePull) (img Image, pull
 		}()
 		l.pullImage(is, p, pull)
 	})
-	return Image{}, true, nil
+	return runtime.Image{}, true, nil
 }
 
 // prePull is a pre-pull in flight.
@@ -118,21 +122,21 @@ func (l *Lifecycle) joinPull(p ImagePull) bool {
 }
 
 // presentImage looks ref up among the images held.
-func (l *Lifecycle) presentImage(ctx context.Context, is ImageStore, ref string) (Image, bool, error) {
+func (l *Lifecycle) presentImage(ctx context.Context, is runtime.ImageStore, ref string) (runtime.Image, bool, error) {
 	imgs, err := is.Images(ctx)
 	if err != nil {
-		return Image{}, false, err
+		return runtime.Image{}, false, err
 	}
 	for _, img := range imgs {
 		if img.Ref == ref {
 			return img, true, nil
 		}
 	}
-	return Image{}, false, nil
+	return runtime.Image{}, false, nil
 }
 
 // pullImage runs a pre-pull to its end, publishing its events.
-func (l *Lifecycle) pullImage(is ImageStore, p ImagePull, pull *prePull) {
+func (l *Lifecycle) pullImage(is runtime.ImageStore, p ImagePull, pull *prePull) {
 	began := time.Now()
 	l.pub.Publish(events.Event{Type: events.TypeImagePulling, Image: p.Ref, Status: "pulling"})
 	img, err := is.PullImage(l.ctx, p.Ref, p.RegistryAuth, func(pr events.PullProgress) {
@@ -161,15 +165,15 @@ func (l *Lifecycle) pullImage(is ImageStore, p ImagePull, pull *prePull) {
 // PullErrorCode names what went wrong with a pull, as a start's error
 // answer does: the PullError's kind, or one read from the error's kind.
 func PullErrorCode(err error) string {
-	var pe *PullError
+	var pe *runtime.PullError
 	if errors.As(err, &pe) {
 		return pe.Kind
 	}
 	switch {
 	case errdefs.IsNotFound(err):
-		return PullNotFound
+		return runtime.PullNotFound
 	case errdefs.IsUnauthorized(err), errdefs.IsPermissionDenied(err):
-		return PullUnauthorized
+		return runtime.PullUnauthorized
 	}
 	return ""
 }

@@ -1,4 +1,4 @@
-package runtime
+package backend
 
 import (
 	"context"
@@ -7,17 +7,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
 func TestPullGroupSharesOnePull(t *testing.T) {
 	t.Parallel()
-	tenant := &RegistryAuth{Username: "tenant", Password: "s3cret"}
-	other := &RegistryAuth{Username: "tenant", Password: "guess"}
+	tenant := &runtime.RegistryAuth{Username: "tenant", Password: "s3cret"}
+	other := &runtime.RegistryAuth{Username: "tenant", Password: "guess"}
 	failed := errors.New("registry is down")
 	for _, tc := range []struct {
 		name            string
-		leader, joiner  *RegistryAuth
+		leader, joiner  *runtime.RegistryAuth
 		pullErr         error
 		wantDecide      bool
 		wantErr         error

@@ -1,4 +1,4 @@
-package runtime_test
+package lifecycle_test
 
 import (
 	"context"
@@ -18,12 +18,13 @@ import (
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/gpualloc"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // newLifecycle builds what an agent start builds over be: a fresh inventory
 // of gpus and its allocator, the lifecycle with GPUs as its reservation
 // kind, restored from be.
-func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runtime.Lifecycle, *gpu.Allocator) {
+func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*lifecycle.Lifecycle, *gpu.Allocator) {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	inv, err := gpu.Open(gpus, logger)
@@ -31,12 +32,12 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runt
 		t.Fatal(err)
 	}
 	alloc := gpu.NewAllocator(inv)
-	l := runtime.NewLifecycle(be, runtime.LifecycleOptions{
-		Kinds: []runtime.ReservationKind{
-			runtime.GPUReservations{Alloc: gpualloc.New(alloc)},
+	l := lifecycle.New(be, lifecycle.Options{
+		Kinds: []runtime.Admission{
+			lifecycle.GPUReservations{Alloc: gpualloc.New(alloc)},
 			// A small range, rebuilt from labels at every restart; no port
 			// counts as bound on the host.
-			runtime.PortReservations{Alloc: hostport.NewAllocator(testPortRange, func(string, uint16) bool { return false })},
+			lifecycle.PortReservations{Alloc: hostport.NewAllocator(testPortRange, func(string, uint16) bool { return false })},
 		},
 		Logger:            logger,
 		ReconcileInterval: -1,
@@ -51,12 +52,12 @@ func newLifecycle(t testing.TB, be runtime.Runtime, gpus *dgxa100.Server) (*runt
 var testPortRange = hostport.Range{First: 41000, Last: 41015}
 
 // waitIdle waits until no start or terminate of l is in flight.
-func waitIdle(t testing.TB, l *runtime.Lifecycle) { invariant.WaitIdle(t, l) }
+func waitIdle(t testing.TB, l *lifecycle.Lifecycle) { invariant.WaitIdle(t, l) }
 
 // checkNoSharedGPU fails when a GPU is recorded on two existing containers,
 // or when a container's reservation labels differ from what the lifecycle
 // holds for it.
-func checkNoSharedGPU(be *fakeBackend, l *runtime.Lifecycle) error {
+func checkNoSharedGPU(be *fakeBackend, l *lifecycle.Lifecycle) error {
 	var err error
 	be.locked(func(cs map[string]*fakeContainer, _ map[string]int) {
 		err = invariant.CheckReservations(fakeInstances(cs), l)
@@ -67,7 +68,7 @@ func checkNoSharedGPU(be *fakeBackend, l *runtime.Lifecycle) error {
 // checkSettled is checkNoSharedGPU plus what holds once nothing is in
 // flight: no reservation without its container, no lease left, and no two
 // calls for one instance ever overlapped in the back end.
-func checkSettled(be *fakeBackend, l *runtime.Lifecycle) error {
+func checkSettled(be *fakeBackend, l *lifecycle.Lifecycle) error {
 	var err error
 	be.locked(func(cs map[string]*fakeContainer, leases map[string]int) {
 		list := fakeInstances(cs)

@@ -1,4 +1,4 @@
-package runtime_test
+package lifecycle_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"github.com/host-agent/host-agent/internal/invariant"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/hostport"
+	"github.com/host-agent/host-agent/runtime/lifecycle"
 )
 
 // TestLifecycleInvariants sends random starts (fresh, retried,
@@ -46,7 +47,7 @@ func TestLifecycleInvariants(t *testing.T) {
 	defer func() { l.Close() }()
 
 	invariant.Schedule{
-		Lifecycle: func() *runtime.Lifecycle { return l },
+		Lifecycle: func() *lifecycle.Lifecycle { return l },
 		IDs:       10,
 		ID:        func(i int) string { return fmt.Sprintf("inst-%d", i) },
 		Spec: func(i, variant int) runtime.InstanceSpec {

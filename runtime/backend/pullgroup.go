@@ -1,4 +1,4 @@
-package runtime
+package backend
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
 )
 
@@ -62,7 +63,7 @@ func (f *pullFlight) unwatch(n int) {
 }
 
 // credsKey tells credentials apart without keeping them.
-func credsKey(auth *RegistryAuth) [sha256.Size]byte {
+func credsKey(auth *runtime.RegistryAuth) [sha256.Size]byte {
 	if auth == nil {
 		return [sha256.Size]byte{}
 	}
@@ -87,7 +88,7 @@ func credsKey(auth *RegistryAuth) [sha256.Size]byte {
 // decide true means: the image may be present now; look again, check the
 // request's access as for any image present, and call Do again if it is
 // still missing.
-func (g *PullGroup) Do(ctx context.Context, ref string, auth *RegistryAuth, progress func(events.PullProgress),
+func (g *PullGroup) Do(ctx context.Context, ref string, auth *runtime.RegistryAuth, progress func(events.PullProgress),
 	pull func(progress func(events.PullProgress)) error) (decide bool, err error) {
 	key := credsKey(auth)
 	g.mu.Lock()
