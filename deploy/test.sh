@@ -27,6 +27,9 @@ case "${1:-}" in
 esac
 $unit || bash deploy/setup-ci.sh
 export PATH="/usr/local/go/bin:/usr/local/bin:${PATH}" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+# The unprivileged unit tier's guard (see unit_tier_unprivileged) comes
+# before everything, /usr/local/bin included.
+if [ -n "${HOST_AGENT_UNIT_GUARD:-}" ]; then PATH="${HOST_AGENT_UNIT_GUARD}:${PATH}"; fi
 export CGO_ENABLED=1 CGO_CFLAGS="-Wno-deprecated-declarations"
 export HOST_AGENT_INTEGRATION=require
 
@@ -57,7 +60,8 @@ unit_tier_unprivileged() {
     printf '#!/bin/sh\necho "%s $*" >>%q\nexit 127\n' "$b" "$called" >"$dir/guard/$b"
     chmod 0755 "$dir/guard/$b"
   done
-  local -a env=(HOME="$dir/home" PATH="$dir/guard:$PATH" GOCACHE="$dir/build" GOMODCACHE="$dir/mod"
+  local -a env=(HOME="$dir/home" PATH="$PATH" HOST_AGENT_UNIT_GUARD="$dir/guard"
+    GOCACHE="$dir/build" GOMODCACHE="$dir/mod"
     GOTOOLCHAIN="$GOTOOLCHAIN" TMPDIR=/tmp LANG=C.UTF-8)
   local v
   for v in GOPROXY GOSUMDB GONOSUMDB GONOPROXY GOPRIVATE GOINSECURE GOFLAGS \
