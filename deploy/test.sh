@@ -47,7 +47,7 @@ unit_tier_unprivileged() {
   rm -rf "$dir/src"
   install -d -m 0755 "$dir/src"
   if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
-    git ls-files -z --cached --others --exclude-standard | tar -c --null -T - | tar -x --no-same-owner -C "$dir/src"
+    git ls-files -z --cached --others --exclude-standard | tar -c --null --ignore-failed-read -T - | tar -x --no-same-owner -C "$dir/src"
   else
     tar -c --exclude=./.git . | tar -x --no-same-owner -C "$dir/src"
   fi
