@@ -307,6 +307,7 @@ func TestWatchDriverNoticesAChangedModule(t *testing.T) {
 // GPU nodes no longer match the GPUs' minors is replaced by a generated one
 // before the injection, and the plan holds the node NVML gives the GPU.
 func TestStaleStaticSpecIsRegenerated(t *testing.T) {
+	testenv.Require(t) // root: mknod for the fake driver's device nodes
 	t.Parallel()
 	lib := newMockNVML()
 	root := newDriverRoot(t, len(lib.Devices), "550.54.15")

@@ -10,6 +10,7 @@ import (
 	cdispec "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/host-agent/host-agent/gpu"
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // The MIG test host: GPU 0 (minor 0) in MIG mode with MIG devices A and B,
@@ -83,6 +84,7 @@ func migInjector(t *testing.T, raw *cdispec.Spec, inv Inventory) *Injector {
 // shared nvidiactl, and nothing of its sibling, the other MIG GPU or the
 // whole GPU.
 func TestMIGInjectedSpecHoldsOnlyItsNodes(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	in := migInjector(t, migSpec(), migTestInventory())
 	for _, tt := range []struct {
@@ -109,6 +111,7 @@ func TestMIGInjectedSpecHoldsOnlyItsNodes(t *testing.T) {
 // TestMIGRefusesUnverifiedEntries refuses a MIG device the inventory does
 // not rent, and MIG entries that reach beyond their own nodes.
 func TestMIGRefusesUnverifiedEntries(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	t.Parallel()
 	for _, tt := range []struct {
 		name  string

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,14 +35,42 @@ type agentProc struct {
 	done chan error
 }
 
+// builtAgent is the agent binary, built once for the package's tests by
+// the first buildAgent (each build is a link of the whole agent) and
+// removed by TestMain.
+var builtAgent struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtAgent.dir != "" {
+		os.RemoveAll(builtAgent.dir)
+	}
+	os.Exit(code)
+}
+
+// buildAgent returns the agent binary, built from this package as
+// shipped. Tests run it, never change it.
 func buildAgent(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "host-agent")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build agent: %v\n%s", err, out)
+	builtAgent.once.Do(func() {
+		if builtAgent.dir, builtAgent.err = os.MkdirTemp("", "host-agent-test-"); builtAgent.err != nil {
+			return
+		}
+		bin := filepath.Join(builtAgent.dir, "host-agent")
+		if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+			builtAgent.err = fmt.Errorf("build agent: %v\n%s", err, out)
+			return
+		}
+		builtAgent.path = bin
+	})
+	if builtAgent.err != nil {
+		t.Fatal(builtAgent.err)
 	}
-	return bin
+	return builtAgent.path
 }
 
 func freeAddr(t *testing.T) string { return testenv.AgentAddr(t) }
@@ -321,6 +350,7 @@ func TestAgentEndToEnd(t *testing.T) {
 }
 
 func TestAgentRefusesToStartWithoutToken(t *testing.T) {
+	t.Parallel()
 	bin := buildAgent(t)
 	cmd := exec.Command(bin)
 	cmd.Env = []string{"AGENT_ID=x", "PATH=" + os.Getenv("PATH")}
@@ -334,6 +364,7 @@ func TestAgentRefusesToStartWithoutToken(t *testing.T) {
 // TestAgentRefusesAnOpenTokenFile: a token file others can read stops the
 // agent at start with a message naming the file.
 func TestAgentRefusesAnOpenTokenFile(t *testing.T) {
+	t.Parallel()
 	bin := buildAgent(t)
 	dir := t.TempDir()
 	token := filepath.Join(dir, "token")
