@@ -20,6 +20,14 @@ import (
 // errors carry github.com/containerd/errdefs kinds (NotFound, Conflict,
 // InvalidArgument, Unavailable) so that callers can classify them without
 // knowing the back end.
+//
+// runtime/lifecycle implements it for the agent's callers, over a back end
+// that implements it too and is called for one instance at a time. Below
+// the lifecycle a back end's Start of an existing instance answers it as it
+// is (the lifecycle has compared the spec hash, and refuses a different
+// request), and a back end publishes only the events only it sees
+// (instance.pulling, instance.creating, instance.exited, the image
+// events); the lifecycle publishes the others.
 type Runtime interface {
 	// Start pulls the image if needed, creates the container and starts its
 	// task. It is idempotent: a spec equal to the running one answers the
