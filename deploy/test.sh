@@ -82,41 +82,42 @@ unit_tier_unprivileged() {
 }
 
 if [ "$(id -u)" -eq 0 ]; then
-  echo "== unit tier, as $unit_user: gofmt, go vet, go test -short"
+  echo "== [${SECONDS}s] unit tier, as $unit_user: gofmt, go vet, go test -short"
   unit_tier_unprivileged
 else
-  echo "== gofmt"
+  echo "== [${SECONDS}s] gofmt"
   unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
   if [ -n "$unformatted" ]; then
     echo "gofmt would change:"; echo "$unformatted"; exit 1
   fi
-  echo "== go vet"
+  echo "== [${SECONDS}s] go vet"
   go vet ./...
-  echo "== unit tier (go test -short)"
+  echo "== [${SECONDS}s] unit tier (go test -short)"
   go test -short -race -count=1 -timeout 10m ./...
 fi
 if $unit; then
   exit 0
 fi
-echo "== actionlint"
+echo "== [${SECONDS}s] actionlint"
 bash deploy/ci-checks.sh actionlint
-echo "== arm64 cross-build"
+echo "== [${SECONDS}s] arm64 cross-build"
 bash deploy/ci-checks.sh cross-arm64
-echo "== packages: .deb install test on a clean Debian root, systemd-analyze verify"
+echo "== [${SECONDS}s] packages: .deb install test on a clean Debian root, systemd-analyze verify"
 bash deploy/ci-checks.sh package
-echo "== dockerd for the Docker back end's tests"
+echo "== [${SECONDS}s] dockerd for the Docker back end's tests"
 bash deploy/build-dockerd.sh >/dev/null
-echo "== stargz-snapshotter for the lazy-pulling tests"
+echo "== [${SECONDS}s] stargz-snapshotter for the lazy-pulling tests"
 bash deploy/build-stargz.sh >/dev/null
-echo "== OpenAPI lint (redocly, spectral)"
+echo "== [${SECONDS}s] OpenAPI lint (redocly, spectral)"
 bash deploy/ci-checks.sh openapi
-echo "== AsyncAPI validation"
+echo "== [${SECONDS}s] AsyncAPI validation"
 bash deploy/ci-checks.sh asyncapi
-echo "== alert rules (promtool)"
+echo "== [${SECONDS}s] alert rules (promtool)"
 bash deploy/ci-checks.sh promtool
-echo "== go test -race"
+echo "== [${SECONDS}s] go test -race"
 go test -race -count=1 -timeout 20m ./...
-echo "== fuzz targets, briefly"
+echo "== [${SECONDS}s] fuzz targets, briefly"
 bash deploy/fuzz.sh
-echo "== the image as deployed"
+echo "== [${SECONDS}s] the image as deployed"
 bash deploy/image-test.sh
+echo "== [${SECONDS}s] all passed"
