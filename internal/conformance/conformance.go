@@ -115,6 +115,7 @@ func Run(t *testing.T, h Harness) {
 		{"IdempotentStartAndConflict", testIdempotentStart},
 		{"FailedStartLeavesNothing", testFailedStart},
 		{"TerminateSemantics", testTerminate},
+		{"StateEventsOnce", testStateEventsOnce},
 		{"ExitReportedOnceAcrossAgentRestart", testExitOnce},
 		{"StateReadBackAfterAgentRestart", testReadBack},
 		{"Logs", testLogs},
