@@ -79,17 +79,16 @@ var containerLabelKeys = []string{
 	LabelPorts, LabelNetNS, LabelIP, LabelScope, LabelExitReason, LabelBandwidth,
 }
 
-// RentalLabels are the labels a back end creates a rental's container
-// with: who it is and what was asked (hash is spec.Hash()), the caller's
-// labels under LabelUserPrefix and the Lifecycle's reservations. A back end
-// adds what only it knows, then seals them (SealLabels).
-func RentalLabels(spec InstanceSpec, hash, agentID string, now time.Time) map[string]string {
+// RequestLabels record who a rental is and what was asked (hash is
+// spec.Hash()): its ID, spec hash and image, the caller's labels under
+// LabelUserPrefix, its bandwidth, and the reservations of its admission.
+// The Lifecycle assembles them once a start is admitted
+// (InstanceSpec.ContainerLabels).
+func RequestLabels(spec InstanceSpec, hash string) map[string]string {
 	labels := map[string]string{
 		LabelInstanceID: spec.ID,
-		LabelAgentID:    agentID,
 		LabelSpecHash:   hash,
 		LabelImage:      spec.Image,
-		LabelCreatedAt:  now.UTC().Format(time.RFC3339Nano),
 	}
 	for k, v := range spec.Labels {
 		labels[LabelUserPrefix+k] = v
@@ -98,6 +97,29 @@ func RentalLabels(spec InstanceSpec, hash, agentID string, now time.Time) map[st
 		labels[LabelBandwidth] = bw
 	}
 	maps.Copy(labels, spec.ReservedLabels)
+	return labels
+}
+
+// RentalLabels are the labels a back end creates a rental's container
+// with: RequestLabels, the agent's ID and the time of creation. A back end
+// adds what only it knows, then seals them (SealLabels).
+func RentalLabels(spec InstanceSpec, hash, agentID string, now time.Time) map[string]string {
+	labels := RequestLabels(spec, hash)
+	labels[LabelAgentID] = agentID
+	labels[LabelCreatedAt] = now.UTC().Format(time.RFC3339Nano)
+	return labels
+}
+
+// CreationLabels are RentalLabels from the labels the Lifecycle assembled
+// (ContainerLabels; assembled here from the spec when it has none, for a
+// back end used on its own).
+func (s InstanceSpec) CreationLabels(agentID string, now time.Time) map[string]string {
+	labels := maps.Clone(s.ContainerLabels)
+	if labels == nil {
+		labels = RequestLabels(s, s.Hash())
+	}
+	labels[LabelAgentID] = agentID
+	labels[LabelCreatedAt] = now.UTC().Format(time.RFC3339Nano)
 	return labels
 }
 

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -71,5 +72,29 @@ func TestSealLabelsLeavesTheImageNothingToSet(t *testing.T) {
 	delete(leaked, LabelSpecHash)
 	if p := LabelsProblem(open, leaked); !strings.Contains(p, LabelSpecHash+`="" (want "sha256:x")`) {
 		t.Errorf("a missing label: %q", p)
+	}
+}
+
+// TestCreationLabelsFromTheLifecycle: a back end creates a container with
+// the labels the Lifecycle assembled plus its agent ID and the time, the
+// same labels RentalLabels makes from the spec; a spec without assembled
+// labels (a back end used on its own) gets them assembled from itself.
+func TestCreationLabelsFromTheLifecycle(t *testing.T) {
+	t.Parallel()
+	spec := InstanceSpec{ID: "a", Image: "busybox", Labels: map[string]string{"team": "ml"},
+		ReservedLabels: map[string]string{LabelGPUs: "GPU-1"}}
+	now := time.Unix(1700000000, 0)
+	want := RentalLabels(spec, spec.Hash(), "agent-1", now)
+	if got := spec.CreationLabels("agent-1", now); !maps.Equal(got, want) {
+		t.Errorf("without assembled labels: %v, want %v", got, want)
+	}
+	spec.ContainerLabels = RequestLabels(spec, spec.Hash())
+	got := spec.CreationLabels("agent-1", now)
+	if !maps.Equal(got, want) {
+		t.Errorf("from the assembled labels: %v, want %v", got, want)
+	}
+	got[LabelIP] = "x"
+	if _, ok := spec.ContainerLabels[LabelIP]; ok {
+		t.Error("CreationLabels shares its map with the spec")
 	}
 }

@@ -43,6 +43,11 @@ type InstanceSpec struct {
 	// ReservedLabels record what the Lifecycle reserved for the instance
 	// (GPUs, ports, addresses); the back end writes them on the container.
 	ReservedLabels map[string]string `json:"-"`
+	// ContainerLabels are the labels the Lifecycle assembled once the
+	// start was admitted (RequestLabels: who, what was asked, the
+	// reservations); the back end adds the agent's ID, the time of
+	// creation and what only it knows (CreationLabels), then seals them.
+	ContainerLabels map[string]string `json:"-"`
 	// Ulimits are process limits by name (nofile, memlock, ...; see
 	// UlimitNames); -1 is unlimited. A GPU rental's memlock defaults to
 	// unlimited.

@@ -37,7 +37,6 @@ const leaseExpiration = 48 * time.Hour
 // whatever it made.
 func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 	ctx = r.nsCtx(ctx)
-	hash := spec.Hash()
 
 	c, err := r.client.LoadContainer(ctx, spec.ID)
 	switch {
@@ -47,7 +46,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, convertErr(err))
 	}
 
-	return r.create(ctx, spec, hash)
+	return r.create(ctx, spec)
 }
 
 // startExisting answers a repeated start, which the Lifecycle has checked
@@ -111,7 +110,7 @@ func (r *Runtime) startExisting(ctx context.Context, c containerd.Container) (ru
 // refers to it; the lease is deleted at the end, with a fresh context, even
 // when the start was called off, so a cancelled pull leaves nothing behind
 // for the garbage collector to wait on.
-func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 	// Before the pull: a limit the runtime cannot grant fails any start.
 	if err := r.grantable(ctx, spec); err != nil {
 		return runtime.Instance{}, &runtime.StepError{Step: runtime.StepCreate, Err: err}
@@ -155,7 +154,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	r.fault(FaultAfterPull)
 
 	r.pub.Publish(events.Event{Type: events.TypeInstanceCreating, InstanceID: spec.ID, Status: "creating"})
-	labels := runtime.RentalLabels(spec, hash, r.opts.AgentID, time.Now())
+	labels := spec.CreationLabels(r.opts.AgentID, time.Now())
 	labels[runtime.LabelLogPath] = r.logPath(spec.ID)
 	var att network.Attachment
 	switch {

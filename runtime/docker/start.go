@@ -26,7 +26,6 @@ const cleanupTimeout = 30 * time.Second
 // spec.ReservedLabels, on a context detached from the scheduler's request.
 // On failure it removes whatever it made.
 func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
-	hash := spec.Hash()
 	c, err := r.inspectByName(ctx, spec.ID)
 	switch {
 	case err == nil:
@@ -34,7 +33,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime
 	case !errdefs.IsNotFound(err):
 		return runtime.Instance{}, fmt.Errorf("look up instance %q: %w", spec.ID, err)
 	}
-	inst, err := r.create(ctx, spec, hash)
+	inst, err := r.create(ctx, spec)
 	if err != nil {
 		r.removeFiles(spec.ID)
 	}
@@ -84,7 +83,7 @@ func (r *Runtime) startExisting(ctx context.Context, id string, c container.Insp
 
 // create pulls, creates, verifies and starts; on failure it removes the
 // container it made.
-func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash string) (runtime.Instance, error) {
+func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
 	// Image GC waits while a start is between its image and its container.
 	r.imageMu.RLock()
 	imageChosen := sync.OnceFunc(r.imageMu.RUnlock)
@@ -117,7 +116,7 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 	}
 	// The daemon adds the image's labels the container lacks: sealed, an
 	// image cannot pass for the agent.
-	labels := runtime.SealLabels(r.labels(spec, hash), imgLabels)
+	labels := runtime.SealLabels(r.labels(spec), imgLabels)
 	cfg, hostCfg := containerConfig(ref, spec, labels, gpus, r.opts.LogMaxBytes)
 	hostCfg.Ulimits = dockerUlimits(r.ulimits(ctx, ref, spec))
 	if lim := runtime.DiskLimitOf(labels); lim > 0 && r.storageSize.Load() {
@@ -205,8 +204,8 @@ func (r *Runtime) create(ctx context.Context, spec runtime.InstanceSpec, hash st
 
 // labels are the container's labels: the same keys as on containerd, and
 // the back end's scope.
-func (r *Runtime) labels(spec runtime.InstanceSpec, hash string) map[string]string {
-	labels := runtime.RentalLabels(spec, hash, r.opts.AgentID, time.Now())
+func (r *Runtime) labels(spec runtime.InstanceSpec) map[string]string {
+	labels := spec.CreationLabels(r.opts.AgentID, time.Now())
 	if r.opts.Scope != "" {
 		labels[LabelScope] = r.opts.Scope
 	}

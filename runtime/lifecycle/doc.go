@@ -9,7 +9,9 @@
 // one); admission (the instance ID, ulimits, whether ports may be
 // published, then every reservation kind in order: GPUs, the host's
 // share, host ports, disk limits, volumes, NUMA, the default bandwidth);
-// the spec-hash check of a repeated start; releasing what a failed start
+// the spec-hash check of a repeated start; the container's labels (who,
+// what was asked, the reservations: runtime.RequestLabels, handed to the
+// back end in InstanceSpec.ContainerLabels); releasing what a failed start
 // or a terminate held; rebuilding reservations from the containers'
 // labels at start (Restore) and reconciling them (Reconcile); and the
 // pre-pull API (PullImage, Images, RemoveImage). The reservation kinds of

@@ -325,6 +325,7 @@ func (l *Lifecycle) start(ctx context.Context, spec runtime.InstanceSpec) (runti
 		}
 		mergeLabels(spec.ReservedLabels, labels)
 	}
+	spec.ContainerLabels = runtime.RequestLabels(spec, spec.Hash())
 	inst, err := l.be.Start(ctx, spec)
 	if inst, err = l.started(spec, inst, err); err != nil {
 		l.settleFailedStart(spec.ID)

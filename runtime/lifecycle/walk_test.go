@@ -95,3 +95,34 @@ func TestWalkCrossesTheBackEndOnce(t *testing.T) {
 		}
 	}
 }
+
+// specLog keeps the spec the back end was asked to start.
+type specLog struct {
+	runtime.Runtime
+	got runtime.InstanceSpec
+}
+
+func (s *specLog) Start(ctx context.Context, spec runtime.InstanceSpec) (runtime.Instance, error) {
+	s.got = spec
+	return s.Runtime.Start(ctx, spec)
+}
+
+// TestLifecycleAssemblesTheLabels: the back end gets the container's
+// labels assembled (who, what was asked, the reservations), with the
+// spec hash the lifecycle compares a repeated start against.
+func TestLifecycleAssemblesTheLabels(t *testing.T) {
+	t.Parallel()
+	be := &specLog{Runtime: newFakeBackend(nil)}
+	l := lifecycle.New(be, lifecycle.Options{ReconcileInterval: -1,
+		Kinds: []runtime.Admission{lifecycle.BandwidthDefaults{Bandwidth: runtime.Bandwidth{EgressMbps: 100}}}})
+	t.Cleanup(func() { l.Close() })
+	s := runtime.InstanceSpec{ID: "labels", Image: "busybox", Labels: map[string]string{"team": "ml"}}
+	if _, err := l.Start(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	got := be.got.ContainerLabels
+	if got[runtime.LabelInstanceID] != "labels" || got[runtime.LabelImage] != "busybox" ||
+		got[runtime.LabelUserPrefix+"team"] != "ml" || got[runtime.LabelSpecHash] != s.Hash() || got[runtime.LabelBandwidth] == "" {
+		t.Errorf("labels handed to the back end: %v", got)
+	}
+}
