@@ -116,6 +116,7 @@ func Run(t *testing.T, h Harness) {
 		{"FailedStartLeavesNothing", testFailedStart},
 		{"TerminateSemantics", testTerminate},
 		{"StateEventsOnce", testStateEventsOnce},
+		{"DrainRefusesNewRentals", testDrain},
 		{"ExitReportedOnceAcrossAgentRestart", testExitOnce},
 		{"StateReadBackAfterAgentRestart", testReadBack},
 		{"Logs", testLogs},
