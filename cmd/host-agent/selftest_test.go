@@ -106,6 +106,10 @@ func TestSelftest(t *testing.T) {
 		"ALLOWED_EGRESS_CIDRS=10.217.99.0/24",
 		// containerd, even where a Docker answers at the default socket.
 		"DOCKER_HOST=unix:///nonexistent/docker.sock",
+		// The agent repairs its rules on this period: longer than the
+		// test, so that the self-test is seen finding them changed (and
+		// not the agent's repair, 2 s after the flush by default).
+		"NETWORK_RECHECK_INTERVAL=10m",
 	)
 	// The operator's shell: where the agent keeps its state, its network's
 	// names, an older blocked list, and the self-test's own settings.
@@ -119,9 +123,6 @@ func TestSelftest(t *testing.T) {
 		"STATE_DIR=" + envValue(w.env, "STATE_DIR"), "CONTAINERD_ADDRESS=" + w.ctd.Address,
 		"RENTAL_NETWORK_NAME=" + w.net.name, "RENTAL_SUBNET=" + w.net.subnet.String(),
 		"BLOCKED_EGRESS_CIDRS=10.0.0.0/8", "DOCKER_HOST=unix:///nonexistent/docker.sock",
-		// The agent repairs its rules on this period: longer than the
-		// test, so that the self-test is seen finding them changed.
-		"NETWORK_RECHECK_INTERVAL=10m",
 	}, probes...)
 
 	// A tenant of the agent on the same network: the self-test's rentals
