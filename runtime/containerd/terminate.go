@@ -72,6 +72,13 @@ func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout 
 	if err != nil && !errdefs.IsNotFound(err) {
 		return convertErr(err)
 	}
+	// The exit is recorded (published, and its code kept) before the task
+	// is deleted: the event stream may deliver it only after the container
+	// is gone, when it could no longer be read.
+	var exit containerd.ExitStatus
+	if err == nil && st.Status == containerd.Stopped {
+		exit = *containerd.NewExitStatus(st.ExitStatus, st.ExitTime, nil)
+	}
 	if err == nil && st.Status != containerd.Stopped {
 		exitC, err := task.Wait(ctx)
 		if err != nil {
@@ -83,18 +90,21 @@ func (r *Runtime) stopTask(ctx context.Context, c containerd.Container, timeout 
 			}
 		}
 		select {
-		case <-exitC:
+		case exit = <-exitC:
 		case <-time.After(timeout):
 			r.log.Info("instance ignored SIGTERM; killing", "instance_id", c.ID(), "timeout", timeout)
 			if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) {
 				return fmt.Errorf("send SIGKILL: %w", convertErr(err))
 			}
 			select {
-			case <-exitC:
+			case exit = <-exitC:
 			case <-time.After(killWait):
 				return fmt.Errorf("task did not exit %s after SIGKILL: %w", killWait, errdefs.ErrUnavailable)
 			}
 		}
+	}
+	if st.Status != "" && exit.Error() == nil {
+		r.recordExitOnce(ctx, c.ID(), int(exit.ExitCode()), exit.ExitTime())
 	}
 	// The task's init has exited (or never ran): the kernel has killed
 	// every other process of its PID namespace, and nothing is left in the

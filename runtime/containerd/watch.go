@@ -259,6 +259,21 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 	}
 }
 
+// recordExitOnce is recordExit with one try, for a caller that cannot wait
+// for retries (a terminate): when it fails, the exit is left to the event
+// stream and the resyncs, which retry.
+func (r *Runtime) recordExitOnce(ctx context.Context, id string, code int, at time.Time) {
+	unlock := r.exits.Lock(id)
+	defer unlock()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	published := false
+	if err := r.tryRecordExit(ctx, id, code, at, &published); err != nil {
+		r.log.Warn("record exit at terminate; left to the event stream", "instance_id", id, "published", published, "error", err)
+	}
+}
+
 // tryRecordExit is one try of recordExit; it sets *published once the exit
 // event is out, so that a retry only writes the labels.
 func (r *Runtime) tryRecordExit(ctx context.Context, id string, code int, at time.Time, published *bool) error {

@@ -11,7 +11,8 @@ import (
 
 // Terminate implements runtime.Runtime for lifecycle.Lifecycle: SIGTERM,
 // SIGKILL after timeout (the daemon's stop, which waits for the exit), then
-// the container is removed with its anonymous volumes.
+// the exit is published (once, whoever reads it first) and the container is
+// removed with its anonymous volumes.
 func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duration) error {
 	c, err := r.inspect(ctx, id)
 	if err != nil {
@@ -26,6 +27,9 @@ func (r *Runtime) Terminate(ctx context.Context, id string, timeout time.Duratio
 			return fmt.Errorf("stop container of %q: %w", id, convertErr(err))
 		}
 	}
+	// The exit is published before the container goes: its die event may
+	// be read only after the removal, when the exit can no longer be.
+	r.recordExit(ctx, c.ID)
 	if _, err := r.client.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("remove container of %q: %w", id, convertErr(err))
 	}
