@@ -21,13 +21,13 @@ import (
 // running agent's.
 const envNetSubnet = "HOST_AGENT_BENCH_NET_SUBNET"
 
-// Names of the agent child's network (see envNetSubnet).
-const (
-	benchNetName   = "hagent-bench"
-	benchNetBridge = "habench0"
-	benchNetChains = "HABENCH"
-	benchNetNSPfx  = "hagent-bench-"
-)
+// benchNetName names the agent child's network (see envNetSubnet) as
+// RENTAL_NETWORK_NAME names an agent's: its bridge (benchNetBridge), chains
+// and namespaces come from network.Config.Named, as the daemon's do.
+const benchNetName = "bench"
+
+// benchNetBridge is the bridge of the agent child's network.
+var benchNetBridge = network.Config{}.Named(benchNetName).Bridge
 
 // childNetwork builds the agent child's network under work; close sweeps
 // what rentals left and removes the chains and the bridge.
@@ -38,10 +38,6 @@ func childNetwork(ctx context.Context, work, subnet string, logger *slog.Logger)
 	}
 	cfg := network.Config{
 		Subnet:      prefix,
-		NetworkName: benchNetName,
-		Bridge:      benchNetBridge,
-		ChainPrefix: benchNetChains,
-		NetNSPrefix: benchNetNSPfx,
 		IPAMDataDir: filepath.Join(work, "ipam"),
 		StateDir:    filepath.Join(work, "network"),
 		LockFile:    filepath.Join(work, "cni.lock"),
@@ -49,7 +45,7 @@ func childNetwork(ctx context.Context, work, subnet string, logger *slog.Logger)
 		// sent to it.
 		DNS:    []netip.Addr{prefix.Addr().Next().Next()},
 		Logger: logger,
-	}
+	}.Named(benchNetName)
 	n, err := network.New(cfg)
 	if err != nil {
 		return nil, nil, err
