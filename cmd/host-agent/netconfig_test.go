@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -104,6 +105,12 @@ func TestNetworkConfigNames(t *testing.T) {
 	if d := dockerNetwork(config{StateDir: "/s"}); d.Name != network.DefaultNetworkName || d.Bridge != network.DefaultDockerBridge ||
 		d.ChainPrefix != network.DefaultChainPrefix {
 		t.Fatalf("default names on Docker changed: %+v", d)
+	}
+	// RENTAL_DNS is what Docker's resolver forwards to, as it is what
+	// the CNI network's resolv.conf names.
+	dns := []netip.Addr{netip.MustParseAddr("10.0.0.53")}
+	if d := dockerNetwork(config{StateDir: "/s", Network: netConfig{RentalDNS: dns}}); !slices.Equal(d.DNS, dns) {
+		t.Fatalf("RENTAL_DNS on Docker: %v, want %v", d.DNS, dns)
 	}
 	if len(named.Bridge) > 15 || named.Bridge == def.Bridge || len(named.DockerBridge) > 15 || named.DockerBridge == def.DockerBridge || named.NetworkName == network.DefaultNetworkName ||
 		named.ChainPrefix == network.DefaultChainPrefix || named.NetNSPrefix == network.DefaultNetNSPrefix ||

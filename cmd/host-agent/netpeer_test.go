@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -9,54 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/dns/dnsmessage"
 )
-
-// serveDNS answers A queries for names on UDP port 53 in the namespace at
-// path.
-func serveDNS(t *testing.T, path string, names map[string]string) {
-	t.Helper()
-	var pc net.PacketConn
-	testenv.InNetNS(t, path, func() {
-		var err error
-		if pc, err = net.ListenPacket("udp4", "0.0.0.0:53"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			resp := dnsmessage.Message{Header: dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true}, Questions: []dnsmessage.Question{q}}
-			if ip, ok := names[q.Name.String()]; ok && q.Type == dnsmessage.TypeA {
-				resp.Answers = []dnsmessage.Resource{{
-					Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
-					Body:   &dnsmessage.AResource{A: netip.MustParseAddr(ip).As4()},
-				}}
-			} else if !ok {
-				resp.RCode = dnsmessage.RCodeNameError
-			}
-			if out, err := resp.Pack(); err == nil {
-				_, _ = pc.WriteTo(out, from)
-			}
-		}
-	}()
-}
 
 // netCounts are what must come back to where they were after rentals come
 // and go: the host's iptables rules in every table, host-local's leases of

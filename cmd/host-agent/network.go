@@ -84,6 +84,7 @@ func dockerNetwork(cfg config) *docker.NetworkOptions {
 		ChainPrefix:   nc.ChainPrefix,
 		BlockedEgress: nc.BlockedEgress,
 		AllowedEgress: nc.AllowedEgress,
+		DNS:           nc.DNS,
 	}
 	if o.BlockedEgress == nil {
 		o.BlockedEgress = network.DefaultBlockedEgress

@@ -113,7 +113,7 @@ func TestAgentRentalNetwork(t *testing.T) {
 	for _, p := range []*testenv.Peer{inet, lan10, lan192, meta, dns} {
 		testenv.ServeIn(t, p.NS, "0.0.0.0:7000", p.Name)
 	}
-	serveDNS(t, dns.NS, map[string]string{"payload.test.": "198.18.2.77"})
+	testenv.ServeDNS(t, dns.NS, map[string]string{"payload.test.": "198.18.2.77"})
 	hostSvc := testenv.ServeIn(t, "", "0.0.0.0:0", "host")
 
 	central := &centralServer{answer: `{}`}

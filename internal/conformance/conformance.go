@@ -55,10 +55,11 @@ type GPURefuser interface {
 // Networker is implemented by every Scope: it opens a back end whose
 // rentals are on a network of the test's own (subnet, bridge and rules
 // apart from the agent's defaults), with blocked as the blocked egress
-// ranges and published ports bound on hostAddr. The caller holds
+// ranges, published ports bound on hostAddr and dns as the rentals'
+// resolvers (RENTAL_DNS; none: one no test sends to). The caller holds
 // testenv.LockHostNetwork.
 type Networker interface {
-	OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr) (runtime.Runtime, NetInfo)
+	OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr, dns ...netip.Addr) (runtime.Runtime, NetInfo)
 }
 
 // NetInfo is what the network scenario needs to know of a networked back

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,11 @@ import (
 // Start and Get; a user reaches each on the host's address, and the
 // rental sees its host port in HOST_PORT_TCP_8080; a rental reaches the
 // internet but not the other rental, the LAN, the host or its bridge
-// address; after a terminate the port is free for the next rental.
+// address; a name resolves through the resolver the rental's resolv.conf
+// names, which asks RENTAL_DNS in a blocked range (containerd names it,
+// Docker names its own, which forwards to it), and the resolver's host is
+// not reached on another port; after a terminate the port is free for the
+// next rental.
 func testNetwork(t *testing.T, h Harness) {
 	sc := h.NewScope(t)
 	nw, ok := sc.(Networker)
@@ -32,13 +37,15 @@ func testNetwork(t *testing.T, h Harness) {
 	user := testenv.AddPeer(t, "user", "198.51.100.9", "198.51.100.10", 30)
 	inet := testenv.AddPeer(t, "inet", "203.0.113.9", "203.0.113.10", 30)
 	lan := testenv.AddPeer(t, "lan", "10.77.9.1", "10.77.9.2", 30)
-	for _, p := range []*testenv.Peer{user, inet, lan} {
+	dns := testenv.AddPeer(t, "dns", "10.77.9.5", "10.77.9.6", 30)
+	testenv.ServeDNS(t, dns.NS, map[string]string{"payload.test.": "203.0.113.77"})
+	for _, p := range []*testenv.Peer{user, inet, lan, dns} {
 		testenv.MustRouteInto(t, p.Addr, p.HostIf)
 	}
 	testenv.MustRouteInto(t, user.Host, user.HostIf)
 
 	rec := NewRecorder()
-	be, info := nw.OpenNetworked(t, rec, network.DefaultBlockedEgress, user.Host)
+	be, info := nw.OpenNetworked(t, rec, network.DefaultBlockedEgress, user.Host, dns.Addr)
 	rng, err := hostport.ParseRange("41400-41401")
 	if err != nil {
 		t.Fatal(err)
@@ -112,9 +119,14 @@ func testNetwork(t *testing.T, h Harness) {
 	inetPort := testenv.ServeIn(t, inet.NS, inet.Addr.String()+":0", "internet")
 	lanPort := testenv.ServeIn(t, lan.NS, lan.Addr.String()+":0", "lan")
 	hostPort := testenv.ServeIn(t, "", "0.0.0.0:0", "host")
+	dnsPort := testenv.ServeIn(t, dns.NS, dns.Addr.String()+":0", "resolver's host")
 	aNS := fmt.Sprintf("/proc/%d/ns/net", a.Pid)
 	if line, err := testenv.Greeting(t, aNS, "tcp", inet.Addr, inetPort); err != nil || !strings.HasPrefix(line, "internet from ") {
 		t.Fatalf("rental -> internet %s: %q, %v; want an answer", inet.Addr, line, err)
+	}
+	resolver := rentalResolver(t, a)
+	if got, err := testenv.LookupIn(t, aNS, netip.AddrPortFrom(resolver, 53), "payload.test"); err != nil || got != netip.MustParseAddr("203.0.113.77") {
+		t.Errorf("rental looks up payload.test at %s, its resolv.conf's: %v, %v; want 203.0.113.77 from RENTAL_DNS %s", resolver, got, err, dns.Addr)
 	}
 	for _, c := range []struct {
 		what string
@@ -123,6 +135,7 @@ func testNetwork(t *testing.T, h Harness) {
 	}{
 		{"another rental", bAddr, 8080},
 		{"the LAN", lan.Addr, lanPort},
+		{"the resolver's host, not on port 53", dns.Addr, dnsPort},
 		{"the host", user.Host, hostPort},
 		{"the host's bridge address", gw, hostPort},
 	} {
@@ -144,4 +157,23 @@ func testNetwork(t *testing.T, h Harness) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// rentalResolver is the first nameserver of the running rental's
+// /etc/resolv.conf.
+func rentalResolver(t *testing.T, inst runtime.Instance) netip.Addr {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/resolv.conf", inst.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "nameserver" {
+			if a, err := netip.ParseAddr(f[1]); err == nil {
+				return a
+			}
+		}
+	}
+	t.Fatalf("no nameserver in the rental's resolv.conf:\n%s", b)
+	return netip.Addr{}
 }

@@ -162,6 +162,10 @@ func (d *Dockerd) Start() error {
 		// --iptables=false): rentals are IPv4 only, and the chains would
 		// outlive the daemon.
 		"--ip6tables=false",
+		// Rentals' queries that Docker's resolver forwards go to no
+		// address outside the machine: without a resolver of the
+		// test's, the host's would be asked.
+		"--dns", "127.0.0.1",
 	}
 	if d.CDIDir != "" {
 		args = append(args, "--cdi-spec-dir", d.CDIDir)

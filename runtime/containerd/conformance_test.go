@@ -42,10 +42,10 @@ func (s *ctdScope) options(pub events.Publisher) Options {
 // OpenNetworked implements conformance.Networker with a CNI network of the
 // test's own; the rentals' addresses are in their labels. Ports are
 // published on every address of the host.
-func (s *ctdScope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, _ netip.Addr) (runtime.Runtime, conformance.NetInfo) {
+func (s *ctdScope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, _ netip.Addr, dns ...netip.Addr) (runtime.Runtime, conformance.NetInfo) {
 	t.Helper()
 	needPlugins(t)
-	tn := newTestNetwork(t, blocked)
+	tn := newTestNetwork(t, blocked, dns...)
 	opts := s.options(pub)
 	opts.Network = tn.net
 	r, err := New(opts)

@@ -44,7 +44,7 @@ func needPlugins(t *testing.T) {
 
 // newTestNetwork makes the test's network, blocking blocked (nil: the
 // defaults); the caller holds testenv.LockHostNetwork.
-func newTestNetwork(t *testing.T, blocked []netip.Prefix) *testNetwork {
+func newTestNetwork(t *testing.T, blocked []netip.Prefix, dns ...netip.Addr) *testNetwork {
 	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
@@ -59,8 +59,11 @@ func newTestNetwork(t *testing.T, blocked []netip.Prefix) *testNetwork {
 		IPAMDataDir:   filepath.Join(state, "ipam"),
 		StateDir:      filepath.Join(state, "network"),
 		BlockedEgress: blocked,
-		// Never sent to: no test here resolves names.
-		DNS: []netip.Addr{netip.MustParseAddr("198.51.100.53")},
+		// Unless given, one never sent to.
+		DNS: dns,
+	}
+	if len(dns) == 0 {
+		cfg.DNS = []netip.Addr{netip.MustParseAddr("198.51.100.53")}
 	}
 	n, err := network.New(cfg)
 	if err != nil {

@@ -206,7 +206,7 @@ func (s *scope) GPUsRefused() string {
 // agent's Docker network under names of the test's own. Whatever is left
 // (containers, the network, Docker's chains on a host that had none) is
 // removed when the test ends.
-func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr) (runtime.Runtime, conformance.NetInfo) {
+func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []netip.Prefix, hostAddr netip.Addr, dns ...netip.Addr) (runtime.Runtime, conformance.NetInfo) {
 	t.Helper()
 	b := make([]byte, 2)
 	_, _ = rand.Read(b)
@@ -214,7 +214,7 @@ func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []neti
 	opts := NetworkOptions{
 		Name: "hadc-" + tag, Bridge: "hadc" + tag, ChainPrefix: "HADC" + strings.ToUpper(tag),
 		Subnet:        netip.MustParsePrefix(fmt.Sprintf("10.220.%d.0/24", b[0])),
-		BlockedEgress: blocked, HostAddrs: []netip.Addr{hostAddr},
+		BlockedEgress: blocked, HostAddrs: []netip.Addr{hostAddr}, DNS: dns,
 	}
 	if !testenv.DockerChainsPresent() {
 		t.Cleanup(func() { testenv.RemoveDockerChains(t) })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -45,6 +46,10 @@ type NetworkOptions struct {
 	// are exceptions to them.
 	BlockedEgress []netip.Prefix
 	AllowedEgress []netip.Prefix
+	// DNS are the resolvers Docker's embedded resolver (127.0.0.11 in each
+	// rental) forwards to (RENTAL_DNS), reachable whatever BlockedEgress
+	// says; empty: the daemon's own (its --dns, else the host's).
+	DNS []netip.Addr
 	// HostAddrs are the host addresses published ports are bound on;
 	// empty: every IPv4 address of the host.
 	HostAddrs []netip.Addr
@@ -79,6 +84,7 @@ func (o *NetworkOptions) hostNetwork() dockernet.Config {
 		ChainPrefix:   o.ChainPrefix,
 		BlockedEgress: o.BlockedEgress,
 		AllowedEgress: o.AllowedEgress,
+		DNS:           o.DNS,
 	}
 }
 
@@ -223,6 +229,7 @@ func (o *NetworkOptions) applyNetwork(cfg *container.Config, host *container.Hos
 		return err
 	}
 	host.NetworkMode = container.NetworkMode(o.Name)
+	host.DNS = o.DNS
 	if len(mappings) > 0 {
 		cfg.ExposedPorts, host.PortBindings = exposed, bindings
 	}
@@ -254,6 +261,9 @@ func (o *NetworkOptions) verifyPublished(c container.InspectResponse, mappings [
 	}
 	if string(c.HostConfig.NetworkMode) != o.Name {
 		return fmt.Errorf("network %q, want %q", c.HostConfig.NetworkMode, o.Name)
+	}
+	if !slices.Equal(c.HostConfig.DNS, o.DNS) {
+		return fmt.Errorf("resolvers %v, want %v", c.HostConfig.DNS, o.DNS)
 	}
 	return nil
 }

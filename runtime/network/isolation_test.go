@@ -11,7 +11,6 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/net/dns/dnsmessage"
 )
 
 // From a rental: hosts on the provider's LAN (10.x, 192.168.x), the cloud
@@ -35,7 +34,7 @@ func TestRentalIsolation(t *testing.T) {
 	for _, p := range []*peer{lan10, lan192, meta, allowed, inet, dns} {
 		serve(t, p.ns, "0.0.0.0:7000", p.name)
 	}
-	serveDNS(t, dns.ns, map[string]string{"payload.test.": "203.0.113.77"})
+	testenv.ServeDNS(t, dns.ns, map[string]string{"payload.test.": "203.0.113.77"})
 	hostPort := serve(t, "", "0.0.0.0:0", "host")
 
 	a, err := tn.net.Setup(ctx, "iso-a", nil, "")
@@ -184,50 +183,4 @@ func mustLink(t *testing.T, name string) netlink.Link {
 		t.Fatal(err)
 	}
 	return l
-}
-
-// serveDNS answers A queries for names in the namespace at path, on UDP
-// port 53 of every address.
-func serveDNS(t *testing.T, path string, names map[string]string) {
-	t.Helper()
-	var pc net.PacketConn
-	testenv.InNetNS(t, path, func() {
-		var err error
-		if pc, err = net.ListenPacket("udp4", "0.0.0.0:53"); err != nil {
-			t.Fatal(err)
-		}
-	})
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			resp := dnsmessage.Message{Header: dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true}, Questions: []dnsmessage.Question{q}}
-			if ip, ok := names[q.Name.String()]; ok && q.Type == dnsmessage.TypeA {
-				a := netip.MustParseAddr(ip).As4()
-				resp.Answers = []dnsmessage.Resource{{
-					Header: dnsmessage.ResourceHeader{Name: q.Name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET, TTL: 60},
-					Body:   &dnsmessage.AResource{A: a},
-				}}
-			} else if !ok {
-				resp.RCode = dnsmessage.RCodeNameError
-			}
-			out, err := resp.Pack()
-			if err == nil {
-				_, _ = pc.WriteTo(out, from)
-			}
-		}
-	}()
 }

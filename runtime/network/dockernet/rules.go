@@ -38,6 +38,10 @@ type Config struct {
 	// are exceptions to them.
 	BlockedEgress []netip.Prefix
 	AllowedEgress []netip.Prefix
+	// DNS are the resolvers Docker's embedded resolver forwards the
+	// rentals' queries to (RENTAL_DNS), from each rental's namespace: they
+	// are reached on port 53, blocked or not. Empty: the daemon's.
+	DNS []netip.Addr
 }
 
 // Problems lists what is wrong with c, empty when nothing is.
@@ -52,6 +56,11 @@ func (c Config) Problems() []string {
 	if !network.ValidChainPrefix(c.ChainPrefix) {
 		problems = append(problems, fmt.Sprintf("chain prefix %q", c.ChainPrefix))
 	}
+	for _, d := range c.DNS {
+		if !d.Is4() || d.IsUnspecified() || d.IsLoopback() || d.IsMulticast() {
+			problems = append(problems, fmt.Sprintf("resolver %s: want a unicast IPv4 address a rental can reach", d))
+		}
+	}
 	return problems
 }
 
@@ -65,8 +74,9 @@ func (c Config) InputChain() string { return c.ChainPrefix + "-DIN" }
 
 // filterRules are the isolation rules of the rentals' bridge, in order.
 // Forwarded (DOCKER-USER, ahead of Docker's own accepts): nothing between
-// rentals, nothing spoofed, replies through, the allowed exceptions, then
-// nothing to a blocked range; what is left returns to Docker's chains,
+// rentals, nothing spoofed, replies through, the resolvers' port 53 (what
+// Docker's embedded resolver forwards from the rental's namespace), the
+// allowed exceptions, then nothing to a blocked range; what is left returns to Docker's chains,
 // which accept it and the published ports. Input: rentals reach no service
 // of the host (Docker's embedded resolver answers inside each container's
 // own namespace), only replies to what the host sent.
@@ -78,6 +88,11 @@ func (c Config) filterRules() []string {
 		fmt.Sprintf("-A %s -i %s -o %s -j DROP", fwd, br, br),
 		fmt.Sprintf("-A %s -i %s ! -s %s -j DROP", fwd, br, sub),
 		fmt.Sprintf("-A %s -i %s -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN", fwd, br),
+	}
+	for _, d := range c.DNS {
+		for _, proto := range []string{"udp", "tcp"} {
+			r = append(r, fmt.Sprintf("-A %s -i %s -d %s/32 -p %s --dport 53 -j RETURN", fwd, br, d, proto))
+		}
 	}
 	for _, a := range c.AllowedEgress {
 		r = append(r, fmt.Sprintf("-A %s -i %s -d %s -j RETURN", fwd, br, a))
@@ -122,7 +137,7 @@ func NewRules(c Config, logger *slog.Logger) (*network.Rules, error) {
 		Name:   "docker",
 		Set:    c.RuleSet(),
 		Bridge: c.Bridge,
-		Egress: &network.EgressPolicy{Subnet: c.Subnet.Masked(), Blocked: c.BlockedEgress, Allowed: c.AllowedEgress},
+		Egress: &network.EgressPolicy{Subnet: c.Subnet.Masked(), Blocked: c.BlockedEgress, Allowed: c.AllowedEgress, DNS: c.DNS},
 		Logger: logger,
 	})
 }

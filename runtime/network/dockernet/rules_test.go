@@ -17,13 +17,15 @@ func testConfig() dockernet.Config {
 		ChainPrefix:   "HAT",
 		BlockedEgress: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
 		AllowedEgress: []netip.Prefix{netip.MustParsePrefix("10.1.2.3/32")},
+		DNS:           []netip.Addr{netip.MustParseAddr("10.0.0.53")},
 	}
 }
 
 // The rule set jumps first from DOCKER-USER and INPUT to the agent's two
 // chains; forwarded traffic between rentals and spoofed traffic is dropped
-// before anything returns to Docker's chains, the allowed exceptions come
-// before the blocked ranges, and the host refuses what rentals open to it.
+// before anything returns to Docker's chains, the resolvers' port 53 (in a
+// blocked range here) and the allowed exceptions come before the blocked
+// ranges, and the host refuses what rentals open to it.
 func TestRuleSet(t *testing.T) {
 	t.Parallel()
 	c := testConfig()
@@ -39,6 +41,7 @@ func TestRuleSet(t *testing.T) {
 	}
 	fwd := strings.Join(set.Chains[0].Rules, "\n")
 	order := []string{"-i hadock-t -o hadock-t -j DROP", "! -s 198.51.100.0/24 -j DROP", "--ctstate RELATED,ESTABLISHED -j RETURN",
+		"-d 10.0.0.53/32 -p udp --dport 53 -j RETURN", "-d 10.0.0.53/32 -p tcp --dport 53 -j RETURN",
 		"-d 10.1.2.3/32 -j RETURN", "-d 10.0.0.0/8 -j REJECT"}
 	last := -1
 	for _, r := range order {
@@ -60,10 +63,12 @@ func TestRuleSet(t *testing.T) {
 func TestNewRefusesBadConfig(t *testing.T) {
 	t.Parallel()
 	for name, change := range map[string]func(*dockernet.Config){
-		"long bridge":  func(c *dockernet.Config) { c.Bridge = "a-bridge-name-too-long" },
-		"no bridge":    func(c *dockernet.Config) { c.Bridge = "" },
-		"IPv6 subnet":  func(c *dockernet.Config) { c.Subnet = netip.MustParsePrefix("fd00::/64") },
-		"lower prefix": func(c *dockernet.Config) { c.ChainPrefix = "hat" },
+		"long bridge":       func(c *dockernet.Config) { c.Bridge = "a-bridge-name-too-long" },
+		"no bridge":         func(c *dockernet.Config) { c.Bridge = "" },
+		"IPv6 subnet":       func(c *dockernet.Config) { c.Subnet = netip.MustParsePrefix("fd00::/64") },
+		"lower prefix":      func(c *dockernet.Config) { c.ChainPrefix = "hat" },
+		"IPv6 resolver":     func(c *dockernet.Config) { c.DNS = []netip.Addr{netip.MustParseAddr("fd00::53")} },
+		"loopback resolver": func(c *dockernet.Config) { c.DNS = []netip.Addr{netip.MustParseAddr("127.0.0.53")} },
 	} {
 		c := testConfig()
 		change(&c)
