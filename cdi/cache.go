@@ -1,11 +1,15 @@
 package cdi
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
+	"time"
 
 	cdilib "tags.cncf.io/container-device-interface/pkg/cdi"
 )
@@ -35,21 +39,109 @@ func (in *Injector) snapshot(f func()) {
 	f()
 }
 
-// refresh rereads the spec directories. A spec that fails to load is
-// logged, not fatal: it only makes its own devices unresolvable, and a
-// broken spec of another vendor must not stop GPU containers.
+// refresh rereads the spec directories when what they hold may have changed
+// since the last read (see specsState); otherwise the cache already holds
+// them, parsed. A spec that fails to load is logged, not fatal: it only
+// makes its own devices unresolvable, and a broken spec of another vendor
+// must not stop GPU containers.
 //
 // The CDI library panics on some malformed specs (a null device node, for
 // one). A spec file must never stop the agent: the panic is recovered, the
 // files that cause it are named in the load problems, and until they are
 // fixed no device is injected (fail closed: what the cache still holds is
 // from an earlier read).
-func (in *Injector) refresh() { in.read(in.cache.Refresh) }
+func (in *Injector) refresh() {
+	state, settled := specsState(in.dirs, in.now())
+	if in.readState != "" && state == in.readState {
+		return
+	}
+	in.read(in.cache.Refresh)
+	in.remember(state, settled)
+}
 
 // configure points the cache at the injector's directories and reads
 // them, with refresh's recovery.
 func (in *Injector) configure() {
+	state, settled := specsState(in.dirs, in.now())
 	in.read(func() error { return in.cache.Configure(cdilib.WithSpecDirs(in.dirs...)) })
+	in.remember(state, settled)
+}
+
+// now is the injector's clock: time.Now but in tests.
+func (in *Injector) now() time.Time {
+	if in.clock != nil {
+		return in.clock()
+	}
+	return time.Now()
+}
+
+// remember keeps state, taken before a read, as what the cache holds, when
+// it can tell a later change (settled); otherwise the next refresh reads
+// again.
+func (in *Injector) remember(state string, settled bool) {
+	in.readState = ""
+	if settled {
+		in.readState = state
+	}
+}
+
+// racyWindow is how recent a spec file's change may be for specsState to
+// call the directories settled: a file rewritten in place twice within the
+// file system's timestamp granularity, at the same size, would look the
+// same after the second write.
+const racyWindow = 2 * time.Second
+
+// specsState identifies what the spec directories hold as the CDI library
+// reads them (each directory's .json and .yaml files, not its
+// subdirectories): every such file's name, inode, size, modification and
+// change times, through a symbolic link and of the link itself. A file
+// written, replaced, added, removed or re-linked changes it. settled is
+// false while any of them changed within racyWindow of now, or a directory
+// cannot be listed, when the state cannot be trusted to tell a later
+// change.
+func specsState(dirs []string, now time.Time) (state string, settled bool) {
+	var b strings.Builder
+	settled = true
+	stamp := func(fi os.FileInfo) {
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			settled = false
+			return
+		}
+		mtime, ctime := time.Unix(st.Mtim.Unix()), time.Unix(st.Ctim.Unix())
+		if now.Sub(mtime) < racyWindow || now.Sub(ctime) < racyWindow {
+			settled = false
+		}
+		fmt.Fprintf(&b, " %d:%d:%d:%d:%d:%o", st.Dev, st.Ino, st.Size, mtime.UnixNano(), ctime.UnixNano(), st.Mode)
+	}
+	for _, dir := range dirs {
+		fmt.Fprintf(&b, "\x00%s", dir)
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				settled = false
+			}
+			b.WriteString(" absent")
+			continue
+		}
+		for _, e := range ents {
+			if ext := filepath.Ext(e.Name()); e.IsDir() || (ext != ".json" && ext != ".yaml") {
+				continue
+			}
+			fmt.Fprintf(&b, "\x00%s", e.Name())
+			path := filepath.Join(dir, e.Name())
+			for _, stat := range []func(string) (os.FileInfo, error){os.Lstat, os.Stat} {
+				fi, err := stat(path)
+				if err != nil {
+					b.WriteString(" unreadable")
+					settled = false
+					continue
+				}
+				stamp(fi)
+			}
+		}
+	}
+	return b.String(), settled
 }
 
 // read runs op, a read of the spec directories by the CDI library,

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/containerd/errdefs"
@@ -112,6 +113,11 @@ type Injector struct {
 	// crashed names the spec files that made the CDI library panic at the
 	// last refresh (see refresh); none is injected while it is not nil.
 	crashed []string
+	// readState is specsState of the directories the cache holds, empty
+	// when the next refresh must read them again.
+	readState string
+	// clock is the time specsState compares changes with; nil: time.Now.
+	clock func() time.Time
 	// genMu serialises EnsureNVIDIASpec: two concurrent runs could rename
 	// a stale spec over a fresh one.
 	genMu sync.Mutex
