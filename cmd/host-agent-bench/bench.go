@@ -234,7 +234,7 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 
 	// GPU bursts: a host with a GPU for each start of the largest burst.
 	most := slices.Max(append(slices.Clone(cfg.Bursts), 1))
-	gpuAgent, err := startAgent(ctx, daemon.Address, filepath.Join(work, "gpu-agent"), most, "", "")
+	gpuAgent, err := startAgent(ctx, daemon.Address, filepath.Join(work, "gpu-agent"), most, "", cfg.ProfileDir)
 	if err != nil {
 		return nil, err
 	}
@@ -242,7 +242,7 @@ func run(ctx context.Context, cfg config) (*Results, error) {
 	if err := direct.useCDI(filepath.Join(gpuAgent.work, "cdi")); err != nil {
 		return nil, err
 	}
-	if err := bursts(ctx, gpuAgent, direct, image, cfg.Bursts, true, res); err != nil {
+	if err := gpuAgent.withProfile("gpu-bursts", func() error { return bursts(ctx, gpuAgent, direct, image, cfg.Bursts, true, res) }); err != nil {
 		return nil, err
 	}
 	gpuAgent.close()
@@ -270,10 +270,17 @@ func runBig(ctx context.Context, address, work, small string, cfg bigConfig) (*B
 
 // bursts starts each burst's rentals at once through the agent and through
 // the raw client, the agent's GPU rentals asking for one GPU each and the
-// client's getting one through the same CDI spec.
+// client's getting one through the same CDI spec, and the same CPU and
+// memory limits as the agent's (see rentalLimits): a GPU rental's share of
+// the bench's 2-CPU host with hundreds of mock GPUs is a hundredth of a
+// CPU, which throttles its own start, on either side alike.
 func bursts(ctx context.Context, a *agentProc, d *directSide, image string, sizes []int, gpus bool, res *Results) error {
 	kind := map[bool]string{false: "cpu", true: "gpu"}[gpus]
 	gpuCount := map[bool]int{false: 0, true: 1}[gpus]
+	limits, err := rentalLimits(ctx, a, image, gpuCount)
+	if err != nil {
+		return err
+	}
 	for _, n := range sizes {
 		id := func(s string, i int) string { return fmt.Sprintf("burst-%s-%d-%s-%d", kind, n, s, i) }
 		ag, err := burst(ctx, n, gpus, sideAgent,
@@ -285,9 +292,9 @@ func bursts(ctx context.Context, a *agentProc, d *directSide, image string, size
 		cl, err := burst(ctx, n, gpus, sideClient,
 			func(ctx context.Context, i int) error {
 				if gpus {
-					return d.startGPU(ctx, id("c", i), i)
+					return d.startGPU(ctx, id("c", i), i, limits)
 				}
-				return d.start(ctx, id("c", i))
+				return d.startWith(ctx, id("c", i), limits)
 			},
 			func(ctx context.Context, i int) error { return d.terminate(ctx, id("c", i)) })
 		if err != nil {
@@ -563,12 +570,47 @@ func (d *directSide) useCDI(dir string) error {
 }
 
 // startGPU starts a rental with the i-th GPU of the CDI spec.
-func (d *directSide) startGPU(ctx context.Context, id string, i int) error {
+func (d *directSide) startGPU(ctx context.Context, id string, i int, extra ...oci.SpecOpts) error {
 	dev := d.devices[i%len(d.devices)]
-	return d.startWith(ctx, id, func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	return d.startWith(ctx, id, append(extra, func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		_, err := d.cdi.InjectDevices(s, dev)
 		return err
-	})
+	})...)
+}
+
+// rentalLimits starts one rental with gpus GPUs through the agent, reads
+// the CPUs and memory the agent gave it (GET /host's allocation, the probe
+// being the only rental held), terminates it, and returns them as the
+// client's spec options: a CFS quota and a memory limit.
+func rentalLimits(ctx context.Context, a *agentProc, image string, gpus int) (oci.SpecOpts, error) {
+	const id = "burst-limits-probe"
+	if err := a.start(ctx, id, image, gpus); err != nil {
+		return nil, fmt.Errorf("start the limits probe: %w", err)
+	}
+	b, err := a.get(ctx, "/host")
+	if terr := a.terminate(ctx, id); err == nil {
+		err = terr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("limits probe: %w", err)
+	}
+	var host struct {
+		Resources *struct {
+			CPUs     float64 `json:"allocated_cpus"`
+			MemoryMB int64   `json:"allocated_memory_mb"`
+		} `json:"resources"`
+	}
+	if err := json.Unmarshal(b, &host); err != nil || host.Resources == nil || host.Resources.CPUs <= 0 || host.Resources.MemoryMB <= 0 {
+		return nil, fmt.Errorf("GET /host gives no rental's allocation (%v): %s", err, b)
+	}
+	const period = 100000
+	quota, mem := int64(host.Resources.CPUs*period), uint64(host.Resources.MemoryMB)<<20
+	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
+		if err := oci.WithCPUCFS(quota, period)(ctx, c, ctr, s); err != nil {
+			return err
+		}
+		return oci.WithMemoryLimit(mem)(ctx, c, ctr, s)
+	}, nil
 }
 
 func newDirect(ctx context.Context, address, image, logDir string) (*directSide, error) {

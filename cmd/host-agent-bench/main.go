@@ -44,7 +44,7 @@ func main() {
 	flag.IntVar(&cfg.Cycles, "cycles", 1000, "start/terminate cycles for the leak check (0: none)")
 	flag.IntVar(&cfg.NetRuns, "net-runs", 30, "start/terminate measurements per side with a network on every side (0: none)")
 	flag.IntVar(&cfg.Parallel, "parallel", 8, "cycles run at a time")
-	flag.StringVar(&cfg.ProfileDir, "profile", "", "write the agent's CPU profiles (start/terminate runs, GET /instances load, CPU bursts) to this directory")
+	flag.StringVar(&cfg.ProfileDir, "profile", "", "write the agent's CPU profiles (start/terminate runs, GET /instances load, CPU and GPU bursts) to this directory")
 	flag.StringVar(&cfg.JSONPath, "json", "", "also write the results as JSON to this file")
 	var bigSidesFlag string
 	var firstByteMS int
