@@ -235,6 +235,18 @@ const exitRetries = 5
 // instances run side by side; those of one instance one at a time (the
 // exit watcher and the event stream both report each exit).
 func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.Time) {
+	r.recordExitTries(ctx, id, code, at, exitRetries)
+}
+
+// recordExitOnce is recordExit with one try, for a caller that cannot wait
+// for retries (a terminate): when it fails, the exit is left to the event
+// stream and the resyncs, which retry.
+func (r *Runtime) recordExitOnce(ctx context.Context, id string, code int, at time.Time) {
+	r.recordExitTries(ctx, id, code, at, 0)
+}
+
+// recordExitTries is recordExit with retries tries after the first.
+func (r *Runtime) recordExitTries(ctx context.Context, id string, code int, at time.Time, retries int) {
 	unlock := r.exits.Lock(id)
 	defer unlock()
 	if at.IsZero() {
@@ -243,10 +255,13 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 	published := false
 	for attempt := 0; ; attempt++ {
 		err := r.tryRecordExit(ctx, id, code, at, &published)
-		if err == nil {
+		switch {
+		case err == nil:
 			return
-		}
-		if attempt == exitRetries {
+		case retries == 0:
+			r.log.Warn("record exit at terminate; left to the event stream", "instance_id", id, "published", published, "error", err)
+			return
+		case attempt == retries:
 			r.log.Error("record exit: giving up; the next agent start reports it", "instance_id", id, "published", published, "error", err)
 			return
 		}
@@ -256,21 +271,6 @@ func (r *Runtime) recordExit(ctx context.Context, id string, code int, at time.T
 		case <-r.ctx.Done():
 			return
 		}
-	}
-}
-
-// recordExitOnce is recordExit with one try, for a caller that cannot wait
-// for retries (a terminate): when it fails, the exit is left to the event
-// stream and the resyncs, which retry.
-func (r *Runtime) recordExitOnce(ctx context.Context, id string, code int, at time.Time) {
-	unlock := r.exits.Lock(id)
-	defer unlock()
-	if at.IsZero() {
-		at = time.Now()
-	}
-	published := false
-	if err := r.tryRecordExit(ctx, id, code, at, &published); err != nil {
-		r.log.Warn("record exit at terminate; left to the event stream", "instance_id", id, "published", published, "error", err)
 	}
 }
 
