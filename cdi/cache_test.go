@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/host-agent/host-agent/internal/testenv"
 )
 
 // countingCache counts the rereads of the spec directories.
@@ -25,6 +27,7 @@ func (c *countingCache) Refresh() error {
 // spec changed within the last two seconds (a second write in the same
 // timestamp tick could look the same), every injection reads again.
 func TestSpecsRereadOnlyWhenChanged(t *testing.T) {
+	testenv.Require(t) // root: only root-owned specs and driver files are trusted
 	dir := t.TempDir()
 	uuids := fakeUUIDs()
 	spec := writeSpec(t, dir, "nvidia.json", gpuSpec(uuids))
@@ -108,5 +111,77 @@ func TestSpecsRereadOnlyWhenChanged(t *testing.T) {
 	}
 	if got := reads(); got != 7 {
 		t.Fatalf("reads of a spec changed within the last %s: %d, want 7 (every injection)", racyWindow, got)
+	}
+}
+
+// specsState, which decides whether the specs are parsed again, changes
+// with every change the CDI library would read (a spec written, replaced,
+// added, removed, re-linked) and with nothing else, and is not trusted
+// (settled false) while a spec changed within racyWindow.
+func TestSpecsStateSeesEveryChange(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dirs := []string{dir, filepath.Join(dir, "absent")}
+	later := time.Now().Add(time.Hour)
+	state := func() string {
+		t.Helper()
+		s, settled := specsState(dirs, later)
+		if !settled {
+			t.Fatal("the specs are not settled an hour after their last change")
+		}
+		return s
+	}
+	write := func(name, data string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := ""
+	step := func(what string, changed bool) {
+		t.Helper()
+		s := state()
+		if (s != last) != changed {
+			t.Errorf("%s: state changed %v, want %v", what, s != last, changed)
+		}
+		last = s
+	}
+	write("a.json", "{}")
+	step("a spec written", true)
+	step("nothing", false)
+	write("notes.txt", "x")
+	if err := os.Mkdir(filepath.Join(dir, "sub.json"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	step("a file that is not a spec and a directory", false)
+	write("a.json", "{ }")
+	step("a spec rewritten", true)
+	write("b.tmp", "{ }")
+	if err := os.Rename(filepath.Join(dir, "b.tmp"), filepath.Join(dir, "a.json")); err != nil {
+		t.Fatal(err)
+	}
+	step("a spec replaced by a rename, same size", true)
+	write("target.txt", "{}")
+	if err := os.Symlink(filepath.Join(dir, "target.txt"), filepath.Join(dir, "c.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	step("a link to a spec added", true)
+	write("target.txt", "{  }")
+	step("the link's target rewritten", true)
+	write("other.txt", "{}")
+	if err := os.Remove(filepath.Join(dir, "c.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "other.txt"), filepath.Join(dir, "c.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	step("the link pointed elsewhere", true)
+	if err := os.Remove(filepath.Join(dir, "a.json")); err != nil {
+		t.Fatal(err)
+	}
+	step("a spec removed", true)
+
+	if _, settled := specsState(dirs, time.Now()); settled {
+		t.Error("specs changed a moment ago count as settled")
 	}
 }
