@@ -12,6 +12,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/docker"
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 	"github.com/host-agent/host-agent/server"
 	"github.com/host-agent/host-agent/server/reporter"
 )
@@ -77,15 +78,14 @@ func networkConfig(cfg config) network.Config {
 // same subnet and egress lists.
 func dockerNetwork(cfg config) *docker.NetworkOptions {
 	nc := networkConfig(cfg)
-	o := &docker.NetworkOptions{
-		Name:          nc.NetworkName,
+	o := &docker.NetworkOptions{Name: nc.NetworkName, Config: dockernet.Config{
 		Bridge:        nc.DockerBridge,
 		Subnet:        nc.Subnet,
 		ChainPrefix:   nc.ChainPrefix,
 		BlockedEgress: nc.BlockedEgress,
 		AllowedEgress: nc.AllowedEgress,
 		DNS:           nc.DNS,
-	}
+	}}
 	if o.BlockedEgress == nil {
 		o.BlockedEgress = network.DefaultBlockedEgress
 	}

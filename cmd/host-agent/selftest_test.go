@@ -20,6 +20,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/docker"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 	"github.com/host-agent/host-agent/runtime/selftest"
 )
 
@@ -382,8 +383,8 @@ func TestSelftestOnDocker(t *testing.T) {
 	t.Cleanup(d.Close)
 	// The agent's Docker network under the test's names, removed (with
 	// its rules) while dockerd still runs.
-	netOpts := docker.NetworkOptions{Name: w.net.cfg.NetworkName, Bridge: w.net.cfg.DockerBridge, Subnet: w.net.subnet,
-		ChainPrefix: w.net.cfg.ChainPrefix}
+	netOpts := docker.NetworkOptions{Name: w.net.cfg.NetworkName,
+		Config: dockernet.Config{Bridge: w.net.cfg.DockerBridge, Subnet: w.net.subnet, ChainPrefix: w.net.cfg.ChainPrefix}}
 	t.Cleanup(func() {
 		r, err := docker.New(docker.Options{Host: d.Host, StateDir: t.TempDir(), Network: &netOpts})
 		if err != nil {

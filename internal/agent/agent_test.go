@@ -229,14 +229,7 @@ func TestNewServesTheAgentItBuilt(t *testing.T) {
 	if a.Server == nil || a.Reporter == nil || a.Shares == nil || a.Lifecycle == nil {
 		t.Fatalf("agent %+v: a part is missing", a)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- a.Run(ctx, ln) }()
-	base := "http://" + ln.Addr().String()
+	base, stop := serve(t, a)
 
 	if code, body := call(t, http.MethodPost, base+"/start_instance", `{"instance_id":"cpu-1","image":"busybox"}`); code != http.StatusOK {
 		t.Fatalf("start: %d %s", code, body)
@@ -260,14 +253,8 @@ func TestNewServesTheAgentItBuilt(t *testing.T) {
 		}
 	}
 
-	cancel()
-	select {
-	case err := <-ran:
-		if err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("Run did not return after its context ended")
+	if err := stop(); err != nil {
+		t.Errorf("Run: %v", err)
 	}
 	if err := a.Close(); err != nil {
 		t.Errorf("Close: %v", err)
@@ -276,5 +263,28 @@ func TestNewServesTheAgentItBuilt(t *testing.T) {
 	defer be.mu.Unlock()
 	if !be.closed {
 		t.Error("Close left the back end open")
+	}
+}
+
+// serve runs a on a listener of its own on 127.0.0.1 and returns its base
+// URL and stop, which ends Run and returns its error.
+func serve(t *testing.T, a *Agent) (base string, stop func() error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- a.Run(ctx, ln) }()
+	return "http://" + ln.Addr().String(), func() error {
+		cancel()
+		select {
+		case err := <-ran:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return after its context ended")
+			return nil
+		}
 	}
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -69,16 +68,9 @@ func TestDiskWatchServesAdmission(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- a.Run(ctx, ln) }()
+	_, stop := serve(t, a)
 	t.Cleanup(func() {
-		cancel()
-		<-ran
+		_ = stop()
 		_ = a.Close()
 	})
 	start := func(id string, gb int64) error {

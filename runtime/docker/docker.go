@@ -178,7 +178,7 @@ func New(opts Options) (*Runtime, error) {
 		raise: backend.NewRaiseProbe(),
 	}
 	if opts.Network != nil {
-		if r.network, err = dockernet.New(opts.Network.hostNetwork(), r.log); err != nil {
+		if r.network, err = dockernet.New(opts.Network.Config, r.log); err != nil {
 			return nil, fmt.Errorf("docker network: %w", err)
 		}
 		r.rules = r.network.Rules()

@@ -19,6 +19,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/events"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 )
 
 // The daemons of this package's integration tests: one private containerd
@@ -212,9 +213,12 @@ func (s *scope) OpenNetworked(t *testing.T, pub events.Publisher, blocked []neti
 	_, _ = rand.Read(b)
 	tag := hex.EncodeToString(b)
 	opts := NetworkOptions{
-		Name: "hadc-" + tag, Bridge: "hadc" + tag, ChainPrefix: "HADC" + strings.ToUpper(tag),
-		Subnet:        netip.MustParsePrefix(fmt.Sprintf("10.220.%d.0/24", b[0])),
-		BlockedEgress: blocked, HostAddrs: []netip.Addr{hostAddr}, DNS: dns,
+		Name: "hadc-" + tag, HostAddrs: []netip.Addr{hostAddr},
+		Config: dockernet.Config{
+			Bridge: "hadc" + tag, ChainPrefix: "HADC" + strings.ToUpper(tag),
+			Subnet:        netip.MustParsePrefix(fmt.Sprintf("10.220.%d.0/24", b[0])),
+			BlockedEgress: blocked, DNS: dns,
+		},
 	}
 	if !testenv.DockerChainsPresent() {
 		t.Cleanup(func() { testenv.RemoveDockerChains(t) })

@@ -34,22 +34,11 @@ const (
 type NetworkOptions struct {
 	// Name is the Docker network's name.
 	Name string
-	// Bridge is its bridge device (at most 15 bytes).
-	Bridge string
-	// Subnet is its IPv4 subnet (RENTAL_SUBNET).
-	Subnet netip.Prefix
-	// ChainPrefix starts the names of the agent's iptables chains:
-	// <prefix>-DFWD, jumped to from DOCKER-USER, and <prefix>-DIN, jumped
-	// to from INPUT.
-	ChainPrefix string
-	// BlockedEgress are destinations tenants may not reach; AllowedEgress
-	// are exceptions to them.
-	BlockedEgress []netip.Prefix
-	AllowedEgress []netip.Prefix
-	// DNS are the resolvers Docker's embedded resolver (127.0.0.11 in each
-	// rental) forwards to (RENTAL_DNS), reachable whatever BlockedEgress
-	// says; empty: the daemon's own (its --dns, else the host's).
-	DNS []netip.Addr
+	// Config is what the host's kernel sees of the network: its bridge,
+	// subnet, the agent's chains around it, the egress lists and the
+	// resolvers Docker's embedded resolver (127.0.0.11 in each rental)
+	// forwards to (RENTAL_DNS; empty: the daemon's own).
+	dockernet.Config
 	// HostAddrs are the host addresses published ports are bound on;
 	// empty: every IPv4 address of the host.
 	HostAddrs []netip.Addr
@@ -62,7 +51,7 @@ func (o *NetworkOptions) validate() error {
 	if o.Name == "" {
 		problems = append(problems, "no network name")
 	}
-	problems = append(problems, o.hostNetwork().Problems()...)
+	problems = append(problems, o.Problems()...)
 	for _, a := range o.HostAddrs {
 		if !a.Is4() {
 			problems = append(problems, fmt.Sprintf("host address %s: must be IPv4", a))
@@ -74,22 +63,6 @@ func (o *NetworkOptions) validate() error {
 	o.Subnet = o.Subnet.Masked()
 	return nil
 }
-
-// hostNetwork is what the host's kernel sees of the network: its bridge
-// and the agent's rules around it.
-func (o *NetworkOptions) hostNetwork() dockernet.Config {
-	return dockernet.Config{
-		Bridge:        o.Bridge,
-		Subnet:        o.Subnet,
-		ChainPrefix:   o.ChainPrefix,
-		BlockedEgress: o.BlockedEgress,
-		AllowedEgress: o.AllowedEgress,
-		DNS:           o.DNS,
-	}
-}
-
-func (o *NetworkOptions) forwardChain() string { return o.hostNetwork().ForwardChain() }
-func (o *NetworkOptions) inputChain() string   { return o.hostNetwork().InputChain() }
 
 // NetworkRules is the owner of the rentals' iptables rules, nil without a
 // network: run its Run loop for as long as the agent serves (the daemon's

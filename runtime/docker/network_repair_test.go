@@ -23,6 +23,7 @@ import (
 	"github.com/host-agent/host-agent/internal/testenv"
 	"github.com/host-agent/host-agent/runtime"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 )
 
 // On each dockerd, managing iptables: after iptables -F of each of the
@@ -47,10 +48,10 @@ func testNetworkRulesRepaired(t *testing.T, shared *testenv.Dockerd) {
 	if err := network.CheckSubnet(subnet); err != nil {
 		t.Fatal(err)
 	}
-	opts := NetworkOptions{
-		Name: "hadr-" + tag, Bridge: "hadr" + tag, Subnet: subnet, ChainPrefix: "HADR" + strings.ToUpper(tag),
+	opts := NetworkOptions{Name: "hadr-" + tag, Config: dockernet.Config{
+		Bridge: "hadr" + tag, Subnet: subnet, ChainPrefix: "HADR" + strings.ToUpper(tag),
 		BlockedEgress: network.DefaultBlockedEgress,
-	}
+	}}
 	meta := testenv.AddPeer(t, "meta", "192.168.214.1", "192.168.214.2", 30, "169.254.169.254")
 	metaAddr := netip.MustParseAddr("169.254.169.254")
 	testenv.MustRouteInto(t, metaAddr, meta.HostIf)
@@ -136,11 +137,11 @@ func testNetworkRulesRepaired(t *testing.T, shared *testenv.Dockerd) {
 		name string
 		args []string
 	}{
-		{"flush forward chain", []string{"-F", opts.forwardChain()}},
-		{"flush input chain", []string{"-F", opts.inputChain()}},
+		{"flush forward chain", []string{"-F", opts.ForwardChain()}},
+		{"flush input chain", []string{"-F", opts.InputChain()}},
 		{"ACCEPT first in DOCKER-USER", []string{"-I", dockerUserChain, "1", "-i", opts.Bridge, "-j", "ACCEPT"}},
 		{"ACCEPT first in INPUT", []string{"-I", "INPUT", "1", "-i", opts.Bridge, "-j", "ACCEPT"}},
-		{"jump deleted", []string{"-D", dockerUserChain, "-j", opts.forwardChain()}},
+		{"jump deleted", []string{"-D", dockerUserChain, "-j", opts.ForwardChain()}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if out, err := exec.Command("iptables", append([]string{"-w"}, tc.args...)...).CombinedOutput(); err != nil {
@@ -197,7 +198,7 @@ func testNetworkRulesRepaired(t *testing.T, shared *testenv.Dockerd) {
 		go func() { defer close(done); rules.Run(runCtx, time.Hour) }()
 		defer func() { stop(); <-done }()
 		time.Sleep(200 * time.Millisecond) // a trigger left from the connection is used up
-		iptables := exec.Command("iptables", "-w", "-F", opts.forwardChain())
+		iptables := exec.Command("iptables", "-w", "-F", opts.ForwardChain())
 		if out, err := iptables.CombinedOutput(); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}

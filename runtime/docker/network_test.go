@@ -23,6 +23,7 @@ import (
 	"github.com/host-agent/host-agent/runtime/hostport"
 	"github.com/host-agent/host-agent/runtime/lifecycle"
 	"github.com/host-agent/host-agent/runtime/network"
+	"github.com/host-agent/host-agent/runtime/network/dockernet"
 )
 
 // agentRules are the lines of iptables-save, in every table, that name the
@@ -66,10 +67,10 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 	if err := network.CheckSubnet(subnet); err != nil {
 		t.Fatal(err)
 	}
-	opts := NetworkOptions{
-		Name: "hadn-" + tag, Bridge: "hadn" + tag, Subnet: subnet, ChainPrefix: "HADN" + strings.ToUpper(tag),
-		BlockedEgress: network.DefaultBlockedEgress, PublicIP: "203.0.113.77",
-	}
+	opts := NetworkOptions{Name: "hadn-" + tag, PublicIP: "203.0.113.77", Config: dockernet.Config{
+		Bridge: "hadn" + tag, Subnet: subnet, ChainPrefix: "HADN" + strings.ToUpper(tag),
+		BlockedEgress: network.DefaultBlockedEgress,
+	}}
 
 	user := testenv.AddPeer(t, "user", "198.51.100.1", "198.51.100.2", 30)
 	inet := testenv.AddPeer(t, "inet", "203.0.113.1", "203.0.113.2", 30)
@@ -227,10 +228,10 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 		t.Errorf("ports of %s without isolation: %v (%v)", opts.Bridge, open, err)
 	}
 	for _, r := range []struct{ chain, match string }{
-		{opts.forwardChain(), "-d 10.0.0.0/8"},
-		{opts.forwardChain(), "-d 192.168.0.0/16"},
-		{opts.forwardChain(), "-d 169.254.0.0/16"},
-		{opts.inputChain(), "-j REJECT"},
+		{opts.ForwardChain(), "-d 10.0.0.0/8"},
+		{opts.ForwardChain(), "-d 192.168.0.0/16"},
+		{opts.ForwardChain(), "-d 169.254.0.0/16"},
+		{opts.InputChain(), "-j REJECT"},
 	} {
 		if n := packets(t, r.chain, r.match); n == 0 {
 			t.Errorf("rule %q of %s matched no packet", r.match, r.chain)
@@ -323,7 +324,7 @@ func TestForeignNetworkRefused(t *testing.T) {
 	if err := network.CheckSubnet(subnet); err != nil {
 		t.Fatal(err)
 	}
-	opts := NetworkOptions{Name: "hadf-" + tag, Bridge: "hadf" + tag, Subnet: subnet, ChainPrefix: "HADF" + strings.ToUpper(tag)}
+	opts := NetworkOptions{Name: "hadf-" + tag, Config: dockernet.Config{Bridge: "hadf" + tag, Subnet: subnet, ChainPrefix: "HADF" + strings.ToUpper(tag)}}
 	be := newScope(t, d).open(t, nil, nil)
 	ctx := context.Background()
 	v4 := true
